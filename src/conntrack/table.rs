@@ -1,0 +1,338 @@
+//! The flow table: every tracked flow, findable in O(1) by either tuple.
+//!
+//! Two `dashmap`s, shared by every packet thread:
+//! - `flows`: ORIGINAL tuple -> [`Flow`] (the whole entry, `nf_conn`);
+//! - `replies`: REPLY tuple -> ORIGINAL tuple (the second hash entry conntrack
+//!   keeps for the reply direction).
+//!
+//! A packet of the ORIGINAL direction costs one lookup, a REPLY one two. The
+//! REPLY map is also the uniqueness check of MASQUERADE port allocation: a
+//! reply tuple is *claimed* by inserting it (see [`super::ports`]).
+//!
+//! # Locking rules
+//! - No dashmap guard is held across a call on the same map (dashmap
+//!   deadlocks, even across shards). A guard of `flows` may be held while
+//!   calling `replies`' read methods never; every function here releases one
+//!   map's guard before touching the other.
+//! - The expiry heap's mutex is a leaf: while it is held, no map is touched.
+//!   The packet path may take it while holding a `flows` guard.
+//!
+//! # Expiry
+//! Each flow has a `deadline` (last packet + the timeout of its state). The
+//! heap holds `(time, original tuple)` entries; a flow's *live* entry is the
+//! one whose time equals its `queued` field, all others are stale and skipped.
+//! Traffic only pushes the deadline later, which needs no heap work: when the
+//! live entry comes due, [`ConnTable::expire`] either removes the flow or
+//! re-queues it at its current deadline. Only a state change that *shortens*
+//! the deadline (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does
+//! bounded work, so neither the packet path nor the expiry tick ever stalls.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::RefMut;
+use dashmap::DashMap;
+
+use super::tcp::TcpState;
+use super::tuple::{Direction, Tuple};
+use crate::time::Timestamp;
+
+/// One tracked connection (`struct nf_conn`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    /// The ORIGINAL tuple: `client -> VIP`, as the client sent it.
+    pub original: Tuple,
+    /// The REPLY tuple: `backend -> SNAT`, as the backend answers.
+    pub reply: Tuple,
+    /// Index of the service in the engine's configuration.
+    pub service: u16,
+    /// Index of the backend within the service.
+    pub backend: u16,
+    /// The conntrack TCP state.
+    pub state: TcpState,
+    /// A packet in the REPLY direction has been seen (`IPS_SEEN_REPLY`).
+    pub seen_reply: bool,
+    /// The flow reached ESTABLISHED with replies (`IPS_ASSURED`): it is not
+    /// evicted when the table is full.
+    pub assured: bool,
+    /// When the flow expires unless more traffic arrives.
+    pub deadline: Timestamp,
+    /// Time of this flow's live expiry-heap entry (see the module docs).
+    pub(crate) queued: Timestamp,
+    /// Packets seen, per direction.
+    pub packets: [u64; 2],
+    /// IP bytes seen, per direction.
+    pub bytes: [u64; 2],
+}
+
+/// A read-only copy of a flow for listings (`conntrack -L`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowInfo {
+    /// The flow as it was when copied.
+    pub flow: Flow,
+}
+
+/// The result of looking a packet's tuple up.
+pub enum Lookup<'a> {
+    /// The tuple is the ORIGINAL or REPLY tuple of this flow.
+    Found(RefMut<'a, Tuple, Flow>, Direction),
+    /// No flow has this tuple.
+    Missing,
+}
+
+/// How many heap entries one call of [`ConnTable::expire`] examines.
+pub const EXPIRE_BUDGET: usize = 256;
+/// How many of the soonest-expiring flows a full table looks at for a victim.
+pub const EVICT_CANDIDATES: usize = 8;
+
+/// The connection table. See the module docs for its structure and rules.
+#[derive(Debug)]
+pub struct ConnTable {
+    flows: DashMap<Tuple, Flow>,
+    replies: DashMap<Tuple, Tuple>,
+    count: AtomicUsize,
+    max: usize,
+    heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
+}
+
+impl ConnTable {
+    /// Create an empty table that holds at most `max` flows.
+    pub fn new(max: usize) -> Self {
+        ConnTable {
+            flows: DashMap::new(),
+            replies: DashMap::new(),
+            count: AtomicUsize::new(0),
+            max,
+            heap: Mutex::new(BinaryHeap::new()),
+        }
+    }
+
+    /// Return the number of tracked flows.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Return whether no flow is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Return the configured limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Find the flow a packet with tuple `t` belongs to, and its direction.
+    ///
+    /// `original_first` says which map to try first: the caller knows whether
+    /// the destination is a service address (likely ORIGINAL) or not.
+    pub fn lookup(&self, t: &Tuple, original_first: bool) -> Lookup<'_> {
+        if original_first {
+            if let Some(f) = self.flows.get_mut(t) {
+                return Lookup::Found(f, Direction::Original);
+            }
+            self.lookup_reply(t)
+        } else {
+            match self.lookup_reply(t) {
+                Lookup::Missing => match self.flows.get_mut(t) {
+                    Some(f) => Lookup::Found(f, Direction::Original),
+                    None => Lookup::Missing,
+                },
+                found => found,
+            }
+        }
+    }
+
+    fn lookup_reply(&self, t: &Tuple) -> Lookup<'_> {
+        let Some(original) = self.replies.get(t).map(|r| *r) else {
+            return Lookup::Missing;
+        };
+        match self.flows.get_mut(&original) {
+            // The flow may have been replaced between the two lookups.
+            Some(f) if f.reply == *t => Lookup::Found(f, Direction::Reply),
+            _ => Lookup::Missing,
+        }
+    }
+
+    /// Claim `reply` for the flow `original`: succeeds only if no flow uses
+    /// this reply tuple. A claim is undone by [`ConnTable::release`] or made
+    /// permanent by [`ConnTable::insert`].
+    pub fn claim_reply(&self, reply: Tuple, original: Tuple) -> bool {
+        match self.replies.entry(reply) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(original);
+                true
+            }
+        }
+    }
+
+    /// Undo a claim made by [`ConnTable::claim_reply`].
+    pub fn release(&self, reply: &Tuple, original: &Tuple) {
+        self.replies.remove_if(reply, |_, o| o == original);
+    }
+
+    /// Return whether the table is at its limit.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.max
+    }
+
+    /// Insert `flow`, whose reply tuple the caller has claimed. Returns
+    /// `false` (and inserts nothing) if a flow with the same ORIGINAL tuple
+    /// appeared meanwhile, i.e. another thread handled the same SYN.
+    pub fn insert(&self, mut flow: Flow) -> bool {
+        let original = flow.original;
+        let deadline = flow.deadline;
+        flow.queued = deadline;
+        match self.flows.entry(original) {
+            Entry::Occupied(_) => return false,
+            Entry::Vacant(v) => {
+                v.insert(flow);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.queue(deadline, original);
+        true
+    }
+
+    /// Push an expiry-heap entry. The flow's `queued` must be set to `at`.
+    pub(crate) fn queue(&self, at: Timestamp, original: Tuple) {
+        self.heap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Reverse((at, original)));
+    }
+
+    /// Set `flow`'s deadline, queueing a new heap entry when it moved
+    /// earlier than the live one (a state with a shorter timeout).
+    pub fn set_deadline(&self, flow: &mut Flow, deadline: Timestamp) {
+        flow.deadline = deadline;
+        if deadline < flow.queued {
+            flow.queued = deadline;
+            self.queue(deadline, flow.original);
+        }
+    }
+
+    /// Remove the flow with this ORIGINAL tuple if `pred` holds for it.
+    /// Returns the removed flow.
+    pub fn remove_if(&self, original: &Tuple, pred: impl FnOnce(&Flow) -> bool) -> Option<Flow> {
+        let (_, flow) = self.flows.remove_if(original, |_, f| pred(f))?;
+        self.replies.remove_if(&flow.reply, |_, o| o == original);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Some(flow)
+    }
+
+    /// Pop up to `n` heap entries due at or before `before`, without holding
+    /// the heap lock afterwards.
+    fn pop_due(&self, before: Option<Timestamp>, out: &mut [(Timestamp, Tuple)]) -> usize {
+        let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        while n < out.len() {
+            match heap.peek() {
+                Some(Reverse((at, _))) if before.is_none_or(|b| *at <= b) => {
+                    let Reverse(entry) = heap.pop().expect("peeked");
+                    out[n] = entry;
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// Remove flows whose deadline has passed, examining at most
+    /// [`EXPIRE_BUDGET`] heap entries. `on_expire` sees each removed flow.
+    /// Returns `true` when more entries are due (call again).
+    pub fn expire(&self, now: Timestamp, mut on_expire: impl FnMut(Flow)) -> bool {
+        let mut due = [(Timestamp::ZERO, ZERO_TUPLE); EXPIRE_BUDGET];
+        let n = self.pop_due(Some(now), &mut due);
+        for &(at, original) in &due[..n] {
+            if let Some(flow) = self.remove_if(&original, |f| f.queued == at && f.deadline <= now)
+            {
+                on_expire(flow);
+                continue;
+            }
+            // Still alive: re-queue at its real deadline if this was its live entry.
+            if let Some(mut f) = self.flows.get_mut(&original) {
+                if f.queued == at {
+                    f.queued = f.deadline;
+                    let d = f.deadline;
+                    drop(f);
+                    self.queue(d, original);
+                }
+            }
+        }
+        n == EXPIRE_BUDGET
+    }
+
+    /// Return when the earliest heap entry is due. It may be stale (the flow
+    /// lived on); an early [`ConnTable::expire`] call is a harmless no-op.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        let heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Make room for one flow: among the [`EVICT_CANDIDATES`] flows that
+    /// expire soonest, remove one that never saw a reply (not ASSURED) or,
+    /// failing that, one that is closing. Returns the evicted flow.
+    pub fn evict_one(&self) -> Option<Flow> {
+        let mut cands = [(Timestamp::ZERO, ZERO_TUPLE); EVICT_CANDIDATES];
+        let n = self.pop_due(None, &mut cands);
+        let mut victim = None;
+        for pass in 0..2 {
+            for &(at, original) in &cands[..n] {
+                if victim.is_some() {
+                    break;
+                }
+                victim = self.remove_if(&original, |f| {
+                    f.queued == at && if pass == 0 { !f.assured } else { f.state.is_closing() }
+                });
+            }
+        }
+        // Put back the live entries of the flows that stay.
+        for &(at, original) in &cands[..n] {
+            let live = self.flows.get(&original).is_some_and(|f| f.queued == at);
+            if live {
+                self.queue(at, original);
+            }
+        }
+        victim
+    }
+
+    /// Copy every flow (for listings; not for the packet path).
+    pub fn snapshot(&self) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .map(|r| FlowInfo { flow: r.value().clone() })
+            .collect()
+    }
+}
+
+const ZERO_TUPLE: Tuple = Tuple::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+);
+
+impl Flow {
+    /// Build a fresh flow in state NONE; the engine moves it to SYN_SENT.
+    pub fn new(original: Tuple, reply: Tuple, service: u16, backend: u16, deadline: Timestamp) -> Self {
+        Flow {
+            original,
+            reply,
+            service,
+            backend,
+            state: TcpState::None,
+            seen_reply: false,
+            assured: false,
+            deadline,
+            queued: deadline,
+            packets: [0; 2],
+            bytes: [0; 2],
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The sans-IO NAT engine: bytes in, a verdict and rewritten bytes out.
+//!
+//! [`Engine::process`] is the whole of what iptables does for a load balancer
+//! in `PREROUTING` and `POSTROUTING`, for one packet:
+//!
+//! 1. parse with checked views (smoltcp `wire`); anything malformed is
+//!    dropped with a [`DropReason`];
+//! 2. conntrack lookup of the packet's tuple in the [`ConnTable`]: a match on
+//!    an ORIGINAL tuple or a REPLY tuple gives the flow and the direction;
+//! 3. a miss on a service's `VIP:port` with a SYN is a NEW connection: the
+//!    service's [`crate::select::Selector`] picks a backend (`-m statistic`),
+//!    MASQUERADE picks a source port ([`crate::conntrack::ports`]) and the flow
+//!    is inserted under both tuples;
+//! 4. the TCP state machine ([`crate::conntrack::tcp`]) accepts, ignores or
+//!    calls the segment INVALID; INVALID packets are dropped, **never
+//!    forwarded untranslated**;
+//! 5. the packet is rewritten in one step ([`crate::nat`]): ORIGINAL
+//!    `C:cp -> VIP:vp` becomes `S:sp -> B:bp` (DNAT + MASQUERADE), REPLY
+//!    `B:bp -> S:sp` becomes `VIP:vp -> C:cp`, checksums fixed incrementally.
+//!
+//! ICMP errors (types 3, 4, 11, 12) quoting a tracked flow are RELATED: both
+//! the outer and the quoted header are translated and the flow's state is
+//! left alone (RFC 5382 REQ-9, REQ-10), so path-MTU discovery works.
+//!
+//! # The contract with the shell
+//! - The engine owns no file descriptor, thread or clock. Time is the `now`
+//!   argument, monotonically non-decreasing across calls; randomness comes from
+//!   the configured seed.
+//! - `&Engine` is shared by every packet thread (`Engine: Sync`).
+//! - Call [`Engine::expire`] when [`Engine::next_expiry`] says so (an early
+//!   call is a harmless no-op); each call does bounded work.
+//! - No allocation on the path of an established flow.
+
+use std::net::SocketAddrV4;
+
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+
+use crate::conntrack::ports;
+use crate::conntrack::table::Lookup;
+use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
+use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
+use crate::nat::{self, IcmpQuote};
+use crate::service::{ConfigError, EngineConfig, Service};
+use crate::stats::{BackendSnapshot, Counters, DropReason, Response, Snapshot};
+use crate::time::Timestamp;
+use crate::trace;
+
+/// What the caller does with the packet after [`Engine::process`].
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The packet was rewritten in place: write its first `len` bytes back.
+    Forward {
+        /// The packet's length (its IPv4 total length).
+        len: usize,
+    },
+    /// The packet was replaced by a response to its sender (a RST): write
+    /// the first `len` bytes back.
+    Respond {
+        /// The response's length.
+        len: usize,
+    },
+    /// Drop the packet; the reason has been counted.
+    Drop(DropReason),
+}
+
+/// The NAT engine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    services: Vec<Service>,
+    table: ConnTable,
+    counters: Counters,
+    timeouts: tcp::Timeouts,
+    snat_ports: std::ops::RangeInclusive<u16>,
+    secret: u64,
+    verify_checksums: bool,
+}
+
+/// ICMP types whose message quotes the offending packet and that tunlb
+/// translates: destination unreachable, source quench, time exceeded,
+/// parameter problem.
+const ICMP_ERRORS: [u8; 4] = [3, 4, 11, 12];
+
+impl Engine {
+    /// Build an engine from a configuration, refusing an invalid one.
+    pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let services = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Service::new(s, cfg.seed.wrapping_add(i as u64)))
+            .collect();
+        Ok(Engine {
+            services,
+            table: ConnTable::new(cfg.max_flows),
+            counters: Counters::default(),
+            timeouts: cfg.timeouts,
+            snat_ports: cfg.snat_ports,
+            secret: cfg.seed ^ 0x5ca1_ab1e_7e57_5eed,
+            verify_checksums: cfg.verify_checksums,
+        })
+    }
+
+    /// Return the services, in configuration order.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Process one IPv4 packet read from the TUN, rewriting it in place.
+    ///
+    /// `pkt` holds exactly one packet. The verdict says what to write back;
+    /// every packet ends in exactly one counter.
+    pub fn process(&self, pkt: &mut [u8], now: Timestamp) -> Verdict {
+        let verdict = self.process_inner(pkt, now).unwrap_or_else(Verdict::Drop);
+        if let Verdict::Drop(reason) = verdict {
+            self.counters.drop(reason);
+        }
+        verdict
+    }
+
+    fn process_inner(&self, pkt: &mut [u8], now: Timestamp) -> Result<Verdict, DropReason> {
+        let (ihl, total, proto) = self.check_ipv4(pkt)?;
+        match proto {
+            IpProtocol::Tcp => self.process_tcp(pkt, ihl, total, now),
+            IpProtocol::Icmp => self.process_icmp(pkt, ihl, total),
+            _ => Err(DropReason::NotTcp),
+        }
+    }
+
+    /// Validate the IPv4 header: returns (header length, total length, protocol).
+    fn check_ipv4(&self, pkt: &[u8]) -> Result<(usize, usize, IpProtocol), DropReason> {
+        match pkt.first() {
+            None => return Err(DropReason::Truncated),
+            Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
+            Some(_) => {}
+        }
+        if pkt.len() >= 20 && pkt[0] & 0x0f < 5 {
+            return Err(DropReason::BadHeader);
+        }
+        let ip = Ipv4Packet::new_checked(pkt).map_err(|_| DropReason::Truncated)?;
+        if self.verify_checksums && !ip.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return Err(DropReason::Fragment);
+        }
+        Ok((ip.header_len() as usize, ip.total_len() as usize, ip.next_header()))
+    }
+
+    fn process_tcp(
+        &self,
+        pkt: &mut [u8],
+        ihl: usize,
+        total: usize,
+        now: Timestamp,
+    ) -> Result<Verdict, DropReason> {
+        let (tuple, class) = {
+            let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
+            let seg = &pkt[ihl..total];
+            if seg.len() >= 13 && seg[12] >> 4 < 5 {
+                return Err(DropReason::BadHeader);
+            }
+            let tcp = TcpPacket::new_checked(seg).map_err(|_| DropReason::Truncated)?;
+            let class = FlagClass::of(seg[13]).ok_or(DropReason::BadFlags)?;
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            if self.verify_checksums
+                && !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))
+            {
+                return Err(DropReason::BadChecksum);
+            }
+            let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
+            (tuple, class)
+        };
+        let service = self.services.iter().position(|s| s.vip == tuple.dst);
+
+        match self.table.lookup(&tuple, service.is_some()) {
+            Lookup::Found(mut flow, dir) => {
+                // A SYN reusing the tuple of a closed flow starts over (RFC 1122).
+                if dir == Direction::Original
+                    && class == FlagClass::Syn
+                    && flow.state.reopens_on_syn()
+                {
+                    let state = flow.state;
+                    drop(flow);
+                    if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
+                        trace::destroy(&old, "reopened by a new SYN");
+                    }
+                    return self.new_connection(pkt, ihl, total, tuple, service, now);
+                }
+                self.track(&mut flow, dir, class, now, total)?;
+                let (src, dst) = translate(&flow, dir);
+                let remove = flow.state == TcpState::Close && !flow.seen_reply;
+                self.count_backend(&flow, total);
+                drop(flow);
+                if remove {
+                    // RST before any reply: the entry dies at once.
+                    if let Some(old) = self.table.remove_if(&tuple, |f| !f.seen_reply) {
+                        trace::destroy(&old, "reset before any reply");
+                    }
+                }
+                nat::rewrite_tcp(pkt, ihl, src, dst);
+                self.counters.forward(dir.index());
+                Ok(Verdict::Forward { len: total })
+            }
+            Lookup::Missing => {
+                let Some(_) = service else {
+                    return Err(DropReason::NoService);
+                };
+                if !tcp::may_create(class) {
+                    return Err(DropReason::NoFlowNotSyn);
+                }
+                self.new_connection(pkt, ihl, total, tuple, service, now)
+            }
+        }
+    }
+
+    /// Run the state machine for one segment of an existing flow.
+    fn track(
+        &self,
+        flow: &mut Flow,
+        dir: Direction,
+        class: FlagClass,
+        now: Timestamp,
+        len: usize,
+    ) -> Result<(), DropReason> {
+        let old = flow.state;
+        match tcp::transition(dir, class, old) {
+            Cell::Invalid => return Err(DropReason::InvalidTransition),
+            Cell::Ignore => {}
+            Cell::To(new) => {
+                if dir == Direction::Reply {
+                    flow.seen_reply = true;
+                }
+                if new == TcpState::Established && flow.seen_reply {
+                    flow.assured = true;
+                }
+                flow.state = new;
+                // A retransmitted SYN does not renew the timer: a SYN flood
+                // or a stuck client cannot keep an unanswered entry alive.
+                let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
+                if !retransmitted_syn {
+                    self.table.set_deadline(flow, now + self.timeouts.get(new));
+                }
+                if new != old {
+                    trace::state(flow, dir, class, old);
+                }
+            }
+        }
+        flow.packets[dir.index()] += 1;
+        flow.bytes[dir.index()] += len as u64;
+        Ok(())
+    }
+
+    fn count_backend(&self, flow: &Flow, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.services[flow.service as usize].counters[flow.backend as usize];
+        c.packets.fetch_add(1, Relaxed);
+        c.bytes.fetch_add(len as u64, Relaxed);
+    }
+
+    /// Admit a NEW connection: select, allocate, insert, translate.
+    fn new_connection(
+        &self,
+        pkt: &mut [u8],
+        ihl: usize,
+        total: usize,
+        original: Tuple,
+        service: Option<usize>,
+        now: Timestamp,
+    ) -> Result<Verdict, DropReason> {
+        let si = service.ok_or(DropReason::NoService)?;
+        let svc = &self.services[si];
+        let Some(bi) = svc.selector.select(&original) else {
+            self.counters.drop(DropReason::NoBackend);
+            return Ok(match DropReason::NoBackend.response() {
+                Response::Reset => {
+                    self.counters
+                        .resets_sent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    trace::no_backend(&original);
+                    Verdict::Respond {
+                        len: nat::syn_to_reset(pkt, ihl, svc.vip),
+                    }
+                }
+                Response::Silence => Verdict::Drop(DropReason::NoBackend),
+            });
+        };
+        let backend = svc.backends[bi].addr;
+        if self.table.is_full() {
+            match self.table.evict_one() {
+                Some(victim) => {
+                    self.counters
+                        .evicted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    trace::destroy(&victim, "evicted: table full");
+                }
+                None => return Err(DropReason::TableFull),
+            }
+        }
+        let reply = ports::allocate(
+            &self.table,
+            &original,
+            backend,
+            &svc.snat,
+            &self.snat_ports,
+            self.secret,
+        )
+        .ok_or(DropReason::PortsExhausted)?;
+        let mut flow = Flow::new(original, reply, si as u16, bi as u16, now);
+        flow.state = TcpState::SynSent;
+        flow.deadline = now + self.timeouts.get(TcpState::SynSent);
+        flow.packets[0] = 1;
+        flow.bytes[0] = total as u64;
+        let (src, dst) = translate(&flow, Direction::Original);
+        trace::new_flow(&flow, svc, bi);
+        if !self.table.insert(flow) {
+            // Another thread admitted the same SYN first: give our port back
+            // and treat this copy as a retransmission of that flow's SYN.
+            self.table.release(&reply, &original);
+            return self.process_tcp(pkt, ihl, total, now);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.new_flows.fetch_add(1, Relaxed);
+        let c = &svc.counters[bi];
+        c.connections.fetch_add(1, Relaxed);
+        c.packets.fetch_add(1, Relaxed);
+        c.bytes.fetch_add(total as u64, Relaxed);
+        nat::rewrite_tcp(pkt, ihl, src, dst);
+        self.counters.forward(Direction::Original.index());
+        Ok(Verdict::Forward { len: total })
+    }
+
+    /// Translate an ICMP error quoting a tracked flow (RELATED traffic).
+    fn process_icmp(&self, pkt: &mut [u8], ihl: usize, total: usize) -> Result<Verdict, DropReason> {
+        let icmp = &pkt[ihl..total];
+        if icmp.len() < 8 {
+            return Err(DropReason::Truncated);
+        }
+        if !ICMP_ERRORS.contains(&icmp[0]) {
+            return Err(DropReason::IcmpNotError);
+        }
+        if self.verify_checksums && smoltcp::wire::checksum::data(icmp) != 0xffff {
+            return Err(DropReason::BadChecksum);
+        }
+        // The quoted packet: an IPv4 header and at least 8 bytes of TCP.
+        let inner = &icmp[8..];
+        if inner.len() < 20 || inner[0] >> 4 != 4 {
+            return Err(DropReason::Truncated);
+        }
+        let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
+        if inner_ihl < 20 {
+            return Err(DropReason::BadHeader);
+        }
+        if inner.len() < inner_ihl + 8 {
+            return Err(DropReason::Truncated);
+        }
+        if inner[9] != u8::from(IpProtocol::Tcp) {
+            return Err(DropReason::IcmpUntracked);
+        }
+        let ip4 = |o: usize| std::net::Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+        let port = |o: usize| u16::from_be_bytes([inner[inner_ihl + o], inner[inner_ihl + o + 1]]);
+        let quoted = Tuple::new(ip4(12), port(0), ip4(16), port(2));
+        let q = IcmpQuote {
+            icmp: ihl,
+            inner_ip: ihl + 8,
+            inner_tcp: ihl + 8 + inner_ihl,
+            has_tcp_csum: inner.len() >= inner_ihl + 18,
+        };
+        // The error travels against the quoted packet: look up its inverse.
+        let t = quoted.invert();
+        let is_vip = self.services.iter().any(|s| s.vip == t.dst);
+        let Lookup::Found(flow, dir) = self.table.lookup(&t, is_vip) else {
+            return Err(DropReason::IcmpUntracked);
+        };
+        let (src, dst) = translate(&flow, dir);
+        drop(flow);
+        // The outer header is translated like any packet of the flow in this
+        // direction; the quoted one is the inverse, as the receiver sent it.
+        nat::rewrite_icmp_error(pkt, q, (*src.ip(), *dst.ip()), dst, src);
+        self.counters
+            .icmp_translated
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.forward(dir.index());
+        Ok(Verdict::Forward { len: total })
+    }
+
+    /// Remove expired flows, doing bounded work. Returns `true` if more are
+    /// already due (call again before sleeping).
+    pub fn expire(&self, now: Timestamp) -> bool {
+        self.table.expire(now, |flow| {
+            self.counters
+                .expired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            trace::destroy(&flow, "timeout");
+        })
+    }
+
+    /// Return when [`Engine::expire`] should next be called, if any flow exists.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.table.next_expiry()
+    }
+
+    /// Return the number of tracked flows.
+    pub fn flow_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Copy every tracked flow, like `conntrack -L` (not for the packet path).
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        self.table.snapshot()
+    }
+
+    /// Read the counters, with per-backend figures.
+    pub fn stats(&self) -> Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = self.counters.snapshot();
+        s.flows = self.table.len();
+        for svc in &self.services {
+            for (b, c) in svc.backends.iter().zip(&svc.counters) {
+                s.backends.push(BackendSnapshot {
+                    service: svc.vip,
+                    backend: b.addr,
+                    connections: c.connections.load(Relaxed),
+                    packets: c.packets.load(Relaxed),
+                    bytes: c.bytes.load(Relaxed),
+                });
+            }
+        }
+        s
+    }
+}
+
+/// Return the (source, destination) a packet of `flow` travelling in `dir`
+/// gets after NAT: ORIGINAL becomes `SNAT -> backend`, REPLY becomes
+/// `VIP -> client`. Both are read off the *other* direction's tuple.
+#[inline]
+fn translate(flow: &Flow, dir: Direction) -> (SocketAddrV4, SocketAddrV4) {
+    match dir {
+        Direction::Original => (flow.reply.dst, flow.reply.src),
+        Direction::Reply => (flow.original.dst, flow.original.src),
+    }
+}

@@ -1,0 +1,30 @@
+//! tunlb: a userspace TCP NAT load balancer, the iptables recipe without iptables.
+//!
+//! The classic stateful load balancer is `DNAT` in `PREROUTING` with the
+//! `statistic` match, `MASQUERADE` in `POSTROUTING`, and conntrack to carry
+//! every later packet of a flow to the same backend. tunlb does the same work
+//! on IPv4 packets read from a TUN device.
+//!
+//! The crate is split the way smoltcp and quinn are: a sans-IO core
+//! ([`engine`], [`conntrack`], [`select`], [`nat`], [`checksum`]) that takes
+//! bytes and a timestamp and returns a verdict, and a thin shell ([`io`],
+//! [`datapath`] and the binary) that owns the TUN, the threads and the clock.
+//! Arrows point inward only: the engine knows nothing of devices or threads.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checksum;
+pub mod conntrack;
+pub mod engine;
+pub mod nat;
+pub mod select;
+pub mod service;
+pub mod stats;
+pub mod time;
+pub mod trace;
+
+pub use engine::{Engine, Verdict};
+pub use service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
+pub use stats::{DropReason, Snapshot};
+pub use time::Timestamp;

@@ -1,0 +1,150 @@
+//! The packet manipulations of NAT (`nf_nat_ipv4_manip_pkt`), in place.
+//!
+//! Each function rewrites an address or port and fixes every checksum that
+//! covers it by RFC 1624 ([`crate::checksum`]), never by summing the packet
+//! again. Offsets are those of RFC 791 and RFC 793; the caller has already
+//! validated the packet with checked views, so indexing cannot fail.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+
+use crate::checksum;
+
+/// IPv4 header: checksum offset.
+pub const IP_CSUM: usize = 10;
+/// IPv4 header: source address offset.
+pub const IP_SRC: usize = 12;
+/// IPv4 header: destination address offset.
+pub const IP_DST: usize = 16;
+/// TCP header: source port offset.
+pub const TCP_SPORT: usize = 0;
+/// TCP header: destination port offset.
+pub const TCP_DPORT: usize = 2;
+/// TCP header: checksum offset.
+pub const TCP_CSUM: usize = 16;
+
+/// Replace the 32-bit word at `at` with `new`, updating each checksum stored
+/// at the offsets in `csums`.
+#[inline]
+fn replace_u32(buf: &mut [u8], at: usize, new: Ipv4Addr, csums: &[usize]) {
+    let old = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let new = new.to_bits();
+    if old == new {
+        return;
+    }
+    buf[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    for &c in csums {
+        checksum::put(buf, c, checksum::update_u32(checksum::get(buf, c), old, new));
+    }
+}
+
+/// Replace the 16-bit word at `at` with `new`, updating each checksum stored
+/// at the offsets in `csums`.
+#[inline]
+fn replace_u16(buf: &mut [u8], at: usize, new: u16, csums: &[usize]) {
+    let old = checksum::get(buf, at);
+    if old == new {
+        return;
+    }
+    checksum::put(buf, at, new);
+    for &c in csums {
+        checksum::put(buf, c, checksum::update_u16(checksum::get(buf, c), old, new));
+    }
+}
+
+/// Rewrite a TCP segment's source and destination (address and port): DNAT
+/// and MASQUERADE in one pass. `ihl` is the IPv4 header length in bytes.
+///
+/// The IPv4 checksum covers the addresses; the TCP checksum covers the
+/// ports and, through the pseudo-header, the addresses as well.
+#[inline]
+pub fn rewrite_tcp(pkt: &mut [u8], ihl: usize, src: SocketAddrV4, dst: SocketAddrV4) {
+    let tcp_csum = ihl + TCP_CSUM;
+    replace_u32(pkt, IP_SRC, *src.ip(), &[IP_CSUM, tcp_csum]);
+    replace_u32(pkt, IP_DST, *dst.ip(), &[IP_CSUM, tcp_csum]);
+    replace_u16(pkt, ihl + TCP_SPORT, src.port(), &[tcp_csum]);
+    replace_u16(pkt, ihl + TCP_DPORT, dst.port(), &[tcp_csum]);
+}
+
+/// Where the parts of an ICMP error's quoted packet sit in the outer packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpQuote {
+    /// Offset of the ICMP header.
+    pub icmp: usize,
+    /// Offset of the quoted IPv4 header.
+    pub inner_ip: usize,
+    /// Offset of the quoted TCP header.
+    pub inner_tcp: usize,
+    /// Whether the quote reaches the TCP checksum field.
+    pub has_tcp_csum: bool,
+}
+
+/// Translate an ICMP error (RELATED to a flow, `nf_nat_icmp_reply_translation`):
+/// the outer header becomes `outer_src -> outer_dst`, the quoted packet
+/// becomes `inner_src -> inner_dst`, the quoted headers' checksums are updated
+/// incrementally and the ICMP checksum is computed afresh over the message.
+pub fn rewrite_icmp_error(
+    pkt: &mut [u8],
+    q: IcmpQuote,
+    outer: (Ipv4Addr, Ipv4Addr),
+    inner_src: SocketAddrV4,
+    inner_dst: SocketAddrV4,
+) {
+    replace_u32(pkt, IP_SRC, outer.0, &[IP_CSUM]);
+    replace_u32(pkt, IP_DST, outer.1, &[IP_CSUM]);
+    let inner_csum = q.inner_ip + IP_CSUM;
+    let tcp_csum = q.inner_tcp + TCP_CSUM;
+    // The quoted TCP checksum is updated only if the quote includes it.
+    let (with_ip, with_tcp): (&[usize], &[usize]) = if q.has_tcp_csum {
+        (&[inner_csum, tcp_csum], &[tcp_csum])
+    } else {
+        (&[inner_csum], &[])
+    };
+    replace_u32(pkt, q.inner_ip + IP_SRC, *inner_src.ip(), with_ip);
+    replace_u32(pkt, q.inner_ip + IP_DST, *inner_dst.ip(), with_ip);
+    replace_u16(pkt, q.inner_tcp + TCP_SPORT, inner_src.port(), with_tcp);
+    replace_u16(pkt, q.inner_tcp + TCP_DPORT, inner_dst.port(), with_tcp);
+    let total = Ipv4Packet::new_unchecked(&pkt[..]).total_len() as usize;
+    let icmp = &mut pkt[q.icmp..total];
+    checksum::put(icmp, 2, 0);
+    let c = checksum::full(icmp);
+    checksum::put(icmp, 2, c);
+}
+
+/// Turn a client's SYN in `pkt` into a RST|ACK from `from` back to the
+/// client, in place (RFC 793: "If the incoming segment has no ACK field, the
+/// reset has sequence number zero and the ACK field is set to the sum of the
+/// sequence number and segment length"). Returns the reply's length.
+///
+/// `pkt` must hold a validated IPv4/TCP packet of at least 40 bytes.
+pub fn syn_to_reset(pkt: &mut [u8], ihl: usize, from: SocketAddrV4) -> usize {
+    const LEN: usize = 40;
+    let (client, ack) = {
+        let ip = Ipv4Packet::new_unchecked(&pkt[..]);
+        let tcp = TcpPacket::new_unchecked(&pkt[ihl..ip.total_len() as usize]);
+        let client = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
+        (client, tcp.seq_number() + tcp.segment_len())
+    };
+    let buf = &mut pkt[..LEN];
+    buf.fill(0);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len(LEN as u16);
+    ip.set_dont_frag(true);
+    ip.set_hop_limit(64);
+    ip.set_next_header(IpProtocol::Tcp);
+    ip.set_src_addr(*from.ip());
+    ip.set_dst_addr(*client.ip());
+    ip.fill_checksum();
+    let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+    tcp.set_src_port(from.port());
+    tcp.set_dst_port(client.port());
+    tcp.set_header_len(20);
+    tcp.set_rst(true);
+    tcp.set_ack(true);
+    tcp.set_ack_number(ack);
+    tcp.fill_checksum(&IpAddress::Ipv4(*from.ip()), &IpAddress::Ipv4(*client.ip()));
+    LEN
+}

@@ -1,0 +1,174 @@
+//! Services and backends: what the engine balances, validated once.
+//!
+//! A service is one `VIP:port` (the `-d VIP --dport port` of a DNAT rule) with
+//! its backends, its selection mode and its MASQUERADE pool. [`EngineConfig`]
+//! is the plain data the CLI and the config file produce; [`EngineConfig::validate`]
+//! refuses anything the engine could not honour, with a message that names the
+//! problem and the fix.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+
+use crate::conntrack::Timeouts;
+use crate::select::{self, Mode, Selector};
+use crate::stats::BackendCounters;
+
+/// One backend: where DNAT sends a connection, and its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// The backend's address and port.
+    pub addr: SocketAddrV4,
+    /// Relative weight; 0 takes no new connections (drained).
+    pub weight: u32,
+}
+
+/// One service: a VIP:port, its backends and how to pick one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The virtual address and port clients connect to.
+    pub vip: SocketAddrV4,
+    /// The backends, in order (nth walks them in this order).
+    pub backends: Vec<BackendConfig>,
+    /// The selection mode.
+    pub mode: Mode,
+    /// MASQUERADE source addresses; empty means the VIP's own address.
+    pub snat: Vec<Ipv4Addr>,
+}
+
+/// Everything the engine needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The services.
+    pub services: Vec<ServiceConfig>,
+    /// Per-state TCP timeouts.
+    pub timeouts: Timeouts,
+    /// The most flows tracked at once.
+    pub max_flows: usize,
+    /// The range MASQUERADE searches when the client's port is taken.
+    pub snat_ports: RangeInclusive<u16>,
+    /// Seed for random selection and the port-search offset.
+    pub seed: u64,
+    /// Verify IPv4 and TCP checksums of incoming packets (as conntrack does
+    /// with `nf_conntrack_checksum=1`).
+    pub verify_checksums: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            services: Vec::new(),
+            timeouts: Timeouts::default(),
+            max_flows: 262_144,
+            snat_ports: 1024..=65535,
+            seed: 0,
+            verify_checksums: true,
+        }
+    }
+}
+
+/// A configuration the engine refuses. Each message names the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No service at all.
+    #[error("no service configured: give --vip ADDR:PORT and at least one --backend ADDR:PORT")]
+    NoServices,
+    /// A service without backends.
+    #[error("service {0} has no backend: add --backend ADDR:PORT")]
+    NoBackends(SocketAddrV4),
+    /// Two services with the same VIP:port.
+    #[error("service {0} is configured twice: give each --vip once")]
+    DuplicateService(SocketAddrV4),
+    /// A backend listed twice in one service.
+    #[error("backend {1} appears twice in service {0}: list it once and use weight=N")]
+    DuplicateBackend(SocketAddrV4, SocketAddrV4),
+    /// Port 0 or address 0.0.0.0 somewhere.
+    #[error("{0} is not a usable address: use a real IPv4 address and a port from 1 to 65535")]
+    Unspecified(SocketAddrV4),
+    /// `max_flows` of 0.
+    #[error("max-flows must be at least 1")]
+    ZeroMaxFlows,
+    /// An empty port range.
+    #[error("snat port range {0}-{1} is empty: give LOW-HIGH with LOW <= HIGH")]
+    EmptyPortRange(u16, u16),
+    /// A backend equal to the VIP would loop packets back into tunlb.
+    #[error("backend {0} is the service address itself: backends must be other hosts")]
+    BackendIsVip(SocketAddrV4),
+}
+
+impl EngineConfig {
+    /// Check the configuration; the engine relies on it being valid.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.services.is_empty() {
+            return Err(ConfigError::NoServices);
+        }
+        if self.max_flows == 0 {
+            return Err(ConfigError::ZeroMaxFlows);
+        }
+        if self.snat_ports.is_empty() {
+            return Err(ConfigError::EmptyPortRange(
+                *self.snat_ports.start(),
+                *self.snat_ports.end(),
+            ));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.vip.ip().is_unspecified() || s.vip.port() == 0 {
+                return Err(ConfigError::Unspecified(s.vip));
+            }
+            if self.services[..i].iter().any(|o| o.vip == s.vip) {
+                return Err(ConfigError::DuplicateService(s.vip));
+            }
+            if s.backends.is_empty() {
+                return Err(ConfigError::NoBackends(s.vip));
+            }
+            for (j, b) in s.backends.iter().enumerate() {
+                if b.addr.ip().is_unspecified() || b.addr.port() == 0 {
+                    return Err(ConfigError::Unspecified(b.addr));
+                }
+                if b.addr == s.vip {
+                    return Err(ConfigError::BackendIsVip(b.addr));
+                }
+                if s.backends[..j].iter().any(|o| o.addr == b.addr) {
+                    return Err(ConfigError::DuplicateBackend(s.vip, b.addr));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service as the engine runs it: configuration, selector, counters.
+#[derive(Debug)]
+pub struct Service {
+    /// The virtual address and port.
+    pub vip: SocketAddrV4,
+    /// The backends.
+    pub backends: Vec<BackendConfig>,
+    /// The MASQUERADE pool (never empty).
+    pub snat: Vec<Ipv4Addr>,
+    /// The mode the selector implements.
+    pub mode: Mode,
+    /// Picks a backend for each NEW connection.
+    pub selector: Box<dyn Selector>,
+    /// One set of counters per backend, same order.
+    pub counters: Vec<BackendCounters>,
+}
+
+impl Service {
+    /// Build the runtime form of a validated service.
+    pub fn new(cfg: &ServiceConfig, seed: u64) -> Self {
+        let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
+        let snat = if cfg.snat.is_empty() {
+            vec![*cfg.vip.ip()]
+        } else {
+            cfg.snat.clone()
+        };
+        Service {
+            vip: cfg.vip,
+            backends: cfg.backends.clone(),
+            snat,
+            mode: cfg.mode,
+            selector: select::build(cfg.mode, &weights, seed),
+            counters: cfg.backends.iter().map(|_| BackendCounters::default()).collect(),
+        }
+    }
+}

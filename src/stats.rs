@@ -1,0 +1,251 @@
+//! Counters: why packets were dropped, what was forwarded, per backend.
+//!
+//! Every packet the engine is handed ends in exactly one counter: a
+//! [`DropReason`] or `forwarded[direction]`. Counters are relaxed atomics
+//! indexed by enum discriminant (cheap enough for the packet path) and are
+//! read as a [`Snapshot`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet was not forwarded. Each is a counter; none is an error that
+/// stops the datapath (bad input is normal input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not an IPv4 packet (IPv6 router solicitations on a fresh TUN, ...).
+    NotIpv4,
+    /// Shorter than its headers or its own total length.
+    Truncated,
+    /// IPv4 header length below 20 bytes, or a TCP data offset below 5.
+    BadHeader,
+    /// An IPv4, TCP or ICMP checksum does not verify.
+    BadChecksum,
+    /// An IPv4 fragment: tunlb does not reassemble (conntrack does).
+    Fragment,
+    /// Neither TCP nor an ICMP error.
+    NotTcp,
+    /// To an address:port that is no service and matches no flow.
+    NoService,
+    /// An invalid TCP flag combination (NULL, XMAS, SYN|FIN, bare FIN, ...).
+    BadFlags,
+    /// Not a SYN, and no flow has this tuple (INVALID: no loose pickup).
+    NoFlowNotSyn,
+    /// The state machine calls this segment INVALID for the flow's state.
+    InvalidTransition,
+    /// Every backend of the service has weight 0: the client gets an RST.
+    NoBackend,
+    /// No free MASQUERADE port for the REPLY tuple.
+    PortsExhausted,
+    /// The table is at `max_flows` and nothing could be evicted.
+    TableFull,
+    /// An ICMP message that is not an error tunlb translates (echo, ...).
+    IcmpNotError,
+    /// An ICMP error about no tracked flow, or about non-TCP.
+    IcmpUntracked,
+}
+
+impl DropReason {
+    /// The number of reasons, for tables indexed by reason.
+    pub const COUNT: usize = 15;
+
+    /// Every reason, in discriminant order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::NotIpv4,
+        DropReason::Truncated,
+        DropReason::BadHeader,
+        DropReason::BadChecksum,
+        DropReason::Fragment,
+        DropReason::NotTcp,
+        DropReason::NoService,
+        DropReason::BadFlags,
+        DropReason::NoFlowNotSyn,
+        DropReason::InvalidTransition,
+        DropReason::NoBackend,
+        DropReason::PortsExhausted,
+        DropReason::TableFull,
+        DropReason::IcmpNotError,
+        DropReason::IcmpUntracked,
+    ];
+
+    /// Return the counter's name, as printed in stats and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::Truncated => "truncated",
+            DropReason::BadHeader => "bad_header",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::Fragment => "fragment",
+            DropReason::NotTcp => "not_tcp",
+            DropReason::NoService => "no_service",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::NoFlowNotSyn => "invalid_no_flow",
+            DropReason::InvalidTransition => "invalid_state",
+            DropReason::NoBackend => "no_backend",
+            DropReason::PortsExhausted => "ports_exhausted",
+            DropReason::TableFull => "table_full",
+            DropReason::IcmpNotError => "icmp_not_error",
+            DropReason::IcmpUntracked => "icmp_untracked",
+        }
+    }
+
+    /// Return what tunlb sends back for a packet dropped for this reason.
+    /// One place decides it; see [`Response`].
+    pub const fn response(self) -> Response {
+        match self {
+            // A client must not hang on a service with no backend.
+            DropReason::NoBackend => Response::Reset,
+            // Like the kernel: a SYN that cannot be tracked vanishes; the
+            // client retransmits and may get through once room is made.
+            _ => Response::Silence,
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the engine answers a dropped packet with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response {
+    /// Nothing.
+    Silence,
+    /// A TCP RST from the service address to the client.
+    Reset,
+}
+
+/// Counters of one backend.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Connections this backend was chosen for.
+    pub connections: AtomicU64,
+    /// Packets forwarded, both directions.
+    pub packets: AtomicU64,
+    /// IP bytes forwarded, both directions.
+    pub bytes: AtomicU64,
+}
+
+/// The engine's counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    drops: [AtomicU64; DropReason::COUNT],
+    forwarded: [AtomicU64; 2],
+    /// Flows created (NEW connections admitted).
+    pub new_flows: AtomicU64,
+    /// Flows removed because their timeout passed.
+    pub expired: AtomicU64,
+    /// Flows removed early to admit a new one (table full).
+    pub evicted: AtomicU64,
+    /// ICMP errors translated (RELATED).
+    pub icmp_translated: AtomicU64,
+    /// RSTs sent to clients.
+    pub resets_sent: AtomicU64,
+}
+
+impl Counters {
+    /// Count one packet dropped for `reason`.
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count one packet forwarded in direction `dir` (0 ORIGINAL, 1 REPLY).
+    #[inline]
+    pub fn forward(&self, dir: usize) {
+        self.forwarded[dir].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Read the counters.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            drops: std::array::from_fn(|i| get(&self.drops[i])),
+            forwarded: [get(&self.forwarded[0]), get(&self.forwarded[1])],
+            new_flows: get(&self.new_flows),
+            expired: get(&self.expired),
+            evicted: get(&self.evicted),
+            icmp_translated: get(&self.icmp_translated),
+            resets_sent: get(&self.resets_sent),
+            backends: Vec::new(),
+            flows: 0,
+        }
+    }
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+    /// Forwarded packets, ORIGINAL and REPLY.
+    pub forwarded: [u64; 2],
+    /// Flows created.
+    pub new_flows: u64,
+    /// Flows expired.
+    pub expired: u64,
+    /// Flows evicted.
+    pub evicted: u64,
+    /// ICMP errors translated.
+    pub icmp_translated: u64,
+    /// RSTs sent.
+    pub resets_sent: u64,
+    /// Per backend: (service VIP, backend, connections, packets, bytes).
+    pub backends: Vec<BackendSnapshot>,
+    /// Flows in the table.
+    pub flows: usize,
+}
+
+/// The counters of one backend at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSnapshot {
+    /// The service's VIP:port.
+    pub service: std::net::SocketAddrV4,
+    /// The backend's address:port.
+    pub backend: std::net::SocketAddrV4,
+    /// Connections sent to it.
+    pub connections: u64,
+    /// Packets forwarded to and from it.
+    pub packets: u64,
+    /// Bytes forwarded to and from it.
+    pub bytes: u64,
+}
+
+impl Snapshot {
+    /// Return the count of drops for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Return the total of all drops.
+    pub fn total_dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}
+
+impl fmt::Display for Snapshot {
+    /// One line: flows, forwarded, new, then every non-zero drop counter.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "flows={} new={} fwd_orig={} fwd_reply={} expired={} evicted={} icmp={} rst={}",
+            self.flows,
+            self.new_flows,
+            self.forwarded[0],
+            self.forwarded[1],
+            self.expired,
+            self.evicted,
+            self.icmp_translated,
+            self.resets_sent
+        )?;
+        for r in DropReason::ALL {
+            let n = self.dropped(r);
+            if n > 0 {
+                write!(f, " drop_{}={}", r.name(), n)?;
+            }
+        }
+        Ok(())
+    }
+}

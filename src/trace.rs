@@ -1,0 +1,64 @@
+//! The teaching line: one line per NAT decision and state change, in
+//! netfilter's words.
+//!
+//! Events go to the `tunlb::trace` target at debug level, so they cost one
+//! cached check when off and never appear at the default info level. The
+//! program's `--trace` switch turns that target on:
+//!
+//! ```text
+//! NEW 198.18.1.2:40000 -> 198.18.0.1:80 => DNAT 198.18.2.3:80, MASQ 198.18.0.1:40000 (nth: backend 1 of 4)
+//! STATE 198.18.1.2:40000 -> 198.18.0.1:80 SYN_SENT -> SYN_RECV (REPLY SYN-ACK)
+//! DESTROY 198.18.1.2:40000 -> 198.18.0.1:80 in TIME_WAIT (timeout)
+//! ```
+
+use crate::conntrack::tcp::FlagClass;
+use crate::conntrack::{Direction, Flow, TcpState, Tuple};
+use crate::service::Service;
+
+/// The tracing target of the teaching line.
+pub const TARGET: &str = "tunlb::trace";
+
+/// A NEW connection and the NAT decision made for it.
+pub fn new_flow(flow: &Flow, svc: &Service, backend: usize) {
+    tracing::debug!(
+        target: TARGET,
+        "NEW {} => DNAT {}, MASQ {} ({}: backend {} of {})",
+        flow.original,
+        flow.reply.src,
+        flow.reply.dst,
+        svc.selector.name(),
+        backend + 1,
+        svc.backends.len()
+    );
+}
+
+/// A state change of a flow.
+pub fn state(flow: &Flow, dir: Direction, class: FlagClass, old: TcpState) {
+    let what = match class {
+        FlagClass::Syn => "SYN",
+        FlagClass::SynAck => "SYN-ACK",
+        FlagClass::Fin => "FIN",
+        FlagClass::Ack => "ACK",
+        FlagClass::Rst => "RST",
+        FlagClass::None => "none",
+    };
+    tracing::debug!(
+        target: TARGET,
+        "STATE {} {} -> {} ({} {})",
+        flow.original,
+        old,
+        flow.state,
+        dir,
+        what
+    );
+}
+
+/// A flow leaving the table.
+pub fn destroy(flow: &Flow, why: &str) {
+    tracing::debug!(target: TARGET, "DESTROY {} in {} ({})", flow.original, flow.state, why);
+}
+
+/// A SYN refused because every backend is drained.
+pub fn no_backend(original: &Tuple) {
+    tracing::debug!(target: TARGET, "REJECT {} (no backend takes new connections: RST sent)", original);
+}
