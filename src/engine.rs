@@ -145,7 +145,11 @@ impl Engine {
         if ip.more_frags() || ip.frag_offset() != 0 {
             return Err(DropReason::Fragment);
         }
-        Ok((ip.header_len() as usize, ip.total_len() as usize, ip.next_header()))
+        Ok((
+            ip.header_len() as usize,
+            ip.total_len() as usize,
+            ip.next_header(),
+        ))
     }
 
     fn process_tcp(
@@ -332,7 +336,12 @@ impl Engine {
     }
 
     /// Translate an ICMP error quoting a tracked flow (RELATED traffic).
-    fn process_icmp(&self, pkt: &mut [u8], ihl: usize, total: usize) -> Result<Verdict, DropReason> {
+    fn process_icmp(
+        &self,
+        pkt: &mut [u8],
+        ihl: usize,
+        total: usize,
+    ) -> Result<Verdict, DropReason> {
         let icmp = &pkt[ihl..total];
         if icmp.len() < 8 {
             return Err(DropReason::Truncated);
@@ -358,7 +367,8 @@ impl Engine {
         if inner[9] != u8::from(IpProtocol::Tcp) {
             return Err(DropReason::IcmpUntracked);
         }
-        let ip4 = |o: usize| std::net::Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+        let ip4 =
+            |o: usize| std::net::Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
         let port = |o: usize| u16::from_be_bytes([inner[inner_ihl + o], inner[inner_ihl + o + 1]]);
         let quoted = Tuple::new(ip4(12), port(0), ip4(16), port(2));
         let q = IcmpQuote {

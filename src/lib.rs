@@ -15,9 +15,14 @@
 #![warn(missing_docs)]
 
 pub mod checksum;
+pub mod config;
 pub mod conntrack;
+pub mod datapath;
 pub mod engine;
+pub mod io;
+pub mod iptables;
 pub mod nat;
+pub mod preflight;
 pub mod select;
 pub mod service;
 pub mod stats;

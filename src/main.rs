@@ -1,1 +1,135 @@
-fn main(){}
+//! The `tunlb` program: flags in, a validated configuration out, then the
+//! datapath until SIGINT/SIGTERM. Usage errors exit 2 with one line; runtime
+//! failures exit 1 with what to do about them.
+
+mod cli;
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+use tunlb::config::RunConfig;
+use tunlb::datapath::{self, IoCounters, Options};
+use tunlb::io::tun::{TunIo, TunSpec};
+use tunlb::{preflight, Engine};
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return cli::usage_error(e),
+    };
+    match cli.command {
+        cli::Command::Run(args) => {
+            let cfg = match args.config() {
+                Ok(c) => c,
+                Err(e) => return cli::fail(2, &e),
+            };
+            init_logging(args.trace);
+            match run(cfg, args.set_sysctls) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => {
+                    tracing::error!("{msg}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        cli::Command::Iptables(args) => match args.engine_config() {
+            Ok(cfg) => {
+                print!("{}", tunlb::iptables::ruleset(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => cli::fail(2, &e),
+        },
+    }
+}
+
+fn init_logging(trace: bool) {
+    use tracing_subscriber::EnvFilter;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if trace {
+        filter = filter.add_directive(
+            format!("{}=debug", tunlb::trace::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
+    preflight::forwarding(set_sysctls).map_err(|e| e.to_string())?;
+    let mut addrs = Vec::new();
+    for s in &cfg.engine.services {
+        addrs.push((*s.vip.ip(), "VIP"));
+        addrs.extend(s.snat.iter().map(|a| (*a, "SNAT")));
+    }
+    preflight::not_local(&addrs).map_err(|e| e.to_string())?;
+
+    let spec = TunSpec {
+        name: cfg.tun.clone(),
+        addr: cfg.tun_addr,
+        mtu: cfg.mtu,
+    };
+    let io = TunIo::open(&spec).map_err(|e| e.to_string())?;
+    if cfg.tun_addr.is_some() {
+        preflight::disable_ipv6(&cfg.tun);
+    }
+    let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    }
+    let services: Vec<String> = engine
+        .services()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} -> {} backends ({})",
+                s.vip,
+                s.backends.len(),
+                s.mode.name()
+            )
+        })
+        .collect();
+    tracing::info!(
+        "ready: tun {} ({}), {}; {} thread(s), max {} flows",
+        cfg.tun,
+        if cfg.tun_addr.is_some() {
+            "created"
+        } else {
+            "attached"
+        },
+        services.join(", "),
+        cfg.threads,
+        cfg.engine.max_flows
+    );
+    let counters = Arc::new(IoCounters::default());
+    let opts = Options {
+        threads: cfg.threads,
+        stats_interval: cfg.stats_interval,
+    };
+    let result = datapath::run(engine.clone(), Arc::new(io), &opts, stop, counters);
+    let stats = engine.stats();
+    tracing::info!("stopped: {stats}");
+    for b in &stats.backends {
+        tracing::info!(
+            "  {} -> {}: {} connections, {} packets, {} bytes",
+            b.service,
+            b.backend,
+            b.connections,
+            b.packets,
+            b.bytes
+        );
+    }
+    result.map_err(|e| {
+        format!("the TUN {} failed: {e}; was the device removed? tunlb stops here, start it again once the device is back", cfg.tun)
+    })
+}

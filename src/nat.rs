@@ -35,7 +35,11 @@ fn replace_u32(buf: &mut [u8], at: usize, new: Ipv4Addr, csums: &[usize]) {
     }
     buf[at..at + 4].copy_from_slice(&new.to_be_bytes());
     for &c in csums {
-        checksum::put(buf, c, checksum::update_u32(checksum::get(buf, c), old, new));
+        checksum::put(
+            buf,
+            c,
+            checksum::update_u32(checksum::get(buf, c), old, new),
+        );
     }
 }
 
@@ -49,7 +53,11 @@ fn replace_u16(buf: &mut [u8], at: usize, new: u16, csums: &[usize]) {
     }
     checksum::put(buf, at, new);
     for &c in csums {
-        checksum::put(buf, c, checksum::update_u16(checksum::get(buf, c), old, new));
+        checksum::put(
+            buf,
+            c,
+            checksum::update_u16(checksum::get(buf, c), old, new),
+        );
     }
 }
 

@@ -142,7 +142,12 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn t() -> Tuple {
-        Tuple::new(Ipv4Addr::new(198, 18, 1, 2), 1, Ipv4Addr::new(198, 18, 0, 1), 80)
+        Tuple::new(
+            Ipv4Addr::new(198, 18, 1, 2),
+            1,
+            Ipv4Addr::new(198, 18, 0, 1),
+            80,
+        )
     }
 
     #[test]

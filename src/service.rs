@@ -168,7 +168,11 @@ impl Service {
             snat,
             mode: cfg.mode,
             selector: select::build(cfg.mode, &weights, seed),
-            counters: cfg.backends.iter().map(|_| BackendCounters::default()).collect(),
+            counters: cfg
+                .backends
+                .iter()
+                .map(|_| BackendCounters::default())
+                .collect(),
         }
     }
 }

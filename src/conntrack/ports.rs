@@ -70,7 +70,12 @@ mod tests {
     use super::*;
 
     fn orig(port: u16) -> Tuple {
-        Tuple::new(Ipv4Addr::new(198, 18, 1, 2), port, Ipv4Addr::new(198, 18, 0, 1), 80)
+        Tuple::new(
+            Ipv4Addr::new(198, 18, 1, 2),
+            port,
+            Ipv4Addr::new(198, 18, 0, 1),
+            80,
+        )
     }
     const B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 3), 80);
     const S: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -91,9 +96,24 @@ mod tests {
         let b = allocate(&t, &other, B, &[S], &(50000..=50001), 7).unwrap();
         assert_eq!(a.dst.port(), 40000);
         assert!((50000..=50001).contains(&b.dst.port()));
-        let c = allocate(&t, &Tuple::new(Ipv4Addr::new(198, 18, 1, 4), 40000, S, 80), B, &[S], &(50000..=50001), 7).unwrap();
+        let c = allocate(
+            &t,
+            &Tuple::new(Ipv4Addr::new(198, 18, 1, 4), 40000, S, 80),
+            B,
+            &[S],
+            &(50000..=50001),
+            7,
+        )
+        .unwrap();
         assert_ne!(b.dst.port(), c.dst.port());
-        let d = allocate(&t, &Tuple::new(Ipv4Addr::new(198, 18, 1, 5), 40000, S, 80), B, &[S], &(50000..=50001), 7);
+        let d = allocate(
+            &t,
+            &Tuple::new(Ipv4Addr::new(198, 18, 1, 5), 40000, S, 80),
+            B,
+            &[S],
+            &(50000..=50001),
+            7,
+        );
         assert_eq!(d, None);
     }
 
@@ -102,7 +122,15 @@ mod tests {
         let t = ConnTable::new(10);
         let pool = [S, Ipv4Addr::new(198, 18, 0, 2)];
         let a = allocate(&t, &orig(1), B, &pool, &(50000..=50000), 1).unwrap();
-        let b = allocate(&t, &Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 1, S, 80), B, &pool, &(50000..=50000), 1).unwrap();
+        let b = allocate(
+            &t,
+            &Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 1, S, 80),
+            B,
+            &pool,
+            &(50000..=50000),
+            1,
+        )
+        .unwrap();
         assert_ne!(a.dst.ip(), b.dst.ip());
     }
 }

@@ -250,8 +250,7 @@ impl ConnTable {
         let mut due = [(Timestamp::ZERO, ZERO_TUPLE); EXPIRE_BUDGET];
         let n = self.pop_due(Some(now), &mut due);
         for &(at, original) in &due[..n] {
-            if let Some(flow) = self.remove_if(&original, |f| f.queued == at && f.deadline <= now)
-            {
+            if let Some(flow) = self.remove_if(&original, |f| f.queued == at && f.deadline <= now) {
                 on_expire(flow);
                 continue;
             }
@@ -288,7 +287,12 @@ impl ConnTable {
                     break;
                 }
                 victim = self.remove_if(&original, |f| {
-                    f.queued == at && if pass == 0 { !f.assured } else { f.state.is_closing() }
+                    f.queued == at
+                        && if pass == 0 {
+                            !f.assured
+                        } else {
+                            f.state.is_closing()
+                        }
                 });
             }
         }
@@ -306,7 +310,9 @@ impl ConnTable {
     pub fn snapshot(&self) -> Vec<FlowInfo> {
         self.flows
             .iter()
-            .map(|r| FlowInfo { flow: r.value().clone() })
+            .map(|r| FlowInfo {
+                flow: r.value().clone(),
+            })
             .collect()
     }
 }
@@ -320,7 +326,13 @@ const ZERO_TUPLE: Tuple = Tuple::new(
 
 impl Flow {
     /// Build a fresh flow in state NONE; the engine moves it to SYN_SENT.
-    pub fn new(original: Tuple, reply: Tuple, service: u16, backend: u16, deadline: Timestamp) -> Self {
+    pub fn new(
+        original: Tuple,
+        reply: Tuple,
+        service: u16,
+        backend: u16,
+        deadline: Timestamp,
+    ) -> Self {
         Flow {
             original,
             reply,

@@ -331,10 +331,10 @@ mod tests {
             (FIN | ACK | PSH, Some(FlagClass::Fin)),
             (ACK, Some(FlagClass::Ack)),
             (ACK | PSH | URG, Some(FlagClass::Ack)),
-            (0, None),                                       // NULL
-            (FIN | PSH | URG, None),                         // XMAS
-            (SYN | FIN, None),                               // SYN|FIN
-            (FIN, None),                                     // bare FIN
+            (0, None),               // NULL
+            (FIN | PSH | URG, None), // XMAS
+            (SYN | FIN, None),       // SYN|FIN
+            (FIN, None),             // bare FIN
             (SYN | RST, None),
             (FIN | SYN | RST | PSH | ACK | URG, None),
         ] {
@@ -345,7 +345,14 @@ mod tests {
     #[test]
     fn every_cell_keeps_the_invariants() {
         for dir in [Direction::Original, Direction::Reply] {
-            for class in [FlagClass::Syn, FlagClass::SynAck, FlagClass::Fin, FlagClass::Ack, FlagClass::Rst, FlagClass::None] {
+            for class in [
+                FlagClass::Syn,
+                FlagClass::SynAck,
+                FlagClass::Fin,
+                FlagClass::Ack,
+                FlagClass::Rst,
+                FlagClass::None,
+            ] {
                 for old in TcpState::ALL {
                     let cell = transition(dir, class, old);
                     // Nothing moves back to NONE.
@@ -357,7 +364,11 @@ mod tests {
                     // Only an ORIGINAL SYN leaves NONE.
                     if old == TcpState::None {
                         let leaves = matches!(cell, Cell::To(_));
-                        assert_eq!(leaves, dir == Direction::Original && class == FlagClass::Syn, "{dir} {class:?}");
+                        assert_eq!(
+                            leaves,
+                            dir == Direction::Original && class == FlagClass::Syn,
+                            "{dir} {class:?}"
+                        );
                     }
                     // No class-less segment is ever valid.
                     if class == FlagClass::None {

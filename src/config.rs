@@ -1,0 +1,571 @@
+//! The program's configuration: command-line flags and a TOML file, merged
+//! into one validated [`RunConfig`].
+//!
+//! # How flags and the file combine
+//! - The file (`--config FILE`) may declare any number of `[[service]]`
+//!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
+//!   `mtu`, `stats_interval` and a `[timeouts]` table (seconds per TCP state).
+//! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
+//!   adds one more service; a VIP declared twice is an error.
+//! - Every other flag given on the command line overrides the file's value.
+//!
+//! ```toml
+//! tun = "tl0"
+//! tun_addr = "198.18.0.254/24"
+//! max_flows = 100000
+//!
+//! [timeouts]
+//! established = 7440   # RFC 5382 REQ-5: at least 2 h 4 min
+//!
+//! [[service]]
+//! vip = "198.18.0.1:80"
+//! mode = "random"
+//! backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::conntrack::{TcpState, Timeouts};
+use crate::select::Mode;
+use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
+
+/// Parse `IP:PORT[,weight=N]`, the syntax of `--backend`.
+pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {
+    let mut parts = s.split(',');
+    let addr = parts.next().unwrap_or_default();
+    let addr = parse_socket(addr)
+        .map_err(|e| format!("{e}; expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2"))?;
+    let mut weight = 1;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("weight", w)) => weight = w.parse::<u32>().map_err(|_| {
+                format!(
+                    "weight '{w}' is not a whole number; use weight=N with N from 0 to 4294967295"
+                )
+            })?,
+            _ => {
+                return Err(format!(
+                    "unknown backend option '{opt}'; the only option is weight=N"
+                ))
+            }
+        }
+    }
+    Ok(BackendConfig { addr, weight })
+}
+
+/// Parse `IP:PORT` with an IPv4 address and a non-zero port.
+pub fn parse_socket(s: &str) -> Result<SocketAddrV4, String> {
+    let a = SocketAddrV4::from_str(s).map_err(|_| {
+        format!("'{s}' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80)")
+    })?;
+    if a.port() == 0 {
+        return Err(format!("'{s}' has port 0; give a port from 1 to 65535"));
+    }
+    Ok(a)
+}
+
+/// Parse `ADDR/PREFIX`, the syntax of `--tun-addr`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let bad = || format!("'{s}' is not an IPv4 CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24");
+    let (a, p) = s.split_once('/').ok_or_else(bad)?;
+    let a = Ipv4Addr::from_str(a).map_err(|_| bad())?;
+    let p = p
+        .parse::<u8>()
+        .ok()
+        .filter(|p| (1..=30).contains(p))
+        .ok_or_else(|| {
+            format!("prefix length in '{s}' must be 1 to 30, so the TUN's prefix holds the VIP")
+        })?;
+    Ok((a, p))
+}
+
+/// Parse `LOW-HIGH`, a port range.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("'{s}' is not a port range; use LOW-HIGH, e.g. 1024-65535");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b) = (
+        a.parse::<u16>().map_err(|_| bad())?,
+        b.parse::<u16>().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(format!(
+            "port range '{s}' is empty or starts at 0; use LOW-HIGH with 1 <= LOW <= HIGH"
+        ));
+    }
+    Ok((a, b))
+}
+
+/// One `[[service]]` of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    vip: String,
+    backends: Vec<String>,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    snat: Vec<String>,
+}
+
+/// The file's `[timeouts]`, in seconds per state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    syn_sent: Option<u64>,
+    syn_recv: Option<u64>,
+    established: Option<u64>,
+    fin_wait: Option<u64>,
+    close_wait: Option<u64>,
+    last_ack: Option<u64>,
+    time_wait: Option<u64>,
+    close: Option<u64>,
+    syn_sent2: Option<u64>,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    tun: Option<String>,
+    tun_addr: Option<String>,
+    threads: Option<usize>,
+    max_flows: Option<usize>,
+    snat_ports: Option<String>,
+    mtu: Option<u16>,
+    stats_interval: Option<u64>,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    service: Vec<FileService>,
+}
+
+/// What the command line says about services and limits (shared by `run`
+/// and `iptables`). Every field is optional so the file can supply it.
+#[derive(Debug, Default, Clone)]
+pub struct FlagService {
+    /// `--vip`.
+    pub vip: Option<SocketAddrV4>,
+    /// `--backend`, repeated.
+    pub backends: Vec<BackendConfig>,
+    /// `--mode`.
+    pub mode: Option<Mode>,
+    /// `--snat`, repeated.
+    pub snat: Vec<Ipv4Addr>,
+    /// `--max-flows`.
+    pub max_flows: Option<usize>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+}
+
+/// What the command line says about the device and the process.
+#[derive(Debug, Default, Clone)]
+pub struct FlagRun {
+    /// `--tun`.
+    pub tun: Option<String>,
+    /// `--tun-addr`.
+    pub tun_addr: Option<(Ipv4Addr, u8)>,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// `--mtu`.
+    pub mtu: Option<u16>,
+    /// `--stats-interval` in seconds.
+    pub stats_interval: Option<u64>,
+}
+
+/// A complete, validated configuration for `tunlb run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The engine's configuration.
+    pub engine: EngineConfig,
+    /// The TUN's name.
+    pub tun: String,
+    /// The TUN's host-side address, when tunlb creates it.
+    pub tun_addr: Option<(Ipv4Addr, u8)>,
+    /// Packet threads.
+    pub threads: usize,
+    /// The TUN's MTU when created.
+    pub mtu: u16,
+    /// Period of the one-line counter summary; `None`: off.
+    pub stats_interval: Option<Duration>,
+}
+
+/// A configuration problem, reported in one line with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for tunlb.
+    #[error("config file {path}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        msg: String,
+    },
+    /// A value is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine refuses the services.
+    #[error(transparent)]
+    Engine(#[from] ConfigError),
+}
+
+fn load(path: &Path) -> Result<File, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_owned(),
+        msg: e.message().replace('\n', " ").trim().to_string()
+            + &e.span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default(),
+    })
+}
+
+/// Merge the file named by `--config` (if any) and the flags into an engine
+/// configuration, as documented in the module docs.
+pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRun>), Error> {
+    let file = match &flags.config {
+        Some(p) => Some(load(p)?),
+        None => None,
+    };
+    let mut cfg = EngineConfig::default();
+    let mut run = None;
+    if let Some(f) = file {
+        for s in f.service {
+            let vip =
+                parse_socket(&s.vip).map_err(|e| Error::Invalid(format!("service vip: {e}")))?;
+            let backends = s
+                .backends
+                .iter()
+                .map(|b| parse_backend(b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Invalid(format!("service {vip}: backend {e}")))?;
+            let snat = s
+                .snat
+                .iter()
+                .map(|a| {
+                    Ipv4Addr::from_str(a).map_err(|_| {
+                        Error::Invalid(format!("service {vip}: snat '{a}' is not an IPv4 address"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            cfg.services.push(ServiceConfig {
+                vip,
+                backends,
+                mode: s.mode,
+                snat,
+            });
+        }
+        if let Some(m) = f.max_flows {
+            cfg.max_flows = m;
+        }
+        if let Some(r) = &f.snat_ports {
+            let (a, b) =
+                parse_port_range(r).map_err(|e| Error::Invalid(format!("snat_ports: {e}")))?;
+            cfg.snat_ports = a..=b;
+        }
+        apply_timeouts(&mut cfg.timeouts, &f.timeouts);
+        let tun_addr = match &f.tun_addr {
+            Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
+            None => None,
+        };
+        run = Some(FileRun {
+            tun: f.tun,
+            tun_addr,
+            threads: f.threads,
+            mtu: f.mtu,
+            stats_interval: f.stats_interval,
+        });
+    }
+    match flags.vip {
+        Some(vip) => cfg.services.push(ServiceConfig {
+            vip,
+            backends: flags.backends.clone(),
+            mode: flags.mode.unwrap_or_default(),
+            snat: flags.snat.clone(),
+        }),
+        None if !flags.backends.is_empty() || flags.mode.is_some() || !flags.snat.is_empty() => {
+            return Err(Error::Invalid(
+                "--backend, --mode and --snat describe the service of --vip: add --vip ADDR:PORT"
+                    .into(),
+            ))
+        }
+        None => {}
+    }
+    if let Some(m) = flags.max_flows {
+        cfg.max_flows = m;
+    }
+    cfg.seed = rand::random();
+    cfg.validate()?;
+    Ok((cfg, run))
+}
+
+/// The file's settings for `run`, before flags override them.
+#[derive(Debug, Default)]
+pub struct FileRun {
+    tun: Option<String>,
+    tun_addr: Option<(Ipv4Addr, u8)>,
+    threads: Option<usize>,
+    mtu: Option<u16>,
+    stats_interval: Option<u64>,
+}
+
+fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
+    for (state, v) in [
+        (TcpState::SynSent, f.syn_sent),
+        (TcpState::SynRecv, f.syn_recv),
+        (TcpState::Established, f.established),
+        (TcpState::FinWait, f.fin_wait),
+        (TcpState::CloseWait, f.close_wait),
+        (TcpState::LastAck, f.last_ack),
+        (TcpState::TimeWait, f.time_wait),
+        (TcpState::Close, f.close),
+        (TcpState::SynSent2, f.syn_sent2),
+    ] {
+        if let Some(s) = v {
+            t.set(state, Duration::from_secs(s));
+        }
+    }
+}
+
+/// Build the configuration of `tunlb run` from its flags and the file.
+pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> {
+    let (engine, file) = engine_config(svc)?;
+    let file = file.unwrap_or_default();
+    let tun = run.tun.clone().or(file.tun).ok_or_else(|| {
+        Error::Invalid(
+            "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)".into(),
+        )
+    })?;
+    if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
+        return Err(Error::Invalid(format!(
+            "'{tun}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0"
+        )));
+    }
+    let threads = run.threads.or(file.threads).unwrap_or(1);
+    if !(1..=64).contains(&threads) {
+        return Err(Error::Invalid(format!(
+            "--threads {threads} is out of range: use 1 to 64"
+        )));
+    }
+    let mtu = run.mtu.or(file.mtu).unwrap_or(1500);
+    if !(576..=65535).contains(&mtu) {
+        return Err(Error::Invalid(format!(
+            "--mtu {mtu} is out of range: use 576 to 65535"
+        )));
+    }
+    let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
+    Ok(RunConfig {
+        engine,
+        tun,
+        tun_addr: run.tun_addr.or(file.tun_addr),
+        threads,
+        mtu,
+        stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(vip: &str, backends: &[&str]) -> FlagService {
+        FlagService {
+            vip: Some(parse_socket(vip).unwrap()),
+            backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn backend_syntax() {
+        assert_eq!(parse_backend("198.18.2.3:80").unwrap().weight, 1);
+        assert_eq!(parse_backend("198.18.2.3:80,weight=3").unwrap().weight, 3);
+        assert_eq!(parse_backend("198.18.2.3:80,weight=0").unwrap().weight, 0);
+        let e = parse_backend("198.18.2.3").unwrap_err();
+        assert!(
+            e.contains("'198.18.2.3' is not an IPv4 address with a port")
+                && e.contains("IP:PORT[,weight=N]"),
+            "{e}"
+        );
+        let e = parse_backend("198.18.2.3:80,weight=x").unwrap_err();
+        assert!(e.contains("weight 'x' is not a whole number"), "{e}");
+        let e = parse_backend("198.18.2.3:80,wieght=2").unwrap_err();
+        assert!(e.contains("unknown backend option 'wieght=2'"), "{e}");
+        let e = parse_backend("198.18.2.3:0").unwrap_err();
+        assert!(e.contains("port 0"), "{e}");
+    }
+
+    #[test]
+    fn cidr_and_range_syntax() {
+        assert_eq!(
+            parse_cidr("198.18.0.254/24").unwrap(),
+            (Ipv4Addr::new(198, 18, 0, 254), 24)
+        );
+        assert!(parse_cidr("198.18.0.254")
+            .unwrap_err()
+            .contains("use ADDR/PREFIX"));
+        assert!(parse_cidr("198.18.0.254/32")
+            .unwrap_err()
+            .contains("must be 1 to 30"));
+        assert_eq!(parse_port_range("1024-2047").unwrap(), (1024, 2047));
+        assert!(parse_port_range("2047-1024")
+            .unwrap_err()
+            .contains("is empty"));
+        assert!(parse_port_range("x").unwrap_err().contains("use LOW-HIGH"));
+    }
+
+    #[test]
+    fn flags_alone_make_one_service() {
+        let (c, _) = engine_config(&flags(
+            "198.18.0.1:80",
+            &["198.18.2.3:80", "198.18.2.4:80,weight=3"],
+        ))
+        .unwrap();
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.services[0].mode, Mode::Nth);
+        assert_eq!(c.services[0].backends[1].weight, 3);
+    }
+
+    #[test]
+    fn engine_errors_name_the_fix() {
+        let e = engine_config(&flags("198.18.0.1:80", &[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "service 198.18.0.1:80 has no backend: add --backend ADDR:PORT"
+        );
+        let e = engine_config(&FlagService::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("no service configured"), "{e}");
+        let e = engine_config(&flags("198.18.0.1:80", &["198.18.2.3:80", "198.18.2.3:80"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("appears twice"), "{e}");
+        let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        f.max_flows = Some(0);
+        assert_eq!(
+            engine_config(&f).unwrap_err().to_string(),
+            "max-flows must be at least 1"
+        );
+        let f = FlagService {
+            backends: vec![parse_backend("198.18.2.3:80").unwrap()],
+            ..Default::default()
+        };
+        assert!(engine_config(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("add --vip"));
+    }
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("tunlb-test-{}-{name}.toml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn file_and_flags_combine() {
+        let p = write(
+            "combine",
+            r#"
+tun = "tl9"
+max_flows = 10
+threads = 2
+[timeouts]
+established = 7440
+[[service]]
+vip = "198.18.0.1:80"
+mode = "random"
+backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
+"#,
+        );
+        let mut f = flags("198.18.0.1:443", &["198.18.2.3:443"]);
+        f.config = Some(p.clone());
+        f.max_flows = Some(20);
+        let r = run_config(
+            &f,
+            &FlagRun {
+                threads: None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.tun, "tl9");
+        assert_eq!(r.threads, 2);
+        assert_eq!(r.engine.max_flows, 20, "the flag overrides the file");
+        assert_eq!(
+            r.engine.services.len(),
+            2,
+            "file service, then the flag service"
+        );
+        assert_eq!(r.engine.services[0].mode, Mode::Random);
+        assert_eq!(
+            r.engine.timeouts.get(TcpState::Established),
+            Duration::from_secs(7440)
+        );
+        // The same VIP in both is refused.
+        let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        f.config = Some(p.clone());
+        assert!(run_config(&f, &FlagRun::default())
+            .unwrap_err()
+            .to_string()
+            .contains("configured twice"));
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn file_errors_are_one_line_with_the_place() {
+        let p = write(
+            "bad",
+            "[[service]]\nvip = \"198.18.0.1:80\"\nbackends = [\"x\"]\n",
+        );
+        let f = FlagService {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let e = engine_config(&f).unwrap_err().to_string();
+        assert!(e.contains("backend 'x' is not an IPv4 address"), "{e}");
+        std::fs::write(&p, "bogus = 1\n").unwrap();
+        let e = engine_config(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `bogus`") && !e.contains('\n'),
+            "{e}"
+        );
+        std::fs::remove_file(&p).unwrap();
+        let e = engine_config(&f).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn run_needs_a_tun() {
+        let e = run_config(
+            &flags("198.18.0.1:80", &["198.18.2.3:80"]),
+            &FlagRun::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("give --tun NAME"));
+        let r = FlagRun {
+            tun: Some("a/b".into()),
+            ..Default::default()
+        };
+        let e = run_config(&flags("198.18.0.1:80", &["198.18.2.3:80"]), &r).unwrap_err();
+        assert!(e.to_string().contains("not a valid interface name"));
+    }
+}

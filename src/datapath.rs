@@ -1,0 +1,222 @@
+//! The shell around the engine: packet threads, the clock, the expiry tick.
+//!
+//! Each packet thread runs the same short loop, like quinn's
+//! `ConnectionDriver`: receive one packet into a buffer it owns, hand it to
+//! [`Engine::process`] with the current time, write back what the verdict
+//! says. Buffers are reused; nothing is allocated or logged above debug level
+//! per packet. The calling thread does the housekeeping: it calls
+//! [`Engine::expire`] when [`Engine::next_expiry`] comes due, prints the
+//! periodic summary, and watches the stop flag (set by SIGINT/SIGTERM), so
+//! the process stops within [`POLL`] plus one packet.
+//!
+//! This is the only module that reads the clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, Verdict};
+use crate::io::PacketIo;
+use crate::time::Timestamp;
+
+/// How long a thread waits for a packet, or the housekeeper sleeps, before
+/// looking at the stop flag again.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The largest packet a TUN can hand over.
+const BUF_LEN: usize = 65536;
+
+/// Options of the datapath.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of packet threads.
+    pub threads: usize,
+    /// Period of the one-line counter summary at info level.
+    pub stats_interval: Option<Duration>,
+}
+
+/// Counters of the shell itself (the engine counts everything else).
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// Packets read from the device.
+    pub rx: AtomicU64,
+    /// Writes to the device that failed (the packet is lost, as on a full queue).
+    pub tx_errors: AtomicU64,
+}
+
+/// A monotonic clock turned into engine [`Timestamp`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// Start a clock at zero now.
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    /// Return the time since the start.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+}
+
+/// Run the datapath until `stop` is set or the device fails. Returns the
+/// device error that ended it, if any.
+pub fn run(
+    engine: Arc<Engine>,
+    io: Arc<dyn PacketIo>,
+    opts: &Options,
+    stop: Arc<AtomicBool>,
+    counters: Arc<IoCounters>,
+) -> Result<(), std::io::Error> {
+    let clock = Clock::start();
+    let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
+    let workers: Vec<_> = (0..opts.threads)
+        .map(|i| {
+            let (engine, io, stop, counters, failure) = (
+                engine.clone(),
+                io.clone(),
+                stop.clone(),
+                counters.clone(),
+                failure.clone(),
+            );
+            thread::Builder::new()
+                .name(format!("tunlb-pkt{i}"))
+                .spawn(move || {
+                    if let Err(e) = packet_loop(&engine, &*io, &stop, &counters, clock) {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                })
+                .expect("spawning a packet thread")
+        })
+        .collect();
+
+    let mut next_summary = opts.stats_interval.map(|d| Instant::now() + d);
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock.now();
+        while engine.expire(now) {}
+        if let (Some(at), Some(every)) = (next_summary, opts.stats_interval) {
+            if Instant::now() >= at {
+                tracing::info!("stats: {}", engine.stats());
+                next_summary = Some(at + every);
+            }
+        }
+        let sleep = engine.next_expiry().map_or(POLL, |at| {
+            now.until(at).clamp(Duration::from_millis(1), POLL)
+        });
+        thread::sleep(sleep);
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    failure.map_or(Ok(()), Err)
+}
+
+/// One packet thread: receive, process, send, until stopped.
+fn packet_loop(
+    engine: &Engine,
+    io: &dyn PacketIo,
+    stop: &AtomicBool,
+    counters: &IoCounters,
+    clock: Clock,
+) -> Result<(), std::io::Error> {
+    let mut buf = vec![0u8; BUF_LEN];
+    while !stop.load(Ordering::Relaxed) {
+        let Some(n) = io.recv(&mut buf, POLL)? else {
+            continue;
+        };
+        counters.rx.fetch_add(1, Ordering::Relaxed);
+        let len = match engine.process(&mut buf[..n], clock.now()) {
+            Verdict::Forward { len } | Verdict::Respond { len } => len,
+            Verdict::Drop(_) => continue,
+        };
+        if let Err(e) = io.send(&buf[..len]) {
+            counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("write to the device failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::memory::MemoryIo;
+    use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    use std::net::Ipv4Addr;
+
+    fn syn() -> Vec<u8> {
+        let mut b = vec![0u8; 40];
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(40);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Tcp);
+        ip.set_src_addr(Ipv4Addr::new(198, 18, 1, 2));
+        ip.set_dst_addr(Ipv4Addr::new(198, 18, 0, 1));
+        ip.fill_checksum();
+        let mut t = TcpPacket::new_unchecked(ip.payload_mut());
+        t.set_src_port(40000);
+        t.set_dst_port(80);
+        t.set_header_len(20);
+        t.set_syn(true);
+        t.fill_checksum(&IpAddress::v4(198, 18, 1, 2), &IpAddress::v4(198, 18, 0, 1));
+        b
+    }
+
+    #[test]
+    fn threads_forward_and_stop_on_the_flag() {
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                services: vec![ServiceConfig {
+                    vip: "198.18.0.1:80".parse().unwrap(),
+                    backends: vec![BackendConfig {
+                        addr: "198.18.2.3:80".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    mode: Default::default(),
+                    snat: vec![],
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let io = Arc::new(MemoryIo::new());
+        io.inject(&syn());
+        io.inject(&[0x60, 0, 0, 0]); // IPv6: counted and dropped
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(IoCounters::default());
+        let h = {
+            let (e, i, s, c) = (engine.clone(), io.clone(), stop.clone(), counters.clone());
+            thread::spawn(move || {
+                run(
+                    e,
+                    i,
+                    &Options {
+                        threads: 2,
+                        stats_interval: None,
+                    },
+                    s,
+                    c,
+                )
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counters.rx.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+        let sent = io.take_sent();
+        assert_eq!(sent.len(), 1);
+        let ip = Ipv4Packet::new_checked(&sent[0][..]).unwrap();
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 2, 3));
+        assert_eq!(engine.stats().dropped(crate::DropReason::NotIpv4), 1);
+        assert_eq!(engine.flow_count(), 1);
+    }
+}

@@ -1,0 +1,156 @@
+//! The TUN device, through the `tun` crate.
+//!
+//! Two ways in:
+//! - **create**: tunlb creates the TUN (CAP_NET_ADMIN), gives the host side an
+//!   address and brings it up; the device disappears when tunlb exits.
+//! - **attach**: the TUN already exists, persistent and owned by the user
+//!   (`ip tuntap add dev tl0 mode tun user alice`); tunlb only opens it and
+//!   needs no privilege at all. Addressing is the owner's business.
+//!
+//! Limits of the `tun` crate, stated rather than faked: one queue only (no
+//! `IFF_MULTI_QUEUE`), so `--threads N` shares one file descriptor; no
+//! virtio-net header offloads (one packet per syscall).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::PacketIo;
+
+/// How to open the TUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunSpec {
+    /// The interface name.
+    pub name: String,
+    /// Host-side address and prefix length: create mode. `None`: attach.
+    pub addr: Option<(Ipv4Addr, u8)>,
+    /// The MTU to set when creating.
+    pub mtu: u16,
+}
+
+/// An open TUN device.
+pub struct TunIo {
+    dev: ::tun::Device,
+    name: String,
+}
+
+impl std::fmt::Debug for TunIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunIo").field("name", &self.name).finish()
+    }
+}
+
+/// Why the TUN could not be opened, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    /// No permission to create or configure the device.
+    #[error("cannot open TUN {name}: permission denied. Creating a TUN needs CAP_NET_ADMIN (run as root or with setpriv/capsh), or pre-create it for your user with 'ip tuntap add dev {name} mode tun user $USER', address it, and run tunlb without --tun-addr")]
+    Permission {
+        /// The device name.
+        name: String,
+    },
+    /// The device is held by another process.
+    #[error("cannot open TUN {name}: device busy (another process has it open); stop that process or choose another --tun name")]
+    Busy {
+        /// The device name.
+        name: String,
+    },
+    /// The address is already on another interface.
+    #[error("cannot configure TUN {name}: {source}; is the --tun-addr address already used by another interface?")]
+    Configure {
+        /// The device name.
+        name: String,
+        /// The cause.
+        source: ::tun::Error,
+    },
+    /// Anything else.
+    #[error("cannot open TUN {name}: {source}")]
+    Other {
+        /// The device name.
+        name: String,
+        /// The cause.
+        source: ::tun::Error,
+    },
+}
+
+fn classify(name: &str, e: ::tun::Error) -> TunError {
+    let name = name.to_string();
+    let os = match &e {
+        ::tun::Error::Io(io) => io.raw_os_error(),
+        _ => None,
+    };
+    match os {
+        Some(libc::EPERM) | Some(libc::EACCES) => TunError::Permission { name },
+        Some(libc::EBUSY) => TunError::Busy { name },
+        Some(libc::EEXIST) | Some(libc::EADDRINUSE) => TunError::Configure { name, source: e },
+        _ => TunError::Other { name, source: e },
+    }
+}
+
+impl TunIo {
+    /// Create or attach to the TUN described by `spec`.
+    pub fn open(spec: &TunSpec) -> Result<Self, TunError> {
+        let mut cfg = ::tun::Configuration::default();
+        cfg.tun_name(&spec.name);
+        match spec.addr {
+            Some((addr, prefix)) => {
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(prefix))
+                };
+                cfg.address(addr)
+                    .netmask(Ipv4Addr::from_bits(mask))
+                    .mtu(spec.mtu)
+                    .up();
+            }
+            None => {
+                cfg.platform_config(|p| {
+                    p.ensure_root_privileges(false);
+                });
+            }
+        }
+        let dev = ::tun::create(&cfg).map_err(|e| classify(&spec.name, e))?;
+        dev.set_nonblock()
+            .map_err(|e| classify(&spec.name, e.into()))?;
+        Ok(TunIo {
+            dev,
+            name: spec.name.clone(),
+        })
+    }
+
+    /// Return the interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PacketIo for TunIo {
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        // Fast path: one non-blocking read. Only an idle device costs a poll.
+        match self.dev.recv(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        match self.dev.recv_timeout(buf, timeout) {
+            Ok(n) => Ok(Some(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&self, pkt: &[u8]) -> io::Result<()> {
+        self.dev.send(pkt).map(|_| ())
+    }
+}
