@@ -17,6 +17,7 @@
 pub mod checksum;
 pub mod config;
 pub mod conntrack;
+pub mod craft;
 pub mod datapath;
 pub mod engine;
 pub mod io;
