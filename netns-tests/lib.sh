@@ -1,0 +1,150 @@
+# shellcheck shell=bash
+# netns-tests/lib.sh: helpers shared by the netns tests (sourced by each test).
+#
+# The runner (netns-tests/run.sh) gives every test its own namespace prefix
+# (TL_TEST_PREFIX), its own scratch directory (TL_TEST_DIR) and a results file
+# (TL_RESULTS) where `ok` and `not_ok` append one "PASS name" / "FAIL name" line
+# per check. A test script runs alone too: `sudo netns-tests/t/10-nth.sh`.
+
+set -euo pipefail
+
+T_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$T_ROOT/scripts/lib.sh"
+
+T_NAME=$(basename "$0" .sh)
+T_NAME=${T_NAME#[0-9][0-9]-}
+P=${TL_TEST_PREFIX:-tl$$-}
+T_DIR=${TL_TEST_DIR:-$(mktemp -d)}
+T_RESULTS=${TL_RESULTS:-$T_DIR/results}
+TUNLB_BIN=${TUNLB_BIN:-$T_ROOT/target/release/tunlb}
+T_FAILED=0
+TUNLB_LOG=$T_DIR/tunlb.log
+TUNLB_PID=
+VIP=$TL_VIP
+VIP_URL="http://$TL_VIP"
+mkdir -p "$T_DIR"
+
+note() { printf '  .. %s\n' "$*"; }
+ok() { printf 'PASS %s: %s\n' "$T_NAME" "$*" | tee -a "$T_RESULTS"; }
+not_ok() {
+  printf 'FAIL %s: %s\n' "$T_NAME" "$*" | tee -a "$T_RESULTS"
+  T_FAILED=1
+}
+# check DESCRIPTION CMD...: PASS when CMD succeeds.
+check() {
+  local what=$1
+  shift
+  if "$@"; then ok "$what"; else not_ok "$what"; fi
+}
+# check_eq DESCRIPTION GOT WANT
+check_eq() {
+  if [ "$2" = "$3" ]; then ok "$1 ($2)"; else not_ok "$1: got '$2', want '$3'"; fi
+}
+# check_range DESCRIPTION VALUE LOW HIGH (inclusive)
+check_range() {
+  if [ "$2" -ge "$3" ] && [ "$2" -le "$4" ]; then ok "$1 ($2 in [$3, $4])"
+  else not_ok "$1: $2 not in [$3, $4]"; fi
+}
+
+t_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  tl_down "$P" >/dev/null 2>&1 || true
+  if [ "$rc" -ne 0 ] && [ "$T_FAILED" -eq 0 ]; then
+    not_ok "the test script itself failed (exit $rc)"
+  fi
+  [ "$T_FAILED" -eq 0 ] || exit 1
+  exit 0
+}
+
+# t_setup: the topology for this test, removed on any exit.
+t_setup() {
+  tl_need_root
+  trap t_cleanup EXIT
+  trap 'exit 143' TERM INT
+  [ -x "$TUNLB_BIN" ] || tl_die "no tunlb binary at $TUNLB_BIN (cargo build --release)"
+  tl_up "$P" 2>"$T_DIR/topology.log" || { cat "$T_DIR/topology.log" >&2; return 1; }
+}
+
+# t_backend_flags [W1 W2 ...]: --backend flags for b1..bN, with weights when given.
+t_backend_flags() {
+  local i
+  if [ $# -eq 0 ]; then
+    for i in $(tl_backends); do printf -- '--backend\n%s:80\n' "$(tl_backend_addr "$i")"; done
+  else
+    i=0
+    for w in "$@"; do
+      i=$((i + 1))
+      printf -- '--backend\n%s:80,weight=%s\n' "$(tl_backend_addr "$i")" "$w"
+    done
+  fi
+}
+
+# t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
+# The default service (when ARGS has no --vip): the VIP over b1..b4.
+t_tunlb_start_cmd() {
+  local -a cmd
+  cmd=("$@")
+  tl_lb_start "$P" "$TUNLB_LOG" "${cmd[@]}"
+  TUNLB_PID=$TL_PID
+  if ! tl_wait_ready "$TUNLB_LOG" "$TUNLB_PID" 15; then
+    not_ok "tunlb became ready: ${cmd[*]}"
+    return 1
+  fi
+}
+t_tunlb_start() {
+  local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
+  if [[ " $* " != *" --vip "* ]]; then
+    args+=(--vip "$VIP:$TL_VIP_PORT")
+    mapfile -t -O "${#args[@]}" args < <(t_backend_flags)
+  fi
+  t_tunlb_start_cmd "$TUNLB_BIN" "${args[@]}" "$@"
+}
+t_tunlb_stop() { tl_stop "$P" tunlb TERM 5; TUNLB_PID=; }
+
+# t_client CMD...: run CMD in the client namespace.
+t_client() { tl_exec "$P" client "$@"; }
+
+# t_tally N [URL_SUFFIX]: N sequential connections (one curl, URL globbing, each
+# answer closes its connection); prints "bK COUNT" lines, a "fail COUNT" line and
+# a "connects COUNT" line (TCP connections curl opened).
+t_tally() {
+  local n=$1 suffix=${2-}
+  timeout 180 ip netns exec "${P}client" curl -s --max-time 10 -w 'connects=%{num_connects}\n' \
+    "$VIP_URL/?n=[1-$n]$suffix" 2>/dev/null |
+    awk -v n="$n" '
+      /^b[0-9]+$/ { c[$1]++; got++ }
+      /^connects=/ { sub("connects=", ""); conn += $0 }
+      END { for (b in c) print b, c[b]; print "fail", n - got; print "connects", conn + 0 }' |
+    sort
+}
+# t_count TALLY KEY: the count for KEY (0 when absent).
+t_count() { awk -v k="$2" '$1 == k { v = $2 } END { print v + 0 }' <<<"$1"; }
+
+# Capture with tshark in namespace PREFIX+NODE on DEV, recorded as NAME.
+t_capture_start() {
+  local node=$1 dev=$2 name=$3 file=$4 k
+  rm -f "$file"
+  tl_bg "$P" "$node" "$name" "$T_DIR/$name.log" tshark -q -n -i "$dev" -f 'tcp or icmp' -w "$file"
+  for ((k = 0; k < 100; k++)); do
+    [ -s "$file" ] && grep -q 'Capturing on' "$T_DIR/$name.log" 2>/dev/null && break
+    tl_pid_alive "$TL_PID" || break
+    sleep 0.05
+  done
+  sleep 0.2
+  [ -s "$file" ] || { cat "$T_DIR/$name.log" >&2; not_ok "tshark started on $node:$dev"; return 1; }
+}
+t_capture_stop() { tl_stop "$P" "$1" INT 5; }
+
+# Binomial bounds: mean +- 5 standard deviations for N draws with probability
+# W/SUM, clamped to [0, N]. Prints "LOW HIGH".
+t_binomial_bounds() {
+  awk -v n="$1" -v w="$2" -v s="$3" 'BEGIN {
+    p = w / s; m = n * p; sd = sqrt(n * p * (1 - p));
+    lo = int(m - 5 * sd); hi = int(m + 5 * sd + 0.999999);
+    if (lo < 0) lo = 0; if (hi > n) hi = n; print lo, hi }'
+}
+
+# Milliseconds since the epoch.
+t_now_ms() { date +%s%3N; }
