@@ -122,11 +122,12 @@ t_tally() {
 # t_count TALLY KEY: the count for KEY (0 when absent).
 t_count() { awk -v k="$2" '$1 == k { v = $2 } END { print v + 0 }' <<<"$1"; }
 
-# Capture with tshark in namespace PREFIX+NODE on DEV, recorded as NAME.
+# t_capture_start NODE DEV NAME FILE [FILTER]: capture with tshark in namespace
+# PREFIX+NODE on DEV (capture filter default "tcp or icmp"), recorded as NAME.
 t_capture_start() {
-  local node=$1 dev=$2 name=$3 file=$4 k
+  local node=$1 dev=$2 name=$3 file=$4 filter=${5:-tcp or icmp} k
   rm -f "$file"
-  tl_bg "$P" "$node" "$name" "$T_DIR/$name.log" tshark -q -n -i "$dev" -f 'tcp or icmp' -w "$file"
+  tl_bg "$P" "$node" "$name" "$T_DIR/$name.log" tshark -q -n -i "$dev" -f "$filter" -w "$file"
   for ((k = 0; k < 100; k++)); do
     [ -s "$file" ] && grep -q 'Capturing on' "$T_DIR/$name.log" 2>/dev/null && break
     tl_pid_alive "$TL_PID" || break
