@@ -59,7 +59,11 @@ fn engine(max_flows: usize) -> Engine {
                 })
                 .collect(),
             mode: Default::default(),
-            snat: vec![],
+            // About 64 k flows fit per (SNAT address, backend): a pool of 16
+            // addresses lets 1 M flows through 4 backends.
+            snat: (1..=16)
+                .map(|i| Ipv4Addr::new(198, 18, 0, 100 + i))
+                .collect(),
         }],
         max_flows,
         ..Default::default()

@@ -65,6 +65,12 @@ pub enum CliMode {
     Nth,
     /// One weighted random draw per connection, like `--mode random`.
     Random,
+    /// Smooth weighted round robin (IPVS wrr).
+    Wrr,
+    /// Weighted least connections (IPVS wlc).
+    Lc,
+    /// Consistent hashing of the client address (Maglev, IPVS mh).
+    Maglev,
 }
 
 /// The flags of `run`.
@@ -104,6 +110,9 @@ impl ServiceArgs {
             mode: self.mode.map(|m| match m {
                 CliMode::Nth => Mode::Nth,
                 CliMode::Random => Mode::Random,
+                CliMode::Wrr => Mode::Wrr,
+                CliMode::Lc => Mode::LeastConn,
+                CliMode::Maglev => Mode::Maglev,
             }),
             snat: self.snat.clone(),
             max_flows: self.max_flows.map(|n| n as usize),
@@ -216,7 +225,8 @@ mod tests {
             assert!(m.contains(want), "{args:?}: {m}");
             assert!(!m.contains('\n'), "{m}");
         }
-        assert!(err(&["tunlb", "run", "--mode", "foo"]).contains("possible values: nth, random"));
+        assert!(err(&["tunlb", "run", "--mode", "foo"])
+            .contains("possible values: nth, random, wrr, lc, maglev"));
     }
 
     #[test]

@@ -43,11 +43,13 @@ pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {
     let mut weight = 1;
     for opt in parts {
         match opt.split_once('=') {
-            Some(("weight", w)) => weight = w.parse::<u32>().map_err(|_| {
-                format!(
+            Some(("weight", w)) => {
+                weight = w.parse::<u32>().map_err(|_| {
+                    format!(
                     "weight '{w}' is not a whole number; use weight=N with N from 0 to 4294967295"
                 )
-            })?,
+                })?
+            }
             _ => {
                 return Err(format!(
                     "unknown backend option '{opt}'; the only option is weight=N"

@@ -32,7 +32,10 @@
 //! - No allocation on the path of an established flow.
 
 use std::net::SocketAddrV4;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
 use crate::conntrack::ports;
@@ -67,13 +70,48 @@ pub enum Verdict {
 /// The NAT engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
-    services: Vec<Service>,
+    runtime: ArcSwap<Runtime>,
     table: ConnTable,
     counters: Counters,
-    timeouts: tcp::Timeouts,
-    snat_ports: std::ops::RangeInclusive<u16>,
     secret: u64,
     verify_checksums: bool,
+}
+
+/// The part of the configuration a reload replaces atomically: packet
+/// threads see either the old or the new one, never a mix.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The services, in configuration order.
+    pub services: Vec<Service>,
+    /// Per-state TCP timeouts.
+    pub timeouts: tcp::Timeouts,
+    /// The MASQUERADE port search range.
+    pub snat_ports: RangeInclusive<u16>,
+}
+
+impl Runtime {
+    fn build(cfg: &EngineConfig, previous: Option<&Runtime>) -> Self {
+        let services = cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let old = previous.and_then(|p| p.services.iter().find(|o| o.vip == s.vip));
+                Service::new(s, cfg.seed.wrapping_add(i as u64), old)
+            })
+            .collect();
+        Runtime {
+            services,
+            timeouts: cfg.timeouts,
+            snat_ports: cfg.snat_ports.clone(),
+        }
+    }
+
+    /// Return the index of the service at `vip`, if any.
+    #[inline]
+    pub fn service_at(&self, vip: SocketAddrV4) -> Option<usize> {
+        self.services.iter().position(|s| s.vip == vip)
+    }
 }
 
 /// ICMP types whose message quotes the offending packet and that tunlb
@@ -85,26 +123,35 @@ impl Engine {
     /// Build an engine from a configuration, refusing an invalid one.
     pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let services = cfg
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Service::new(s, cfg.seed.wrapping_add(i as u64)))
-            .collect();
         Ok(Engine {
-            services,
+            runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
             table: ConnTable::new(cfg.max_flows),
             counters: Counters::default(),
-            timeouts: cfg.timeouts,
-            snat_ports: cfg.snat_ports,
             secret: cfg.seed ^ 0x5ca1_ab1e_7e57_5eed,
             verify_checksums: cfg.verify_checksums,
         })
     }
 
-    /// Return the services, in configuration order.
-    pub fn services(&self) -> &[Service] {
-        &self.services
+    /// Return the running configuration (services, timeouts).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replace the services, timeouts and limits without touching a flow.
+    ///
+    /// Flows keep their backend and their translation whatever the new
+    /// configuration says: a removed or drained backend finishes its flows
+    /// and takes no new ones; an added one starts taking connections at once.
+    /// Backends that stay (same VIP, same address) keep their counters and
+    /// health. An invalid configuration is refused and the old one runs on.
+    /// The seed and checksum verification are fixed at start.
+    pub fn reconfigure(&self, cfg: &EngineConfig) -> Result<(), ConfigError> {
+        cfg.validate()?;
+        let old = self.runtime.load_full();
+        self.runtime
+            .store(Arc::new(Runtime::build(cfg, Some(&old))));
+        self.table.set_max(cfg.max_flows);
+        Ok(())
     }
 
     /// Process one IPv4 packet read from the TUN, rewriting it in place.
@@ -176,7 +223,8 @@ impl Engine {
             let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
             (tuple, class)
         };
-        let service = self.services.iter().position(|s| s.vip == tuple.dst);
+        let rt = self.runtime.load();
+        let service = rt.service_at(tuple.dst);
 
         match self.table.lookup(&tuple, service.is_some()) {
             Lookup::Found(mut flow, dir) => {
@@ -190,9 +238,9 @@ impl Engine {
                     if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
                         trace::destroy(&old, "reopened by a new SYN");
                     }
-                    return self.new_connection(pkt, ihl, total, tuple, service, now);
+                    return self.new_connection(&rt, pkt, ihl, total, tuple, service, now);
                 }
-                self.track(&mut flow, dir, class, now, total)?;
+                self.track(&rt.timeouts, &mut flow, dir, class, now, total)?;
                 let (src, dst) = translate(&flow, dir);
                 let remove = flow.state == TcpState::Close && !flow.seen_reply;
                 self.count_backend(&flow, total);
@@ -214,7 +262,7 @@ impl Engine {
                 if !tcp::may_create(class) {
                     return Err(DropReason::NoFlowNotSyn);
                 }
-                self.new_connection(pkt, ihl, total, tuple, service, now)
+                self.new_connection(&rt, pkt, ihl, total, tuple, service, now)
             }
         }
     }
@@ -222,6 +270,7 @@ impl Engine {
     /// Run the state machine for one segment of an existing flow.
     fn track(
         &self,
+        timeouts: &tcp::Timeouts,
         flow: &mut Flow,
         dir: Direction,
         class: FlagClass,
@@ -234,6 +283,10 @@ impl Engine {
             Cell::Ignore => {}
             Cell::To(new) => {
                 if dir == Direction::Reply {
+                    if class == FlagClass::Rst && old == TcpState::SynSent {
+                        // The backend refused the connection: a passive health signal.
+                        flow.backend.syn_failed();
+                    }
                     flow.seen_reply = true;
                 }
                 if new == TcpState::Established && flow.seen_reply {
@@ -244,7 +297,7 @@ impl Engine {
                 // or a stuck client cannot keep an unanswered entry alive.
                 let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
                 if !retransmitted_syn {
-                    self.table.set_deadline(flow, now + self.timeouts.get(new));
+                    self.table.set_deadline(flow, now + timeouts.get(new));
                 }
                 if new != old {
                     trace::state(flow, dir, class, old);
@@ -258,14 +311,16 @@ impl Engine {
 
     fn count_backend(&self, flow: &Flow, len: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        let c = &self.services[flow.service as usize].counters[flow.backend as usize];
+        let c = &flow.backend.counters;
         c.packets.fetch_add(1, Relaxed);
         c.bytes.fetch_add(len as u64, Relaxed);
     }
 
     /// Admit a NEW connection: select, allocate, insert, translate.
+    #[allow(clippy::too_many_arguments)]
     fn new_connection(
         &self,
+        rt: &Runtime,
         pkt: &mut [u8],
         ihl: usize,
         total: usize,
@@ -274,8 +329,8 @@ impl Engine {
         now: Timestamp,
     ) -> Result<Verdict, DropReason> {
         let si = service.ok_or(DropReason::NoService)?;
-        let svc = &self.services[si];
-        let Some(bi) = svc.selector.select(&original) else {
+        let svc = &rt.services[si];
+        let Some(bi) = svc.selector.select(&svc.backends, &original) else {
             self.counters.drop(DropReason::NoBackend);
             return Ok(match DropReason::NoBackend.response() {
                 Response::Reset => {
@@ -290,7 +345,7 @@ impl Engine {
                 Response::Silence => Verdict::Drop(DropReason::NoBackend),
             });
         };
-        let backend = svc.backends[bi].addr;
+        let backend = &svc.backends[bi];
         if self.table.is_full() {
             match self.table.evict_one() {
                 Some(victim) => {
@@ -305,15 +360,15 @@ impl Engine {
         let reply = ports::allocate(
             &self.table,
             &original,
-            backend,
+            backend.addr,
             &svc.snat,
-            &self.snat_ports,
+            &rt.snat_ports,
             self.secret,
         )
         .ok_or(DropReason::PortsExhausted)?;
-        let mut flow = Flow::new(original, reply, si as u16, bi as u16, now);
+        let mut flow = Flow::new(original, reply, backend.clone(), now);
         flow.state = TcpState::SynSent;
-        flow.deadline = now + self.timeouts.get(TcpState::SynSent);
+        flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
         flow.packets[0] = 1;
         flow.bytes[0] = total as u64;
         let (src, dst) = translate(&flow, Direction::Original);
@@ -326,7 +381,7 @@ impl Engine {
         }
         use std::sync::atomic::Ordering::Relaxed;
         self.counters.new_flows.fetch_add(1, Relaxed);
-        let c = &svc.counters[bi];
+        let c = &backend.counters;
         c.connections.fetch_add(1, Relaxed);
         c.packets.fetch_add(1, Relaxed);
         c.bytes.fetch_add(total as u64, Relaxed);
@@ -379,7 +434,7 @@ impl Engine {
         };
         // The error travels against the quoted packet: look up its inverse.
         let t = quoted.invert();
-        let is_vip = self.services.iter().any(|s| s.vip == t.dst);
+        let is_vip = self.runtime.load().service_at(t.dst).is_some();
         let Lookup::Found(flow, dir) = self.table.lookup(&t, is_vip) else {
             return Err(DropReason::IcmpUntracked);
         };
@@ -402,6 +457,10 @@ impl Engine {
             self.counters
                 .expired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if flow.state == TcpState::SynSent && !flow.seen_reply {
+                // The backend never answered the SYN: a passive health signal.
+                flow.backend.syn_failed();
+            }
             trace::destroy(&flow, "timeout");
         })
     }
@@ -426,11 +485,15 @@ impl Engine {
         use std::sync::atomic::Ordering::Relaxed;
         let mut s = self.counters.snapshot();
         s.flows = self.table.len();
-        for svc in &self.services {
-            for (b, c) in svc.backends.iter().zip(&svc.counters) {
+        for svc in &self.runtime.load().services {
+            for (b, &weight) in svc.backends.iter().zip(&svc.weights) {
+                let c = &b.counters;
                 s.backends.push(BackendSnapshot {
                     service: svc.vip,
                     backend: b.addr,
+                    weight,
+                    up: b.is_up(),
+                    active: b.active(),
                     connections: c.connections.load(Relaxed),
                     packets: c.packets.load(Relaxed),
                     bytes: c.bytes.load(Relaxed),

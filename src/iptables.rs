@@ -33,6 +33,33 @@ pub fn ruleset(cfg: &EngineConfig) -> String {
 fn service(out: &mut String, s: &ServiceConfig) {
     let (vip, port) = (s.vip.ip(), s.vip.port());
     let _ = writeln!(out, "\n# Service {} ({} mode)", s.vip, s.mode.name());
+    let ipvs = match s.mode {
+        Mode::Nth | Mode::Random => None,
+        Mode::Wrr => Some("wrr"),
+        Mode::LeastConn => Some("wlc"),
+        Mode::Maglev => Some("mh"),
+    };
+    if let Some(sched) = ipvs {
+        let _ = writeln!(
+            out,
+            "# --mode {} keeps scheduler state that -m statistic cannot express;\n\
+             # the kernel's equivalent is IPVS with NAT forwarding (-m):",
+            s.mode.name()
+        );
+        let _ = writeln!(out, "ipvsadm -A -t {} -s {sched}", s.vip);
+        for b in &s.backends {
+            let _ = writeln!(
+                out,
+                "ipvsadm -a -t {} -r {} -m -w {}",
+                s.vip, b.addr, b.weight
+            );
+        }
+        let _ = writeln!(
+            out,
+            "iptables -t nat -A POSTROUTING -p tcp -m ipvs --vaddr {vip} --vport {port} -j MASQUERADE"
+        );
+        return;
+    }
     let live: Vec<_> = s.backends.iter().filter(|b| b.weight > 0).collect();
     for b in s.backends.iter().filter(|b| b.weight == 0) {
         let _ = writeln!(out, "# {} has weight 0 (drained): no rule", b.addr);
@@ -45,7 +72,7 @@ fn service(out: &mut String, s: &ServiceConfig) {
          # would send {} and leave {:.2}% of connections un-NATed.",
         match s.mode {
             Mode::Nth => format!("--every {naive_n} --packet 0..{}", naive_n - 1),
-            Mode::Random => format!("--probability {:.4}", 1.0 / naive_n as f64),
+            _ => format!("--probability {:.4}", 1.0 / naive_n as f64),
         },
         naive_n,
         naive_shares(naive_n),
@@ -71,7 +98,7 @@ fn service(out: &mut String, s: &ServiceConfig) {
                 let _ = writeln!(out, "{prefix}{stat} -j DNAT --to-destination {addr}");
             }
         }
-        Mode::Random => {
+        _ => {
             let total: u64 = live.iter().map(|b| u64::from(b.weight)).sum();
             let mut left = total;
             for (i, b) in live.iter().enumerate() {
@@ -178,6 +205,15 @@ mod tests {
         assert!(r.contains("--probability 0.7500000000 -j DNAT --to-destination 198.18.2.3:80"));
         assert!(r.contains("198.18.2.5:80 has weight 0"));
         assert_eq!(r.lines().filter(|l| l.contains("DNAT --to")).count(), 2);
+    }
+
+    #[test]
+    fn ipvs_modes_print_ipvsadm() {
+        let r = ruleset(&cfg(Mode::Maglev, &[1, 2]));
+        assert!(r.contains("ipvsadm -A -t 198.18.0.1:80 -s mh"));
+        assert!(r.contains("ipvsadm -a -t 198.18.0.1:80 -r 198.18.2.4:80 -m -w 2"));
+        assert!(!r.contains("statistic --mode"));
+        assert!(ruleset(&cfg(Mode::LeastConn, &[1])).contains("-s wlc"));
     }
 
     #[test]

@@ -88,7 +88,8 @@ fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
             .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     }
     let services: Vec<String> = engine
-        .services()
+        .runtime()
+        .services
         .iter()
         .map(|s| {
             format!(

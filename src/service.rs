@@ -8,6 +8,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::conntrack::Timeouts;
 use crate::select::{self, Mode, Selector};
@@ -136,43 +138,112 @@ impl EngineConfig {
     }
 }
 
-/// A service as the engine runs it: configuration, selector, counters.
+/// A backend as the engine runs it: its identity, counters and health,
+/// shared by every flow it serves and kept across reloads (same VIP, same
+/// address), so counters continue and draining flows keep their backend.
+#[derive(Debug)]
+pub struct Backend {
+    /// The backend's address and port.
+    pub addr: SocketAddrV4,
+    /// Traffic counters.
+    pub counters: BackendCounters,
+    active: AtomicU64,
+    up: AtomicBool,
+    syn_failures: AtomicU64,
+}
+
+impl Backend {
+    /// A backend with zeroed counters, considered up.
+    pub fn new(addr: SocketAddrV4) -> Self {
+        Backend {
+            addr,
+            counters: BackendCounters::default(),
+            active: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            syn_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Return whether health checks consider the backend able to take new
+    /// connections (always, when no checks run).
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Mark the backend up or down; returns the previous value.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::Relaxed)
+    }
+
+    /// Return the number of flows in the table that use this backend.
+    #[inline]
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Add `n` (possibly negative) to the active-flow count.
+    #[inline]
+    pub fn add_active(&self, n: i64) {
+        self.active.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Count a passive health signal: the backend answered a SYN with RST,
+    /// or never answered it before the SYN_SENT timeout.
+    pub fn syn_failed(&self) {
+        self.syn_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Return the number of passive failures seen so far.
+    pub fn syn_failures(&self) -> u64 {
+        self.syn_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// A service as the engine runs it: configuration, selector, backends.
 #[derive(Debug)]
 pub struct Service {
     /// The virtual address and port.
     pub vip: SocketAddrV4,
-    /// The backends.
-    pub backends: Vec<BackendConfig>,
+    /// The backends, in configuration order.
+    pub backends: Vec<Arc<Backend>>,
+    /// Their weights, same order.
+    pub weights: Vec<u32>,
     /// The MASQUERADE pool (never empty).
     pub snat: Vec<Ipv4Addr>,
     /// The mode the selector implements.
     pub mode: Mode,
     /// Picks a backend for each NEW connection.
     pub selector: Box<dyn Selector>,
-    /// One set of counters per backend, same order.
-    pub counters: Vec<BackendCounters>,
 }
 
 impl Service {
-    /// Build the runtime form of a validated service.
-    pub fn new(cfg: &ServiceConfig, seed: u64) -> Self {
+    /// Build the runtime form of a validated service, reusing the backends
+    /// of `previous` (an older version of the same service) by address.
+    pub fn new(cfg: &ServiceConfig, seed: u64, previous: Option<&Service>) -> Self {
         let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
         let snat = if cfg.snat.is_empty() {
             vec![*cfg.vip.ip()]
         } else {
             cfg.snat.clone()
         };
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                previous
+                    .and_then(|p| p.backends.iter().find(|o| o.addr == b.addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(b.addr)))
+            })
+            .collect();
         Service {
             vip: cfg.vip,
-            backends: cfg.backends.clone(),
+            backends,
             snat,
             mode: cfg.mode,
             selector: select::build(cfg.mode, &weights, seed),
-            counters: cfg
-                .backends
-                .iter()
-                .map(|_| BackendCounters::default())
-                .collect(),
+            weights,
         }
     }
 }

@@ -205,6 +205,12 @@ pub struct BackendSnapshot {
     pub service: std::net::SocketAddrV4,
     /// The backend's address:port.
     pub backend: std::net::SocketAddrV4,
+    /// Its configured weight.
+    pub weight: u32,
+    /// Whether health checks consider it up.
+    pub up: bool,
+    /// Flows in the table that use it.
+    pub active: u64,
     /// Connections sent to it.
     pub connections: u64,
     /// Packets forwarded to and from it.

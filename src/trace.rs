@@ -26,7 +26,7 @@ pub fn new_flow(flow: &Flow, svc: &Service, backend: usize) {
         flow.original,
         flow.reply.src,
         flow.reply.dst,
-        svc.selector.name(),
+        svc.mode.name(),
         backend + 1,
         svc.backends.len()
     );

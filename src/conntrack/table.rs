@@ -30,7 +30,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::mapref::one::RefMut;
@@ -38,19 +38,18 @@ use dashmap::DashMap;
 
 use super::tcp::TcpState;
 use super::tuple::{Direction, Tuple};
+use crate::service::Backend;
 use crate::time::Timestamp;
 
 /// One tracked connection (`struct nf_conn`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Flow {
     /// The ORIGINAL tuple: `client -> VIP`, as the client sent it.
     pub original: Tuple,
     /// The REPLY tuple: `backend -> SNAT`, as the backend answers.
     pub reply: Tuple,
-    /// Index of the service in the engine's configuration.
-    pub service: u16,
-    /// Index of the backend within the service.
-    pub backend: u16,
+    /// The backend DNAT sends this flow to (its counters and health).
+    pub backend: Arc<Backend>,
     /// The conntrack TCP state.
     pub state: TcpState,
     /// A packet in the REPLY direction has been seen (`IPS_SEEN_REPLY`).
@@ -69,7 +68,7 @@ pub struct Flow {
 }
 
 /// A read-only copy of a flow for listings (`conntrack -L`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FlowInfo {
     /// The flow as it was when copied.
     pub flow: Flow,
@@ -94,7 +93,7 @@ pub struct ConnTable {
     flows: DashMap<Tuple, Flow>,
     replies: DashMap<Tuple, Tuple>,
     count: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
 }
 
@@ -105,7 +104,7 @@ impl ConnTable {
             flows: DashMap::new(),
             replies: DashMap::new(),
             count: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
             heap: Mutex::new(BinaryHeap::new()),
         }
     }
@@ -122,7 +121,13 @@ impl ConnTable {
 
     /// Return the configured limit.
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Change the limit (a reload). Flows above a lowered limit stay until
+    /// they end; new ones wait for room.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// Find the flow a packet with tuple `t` belongs to, and its direction.
@@ -177,7 +182,7 @@ impl ConnTable {
 
     /// Return whether the table is at its limit.
     pub fn is_full(&self) -> bool {
-        self.len() >= self.max
+        self.len() >= self.max()
     }
 
     /// Insert `flow`, whose reply tuple the caller has claimed. Returns
@@ -190,6 +195,7 @@ impl ConnTable {
         match self.flows.entry(original) {
             Entry::Occupied(_) => return false,
             Entry::Vacant(v) => {
+                flow.backend.add_active(1);
                 v.insert(flow);
             }
         }
@@ -222,6 +228,7 @@ impl ConnTable {
         let (_, flow) = self.flows.remove_if(original, |_, f| pred(f))?;
         self.replies.remove_if(&flow.reply, |_, o| o == original);
         self.count.fetch_sub(1, Ordering::Relaxed);
+        flow.backend.add_active(-1);
         Some(flow)
     }
 
@@ -326,17 +333,10 @@ const ZERO_TUPLE: Tuple = Tuple::new(
 
 impl Flow {
     /// Build a fresh flow in state NONE; the engine moves it to SYN_SENT.
-    pub fn new(
-        original: Tuple,
-        reply: Tuple,
-        service: u16,
-        backend: u16,
-        deadline: Timestamp,
-    ) -> Self {
+    pub fn new(original: Tuple, reply: Tuple, backend: Arc<Backend>, deadline: Timestamp) -> Self {
         Flow {
             original,
             reply,
-            service,
             backend,
             state: TcpState::None,
             seen_reply: false,
