@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Privileges. (1) tunlb as user nobody with CAP_NET_ADMIN only (setpriv,
+# ambient capability) creates and addresses its TUN and balances. (2) On a
+# TUN pre-created for nobody (ip tuntap add ... user nobody), tunlb runs as
+# nobody with no capability at all, attaches, and balances; it leaves the
+# device it did not create in place.
+. "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
+
+t_setup
+# nobody must be able to execute the binary wherever the checkout lives.
+BIN=$T_DIR/bin/tunlb
+mkdir -p "$T_DIR/bin"
+chmod 755 "$T_DIR" "$T_DIR/bin"
+install -m 755 "$TUNLB_BIN" "$BIN"
+mapfile -t backends < <(t_backend_flags)
+service=(--vip "$VIP:80" "${backends[@]}" --mode nth)
+NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+# Stock Debian (udev) makes /dev/net/tun 0666: any user may open it, the kernel
+# then decides by capability or device owner. Where it is 0600 (some VMs and
+# containers), tunlb gets a 0666 node for the same device in a private mount
+# namespace of its own; the host's node stays as it is.
+if [ "$(stat -L -c %a /dev/net/tun)" != 666 ]; then
+  note "/dev/net/tun is $(stat -L -c %a /dev/net/tun) here: bind-mounting a 0666 node over it for tunlb only"
+  mknod -m 666 "$T_DIR/tun" c "$((0x$(stat -L -c %t /dev/net/tun)))" "$((0x$(stat -L -c %T /dev/net/tun)))"
+  NOBODY=(unshare --mount --propagation private -- sh -c 'mount --bind "$0" /dev/net/tun && exec "$@"'
+    "$T_DIR/tun" "${NOBODY[@]}")
+fi
+
+# caps_of PID: "uid=R,E,S,FS eff=CAPEFF prm=CAPPRM"
+caps_of() {
+  awk '/^Uid:/ { u = $2 "," $3 "," $4 "," $5 } /^CapEff:/ { e = $2 } /^CapPrm:/ { p = $2 }
+    END { print "uid=" u, "eff=" e, "prm=" p }' "/proc/$1/status"
+}
+four() { for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' '; }
+
+# (1) CAP_NET_ADMIN only.
+t_tunlb_start_cmd "${NOBODY[@]}" --inh-caps=-all,+net_admin --ambient-caps=+net_admin \
+  --bounding-set=-all,+net_admin "$BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" "${service[@]}"
+c=$(caps_of "$TUNLB_PID")
+check_eq "runs as nobody with exactly CAP_NET_ADMIN" "$c" \
+  "uid=65534,65534,65534,65534 eff=0000000000001000 prm=0000000000001000"
+check_eq "CAP_NET_ADMIN only: requests flow" "$(four)" "b1 b2 b3 b4 "
+t_tunlb_stop
+check "CAP_NET_ADMIN only: the TUN it created is gone after SIGTERM" \
+  test -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
+
+# (2) No capability, on a TUN made for nobody.
+ip -n "${P}lb" tuntap add dev "$TL_TUN" mode tun user 65534
+ip -n "${P}lb" addr add "$TL_TUN_ADDR" dev "$TL_TUN"
+ip -n "${P}lb" link set "$TL_TUN" up
+t_tunlb_start_cmd "${NOBODY[@]}" --inh-caps=-all --bounding-set=-all \
+  "$BIN" run --tun "$TL_TUN" "${service[@]}"
+c=$(caps_of "$TUNLB_PID")
+check_eq "runs as nobody with no capability" "$c" \
+  "uid=65534,65534,65534,65534 eff=0000000000000000 prm=0000000000000000"
+check_eq "no capability, pre-created TUN: requests flow" "$(four)" "b1 b2 b3 b4 "
+t_tunlb_stop
+check "the pre-created TUN is left in place" test -n "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
+ip -n "${P}lb" tuntap del dev "$TL_TUN" mode tun

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The command line. Each bad flag: exit 2, nothing on stdout, exactly one
+# line on stderr that names the bad value, and no TUN left behind. Runtime
+# refusals: net.ipv4.ip_forward=0 (exit 1 naming the sysctl; --set-sysctls
+# sets it), a VIP or SNAT address the kernel would answer itself.
+. "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
+
+t_setup
+TUN=(--tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
+B1=198.18.2.3:80
+V=198.18.0.1:80
+
+# bad EXPECTED_IN_MESSAGE SUBCOMMAND ARGS...
+bad() {
+  local want=$1 rc=0 lines
+  shift
+  tl_exec "$P" lb timeout 5 "$TUNLB_BIN" "$@" >"$T_DIR/out" 2>"$T_DIR/err" || rc=$?
+  lines=$(wc -l <"$T_DIR/err")
+  if [ "$rc" -eq 2 ] && [ "$lines" -eq 1 ] && [ ! -s "$T_DIR/out" ] && grep -qF -- "$want" "$T_DIR/err" &&
+    [ -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)" ]; then
+    ok "tunlb $(sed "s| --tun $TL_TUN --tun-addr $TL_TUN_ADDR||" <<<"$*"): exit 2, one line naming '$want'"
+  else
+    not_ok "tunlb $*: want exit 2, one stderr line containing '$want', empty stdout, no TUN; got exit $rc, $lines stderr line(s): $(head -c 400 "$T_DIR/err")"
+  fi
+}
+
+bad nonsense run "${TUN[@]}" --vip nonsense --backend "$B1"
+bad 1.2.3.4 run "${TUN[@]}" --vip "$V" --backend 1.2.3.4
+bad foo run "${TUN[@]}" --vip "$V" --backend "$B1" --mode foo
+bad 0 run "${TUN[@]}" --vip "$V" --backend "$B1" --max-flows 0
+bad weight=x run "${TUN[@]}" --vip "$V" --backend "$B1,weight=x"
+bad 99999 run "${TUN[@]}" --vip "$V" --backend 198.18.2.3:99999
+bad nope run "${TUN[@]}" --vip "$V" --backend "$B1" --snat nope
+bad bogus run --tun "$TL_TUN" --tun-addr bogus --vip "$V" --backend "$B1"
+bad --frobnicate run "${TUN[@]}" --vip "$V" --backend "$B1" --frobnicate
+bad --vip run "${TUN[@]}" --backend "$B1"
+bad --backend run "${TUN[@]}" --vip "$V"
+bad --tun run --vip "$V" --backend "$B1"
+bad 1.2.3.4 iptables --vip "$V" --backend 1.2.3.4
+bad foo iptables --vip "$V" --backend "$B1" --mode foo
+
+# refused PATTERN ARGS...: tunlb run must exit non-zero (not a panic) with a
+# message matching PATTERN, and leave no TUN.
+refused() {
+  local want=$1 rc=0
+  shift
+  tl_exec "$P" lb timeout 5 "$TUNLB_BIN" run "$@" >"$T_DIR/out" 2>"$T_DIR/err" || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 101 ] && grep -qE -- "$want" "$T_DIR/err" &&
+    [ -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)" ]; then
+    ok "refused ($want): exit $rc"
+  else
+    not_ok "tunlb run $*: want a refusal matching '$want' and no TUN; got exit $rc: $(head -c 400 "$T_DIR/err")"
+  fi
+}
+refused 'local address' "${TUN[@]}" --vip 198.18.2.1:80 --backend "$B1"
+refused 'local address' "${TUN[@]}" --vip "$V" --snat 198.18.1.1 --backend "$B1"
+refused 'local address|tun-addr' "${TUN[@]}" --vip 198.18.0.254:80 --backend "$B1"
+
+tl_sysctl "${P}lb" net.ipv4.ip_forward 0
+rc=0
+tl_exec "$P" lb timeout 5 "$TUNLB_BIN" run "${TUN[@]}" --vip "$V" --backend "$B1" 2>"$T_DIR/err" || rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'net.ipv4.ip_forward' "$T_DIR/err"; then
+  ok "ip_forward=0: exit 1 naming net.ipv4.ip_forward"
+else
+  not_ok "ip_forward=0: want exit 1 naming net.ipv4.ip_forward; got exit $rc: $(head -c 400 "$T_DIR/err")"
+fi
+t_tunlb_start --mode nth --set-sysctls
+check_eq "--set-sysctls turned ip_forward on" "$(tl_exec "$P" lb cat /proc/sys/net/ipv4/ip_forward)" 1
+check_eq "and the service works" "$(t_client curl -s --max-time 5 "$VIP_URL/")" b1
+t_tunlb_stop
