@@ -67,6 +67,7 @@ t_setup() {
   tl_up "$P" 2>"$T_DIR/topology.log" || { cat "$T_DIR/topology.log" >&2; return 1; }
 }
 
+# shellcheck disable=SC2120  # weights are optional
 # t_backend_flags [W1 W2 ...]: --backend flags for b1..bN, with weights when given.
 t_backend_flags() {
   local i
@@ -97,6 +98,7 @@ t_tunlb_start() {
   local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
   if [[ " $* " != *" --vip "* ]]; then
     args+=(--vip "$VIP:$TL_VIP_PORT")
+    # shellcheck disable=SC2119
     mapfile -t -O "${#args[@]}" args < <(t_backend_flags)
   fi
   t_tunlb_start_cmd "$TUNLB_BIN" "${args[@]}" "$@"

@@ -44,6 +44,8 @@
 # big.bin and small.bin and SHA256SUMS; made on first use when missing; default:
 # inside the state directory), TUNLB_PYTHON (default /usr/bin/python3).
 
+# Constants for the scripts that source this file.
+# shellcheck disable=SC2034
 TL_LIB_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 TL_VIP=198.18.0.1
 TL_VIP_PORT=80
@@ -90,6 +92,7 @@ tl_exec() {
 # tl_sysctl NS KEY VALUE: write a sysctl inside namespace NS (no root-ns effect).
 tl_sysctl() {
   local ns=$1 key=$2 val=$3
+  # shellcheck disable=SC2016  # $1 and $2 belong to the inner sh
   ip netns exec "$ns" sh -c 'printf "%s\n" "$2" > "/proc/sys/$1"' sh "${key//.//}" "$val"
 }
 

@@ -2,6 +2,7 @@
 # The topology itself: up is idempotent, an interrupted run (state directory
 # lost, namespaces and servers left running) does not break the next `up`,
 # and `down` leaves nothing with the prefix.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # nth mode: one shared counter, so 400 sequential connections land exactly
 # 100 per backend (the seed's iptables recipe gave 100/75/56/42 + 127 un-NATed).
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

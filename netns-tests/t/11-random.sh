@@ -2,6 +2,7 @@
 # random mode: one weighted draw per NEW connection. Counts must sit within
 # mean +- 5 standard deviations of the binomial (a false alarm about once in
 # 1.7 million runs per count); a weight-0 backend gets nothing.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 N=1000

@@ -2,6 +2,7 @@
 # Flow affinity: a 64 MiB download (rate-limited so that it lasts seconds)
 # arrives intact, with the backend file's sha256, from the one backend its
 # flow was given, while 40 other connections are balanced around it.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

@@ -2,6 +2,7 @@
 # Concurrency: 200 connections open at the same time (each answer waits 1 s)
 # all complete, balanced exactly 50 per backend in nth mode; with 1 and with
 # 2 packet threads sharing the flow table.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

@@ -4,6 +4,7 @@
 # rewrote toward the backends), read with IP and TCP checksum validation on,
 # hold no bad checksum. Transmit checksum offload is off on every veth
 # (scripts/lib.sh), so the locally sent packets carry real checksums too.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

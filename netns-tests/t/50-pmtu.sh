@@ -13,6 +13,7 @@
 #      tunlb has rewritten them to VIP -> client, do not fit: lb's kernel sends
 #      frag-needed to the VIP (into the TUN) and tunlb must translate it to
 #      b3. A 64 MiB download from b3 completes and b3 learns MTU 1280.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

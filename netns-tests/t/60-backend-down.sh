@@ -5,6 +5,7 @@
 # answers "host unreachable" to the SNAT address (into the TUN) after its
 # ARP attempts (about 3 s); tunlb translates it back to the client, which
 # fails fast instead of waiting out its timeout.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup

@@ -4,6 +4,7 @@
 # TUN pre-created for nobody (ip tuntap add ... user nobody), tunlb runs as
 # nobody with no capability at all, attaches, and balances; it leaves the
 # device it did not create in place.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup
@@ -22,6 +23,7 @@ NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 if [ "$(stat -L -c %a /dev/net/tun)" != 666 ]; then
   note "/dev/net/tun is $(stat -L -c %a /dev/net/tun) here: bind-mounting a 0666 node over it for tunlb only"
   mknod -m 666 "$T_DIR/tun" c "$((0x$(stat -L -c %t /dev/net/tun)))" "$((0x$(stat -L -c %T /dev/net/tun)))"
+  # shellcheck disable=SC2016  # "$0" and "$@" belong to the inner sh
   NOBODY=(unshare --mount --propagation private -- sh -c 'mount --bind "$0" /dev/net/tun && exec "$@"'
     "$T_DIR/tun" "${NOBODY[@]}")
 fi

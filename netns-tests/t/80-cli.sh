@@ -3,6 +3,7 @@
 # line on stderr that names the bad value, and no TUN left behind. Runtime
 # refusals: net.ipv4.ip_forward=0 (exit 1 naming the sysctl; --set-sysctls
 # sets it), a VIP or SNAT address the kernel would answer itself.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup
@@ -18,7 +19,8 @@ bad() {
   lines=$(wc -l <"$T_DIR/err")
   if [ "$rc" -eq 2 ] && [ "$lines" -eq 1 ] && [ ! -s "$T_DIR/out" ] && grep -qF -- "$want" "$T_DIR/err" &&
     [ -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)" ]; then
-    ok "tunlb $(sed "s| --tun $TL_TUN --tun-addr $TL_TUN_ADDR||" <<<"$*"): exit 2, one line naming '$want'"
+    local shown="$*"
+    ok "tunlb ${shown/ --tun $TL_TUN --tun-addr $TL_TUN_ADDR/}: exit 2, one line naming '$want'"
   else
     not_ok "tunlb $*: want exit 2, one stderr line containing '$want', empty stdout, no TUN; got exit $rc, $lines stderr line(s): $(head -c 400 "$T_DIR/err")"
   fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Signals: SIGTERM (with a transfer in flight) and SIGINT (idle) stop tunlb
 # within a second, with exit status 0, and the TUN it created is gone.
+# shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup
