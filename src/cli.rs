@@ -33,6 +33,33 @@ pub enum Command {
     Run(RunArgs),
     /// Print the equivalent iptables ruleset (correctly cascaded) and exit.
     Iptables(ServiceArgs),
+    /// List the flows of a running tunlb, like `conntrack -L`.
+    Flows(QueryArgs),
+    /// Print the counters of a running tunlb, like `ipvsadm -L -n --stats`.
+    Stats(QueryArgs),
+}
+
+/// How to reach a running instance.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The instance's control socket (default: derived from --tun).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// The instance's TUN name, to find its default control socket.
+    #[arg(long, value_name = "NAME", default_value = "tl0")]
+    pub tun: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl QueryArgs {
+    /// Return the control socket to ask.
+    pub fn path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| tunlb::control::default_path(&self.tun))
+    }
 }
 
 /// The service flags, shared by `run` and `iptables`.
@@ -100,6 +127,15 @@ pub struct RunArgs {
     /// Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start.
     #[arg(long)]
     pub set_sysctls: bool,
+    /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.sock).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
+    /// Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config).
+    #[arg(long)]
+    pub health_check: bool,
 }
 
 impl ServiceArgs {
@@ -135,6 +171,9 @@ impl RunArgs {
             threads: self.threads,
             mtu: self.mtu,
             stats_interval: self.stats_interval,
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+            health_check: self.health_check,
         };
         config::run_config(&self.service.flags(), &run)
     }

@@ -31,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::conntrack::{TcpState, Timeouts};
+use crate::health::HealthConfig;
 use crate::select::Mode;
 use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
 
@@ -129,6 +130,16 @@ struct FileTimeouts {
     syn_sent2: Option<u64>,
 }
 
+/// The file's `[health]`: enables checks; each value has HAProxy's default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    interval: Option<f64>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    timeout: Option<f64>,
+}
+
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +151,9 @@ struct File {
     snat_ports: Option<String>,
     mtu: Option<u16>,
     stats_interval: Option<u64>,
+    control: Option<PathBuf>,
+    metrics: Option<String>,
+    health: Option<FileHealth>,
     #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
@@ -177,6 +191,12 @@ pub struct FlagRun {
     pub mtu: Option<u16>,
     /// `--stats-interval` in seconds.
     pub stats_interval: Option<u64>,
+    /// `--control`.
+    pub control: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<String>,
+    /// `--health-check`.
+    pub health_check: bool,
 }
 
 /// A complete, validated configuration for `tunlb run`.
@@ -194,6 +214,12 @@ pub struct RunConfig {
     pub mtu: u16,
     /// Period of the one-line counter summary; `None`: off.
     pub stats_interval: Option<Duration>,
+    /// The control socket's path.
+    pub control: PathBuf,
+    /// The metrics listener's address, if any.
+    pub metrics: Option<String>,
+    /// Health checks, if enabled.
+    pub health: Option<HealthConfig>,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -291,6 +317,9 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRu
             threads: f.threads,
             mtu: f.mtu,
             stats_interval: f.stats_interval,
+            control: f.control,
+            metrics: f.metrics,
+            health: f.health,
         });
     }
     match flags.vip {
@@ -324,6 +353,9 @@ pub struct FileRun {
     threads: Option<usize>,
     mtu: Option<u16>,
     stats_interval: Option<u64>,
+    control: Option<PathBuf>,
+    metrics: Option<String>,
+    health: Option<FileHealth>,
 }
 
 fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
@@ -371,13 +403,46 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         )));
     }
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
+    let health = match (&file.health, run.health_check) {
+        (None, false) => None,
+        (h, _) => Some(health_config(h.clone().unwrap_or_default())?),
+    };
     Ok(RunConfig {
         engine,
+        control: run
+            .control
+            .clone()
+            .or(file.control)
+            .unwrap_or_else(|| crate::control::default_path(&tun)),
         tun,
         tun_addr: run.tun_addr.or(file.tun_addr),
         threads,
         mtu,
         stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
+        metrics: run.metrics.clone().or(file.metrics),
+        health,
+    })
+}
+
+fn health_config(f: FileHealth) -> Result<HealthConfig, Error> {
+    let d = HealthConfig::default();
+    let secs = |v: Option<f64>, dflt: Duration, name: &str| match v {
+        None => Ok(dflt),
+        Some(s) if s.is_finite() && (0.05..=3600.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(Error::Invalid(format!(
+            "health {name} = {s}: use seconds from 0.05 to 3600"
+        ))),
+    };
+    let count = |v: Option<u32>, dflt: u32, name: &str| match v {
+        None => Ok(dflt),
+        Some(n) if (1..=100).contains(&n) => Ok(n),
+        Some(n) => Err(Error::Invalid(format!("health {name} = {n}: use 1 to 100"))),
+    };
+    Ok(HealthConfig {
+        interval: secs(f.interval, d.interval, "interval")?,
+        timeout: secs(f.timeout, d.timeout, "timeout")?,
+        rise: count(f.rise, d.rise, "rise")?,
+        fall: count(f.fall, d.fall, "fall")?,
     })
 }
 

@@ -62,13 +62,15 @@ impl Clock {
 }
 
 /// Run the datapath until `stop` is set or the device fails. Returns the
-/// device error that ended it, if any.
+/// device error that ended it, if any. `on_tick` runs in the housekeeping
+/// loop at least every [`POLL`] (control requests, reloads).
 pub fn run(
     engine: Arc<Engine>,
     io: Arc<dyn PacketIo>,
     opts: &Options,
     stop: Arc<AtomicBool>,
     counters: Arc<IoCounters>,
+    on_tick: &mut dyn FnMut(&Engine, Timestamp),
 ) -> Result<(), std::io::Error> {
     let clock = Clock::start();
     let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
@@ -97,6 +99,7 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         let now = clock.now();
         while engine.expire(now) {}
+        on_tick(&engine, now);
         if let (Some(at), Some(every)) = (next_summary, opts.stats_interval) {
             if Instant::now() >= at {
                 tracing::info!("stats: {}", engine.stats());

@@ -17,9 +17,11 @@
 pub mod checksum;
 pub mod config;
 pub mod conntrack;
+pub mod control;
 pub mod craft;
 pub mod datapath;
 pub mod engine;
+pub mod health;
 pub mod io;
 pub mod iptables;
 pub mod nat;

@@ -5,14 +5,15 @@
 mod cli;
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
 use tunlb::config::RunConfig;
+use tunlb::control::{self, Control, Metrics};
 use tunlb::datapath::{self, IoCounters, Options};
 use tunlb::io::tun::{TunIo, TunSpec};
-use tunlb::{preflight, Engine};
+use tunlb::{health, preflight, Engine};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
                 Err(e) => return cli::fail(2, &e),
             };
             init_logging(args.trace);
-            match run(cfg, args.set_sysctls) {
+            match run(cfg, &args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => {
                     tracing::error!("{msg}");
@@ -41,6 +42,18 @@ fn main() -> ExitCode {
             }
             Err(e) => cli::fail(2, &e),
         },
+        cli::Command::Flows(q) => query(&q, "flows"),
+        cli::Command::Stats(q) => query(&q, "stats"),
+    }
+}
+
+fn query(q: &cli::QueryArgs, what: &str) -> ExitCode {
+    match control::request(&q.path(), what, q.json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => cli::fail(1, &e),
     }
 }
 
@@ -62,8 +75,8 @@ fn init_logging(trace: bool) {
         .init();
 }
 
-fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
-    preflight::forwarding(set_sysctls).map_err(|e| e.to_string())?;
+fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
+    preflight::forwarding(args.set_sysctls).map_err(|e| e.to_string())?;
     let mut addrs = Vec::new();
     for s in &cfg.engine.services {
         addrs.push((*s.vip.ip(), "VIP"));
@@ -83,10 +96,39 @@ fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
     let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    // The control socket is a convenience: without it, the datapath still runs.
+    let control = Control::bind(&cfg.control)
+        .inspect_err(|e| tracing::warn!("no control socket: {e}"))
+        .ok();
+    if control.is_some() {
+        tracing::info!(
+            "control socket {} (tunlb flows / tunlb stats)",
+            cfg.control.display()
+        );
+    }
+    let metrics = match &cfg.metrics {
+        Some(addr) => Some(Metrics::bind(addr)?),
+        None => None,
+    };
+    if let Some(m) = &metrics {
+        if let Ok(a) = m.local_addr() {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+    }
+    let health = cfg.health.map(|h| {
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("tunlb-health".into())
+            .spawn(move || health::run(e, h, s))
+            .expect("spawning the health thread")
+    });
     let services: Vec<String> = engine
         .runtime()
         .services
@@ -117,7 +159,28 @@ fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
     };
-    let result = datapath::run(engine.clone(), Arc::new(io), &opts, stop, counters);
+    let mut on_tick = |engine: &Engine, now| {
+        if let Some(c) = &control {
+            c.serve(engine, now);
+        }
+        if let Some(m) = &metrics {
+            m.serve(engine);
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            reconfigure(engine, args, &cfg);
+        }
+    };
+    let result = datapath::run(
+        engine.clone(),
+        Arc::new(io),
+        &opts,
+        stop.clone(),
+        counters,
+        &mut on_tick,
+    );
+    // The health thread is not joined: a connect in flight may take its whole
+    // timeout, and shutdown must stay under a second. It holds no state.
+    drop(health);
     let stats = engine.stats();
     tracing::info!("stopped: {stats}");
     for b in &stats.backends {
@@ -133,4 +196,44 @@ fn run(cfg: RunConfig, set_sysctls: bool) -> Result<(), String> {
     result.map_err(|e| {
         format!("the TUN {} failed: {e}; was the device removed? tunlb stops here, start it again once the device is back", cfg.tun)
     })
+}
+
+/// SIGHUP: read the flags' configuration file again and swap it in. A bad
+/// file is refused and the running configuration stays; settings that need a
+/// restart (the device, threads) are reported, not applied.
+fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
+    let new = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, still running the previous configuration: {e}");
+            return;
+        }
+    };
+    if new.tun != running.tun || new.tun_addr != running.tun_addr || new.threads != running.threads
+    {
+        tracing::warn!("reload: the TUN device and thread count change only on restart");
+    }
+    match engine.reconfigure(&new.engine) {
+        Ok(()) => {
+            let rt = engine.runtime();
+            let desc: Vec<String> = rt
+                .services
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} -> {} backends ({})",
+                        s.vip,
+                        s.backends.len(),
+                        s.mode.name()
+                    )
+                })
+                .collect();
+            tracing::info!(
+                "reloaded: {}; {} flows kept",
+                desc.join(", "),
+                engine.flow_count()
+            );
+        }
+        Err(e) => tracing::error!("reload refused, still running the previous configuration: {e}"),
+    }
 }
