@@ -149,27 +149,12 @@ mod tests {
     use super::*;
     use crate::io::memory::MemoryIo;
     use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
-    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    use smoltcp::wire::Ipv4Packet;
     use std::net::Ipv4Addr;
 
     fn syn() -> Vec<u8> {
-        let mut b = vec![0u8; 40];
-        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(40);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(Ipv4Addr::new(198, 18, 1, 2));
-        ip.set_dst_addr(Ipv4Addr::new(198, 18, 0, 1));
-        ip.fill_checksum();
-        let mut t = TcpPacket::new_unchecked(ip.payload_mut());
-        t.set_src_port(40000);
-        t.set_dst_port(80);
-        t.set_header_len(20);
-        t.set_syn(true);
-        t.fill_checksum(&IpAddress::v4(198, 18, 1, 2), &IpAddress::v4(198, 18, 0, 1));
-        b
+        let vip = "198.18.0.1:80".parse().unwrap();
+        crate::craft::Segment::new("198.18.1.2:40000".parse().unwrap(), vip, 0x02).build()
     }
 
     #[test]
@@ -206,6 +191,7 @@ mod tests {
                     },
                     s,
                     c,
+                    &mut |_, _| {},
                 )
             })
         };

@@ -514,3 +514,136 @@ fn translate(flow: &Flow, dir: Direction) -> (SocketAddrV4, SocketAddrV4) {
         Direction::Reply => (flow.original.dst, flow.original.src),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::tcp::flags::{ACK, RST, SYN};
+    use crate::craft::Segment;
+    use crate::select::Mode;
+    use crate::service::{BackendConfig, ServiceConfig};
+    use std::net::Ipv4Addr;
+
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
+
+    fn b(i: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80)
+    }
+
+    fn cfg(backends: &[(u8, u32)], mode: Mode) -> EngineConfig {
+        EngineConfig {
+            services: vec![ServiceConfig {
+                vip: VIP,
+                backends: backends
+                    .iter()
+                    .map(|&(i, weight)| BackendConfig { addr: b(i), weight })
+                    .collect(),
+                mode,
+                snat: vec![],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn client(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), port)
+    }
+
+    /// Send a SYN from `port`; return the backend it was sent to.
+    fn syn(e: &Engine, port: u16) -> SocketAddrV4 {
+        let mut p = Segment::new(client(port), VIP, SYN).build();
+        let Verdict::Forward { len } = e.process(&mut p, Timestamp::ZERO) else {
+            panic!("SYN not forwarded");
+        };
+        let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        SocketAddrV4::new(ip.dst_addr(), t.dst_port())
+    }
+
+    #[test]
+    fn a_reload_keeps_flows_and_changes_only_new_choices() {
+        let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::Nth)).unwrap();
+        assert_eq!(syn(&e, 1000), b(3));
+        assert_eq!(syn(&e, 1001), b(4));
+        // Drain b3, add b5: the existing flows keep their backends.
+        e.reconfigure(&cfg(&[(3, 0), (4, 1), (5, 1)], Mode::Nth))
+            .unwrap();
+        assert_eq!(e.flow_count(), 2);
+        let chosen: Vec<_> = (2000..2004).map(|p| syn(&e, p)).collect();
+        assert_eq!(chosen, [b(4), b(5), b(4), b(5)]);
+        // Packets of the flow on the drained backend still go there.
+        let mut ack = Segment::new(client(1000), VIP, ACK).build();
+        // (SYN_SENT: an ORIGINAL ACK is INVALID; retransmit the SYN instead.)
+        assert_eq!(
+            e.process(&mut ack, Timestamp::ZERO),
+            Verdict::Drop(DropReason::InvalidTransition)
+        );
+        assert_eq!(syn(&e, 1000), b(3));
+        // The kept backend kept its counters across the reload.
+        let s = e.stats();
+        let b4 = s.backends.iter().find(|x| x.backend == b(4)).unwrap();
+        assert_eq!(b4.connections, 3);
+        // An invalid configuration is refused and changes nothing.
+        assert!(e.reconfigure(&cfg(&[], Mode::Nth)).is_err());
+        assert_eq!(e.runtime().services[0].backends.len(), 3);
+    }
+
+    #[test]
+    fn a_backend_marked_down_takes_no_new_connections() {
+        let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::LeastConn)).unwrap();
+        e.runtime().services[0].backends[0].set_up(false);
+        for p in 0..4 {
+            assert_eq!(syn(&e, 3000 + p), b(4));
+        }
+        assert_eq!(e.stats().backends[1].active, 4);
+    }
+
+    #[test]
+    fn no_backend_answers_with_a_valid_reset() {
+        let e = Engine::new(cfg(&[(3, 0)], Mode::Nth)).unwrap();
+        let mut p = Segment {
+            seq: 1000,
+            ..Segment::new(client(5000), VIP, SYN)
+        }
+        .build();
+        let Verdict::Respond { len } = e.process(&mut p, Timestamp::ZERO) else {
+            panic!("no RST");
+        };
+        let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr()),
+            (*VIP.ip(), *client(5000).ip())
+        );
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        assert!(t.rst() && t.ack());
+        assert_eq!(t.ack_number().0, 1001);
+        assert_eq!((t.src_port(), t.dst_port()), (80, 5000));
+        assert_eq!(e.stats().dropped(DropReason::NoBackend), 1);
+        assert_eq!(e.flow_count(), 0);
+    }
+
+    #[test]
+    fn a_backend_reset_to_a_syn_is_a_passive_health_signal() {
+        let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
+        let backend = syn(&e, 6000);
+        let reply = e.flows()[0].flow.reply;
+        let mut rst = Segment::new(reply.src, reply.dst, RST | ACK).build();
+        assert!(matches!(
+            e.process(&mut rst, Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
+        let be = &e.runtime().services[0].backends[0];
+        assert_eq!(be.addr, backend);
+        assert_eq!(be.syn_failures(), 1);
+        // RST before any... the REPLY RST is a reply: the flow is in CLOSE, kept 10 s.
+        assert_eq!(e.flows()[0].flow.state, TcpState::Close);
+        // An unanswered SYN expiring counts too.
+        let _ = syn(&e, 6001);
+        while e.expire(Timestamp::from_secs(121)) {}
+        assert_eq!(be.syn_failures(), 2);
+        assert_eq!(e.flow_count(), 0);
+        assert_eq!(be.active(), 0);
+    }
+}

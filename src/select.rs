@@ -341,7 +341,7 @@ impl Maglev {
 
     /// Return the backend index of the table slot for this client address.
     fn slot(&self, original: &Tuple) -> usize {
-        let mut h = Fnv::new(0x6b65_79);
+        let mut h = Fnv::new(0x006b_6579);
         h.write(&original.src.ip().octets());
         (h.finish() % self.table.len() as u64) as usize
     }
