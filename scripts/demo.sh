@@ -9,12 +9,13 @@
 # inside them) go through sudo; cargo builds as you.
 #
 # Environment: TUNLB_NO_INSTALL=1 to only report missing packages,
-# TUNLB_PREFIX to choose the namespace prefix (default tldemo<PID>-).
+# TUNLB_PREFIX to choose the namespace prefix (default tldemo<PID>-),
+# TUNLB_BIN to use an already built binary (then nothing is built).
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 TOPO="$ROOT/scripts/topology.sh"
-BIN="$ROOT/target/release/tunlb"
+BIN=${TUNLB_BIN:-$ROOT/target/release/tunlb}
 P=${TUNLB_PREFIX:-tldemo$$-}
 VIP=198.18.0.1:80
 BACKENDS=(198.18.2.3:80 198.18.2.4:80 198.18.2.5:80 198.18.2.6:80)
@@ -90,10 +91,12 @@ run_service() {  # run_service TITLE FLAGS...: start tunlb, 8 requests, stop
 
 main() {
   need_pkgs
-  command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs) and rerun"
-
-  say "building tunlb (cargo build --release)"
-  (cd "$ROOT" && cargo build --release)
+  if [ -z "${TUNLB_BIN-}" ]; then
+    command -v cargo >/dev/null || die "cargo is missing: install Rust (https://rustup.rs) and rerun"
+    say "building tunlb (cargo build --release)"
+    (cd "$ROOT" && cargo build --release)
+  fi
+  [ -x "$BIN" ] || die "no tunlb binary at $BIN"
 
   WORK=$(mktemp -d)
   chmod 755 "$WORK"

@@ -9,7 +9,10 @@
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
 t_setup
-t_tunlb_start --mode nth
+# With a control socket (tunlb flows), the refused flows' fate is visible too.
+ctl=()
+if "$TUNLB_BIN" run --help | grep -q -- '--control'; then ctl=(--control "$T_DIR/control.sock"); fi
+t_tunlb_start --mode nth "${ctl[@]}"
 
 # req URL: prints "EXIT MS BODY" for one curl from the client.
 req() {
@@ -32,6 +35,15 @@ for n in 3 7; do
   check_eq "request $((n + 1)) (b4's turn) refused: curl exit 7" "$rc" 7
   check_range "request $((n + 1)) (b4's turn) failed fast (ms, --max-time 10 s)" "$ms" 0 1000
 done
+
+if [ ${#ctl[@]} -gt 0 ]; then
+  flows=$("$TUNLB_BIN" flows "${ctl[@]}" | grep 'backend=198.18.2.6:80' || true)
+  note "b4's flows: $(awk '{ print $4, $3 "s" }' <<<"$flows" | tr '\n' ' ')"
+  check_eq "both refused flows are tracked as CLOSE, gone within 10 s" \
+    "$(awk '$4 == "CLOSE" && $3 <= 10 { n++ } END { print n + 0 }' <<<"$flows")" 2
+else
+  note "this tunlb has no control socket: the refused flows' state is not checked"
+fi
 
 tl_backend_start "$P" 4
 ip -n "${P}b3" link set eth0 down
