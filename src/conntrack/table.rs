@@ -86,6 +86,8 @@ pub enum Lookup<'a> {
 pub const EXPIRE_BUDGET: usize = 256;
 /// How many of the soonest-expiring flows a full table looks at for a victim.
 pub const EVICT_CANDIDATES: usize = 8;
+/// How many heap entries one eviction examines at most to find its candidates.
+pub const EVICT_SCAN: usize = 64;
 
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
@@ -284,9 +286,39 @@ impl ConnTable {
     /// Make room for one flow: among the [`EVICT_CANDIDATES`] flows that
     /// expire soonest, remove one that never saw a reply (not ASSURED) or,
     /// failing that, one that is closing. Returns the evicted flow.
+    ///
+    /// A heap entry earlier than its flow's deadline (traffic moved the
+    /// deadline later without heap work, as for every flow that went from
+    /// SYN_RECV to ESTABLISHED) does not say when the flow expires: it is
+    /// re-filed at the real deadline, as [`ConnTable::expire`] would, and the
+    /// search goes on, examining at most [`EVICT_SCAN`] entries. Otherwise a
+    /// few recently established flows at the front of the heap hide every
+    /// unreplied SYN behind them and the new SYN is refused as "table full".
     pub fn evict_one(&self) -> Option<Flow> {
         let mut cands = [(Timestamp::ZERO, ZERO_TUPLE); EVICT_CANDIDATES];
-        let n = self.pop_due(None, &mut cands);
+        let mut n = 0;
+        for _ in 0..EVICT_SCAN {
+            let mut entry = [(Timestamp::ZERO, ZERO_TUPLE)];
+            if n == EVICT_CANDIDATES || self.pop_due(None, &mut entry) == 0 {
+                break;
+            }
+            let (at, original) = entry[0];
+            let Some(mut f) = self.flows.get_mut(&original) else {
+                continue; // stale: the flow is gone
+            };
+            if f.queued != at {
+                continue; // stale: the flow has a later live entry
+            }
+            if f.deadline > at {
+                f.queued = f.deadline;
+                let d = f.deadline;
+                drop(f);
+                self.queue(d, original);
+                continue;
+            }
+            cands[n] = (at, original);
+            n += 1;
+        }
         let mut victim = None;
         for pass in 0..2 {
             for &(at, original) in &cands[..n] {
