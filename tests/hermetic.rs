@@ -1,0 +1,31 @@
+//! Hermetic integration tests of the NAT engine: real TCP endpoints
+//! (smoltcp) talk through `Engine::process` over an in-memory router, on
+//! virtual time. No root, no TUN, no kernel: `cargo test --test hermetic`.
+//!
+//! - `net`, `wire`, `device`: the harness (hosts, router, impairments).
+//! - `check`, `craft`: judging packets with smoltcp, building them with pnet.
+//! - the other modules are the specification, one behaviour per test.
+
+#[path = "hermetic/check.rs"]
+mod check;
+#[path = "hermetic/craft.rs"]
+mod craft;
+#[path = "hermetic/device.rs"]
+mod device;
+#[path = "hermetic/net.rs"]
+mod net;
+#[path = "hermetic/wire.rs"]
+mod wire;
+
+#[path = "hermetic/balance.rs"]
+mod balance;
+#[path = "hermetic/icmp.rs"]
+mod icmp;
+#[path = "hermetic/lifecycle.rs"]
+mod lifecycle;
+#[path = "hermetic/limits.rs"]
+mod limits;
+#[path = "hermetic/malformed.rs"]
+mod malformed;
+#[path = "hermetic/transfer.rs"]
+mod transfer;

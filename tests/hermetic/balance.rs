@@ -1,0 +1,136 @@
+//! Load balancing: where NEW connections go.
+
+use std::time::Duration;
+
+use tunlb::select::Mode;
+
+use crate::craft::{self, flags};
+use crate::net::{self, greeting, vip, Close, Net, Outcome, BACKENDS, CLIENTS, VIP};
+use std::net::SocketAddrV4;
+use tunlb::{Engine, Timestamp, Verdict};
+
+/// Open `n` connections from client 0 one after another, each reading the
+/// backend's greeting, and return how many each backend accepted.
+///
+/// Checks on the way that every connection completed, that the greeting
+/// names the backend that recorded the connection, and that the backend saw
+/// the client's port preserved on the SNAT address.
+fn sequential_greetings(net: &mut Net, n: u16) -> [usize; 4] {
+    for i in 0..n {
+        let port = 20000 + i;
+        let id = net.connect(0, port, Vec::new(), Close::AfterSend);
+        net.finish(&[id], Duration::from_secs(30));
+        let c = net.stream(id);
+        assert_eq!(
+            c.outcome,
+            Outcome::Done,
+            "{}",
+            net.report("connection failed", &[id])
+        );
+        let b = (0..4)
+            .find(|&b| net.accepted(b).any(|s| s.remote.port() == port))
+            .unwrap_or_else(|| panic!("no backend accepted port {port}"));
+        assert_eq!(
+            c.received,
+            greeting(b),
+            "connection {i} greeted by the wrong backend"
+        );
+        let s = net.accepted(b).find(|s| s.remote.port() == port).unwrap();
+        assert_eq!(*s.remote.ip(), VIP, "the backend sees the SNAT address");
+    }
+    std::array::from_fn(|b| net.accepted(b).count())
+}
+
+/// Check that the engine's per-backend connection counters say `want`.
+fn assert_engine_counts(net: &Net, want: [usize; 4]) {
+    let stats = net.engine.stats();
+    for (b, bs) in stats.backends.iter().enumerate() {
+        assert_eq!(bs.backend.ip(), &BACKENDS[b]);
+        assert_eq!(bs.connections, want[b] as u64, "backend {b}: {stats}");
+    }
+}
+
+#[test]
+fn nth_spreads_400_sequential_connections_exactly_100_per_backend() {
+    let mut net = Net::new(crate::net::config(Mode::Nth, &[1, 1, 1, 1]));
+    let seen = sequential_greetings(&mut net, 400);
+    assert_eq!(seen, [100; 4]);
+    assert_engine_counts(&net, seen);
+    let stats = net.engine.stats();
+    assert_eq!(stats.new_flows, 400);
+    assert_eq!(stats.total_dropped(), 0, "{stats}");
+}
+
+/// The range `n * p +- 5 sigma` for a binomial count (sigma = sqrt(n p (1 - p))):
+/// a seeded run outside it would point at a biased selector, not bad luck
+/// (a 5-sigma excursion has odds below one in a million).
+fn five_sigma(n: usize, p: f64) -> std::ops::RangeInclusive<usize> {
+    let mean = n as f64 * p;
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    let lo = (mean - 5.0 * sigma).ceil().max(0.0) as usize;
+    let hi = (mean + 5.0 * sigma).floor() as usize;
+    lo..=hi
+}
+
+#[test]
+fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter() {
+    let mut net = Net::new(net::config(Mode::Random, &[1, 1, 1, 1]));
+    let seen = sequential_greetings(&mut net, 400);
+    // 400 draws at p = 1/4: mean 100, sigma 8.66, so 57..=143.
+    let bound = five_sigma(400, 0.25);
+    assert_eq!(bound, 57..=143);
+    for (b, &n) in seen.iter().enumerate() {
+        assert!(bound.contains(&n), "backend {b} got {n} of 400: {seen:?}");
+    }
+    assert_eq!(seen.iter().sum::<usize>(), 400);
+    assert_engine_counts(&net, seen);
+    assert_eq!(net.engine.stats().total_dropped(), 0);
+}
+
+#[test]
+fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
+    let mut net = Net::new(net::config(Mode::Random, &[3, 1, 0, 0]));
+    let seen = sequential_greetings(&mut net, 400);
+    assert_eq!(seen[2], 0, "weight 0 takes no connection: {seen:?}");
+    assert_eq!(seen[3], 0, "weight 0 takes no connection: {seen:?}");
+    // 400 draws at p = 3/4: mean 300, sigma 8.66, so 257..=343.
+    let bound = five_sigma(400, 0.75);
+    assert!(
+        bound.contains(&seen[0]),
+        "backend 0 got {} of 400 (want {bound:?})",
+        seen[0]
+    );
+    assert_eq!(seen[0] + seen[1], 400);
+    assert_engine_counts(&net, seen);
+}
+
+/// The backend index each of `n` SYNs from distinct ports is sent to.
+fn choices(seed: u64, n: u16) -> Vec<usize> {
+    let mut cfg = net::config(Mode::Random, &[1, 1, 1, 1]);
+    cfg.seed = seed;
+    let engine = Engine::new(cfg).unwrap();
+    (0..n)
+        .map(|i| {
+            let client = SocketAddrV4::new(CLIENTS[0], 1000 + i);
+            let mut syn = craft::tcp(client, vip(), flags::SYN, 1, 0);
+            let Verdict::Forward { len } = engine.process(&mut syn, Timestamp::ZERO) else {
+                panic!("SYN {i} not forwarded")
+            };
+            let dst = crate::check::valid_packet(&syn[..len]).unwrap().dst;
+            BACKENDS
+                .iter()
+                .position(|&b| b == dst)
+                .expect("sent to a backend")
+        })
+        .collect()
+}
+
+#[test]
+fn random_selection_is_reproducible_from_the_seed() {
+    assert_eq!(choices(7, 64), choices(7, 64), "same seed, same choices");
+    assert_ne!(
+        choices(7, 64),
+        choices(8, 64),
+        "another seed, other choices"
+    );
+}

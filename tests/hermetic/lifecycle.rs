@@ -1,0 +1,224 @@
+//! Flow lifetimes: teardown states, timeouts on virtual time, SYN retransmission.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use tunlb::conntrack::{TcpState, Timeouts};
+use tunlb::select::Mode;
+use tunlb::{Engine, Timestamp, Verdict};
+
+use crate::check;
+use crate::craft::{self, flags};
+use crate::net::{self, backend, greeting, vip, Close, Net, Outcome, Serve, CLIENTS};
+use crate::wire::{Fate, Leg};
+
+/// The single flow in the table.
+fn only_flow(net: &Net) -> tunlb::conntrack::Flow {
+    let flows = net.engine.flows();
+    assert_eq!(flows.len(), 1, "{}", net.report("expected one flow", &[]));
+    flows[0].flow.clone()
+}
+
+/// One millisecond before `t`.
+fn just_before(t: Timestamp) -> Timestamp {
+    Timestamp::from_millis(t.as_millis() - 1)
+}
+
+/// Jump from one `next_expiry()` to the next, expiring as the datapath
+/// would, until the table is empty; return the time it emptied.
+fn expire_until_empty(net: &mut Net) -> Timestamp {
+    while net.engine.flow_count() > 0 {
+        let next = net
+            .engine
+            .next_expiry()
+            .expect("a flow exists, so an expiry is due");
+        net.advance_to(next.max(net.now()));
+    }
+    net.now()
+}
+
+#[test]
+fn fin_teardown_reaches_time_wait_then_expires_after_the_time_wait_timeout() {
+    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+    let id = net.connect(0, 40000, b"hello".to_vec(), Close::AfterSend);
+    net.finish(&[id], Duration::from_secs(10));
+    assert_eq!(net.stream(id).outcome, Outcome::Done);
+    assert_eq!(net.stream(id).received, greeting(0));
+
+    let flow = only_flow(&net);
+    assert_eq!(flow.state, TcpState::TimeWait);
+    assert!(flow.assured && flow.seen_reply);
+    let time_wait = Timeouts::default().get(TcpState::TimeWait);
+    assert_eq!(time_wait, Duration::from_secs(120));
+    assert_eq!(
+        flow.deadline,
+        Timestamp::from_millis(net.last_engine_packet) + time_wait
+    );
+
+    // One millisecond before the deadline it is still there...
+    net.advance_to(just_before(flow.deadline));
+    assert_eq!(only_flow(&net).state, TcpState::TimeWait);
+    // ...and it leaves exactly at the deadline.
+    assert_eq!(expire_until_empty(&mut net), flow.deadline);
+    let stats = net.engine.stats();
+    assert_eq!(stats.expired, 1);
+    assert_eq!(stats.total_dropped(), 0, "{stats}");
+}
+
+#[test]
+fn rst_teardown_reaches_close_then_expires_after_ten_seconds() {
+    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+    net.serve(Serve::GreetThenWait);
+    let id = net.connect(0, 40000, Vec::new(), Close::Manual);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.stream(id).received
+            == greeting(0))
+    );
+    assert_eq!(only_flow(&net).state, TcpState::Established);
+
+    net.abort(id);
+    net.pump();
+    let backend_end = net.accepted(0).next().expect("backend accepted");
+    assert_eq!(
+        backend_end.outcome,
+        Outcome::Aborted,
+        "the RST reached the backend"
+    );
+    let flow = only_flow(&net);
+    assert_eq!(flow.state, TcpState::Close);
+    let close = Timeouts::default().get(TcpState::Close);
+    assert_eq!(close, Duration::from_secs(10));
+    assert_eq!(flow.deadline, net.now() + close);
+
+    net.advance_to(just_before(flow.deadline));
+    assert_eq!(only_flow(&net).state, TcpState::Close);
+    assert_eq!(expire_until_empty(&mut net), flow.deadline);
+    assert_eq!(net.engine.stats().expired, 1);
+}
+
+#[test]
+fn an_rst_before_any_reply_removes_the_flow_at_once() {
+    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let client = SocketAddrV4::new(CLIENTS[0], 40000);
+    let t = Timestamp::from_secs(1);
+    let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
+    assert!(matches!(
+        engine.process(&mut syn, t),
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(engine.flow_count(), 1);
+
+    // The client gives up before the backend answered.
+    let mut rst = craft::tcp(client, vip(), flags::RST, 1001, 0);
+    let Verdict::Forward { len } = engine.process(&mut rst, t) else {
+        panic!("the RST is forwarded so the backend forgets the half-open connection")
+    };
+    let out = check::valid_packet(&rst[..len]).unwrap();
+    assert_eq!(out.dst_sock(), backend(0));
+    assert_eq!(engine.flow_count(), 0, "gone without waiting for a timeout");
+    let stats = engine.stats();
+    assert_eq!(stats.expired, 0);
+    assert_eq!(stats.total_dropped(), 0);
+}
+
+#[test]
+fn a_retransmitted_syn_keeps_its_backend() {
+    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+    net.wire.capture();
+    // Lose every SYN-ACK until the client has sent its SYN twice, so the
+    // second SYN is a real retransmission (smoltcp waits one RTO, 1 s).
+    let client_syns = std::rc::Rc::new(std::cell::Cell::new(0));
+    let lost = std::rc::Rc::new(std::cell::Cell::new(0));
+    let (syns, l) = (client_syns.clone(), lost.clone());
+    net.wire.set_filter(move |leg, p| {
+        let s = check::valid_packet(p).unwrap();
+        if leg == Leg::Host && s.is_syn() {
+            syns.set(syns.get() + 1);
+        }
+        if leg == Leg::Host && s.is_syn_ack() && syns.get() < 2 {
+            l.set(l.get() + 1);
+            return Fate::Drop;
+        }
+        Fate::Pass
+    });
+    let id = net.connect(0, 40000, Vec::new(), Close::AfterSend);
+    net.finish(&[id], Duration::from_secs(10));
+
+    assert!(lost.get() >= 1, "a SYN-ACK was lost");
+    assert!(client_syns.get() >= 2, "the client retransmitted its SYN");
+    assert_eq!(net.stream(id).outcome, Outcome::Done);
+    assert_eq!(
+        net.stream(id).received,
+        greeting(0),
+        "answered by the first backend"
+    );
+    // nth would have sent a second flow to backend 1: there is none.
+    let stats = net.engine.stats();
+    assert_eq!(stats.new_flows, 1);
+    let conns: Vec<u64> = stats.backends.iter().map(|b| b.connections).collect();
+    assert_eq!(conns, [1, 0, 0, 0]);
+    assert_eq!(net.engine.flow_count(), 1);
+    // Every SYN went to the same backend.
+    let to_backends: Vec<SocketAddrV4> = net
+        .wire
+        .captured()
+        .iter()
+        .filter(|(leg, _)| *leg == Leg::Nat)
+        .map(|(_, p)| check::valid_packet(p).unwrap())
+        .filter(|s| s.is_syn())
+        .map(|s| s.dst_sock())
+        .collect();
+    assert_eq!(to_backends, vec![backend(0); client_syns.get()]);
+}
+
+#[test]
+fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
+    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let client = SocketAddrV4::new(CLIENTS[0], 40000);
+    let first = Timestamp::from_secs(5);
+    let syn_sent = Timeouts::default().get(TcpState::SynSent);
+    assert_eq!(syn_sent, Duration::from_secs(120));
+    let deadline = first + syn_sent;
+
+    // The first SYN and retransmissions at the usual exponential backoff,
+    // the last one a second before the deadline: none gets an answer.
+    for at in [0, 1, 3, 7, 15, 31, 63, 119] {
+        let now = first + Duration::from_secs(at);
+        let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
+        let Verdict::Forward { len } = engine.process(&mut syn, now) else {
+            panic!("SYN at +{at} s dropped")
+        };
+        assert_eq!(
+            check::valid_packet(&syn[..len]).unwrap().dst_sock(),
+            backend(0)
+        );
+        let flows = engine.flows();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].flow.state, TcpState::SynSent);
+        assert_eq!(
+            flows[0].flow.deadline, deadline,
+            "SYN at +{at} s moved the deadline"
+        );
+        assert!(!engine.expire(now) && engine.flow_count() == 1);
+    }
+    assert_eq!(engine.stats().new_flows, 1);
+
+    // 120 s after the FIRST SYN, not after the last, the entry is gone.
+    while engine.expire(just_before(deadline)) {}
+    assert_eq!(engine.flow_count(), 1);
+    assert!(engine.next_expiry().is_some_and(|t| t <= deadline));
+    while engine.expire(deadline) {}
+    assert_eq!(engine.flow_count(), 0);
+    assert_eq!(engine.stats().expired, 1);
+
+    // A later SYN is a new connection: nth moves on to the second backend.
+    let mut syn = craft::tcp(client, vip(), flags::SYN, 5000, 0);
+    let Verdict::Forward { len } = engine.process(&mut syn, deadline) else {
+        panic!()
+    };
+    assert_eq!(
+        check::valid_packet(&syn[..len]).unwrap().dst_sock(),
+        backend(1)
+    );
+    assert_eq!(engine.stats().new_flows, 2);
+}
