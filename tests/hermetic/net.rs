@@ -207,6 +207,8 @@ impl Stream {
     }
 }
 
+/// One smoltcp host: an interface with one address and a default route,
+/// its device, its sockets and (on a backend) its listeners.
 struct Host {
     addr: Ipv4Addr,
     /// Which backend this host is, if it is one.
@@ -294,6 +296,7 @@ fn new_socket() -> tcp::Socket<'static> {
     sock
 }
 
+/// An IPv4 smoltcp endpoint as a std socket address.
 fn sock_v4(ep: IpEndpoint) -> SocketAddrV4 {
     let IpAddress::Ipv4(ip) = ep.addr;
     SocketAddrV4::new(ip, ep.port)
@@ -450,9 +453,10 @@ impl Net {
         }
     }
 
-    /// Hand a packet to the engine as if it had arrived from the wire now;
-    /// forward the engine's output like any other. Returns the verdict and
-    /// the emitted packet.
+    /// Hand a packet to the engine as if it had arrived from the wire now
+    /// (an ICMP error from a hop, a hand-crafted segment); forward the
+    /// engine's output like any other. Returns the verdict and the emitted
+    /// packet, which must be valid (checked with smoltcp, else a panic).
     pub fn inject(&mut self, mut pkt: Vec<u8>) -> (Verdict, Option<Vec<u8>>) {
         let verdict = self.engine.process(&mut pkt, self.now());
         self.last_engine_packet = self.now;
