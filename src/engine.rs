@@ -33,15 +33,19 @@
 
 use std::net::SocketAddrV4;
 use std::ops::RangeInclusive;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
 
+use crate::checksum;
 use crate::conntrack::ports;
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
+pub use crate::nat::L4Checksum;
 use crate::nat::{self, IcmpQuote};
 use crate::service::{ConfigError, EngineConfig, Service};
 use crate::stats::{BackendSnapshot, Counters, DropReason, Response, Snapshot};
@@ -71,6 +75,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Engine {
     runtime: ArcSwap<Runtime>,
+    /// The runtime's timeouts in milliseconds, readable without loading it.
+    timeouts_ms: [AtomicU64; TcpState::COUNT],
     table: ConnTable,
     counters: Counters,
     secret: u64,
@@ -125,6 +131,9 @@ impl Engine {
         cfg.validate()?;
         Ok(Engine {
             runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
+            timeouts_ms: std::array::from_fn(|i| {
+                AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
+            }),
             table: ConnTable::new(cfg.max_flows),
             counters: Counters::default(),
             secret: cfg.seed ^ 0x5ca1_ab1e_7e57_5eed,
@@ -151,6 +160,12 @@ impl Engine {
         self.runtime
             .store(Arc::new(Runtime::build(cfg, Some(&old))));
         self.table.set_max(cfg.max_flows);
+        for (i, t) in self.timeouts_ms.iter().enumerate() {
+            t.store(
+                cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64,
+                Relaxed,
+            );
+        }
         Ok(())
     }
 
@@ -159,17 +174,32 @@ impl Engine {
     /// `pkt` holds exactly one packet. The verdict says what to write back;
     /// every packet ends in exactly one counter.
     pub fn process(&self, pkt: &mut [u8], now: Timestamp) -> Verdict {
-        let verdict = self.process_inner(pkt, now).unwrap_or_else(Verdict::Drop);
+        self.process_with(pkt, now, L4Checksum::Complete)
+    }
+
+    /// [`Engine::process`] for a packet whose TCP checksum may be partial
+    /// (read with a virtio-net header saying `NEEDS_CSUM`): it is neither
+    /// verified nor folded, only moved by the address changes, and the
+    /// device computes the final checksum later.
+    pub fn process_with(&self, pkt: &mut [u8], now: Timestamp, l4: L4Checksum) -> Verdict {
+        let verdict = self
+            .process_inner(pkt, now, l4)
+            .unwrap_or_else(Verdict::Drop);
         if let Verdict::Drop(reason) = verdict {
             self.counters.drop(reason);
         }
         verdict
     }
 
-    fn process_inner(&self, pkt: &mut [u8], now: Timestamp) -> Result<Verdict, DropReason> {
+    fn process_inner(
+        &self,
+        pkt: &mut [u8],
+        now: Timestamp,
+        l4: L4Checksum,
+    ) -> Result<Verdict, DropReason> {
         let (ihl, total, proto) = self.check_ipv4(pkt)?;
         match proto {
-            IpProtocol::Tcp => self.process_tcp(pkt, ihl, total, now),
+            IpProtocol::Tcp => self.process_tcp(pkt, ihl, total, now, l4),
             IpProtocol::Icmp => self.process_icmp(pkt, ihl, total),
             _ => Err(DropReason::NotTcp),
         }
@@ -186,7 +216,7 @@ impl Engine {
             return Err(DropReason::BadHeader);
         }
         let ip = Ipv4Packet::new_checked(pkt).map_err(|_| DropReason::Truncated)?;
-        if self.verify_checksums && !ip.verify_checksum() {
+        if self.verify_checksums && checksum::sum(&pkt[..ip.header_len() as usize]) != 0xffff {
             return Err(DropReason::BadChecksum);
         }
         if ip.more_frags() || ip.frag_offset() != 0 {
@@ -205,6 +235,7 @@ impl Engine {
         ihl: usize,
         total: usize,
         now: Timestamp,
+        l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
         let (tuple, class) = {
             let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
@@ -216,17 +247,17 @@ impl Engine {
             let class = FlagClass::of(seg[13]).ok_or(DropReason::BadFlags)?;
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
             if self.verify_checksums
-                && !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))
+                && l4 == L4Checksum::Complete
+                && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg)
             {
                 return Err(DropReason::BadChecksum);
             }
             let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
             (tuple, class)
         };
-        let rt = self.runtime.load();
-        let service = rt.service_at(tuple.dst);
-
-        match self.table.lookup(&tuple, service.is_some()) {
+        // The established path reads no configuration: a hit in the table
+        // is all it needs (and the timeouts, kept as plain atomics).
+        match self.table.lookup(&tuple, true) {
             Lookup::Found(mut flow, dir) => {
                 // A SYN reusing the tuple of a closed flow starts over (RFC 1122).
                 if dir == Direction::Original
@@ -238,39 +269,53 @@ impl Engine {
                     if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
                         trace::destroy(&old, "reopened by a new SYN");
                     }
-                    return self.new_connection(&rt, pkt, ihl, total, tuple, service, now);
+                    let rt = self.runtime.load();
+                    let service = rt.service_at(tuple.dst);
+                    return self.new_connection(&rt, pkt, ihl, total, tuple, service, now, l4);
                 }
-                self.track(&rt.timeouts, &mut flow, dir, class, now, total)?;
+                let (had_reply, flow_key) = (flow.seen_reply, flow.original);
+                self.track(&mut flow, dir, class, now, total)?;
                 let (src, dst) = translate(&flow, dir);
-                let remove = flow.state == TcpState::Close && !flow.seen_reply;
-                self.count_backend(&flow, total);
+                // "If only reply is a RST, we can consider ourselves not to
+                // have an established connection" (Linux): an RST either way
+                // before any other reply ends the entry at once.
+                let remove = flow.state == TcpState::Close && class == FlagClass::Rst && !had_reply;
                 drop(flow);
                 if remove {
                     // RST before any reply: the entry dies at once.
-                    if let Some(old) = self.table.remove_if(&tuple, |f| !f.seen_reply) {
+                    if let Some(old) = self
+                        .table
+                        .remove_if(&flow_key, |f| f.state == TcpState::Close)
+                    {
                         trace::destroy(&old, "reset before any reply");
                     }
                 }
-                nat::rewrite_tcp(pkt, ihl, src, dst);
-                self.counters.forward(dir.index());
+                nat::rewrite_tcp(pkt, ihl, src, dst, l4);
                 Ok(Verdict::Forward { len: total })
             }
             Lookup::Missing => {
-                let Some(_) = service else {
+                let rt = self.runtime.load();
+                let service = rt.service_at(tuple.dst);
+                if service.is_none() {
                     return Err(DropReason::NoService);
-                };
+                }
                 if !tcp::may_create(class) {
                     return Err(DropReason::NoFlowNotSyn);
                 }
-                self.new_connection(&rt, pkt, ihl, total, tuple, service, now)
+                self.new_connection(&rt, pkt, ihl, total, tuple, service, now, l4)
             }
         }
+    }
+
+    /// Return the timeout of `state`.
+    #[inline]
+    fn timeout(&self, state: TcpState) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeouts_ms[state as usize].load(Relaxed))
     }
 
     /// Run the state machine for one segment of an existing flow.
     fn track(
         &self,
-        timeouts: &tcp::Timeouts,
         flow: &mut Flow,
         dir: Direction,
         class: FlagClass,
@@ -297,7 +342,7 @@ impl Engine {
                 // or a stuck client cannot keep an unanswered entry alive.
                 let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
                 if !retransmitted_syn {
-                    self.table.set_deadline(flow, now + timeouts.get(new));
+                    self.table.set_deadline(flow, now + self.timeout(new));
                 }
                 if new != old {
                     trace::state(flow, dir, class, old);
@@ -307,13 +352,6 @@ impl Engine {
         flow.packets[dir.index()] += 1;
         flow.bytes[dir.index()] += len as u64;
         Ok(())
-    }
-
-    fn count_backend(&self, flow: &Flow, len: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = &flow.backend.counters;
-        c.packets.fetch_add(1, Relaxed);
-        c.bytes.fetch_add(len as u64, Relaxed);
     }
 
     /// Admit a NEW connection: select, allocate, insert, translate.
@@ -327,23 +365,24 @@ impl Engine {
         original: Tuple,
         service: Option<usize>,
         now: Timestamp,
+        l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
         let si = service.ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
         let Some(bi) = svc.selector.select(&svc.backends, &original) else {
-            self.counters.drop(DropReason::NoBackend);
-            return Ok(match DropReason::NoBackend.response() {
+            return match DropReason::NoBackend.response() {
+                Response::Silence => Err(DropReason::NoBackend),
                 Response::Reset => {
+                    self.counters.drop(DropReason::NoBackend);
                     self.counters
                         .resets_sent
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     trace::no_backend(&original);
-                    Verdict::Respond {
+                    Ok(Verdict::Respond {
                         len: nat::syn_to_reset(pkt, ihl, svc.vip),
-                    }
+                    })
                 }
-                Response::Silence => Verdict::Drop(DropReason::NoBackend),
-            });
+            };
         };
         let backend = &svc.backends[bi];
         if self.table.is_full() {
@@ -377,16 +416,13 @@ impl Engine {
             // Another thread admitted the same SYN first: give our port back
             // and treat this copy as a retransmission of that flow's SYN.
             self.table.release(&reply, &original);
-            return self.process_tcp(pkt, ihl, total, now);
+            return self.process_tcp(pkt, ihl, total, now, l4);
         }
         use std::sync::atomic::Ordering::Relaxed;
         self.counters.new_flows.fetch_add(1, Relaxed);
         let c = &backend.counters;
         c.connections.fetch_add(1, Relaxed);
-        c.packets.fetch_add(1, Relaxed);
-        c.bytes.fetch_add(total as u64, Relaxed);
-        nat::rewrite_tcp(pkt, ihl, src, dst);
-        self.counters.forward(Direction::Original.index());
+        nat::rewrite_tcp(pkt, ihl, src, dst, l4);
         Ok(Verdict::Forward { len: total })
     }
 
@@ -404,7 +440,7 @@ impl Engine {
         if !ICMP_ERRORS.contains(&icmp[0]) {
             return Err(DropReason::IcmpNotError);
         }
-        if self.verify_checksums && smoltcp::wire::checksum::data(icmp) != 0xffff {
+        if self.verify_checksums && checksum::sum(icmp) != 0xffff {
             return Err(DropReason::BadChecksum);
         }
         // The quoted packet: an IPv4 header and at least 8 bytes of TCP.
@@ -485,9 +521,19 @@ impl Engine {
         use std::sync::atomic::Ordering::Relaxed;
         let mut s = self.counters.snapshot();
         s.flows = self.table.len();
+        // TCP packets are counted in their flow only; add them up here.
+        let totals = self.table.totals();
+        for d in 0..2 {
+            s.forwarded[d] += totals.packets[d];
+        }
         for svc in &self.runtime.load().services {
             for (b, &weight) in svc.backends.iter().zip(&svc.weights) {
                 let c = &b.counters;
+                let (live_packets, live_bytes) = totals
+                    .live_by_backend
+                    .get(&(Arc::as_ptr(b) as usize))
+                    .copied()
+                    .unwrap_or_default();
                 s.backends.push(BackendSnapshot {
                     service: svc.vip,
                     backend: b.addr,
@@ -495,8 +541,8 @@ impl Engine {
                     up: b.is_up(),
                     active: b.active(),
                     connections: c.connections.load(Relaxed),
-                    packets: c.packets.load(Relaxed),
-                    bytes: c.bytes.load(Relaxed),
+                    packets: c.packets.load(Relaxed) + live_packets,
+                    bytes: c.bytes.load(Relaxed) + live_bytes,
                 });
             }
         }
@@ -637,8 +683,8 @@ mod tests {
         let be = &e.runtime().services[0].backends[0];
         assert_eq!(be.addr, backend);
         assert_eq!(be.syn_failures(), 1);
-        // RST before any... the REPLY RST is a reply: the flow is in CLOSE, kept 10 s.
-        assert_eq!(e.flows()[0].flow.state, TcpState::Close);
+        // The backend's RST was the only reply: the entry dies at once (Linux).
+        assert_eq!(e.flow_count(), 0);
         // An unanswered SYN expiring counts too.
         let _ = syn(&e, 6001);
         while e.expire(Timestamp::from_secs(121)) {}

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
-use crate::checksum;
+use crate::checksum::{self, Delta};
 
 /// IPv4 header: checksum offset.
 pub const IP_CSUM: usize = 10;
@@ -28,18 +28,9 @@ pub const TCP_CSUM: usize = 16;
 /// at the offsets in `csums`.
 #[inline]
 fn replace_u32(buf: &mut [u8], at: usize, new: Ipv4Addr, csums: &[usize]) {
-    let old = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-    let new = new.to_bits();
-    if old == new {
-        return;
-    }
-    buf[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    let d = write_u32(buf, at, new);
     for &c in csums {
-        checksum::put(
-            buf,
-            c,
-            checksum::update_u32(checksum::get(buf, c), old, new),
-        );
+        checksum::put(buf, c, d.apply(checksum::get(buf, c)));
     }
 }
 
@@ -47,32 +38,71 @@ fn replace_u32(buf: &mut [u8], at: usize, new: Ipv4Addr, csums: &[usize]) {
 /// at the offsets in `csums`.
 #[inline]
 fn replace_u16(buf: &mut [u8], at: usize, new: u16, csums: &[usize]) {
-    let old = checksum::get(buf, at);
-    if old == new {
-        return;
-    }
-    checksum::put(buf, at, new);
+    let d = write_u16(buf, at, new);
     for &c in csums {
-        checksum::put(
-            buf,
-            c,
-            checksum::update_u16(checksum::get(buf, c), old, new),
-        );
+        checksum::put(buf, c, d.apply(checksum::get(buf, c)));
     }
+}
+
+/// Write `new` at `at`; return the checksum change.
+#[inline]
+fn write_u32(buf: &mut [u8], at: usize, new: Ipv4Addr) -> Delta {
+    let old = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let new = new.to_bits();
+    buf[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    let mut d = Delta::new();
+    d.u32(old, new);
+    d
+}
+
+/// Write `new` at `at`; return the checksum change.
+#[inline]
+fn write_u16(buf: &mut [u8], at: usize, new: u16) -> Delta {
+    let old = checksum::get(buf, at);
+    checksum::put(buf, at, new);
+    let mut d = Delta::new();
+    d.u16(old, new);
+    d
+}
+
+/// How the TCP checksum field of a segment is to be updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// A complete checksum (the normal case).
+    Complete,
+    /// A partial checksum left for offload: it holds the uncomplemented
+    /// pseudo-header sum, so only address changes touch it.
+    Partial,
 }
 
 /// Rewrite a TCP segment's source and destination (address and port): DNAT
 /// and MASQUERADE in one pass. `ihl` is the IPv4 header length in bytes.
 ///
 /// The IPv4 checksum covers the addresses; the TCP checksum covers the
-/// ports and, through the pseudo-header, the addresses as well.
+/// ports and, through the pseudo-header, the addresses as well. Each
+/// checksum is folded once, for all four changes together.
 #[inline]
-pub fn rewrite_tcp(pkt: &mut [u8], ihl: usize, src: SocketAddrV4, dst: SocketAddrV4) {
-    let tcp_csum = ihl + TCP_CSUM;
-    replace_u32(pkt, IP_SRC, *src.ip(), &[IP_CSUM, tcp_csum]);
-    replace_u32(pkt, IP_DST, *dst.ip(), &[IP_CSUM, tcp_csum]);
-    replace_u16(pkt, ihl + TCP_SPORT, src.port(), &[tcp_csum]);
-    replace_u16(pkt, ihl + TCP_DPORT, dst.port(), &[tcp_csum]);
+pub fn rewrite_tcp(
+    pkt: &mut [u8],
+    ihl: usize,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    l4: L4Checksum,
+) {
+    let addrs = write_u32(pkt, IP_SRC, *src.ip()).plus(write_u32(pkt, IP_DST, *dst.ip()));
+    let ports = write_u16(pkt, ihl + TCP_SPORT, src.port()).plus(write_u16(
+        pkt,
+        ihl + TCP_DPORT,
+        dst.port(),
+    ));
+    checksum::put(pkt, IP_CSUM, addrs.apply(checksum::get(pkt, IP_CSUM)));
+    let at = ihl + TCP_CSUM;
+    let old = checksum::get(pkt, at);
+    let new = match l4 {
+        L4Checksum::Complete => addrs.plus(ports).apply(old),
+        L4Checksum::Partial => addrs.apply_partial(old),
+    };
+    checksum::put(pkt, at, new);
 }
 
 /// Where the parts of an ICMP error's quoted packet sit in the outer packet.

@@ -117,14 +117,15 @@ pub enum Response {
     Reset,
 }
 
-/// Counters of one backend.
+/// Counters of one backend. Packets and bytes are those of its flows that
+/// have ended; live flows count in themselves (see `ConnTable::totals`).
 #[derive(Debug, Default)]
 pub struct BackendCounters {
     /// Connections this backend was chosen for.
     pub connections: AtomicU64,
-    /// Packets forwarded, both directions.
+    /// Packets of ended flows, both directions.
     pub packets: AtomicU64,
-    /// IP bytes forwarded, both directions.
+    /// IP bytes of ended flows, both directions.
     pub bytes: AtomicU64,
 }
 
@@ -152,7 +153,8 @@ impl Counters {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count one packet forwarded in direction `dir` (0 ORIGINAL, 1 REPLY).
+    /// Count one ICMP error forwarded in direction `dir` (0 ORIGINAL, 1
+    /// REPLY). TCP packets are counted in their flows instead.
     #[inline]
     pub fn forward(&self, dir: usize) {
         self.forwarded[dir].fetch_add(1, Ordering::Relaxed);

@@ -29,12 +29,15 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
+// Keyed with a per-process random seed: flow keys come from the network.
+use foldhash::fast::RandomState;
 
 use super::tcp::TcpState;
 use super::tuple::{Direction, Tuple};
@@ -74,6 +77,17 @@ pub struct FlowInfo {
     pub flow: Flow,
 }
 
+/// Traffic totals read off the table (see [`ConnTable::totals`]).
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    /// Packets per direction, all flows ever.
+    pub packets: [u64; 2],
+    /// Bytes per direction, all flows ever.
+    pub bytes: [u64; 2],
+    /// Live flows' (packets, bytes) per backend, keyed by `Arc::as_ptr` as usize.
+    pub live_by_backend: HashMap<usize, (u64, u64)>,
+}
+
 /// The result of looking a packet's tuple up.
 pub enum Lookup<'a> {
     /// The tuple is the ORIGINAL or REPLY tuple of this flow.
@@ -92,10 +106,12 @@ pub const EVICT_SCAN: usize = 64;
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
 pub struct ConnTable {
-    flows: DashMap<Tuple, Flow>,
-    replies: DashMap<Tuple, Tuple>,
+    flows: DashMap<Tuple, Flow, RandomState>,
+    replies: DashMap<Tuple, Tuple, RandomState>,
     count: AtomicUsize,
     max: AtomicUsize,
+    /// Packets and bytes per direction of flows already removed.
+    retired: [[AtomicU64; 2]; 2],
     heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
 }
 
@@ -103,10 +119,11 @@ impl ConnTable {
     /// Create an empty table that holds at most `max` flows.
     pub fn new(max: usize) -> Self {
         ConnTable {
-            flows: DashMap::new(),
-            replies: DashMap::new(),
+            flows: DashMap::with_hasher(RandomState::default()),
+            replies: DashMap::with_hasher(RandomState::default()),
             count: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
+            retired: Default::default(),
             heap: Mutex::new(BinaryHeap::new()),
         }
     }
@@ -230,7 +247,7 @@ impl ConnTable {
         let (_, flow) = self.flows.remove_if(original, |_, f| pred(f))?;
         self.replies.remove_if(&flow.reply, |_, o| o == original);
         self.count.fetch_sub(1, Ordering::Relaxed);
-        flow.backend.add_active(-1);
+        self.retire(&flow);
         Some(flow)
     }
 
@@ -343,6 +360,48 @@ impl ConnTable {
             }
         }
         victim
+    }
+
+    /// Fold a removed flow's counters into the totals: the packet path
+    /// counts only in the flow itself, so it touches no shared counter.
+    fn retire(&self, flow: &Flow) {
+        let b = &flow.backend;
+        b.add_active(-1);
+        for d in 0..2 {
+            self.retired[0][d].fetch_add(flow.packets[d], Ordering::Relaxed);
+            self.retired[1][d].fetch_add(flow.bytes[d], Ordering::Relaxed);
+        }
+        b.counters
+            .packets
+            .fetch_add(flow.packets[0] + flow.packets[1], Ordering::Relaxed);
+        b.counters
+            .bytes
+            .fetch_add(flow.bytes[0] + flow.bytes[1], Ordering::Relaxed);
+    }
+
+    /// Return packets and bytes per direction of every flow ever tracked,
+    /// and per backend (keyed by `Arc::as_ptr`) those of the live flows. Scans the
+    /// table: for stats, not for the packet path.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for d in 0..2 {
+            t.packets[d] = self.retired[0][d].load(Ordering::Relaxed);
+            t.bytes[d] = self.retired[1][d].load(Ordering::Relaxed);
+        }
+        for r in self.flows.iter() {
+            let f = r.value();
+            for d in 0..2 {
+                t.packets[d] += f.packets[d];
+                t.bytes[d] += f.bytes[d];
+            }
+            let e = t
+                .live_by_backend
+                .entry(Arc::as_ptr(&f.backend) as usize)
+                .or_default();
+            e.0 += f.packets[0] + f.packets[1];
+            e.1 += f.bytes[0] + f.bytes[1];
+        }
+        t
     }
 
     /// Copy every flow (for listings; not for the packet path).

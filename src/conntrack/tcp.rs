@@ -154,18 +154,28 @@ impl FlagClass {
     pub fn of(tcp_flags: u8) -> Option<FlagClass> {
         use flags::*;
         let f = tcp_flags & !(PSH | ECE | CWR);
-        const VALID: [u8; 9] = [
-            SYN,
-            SYN | URG,
-            SYN | ACK,
-            RST,
-            RST | ACK,
-            FIN | ACK,
-            FIN | ACK | URG,
-            ACK,
-            ACK | URG,
-        ];
-        if !VALID.contains(&f) {
+        // tcp_valid_flags[], as a 256-bit set indexed by the flag byte.
+        const VALID: [u64; 4] = {
+            let mut set = [0u64; 4];
+            let valid = [
+                SYN,
+                SYN | URG,
+                SYN | ACK,
+                RST,
+                RST | ACK,
+                FIN | ACK,
+                FIN | ACK | URG,
+                ACK,
+                ACK | URG,
+            ];
+            let mut i = 0;
+            while i < valid.len() {
+                set[(valid[i] >> 6) as usize] |= 1 << (valid[i] & 63);
+                i += 1;
+            }
+            set
+        };
+        if VALID[(f >> 6) as usize] & (1 << (f & 63)) == 0 {
             return None;
         }
         Some(if f & RST != 0 {
