@@ -1,0 +1,64 @@
+# bench/e2e-summary.jq: turn bench/e2e.sh's raw run lines (slurped, one object
+# per configuration x round x test) into latest.json: meta, runs (raw, with
+# per-unit CPU added), medians per configuration and test, and the ratios.
+# CPU per unit: microseconds per request for the wrk tests, milliseconds per
+# gigabit for the iperf3 tests.
+
+def median: map(select(. != null)) | sort
+  | if length == 0 then null
+    elif length % 2 == 1 then .[(length - 1) / 2]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+
+def per(x; scale; units): if x == null or units == null or units == 0 then null else x * scale / units end;
+
+def derive:
+  if .error then .
+  elif .requests != null then
+    . + {cpu_per_unit: {unit: "us/request",
+          balancer: per(.cpu_s.balancer; 1e6; .requests),
+          softirq_machine: per(.cpu_s.softirq_machine; 1e6; .requests),
+          busy_machine: per(.cpu_s.busy_machine; 1e6; .requests)}}
+  elif .bytes != null then
+    (.bytes * 8 / 1e9) as $gbit
+    | . + {gbit: $gbit, cpu_per_unit: {unit: "ms/Gbit",
+          balancer: per(.cpu_s.balancer; 1e3; $gbit),
+          softirq_machine: per(.cpu_s.softirq_machine; 1e3; $gbit),
+          busy_machine: per(.cpu_s.busy_machine; 1e3; $gbit)}}
+  else . end;
+
+def tests: ["conn_close", "keepalive", "iperf_1", "iperf_1R", "iperf_4", "iperf_4R"];
+
+def med_of(runs):
+  (runs | map(select(.error == null))) as $ok
+  | {n: ($ok | length), failed: (runs | map(select(.error != null)) | length),
+     rps: ($ok | map(.rps) | median),
+     p50_ms: ($ok | map(.p50_ms) | median),
+     p99_ms: ($ok | map(.p99_ms) | median),
+     socket_errors: ($ok | map(select(.requests != null) | .errors | add) | median),
+     gbps: ($ok | map(.gbps) | median),
+     retransmits: ($ok | map(.retransmits) | median),
+     cpu_balancer: ($ok | map(.cpu_per_unit.balancer) | median),
+     cpu_softirq_machine: ($ok | map(.cpu_per_unit.softirq_machine) | median),
+     cpu_busy_machine: ($ok | map(.cpu_per_unit.busy_machine) | median)}
+  | with_entries(select(.value != null));
+
+def ratio(a; b): if a == null or b == null or b == 0 then null else ((a / b) * 1000 | round) / 1000 end;
+
+map(derive) as $runs
+| ($runs | map(.config) | unique) as $cfgs
+| (reduce $cfgs[] as $c ({}; .[$c] = (reduce tests[] as $t ({};
+      .[$t] = med_of($runs | map(select(.config == $c and .test == $t))))))) as $med
+| def val($c; $t): $med[$c][$t] | (.rps // .gbps);
+  {meta: $meta,
+   medians: $med,
+   ratios: (reduce ("kernel", "haproxy", "direct") as $o ({};
+     if $med[$o] == null or $med.tunlb == null then . else
+       .["tunlb/" + $o] = (reduce tests[] as $t ({};
+         .[$t] = ({rate: ratio(val("tunlb"; $t); val($o; $t)),
+                   p50: ratio($med.tunlb[$t].p50_ms; $med[$o][$t].p50_ms),
+                   p99: ratio($med.tunlb[$t].p99_ms; $med[$o][$t].p99_ms),
+                   cpu_busy_machine: ratio($med.tunlb[$t].cpu_busy_machine; $med[$o][$t].cpu_busy_machine),
+                   cpu_balancer: ratio($med.tunlb[$t].cpu_balancer; $med[$o][$t].cpu_balancer)}
+                  | with_entries(select(.value != null)))))
+     end)),
+   runs: $runs}
