@@ -124,12 +124,12 @@ t_tally() {
 # t_count TALLY KEY: the count for KEY (0 when absent).
 t_count() { awk -v k="$2" '$1 == k { v = $2 } END { print v + 0 }' <<<"$1"; }
 
-# t_capture_start NODE DEV NAME FILE [FILTER]: capture with tshark in namespace
+# t_capture_start NODE DEV NAME FILE [FILTER]: capture with dumpcap in namespace
 # PREFIX+NODE on DEV (capture filter default "tcp or icmp"), recorded as NAME.
 t_capture_start() {
   local node=$1 dev=$2 name=$3 file=$4 filter=${5:-tcp or icmp} k
   rm -f "$file"
-  tl_bg "$P" "$node" "$name" "$T_DIR/$name.log" tshark -q -n -i "$dev" -f "$filter" -w "$file"
+  tl_bg "$P" "$node" "$name" "$T_DIR/$name.log" dumpcap -q -i "$dev" -f "$filter" -w "$file"
   for ((k = 0; k < 100; k++)); do
     [ -s "$file" ] && grep -q 'Capturing on' "$T_DIR/$name.log" 2>/dev/null && break
     tl_pid_alive "$TL_PID" || break
@@ -138,7 +138,14 @@ t_capture_start() {
   sleep 0.2
   [ -s "$file" ] || { cat "$T_DIR/$name.log" >&2; not_ok "tshark started on $node:$dev"; return 1; }
 }
-t_capture_stop() { tl_stop "$P" "$1" INT 5; }
+# t_capture_stop NAME...: stop captures. dumpcap hands packets over from the
+# kernel in blocks every 250 ms and drops a partial block on SIGINT: wait 1 s
+# first, so that the captures hold every packet sent before the call.
+t_capture_stop() {
+  local name
+  sleep 1
+  for name in "$@"; do tl_stop "$P" "$name" INT 5; done
+}
 
 # Binomial bounds: mean +- 5 standard deviations for N draws with probability
 # W/SUM, clamped to [0, N]. Prints "LOW HIGH".
