@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use tunlb::config::{self, FlagRun, FlagService, RunConfig};
+use tunlb::config::{self, FlagRun, FlagService, IoKind, RunConfig};
 use tunlb::select::Mode;
 use tunlb::{BackendConfig, EngineConfig};
 
@@ -136,6 +136,21 @@ pub struct RunArgs {
     /// Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config).
     #[arg(long)]
     pub health_check: bool,
+    /// Do not ask the TUN for TSO/checksum offloads (one packet per read and write).
+    #[arg(long)]
+    pub no_offload: bool,
+    /// TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue).
+    #[arg(long, value_enum)]
+    pub io: Option<CliIo>,
+}
+
+/// `--io`, as clap sees it.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CliIo {
+    /// Multi-queue TUN with virtio-net header and TCP offloads.
+    Vnet,
+    /// The `tun` crate: one queue, no offloads.
+    Tun,
 }
 
 impl ServiceArgs {
@@ -174,6 +189,11 @@ impl RunArgs {
             control: self.control.clone(),
             metrics: self.metrics.clone(),
             health_check: self.health_check,
+            no_offload: self.no_offload,
+            io: self.io.map(|i| match i {
+                CliIo::Vnet => IoKind::Vnet,
+                CliIo::Tun => IoKind::Tun,
+            }),
         };
         config::run_config(&self.service.flags(), &run)
     }

@@ -154,6 +154,8 @@ struct File {
     control: Option<PathBuf>,
     metrics: Option<String>,
     health: Option<FileHealth>,
+    offload: Option<bool>,
+    io: Option<IoKind>,
     #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
@@ -197,6 +199,21 @@ pub struct FlagRun {
     pub metrics: Option<String>,
     /// `--health-check`.
     pub health_check: bool,
+    /// `--no-offload`.
+    pub no_offload: bool,
+    /// `--io`.
+    pub io: Option<IoKind>,
+}
+
+/// Which TUN implementation the datapath uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoKind {
+    /// tunlb's multi-queue TUN with virtio-net header and TCP offloads.
+    #[default]
+    Vnet,
+    /// The `tun` crate: one queue, one packet per read and write.
+    Tun,
 }
 
 /// A complete, validated configuration for `tunlb run`.
@@ -220,6 +237,10 @@ pub struct RunConfig {
     pub metrics: Option<String>,
     /// Health checks, if enabled.
     pub health: Option<HealthConfig>,
+    /// The TUN implementation.
+    pub io: IoKind,
+    /// Whether to ask for TUN offloads (vnet only).
+    pub offload: bool,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -320,6 +341,8 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRu
             control: f.control,
             metrics: f.metrics,
             health: f.health,
+            offload: f.offload,
+            io: f.io,
         });
     }
     match flags.vip {
@@ -356,6 +379,8 @@ pub struct FileRun {
     control: Option<PathBuf>,
     metrics: Option<String>,
     health: Option<FileHealth>,
+    offload: Option<bool>,
+    io: Option<IoKind>,
 }
 
 fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
@@ -421,6 +446,8 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
         metrics: run.metrics.clone().or(file.metrics),
         health,
+        io: run.io.or(file.io).unwrap_or_default(),
+        offload: !run.no_offload && file.offload.unwrap_or(true),
     })
 }
 

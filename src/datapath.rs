@@ -24,8 +24,8 @@ use crate::time::Timestamp;
 /// looking at the stop flag again.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// The largest packet a TUN can hand over.
-const BUF_LEN: usize = 65536;
+/// The largest packet a TUN can hand over, with room for a device header.
+const BUF_LEN: usize = 65536 + 64;
 
 /// Options of the datapath.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub fn run(
             thread::Builder::new()
                 .name(format!("tunlb-pkt{i}"))
                 .spawn(move || {
-                    if let Err(e) = packet_loop(&engine, &*io, &stop, &counters, clock) {
+                    if let Err(e) = packet_loop(i, &engine, &*io, &stop, &counters, clock) {
                         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -120,6 +120,7 @@ pub fn run(
 
 /// One packet thread: receive, process, send, until stopped.
 fn packet_loop(
+    queue: usize,
     engine: &Engine,
     io: &dyn PacketIo,
     stop: &AtomicBool,
@@ -128,15 +129,17 @@ fn packet_loop(
 ) -> Result<(), std::io::Error> {
     let mut buf = vec![0u8; BUF_LEN];
     while !stop.load(Ordering::Relaxed) {
-        let Some(n) = io.recv(&mut buf, POLL)? else {
+        let Some(frame) = io.recv(queue, &mut buf, POLL)? else {
             continue;
         };
         counters.rx.fetch_add(1, Ordering::Relaxed);
-        let len = match engine.process(&mut buf[..n], clock.now()) {
-            Verdict::Forward { len } | Verdict::Respond { len } => len,
+        let pkt = &mut buf[frame.start..frame.start + frame.len];
+        let (len, replaced) = match engine.process_with(pkt, clock.now(), frame.l4) {
+            Verdict::Forward { len } => (len, false),
+            Verdict::Respond { len } => (len, true),
             Verdict::Drop(_) => continue,
         };
-        if let Err(e) = io.send(&buf[..len]) {
+        if let Err(e) = io.send(queue, &mut buf, &frame, len, replaced) {
             counters.tx_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("write to the device failed: {e}");
         }

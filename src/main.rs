@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
+use tunlb::config::IoKind;
 use tunlb::config::RunConfig;
 use tunlb::control::{self, Control, Metrics};
 use tunlb::datapath::{self, IoCounters, Options};
+use tunlb::io::mqtun::MqTun;
 use tunlb::io::tun::{TunIo, TunSpec};
+use tunlb::io::PacketIo;
 use tunlb::{health, preflight, Engine};
 
 fn main() -> ExitCode {
@@ -89,7 +92,22 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         addr: cfg.tun_addr,
         mtu: cfg.mtu,
     };
-    let io = TunIo::open(&spec).map_err(|e| e.to_string())?;
+    let (io, device): (Arc<dyn PacketIo>, String) = match cfg.io {
+        IoKind::Tun => (
+            Arc::new(TunIo::open(&spec).map_err(|e| e.to_string())?),
+            "tun crate, 1 queue, no offload".into(),
+        ),
+        IoKind::Vnet => {
+            let (dev, opened) =
+                MqTun::open(&spec, cfg.threads, cfg.offload).map_err(|e| e.to_string())?;
+            let what = format!(
+                "{} queue(s), offload {}",
+                opened.queues,
+                if opened.offload { "on" } else { "off" }
+            );
+            (Arc::new(dev), what)
+        }
+    };
     if cfg.tun_addr.is_some() {
         preflight::disable_ipv6(&cfg.tun);
     }
@@ -143,7 +161,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         })
         .collect();
     tracing::info!(
-        "ready: tun {} ({}), {}; {} thread(s), max {} flows",
+        "ready: tun {} ({}, {device}), {}; {} thread(s), max {} flows",
         cfg.tun,
         if cfg.tun_addr.is_some() {
             "created"
@@ -172,7 +190,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     };
     let result = datapath::run(
         engine.clone(),
-        Arc::new(io),
+        io,
         &opts,
         stop.clone(),
         counters,

@@ -6,7 +6,8 @@ use std::io;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::PacketIo;
+use super::{Frame, PacketIo};
+use crate::nat::L4Checksum;
 
 /// A device whose "wire" is two queues: packets pushed with
 /// [`MemoryIo::inject`] are received by the datapath, packets the datapath
@@ -40,7 +41,7 @@ impl MemoryIo {
 }
 
 impl PacketIo for MemoryIo {
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+    fn recv(&self, _queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
         let q = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         let (mut q, _) = self
             .ready
@@ -49,15 +50,26 @@ impl PacketIo for MemoryIo {
         Ok(q.pop_front().map(|p| {
             let n = p.len().min(buf.len());
             buf[..n].copy_from_slice(&p[..n]);
-            n
+            Frame {
+                start: 0,
+                len: n,
+                l4: L4Checksum::Complete,
+            }
         }))
     }
 
-    fn send(&self, pkt: &[u8]) -> io::Result<()> {
+    fn send(
+        &self,
+        _queue: usize,
+        buf: &mut [u8],
+        frame: &Frame,
+        len: usize,
+        _replaced: bool,
+    ) -> io::Result<()> {
         self.tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(pkt.to_vec());
+            .push(buf[frame.start..frame.start + len].to_vec());
         Ok(())
     }
 }

@@ -3,21 +3,55 @@
 //! The datapath reads and writes whole IPv4 packets through [`PacketIo`] and
 //! knows nothing else of the device. [`tun::TunIo`] is the TUN of the `tun`
 //! crate; [`memory::MemoryIo`] is an in-memory pair of queues for tests and
-//! benches. A multi-queue or offload-capable TUN, or a raw socket, would be
-//! one more implementation; the engine would not change.
+//! benches; [`mqtun::MqTun`] is a multi-queue TUN with TCP offloads, through
+//! a small ioctl wrapper ([`sys`], the crate's only `unsafe`). A raw socket
+//! would be one more implementation; the engine would not change.
 
 pub mod memory;
+pub mod mqtun;
+mod sys;
 pub mod tun;
+pub mod vnet;
 
 use std::io;
 use std::time::Duration;
 
-/// A source and sink of IP packets, shared by the datapath's threads.
-pub trait PacketIo: Send + Sync {
-    /// Receive one packet into `buf`, waiting at most `timeout`. Returns the
-    /// packet's length, or `Ok(None)` if nothing arrived in time.
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>>;
+use crate::nat::L4Checksum;
 
-    /// Send one packet.
-    fn send(&self, pkt: &[u8]) -> io::Result<()>;
+/// Where a received packet sits in the buffer, and what the device said
+/// about its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Offset of the IP packet (after any device header, e.g. virtio-net).
+    pub start: usize,
+    /// Length of the IP packet.
+    pub len: usize,
+    /// Whether the TCP checksum is complete or partial (offload).
+    pub l4: L4Checksum,
+}
+
+/// A source and sink of IP packets, shared by the datapath's threads. A
+/// device may have several queues; thread `i` uses queue `i % queues()`.
+pub trait PacketIo: Send + Sync {
+    /// Return the number of queues.
+    fn queues(&self) -> usize {
+        1
+    }
+
+    /// Receive one packet from `queue` into `buf`, waiting at most
+    /// `timeout`. Returns where it sits, or `Ok(None)` if nothing arrived.
+    fn recv(&self, queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>>;
+
+    /// Send the `len`-byte packet at `buf[frame.start..]` (the frame of a
+    /// received packet, rewritten in place) on `queue`. `replaced` says the
+    /// engine built a new packet there (a reset), so no offload metadata of
+    /// the received one applies.
+    fn send(
+        &self,
+        queue: usize,
+        buf: &mut [u8],
+        frame: &Frame,
+        len: usize,
+        replaced: bool,
+    ) -> io::Result<()>;
 }

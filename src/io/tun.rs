@@ -15,7 +15,8 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::PacketIo;
+use super::{Frame, PacketIo};
+use crate::nat::L4Checksum;
 
 /// How to open the TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,8 @@ pub enum TunError {
     },
 }
 
-fn classify(name: &str, e: ::tun::Error) -> TunError {
+/// Turn an error of opening `name` into one that says what to do.
+pub(crate) fn classify(name: &str, e: ::tun::Error) -> TunError {
     let name = name.to_string();
     let os = match &e {
         ::tun::Error::Io(io) => io.raw_os_error(),
@@ -126,16 +128,21 @@ impl TunIo {
 }
 
 impl PacketIo for TunIo {
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+    fn recv(&self, _queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
+        let frame = |len| Frame {
+            start: 0,
+            len,
+            l4: L4Checksum::Complete,
+        };
         // Fast path: one non-blocking read. Only an idle device costs a poll.
         match self.dev.recv(buf) {
-            Ok(n) => return Ok(Some(n)),
+            Ok(n) => return Ok(Some(frame(n))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
             Err(e) => return Err(e),
         }
         match self.dev.recv_timeout(buf, timeout) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => Ok(Some(frame(n))),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -150,7 +157,16 @@ impl PacketIo for TunIo {
         }
     }
 
-    fn send(&self, pkt: &[u8]) -> io::Result<()> {
-        self.dev.send(pkt).map(|_| ())
+    fn send(
+        &self,
+        _queue: usize,
+        buf: &mut [u8],
+        frame: &Frame,
+        len: usize,
+        _replaced: bool,
+    ) -> io::Result<()> {
+        self.dev
+            .send(&buf[frame.start..frame.start + len])
+            .map(|_| ())
     }
 }
