@@ -44,6 +44,7 @@ use crate::checksum;
 use crate::conntrack::ports;
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
+use crate::conntrack::window::{self, SegmentInfo};
 use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
 pub use crate::nat::L4Checksum;
 use crate::nat::{self, IcmpQuote};
@@ -237,7 +238,7 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class) = {
+        let (tuple, class, seg_info) = {
             let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
             let seg = &pkt[ihl..total];
             if seg.len() >= 13 && seg[12] >> 4 < 5 {
@@ -253,7 +254,22 @@ impl Engine {
                 return Err(DropReason::BadChecksum);
             }
             let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
-            (tuple, class)
+            let syn = class == FlagClass::Syn || class == FlagClass::SynAck;
+            let info = SegmentInfo {
+                seq: tcp.seq_number().0 as u32,
+                ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+                len: (seg.len() - usize::from(tcp.header_len())) as u32
+                    + u32::from(syn)
+                    + u32::from(tcp.fin()),
+                window: tcp.window_len(),
+                syn,
+                wscale: if syn {
+                    window::parse_wscale(tcp.options())
+                } else {
+                    None
+                },
+            };
+            (tuple, class, info)
         };
         // The established path reads no configuration: a hit in the table
         // is all it needs (and the timeouts, kept as plain atomics).
@@ -271,10 +287,11 @@ impl Engine {
                     }
                     let rt = self.runtime.load();
                     let service = rt.service_at(tuple.dst);
-                    return self.new_connection(&rt, pkt, ihl, total, tuple, service, now, l4);
+                    return self
+                        .new_connection(&rt, pkt, ihl, total, tuple, &seg_info, service, now, l4);
                 }
                 let (had_reply, flow_key) = (flow.seen_reply, flow.original);
-                self.track(&mut flow, dir, class, now, total)?;
+                self.track(&mut flow, dir, class, &seg_info, now, total)?;
                 let (src, dst) = translate(&flow, dir);
                 // "If only reply is a RST, we can consider ourselves not to
                 // have an established connection" (Linux): an RST either way
@@ -302,7 +319,7 @@ impl Engine {
                 if !tcp::may_create(class) {
                     return Err(DropReason::NoFlowNotSyn);
                 }
-                self.new_connection(&rt, pkt, ihl, total, tuple, service, now, l4)
+                self.new_connection(&rt, pkt, ihl, total, tuple, &seg_info, service, now, l4)
             }
         }
     }
@@ -319,10 +336,16 @@ impl Engine {
         flow: &mut Flow,
         dir: Direction,
         class: FlagClass,
+        seg: &SegmentInfo,
         now: Timestamp,
         len: usize,
     ) -> Result<(), DropReason> {
         let old = flow.state;
+        let (d, r) = (dir.index(), 1 - dir.index());
+        if class == FlagClass::Rst && !window::rst_acceptable(&flow.window[d], &flow.window[r], seg)
+        {
+            return Err(DropReason::OutOfWindow);
+        }
         match tcp::transition(dir, class, old) {
             Cell::Invalid => return Err(DropReason::InvalidTransition),
             Cell::Ignore => {}
@@ -349,8 +372,10 @@ impl Engine {
                 }
             }
         }
-        flow.packets[dir.index()] += 1;
-        flow.bytes[dir.index()] += len as u64;
+        let receiver = flow.window[r];
+        window::update(&mut flow.window[d], &receiver, seg);
+        flow.packets[d] += 1;
+        flow.bytes[d] += len as u64;
         Ok(())
     }
 
@@ -363,6 +388,7 @@ impl Engine {
         ihl: usize,
         total: usize,
         original: Tuple,
+        seg: &SegmentInfo,
         service: Option<usize>,
         now: Timestamp,
         l4: L4Checksum,
@@ -410,6 +436,7 @@ impl Engine {
         flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
         flow.packets[0] = 1;
         flow.bytes[0] = total as u64;
+        window::update(&mut flow.window[0], &Default::default(), seg);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&flow, svc, bi);
         if !self.table.insert(flow) {
@@ -675,7 +702,22 @@ mod tests {
         let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
         let backend = syn(&e, 6000);
         let reply = e.flows()[0].flow.reply;
-        let mut rst = Segment::new(reply.src, reply.dst, RST | ACK).build();
+        // A blind RST (not acknowledging the SYN) is refused...
+        let mut blind = Segment {
+            ack: 12345,
+            ..Segment::new(reply.src, reply.dst, RST | ACK)
+        }
+        .build();
+        assert_eq!(
+            e.process(&mut blind, Timestamp::ZERO),
+            Verdict::Drop(DropReason::OutOfWindow)
+        );
+        // ...the backend's real answer to the SYN (ISN 0) acknowledges it.
+        let mut rst = Segment {
+            ack: 1,
+            ..Segment::new(reply.src, reply.dst, RST | ACK)
+        }
+        .build();
         assert!(matches!(
             e.process(&mut rst, Timestamp::ZERO),
             Verdict::Forward { .. }

@@ -33,6 +33,8 @@ pub enum DropReason {
     NoFlowNotSyn,
     /// The state machine calls this segment INVALID for the flow's state.
     InvalidTransition,
+    /// An RST outside the receiver's window (a blind or stale reset).
+    OutOfWindow,
     /// Every backend of the service has weight 0: the client gets an RST.
     NoBackend,
     /// No free MASQUERADE port for the REPLY tuple.
@@ -47,7 +49,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// The number of reasons, for tables indexed by reason.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in discriminant order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -61,6 +63,7 @@ impl DropReason {
         DropReason::BadFlags,
         DropReason::NoFlowNotSyn,
         DropReason::InvalidTransition,
+        DropReason::OutOfWindow,
         DropReason::NoBackend,
         DropReason::PortsExhausted,
         DropReason::TableFull,
@@ -81,6 +84,7 @@ impl DropReason {
             DropReason::BadFlags => "bad_flags",
             DropReason::NoFlowNotSyn => "invalid_no_flow",
             DropReason::InvalidTransition => "invalid_state",
+            DropReason::OutOfWindow => "rst_out_of_window",
             DropReason::NoBackend => "no_backend",
             DropReason::PortsExhausted => "ports_exhausted",
             DropReason::TableFull => "table_full",

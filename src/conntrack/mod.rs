@@ -10,6 +10,7 @@ pub mod ports;
 pub mod table;
 pub mod tcp;
 pub mod tuple;
+pub mod window;
 
 pub use table::{ConnTable, Flow, FlowInfo, Lookup};
 pub use tcp::{TcpState, Timeouts};

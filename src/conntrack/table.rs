@@ -41,6 +41,7 @@ use foldhash::fast::RandomState;
 
 use super::tcp::TcpState;
 use super::tuple::{Direction, Tuple};
+use super::window::Window;
 use crate::service::Backend;
 use crate::time::Timestamp;
 
@@ -68,6 +69,8 @@ pub struct Flow {
     pub packets: [u64; 2],
     /// IP bytes seen, per direction.
     pub bytes: [u64; 2],
+    /// Sequence state per direction, to refuse blind RSTs.
+    pub window: [Window; 2],
 }
 
 /// A read-only copy of a flow for listings (`conntrack -L`).
@@ -436,6 +439,7 @@ impl Flow {
             queued: deadline,
             packets: [0; 2],
             bytes: [0; 2],
+            window: [Window::default(); 2],
         }
     }
 }
