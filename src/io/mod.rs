@@ -4,7 +4,7 @@
 //! knows nothing else of the device. [`tun::TunIo`] is the TUN of the `tun`
 //! crate; [`memory::MemoryIo`] is an in-memory pair of queues for tests and
 //! benches; [`mqtun::MqTun`] is a multi-queue TUN with TCP offloads, through
-//! a small ioctl wrapper ([`sys`], the crate's only `unsafe`). A raw socket
+//! a small ioctl wrapper (`io::sys`, the crate's only `unsafe`). A raw socket
 //! would be one more implementation; the engine would not change.
 
 pub mod memory;
