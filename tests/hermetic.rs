@@ -4,12 +4,16 @@
 //!
 //! - `net`, `wire`, `device`: the harness (hosts, router, impairments).
 //! - `check`, `craft`: judging packets with smoltcp, building them with pnet.
+//! - `cycle`: crafted connections straight through the engine, for floods
+//!   and churn (no endpoints).
 //! - the other modules are the specification, one behaviour per test.
 
 #[path = "hermetic/check.rs"]
 mod check;
 #[path = "hermetic/craft.rs"]
 mod craft;
+#[path = "hermetic/cycle.rs"]
+mod cycle;
 #[path = "hermetic/device.rs"]
 mod device;
 #[path = "hermetic/net.rs"]
@@ -19,6 +23,10 @@ mod wire;
 
 #[path = "hermetic/balance.rs"]
 mod balance;
+#[path = "hermetic/churn.rs"]
+mod churn;
+#[path = "hermetic/flood.rs"]
+mod flood;
 #[path = "hermetic/icmp.rs"]
 mod icmp;
 #[path = "hermetic/lifecycle.rs"]

@@ -435,6 +435,43 @@ impl Net {
         StreamId(id)
     }
 
+    /// Queue more bytes for a stream to send (on either end), after what it
+    /// already meant to send: traffic on a connection that is already open.
+    pub fn send(&mut self, id: StreamId, data: &[u8]) {
+        let s = &mut self.streams[id.0];
+        assert!(
+            !s.close_called,
+            "{} has already closed its sending half",
+            s.local
+        );
+        s.to_send.extend_from_slice(data);
+    }
+
+    /// Return the backend end of client stream `id`: the accepted stream whose
+    /// peer is the client's flow as the backend sees it (the SNAT address and
+    /// port of the flow's REPLY tuple), the latest if the port was reused.
+    /// `None` if the engine tracks no flow for
+    /// the client or no backend accepted it.
+    pub fn server_end(&self, id: StreamId) -> Option<StreamId> {
+        let client = self.stream(id).local;
+        let reply = self
+            .engine
+            .flows()
+            .into_iter()
+            .find(|f| f.flow.original.src == client)?
+            .flow
+            .reply;
+        self.streams
+            .iter()
+            .rposition(|s| {
+                s.server
+                    && s.local == reply.src
+                    && s.remote == reply.dst
+                    && s.outcome != Outcome::Aborted
+            })
+            .map(StreamId)
+    }
+
     /// Close the sending half of a stream (a FIN once its data is out).
     pub fn close(&mut self, id: StreamId) {
         let s = &mut self.streams[id.0];

@@ -1,0 +1,191 @@
+//! Churn leaves no memory behind: after every round of short connections
+//! has expired, the heap is back at the level the first round left.
+//!
+//! A binary of its own, because its counting `#[global_allocator]` sees every
+//! allocation of the process: here the only thread doing work is this test's.
+//!
+//! What "baseline" means: the flow table's hash maps and expiry heap keep the
+//! capacity their busiest moment needed (hashbrown and `BinaryHeap` never
+//! shrink on removal), and hashbrown grows a table once more when deleted
+//! slots fill it up, which takes more than one round of churn. So the
+//! baseline is the level after [`WARM_UP`] rounds: the empty engine plus
+//! capacity for the peak of concurrent flows. Every later round, with the
+//! same peak, must end at that level: memory tracks the number of flows
+//! alive at once, never the number of connections ever made.
+//!
+//! `CHURN_ROUNDS` and `CHURN_PER_ROUND` (environment) scale it up, e.g.
+//! `CHURN_ROUNDS=10 CHURN_PER_ROUND=100000 cargo test --release --test churn_memory -- --nocapture`
+//! for a million connections.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use tunlb::select::Mode;
+use tunlb::{Engine, Timestamp};
+
+#[allow(dead_code)]
+#[path = "hermetic/check.rs"]
+mod check;
+#[allow(dead_code, unused_imports)]
+#[path = "hermetic/craft.rs"]
+mod craft;
+#[allow(dead_code)]
+#[path = "hermetic/cycle.rs"]
+mod cycle;
+#[allow(dead_code)]
+#[path = "hermetic/device.rs"]
+mod device;
+#[allow(dead_code)]
+#[path = "hermetic/net.rs"]
+mod net;
+#[allow(dead_code)]
+#[path = "hermetic/wire.rs"]
+mod wire;
+
+/// The system allocator, counting the bytes currently allocated and their peak.
+struct Counting;
+
+/// Bytes allocated and not yet freed.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The most bytes allocated at once since the last [`reset_peak`].
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(n: usize) {
+    let live = LIVE.fetch_add(n, Relaxed) + n;
+    PEAK.fetch_max(live, Relaxed);
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Return the bytes allocated now.
+fn live() -> usize {
+    LIVE.load(Relaxed)
+}
+
+/// Restart the peak from the current level.
+fn reset_peak() {
+    PEAK.store(live(), Relaxed);
+}
+
+/// Rounds of churn that size the tables before the baseline is taken.
+const WARM_UP: usize = 2;
+
+/// Read a count from the environment, or take the default.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a count"))
+        })
+        .unwrap_or(default)
+}
+
+#[test]
+fn memory_returns_to_its_baseline_after_every_round_of_churn() {
+    let rounds = env_or("CHURN_ROUNDS", 4);
+    let per_round = env_or("CHURN_PER_ROUND", 25_000);
+    assert!(
+        rounds as usize > WARM_UP,
+        "{WARM_UP} rounds set the baseline, the others are compared with it"
+    );
+    let cfg = || net::config(Mode::Nth, &[1, 1, 1, 1]);
+    // Process-wide lazies (tracing's callsite registry) allocate once, on
+    // first use: let a throwaway engine take them before anything is measured.
+    let throwaway = Engine::new(cfg()).unwrap();
+    cycle::drain(
+        &throwaway,
+        cycle::churn(&throwaway, net::vip(), 0, 10, 100, Timestamp::ZERO).end,
+    );
+    drop(throwaway);
+    let mut levels = Vec::with_capacity(rounds as usize);
+    let mut peaks = Vec::with_capacity(rounds as usize);
+    let before_engine = live();
+    let engine = Engine::new(cfg()).unwrap();
+    let empty = live();
+
+    let mut now = Timestamp::ZERO;
+    let mut peak_flows = 0;
+    for r in 0..rounds {
+        reset_peak();
+        let s = cycle::churn(&engine, net::vip(), r * per_round, per_round, 100, now);
+        now = cycle::drain(&engine, s.end);
+        assert_eq!(engine.flow_count(), 0);
+        assert_eq!(engine.next_expiry(), None);
+        levels.push(live());
+        peaks.push(PEAK.load(Relaxed));
+        peak_flows = peak_flows.max(s.peak_flows);
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.new_flows, rounds * per_round);
+    assert_eq!(stats.expired, rounds * per_round);
+    assert!(stats.backends.iter().all(|b| b.active == 0));
+    drop(stats);
+
+    let baseline = levels[WARM_UP - 1];
+    for (r, &level) in levels.iter().enumerate().skip(WARM_UP) {
+        assert_eq!(
+            level, baseline,
+            "round {r} ended at {level} bytes, the baseline is {baseline}: memory grew with connections made"
+        );
+    }
+    // The capacity kept is that of the busiest moment: bounded per flow.
+    let kept = baseline - empty;
+    assert!(
+        kept < peak_flows * 1024,
+        "{kept} bytes kept for a peak of {peak_flows} flows"
+    );
+    drop(engine);
+    assert_eq!(
+        live(),
+        before_engine,
+        "dropping the engine frees everything"
+    );
+    let kib = |b: usize| b as f64 / 1024.0;
+    let rel = |v: &[usize]| {
+        v.iter()
+            .map(|&l| kib(l - before_engine).round())
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "churn memory: engine {:.1} KiB empty; {rounds} rounds of {per_round} connections \
+         (peak {peak_flows} flows); after each round (KiB): {:?}; peaks (KiB): {:?}",
+        kib(empty - before_engine),
+        rel(&levels),
+        rel(&peaks),
+    );
+}
