@@ -25,10 +25,14 @@ mod wire;
 mod balance;
 #[path = "hermetic/churn.rs"]
 mod churn;
+#[path = "hermetic/exhaust.rs"]
+mod exhaust;
 #[path = "hermetic/flood.rs"]
 mod flood;
 #[path = "hermetic/icmp.rs"]
 mod icmp;
+#[path = "hermetic/invalid.rs"]
+mod invalid;
 #[path = "hermetic/lifecycle.rs"]
 mod lifecycle;
 #[path = "hermetic/limits.rs"]
