@@ -1,0 +1,354 @@
+//! INVALID traffic: dropped, counted under its exact reason, never forwarded
+//! untranslated (kubernetes#74839), and harmless to the flows it aims at.
+//!
+//! Each test injects hand-made segments next to a real smoltcp connection,
+//! then checks three things: the verdict and the drop counter, that no
+//! packet the engine emitted carries a pre-NAT tuple (the client's `C -> VIP`
+//! or the backend's `B -> SNAT`), and that the real connection still carries
+//! data both ways in the state it was in.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use tunlb::conntrack::{Direction, TcpState, Timeouts, Tuple};
+use tunlb::select::Mode;
+use tunlb::{DropReason, Engine, Timestamp, Verdict};
+
+use crate::check;
+use crate::craft::{self, flags::*};
+use crate::cycle::{self, CLIENT_ISN, SERVER_ISN};
+use crate::net::{self, greeting, pattern, vip, Close, Net, Serve, StreamId, CLIENTS};
+use crate::wire::Leg;
+
+/// The flag combinations conntrack calls invalid: NULL, XMAS, SYN|FIN, a
+/// bare FIN, SYN|RST and every bit at once.
+const BAD_FLAGS: [(&str, u8); 6] = [
+    ("NULL", 0),
+    ("XMAS", FIN | PSH | URG),
+    ("SYN|FIN", SYN | FIN),
+    ("FIN", FIN),
+    ("SYN|RST", SYN | RST),
+    ("all", 0xff),
+];
+
+/// A real connection through the engine and its two tuples, as the
+/// engine tracks them.
+struct Live {
+    id: StreamId,
+    original: Tuple,
+    reply: Tuple,
+    /// The next sequence number each side will send (client, backend).
+    next_seq: (u32, u32),
+}
+
+/// Build a network (one backend that greets and waits) and open one
+/// connection from client 0, port 40000.
+fn live() -> (Net, Live) {
+    let mut net = Net::new(net::config(Mode::Nth, &[1]));
+    net.serve(Serve::GreetThenWait);
+    net.wire.capture();
+    let id = net.connect(0, 40000, Vec::new(), Close::Manual);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.stream(id).received
+            == greeting(0))
+    );
+    let flow = net.engine.flows()[0].flow.clone();
+    assert_eq!(flow.state, TcpState::Established);
+    let live = Live {
+        id,
+        original: flow.original,
+        reply: flow.reply,
+        next_seq: next_seqs(&net, flow.original, flow.reply),
+    };
+    (net, live)
+}
+
+/// The next sequence numbers of client and backend, read off the last
+/// segment each put on the wire (before NAT).
+fn next_seqs(net: &Net, original: Tuple, reply: Tuple) -> (u32, u32) {
+    let last = |t: Tuple| {
+        let s = net
+            .wire
+            .captured()
+            .iter()
+            .rev()
+            .filter(|(leg, _)| *leg == Leg::Host)
+            .map(|(_, p)| check::valid_packet(p).unwrap())
+            .find(|s| s.src_sock() == t.src && s.dst_sock() == t.dst)
+            .expect("the side has sent");
+        let t = s.tcp.unwrap();
+        let syn_fin = u32::from(t.flags & (SYN | FIN) != 0);
+        t.seq.wrapping_add(t.payload as u32).wrapping_add(syn_fin)
+    };
+    (last(original), last(reply))
+}
+
+/// Assert no packet the engine emitted carries one of `tuples` (source and
+/// destination, ports included): nothing went out untranslated.
+fn assert_nothing_untranslated(net: &Net, tuples: &[Tuple]) {
+    for (leg, p) in net.wire.captured() {
+        if *leg != Leg::Nat {
+            continue;
+        }
+        let s = check::valid_packet(p).unwrap();
+        let t = Tuple {
+            src: s.src_sock(),
+            dst: s.dst_sock(),
+        };
+        assert!(
+            !tuples.contains(&t),
+            "forwarded untranslated: {}",
+            check::describe(p)
+        );
+    }
+}
+
+/// Send fresh data both ways over the connection and check it arrives.
+fn still_works(net: &mut Net, live: &Live, round: u64) {
+    let server = net.server_end(live.id).expect("a backend end");
+    let (c0, s0) = (
+        net.stream(live.id).received.len(),
+        net.stream(server).received.len(),
+    );
+    let (up, down) = (pattern(round, 2000), pattern(round + 1000, 3000));
+    net.send(live.id, &up);
+    net.send(server, &down);
+    let ok = net.run_until(Duration::from_secs(5), |n| {
+        n.stream(live.id).received.len() == c0 + down.len()
+            && n.stream(server).received.len() == s0 + up.len()
+    });
+    assert!(
+        ok,
+        "{}",
+        net.report("the connection stopped working", &[live.id])
+    );
+    assert_eq!(net.stream(live.id).received[c0..], down[..]);
+    assert_eq!(net.stream(server).received[s0..], up[..]);
+}
+
+/// The state of the connection's flow.
+fn state(net: &Net, live: &Live) -> TcpState {
+    net.engine
+        .flows()
+        .into_iter()
+        .find(|f| f.flow.original == live.original)
+        .expect("the flow exists")
+        .flow
+        .state
+}
+
+/// Inject a segment `src -> dst`; return the verdict.
+fn inject(
+    net: &mut Net,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Verdict {
+    net.inject(craft::tcp(src, dst, flags, seq, ack)).0
+}
+
+#[test]
+fn invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directions() {
+    let (mut net, live) = live();
+    let stranger = SocketAddrV4::new(CLIENTS[1], 45000);
+    let (cseq, bseq) = live.next_seq;
+    for (name, flags) in BAD_FLAGS {
+        for (src, dst, seq, ack) in [
+            (stranger, vip(), 1, 0),
+            (live.original.src, live.original.dst, cseq, bseq),
+            (live.reply.src, live.reply.dst, bseq, cseq),
+        ] {
+            let v = inject(&mut net, src, dst, flags, seq, ack);
+            assert_eq!(
+                v,
+                Verdict::Drop(DropReason::BadFlags),
+                "{name} {src} -> {dst}"
+            );
+        }
+    }
+    let s = net.engine.stats();
+    assert_eq!(
+        s.dropped(DropReason::BadFlags),
+        3 * BAD_FLAGS.len() as u64,
+        "{s}"
+    );
+    assert_eq!(s.total_dropped(), 3 * BAD_FLAGS.len() as u64, "{s}");
+    assert_eq!(net.engine.flow_count(), 1, "no flow for the stranger");
+    assert_eq!(state(&net, &live), TcpState::Established);
+    still_works(&mut net, &live, 1);
+    let stranger_tuple = Tuple {
+        src: stranger,
+        dst: vip(),
+    };
+    assert_nothing_untranslated(&net, &[live.original, live.reply, stranger_tuple]);
+}
+
+#[test]
+fn segments_for_no_flow_other_than_a_syn_are_invalid() {
+    let (mut net, live) = live();
+    let stranger = SocketAddrV4::new(CLIENTS[1], 45000);
+    // Mid-stream segments from a client the engine never saw: no loose pickup.
+    for flags in [ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK] {
+        let v = inject(&mut net, stranger, vip(), flags, 7, 7);
+        assert_eq!(
+            v,
+            Verdict::Drop(DropReason::NoFlowNotSyn),
+            "flags {flags:#04x}"
+        );
+    }
+    // A backend's segment to a SNAT port no flow holds: no service there.
+    let unused = SocketAddrV4::new(*live.reply.dst.ip(), 50999);
+    let v = inject(&mut net, live.reply.src, unused, ACK, 7, 7);
+    assert_eq!(v, Verdict::Drop(DropReason::NoService));
+    let s = net.engine.stats();
+    assert_eq!(s.dropped(DropReason::NoFlowNotSyn), 6, "{s}");
+    assert_eq!(s.dropped(DropReason::NoService), 1, "{s}");
+    assert_eq!(s.total_dropped(), 7, "{s}");
+    still_works(&mut net, &live, 2);
+
+    // A late ACK of a connection whose flow has expired is no better.
+    net.close(live.id);
+    net.finish(&[live.id], Duration::from_secs(5));
+    let time_wait = Timeouts::default().get(TcpState::TimeWait);
+    net.advance_to(net.now() + time_wait);
+    assert_eq!(net.engine.flow_count(), 0);
+    let (cseq, bseq) = next_seqs(&net, live.original, live.reply);
+    let v = inject(&mut net, live.original.src, vip(), ACK, cseq, bseq);
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
+    let v = inject(&mut net, live.reply.src, live.reply.dst, ACK, bseq, cseq);
+    assert_eq!(v, Verdict::Drop(DropReason::NoService));
+    assert_nothing_untranslated(
+        &net,
+        &[
+            live.original,
+            live.reply,
+            Tuple {
+                src: stranger,
+                dst: vip(),
+            },
+        ],
+    );
+}
+
+#[test]
+fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
+    let engine = Engine::new(net::config(Mode::Nth, &[1])).unwrap();
+    let t0 = Timestamp::from_secs(1);
+    let conn = cycle::open(&engine, t0, cycle::client(0), vip()).unwrap();
+    let before = engine.flows()[0].flow.clone();
+    let t1 = t0 + Duration::from_secs(30);
+    for flags in [ACK, ACK | PSH, FIN | ACK] {
+        let v = conn.orig(&engine, t1, flags, CLIENT_ISN + 1, SERVER_ISN + 1);
+        assert_eq!(
+            v,
+            Verdict::Drop(DropReason::InvalidTransition),
+            "flags {flags:#04x}"
+        );
+    }
+    let after = engine.flows()[0].flow.clone();
+    assert_eq!(after.state, TcpState::SynSent);
+    assert_eq!(
+        after.deadline, before.deadline,
+        "an INVALID segment renews nothing"
+    );
+    assert_eq!(
+        after.packets, before.packets,
+        "nor is it counted in the flow"
+    );
+    assert_eq!(engine.stats().dropped(DropReason::InvalidTransition), 3);
+    // The handshake still completes normally.
+    conn.establish(&engine, t1);
+    assert_eq!(engine.flows()[0].flow.state, TcpState::Established);
+}
+
+#[test]
+fn a_syn_from_the_backend_on_an_established_flow_is_invalid() {
+    let (mut net, live) = live();
+    let (_, bseq) = live.next_seq;
+    for seq in [bseq, bseq.wrapping_add(100_000), 0] {
+        let v = inject(&mut net, live.reply.src, live.reply.dst, SYN, seq, 0);
+        assert_eq!(v, Verdict::Drop(DropReason::InvalidTransition));
+    }
+    let s = net.engine.stats();
+    assert_eq!(s.dropped(DropReason::InvalidTransition), 3, "{s}");
+    assert_eq!(s.total_dropped(), 3, "{s}");
+    assert_eq!(state(&net, &live), TcpState::Established);
+    still_works(&mut net, &live, 3);
+    assert_nothing_untranslated(&net, &[live.original, live.reply]);
+}
+
+/// A blind attacker knows the tuple but not the sequence numbers: its RST
+/// lands far outside the receiver's window. Like Linux's `tcp_in_window`,
+/// the engine calls it INVALID: dropped, the flow stays ESTABLISHED with its
+/// long timeout, and the connection survives any idle time after it.
+#[test]
+fn an_out_of_window_rst_is_dropped_and_the_flow_stays_established() {
+    let (mut net, live) = live();
+    for dir in [Direction::Original, Direction::Reply] {
+        let (v, out) = blind_rst(&mut net, &live, dir);
+        assert_eq!(v, Verdict::Drop(DropReason::OutOfWindow), "{dir:?}");
+        assert!(out.is_none());
+    }
+    assert_eq!(state(&net, &live), TcpState::Established);
+    let s = net.engine.stats();
+    assert_eq!(s.dropped(DropReason::OutOfWindow), 2, "{s}");
+    assert_eq!(s.total_dropped(), 2, "{s}");
+    // Idle far longer than CLOSE's 10 s: the entry is still there.
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(state(&net, &live), TcpState::Established);
+    still_works(&mut net, &live, 4);
+    assert_eq!(net.stream(live.id).outcome, net::Outcome::Open);
+    assert_nothing_untranslated(&net, &[live.original, live.reply]);
+}
+
+/// The window check is no stricter than the endpoints: an RST at exactly
+/// the next sequence number is forwarded (translated), ends the backend's
+/// end of the connection and moves the flow to CLOSE.
+#[test]
+fn an_in_window_rst_is_forwarded_and_closes_the_flow() {
+    let (mut net, live) = live();
+    let (cseq, _) = next_seqs(&net, live.original, live.reply);
+    let (v, out) = net.inject(craft::tcp(
+        live.original.src,
+        live.original.dst,
+        RST,
+        cseq,
+        0,
+    ));
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    let out = check::valid_packet(&out.unwrap()).unwrap();
+    assert_eq!(
+        (out.src_sock(), out.dst_sock()),
+        (live.reply.dst, live.reply.src),
+        "translated"
+    );
+    assert_eq!(state(&net, &live), TcpState::Close);
+    net.pump();
+    let server = net.accepted(0).last().expect("the backend end");
+    assert_eq!(
+        server.outcome,
+        net::Outcome::Aborted,
+        "the backend took the RST"
+    );
+    assert_nothing_untranslated(&net, &[live.original, live.reply]);
+}
+
+/// What a blind attacker sends: a RST for the connection's tuple in
+/// direction `dir`, with a sequence number half the sequence space away
+/// from the sender's next one.
+fn blind_rst(net: &mut Net, live: &Live, dir: Direction) -> (Verdict, Option<Vec<u8>>) {
+    let (cseq, bseq) = next_seqs(net, live.original, live.reply);
+    let (t, seq) = match dir {
+        Direction::Original => (live.original, cseq),
+        Direction::Reply => (live.reply, bseq),
+    };
+    net.inject(craft::tcp(
+        t.src,
+        t.dst,
+        RST,
+        seq.wrapping_add(0x8000_0000),
+        0,
+    ))
+}
