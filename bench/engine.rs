@@ -214,7 +214,10 @@ fn report_memory_and_expiry() {
             per_packet(&e, s, &mut buf);
         }
         let bytes = LIVE.load(Ordering::Relaxed) - before;
-        println!("memory: {n} flows: {:.0} bytes per flow", bytes as f64 / f64::from(n));
+        println!(
+            "memory: {n} flows: {:.0} bytes per flow",
+            bytes as f64 / f64::from(n)
+        );
     }
     let before = LIVE.load(Ordering::Relaxed);
     let e = engine(N as usize);
