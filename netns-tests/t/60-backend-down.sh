@@ -15,7 +15,7 @@ ctl=()
 if "$TUNLB_BIN" run --help | grep -q -- '--control'; then ctl=(--control "$T_DIR/control.sock"); fi
 t_tunlb_start --mode nth "${ctl[@]}"
 
-# req URL: prints "EXIT MS BODY" for one curl from the client.
+# req: one curl from the client to the VIP; prints "EXIT MS BODY".
 req() {
   local t0 rc=0 body
   t0=$(t_now_ms)
