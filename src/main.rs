@@ -111,6 +111,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     if cfg.tun_addr.is_some() {
         preflight::disable_ipv6(&cfg.tun);
     }
+    preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
     let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
 
     let stop = Arc::new(AtomicBool::new(false));
