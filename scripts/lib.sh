@@ -126,8 +126,11 @@ tl_bg() {
   local st
   st=$(tl_state "$p")
   mkdir -p "$st/pids"
+  # Truncate here, not in the background job: a waiter that greps LOG right
+  # after this returns must not see a previous run's lines.
+  : >"$log"
   # ip netns exec execs CMD in place, so $! is CMD's own PID.
-  NO_COLOR=1 ip netns exec "${p}${node}" "$@" </dev/null >"$log" 2>&1 &
+  NO_COLOR=1 ip netns exec "${p}${node}" "$@" </dev/null >>"$log" 2>&1 &
   TL_PID=$!
   printf '%s %s\n' "$TL_PID" "${p}${node}" >"$st/pids/$name.pid"
 }
