@@ -75,7 +75,7 @@ run_service() {  # run_service TITLE FLAGS...: start tunlb, 8 requests, stop
   say "$title: tunlb run $*"
   as_root "$TOPO" lb-start "$P" "$WORK/tunlb.log" "$BIN" run --tun tl0 --tun-addr 198.18.0.254/24 "$@" --trace >/dev/null ||
     die "tunlb did not become ready (log above)"
-  grep -w ready "$WORK/tunlb.log" | sed 's/^/  log: /'
+  grep -w ready "$WORK/tunlb.log" | sed 's/^/  log: /' || true
   for i in 1 2 3 4 5 6 7 8; do
     b=$(client_curl "http://${VIP%:*}/") || b="(failed)"
     got+=("$b")
