@@ -65,6 +65,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, no offloads)" end) + "; nothing local on the VIP in lb.",
   "- kernel NAT: the rules `tunlb iptables` prints for the same services, SNAT replaced by MASQUERADE:",
   ($m.kernel_nat_rules[] | "  - `" + . + "`"),
+  "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
   "- HAProxy: `mode tcp`, `balance roundrobin`, bound to the VIP (a /32 on lb's loopback in that configuration only), default threads.",
   "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",
   "",

@@ -430,6 +430,7 @@ meta=$(jq -n --arg t0 "$START" --arg t1 "$END" --arg nproc "$(nproc)" --arg kern
     kernel_nat_rules: ($rules | split("\n") | map(select(length > 0))),
     note: "absolute numbers on a shared 2-core machine are noisy; the ratios are the result"}')
 
+mkdir -p "$(dirname "$OUT")"
 jq -s --argjson meta "$meta" -f "$BENCH/e2e-summary.jq" "$E2E_WORK/runs.jsonl" >"$OUT.json.tmp"
 mv "$OUT.json.tmp" "$OUT.json"
 jq -r -f "$BENCH/e2e-table.jq" "$OUT.json" >"$OUT.md"
