@@ -127,7 +127,7 @@ pub struct RunArgs {
     /// Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start.
     #[arg(long)]
     pub set_sysctls: bool,
-    /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.sock).
+    /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.

@@ -23,13 +23,24 @@ use crate::time::Timestamp;
 /// How long a client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Return the default control-socket path for a TUN name.
+/// Return the default control-socket path for a TUN name in this network
+/// namespace: `/run/tunlb/TUN.NETNS.sock` (under `$XDG_RUNTIME_DIR` for an
+/// ordinary user), where NETNS is the namespace's inode number. Instances in
+/// different namespaces may all use `tl0` and still never share a socket,
+/// while `tunlb flows` run in the same namespace finds its instance.
 pub fn default_path(tun: &str) -> PathBuf {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !is_root() => PathBuf::from(d).join("tunlb"),
         _ => PathBuf::from("/run/tunlb"),
     };
-    dir.join(format!("{tun}.sock"))
+    // The link reads "net:[4026531840]".
+    let netns: Option<String> = std::fs::read_link("/proc/self/ns/net").ok().map(|l| {
+        l.to_string_lossy().chars().filter(char::is_ascii_digit).collect()
+    });
+    match netns {
+        Some(n) if !n.is_empty() => dir.join(format!("{tun}.{n}.sock")),
+        _ => dir.join(format!("{tun}.sock")),
+    }
 }
 
 fn is_root() -> bool {
