@@ -427,6 +427,27 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             "--mtu {mtu} is out of range: use 576 to 65535"
         )));
     }
+    let tun_addr = run.tun_addr.or(file.tun_addr);
+    if let Some((host, prefix)) = tun_addr {
+        // Suggest the last usable address of the prefix (or the one before).
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let last = (host.to_bits() | !mask) - 1;
+        let other = Ipv4Addr::from_bits(if last == host.to_bits() {
+            last - 1
+        } else {
+            last
+        });
+        for s in &engine.services {
+            let clash = (*s.vip.ip() == host)
+                .then_some("VIP")
+                .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
+            if let Some(role) = clash {
+                return Err(Error::Invalid(format!(
+                    "the {role} {host} is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr {other}/{prefix})"
+                )));
+            }
+        }
+    }
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
     let health = match (&file.health, run.health_check) {
         (None, false) => None,
@@ -440,7 +461,7 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             .or(file.control)
             .unwrap_or_else(|| crate::control::default_path(&tun)),
         tun,
-        tun_addr: run.tun_addr.or(file.tun_addr),
+        tun_addr,
         threads,
         mtu,
         stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
@@ -645,6 +666,30 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
         std::fs::remove_file(&p).unwrap();
         let e = engine_config(&f).unwrap_err().to_string();
         assert!(e.starts_with("cannot read config file"), "{e}");
+    }
+
+    #[test]
+    fn the_vip_cannot_be_the_tun_host_address() {
+        let r = FlagRun {
+            tun: Some("tl0".into()),
+            tun_addr: Some((Ipv4Addr::new(198, 18, 0, 254), 24)),
+            ..Default::default()
+        };
+        let e = run_config(&flags("198.18.0.254:80", &["198.18.2.3:80"]), &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("the VIP 198.18.0.254 is the --tun-addr host address"),
+            "{e}"
+        );
+        let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        f.snat = vec![Ipv4Addr::new(198, 18, 0, 254)];
+        let e = run_config(&f, &r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the SNAT address 198.18.0.254 is the --tun-addr host address"),
+            "{e}"
+        );
+        assert!(run_config(&flags("198.18.0.1:80", &["198.18.2.3:80"]), &r).is_ok());
     }
 
     #[test]

@@ -35,7 +35,10 @@ pub fn default_path(tun: &str) -> PathBuf {
     };
     // The link reads "net:[4026531840]".
     let netns: Option<String> = std::fs::read_link("/proc/self/ns/net").ok().map(|l| {
-        l.to_string_lossy().chars().filter(char::is_ascii_digit).collect()
+        l.to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect()
     });
     match netns {
         Some(n) if !n.is_empty() => dir.join(format!("{tun}.{n}.sock")),

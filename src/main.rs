@@ -111,6 +111,8 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     if cfg.tun_addr.is_some() {
         preflight::disable_ipv6(&cfg.tun);
     }
+    // Once the TUN exists its own addresses are local too: check again.
+    preflight::not_local(&addrs).map_err(|e| e.to_string())?;
     preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
     let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
 

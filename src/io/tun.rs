@@ -45,7 +45,7 @@ impl std::fmt::Debug for TunIo {
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     /// No permission to create or configure the device.
-    #[error("cannot open TUN {name}: permission denied. Creating a TUN needs CAP_NET_ADMIN (run as root or with setpriv/capsh), or pre-create it for your user with 'ip tuntap add dev {name} mode tun user $USER', address it, and run tunlb without --tun-addr")]
+    #[error("cannot open TUN {name}: permission denied. Creating a TUN needs CAP_NET_ADMIN (run as root or with setpriv/capsh), or pre-create it for your user with 'ip tuntap add dev {name} mode tun user $USER', address it, and run tunlb without --tun-addr; /dev/net/tun must also be readable and writable by you (it is mode 0666 on a stock system)")]
     Permission {
         /// The device name.
         name: String,
@@ -53,6 +53,12 @@ pub enum TunError {
     /// The device is held by another process.
     #[error("cannot open TUN {name}: device busy (another process has it open); stop that process or choose another --tun name")]
     Busy {
+        /// The device name.
+        name: String,
+    },
+    /// The name belongs to a device that is not a usable TUN.
+    #[error("cannot open TUN {name}: an interface of that name exists and is not a TUN tunlb can attach to (a TAP, a veth, or a TUN made with other flags); choose another --tun name, or delete it ('ip link del {name}')")]
+    NotATun {
         /// The device name.
         name: String,
     },
@@ -84,6 +90,7 @@ pub(crate) fn classify(name: &str, e: ::tun::Error) -> TunError {
     match os {
         Some(libc::EPERM) | Some(libc::EACCES) => TunError::Permission { name },
         Some(libc::EBUSY) => TunError::Busy { name },
+        Some(libc::EINVAL) => TunError::NotATun { name },
         Some(libc::EEXIST) | Some(libc::EADDRINUSE) => TunError::Configure { name, source: e },
         _ => TunError::Other { name, source: e },
     }
