@@ -1,0 +1,664 @@
+//! The fuzzing harness of tunlb's packet path: bytes become a setup and a
+//! sequence of packets, each goes through [`tunlb::Engine::process`] in
+//! either direction, and every verdict is checked against the invariants.
+//!
+//! # Input format
+//! - Byte 0 chooses the [`Setup`]: checksum verification, SNAT pool, table
+//!   limit, port range.
+//! - Then chunks, each a header byte, a length byte `L` and `L` bytes of
+//!   packet (fewer if the input ends). The header byte holds:
+//!   - bits 0-1, the [`Fixup`]: the bytes as they are; with their
+//!     checksums fixed; or *steered* onto a tracked flow (or a new client)
+//!     in the ORIGINAL or the REPLY direction, then checksums fixed. Random
+//!     bytes almost never carry valid checksums or hit a tracked tuple, so
+//!     the fixups are what let the fuzzer reach the state machine, the
+//!     table limits and ICMP translation;
+//!   - bits 2-4, how far the clock moves first ([`STEPS`]), expiring flows
+//!     as the datapath would;
+//!   - bits 5-7, which flow (in tuple order) or which new client to steer to.
+//!
+//! # Invariants ([`Harness::step`])
+//! - no panic;
+//! - a forwarded packet parses with smoltcp's checked views, its IPv4 total
+//!   length is its length, and it is TCP or ICMP;
+//! - its IPv4 and TCP or ICMP checksums verify (summed here, not with the
+//!   engine's code) whenever the input's did; with verification on, the
+//!   engine forwards nothing whose checksums did not verify;
+//! - a forwarded TCP segment carries exactly the translation of the flow
+//!   its tuple belongs to (ORIGINAL `C -> VIP` leaves as `SNAT -> backend`,
+//!   REPLY `backend -> SNAT` as `VIP -> C`), never its own tuple;
+//! - a forwarded ICMP error goes to a client or a backend of a tracked flow,
+//!   from the VIP or a SNAT address; a response is a RST from the drained
+//!   service to the sender of the SYN;
+//! - the table never holds more than `max_flows`, and every packet ends in
+//!   exactly one counter;
+//! - at the end, once every timeout has passed, the table is empty, no
+//!   expiry is pending and no backend counts an active flow.
+//!
+//! The checks use their own checksum sums: under `cfg(fuzzing)` smoltcp's
+//! `verify_checksum` always returns `true`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+use tunlb::conntrack::tcp::flags::{ACK, FIN, SYN};
+use tunlb::conntrack::Tuple;
+use tunlb::craft::Segment;
+use tunlb::select::Mode;
+use tunlb::{BackendConfig, Engine, EngineConfig, ServiceConfig, Snapshot, Timestamp, Verdict};
+
+/// The service every flow belongs to.
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
+/// A service whose only backend is drained: a SYN to it gets a RST.
+pub const DRAINED_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 80);
+/// The SNAT pool, when the setup asks for one.
+pub const POOL: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 12)];
+/// The backends of [`VIP`] (on different ports).
+pub const BACKENDS: [SocketAddrV4; 2] = [
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 3), 80),
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 4), 8080),
+];
+/// The drained backend of [`DRAINED_VIP`].
+pub const DRAINED_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 5), 80);
+/// The clients; steering picks one for a new connection.
+pub const CLIENTS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(198, 18, 1, 2),
+    Ipv4Addr::new(198, 18, 1, 3),
+    Ipv4Addr::new(198, 18, 1, 4),
+    Ipv4Addr::new(198, 18, 1, 5),
+];
+/// A router on the clients' side (the source of steered ICMP errors).
+pub const CLIENT_HOP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// A router on the backends' side.
+pub const BACKEND_HOP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// Clock steps in milliseconds, indexed by bits 2-4 of a chunk header:
+/// nothing, a little, beyond CLOSE (10 s), SYN_RECV (60 s), SYN_SENT and
+/// TIME_WAIT (120 s), and ESTABLISHED (5 days).
+pub const STEPS: [u64; 8] = [0, 1, 500, 10_001, 60_001, 120_001, 432_000_001, 3];
+/// The pre-established flows' client ports (client [`CLIENTS`]`[0]`).
+pub const LIVE_PORTS: [u16; 5] = [1000, 1001, 1002, 1003, 1004];
+
+/// The engine's configuration, from byte 0 of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    /// Verify incoming checksums (bit 0).
+    pub verify_checksums: bool,
+    /// MASQUERADE to [`POOL`] instead of the VIP's address (bit 1).
+    pub pool: bool,
+    /// The table limit: 6, 8, 16 or 64 (bits 2-3).
+    pub max_flows: usize,
+    /// Search only ports 40000-40003 when the client's is taken (bit 4),
+    /// so that ports run out.
+    pub few_ports: bool,
+}
+
+impl Setup {
+    /// Decode byte 0.
+    pub fn from_byte(b: u8) -> Self {
+        Setup {
+            verify_checksums: b & 1 != 0,
+            pool: b & 2 != 0,
+            max_flows: [6, 8, 16, 64][usize::from(b >> 2 & 3)],
+            few_ports: b & 16 != 0,
+        }
+    }
+
+    /// Encode as byte 0.
+    pub fn to_byte(self) -> u8 {
+        let m = [6, 8, 16, 64]
+            .iter()
+            .position(|&m| m == self.max_flows)
+            .unwrap_or(0) as u8;
+        u8::from(self.verify_checksums)
+            | u8::from(self.pool) << 1
+            | m << 2
+            | u8::from(self.few_ports) << 4
+    }
+
+    /// Return the engine configuration.
+    pub fn config(self) -> EngineConfig {
+        let backend = |addr, weight| BackendConfig { addr, weight };
+        EngineConfig {
+            services: vec![
+                ServiceConfig {
+                    vip: VIP,
+                    backends: BACKENDS.iter().map(|&b| backend(b, 1)).collect(),
+                    mode: Mode::Nth,
+                    snat: if self.pool { POOL.to_vec() } else { Vec::new() },
+                },
+                ServiceConfig {
+                    vip: DRAINED_VIP,
+                    backends: vec![backend(DRAINED_BACKEND, 0)],
+                    mode: Mode::Nth,
+                    snat: Vec::new(),
+                },
+            ],
+            max_flows: self.max_flows,
+            snat_ports: if self.few_ports {
+                40000..=40003
+            } else {
+                1024..=65535
+            },
+            seed: 0x00f0_22ed,
+            verify_checksums: self.verify_checksums,
+            ..Default::default()
+        }
+    }
+}
+
+/// What happens to a chunk's bytes before the engine sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixup {
+    /// Nothing: the bytes as they are.
+    None = 0,
+    /// Recompute the IPv4 header checksum and the TCP or ICMP checksum.
+    Checksums = 1,
+    /// Address the packet as the ORIGINAL direction of a flow (client ->
+    /// VIP), or of a new client, then fix the checksums. An ICMP error is
+    /// made to quote the flow's last packet to the client instead.
+    Original = 2,
+    /// Address the packet as the REPLY direction of a flow (backend ->
+    /// SNAT), then fix the checksums. An ICMP error is made to quote the
+    /// flow's last packet to the backend instead.
+    Reply = 3,
+}
+
+impl Fixup {
+    fn from_bits(b: u8) -> Self {
+        [Fixup::None, Fixup::Checksums, Fixup::Original, Fixup::Reply][usize::from(b & 3)]
+    }
+}
+
+/// One packet of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// What to do to the bytes first.
+    pub fixup: Fixup,
+    /// Index into [`STEPS`]: how far the clock moves before the packet.
+    pub step: u8,
+    /// Which flow or new client to steer to (0-7).
+    pub target: u8,
+    /// The packet (at most 255 bytes).
+    pub bytes: Vec<u8>,
+}
+
+impl Chunk {
+    /// A chunk whose bytes are a well-formed packet, only time moving.
+    pub fn packet(bytes: Vec<u8>, step: u8) -> Self {
+        Chunk {
+            fixup: Fixup::None,
+            step,
+            target: 0,
+            bytes,
+        }
+    }
+}
+
+/// Encode a setup and chunks in the input format.
+pub fn encode(setup: Setup, chunks: &[Chunk]) -> Vec<u8> {
+    let mut out = vec![setup.to_byte()];
+    for c in chunks {
+        assert!(c.bytes.len() <= 255, "a chunk holds at most 255 bytes");
+        out.push(c.fixup as u8 | (c.step & 7) << 2 | (c.target & 7) << 5);
+        out.push(c.bytes.len() as u8);
+        out.extend_from_slice(&c.bytes);
+    }
+    out
+}
+
+/// Decode an input: the setup and the chunks (the last may be short).
+pub fn decode(data: &[u8]) -> (Setup, Vec<Chunk>) {
+    let Some((&first, mut rest)) = data.split_first() else {
+        return (Setup::from_byte(1), Vec::new());
+    };
+    let mut chunks = Vec::new();
+    while let [h, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        chunks.push(Chunk {
+            fixup: Fixup::from_bits(*h),
+            step: h >> 2 & 7,
+            target: h >> 5,
+            bytes: tail[..n].to_vec(),
+        });
+        rest = &tail[n..];
+    }
+    (Setup::from_byte(first), chunks)
+}
+
+/// What one input did: the verdict of each chunk and the final counters.
+#[derive(Debug)]
+pub struct Report {
+    /// One verdict per chunk, in order.
+    pub verdicts: Vec<Verdict>,
+    /// The counters once every timeout has passed.
+    pub stats: Snapshot,
+}
+
+/// Run one input: decode it, build the engine with its live flows, process
+/// every chunk and check the invariants; panics on a violation.
+pub fn run(data: &[u8]) -> Report {
+    let (setup, chunks) = decode(data);
+    let mut h = Harness::new(setup);
+    let verdicts = chunks.iter().map(|c| h.step(c)).collect();
+    h.finish();
+    Report {
+        verdicts,
+        stats: h.engine.stats(),
+    }
+}
+
+/// An engine with live flows, a clock, and the expected counters.
+pub struct Harness {
+    setup: Setup,
+    engine: Engine,
+    now: u64,
+    /// Packets handed to the engine, including the setup's.
+    processed: u64,
+    /// Counters before any packet (all zero).
+    base: Snapshot,
+}
+
+/// The client address of pre-established flow `i`.
+pub fn live_client(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENTS[0], LIVE_PORTS[i])
+}
+
+impl Harness {
+    /// Build the engine and, at t = 1 s, five flows from client 0: two
+    /// ESTABLISHED (ports 1000, 1001), one SYN_SENT (1002), one FIN_WAIT
+    /// (1003) and one TIME_WAIT (1004).
+    pub fn new(setup: Setup) -> Self {
+        let engine = Engine::new(setup.config()).expect("a valid configuration");
+        let base = engine.stats();
+        let mut h = Harness {
+            setup,
+            engine,
+            now: 1000,
+            processed: 0,
+            base,
+        };
+        for (i, &port) in LIVE_PORTS.iter().enumerate() {
+            let client = SocketAddrV4::new(CLIENTS[0], port);
+            let syn = h.send_ok(Segment::new(client, VIP, SYN));
+            let reply = Tuple {
+                src: syn.1,
+                dst: syn.0,
+            };
+            if i == 2 {
+                continue; // half-open
+            }
+            let seg = |src, dst, flags, seq, ack| Segment {
+                seq,
+                ack,
+                ..Segment::new(src, dst, flags)
+            };
+            h.send_ok(seg(reply.src, reply.dst, SYN | ACK, 5000, 101));
+            h.send_ok(seg(client, VIP, ACK, 101, 5001));
+            if i >= 3 {
+                h.send_ok(seg(client, VIP, FIN | ACK, 101, 5001));
+            }
+            if i == 4 {
+                h.send_ok(seg(reply.src, reply.dst, ACK, 5001, 102));
+                h.send_ok(seg(reply.src, reply.dst, FIN | ACK, 5001, 102));
+                h.send_ok(seg(client, VIP, ACK, 102, 5002));
+            }
+        }
+        assert_eq!(h.engine.flow_count(), LIVE_PORTS.len());
+        h
+    }
+
+    /// Process a well-formed segment of the setup, which must be forwarded;
+    /// returns the forwarded source and destination.
+    fn send_ok(&mut self, seg: Segment<'_>) -> (SocketAddrV4, SocketAddrV4) {
+        let mut p = seg.build();
+        let v = self.process_checked(&mut p);
+        let Verdict::Forward { len } = v else {
+            panic!("setup segment not forwarded: {v:?}");
+        };
+        let ip = Ipv4Packet::new_checked(&p[..len]).expect("parses");
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("parses");
+        (
+            SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
+            SocketAddrV4::new(ip.dst_addr(), tcp.dst_port()),
+        )
+    }
+
+    /// Return the engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The tracked flows' (ORIGINAL, REPLY) tuples, in tuple order (the
+    /// table's own order depends on a per-process hash seed).
+    fn flows(&self) -> Vec<(Tuple, Tuple)> {
+        let mut v: Vec<(Tuple, Tuple)> = self
+            .engine
+            .flows()
+            .into_iter()
+            .map(|f| (f.flow.original, f.flow.reply))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Move the clock, apply the chunk's fixup, process it and check.
+    pub fn step(&mut self, c: &Chunk) -> Verdict {
+        self.now += STEPS[usize::from(c.step & 7)];
+        while self.engine.expire(Timestamp::from_millis(self.now)) {}
+        let mut pkt = c.bytes.clone();
+        match c.fixup {
+            Fixup::None => {}
+            Fixup::Checksums => fix_checksums(&mut pkt),
+            Fixup::Original | Fixup::Reply => {
+                self.steer(&mut pkt, c.fixup == Fixup::Reply, c.target);
+                fix_checksums(&mut pkt);
+            }
+        }
+        self.process_checked(&mut pkt)
+    }
+
+    /// Rewrite `pkt`'s addresses (and ports, for TCP) onto flow `target`,
+    /// or a new client when `target` is beyond the flows.
+    fn steer(&self, pkt: &mut [u8], reply: bool, target: u8) {
+        if pkt.len() < 20 {
+            return;
+        }
+        let flows = self.flows();
+        let t = usize::from(target);
+        let (src, dst) = match flows.get(t) {
+            Some((_, r)) if reply => (r.src, r.dst),
+            Some((o, _)) => (o.src, o.dst),
+            None => {
+                // A new client (its port from the packet) or a stray reply.
+                let port = pkt
+                    .get(20..22)
+                    .map_or(1, |p| u16::from_be_bytes([p[0], p[1]]));
+                let client = SocketAddrV4::new(CLIENTS[t % CLIENTS.len()], port);
+                let vip = if t == 7 { DRAINED_VIP } else { VIP };
+                if reply {
+                    (BACKENDS[t % 2], SocketAddrV4::new(*VIP.ip(), port))
+                } else {
+                    (client, vip)
+                }
+            }
+        };
+        // A sane IPv4 header: version 4, the IHL kept when it fits, the
+        // total length of the buffer, not a fragment.
+        let ihl = (usize::from(pkt[0] & 0x0f) * 4).clamp(20, 60);
+        let ihl = if ihl > pkt.len() { 20 } else { ihl };
+        pkt[0] = 0x40 | (ihl / 4) as u8;
+        let total = pkt.len() as u16;
+        pkt[2..4].copy_from_slice(&total.to_be_bytes());
+        pkt[6] = 0x40;
+        pkt[7] = 0;
+        if pkt[9] == 1 && pkt.len() >= ihl + 8 + 28 {
+            // An ICMP error about the flow: from a hop on the side the
+            // quoted packet was going to, quoting the packet as tunlb sent it.
+            let (hop, quoted) = match flows.get(t) {
+                Some((_, r)) if reply => (BACKEND_HOP, (r.dst, r.src)),
+                Some((o, _)) => (CLIENT_HOP, (o.dst, o.src)),
+                None if reply => (BACKEND_HOP, (dst, src)),
+                None => (CLIENT_HOP, (dst, src)),
+            };
+            let nat = quoted.0;
+            put_addrs(pkt, 0, SocketAddrV4::new(hop, 0), nat);
+            let inner = ihl + 8;
+            let inner_ihl = 20;
+            pkt[inner] = 0x45;
+            pkt[inner + 9] = 6;
+            put_addrs(pkt, inner, quoted.0, quoted.1);
+            put_ports(pkt, inner + inner_ihl, quoted.0, quoted.1);
+            return;
+        }
+        pkt[9] = 6;
+        put_addrs(pkt, 0, src, dst);
+        if pkt.len() >= ihl + 4 {
+            put_ports(pkt, ihl, src, dst);
+        }
+    }
+
+    /// Process `pkt` and check every invariant on the verdict; returns it.
+    fn process_checked(&mut self, pkt: &mut [u8]) -> Verdict {
+        let input = pkt.to_vec();
+        let input_valid = checksums_valid(&input);
+        let before = self.flows();
+        let verdict = self.engine.process(pkt, Timestamp::from_millis(self.now));
+        self.processed += 1;
+        let after = self.flows();
+        match verdict {
+            Verdict::Drop(_) => {}
+            Verdict::Forward { len } => {
+                assert!(len <= pkt.len(), "length {len} beyond the buffer");
+                let out = &pkt[..len];
+                if self.setup.verify_checksums {
+                    assert!(
+                        input_valid,
+                        "forwarded a packet whose checksums do not verify"
+                    );
+                }
+                check_forward(&input, out, input_valid, &before, &after);
+            }
+            Verdict::Respond { len } => {
+                assert!(len <= pkt.len(), "length {len} beyond the buffer");
+                check_response(&input, &pkt[..len]);
+            }
+        }
+        assert!(
+            self.engine.flow_count() <= self.setup.max_flows,
+            "{} flows, limit {}",
+            self.engine.flow_count(),
+            self.setup.max_flows
+        );
+        assert_eq!(after.len(), self.engine.flow_count());
+        let s = self.engine.stats();
+        let accounted = |s: &Snapshot| s.total_dropped() + s.forwarded[0] + s.forwarded[1];
+        assert_eq!(
+            accounted(&s) - accounted(&self.base),
+            self.processed,
+            "every packet ends in exactly one counter: {s}"
+        );
+        verdict
+    }
+
+    /// Let every timeout pass: the table must end empty and clean.
+    pub fn finish(&mut self) {
+        self.now += 6 * 24 * 3600 * 1000;
+        let now = Timestamp::from_millis(self.now);
+        while self.engine.expire(now) {}
+        assert_eq!(self.engine.flow_count(), 0, "flows outlived every timeout");
+        assert_eq!(self.engine.next_expiry(), None, "an expiry left pending");
+        let s = self.engine.stats();
+        for b in &s.backends {
+            assert_eq!(
+                b.active, 0,
+                "{} counts active flows in an empty table",
+                b.backend
+            );
+        }
+        assert_eq!(s.flows, 0);
+    }
+}
+
+/// Write `src` and `dst` addresses into the IPv4 header at `at`.
+fn put_addrs(pkt: &mut [u8], at: usize, src: SocketAddrV4, dst: SocketAddrV4) {
+    pkt[at + 12..at + 16].copy_from_slice(&src.ip().octets());
+    pkt[at + 16..at + 20].copy_from_slice(&dst.ip().octets());
+}
+
+/// Write `src` and `dst` ports into the TCP header at `at`.
+fn put_ports(pkt: &mut [u8], at: usize, src: SocketAddrV4, dst: SocketAddrV4) {
+    pkt[at..at + 2].copy_from_slice(&src.port().to_be_bytes());
+    pkt[at + 2..at + 4].copy_from_slice(&dst.port().to_be_bytes());
+}
+
+/// The one's-complement sum of `data` as 16-bit big-endian words (an odd
+/// last byte padded with zero), folded.
+pub fn ones_sum(data: &[u8], initial: u32) -> u16 {
+    let mut s = initial as u64;
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        s += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [b] = words.remainder() {
+        s += u64::from(*b) << 8;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// The IPv4 pseudo-header sum for a TCP segment of `len` bytes.
+fn pseudo(ip: &[u8], len: usize) -> u32 {
+    u32::from(ones_sum(&ip[12..20], 0)) + 6 + len as u32
+}
+
+/// Where a packet's parts lie, if its IPv4 header is sane: (IHL, total length, protocol).
+fn layout(pkt: &[u8]) -> Option<(usize, usize, u8)> {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+    (ihl >= 20 && ihl <= total && total <= pkt.len()).then_some((ihl, total, pkt[9]))
+}
+
+/// Recompute the IPv4 header checksum and, for TCP and ICMP, the payload's,
+/// where the header says where they are.
+pub fn fix_checksums(pkt: &mut [u8]) {
+    let Some((ihl, total, proto)) = layout(pkt) else {
+        return;
+    };
+    pkt[10..12].fill(0);
+    let c = !ones_sum(&pkt[..ihl], 0);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = ihl..total;
+    match proto {
+        6 if l4.len() >= 20 => {
+            pkt[ihl + 16..ihl + 18].fill(0);
+            let c = !ones_sum(&pkt[l4.clone()], pseudo(pkt, l4.len()));
+            pkt[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
+        }
+        1 if l4.len() >= 8 => {
+            pkt[ihl + 2..ihl + 4].fill(0);
+            let c = !ones_sum(&pkt[l4], 0);
+            pkt[ihl + 2..ihl + 4].copy_from_slice(&c.to_be_bytes());
+        }
+        _ => {}
+    }
+}
+
+/// Return whether `pkt`'s IPv4 header checksum and its TCP or ICMP
+/// checksum verify (`false` if it is not a sane IPv4 TCP/ICMP packet).
+pub fn checksums_valid(pkt: &[u8]) -> bool {
+    let Some((ihl, total, proto)) = layout(pkt) else {
+        return false;
+    };
+    if ones_sum(&pkt[..ihl], 0) != 0xffff {
+        return false;
+    }
+    let l4 = &pkt[ihl..total];
+    match proto {
+        6 => l4.len() >= 20 && ones_sum(l4, pseudo(pkt, l4.len())) == 0xffff,
+        1 => l4.len() >= 8 && ones_sum(l4, 0) == 0xffff,
+        _ => false,
+    }
+}
+
+/// The TCP tuple of a sane packet.
+fn tcp_tuple(pkt: &[u8]) -> Option<Tuple> {
+    let (ihl, total, proto) = layout(pkt)?;
+    if proto != 6 || total < ihl + 20 {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(pkt[o], pkt[o + 1], pkt[o + 2], pkt[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([pkt[ihl + o], pkt[ihl + o + 1]]);
+    Some(Tuple::new(ip(12), port(0), ip(16), port(2)))
+}
+
+/// Check a forwarded packet against its input and the flows around it.
+fn check_forward(
+    input: &[u8],
+    out: &[u8],
+    input_valid: bool,
+    before: &[(Tuple, Tuple)],
+    after: &[(Tuple, Tuple)],
+) {
+    let ip = Ipv4Packet::new_checked(out).expect("a forwarded packet parses");
+    assert_eq!(
+        usize::from(ip.total_len()),
+        out.len(),
+        "total length is the packet's length"
+    );
+    assert!(
+        !ip.more_frags() && ip.frag_offset() == 0,
+        "a fragment forwarded"
+    );
+    if input_valid {
+        assert!(
+            checksums_valid(out),
+            "valid checksums in, invalid out: {input:02x?} -> {out:02x?}"
+        );
+    }
+    let flows = || before.iter().chain(after);
+    match ip.next_header() {
+        IpProtocol::Tcp => {
+            TcpPacket::new_checked(ip.payload()).expect("a forwarded segment parses");
+            let got = tcp_tuple(out).expect("a TCP tuple");
+            let sent = tcp_tuple(input).expect("the input was TCP");
+            assert_ne!(got, sent, "forwarded untranslated: {got}");
+            let want: Vec<Tuple> = flows()
+                .filter_map(|(o, r)| {
+                    if sent == *o {
+                        Some(r.invert())
+                    } else if sent == *r {
+                        Some(o.invert())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            assert!(
+                !want.is_empty(),
+                "{sent} forwarded as {got} but matches no flow"
+            );
+            assert!(
+                want.contains(&got),
+                "{sent} forwarded as {got}, want one of {want:?}"
+            );
+        }
+        IpProtocol::Icmp => {
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            let to_endpoint = flows().any(|(o, r)| dst == *o.src.ip() || dst == *r.src.ip());
+            assert!(to_endpoint, "ICMP to {dst}, no client or backend of a flow");
+            let from_nat = flows().any(|(o, r)| src == *o.dst.ip() || src == *r.dst.ip());
+            assert!(
+                from_nat,
+                "ICMP from {src}, neither a VIP nor a SNAT address"
+            );
+            assert!(
+                ones_sum(ip.payload(), 0) == 0xffff,
+                "the ICMP checksum is recomputed, so it always verifies"
+            );
+        }
+        other => panic!("forwarded protocol {other}"),
+    }
+}
+
+/// Check a response: a RST|ACK from the drained service to the SYN's sender.
+fn check_response(input: &[u8], out: &[u8]) {
+    assert!(
+        checksums_valid(out),
+        "a response with bad checksums: {out:02x?}"
+    );
+    let t = tcp_tuple(out).expect("a response is TCP");
+    let sent = tcp_tuple(input).expect("responses answer TCP");
+    assert_eq!(
+        t,
+        sent.invert(),
+        "a RST goes back to the sender, from the service"
+    );
+    assert_eq!(t.src, DRAINED_VIP);
+    let flags = out[usize::from(out[0] & 0x0f) * 4 + 13];
+    assert_eq!(flags & 0x14, 0x14, "RST|ACK");
+}
