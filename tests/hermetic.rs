@@ -39,5 +39,7 @@ mod lifecycle;
 mod limits;
 #[path = "hermetic/malformed.rs"]
 mod malformed;
+#[path = "hermetic/sequences.rs"]
+mod sequences;
 #[path = "hermetic/transfer.rs"]
 mod transfer;
