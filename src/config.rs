@@ -140,10 +140,11 @@ struct FileHealth {
     timeout: Option<f64>,
 }
 
-/// The whole file.
+/// The whole file. After [`engine_config`] has taken the services and
+/// limits out, the rest is the file's settings for `run`, which flags override.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct File {
+pub struct File {
     tun: Option<String>,
     tun_addr: Option<String>,
     threads: Option<usize>,
@@ -286,15 +287,15 @@ fn load(path: &Path) -> Result<File, Error> {
 
 /// Merge the file named by `--config` (if any) and the flags into an engine
 /// configuration, as documented in the module docs.
-pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRun>), Error> {
+pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<File>), Error> {
     let file = match &flags.config {
         Some(p) => Some(load(p)?),
         None => None,
     };
     let mut cfg = EngineConfig::default();
     let mut run = None;
-    if let Some(f) = file {
-        for s in f.service {
+    if let Some(mut f) = file {
+        for s in std::mem::take(&mut f.service) {
             let vip =
                 parse_socket(&s.vip).map_err(|e| Error::Invalid(format!("service vip: {e}")))?;
             let backends = s
@@ -328,22 +329,7 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRu
             cfg.snat_ports = a..=b;
         }
         apply_timeouts(&mut cfg.timeouts, &f.timeouts);
-        let tun_addr = match &f.tun_addr {
-            Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
-            None => None,
-        };
-        run = Some(FileRun {
-            tun: f.tun,
-            tun_addr,
-            threads: f.threads,
-            mtu: f.mtu,
-            stats_interval: f.stats_interval,
-            control: f.control,
-            metrics: f.metrics,
-            health: f.health,
-            offload: f.offload,
-            io: f.io,
-        });
+        run = Some(f);
     }
     match flags.vip {
         Some(vip) => cfg.services.push(ServiceConfig {
@@ -366,21 +352,6 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<FileRu
     cfg.seed = rand::random();
     cfg.validate()?;
     Ok((cfg, run))
-}
-
-/// The file's settings for `run`, before flags override them.
-#[derive(Debug, Default)]
-pub struct FileRun {
-    tun: Option<String>,
-    tun_addr: Option<(Ipv4Addr, u8)>,
-    threads: Option<usize>,
-    mtu: Option<u16>,
-    stats_interval: Option<u64>,
-    control: Option<PathBuf>,
-    metrics: Option<String>,
-    health: Option<FileHealth>,
-    offload: Option<bool>,
-    io: Option<IoKind>,
 }
 
 fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
@@ -427,7 +398,11 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             "--mtu {mtu} is out of range: use 576 to 65535"
         )));
     }
-    let tun_addr = run.tun_addr.or(file.tun_addr);
+    let file_tun_addr = match &file.tun_addr {
+        Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
+        None => None,
+    };
+    let tun_addr = run.tun_addr.or(file_tun_addr);
     if let Some((host, prefix)) = tun_addr {
         // Suggest the last usable address of the prefix (or the one before).
         let mask = u32::MAX << (32 - u32::from(prefix));

@@ -114,6 +114,24 @@ impl Runtime {
         }
     }
 
+    /// Return one line describing the services, for logs:
+    /// `198.18.0.1:80 -> 4 backends (nth), ...`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} -> {} backends ({})",
+                    s.vip,
+                    s.backends.len(),
+                    s.mode.name()
+                )
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     /// Return the index of the service at `vip`, if any.
     #[inline]
     pub fn service_at(&self, vip: SocketAddrV4) -> Option<usize> {

@@ -150,19 +150,6 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             .spawn(move || health::run(e, h, s))
             .expect("spawning the health thread")
     });
-    let services: Vec<String> = engine
-        .runtime()
-        .services
-        .iter()
-        .map(|s| {
-            format!(
-                "{} -> {} backends ({})",
-                s.vip,
-                s.backends.len(),
-                s.mode.name()
-            )
-        })
-        .collect();
     tracing::info!(
         "ready: tun {} ({}, {device}), {}; {} thread(s), max {} flows",
         cfg.tun,
@@ -171,7 +158,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         } else {
             "attached"
         },
-        services.join(", "),
+        engine.runtime().describe(),
         cfg.threads,
         cfg.engine.max_flows
     );
@@ -236,22 +223,9 @@ fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
     }
     match engine.reconfigure(&new.engine) {
         Ok(()) => {
-            let rt = engine.runtime();
-            let desc: Vec<String> = rt
-                .services
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} -> {} backends ({})",
-                        s.vip,
-                        s.backends.len(),
-                        s.mode.name()
-                    )
-                })
-                .collect();
             tracing::info!(
                 "reloaded: {}; {} flows kept",
-                desc.join(", "),
+                engine.runtime().describe(),
                 engine.flow_count()
             );
         }
