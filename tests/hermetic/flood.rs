@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use tunlb::conntrack::table::EVICT_SCAN;
 use tunlb::conntrack::{TcpState, Timeouts, Tuple};
 use tunlb::select::Mode;
 use tunlb::{DropReason, Engine, Timestamp, Verdict};
@@ -285,4 +286,107 @@ fn a_flood_against_a_table_of_established_flows_is_refused_and_counted() {
     assert_eq!(net.engine.flow_count(), 8);
     exchange(&mut net, &real, &backends, 1);
     assert_eq!(net.engine.stats().total_dropped(), 80);
+}
+
+#[test]
+#[ignore = "a million SYNs: run in release, `cargo test --release --test hermetic -- --ignored flood --nocapture`"]
+fn a_million_spoofed_syns_against_a_full_table_keep_every_established_flow() {
+    const TABLE: usize = 65_536;
+    const ESTABLISHED: u64 = 1000;
+    const SYNS: u64 = 1_000_000;
+    let mut cfg = net::config(Mode::Nth, &[1, 1, 1, 1]);
+    cfg.max_flows = TABLE;
+    let engine = Engine::new(cfg).unwrap();
+    let t0 = Timestamp::from_secs(1);
+    // Established clients from 198.19.0.0/16 too, numbered after the flood's.
+    let real: Vec<Conn> = (0..ESTABLISHED)
+        .map(|i| cycle::handshake(&engine, t0, cycle::client(SYNS + i), vip()))
+        .collect();
+    // The flood: a thousand SYNs per virtual millisecond (a million per second).
+    let began = std::time::Instant::now();
+    let mut refused = Vec::new();
+    for i in 0..SYNS {
+        let t = Timestamp::from_millis(t0.as_millis() + 1 + i / 1000);
+        if i % 1000 == 0 {
+            while engine.expire(t) {}
+        }
+        match cycle::open(&engine, t, cycle::client(i), vip()) {
+            Ok(_) => {}
+            Err(Verdict::Drop(DropReason::TableFull)) => refused.push(i),
+            Err(v) => panic!("SYN {i}: {v:?}"),
+        }
+    }
+    let wall = began.elapsed().as_secs_f64();
+    assert_eq!(engine.flow_count(), TABLE);
+    let s = engine.stats();
+    // The engine bug of the ignored test below: each established flow left
+    // two heap entries ahead of every flood entry (its SYN_SENT one, stale,
+    // and its SYN_RECV one, re-filed when examined). The first SYNs that
+    // need an eviction find only those within EVICT_SCAN (64) and are
+    // refused, each clearing 64, until the unreplied SYNs are reached:
+    // bounded, and only at the start.
+    let first_eviction = TABLE as u64 - ESTABLISHED;
+    let bound = (2 * ESTABLISHED).div_ceil(EVICT_SCAN as u64);
+    assert!(refused.len() as u64 <= bound, "{} refused", refused.len());
+    assert!(refused.iter().all(|&i| i < first_eviction + bound));
+    let refused = refused.len() as u64;
+    assert_eq!(s.dropped(DropReason::TableFull), refused);
+    assert_eq!(s.new_flows, ESTABLISHED + SYNS - refused);
+    assert_eq!(s.evicted, ESTABLISHED + SYNS - refused - TABLE as u64);
+    assert_eq!(s.total_dropped(), refused, "{s}");
+    let assured = engine.flows().iter().filter(|f| f.flow.assured).count();
+    assert_eq!(assured as u64, ESTABLISHED, "every established flow kept");
+    for c in &real {
+        let v = c.orig(
+            &engine,
+            t0 + Duration::from_secs(2),
+            crate::craft::flags::ACK,
+            CLIENT_ISN + 1,
+            cycle::SERVER_ISN + 1,
+        );
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    }
+    println!(
+        "flood: {SYNS} spoofed SYNs against a table of {TABLE} holding {ESTABLISHED} established flows: \
+         {wall:.2} s wall, {:.0} SYN/s (each evicting the oldest unanswered entry); \
+         table {} flows, {assured} established kept, {} evicted, {refused} refused (TableFull)",
+        SYNS as f64 / wall,
+        engine.flow_count(),
+        s.evicted,
+    );
+}
+
+/// Engine bug, kept as a failing test. `ConnTable::evict_one` examines at
+/// most `EVICT_SCAN` (64) heap entries. A flow that completed its handshake
+/// leaves two heap entries in front of every later unreplied SYN's (due
+/// 120 s after it): one at its SYN_RECV deadline (60 s after the SYN-ACK,
+/// re-filed when examined) and a stale one at its SYN_SENT deadline. Both
+/// count against the 64. With more than 32 handshakes completed in the
+/// last two minutes, a full table refuses a new SYN as `TableFull` although
+/// it holds unreplied SYNs it should evict (NAT-NOTES: evict what is not
+/// ASSURED first; only "if none can go" drop the SYN). Each refused SYN
+/// clears 64 entries, so the refusals are bounded (see the million-SYN
+/// test above), but real clients arriving then are refused too.
+#[test]
+#[ignore = "engine bug: eviction gives up behind more than EVICT_SCAN (64) recently established flows"]
+fn a_full_table_evicts_an_unreplied_syn_even_behind_many_recent_handshakes() {
+    let mut cfg = net::config(Mode::Nth, &[1, 1, 1, 1]);
+    cfg.max_flows = 256;
+    let engine = Engine::new(cfg).unwrap();
+    let t0 = Timestamp::from_secs(1);
+    for i in 0..200 {
+        cycle::handshake(&engine, t0, cycle::client(1000 + i), vip());
+    }
+    let t1 = t0 + Duration::from_secs(1);
+    for i in 0..56 {
+        cycle::open(&engine, t1, cycle::client(i), vip()).unwrap();
+    }
+    assert_eq!(engine.flow_count(), 256);
+    let t2 = t0 + Duration::from_secs(2);
+    let v = cycle::open(&engine, t2, cycle::client(500), vip());
+    assert!(
+        v.is_ok(),
+        "{v:?}: 56 unreplied SYNs could have been evicted"
+    );
+    assert_eq!(engine.stats().evicted, 1);
 }
