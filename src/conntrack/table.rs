@@ -28,8 +28,8 @@
 //! bounded work, so neither the packet path nor the expiry tick ever stalls.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::collections::HashMap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +115,10 @@ pub struct ConnTable {
     max: AtomicUsize,
     /// Packets and bytes per direction of flows already removed.
     retired: [[AtomicU64; 2]; 2],
+    /// ORIGINAL tuples of flows in creation order, for eviction: the front
+    /// is the oldest flow that may still be unreplied. Entries of flows that
+    /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
+    unreplied: Mutex<VecDeque<Tuple>>,
     heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
 }
 
@@ -127,6 +131,7 @@ impl ConnTable {
             count: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             retired: Default::default(),
+            unreplied: Mutex::new(VecDeque::new()),
             heap: Mutex::new(BinaryHeap::new()),
         }
     }
@@ -223,7 +228,43 @@ impl ConnTable {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.queue(deadline, original);
+        self.unreplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(original);
         true
+    }
+
+    /// Pop the front of the creation-order queue.
+    fn pop_unreplied(&self) -> Option<Tuple> {
+        self.unreplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Drop queue entries at the front whose flows no longer need them
+    /// (answered or gone), at most `budget`. Keeps the queue as short as the
+    /// run of recent unanswered flows when the table never fills.
+    fn prune_unreplied(&self, budget: usize) {
+        for _ in 0..budget {
+            let Some(front) = self
+                .unreplied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .front()
+                .copied()
+            else {
+                return;
+            };
+            if self.flows.get(&front).is_some_and(|f| !f.assured) {
+                return;
+            }
+            let mut q = self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
+            if q.front() == Some(&front) {
+                q.pop_front();
+            }
+        }
     }
 
     /// Push an expiry-heap entry. The flow's `queued` must be set to `at`.
@@ -293,6 +334,7 @@ impl ConnTable {
                 }
             }
         }
+        self.prune_unreplied(EXPIRE_BUDGET);
         n == EXPIRE_BUDGET
     }
 
@@ -303,10 +345,18 @@ impl ConnTable {
         heap.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Make room for one flow: among the [`EVICT_CANDIDATES`] flows that
-    /// expire soonest, remove one that never saw a reply (not ASSURED) or,
-    /// failing that, one that is closing. Returns the evicted flow.
+    /// Make room for one flow: remove the oldest flow that is not ASSURED
+    /// (never answered, or not yet established) or, failing that, one of the
+    /// [`EVICT_CANDIDATES`] soonest-expiring flows that is closing. Returns
+    /// the evicted flow.
     ///
+    /// The first choice comes from the creation-order queue: entries of
+    /// flows answered since are dropped as they are met, so the search is
+    /// amortised O(1) (every flow enters the queue once) and finds an
+    /// unanswered flow whenever one exists, however many established flows
+    /// were created after it.
+    ///
+    /// The second searches the expiry heap.
     /// A heap entry earlier than its flow's deadline (traffic moved the
     /// deadline later without heap work, as for every flow that went from
     /// SYN_RECV to ESTABLISHED) does not say when the flow expires: it is
@@ -315,6 +365,11 @@ impl ConnTable {
     /// few recently established flows at the front of the heap hide every
     /// unreplied SYN behind them and the new SYN is refused as "table full".
     pub fn evict_one(&self) -> Option<Flow> {
+        while let Some(original) = self.pop_unreplied() {
+            if let Some(victim) = self.remove_if(&original, |f| !f.assured) {
+                return Some(victim);
+            }
+        }
         let mut cands = [(Timestamp::ZERO, ZERO_TUPLE); EVICT_CANDIDATES];
         let mut n = 0;
         for _ in 0..EVICT_SCAN {
@@ -340,20 +395,11 @@ impl ConnTable {
             n += 1;
         }
         let mut victim = None;
-        for pass in 0..2 {
-            for &(at, original) in &cands[..n] {
-                if victim.is_some() {
-                    break;
-                }
-                victim = self.remove_if(&original, |f| {
-                    f.queued == at
-                        && if pass == 0 {
-                            !f.assured
-                        } else {
-                            f.state.is_closing()
-                        }
-                });
+        for &(at, original) in &cands[..n] {
+            if victim.is_some() {
+                break;
             }
+            victim = self.remove_if(&original, |f| f.queued == at && f.state.is_closing());
         }
         // Put back the live entries of the flows that stay.
         for &(at, original) in &cands[..n] {

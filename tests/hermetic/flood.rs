@@ -8,9 +8,8 @@
 //! lost, as the backends' SYN-ACKs to spoofed addresses would be: its entries
 //! stay in SYN_SENT, the state with the longest unanswered life.
 //!
-//! Two tests are `#[ignore]`d: a million SYNs against a 65 536-flow table,
-//! for a release build (it prints the rate), and a failing test that pins
-//! down an engine bug in eviction (see its doc).
+//! One test is `#[ignore]`d: a million SYNs against a 65 536-flow table,
+//! for a release build (it prints the rate).
 
 use std::time::Duration;
 
@@ -360,19 +359,13 @@ fn a_million_spoofed_syns_against_a_full_table_keep_every_established_flow() {
     );
 }
 
-/// Engine bug, kept as a failing test. `ConnTable::evict_one` examines at
-/// most `EVICT_SCAN` (64) heap entries. A flow that completed its handshake
-/// leaves two heap entries in front of every later unreplied SYN's (due
-/// 120 s after it): one at its SYN_RECV deadline (60 s after the SYN-ACK,
-/// re-filed when examined) and a stale one at its SYN_SENT deadline. Both
-/// count against the 64. With more than 32 handshakes completed in the
-/// last two minutes, a full table refuses a new SYN as `TableFull` although
-/// it holds unreplied SYNs it should evict (NAT-NOTES: evict what is not
-/// ASSURED first; only "if none can go" drop the SYN). Each refused SYN
-/// clears 64 entries, so the refusals are bounded (see the million-SYN
-/// test above), but real clients arriving then are refused too.
+/// A full table evicts the oldest unanswered SYN however many handshakes
+/// completed after it. (This was a bug: eviction used to search only the
+/// first 64 entries of the expiry heap, where every recent handshake leaves
+/// two entries in front of later SYNs' ones; more than 32 handshakes in the
+/// last two minutes made a full table refuse SYNs it could have admitted.
+/// Eviction now takes the oldest unanswered flow from a creation-order queue.)
 #[test]
-#[ignore = "engine bug: eviction gives up behind more than EVICT_SCAN (64) recently established flows"]
 fn a_full_table_evicts_an_unreplied_syn_even_behind_many_recent_handshakes() {
     let mut cfg = net::config(Mode::Nth, &[1, 1, 1, 1]);
     cfg.max_flows = 256;
