@@ -158,3 +158,102 @@ t_binomial_bounds() {
 
 # Milliseconds since the epoch.
 t_now_ms() { date +%s%3N; }
+
+# t_wait_until SECONDS CMD...: run CMD every 0.1 s until it succeeds; fails
+# after SECONDS. Sets T_WAITED_MS (time until success, or the whole wait).
+# shellcheck disable=SC2034  # T_WAITED_MS is for the tests
+t_wait_until() {
+  local secs=$1 t0 end
+  shift
+  t0=$(t_now_ms)
+  end=$((t0 + secs * 1000))
+  while :; do
+    if "$@"; then
+      T_WAITED_MS=$(($(t_now_ms) - t0))
+      return 0
+    fi
+    if [ "$(t_now_ms)" -ge "$end" ]; then
+      T_WAITED_MS=$(($(t_now_ms) - t0))
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# t_json CODE: read JSON from stdin into `d` and print the Python expression
+# CODE (lists one item per line, booleans as true/false). Fails on bad JSON.
+t_json() {
+  "$(tl_python)" -c '
+import json, sys
+d = json.load(sys.stdin)
+v = eval(sys.argv[1])
+if isinstance(v, bool):
+    print("true" if v else "false")
+elif isinstance(v, (list, tuple)):
+    for x in v:
+        print(x)
+else:
+    print(v)' "$1"
+}
+
+# t_query WHAT CONTROL [--json]: `tunlb WHAT --control CONTROL`, in the lb
+# namespace (the socket is a file, but the answers are the instance's).
+t_query() {
+  local what=$1 ctl=$2
+  shift 2
+  tl_exec "$P" lb "$TUNLB_BIN" "$what" --control "$ctl" "$@"
+}
+
+# t_backend_stat CONTROL I FIELD: FIELD (up, weight, active, connections,
+# packets, bytes) of backend bI in `tunlb stats --json` (the first service
+# that has it); "none" when bI is not configured.
+t_backend_stat() {
+  t_query stats "$1" --json |
+    t_json "next((str(b['$3']).lower() for b in d['backends'] if b['backend'] == '$(tl_backend_addr "$2"):80'), 'none')"
+}
+
+# t_header_backend FILE: the X-Backend header curl saved (-D FILE).
+t_header_backend() {
+  awk -F': *' 'tolower($1) == "x-backend" { gsub(/\r/, "", $2); print $2 }' "$1" 2>/dev/null
+}
+
+# t_sha FILE: the sha256 of FILE (empty when FILE is missing).
+t_sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
+
+# t_checksum_judge FILE SRC DST: read capture FILE once with IP and TCP
+# checksum validation on; print "PACKETS BAD GOOD FFFF": packets, packets with
+# a bad IP/TCP/ICMP checksum (inner headers of ICMP errors included), packets
+# SRC -> DST whose TCP checksum was verified good, and packets SRC -> DST
+# whose TCP checksum is 0xffff where a full computation gives 0x0000. tshark
+# marks that last case "bad" (its RFC 1624 note), but both encode the same sum
+# and every receiver accepts it; Linux senders emit it now and then too. So it
+# is counted apart. (The same judge as t/40-checksums.sh's.)
+t_checksum_judge() {
+  tshark -n -r "$1" -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE -T fields -E occurrence=a \
+    -E aggregator=, -e ip.src -e ip.dst -e ip.checksum.status -e tcp.checksum.status \
+    -e icmp.checksum.status -e tcp.checksum -e tcp.checksum_calculated 2>/dev/null |
+    awk -F '\t' -v src="$2" -v dst="$3" '
+      { n++; bad_here = 0; ffff_here = 0
+        split($1, s, ","); split($2, d, ",")
+        mine = (s[1] == src && d[1] == dst)
+        for (i = 3; i <= 5; i += 2) { k = split($i, v, ","); for (j = 1; j <= k; j++) if (v[j] == "0") bad_here = 1 }
+        k = split($4, st, ","); split($6, ck, ","); split($7, calc, ",")
+        for (j = 1; j <= k; j++) {
+          if (st[j] != "0") continue
+          if (ck[j] == "0xffff" && calc[j] == "0x0000") ffff_here = 1; else bad_here = 1
+        }
+        bad += bad_here
+        if (mine && ffff_here) ffff++
+        if (mine && $4 == "1") good++ }
+      END { print n + 0, bad + 0, good + 0, ffff + 0 }'
+}
+
+# t_check_checksums LABEL FILE SRC DST MIN_GOOD: at least MIN_GOOD packets
+# SRC -> DST with a verified good TCP checksum in FILE, and no bad checksum.
+t_check_checksums() {
+  local total bad good ffff
+  read -r total bad good ffff < <(t_checksum_judge "$2" "$3" "$4")
+  note "$1 capture: $total packets; $3 -> $4: $good with a verified good TCP checksum, $ffff with 0xffff for 0x0000"
+  check_range "$1: packets $3 -> $4 captured and judged good" "$good" "$5" 100000000
+  check_eq "$1: bad IP/TCP/ICMP checksums" "$bad" 0
+}
