@@ -332,7 +332,18 @@ impl Engine {
                 let rt = self.runtime.load();
                 let service = rt.service_at(tuple.dst);
                 if service.is_none() {
-                    return Err(DropReason::NoService);
+                    // To a VIP or MASQUERADE address but no flow: a packet of
+                    // a connection tunlb does not know (INVALID), e.g. one
+                    // that was in flight when it restarted.
+                    let ours = rt
+                        .services
+                        .iter()
+                        .any(|s| s.vip.ip() == tuple.dst.ip() || s.snat.contains(tuple.dst.ip()));
+                    return Err(if ours {
+                        DropReason::NoFlowNotSyn
+                    } else {
+                        DropReason::NoService
+                    });
                 }
                 if !tcp::may_create(class) {
                     return Err(DropReason::NoFlowNotSyn);

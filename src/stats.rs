@@ -25,11 +25,13 @@ pub enum DropReason {
     Fragment,
     /// Neither TCP nor an ICMP error.
     NotTcp,
-    /// To an address:port that is no service and matches no flow.
+    /// To an address that is no service's VIP or MASQUERADE address, and
+    /// matches no flow.
     NoService,
     /// An invalid TCP flag combination (NULL, XMAS, SYN|FIN, bare FIN, ...).
     BadFlags,
-    /// Not a SYN, and no flow has this tuple (INVALID: no loose pickup).
+    /// To a service or MASQUERADE address, no flow has this tuple, and it is
+    /// not a SYN to a service (INVALID: no loose pickup).
     NoFlowNotSyn,
     /// The state machine calls this segment INVALID for the flow's state.
     InvalidTransition,

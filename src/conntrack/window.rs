@@ -23,6 +23,9 @@ pub struct Window {
     pub scale: Option<u8>,
     /// Whether any segment of this direction has been seen.
     pub seen: bool,
+    /// The acknowledgment number of this direction's last ACK, if any: the
+    /// next sequence number it expects from the other side (RCV.NXT).
+    pub last_ack: Option<u32>,
 }
 
 /// What the window check needs of one segment.
@@ -52,6 +55,12 @@ fn after_eq(a: u32, b: u32) -> bool {
 
 /// Return whether an RST with `seg`, sent by `sender` to `receiver`, is acceptable.
 pub fn rst_acceptable(sender: &Window, receiver: &Window, seg: &SegmentInfo) -> bool {
+    // Exactly the sequence number the receiver last acknowledged (RFC 5961
+    // 3.2): also how a client resets a backend's TIME_WAIT that answered its
+    // new SYN with an old ACK, in a sequence space tunlb never saw.
+    if receiver.last_ack == Some(seg.seq) {
+        return true;
+    }
     if !sender.seen {
         // Answering a SYN: it must acknowledge that SYN exactly.
         return receiver.seen && seg.ack == Some(receiver.end);
@@ -72,10 +81,14 @@ pub fn update(sender: &mut Window, receiver: &Window, seg: &SegmentInfo) {
         sender.scale = seg.wscale;
     }
     let end = seg.seq.wrapping_add(seg.len);
-    if !sender.seen || after_eq(end, sender.end) {
+    // A SYN starts a sequence space: it replaces whatever came before.
+    if !sender.seen || seg.syn || after_eq(end, sender.end) {
         sender.end = end;
     }
     sender.seen = true;
+    if seg.ack.is_some() {
+        sender.last_ack = seg.ack;
+    }
     // Scaling applies only when both sides offered it, and never to a SYN.
     let shift = match (sender.scale, receiver.scale) {
         (Some(s), Some(_)) if !seg.syn => u32::from(s.min(14)),
@@ -175,6 +188,32 @@ mod tests {
             &seg(0, Some(1000), 0, 0, false, None)
         ));
         assert!(!rst_acceptable(&s, &c, &seg(0, None, 0, 0, false, None)));
+    }
+
+    #[test]
+    fn an_rst_answering_a_stray_ack_is_accepted() {
+        // The backend's TIME_WAIT answers a new SYN with an ACK from its old
+        // connection; the client resets it with seq = that ACK's ack number.
+        let (mut c, mut s) = (Window::default(), Window::default());
+        update(&mut c, &s, &seg(1000, None, 1, 64240, true, None));
+        update(
+            &mut s,
+            &c,
+            &seg(0x7000_0000, Some(0x3000_0000), 0, 502, false, None),
+        );
+        assert!(rst_acceptable(
+            &c,
+            &s,
+            &seg(0x3000_0000, None, 0, 0, false, None)
+        ));
+        assert!(!rst_acceptable(
+            &c,
+            &s,
+            &seg(0x3000_0001, None, 0, 0, false, None)
+        ));
+        // Then the backend's real SYN-ACK restarts its sequence space.
+        update(&mut s, &c, &seg(9, Some(1001), 1, 65160, true, None));
+        assert_eq!(s.end, 10);
     }
 
     #[test]

@@ -198,14 +198,19 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
             "flags {flags:#04x}"
         );
     }
-    // A backend's segment to a SNAT port no flow holds: no service there.
+    // A backend's segment to a SNAT port no flow holds (a flow lost in a
+    // restart, say): INVALID too, since the address is tunlb's own.
     let unused = SocketAddrV4::new(*live.reply.dst.ip(), 50999);
     let v = inject(&mut net, live.reply.src, unused, ACK, 7, 7);
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
+    // Only an address that is neither a VIP nor a SNAT address is no service.
+    let elsewhere = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 77), 80);
+    let v = inject(&mut net, live.reply.src, elsewhere, ACK, 7, 7);
     assert_eq!(v, Verdict::Drop(DropReason::NoService));
     let s = net.engine.stats();
-    assert_eq!(s.dropped(DropReason::NoFlowNotSyn), 6, "{s}");
+    assert_eq!(s.dropped(DropReason::NoFlowNotSyn), 7, "{s}");
     assert_eq!(s.dropped(DropReason::NoService), 1, "{s}");
-    assert_eq!(s.total_dropped(), 7, "{s}");
+    assert_eq!(s.total_dropped(), 8, "{s}");
     still_works(&mut net, &live, 2);
 
     // A late ACK of a connection whose flow has expired is no better.
@@ -218,7 +223,7 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
     let v = inject(&mut net, live.original.src, vip(), ACK, cseq, bseq);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     let v = inject(&mut net, live.reply.src, live.reply.dst, ACK, bseq, cseq);
-    assert_eq!(v, Verdict::Drop(DropReason::NoService));
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     assert_nothing_untranslated(
         &net,
         &[
