@@ -227,7 +227,7 @@ t_sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 # whose TCP checksum is 0xffff where a full computation gives 0x0000. tshark
 # marks that last case "bad" (its RFC 1624 note), but both encode the same sum
 # and every receiver accepts it; Linux senders emit it now and then too. So it
-# is counted apart. (The same judge as t/40-checksums.sh's.)
+# is counted apart.
 t_checksum_judge() {
   tshark -n -r "$1" -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE -T fields -E occurrence=a \
     -E aggregator=, -e ip.src -e ip.dst -e ip.checksum.status -e tcp.checksum.status \
