@@ -42,22 +42,12 @@ e2e_sysctl() {
   ip netns exec "$1" sh -c 'printf "%s\n" "$2" > "/proc/sys/$1"' sh "${2//.//}" "$3"
 }
 
+# PID checks are the topology library's (scripts/lib.sh), shared with the tests.
+# shellcheck source=scripts/lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 # True when PID is alive (not a zombie) and lives in network namespace NS.
-e2e_pid_in_ns() {
-  local pid=$1 ns=$2 want have state
-  [ -e "/run/netns/$ns" ] || return 1
-  want="net:[$(stat -L -c %i "/run/netns/$ns")]"
-  have=$(readlink "/proc/$pid/ns/net" 2>/dev/null) || return 1
-  [ "$have" = "$want" ] || return 1
-  state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
-  [ "$state" != Z ] && [ "$state" != X ]
-}
-
-e2e_pid_alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ "$state" != Z ] && [ "$state" != X ]
-}
+e2e_pid_in_ns() { tl_pid_in_ns "$@"; }
+e2e_pid_alive() { tl_pid_alive "$@"; }
 
 # e2e_bg NS NAME LOG CMD...: start CMD in namespace NS in the background, its
 # output to LOG; record it. Sets E2E_PID (`ip netns exec` execs CMD in place,
