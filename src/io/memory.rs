@@ -7,7 +7,6 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::{Frame, PacketIo};
-use crate::nat::L4Checksum;
 
 /// A device whose "wire" is two queues: packets pushed with
 /// [`MemoryIo::inject`] are received by the datapath, packets the datapath
@@ -50,11 +49,7 @@ impl PacketIo for MemoryIo {
         Ok(q.pop_front().map(|p| {
             let n = p.len().min(buf.len());
             buf[..n].copy_from_slice(&p[..n]);
-            Frame {
-                start: 0,
-                len: n,
-                l4: L4Checksum::Complete,
-            }
+            Frame::plain(n)
         }))
     }
 

@@ -30,6 +30,18 @@ pub struct Frame {
     pub l4: L4Checksum,
 }
 
+impl Frame {
+    /// A packet at the start of the buffer with a complete checksum: what a
+    /// device without a header (the `tun` crate, memory) hands over.
+    pub const fn plain(len: usize) -> Self {
+        Frame {
+            start: 0,
+            len,
+            l4: L4Checksum::Complete,
+        }
+    }
+}
+
 /// A source and sink of IP packets, shared by the datapath's threads. A
 /// device may have several queues; thread `i` uses queue `i % queues()`.
 pub trait PacketIo: Send + Sync {

@@ -20,7 +20,6 @@ use std::time::Duration;
 use super::tun::{TunError, TunSpec};
 use super::vnet::{self, VnetHdr};
 use super::{Frame, PacketIo};
-use crate::nat::L4Checksum;
 
 /// The offloads tunlb asks for.
 const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
@@ -160,11 +159,7 @@ impl PacketIo for MqTun {
             Err(e) => return Err(e),
         };
         if n < vnet::LEN {
-            return Ok(Some(Frame {
-                start: 0,
-                len: 0,
-                l4: L4Checksum::Complete,
-            }));
+            return Ok(Some(Frame::plain(0)));
         }
         let hdr = VnetHdr::parse(buf);
         Ok(Some(Frame {
