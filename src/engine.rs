@@ -78,6 +78,9 @@ pub struct Engine {
     runtime: ArcSwap<Runtime>,
     /// The runtime's timeouts in milliseconds, readable without loading it.
     timeouts_ms: [AtomicU64; TcpState::COUNT],
+    /// A bit per TCP port: set for the ports of the services' VIPs. Only a
+    /// hint of which map to search first; a wrong guess costs one lookup.
+    vip_ports: Box<[AtomicU64; 1024]>,
     table: ConnTable,
     counters: Counters,
     secret: u64,
@@ -150,6 +153,7 @@ impl Engine {
         cfg.validate()?;
         Ok(Engine {
             runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
+            vip_ports: Box::new(port_set(&cfg)),
             timeouts_ms: std::array::from_fn(|i| {
                 AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
             }),
@@ -179,6 +183,9 @@ impl Engine {
         self.runtime
             .store(Arc::new(Runtime::build(cfg, Some(&old))));
         self.table.set_max(cfg.max_flows);
+        for (word, new) in self.vip_ports.iter().zip(port_set(cfg)) {
+            word.store(new.into_inner(), Relaxed);
+        }
         for (i, t) in self.timeouts_ms.iter().enumerate() {
             t.store(
                 cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64,
@@ -290,8 +297,12 @@ impl Engine {
             (tuple, class, info)
         };
         // The established path reads no configuration: a hit in the table
-        // is all it needs (and the timeouts, kept as plain atomics).
-        match self.table.lookup(&tuple, true) {
+        // is all it needs (and the timeouts and VIP ports, kept as plain
+        // atomics). A packet to a VIP port is most likely ORIGINAL.
+        match self
+            .table
+            .lookup(&tuple, self.is_vip_port(tuple.dst.port()))
+        {
             Lookup::Found(mut flow, dir) => {
                 // A SYN reusing the tuple of a closed flow starts over (RFC 1122).
                 if dir == Direction::Original
@@ -351,6 +362,12 @@ impl Engine {
                 self.new_connection(&rt, pkt, ihl, total, tuple, &seg_info, service, now, l4)
             }
         }
+    }
+
+    /// Return whether some service listens on TCP port `port`.
+    #[inline]
+    fn is_vip_port(&self, port: u16) -> bool {
+        self.vip_ports[usize::from(port >> 6)].load(Relaxed) & (1 << (port & 63)) != 0
     }
 
     /// Return the timeout of `state`.
@@ -604,6 +621,16 @@ impl Engine {
         }
         s
     }
+}
+
+/// The set of the services' VIP ports, a bit per port.
+fn port_set(cfg: &EngineConfig) -> [AtomicU64; 1024] {
+    let set: [AtomicU64; 1024] = std::array::from_fn(|_| AtomicU64::new(0));
+    for s in &cfg.services {
+        let p = s.vip.port();
+        set[usize::from(p >> 6)].fetch_or(1 << (p & 63), Relaxed);
+    }
+    set
 }
 
 /// Return the (source, destination) a packet of `flow` travelling in `dir`
