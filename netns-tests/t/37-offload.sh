@@ -68,8 +68,11 @@ for variant in on off; do
   check "offload $variant: tunlb still running" tl_pid_alive "$TUNLB_PID"
   t_tunlb_stop
 done
-check_range "the captured transfers with offload on went as super-packets (forwarded; --no-offload: ${captured[off]})" \
-  "${captured[on]}" 1 $((captured[off] / 2))
+# Small transfers under capture coalesce less (about half as many packets in
+# quiet runs, more under load): fewer than without offload is what this
+# shows; the 64 MiB transfers below measure the factor.
+check_range "the captured transfers with offload on went partly as super-packets (forwarded; --no-offload: ${captured[off]})" \
+  "${captured[on]}" 1 $((captured[off] - 1))
 check_range "forwarded packets per MiB with offload on (super-packets) is under a fifth of --no-offload's (${per_mib[off]}/MiB)" \
   "${per_mib[on]}" 1 $((per_mib[off] / 5))
 
