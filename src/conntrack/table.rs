@@ -11,11 +11,12 @@
 //!
 //! # Locking rules
 //! - No dashmap guard is held across a call on the same map (dashmap
-//!   deadlocks, even across shards). A guard of `flows` may be held while
-//!   calling `replies`' read methods never; every function here releases one
-//!   map's guard before touching the other.
-//! - The expiry heap's mutex is a leaf: while it is held, no map is touched.
-//!   The packet path may take it while holding a `flows` guard.
+//!   deadlocks, even across shards), and none across a call on the other
+//!   map either: every function here releases one map's guard before
+//!   touching the other.
+//! - The mutexes of the expiry heap and of the eviction queue are leaves:
+//!   while one is held, no map and no other lock is touched. The packet path
+//!   may take them while holding a `flows` guard.
 //!
 //! # Expiry
 //! Each flow has a `deadline` (last packet + the timeout of its state). The
@@ -26,6 +27,12 @@
 //! re-queues it at its current deadline. Only a state change that *shortens*
 //! the deadline (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does
 //! bounded work, so neither the packet path nor the expiry tick ever stalls.
+//!
+//! # Eviction
+//! When the table is full, a NEW connection takes the place of the oldest
+//! flow that is not ASSURED (found in a creation-order queue whose stale
+//! entries are dropped as they are met), else of a closing flow among those
+//! expiring soonest; otherwise the SYN is refused (`table_full`).
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
