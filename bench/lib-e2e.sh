@@ -93,21 +93,13 @@ e2e_list_ns() { ip netns list 2>/dev/null | awk -v p="$1" 'index($1, p) == 1 { p
 # was SIGKILLed) is a child of a process we started in a namespace we made:
 # it is found by namespace membership (`ip netns pids`), never by name.
 e2e_down() {
-  local p=$1 ns pids k
+  local p=$1 ns pids
   e2e_stop_all "$p"
   for ns in $(e2e_list_ns "$p"); do
     pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
     if [ -n "${pids// /}" ]; then
       e2e_log "leftover processes in $ns: $pids(children of recorded ones): SIGTERM"
-      # shellcheck disable=SC2086
-      kill -TERM $pids 2>/dev/null || true
-      for ((k = 0; k < 30; k++)); do
-        [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break
-        sleep 0.1
-      done
-      pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
-      # shellcheck disable=SC2086
-      [ -z "${pids// /}" ] || kill -KILL $pids 2>/dev/null || true
+      tl_end_ns_pids "$ns"
     fi
     ip netns del "$ns" 2>/dev/null || true
   done

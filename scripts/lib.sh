@@ -97,6 +97,24 @@ tl_sysctl() {
 }
 
 # Namespaces that carry the prefix, whatever state the last run left.
+# tl_end_ns_pids NS: TERM, then after 3 s KILL, every process still running
+# in namespace NS (only this run's namespaces are ever passed: their
+# processes can only be its own). Prints nothing; returns 0.
+tl_end_ns_pids() {
+  local ns=$1 pids k
+  pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+  [ -n "${pids// /}" ] || return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for ((k = 0; k < 30; k++)); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break
+    sleep 0.1
+  done
+  pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  [ -z "${pids// /}" ] || kill -KILL $pids 2>/dev/null || true
+}
+
 tl_list_ns() {
   ip netns list 2>/dev/null | awk -v p="$1" 'index($1, p) == 1 { print $1 }'
 }
@@ -266,7 +284,7 @@ tl_up() {
 }
 
 tl_down() {
-  local p=$1 st f pid ns dev pids k
+  local p=$1 st f pid ns dev
   tl_check_prefix "$p"
   st=$(tl_state "$p")
   if [ -d "$st/pids" ]; then
@@ -277,18 +295,7 @@ tl_down() {
   fi
   for ns in $(tl_list_ns "$p"); do
     # Leftovers of an interrupted run: whatever still runs in our namespace.
-    pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
-    if [ -n "${pids// /}" ]; then
-      # shellcheck disable=SC2086
-      kill -TERM $pids 2>/dev/null || true
-      for ((k = 0; k < 30; k++)); do
-        [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break
-        sleep 0.1
-      done
-      pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
-      # shellcheck disable=SC2086
-      [ -z "${pids// /}" ] || kill -KILL $pids 2>/dev/null || true
-    fi
+    tl_end_ns_pids "$ns"
     # Persistent TUN/TAP devices are deleted here explicitly, never left to
     # the kernel's namespace teardown.
     for dev in $(ip -n "$ns" -o tuntap show 2>/dev/null | cut -d: -f1); do
