@@ -1,9 +1,11 @@
-//! Building well-formed IPv4/TCP segments, for tests, benches and fuzzing.
+//! Building well-formed IPv4/TCP segments: the resets tunlb sends, and the packets of tests, benches and fuzzing.
 //!
-//! tunlb never builds forwarded packets (it rewrites them in place); this is
-//! the client and backend side of experiments: a segment with any flags,
+//! tunlb never builds forwarded packets (it rewrites them in place). This
+//! builds the one packet it writes itself (a reset to a client when every
+//! backend is drained, [`crate::nat::syn_to_reset`]) and the client and
+//! backend side of tests, benches and fuzzing: a segment with any flags,
 //! sequence numbers and payload, with correct checksums, through smoltcp's
-//! `Repr`/`emit`-style setters.
+//! field setters.
 
 use std::net::SocketAddrV4;
 
@@ -41,9 +43,23 @@ impl<'a> Segment<'a> {
 
     /// Return the segment as an IPv4 packet with valid checksums.
     pub fn build(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 40 + self.payload.len()];
+        self.emit(&mut b);
+        b
+    }
+
+    /// Write the segment as an IPv4 packet with valid checksums (a 20-byte
+    /// IPv4 header, DF set, TTL 64; a 20-byte TCP header, window 65535, or 0
+    /// for a reset, which advertises none) at the start of `buf`, and return
+    /// its length.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than 40 bytes plus the payload.
+    pub fn emit(&self, buf: &mut [u8]) -> usize {
         let len = 40 + self.payload.len();
-        let mut b = vec![0u8; len];
-        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        let buf = &mut buf[..len];
+        buf.fill(0);
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
         ip.set_version(4);
         ip.set_header_len(20);
         ip.set_total_len(len as u16);
@@ -59,7 +75,8 @@ impl<'a> Segment<'a> {
         t.set_seq_number(smoltcp::wire::TcpSeqNumber(self.seq as i32));
         t.set_ack_number(smoltcp::wire::TcpSeqNumber(self.ack as i32));
         t.set_header_len(20);
-        t.set_window_len(65535);
+        let reset = self.flags & crate::conntrack::tcp::flags::RST != 0;
+        t.set_window_len(if reset { 0 } else { 65535 });
         t.payload_mut().copy_from_slice(self.payload);
         // Flags last: set_header_len shares the byte pair with the flags.
         let raw = t.into_inner();
@@ -69,6 +86,6 @@ impl<'a> Segment<'a> {
             &IpAddress::Ipv4(*self.src.ip()),
             &IpAddress::Ipv4(*self.dst.ip()),
         );
-        b
+        len
     }
 }

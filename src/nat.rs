@@ -7,9 +7,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{Ipv4Packet, TcpPacket};
 
 use crate::checksum::{self, Delta};
+use crate::craft::Segment;
 
 /// IPv4 header: checksum offset.
 pub const IP_CSUM: usize = 10;
@@ -157,32 +158,16 @@ pub fn rewrite_icmp_error(
 ///
 /// `pkt` must hold a validated IPv4/TCP packet of at least 40 bytes.
 pub fn syn_to_reset(pkt: &mut [u8], ihl: usize, from: SocketAddrV4) -> usize {
-    const LEN: usize = 40;
+    use crate::conntrack::tcp::flags::{ACK, RST};
     let (client, ack) = {
         let ip = Ipv4Packet::new_unchecked(&pkt[..]);
         let tcp = TcpPacket::new_unchecked(&pkt[ihl..ip.total_len() as usize]);
         let client = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
-        (client, tcp.seq_number() + tcp.segment_len())
+        (client, (tcp.seq_number() + tcp.segment_len()).0 as u32)
     };
-    let buf = &mut pkt[..LEN];
-    buf.fill(0);
-    let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-    ip.set_version(4);
-    ip.set_header_len(20);
-    ip.set_total_len(LEN as u16);
-    ip.set_dont_frag(true);
-    ip.set_hop_limit(64);
-    ip.set_next_header(IpProtocol::Tcp);
-    ip.set_src_addr(*from.ip());
-    ip.set_dst_addr(*client.ip());
-    ip.fill_checksum();
-    let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
-    tcp.set_src_port(from.port());
-    tcp.set_dst_port(client.port());
-    tcp.set_header_len(20);
-    tcp.set_rst(true);
-    tcp.set_ack(true);
-    tcp.set_ack_number(ack);
-    tcp.fill_checksum(&IpAddress::Ipv4(*from.ip()), &IpAddress::Ipv4(*client.ip()));
-    LEN
+    Segment {
+        ack,
+        ..Segment::new(from, client, RST | ACK)
+    }
+    .emit(pkt)
 }
