@@ -1,6 +1,7 @@
 # bench/e2e-summary.jq: turn bench/e2e.sh's raw run lines (slurped, one object
 # per configuration x round x test) into latest.json: meta, runs (raw, with
-# per-unit CPU added), medians per configuration and test, and the ratios.
+# per-unit CPU added), medians per configuration and test, and the ratios
+# (tunlb, and the --alt variant if any, against each other configuration).
 # CPU per unit: microseconds per request for the wrk tests, milliseconds per
 # gigabit for the iperf3 tests.
 
@@ -51,14 +52,15 @@ map(derive) as $runs
 | def val($c; $t): $med[$c][$t] | (.rps // .gbps);
   {meta: $meta,
    medians: $med,
-   ratios: (reduce ("kernel", "haproxy", "direct") as $o ({};
-     if $med[$o] == null or $med.tunlb == null then . else
-       .["tunlb/" + $o] = (reduce tests[] as $t ({};
-         .[$t] = ({rate: ratio(val("tunlb"; $t); val($o; $t)),
-                   p50: ratio($med.tunlb[$t].p50_ms; $med[$o][$t].p50_ms),
-                   p99: ratio($med.tunlb[$t].p99_ms; $med[$o][$t].p99_ms),
-                   cpu_busy_machine: ratio($med.tunlb[$t].cpu_busy_machine; $med[$o][$t].cpu_busy_machine),
-                   cpu_balancer: ratio($med.tunlb[$t].cpu_balancer; $med[$o][$t].cpu_balancer)}
+   ratios: (reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
+                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"]) as [$s, $o] ({};
+     if $med[$o] == null or $med[$s] == null then . else
+       .[$s + "/" + $o] = (reduce tests[] as $t ({};
+         .[$t] = ({rate: ratio(val($s; $t); val($o; $t)),
+                   p50: ratio($med[$s][$t].p50_ms; $med[$o][$t].p50_ms),
+                   p99: ratio($med[$s][$t].p99_ms; $med[$o][$t].p99_ms),
+                   cpu_busy_machine: ratio($med[$s][$t].cpu_busy_machine; $med[$o][$t].cpu_busy_machine),
+                   cpu_balancer: ratio($med[$s][$t].cpu_balancer; $med[$o][$t].cpu_balancer)}
                   | with_entries(select(.value != null)))))
      end)),
    runs: $runs}

@@ -4,12 +4,12 @@ def dash: "-";
 def i: if . == null then dash else round | tostring end;
 def f(n): if . == null then dash else (. * pow(10; n) | round) / pow(10; n) | tostring end;
 def x: if . == null then dash else ((. * 100 | round) / 100 | tostring) + "x" end;
-def name: {tunlb: "tunlb (nth)", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
+def name($m): {tunlb: "tunlb (nth)", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "kernel", "haproxy", "direct"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "alt", "kernel", "haproxy", "direct"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -29,11 +29,11 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
        "iperf3 1 stream c->s Gbit/s", "1 stream s->c", "4 streams c->s", "4 streams s->c"]),
   row([range(11) | "---"]),
   ($cfgs[] as $c | $md[$c] as $v |
-    row([($c | name), ($v.conn_close.rps | i), ($v.conn_close.p50_ms | f(2)), ($v.conn_close.p99_ms | f(2)),
+    row([($c | name($m)), ($v.conn_close.rps | i), ($v.conn_close.p50_ms | f(2)), ($v.conn_close.p99_ms | f(2)),
          ($v.keepalive.rps | i), ($v.keepalive.p50_ms | f(2)), ($v.keepalive.p99_ms | f(2)),
          ($v.iperf_1.gbps | f(2)), ($v.iperf_1R.gbps | f(2)), ($v.iperf_4.gbps | f(2)), ($v.iperf_4R.gbps | f(2))])),
   "",
-  "## Ratios (tunlb's median / the other's; rates: higher is better for tunlb, latency and CPU: lower is)",
+  "## Ratios (" + (if ($m.alt_extra_args // "") != "" then "A/B: A's median / B's, alt being tunlb with `\($m.alt_extra_args)`" else "tunlb's median / the other's" end) + "; rates: higher is better for tunlb, latency and CPU: lower is)",
   "",
   row(["ratio", "new conn/s", "p99 (close)", "keep-alive req/s", "iperf3 1 c->s", "1 s->c", "4 c->s", "4 s->c",
        "machine CPU per new conn", "per keep-alive req"]),
@@ -54,7 +54,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
        "machine busy us/new conn", "us/keep-alive req", "ms/Gbit"]),
   row([range(10) | "---"]),
   ($cfgs[] as $c | $md[$c] as $v |
-    row([($c | name), ($v.conn_close.cpu_balancer | f(1)), ($v.keepalive.cpu_balancer | f(1)), ($v.iperf_4.cpu_balancer | f(0)),
+    row([($c | name($m)), ($v.conn_close.cpu_balancer | f(1)), ($v.keepalive.cpu_balancer | f(1)), ($v.iperf_4.cpu_balancer | f(0)),
          ($v.conn_close.cpu_softirq_machine | f(1)), ($v.keepalive.cpu_softirq_machine | f(1)), ($v.iperf_4.cpu_softirq_machine | f(0)),
          ($v.conn_close.cpu_busy_machine | f(1)), ($v.keepalive.cpu_busy_machine | f(1)), ($v.iperf_4.cpu_busy_machine | f(0))])),
   "",
@@ -62,7 +62,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   "",
   "- Topology: client 198.18.1.2 -- lb (router, c0 198.18.1.1, bridge br0 198.18.2.1) -- b1..b4 198.18.2.3-6, each a network namespace, veth pairs, kernel default offloads. VIP 198.18.0.1: port 80 over the four backends, port 5201 to b1 only (iperf3's control and data connections must reach the same server).",
   "- Backends: nginx, one per namespace, fixed 3-byte response, keep-alive, no access log. `net.ipv4.tcp_tw_reuse=1` in the client (and lb) namespaces.",
-  "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, no offloads)" end) + "; nothing local on the VIP in lb.",
+  "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, multi-queue TUN with offloads)" end) + (if ($m.alt_extra_args // "") != "" then "; alt: the same plus `\($m.alt_extra_args)`" else "" end) + "; nothing local on the VIP in lb.",
   "- kernel NAT: the rules `tunlb iptables` prints for the same services, SNAT replaced by MASQUERADE:",
   ($m.kernel_nat_rules[] | "  - `" + . + "`"),
   "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
@@ -77,8 +77,8 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
     row([$c, .key, (.value.n | tostring), (.value.failed | tostring), (.value.socket_errors | i), (.value.retransmits | i)])),
   "",
   (.runs | map(select(.test == "sanity")) | group_by(.config)[] | "- \(.[0].config) sanity (8 requests, round 1): \(.[0].answered_by | join(" "))"),
-  (.runs[] | select(.test == "after" and .config == "tunlb") |
-    "- tunlb round \(.round): " +
+  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "alt")) |
+    "- \(.config) round \(.round): " +
     (if .tunlb_died then "DIED (log tail in the JSON)" else "" end) +
     (if .tunlb_stats then
        "new flows \(.tunlb_stats.new_flows), dropped by tunlb \(.tunlb_stats.dropped | add)" +

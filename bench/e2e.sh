@@ -9,7 +9,9 @@
 #   --rounds N      rounds of A B C D, interleaved (default 3)
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
-#   --configs LIST  comma-separated subset of tunlb,kernel,haproxy,direct
+#   --configs LIST  comma-separated subset of tunlb,alt,kernel,haproxy,direct
+#   --alt ARGS      add configuration "alt": tunlb again with these extra flags
+#                   (e.g. "--threads 2"), in the same rounds, for an A/B choice
 #   --bin PATH      use this tunlb binary instead of `cargo build --release`
 #   --no-build      use target/release/tunlb as it is
 #   --no-install    only report missing Debian packages, do not apt-get them
@@ -22,6 +24,8 @@
 # generators, with in the middle, in turn:
 #   A tunlb    the release build, nth mode, 4 backends (the binary is copied
 #              first, so a concurrent rebuild cannot change it mid-run);
+#   A' alt     (with --alt ARGS only) the same binary with ARGS added: a
+#              variant measured side by side, with its own ratios;
 #   B kernel   iptables in the lb namespace: the DNAT nth cascade printed by
 #              `tunlb iptables` (--every 4/3/2, then unconditional) and
 #              MASQUERADE in place of its SNAT --to-source;
@@ -70,7 +74,7 @@ BENCH="$ROOT/bench"
 # shellcheck source-path=SCRIPTDIR source=lib-e2e.sh
 . "$BENCH/lib-e2e.sh"
 
-ROUNDS='' DUR='' QUICK='' KEEP='' NO_BUILD='' NO_INSTALL='' BIN='' OUT=''
+ROUNDS='' DUR='' QUICK='' KEEP='' NO_BUILD='' NO_INSTALL='' BIN='' OUT='' ALT=''
 CONFIGS=tunlb,kernel,haproxy,direct
 WRK_THREADS=2 WRK_CONNS=50 TUNLB_HAS_CONTROL=''
 
@@ -83,6 +87,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --configs) CONFIGS=${2:?--configs needs a list}; shift 2 ;;
     --bin) BIN=${2:?--bin needs a path}; shift 2 ;;
+    --alt) ALT=${2:?--alt needs tunlb flags}; shift 2 ;;
     --no-build) NO_BUILD=1; shift ;;
     --no-install) NO_INSTALL=1; shift ;;
     --out) OUT=${2:?--out needs a path}; shift 2 ;;
@@ -97,9 +102,15 @@ fi
 ROUNDS=${ROUNDS:-3} DUR=${DUR:-10} OUT=${OUT:-$BENCH/results/latest}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || e2e_die "--rounds wants a positive whole number, got '$ROUNDS'"
 [[ $DUR =~ ^[1-9][0-9]*$ ]] || e2e_die "--duration wants whole seconds >= 1, got '$DUR'"
+# --alt puts its configuration right after tunlb's, unless --configs placed it.
+[ -z "$ALT" ] || [[ ,$CONFIGS, == *,alt,* ]] || CONFIGS=${CONFIGS/tunlb/tunlb,alt}
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
-  case $c in tunlb | kernel | haproxy | direct) ;; *) e2e_die "unknown configuration '$c' (tunlb, kernel, haproxy, direct)" ;; esac
+  case $c in
+    tunlb | kernel | haproxy | direct) ;;
+    alt) [ -n "$ALT" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, alt, kernel, haproxy, direct)" ;;
+  esac
 done
 
 # ---- dependencies -----------------------------------------------------------
@@ -156,7 +167,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if contains tunlb || contains kernel; then
+if contains tunlb || contains alt || contains kernel; then
   if [ -z "$BIN" ]; then
     BIN="$ROOT/target/release/tunlb"
     if [ -z "$NO_BUILD" ]; then
@@ -186,15 +197,18 @@ backends = ["$BACKEND5201"]
 EOF
 
 read -ra TUNLB_EXTRA <<<"${TUNLB_ARGS-}"
+read -ra ALT_EXTRA <<<"$ALT"
 CLK_TCK=$(getconf CLK_TCK)
 BAL_PID='' BAL_NS='' TARGET=''
 
+# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb or alt) with FLAGS added.
 start_tunlb() {
-  local p=$1 log="$E2E_WORK/${1}tunlb.log" ctl=()
+  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=()
+  shift 2
   # Its own control socket, so it never meets another tunlb's default one.
   [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}tunlb.sock")
-  e2e_bg "${p}lb" tunlb "$log" env NO_COLOR=1 "$BIN" run --tun tl0 --tun-addr 198.18.0.254/24 \
-    "${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml" "${ctl[@]}" "${TUNLB_EXTRA[@]}"
+  e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run --tun tl0 --tun-addr 198.18.0.254/24 \
+    "${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   local k
   for ((k = 0; k < 200; k++)); do
@@ -256,7 +270,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$([ "$cfg" = tunlb ] || [ "$cfg" = haproxy ] && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | alt | haproxy) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
@@ -334,7 +348,8 @@ one_config() {
   e2e_up "$p"
   BAL_PID='' BAL_NS='' TARGET=$E2E_VIP
   case $cfg in
-    tunlb) start_tunlb "$p" || ok= ;;
+    tunlb) start_tunlb "$p" tunlb || ok= ;;
+    alt) start_tunlb "$p" alt "${ALT_EXTRA[@]}" || ok= ;;
     kernel) start_kernel "$p" || ok= ;;
     haproxy) start_haproxy "$p" || ok= ;;
     direct) TARGET=$(e2e_baddr 1) ;;
@@ -368,7 +383,7 @@ one_config() {
 
   # What the balancer says about itself afterwards.
   case $cfg in
-    tunlb)
+    tunlb | alt)
       if balancer_alive; then
         # Its counters (drop reasons), and the TUN's own queue drops.
         stats=null
@@ -380,9 +395,9 @@ one_config() {
         e2e_stop "$BAL_PID" "$BAL_NS" 5
         extra=$(jq -Rs --argjson stats "$stats" --argjson tun "$tun" \
           '{tunlb_stats: $stats, tl0_link_stats: $tun, tunlb_log_tail: (split("\n") | map(select(length > 0)) | .[-12:])}' \
-          "$E2E_WORK/${p}tunlb.log")
+          "$E2E_WORK/${p}$cfg.log")
       else
-        extra=$(jq -Rs '{tunlb_died: true, tunlb_log_tail: (split("\n") | .[-30:])}' "$E2E_WORK/${p}tunlb.log")
+        extra=$(jq -Rs '{tunlb_died: true, tunlb_log_tail: (split("\n") | .[-30:])}' "$E2E_WORK/${p}$cfg.log")
       fi ;;
     kernel)
       extra=$(ip netns exec "${p}lb" iptables -t nat -L PREROUTING -nvx |
@@ -420,9 +435,9 @@ meta=$(jq -n --arg t0 "$START" --arg t1 "$END" --arg nproc "$(nproc)" --arg kern
   --arg model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg wrk "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)" --arg haproxy "$(haproxy -v | head -n1 | cut -d' ' -f1-3)" \
   --arg nginx "$(nginx -v 2>&1 | sed 's/.*: //')" --arg iperf3 "$(iperf3 -v | head -n1 | cut -d' ' -f1-2)" \
-  --arg tunlb_args "${TUNLB_ARGS-}" --arg iptables "$(iptables -V)" --arg rules "$(cat "$E2E_WORK/iptables-rules.txt" 2>/dev/null || true)" \
+  --arg tunlb_args "${TUNLB_ARGS-}" --arg alt_args "$ALT" --arg iptables "$(iptables -V)" --arg rules "$(cat "$E2E_WORK/iptables-rules.txt" 2>/dev/null || true)" \
   '{started: $t0, finished: $t1, nproc: ($nproc | tonumber), kernel: $kernel, cpu_model: $model,
-    tunlb_commit: $rev, tunlb_extra_args: $tunlb_args, tunlb_src_files_modified: $dirty, tunlb_binary_sha256_16: $bin_sha,
+    tunlb_commit: $rev, tunlb_extra_args: $tunlb_args, alt_extra_args: $alt_args, tunlb_src_files_modified: $dirty, tunlb_binary_sha256_16: $bin_sha,
     rounds: $rounds, duration_s: $dur, quick: $quick, order: ($cfgs | split(" ")),
     wrk: "-t2 -c50 --latency", loadavg_start: $load0, loadavg_end: $load1,
     other_build_procs_start: $others0, other_build_procs_end: $others1,
