@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::datapath::Device;
 use crate::engine::Engine;
 use crate::stats::DropReason;
 use crate::time::Timestamp;
@@ -89,9 +90,9 @@ impl Control {
     }
 
     /// Answer every request waiting now.
-    pub fn serve(&self, engine: &Engine, now: Timestamp) {
+    pub fn serve(&self, engine: &Engine, device: &Device, now: Timestamp) {
         while let Ok((stream, _)) = self.listener.accept() {
-            let _ = answer(stream, engine, now);
+            let _ = answer(stream, engine, device, now);
         }
     }
 }
@@ -102,7 +103,12 @@ impl Drop for Control {
     }
 }
 
-fn answer(stream: UnixStream, engine: &Engine, now: Timestamp) -> std::io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    engine: &Engine,
+    device: &Device,
+    now: Timestamp,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
@@ -112,8 +118,8 @@ fn answer(stream: UnixStream, engine: &Engine, now: Timestamp) -> std::io::Resul
     let body = match (what, json) {
         ("flows", false) => flows_text(engine, now),
         ("flows", true) => flows_json(engine, now).to_string() + "\n",
-        ("stats", false) => stats_text(engine),
-        ("stats", true) => stats_json(engine).to_string() + "\n",
+        ("stats", false) => stats_text(engine, device),
+        ("stats", true) => stats_json(engine, device).to_string() + "\n",
         _ => format!(
             "error: unknown request '{}': use flows or stats\n",
             line.trim()
@@ -196,7 +202,7 @@ pub fn flows_json(engine: &Engine, now: Timestamp) -> serde_json::Value {
 }
 
 /// Counters per service and backend, like `ipvsadm -L -n --stats`, then drops.
-pub fn stats_text(engine: &Engine) -> String {
+pub fn stats_text(engine: &Engine, device: &Device) -> String {
     let s = engine.stats();
     let mut out = String::new();
     let _ = writeln!(out, "Prot LocalAddress:Port Scheduler\n  -> RemoteAddress:Port  Weight State      Flows Conns Packets Bytes");
@@ -217,13 +223,25 @@ pub fn stats_text(engine: &Engine) -> String {
             );
         }
     }
+    let d = device.totals();
+    let _ = writeln!(
+        out,
+        "device {}: {}; read {} packets ({} super-packets), {} bytes; write errors {}",
+        device.name,
+        device.describe(false),
+        d.packets,
+        d.super_packets,
+        d.bytes,
+        d.write_errors
+    );
     let _ = writeln!(out, "{s}");
     out
 }
 
 /// The counters as JSON.
-pub fn stats_json(engine: &Engine) -> serde_json::Value {
+pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
     let s = engine.stats();
+    let d = device.totals();
     let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
         .iter()
         .map(|r| (r.name().to_string(), json!(s.dropped(*r))))
@@ -242,12 +260,16 @@ pub fn stats_json(engine: &Engine) -> serde_json::Value {
         "forwarded": {"original": s.forwarded[0], "reply": s.forwarded[1]},
         "icmp_translated": s.icmp_translated, "resets_sent": s.resets_sent,
         "dropped": drops, "backends": backends,
+        "device": {"name": device.name, "queues": device.queues, "offload": device.offload,
+                   "packets_read": d.packets, "super_packets_read": d.super_packets,
+                   "bytes_read": d.bytes, "write_errors": d.write_errors},
     })
 }
 
 /// The counters in Prometheus text format (version 0.0.4).
-pub fn metrics_text(engine: &Engine) -> String {
+pub fn metrics_text(engine: &Engine, device: &Device) -> String {
     let s = engine.stats();
+    let d = device.totals();
     let mut o = String::new();
     let mut put = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -348,6 +370,43 @@ pub fn metrics_text(engine: &Engine) -> String {
         "IP bytes forwarded to and from the backend.",
         s.backends.iter().map(|b| (label(b), b.bytes)).collect(),
     );
+    let dev = format!("{{device=\"{}\"}}", device.name);
+    put(
+        "tunlb_device_queues",
+        "gauge",
+        "TUN queues open (one per packet thread).",
+        vec![(dev.clone(), device.queues as u64)],
+    );
+    put(
+        "tunlb_device_offload",
+        "gauge",
+        "1 if the TUN has TSO/checksum offloads on.",
+        vec![(dev.clone(), u64::from(device.offload))],
+    );
+    put(
+        "tunlb_device_packets_read_total",
+        "counter",
+        "Packets read from the TUN.",
+        vec![(dev.clone(), d.packets)],
+    );
+    put(
+        "tunlb_device_super_packets_read_total",
+        "counter",
+        "TCP super-packets (GSO) read from the TUN, among its packets.",
+        vec![(dev.clone(), d.super_packets)],
+    );
+    put(
+        "tunlb_device_bytes_read_total",
+        "counter",
+        "IP bytes read from the TUN.",
+        vec![(dev.clone(), d.bytes)],
+    );
+    put(
+        "tunlb_device_write_errors_total",
+        "counter",
+        "Writes the TUN refused (those packets are lost).",
+        vec![(dev, d.write_errors)],
+    );
     o
 }
 
@@ -373,21 +432,21 @@ impl Metrics {
     }
 
     /// Answer every request waiting now.
-    pub fn serve(&self, engine: &Engine) {
+    pub fn serve(&self, engine: &Engine, device: &Device) {
         while let Ok((stream, _)) = self.listener.accept() {
-            let _ = respond(stream, engine);
+            let _ = respond(stream, engine, device);
         }
     }
 }
 
-fn respond(stream: TcpStream, engine: &Engine) -> std::io::Result<()> {
+fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(&stream).take(1024).read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", metrics_text(engine))
+        ("200 OK", "text/plain; version=0.0.4", metrics_text(engine, device))
     } else {
         (
             "404 Not Found",

@@ -36,13 +36,86 @@ pub struct Options {
     pub stats_interval: Option<Duration>,
 }
 
-/// Counters of the shell itself (the engine counts everything else).
+/// What the packet threads counted on the device (the engine counts
+/// everything else), summed over threads.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceTotals {
+    /// Reads that returned a packet.
+    pub packets: u64,
+    /// Of those, TCP super-packets (GSO) the kernel segments later: with
+    /// offloads on, bulk transfers show up here.
+    pub super_packets: u64,
+    /// IP bytes read.
+    pub bytes: u64,
+    /// Writes the device refused (the packet is lost, as on a full queue).
+    pub write_errors: u64,
+}
+
+/// One packet thread's counters, alone on its cache line: each thread only
+/// stores to its own slot (no shared atomic read-modify-write per packet),
+/// readers add the slots up.
 #[derive(Debug, Default)]
-pub struct IoCounters {
-    /// Packets read from the device.
-    pub rx: AtomicU64,
-    /// Writes to the device that failed (the packet is lost, as on a full queue).
-    pub tx_errors: AtomicU64,
+#[repr(align(64))]
+struct Slot {
+    packets: AtomicU64,
+    super_packets: AtomicU64,
+    bytes: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl Slot {
+    fn publish(&self, t: &DeviceTotals) {
+        self.packets.store(t.packets, Ordering::Relaxed);
+        self.super_packets.store(t.super_packets, Ordering::Relaxed);
+        self.bytes.store(t.bytes, Ordering::Relaxed);
+        self.write_errors.store(t.write_errors, Ordering::Relaxed);
+    }
+}
+
+/// The packet device as reports show it: what was opened, and what the
+/// packet threads counted on it.
+#[derive(Debug)]
+pub struct Device {
+    /// The TUN's name.
+    pub name: String,
+    /// Queues open.
+    pub queues: usize,
+    /// Whether TSO/checksum offloads are on.
+    pub offload: bool,
+    slots: Box<[Slot]>,
+}
+
+impl Device {
+    /// Describe a device read and written by `threads` packet threads.
+    pub fn new(name: &str, queues: usize, offload: bool, threads: usize) -> Self {
+        Device {
+            name: name.to_owned(),
+            queues,
+            offload,
+            slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// Describe the device in a few words: `2 queue(s), offload on`.
+    /// `tun_crate` names the `tun` crate's device (`--io tun`).
+    pub fn describe(&self, tun_crate: bool) -> String {
+        format!(
+            "{}{} queue(s), offload {}",
+            if tun_crate { "tun crate, " } else { "" },
+            self.queues,
+            if self.offload { "on" } else { "off" }
+        )
+    }
+
+    /// Return the counters summed over threads.
+    pub fn totals(&self) -> DeviceTotals {
+        self.slots.iter().fold(DeviceTotals::default(), |t, s| DeviceTotals {
+            packets: t.packets + s.packets.load(Ordering::Relaxed),
+            super_packets: t.super_packets + s.super_packets.load(Ordering::Relaxed),
+            bytes: t.bytes + s.bytes.load(Ordering::Relaxed),
+            write_errors: t.write_errors + s.write_errors.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// A monotonic clock turned into engine [`Timestamp`]s.
@@ -69,24 +142,24 @@ pub fn run(
     io: Arc<dyn PacketIo>,
     opts: &Options,
     stop: Arc<AtomicBool>,
-    counters: Arc<IoCounters>,
+    device: Arc<Device>,
     on_tick: &mut dyn FnMut(&Engine, Timestamp),
 ) -> Result<(), std::io::Error> {
     let clock = Clock::start();
     let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
     let workers: Vec<_> = (0..opts.threads)
         .map(|i| {
-            let (engine, io, stop, counters, failure) = (
+            let (engine, io, stop, device, failure) = (
                 engine.clone(),
                 io.clone(),
                 stop.clone(),
-                counters.clone(),
+                device.clone(),
                 failure.clone(),
             );
             thread::Builder::new()
                 .name(format!("tunlb-pkt{i}"))
                 .spawn(move || {
-                    if let Err(e) = packet_loop(i, &engine, &*io, &stop, &counters, clock) {
+                    if let Err(e) = packet_loop(i, &engine, &*io, &stop, &device.slots[i % device.slots.len()], clock) {
                         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -124,15 +197,19 @@ fn packet_loop(
     engine: &Engine,
     io: &dyn PacketIo,
     stop: &AtomicBool,
-    counters: &IoCounters,
+    slot: &Slot,
     clock: Clock,
 ) -> Result<(), std::io::Error> {
     let mut buf = vec![0u8; BUF_LEN];
+    let mut mine = DeviceTotals::default();
     while !stop.load(Ordering::Relaxed) {
         let Some(frame) = io.recv(queue, &mut buf, POLL)? else {
             continue;
         };
-        counters.rx.fetch_add(1, Ordering::Relaxed);
+        mine.packets += 1;
+        mine.super_packets += u64::from(frame.gso);
+        mine.bytes += frame.len as u64;
+        slot.publish(&mine);
         let pkt = &mut buf[frame.start..frame.start + frame.len];
         let (len, replaced) = match engine.process_with(pkt, clock.now(), frame.l4) {
             Verdict::Forward { len } => (len, false),
@@ -140,7 +217,8 @@ fn packet_loop(
             Verdict::Drop(_) => continue,
         };
         if let Err(e) = io.send(queue, &mut buf, &frame, len, replaced) {
-            counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            mine.write_errors += 1;
+            slot.publish(&mine);
             tracing::debug!("write to the device failed: {e}");
         }
     }
@@ -181,9 +259,9 @@ mod tests {
         io.inject(&syn());
         io.inject(&[0x60, 0, 0, 0]); // IPv6: counted and dropped
         let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(IoCounters::default());
+        let device = Arc::new(Device::new("mem0", 1, false, 2));
         let h = {
-            let (e, i, s, c) = (engine.clone(), io.clone(), stop.clone(), counters.clone());
+            let (e, i, s, c) = (engine.clone(), io.clone(), stop.clone(), device.clone());
             thread::spawn(move || {
                 run(
                     e,
@@ -199,7 +277,7 @@ mod tests {
             })
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while counters.rx.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        while device.totals().packets < 2 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, Ordering::Relaxed);
@@ -210,5 +288,15 @@ mod tests {
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 2, 3));
         assert_eq!(engine.stats().dropped(crate::DropReason::NotIpv4), 1);
         assert_eq!(engine.flow_count(), 1);
+        // Both reads counted, whichever thread made them; no super-packet.
+        assert_eq!(
+            device.totals(),
+            DeviceTotals {
+                packets: 2,
+                super_packets: 0,
+                bytes: syn().len() as u64 + 4,
+                write_errors: 0,
+            }
+        );
     }
 }

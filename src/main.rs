@@ -12,7 +12,7 @@ use clap::Parser;
 use tunlb::config::IoKind;
 use tunlb::config::RunConfig;
 use tunlb::control::{self, Control, Metrics};
-use tunlb::datapath::{self, IoCounters, Options};
+use tunlb::datapath::{self, Device, Options};
 use tunlb::io::mqtun::MqTun;
 use tunlb::io::tun::{TunIo, TunSpec};
 use tunlb::io::PacketIo;
@@ -92,22 +92,19 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         addr: cfg.tun_addr,
         mtu: cfg.mtu,
     };
-    let (io, device): (Arc<dyn PacketIo>, String) = match cfg.io {
+    let (io, device): (Arc<dyn PacketIo>, Device) = match cfg.io {
         IoKind::Tun => (
             Arc::new(TunIo::open(&spec).map_err(|e| e.to_string())?),
-            "tun crate, 1 queue, no offload".into(),
+            Device::new(&cfg.tun, 1, false, cfg.threads),
         ),
         IoKind::Vnet => {
             let (dev, opened) =
                 MqTun::open(&spec, cfg.threads, cfg.offload).map_err(|e| e.to_string())?;
-            let what = format!(
-                "{} queue(s), offload {}",
-                opened.queues,
-                if opened.offload { "on" } else { "off" }
-            );
-            (Arc::new(dev), what)
+            let device = Device::new(&cfg.tun, opened.queues, opened.offload, cfg.threads);
+            (Arc::new(dev), device)
         }
     };
+    let device = Arc::new(device);
     if cfg.tun_addr.is_some() {
         preflight::disable_ipv6(&cfg.tun);
     }
@@ -151,28 +148,28 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             .expect("spawning the health thread")
     });
     tracing::info!(
-        "ready: tun {} ({}, {device}), {}; {} thread(s), max {} flows",
+        "ready: tun {} ({}, {}), {}; {} thread(s), max {} flows",
         cfg.tun,
         if cfg.tun_addr.is_some() {
             "created"
         } else {
             "attached"
         },
+        device.describe(cfg.io == IoKind::Tun),
         engine.runtime().describe(),
         cfg.threads,
         cfg.engine.max_flows
     );
-    let counters = Arc::new(IoCounters::default());
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
     };
     let mut on_tick = |engine: &Engine, now| {
         if let Some(c) = &control {
-            c.serve(engine, now);
+            c.serve(engine, &device, now);
         }
         if let Some(m) = &metrics {
-            m.serve(engine);
+            m.serve(engine, &device);
         }
         if reload.swap(false, Ordering::Relaxed) {
             reconfigure(engine, args, &cfg);
@@ -183,7 +180,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         io,
         &opts,
         stop.clone(),
-        counters,
+        device.clone(),
         &mut on_tick,
     );
     // The health thread is not joined: a connect in flight may take its whole

@@ -12,7 +12,10 @@
 #    hold no bad IP/TCP checksum (the judge of t/40-checksums.sh), and the
 #    transfers arrive intact; then a 64 MiB download and upload each: tunlb
 #    stats counts far fewer forwarded packets per MiB with offload on (less
-#    than a fifth of --no-offload's), i.e. it moved super-packets.
+#    than a fifth of --no-offload's), i.e. it moved super-packets. tunlb's
+#    device counters (stats --json) agree with the kernel's: packets and
+#    bytes read equal the TUN's tx counters (ip -s link), super-packets read
+#    are many with offload on and none with --no-offload.
 # 2. --mtu 9000 with jumbo frames on every link: the TUN is created at MTU
 #    9000; 64 MiB down and up arrive intact with offload on and off; with
 #    --no-offload the packets crossing the TUN average more than 4000 bytes.
@@ -63,6 +66,21 @@ for variant in on off; do
   check_eq "offload $variant: 64 MiB download intact" "$(dl big.bin)" "$big"
   check_eq "offload $variant: 64 MiB upload intact" "$(ul big.bin)" "$big"
   f1=$(forwarded)
+  t_query stats "$CTL" --json >"$T_DIR/stats-$variant.json"
+  dev=$(t_json 'd["device"]' <"$T_DIR/stats-$variant.json")
+  note "offload $variant: tunlb's device counters $dev"
+  check_eq "offload $variant: tunlb's packets and bytes read equal the TUN's tx counters (ip -s link)" \
+    "$(t_json '"%d %d" % (d["device"]["packets_read"], d["device"]["bytes_read"])' <"$T_DIR/stats-$variant.json")" \
+    "$(tl_exec "$P" lb ip -s -j link show "$TL_TUN" | t_json '"%d %d" % (d[0]["stats64"]["tx"]["packets"], d[0]["stats64"]["tx"]["bytes"])')"
+  supers=$(t_json 'd["device"]["super_packets_read"]' <"$T_DIR/stats-$variant.json")
+  if [ "$variant" = on ]; then
+    check_range "offload on: super-packets read (stats --json device.super_packets_read)" "$supers" 100 100000000
+  else
+    check_eq "--no-offload: super-packets read" "$supers" 0
+  fi
+  check_eq "offload $variant: the device's offload flag in stats --json" \
+    "$(t_json 'str(d["device"]["offload"]).lower()' <"$T_DIR/stats-$variant.json")" \
+    "$([ "$variant" = on ] && echo true || echo false)"
   per_mib[$variant]=$(((f1 - f0) / (2 * TL_BIG_MIB)))
   note "offload $variant: $((f1 - f0)) packets forwarded for 128 MiB, ${per_mib[$variant]} per MiB"
   check "offload $variant: tunlb still running" tl_pid_alive "$TUNLB_PID"

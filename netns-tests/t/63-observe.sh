@@ -83,6 +83,8 @@ conns_json() {
 stats >"$T_DIR/stats.txt"
 sed 's/^/    /' "$T_DIR/stats.txt"
 check "tunlb stats: the service line" grep -qE "^TCP +$VIP:80 nth\$" "$T_DIR/stats.txt"
+check "tunlb stats: the device line (queues, offloads, packets read)" \
+  grep -qE "^device $TL_TUN: 1 queue\(s\), offload on; read [1-9][0-9]* packets \([0-9]+ super-packets\), [1-9][0-9]* bytes; write errors 0\$" "$T_DIR/stats.txt"
 text_conns=$(for i in $(tl_backends); do
   awk -v b="$(tl_backend_addr "$i"):80" '$1 == "->" && $2 == b { printf "%s/%s/%s/%s ", $3, $4, $5, $6 }' "$T_DIR/stats.txt"
 done)
@@ -101,7 +103,9 @@ missing=()
 for m in tunlb_flows tunlb_flows_created_total tunlb_flows_expired_total tunlb_flows_evicted_total \
   tunlb_packets_forwarded_total tunlb_packets_dropped_total tunlb_icmp_translated_total \
   tunlb_resets_sent_total tunlb_backend_up tunlb_backend_active_flows tunlb_backend_connections_total \
-  tunlb_backend_packets_total tunlb_backend_bytes_total; do
+  tunlb_backend_packets_total tunlb_backend_bytes_total tunlb_device_queues tunlb_device_offload \
+  tunlb_device_packets_read_total tunlb_device_super_packets_read_total tunlb_device_bytes_read_total \
+  tunlb_device_write_errors_total; do
   grep -qE "^# TYPE $m (counter|gauge)\$" "$T_DIR/metrics.txt" || missing+=("$m")
 done
 check_eq "/metrics: every metric the README documents has a TYPE line" "${missing[*]}" ""

@@ -28,6 +28,8 @@ pub struct Frame {
     pub len: usize,
     /// Whether the TCP checksum is complete or partial (offload).
     pub l4: L4Checksum,
+    /// Whether this is a TCP super-packet the kernel segments later (GSO).
+    pub gso: bool,
 }
 
 impl Frame {
@@ -38,6 +40,7 @@ impl Frame {
             start: 0,
             len,
             l4: L4Checksum::Complete,
+            gso: false,
         }
     }
 }

@@ -166,6 +166,7 @@ impl PacketIo for MqTun {
             start: vnet::LEN,
             len: n - vnet::LEN,
             l4: hdr.l4_checksum(),
+            gso: hdr.is_gso(),
         }))
     }
 
