@@ -118,6 +118,9 @@ pub struct RunArgs {
     /// MTU of a TUN tunlb creates (default 1500).
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
+    /// While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off).
+    #[arg(long, value_name = "USECS")]
+    pub busy_poll: Option<u32>,
     /// Log a one-line counter summary every SECS seconds (default 0: off).
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
@@ -186,6 +189,7 @@ impl RunArgs {
             threads: self.threads,
             mtu: self.mtu,
             stats_interval: self.stats_interval,
+            busy_poll: self.busy_poll,
             control: self.control.clone(),
             metrics: self.metrics.clone(),
             health_check: self.health_check,

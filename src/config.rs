@@ -4,7 +4,8 @@
 //! # How flags and the file combine
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
-//!   `mtu`, `stats_interval` and a `[timeouts]` table (seconds per TCP state).
+//!   `mtu`, `busy_poll`, `stats_interval` and a `[timeouts]` table (seconds
+//!   per TCP state).
 //! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
 //!   adds one more service; a VIP declared twice is an error.
 //! - Every other flag given on the command line overrides the file's value.
@@ -33,6 +34,14 @@ use serde::Deserialize;
 use crate::conntrack::{TcpState, Timeouts};
 use crate::health::HealthConfig;
 use crate::select::Mode;
+
+/// `--busy-poll` when not given, in microseconds: what one bulk stream
+/// needed on the benchmark machine (see `datapath`'s module docs).
+pub const DEFAULT_BUSY_POLL_US: u32 = 50;
+
+/// The longest `--busy-poll` accepted, in microseconds: past a millisecond a
+/// spinning thread costs a core for nothing a sleeping one would miss.
+pub const MAX_BUSY_POLL_US: u32 = 1000;
 use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
 
 /// Parse `IP:PORT[,weight=N]`, the syntax of `--backend`.
@@ -151,6 +160,7 @@ pub struct File {
     max_flows: Option<usize>,
     snat_ports: Option<String>,
     mtu: Option<u16>,
+    busy_poll: Option<u32>,
     stats_interval: Option<u64>,
     control: Option<PathBuf>,
     metrics: Option<String>,
@@ -192,6 +202,8 @@ pub struct FlagRun {
     pub threads: Option<usize>,
     /// `--mtu`.
     pub mtu: Option<u16>,
+    /// `--busy-poll`, microseconds.
+    pub busy_poll: Option<u32>,
     /// `--stats-interval` in seconds.
     pub stats_interval: Option<u64>,
     /// `--control`.
@@ -230,6 +242,10 @@ pub struct RunConfig {
     pub threads: usize,
     /// The TUN's MTU when created.
     pub mtu: u16,
+    /// How long a packet thread keeps reading an empty queue before it
+    /// sleeps in `poll`, while bulk data flows (`net.core.busy_read` for
+    /// the TUN); zero: never.
+    pub busy_poll: Duration,
     /// Period of the one-line counter summary; `None`: off.
     pub stats_interval: Option<Duration>,
     /// The control socket's path.
@@ -398,6 +414,16 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             "--mtu {mtu} is out of range: use 576 to 65535"
         )));
     }
+    let busy_poll = run
+        .busy_poll
+        .or(file.busy_poll)
+        .unwrap_or(DEFAULT_BUSY_POLL_US);
+    if busy_poll > MAX_BUSY_POLL_US {
+        return Err(Error::Invalid(format!(
+            "--busy-poll {busy_poll} is out of range: use 0 (off) to {MAX_BUSY_POLL_US} microseconds, e.g. 50"
+        )));
+    }
+    let io = run.io.or(file.io).unwrap_or_default();
     let file_tun_addr = match &file.tun_addr {
         Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
         None => None,
@@ -439,10 +465,11 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         tun_addr,
         threads,
         mtu,
+        busy_poll: Duration::from_micros(u64::from(busy_poll)),
         stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
         metrics: run.metrics.clone().or(file.metrics),
         health,
-        io: run.io.or(file.io).unwrap_or_default(),
+        io,
         offload: !run.no_offload && file.offload.unwrap_or(true),
     })
 }
@@ -665,6 +692,29 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "{e}"
         );
         assert!(run_config(&flags("198.18.0.1:80", &["198.18.2.3:80"]), &r).is_ok());
+    }
+
+    #[test]
+    fn busy_poll_range_and_device() {
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let run = |busy_poll, io| FlagRun {
+            tun: Some("tl0".into()),
+            busy_poll,
+            io,
+            ..Default::default()
+        };
+        let r = run_config(&f, &run(None, None)).unwrap();
+        assert_eq!(r.busy_poll, Duration::from_micros(50), "the default");
+        let r = run_config(&f, &run(Some(0), None)).unwrap();
+        assert_eq!(r.busy_poll, Duration::ZERO, "0 turns it off");
+        let e = run_config(&f, &run(Some(MAX_BUSY_POLL_US + 1), None))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--busy-poll 1001 is out of range: use 0 (off) to 1000 microseconds, e.g. 50"
+        );
+        assert!(run_config(&f, &run(Some(50), Some(IoKind::Tun))).is_ok());
     }
 
     #[test]

@@ -446,7 +446,11 @@ fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Resu
     BufReader::new(&stream).take(1024).read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/metrics" {
-        ("200 OK", "text/plain; version=0.0.4", metrics_text(engine, device))
+        (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            metrics_text(engine, device),
+        )
     } else {
         (
             "404 Not Found",

@@ -163,6 +163,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
+        busy_poll: cfg.busy_poll,
     };
     let mut on_tick = |engine: &Engine, now| {
         if let Some(c) = &control {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The other packet I/O paths of tunlb, when this build has them (the default
 # path is covered by every other test): --io tun (the tun crate, one packet
-# per read and write) and --no-offload. Each: round robin, a 64 MiB download
-# and a 64 MiB upload intact, with 2 threads.
+# per read and write), --no-offload and --busy-poll 0 (off). Each: round robin, a
+# 64 MiB download and a 64 MiB upload intact, with 2 threads.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -11,6 +11,7 @@ help=$("$TUNLB_BIN" run --help)
 variants=()
 grep -q -- '--io <' <<<"$help" && variants+=("--io tun")
 grep -q -- '--no-offload' <<<"$help" && variants+=("--no-offload")
+grep -q -- '--busy-poll' <<<"$help" && variants+=("--busy-poll 0")
 if [ ${#variants[@]} -eq 0 ]; then
   ok "this build has a single packet I/O path (no --io, no --no-offload): nothing more to test"
   exit 0

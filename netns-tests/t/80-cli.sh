@@ -38,6 +38,7 @@ bad --frobnicate run "${TUN[@]}" --vip "$V" --backend "$B1" --frobnicate
 bad --vip run "${TUN[@]}" --backend "$B1"
 bad --backend run "${TUN[@]}" --vip "$V"
 bad --tun run --vip "$V" --backend "$B1"
+bad '--busy-poll 5000 is out of range' run "${TUN[@]}" --vip "$V" --backend "$B1" --busy-poll 5000
 bad 1.2.3.4 iptables --vip "$V" --backend 1.2.3.4
 bad foo iptables --vip "$V" --backend "$B1" --mode foo
 

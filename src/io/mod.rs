@@ -55,6 +55,7 @@ pub trait PacketIo: Send + Sync {
 
     /// Receive one packet from `queue` into `buf`, waiting at most
     /// `timeout`. Returns where it sits, or `Ok(None)` if nothing arrived.
+    /// A zero `timeout` is one non-blocking attempt (no poll).
     fn recv(&self, queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>>;
 
     /// Send the `len`-byte packet at `buf[frame.start..]` (the frame of a

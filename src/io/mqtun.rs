@@ -129,6 +129,20 @@ impl MqTun {
     }
 }
 
+/// Where the packet of an `n`-byte read (virtio-net header first) sits.
+fn frame(buf: &[u8], n: usize) -> Frame {
+    if n < vnet::LEN {
+        return Frame::plain(0);
+    }
+    let hdr = VnetHdr::parse(buf);
+    Frame {
+        start: vnet::LEN,
+        len: n - vnet::LEN,
+        l4: hdr.l4_checksum(),
+        gso: hdr.is_gso(),
+    }
+}
+
 impl PacketIo for MqTun {
     fn queues(&self) -> usize {
         self.queues.len()
@@ -139,7 +153,7 @@ impl PacketIo for MqTun {
         let n = match (&*f).read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !super::sys::poll_readable(f, timeout)? {
+                if timeout.is_zero() || !super::sys::poll_readable(f, timeout)? {
                     return Ok(None);
                 }
                 match (&*f).read(buf) {
@@ -158,16 +172,7 @@ impl PacketIo for MqTun {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
             Err(e) => return Err(e),
         };
-        if n < vnet::LEN {
-            return Ok(Some(Frame::plain(0)));
-        }
-        let hdr = VnetHdr::parse(buf);
-        Ok(Some(Frame {
-            start: vnet::LEN,
-            len: n - vnet::LEN,
-            l4: hdr.l4_checksum(),
-            gso: hdr.is_gso(),
-        }))
+        Ok(Some(frame(buf, n)))
     }
 
     fn send(

@@ -139,6 +139,9 @@ impl PacketIo for TunIo {
         // Fast path: one non-blocking read. Only an idle device costs a poll.
         match self.dev.recv(buf) {
             Ok(n) => return Ok(Some(frame(n))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && timeout.is_zero() => {
+                return Ok(None)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
             Err(e) => return Err(e),
