@@ -11,7 +11,10 @@
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
 #   --configs LIST  comma-separated subset of tunlb,alt,kernel,haproxy,direct
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
-#                   (e.g. "--threads 2"), in the same rounds, for an A/B choice
+#                   (e.g. "--threads 2"), in the same rounds, for an A/B choice;
+#                   split on spaces, and not flags tunlb already gets (--mode,
+#                   --vip, --backend, --config, --control, TUNLB_ARGS): tunlb
+#                   refuses a flag given twice
 #   --bin PATH      use this tunlb binary instead of `cargo build --release`
 #   --no-build      use target/release/tunlb as it is
 #   --no-install    only report missing Debian packages, do not apt-get them
@@ -102,8 +105,11 @@ fi
 ROUNDS=${ROUNDS:-3} DUR=${DUR:-10} OUT=${OUT:-$BENCH/results/latest}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || e2e_die "--rounds wants a positive whole number, got '$ROUNDS'"
 [[ $DUR =~ ^[1-9][0-9]*$ ]] || e2e_die "--duration wants whole seconds >= 1, got '$DUR'"
-# --alt puts its configuration right after tunlb's, unless --configs placed it.
-[ -z "$ALT" ] || [[ ,$CONFIGS, == *,alt,* ]] || CONFIGS=${CONFIGS/tunlb/tunlb,alt}
+# --alt puts its configuration right after tunlb's (or last, without tunlb),
+# unless --configs placed it.
+if [ -n "$ALT" ] && [[ ,$CONFIGS, != *,alt,* ]]; then
+  if [[ ,$CONFIGS, == *,tunlb,* ]]; then CONFIGS=${CONFIGS/tunlb/tunlb,alt}; else CONFIGS+=,alt; fi
+fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in

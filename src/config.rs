@@ -34,6 +34,7 @@ use serde::Deserialize;
 use crate::conntrack::{TcpState, Timeouts};
 use crate::health::HealthConfig;
 use crate::select::Mode;
+use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
 
 /// `--busy-poll` when not given, in microseconds: what one bulk stream
 /// needed on the benchmark machine (see `datapath`'s module docs).
@@ -42,7 +43,6 @@ pub const DEFAULT_BUSY_POLL_US: u32 = 50;
 /// The longest `--busy-poll` accepted, in microseconds: past a millisecond a
 /// spinning thread costs a core for nothing a sleeping one would miss.
 pub const MAX_BUSY_POLL_US: u32 = 1000;
-use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
 
 /// Parse `IP:PORT[,weight=N]`, the syntax of `--backend`.
 pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {

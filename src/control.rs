@@ -228,7 +228,7 @@ pub fn stats_text(engine: &Engine, device: &Device) -> String {
         out,
         "device {}: {}; read {} packets ({} super-packets), {} bytes; write errors {}",
         device.name,
-        device.describe(false),
+        device.describe(),
         d.packets,
         d.super_packets,
         d.bytes,
@@ -370,11 +370,11 @@ pub fn metrics_text(engine: &Engine, device: &Device) -> String {
         "IP bytes forwarded to and from the backend.",
         s.backends.iter().map(|b| (label(b), b.bytes)).collect(),
     );
-    let dev = format!("{{device=\"{}\"}}", device.name);
+    let dev = format!("{{device=\"{}\"}}", label_value(&device.name));
     put(
         "tunlb_device_queues",
         "gauge",
-        "TUN queues open (one per packet thread).",
+        "TUN queues open (one per packet thread when the device allows).",
         vec![(dev.clone(), device.queues as u64)],
     );
     put(
@@ -439,6 +439,13 @@ impl Metrics {
     }
 }
 
+/// Escape a Prometheus label value (backslash, double quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
@@ -461,4 +468,13 @@ fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Resu
     let head = format!("HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     (&stream).write_all(head.as_bytes())?;
     (&stream).write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label_value("tl0"), "tl0");
+        assert_eq!(super::label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

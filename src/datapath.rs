@@ -7,7 +7,7 @@
 //! per packet. The calling thread does the housekeeping: it calls
 //! [`Engine::expire`] when [`Engine::next_expiry`] comes due, prints the
 //! periodic summary, and watches the stop flag (set by SIGINT/SIGTERM), so
-//! the process stops within [`POLL`] plus one packet.
+//! the process stops within [`POLL`] (plus a busy-poll period) and one packet.
 //!
 //! # Busy polling, while bulk data flows
 //! A thread that finds its queue empty sleeps in `poll`, and the next packet
@@ -16,11 +16,15 @@
 //! request/response traffic on a busy machine, spinning instead only takes
 //! CPU from the endpoints. So with [`Options::busy_poll`] set, a thread keeps
 //! reading an empty queue for that long only while bulk data flows: when one
-//! of its last [`BULK_WINDOW`] packets was a TCP super-packet (offloads on).
+//! of its last [`BULK_WINDOW`] packets was a TCP super-packet (offloads on),
+//! and it has not been idle for a whole [`POLL`] since. A queue that carries
+//! only small packets never spins; with offloads off nothing ever does.
 //! Measured side by side (bench/e2e.sh --alt, 50 us): one iperf3 stream
-//! +35 %, new connections and keep-alive requests unchanged (they carry no
-//! super-packet, so they never spin); spinning after every packet instead
-//! gained one stream 11-16 % and cost keep-alive requests 5 %.
+//! +35 %; keep-alive requests and new connections carry no super-packet, so
+//! they run the same code as without (0 super-packets read in a
+//! `Connection: close` run; its rates differed within run-to-run noise).
+//! Spinning after every packet instead gained one stream 11-16 % and cost
+//! keep-alive requests 5 %.
 //!
 //! This is the only module that reads the clock.
 
@@ -128,26 +132,37 @@ pub struct Device {
     pub queues: usize,
     /// Whether TSO/checksum offloads are on.
     pub offload: bool,
+    /// Whether it is the `tun` crate's device (`--io tun`).
+    pub tun_crate: bool,
     slots: Box<[Slot]>,
 }
 
 impl Device {
-    /// Describe a device read and written by `threads` packet threads.
+    /// Describe tunlb's own TUN, read and written by `threads` packet
+    /// threads (one counter slot each).
     pub fn new(name: &str, queues: usize, offload: bool, threads: usize) -> Self {
         Device {
             name: name.to_owned(),
             queues,
             offload,
+            tun_crate: false,
             slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
         }
     }
 
+    /// Describe the `tun` crate's device (one queue, no offloads).
+    pub fn tun_crate(name: &str, threads: usize) -> Self {
+        Device {
+            tun_crate: true,
+            ..Device::new(name, 1, false, threads)
+        }
+    }
+
     /// Describe the device in a few words: `2 queue(s), offload on`.
-    /// `tun_crate` names the `tun` crate's device (`--io tun`).
-    pub fn describe(&self, tun_crate: bool) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "{}{} queue(s), offload {}",
-            if tun_crate { "tun crate, " } else { "" },
+            if self.tun_crate { "tun crate, " } else { "" },
             self.queues,
             if self.offload { "on" } else { "off" }
         )
@@ -193,6 +208,10 @@ pub fn run(
     device: Arc<Device>,
     on_tick: &mut dyn FnMut(&Engine, Timestamp),
 ) -> Result<(), std::io::Error> {
+    assert!(
+        device.slots.len() >= opts.threads,
+        "Device::new was given fewer threads than the datapath runs"
+    );
     let clock = Clock::start();
     let busy_poll = opts.busy_poll;
     let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
@@ -208,15 +227,9 @@ pub fn run(
             thread::Builder::new()
                 .name(format!("tunlb-pkt{i}"))
                 .spawn(move || {
-                    if let Err(e) = packet_loop(
-                        i,
-                        &engine,
-                        &*io,
-                        &stop,
-                        &device.slots[i % device.slots.len()],
-                        clock,
-                        busy_poll,
-                    ) {
+                    if let Err(e) =
+                        packet_loop(i, &engine, &*io, &stop, &device.slots[i], clock, busy_poll)
+                    {
                         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -263,6 +276,8 @@ fn packet_loop(
     let mut bulk = Bulk::default();
     while !stop.load(Ordering::Relaxed) {
         let Some(frame) = receive(io, queue, &mut buf, bulk.spin(busy_poll))? else {
+            // A whole POLL without a packet: whatever flowed has stopped.
+            bulk = Bulk::default();
             continue;
         };
         bulk.saw(frame.gso);

@@ -95,7 +95,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     let (io, device): (Arc<dyn PacketIo>, Device) = match cfg.io {
         IoKind::Tun => (
             Arc::new(TunIo::open(&spec).map_err(|e| e.to_string())?),
-            Device::new(&cfg.tun, 1, false, cfg.threads),
+            Device::tun_crate(&cfg.tun, cfg.threads),
         ),
         IoKind::Vnet => {
             let (dev, opened) =
@@ -155,7 +155,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         } else {
             "attached"
         },
-        device.describe(cfg.io == IoKind::Tun),
+        device.describe(),
         engine.runtime().describe(),
         cfg.threads,
         cfg.engine.max_flows
