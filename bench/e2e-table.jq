@@ -33,7 +33,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
          ($v.keepalive.rps | i), ($v.keepalive.p50_ms | f(2)), ($v.keepalive.p99_ms | f(2)),
          ($v.iperf_1.gbps | f(2)), ($v.iperf_1R.gbps | f(2)), ($v.iperf_4.gbps | f(2)), ($v.iperf_4R.gbps | f(2))])),
   "",
-  "## Ratios (" + (if ($m.alt_extra_args // "") != "" then "A/B: A's median / B's, alt being tunlb with `\($m.alt_extra_args)`" else "tunlb's median / the other's" end) + "; rates: higher is better for tunlb, latency and CPU: lower is)",
+  "## Ratios (" + (if ($m.alt_extra_args // "") != "" then "A/B: A's median / B's, alt being tunlb with `\($m.alt_extra_args)`" else "tunlb's median / the other's" end) + "; rates: higher is better for " + (if ($m.alt_extra_args // "") != "" then "A" else "tunlb" end) + ", latency and CPU: lower is)",
   "",
   row(["ratio", "new conn/s", "p99 (close)", "keep-alive req/s", "iperf3 1 c->s", "1 s->c", "4 c->s", "4 s->c",
        "machine CPU per new conn", "per keep-alive req"]),

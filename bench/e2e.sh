@@ -212,7 +212,7 @@ start_tunlb() {
   local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=()
   shift 2
   # Its own control socket, so it never meets another tunlb's default one.
-  [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}tunlb.sock")
+  [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}$cfg.sock")
   e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run --tun tl0 --tun-addr 198.18.0.254/24 \
     "${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
@@ -394,7 +394,7 @@ one_config() {
         # Its counters (drop reasons), and the TUN's own queue drops.
         stats=null
         if [ -n "$TUNLB_HAS_CONTROL" ]; then
-          stats=$(timeout 5 "$BIN" stats --control "$E2E_WORK/${p}tunlb.sock" --json 2>/dev/null | jq -c . 2>/dev/null) || stats=null
+          stats=$(timeout 5 "$BIN" stats --control "$E2E_WORK/${p}$cfg.sock" --json 2>/dev/null | jq -c . 2>/dev/null) || stats=null
           [ -n "$stats" ] || stats=null
         fi
         tun=$(ip -n "${p}lb" -s -j link show tl0 | jq -c '.[0].stats64 // null') || tun=null
