@@ -242,6 +242,14 @@ pub fn stats_text(engine: &Engine, device: &Device) -> String {
 pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
     let s = engine.stats();
     let d = device.totals();
+    let threads: Vec<_> = device
+        .per_thread()
+        .iter()
+        .map(|t| {
+            json!({"packets_read": t.packets, "super_packets_read": t.super_packets,
+                   "bytes_read": t.bytes, "write_errors": t.write_errors})
+        })
+        .collect();
     let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
         .iter()
         .map(|r| (r.name().to_string(), json!(s.dropped(*r))))
@@ -262,7 +270,7 @@ pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
         "dropped": drops, "backends": backends,
         "device": {"name": device.name, "queues": device.queues, "offload": device.offload,
                    "packets_read": d.packets, "super_packets_read": d.super_packets,
-                   "bytes_read": d.bytes, "write_errors": d.write_errors},
+                   "bytes_read": d.bytes, "write_errors": d.write_errors, "threads": threads},
     })
 }
 

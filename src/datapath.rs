@@ -168,15 +168,28 @@ impl Device {
         )
     }
 
-    /// Return the counters summed over threads.
-    pub fn totals(&self) -> DeviceTotals {
+    /// Return each packet thread's counters, in thread order.
+    pub fn per_thread(&self) -> Vec<DeviceTotals> {
         self.slots
             .iter()
+            .map(|s| DeviceTotals {
+                packets: s.packets.load(Ordering::Relaxed),
+                super_packets: s.super_packets.load(Ordering::Relaxed),
+                bytes: s.bytes.load(Ordering::Relaxed),
+                write_errors: s.write_errors.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Return the counters summed over threads.
+    pub fn totals(&self) -> DeviceTotals {
+        self.per_thread()
+            .iter()
             .fold(DeviceTotals::default(), |t, s| DeviceTotals {
-                packets: t.packets + s.packets.load(Ordering::Relaxed),
-                super_packets: t.super_packets + s.super_packets.load(Ordering::Relaxed),
-                bytes: t.bytes + s.bytes.load(Ordering::Relaxed),
-                write_errors: t.write_errors + s.write_errors.load(Ordering::Relaxed),
+                packets: t.packets + s.packets,
+                super_packets: t.super_packets + s.super_packets,
+                bytes: t.bytes + s.bytes,
+                write_errors: t.write_errors + s.write_errors,
             })
     }
 }
