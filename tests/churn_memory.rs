@@ -2,7 +2,10 @@
 //! has expired, the heap is back at the level the first round left.
 //!
 //! A binary of its own, because its counting `#[global_allocator]` sees every
-//! allocation of the process: here the only thread doing work is this test's.
+//! allocation of the process: here the only thread doing work is this test's,
+//! but libtest's main thread may allocate its output buffers once while the
+//! test runs (seen once in a loaded full run: 900 bytes). Levels are therefore
+//! equal up to [`HARNESS_SLACK`]; a leak per connection would be megabytes.
 //!
 //! What "baseline" means: the flow table's hash maps and expiry heap keep the
 //! capacity their busiest moment needed (hashbrown and `BinaryHeap` never
@@ -43,6 +46,9 @@ mod net;
 mod wire;
 
 /// The system allocator, counting the bytes currently allocated and their peak.
+/// Bytes the test harness itself may allocate meanwhile (see the module docs).
+const HARNESS_SLACK: usize = 4096;
+
 struct Counting;
 
 /// Bytes allocated and not yet freed.
@@ -158,8 +164,8 @@ fn memory_returns_to_its_baseline_after_every_round_of_churn() {
 
     let baseline = levels[WARM_UP - 1];
     for (r, &level) in levels.iter().enumerate().skip(WARM_UP) {
-        assert_eq!(
-            level, baseline,
+        assert!(
+            level.abs_diff(baseline) <= HARNESS_SLACK,
             "round {r} ended at {level} bytes, the baseline is {baseline}: memory grew with connections made"
         );
     }
@@ -170,10 +176,10 @@ fn memory_returns_to_its_baseline_after_every_round_of_churn() {
         "{kept} bytes kept for a peak of {peak_flows} flows"
     );
     drop(engine);
-    assert_eq!(
-        live(),
-        before_engine,
-        "dropping the engine frees everything"
+    assert!(
+        live().abs_diff(before_engine) <= HARNESS_SLACK,
+        "dropping the engine frees everything: {} bytes live, {before_engine} before it",
+        live()
     );
     let kib = |b: usize| b as f64 / 1024.0;
     let rel = |v: &[usize]| {

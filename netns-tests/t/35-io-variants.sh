@@ -34,7 +34,9 @@ done
 # both directions, are read by one thread. The TUN steers a packet to the
 # queue that last wrote its flow (symmetric hash), and the thread that read
 # the SYN wrote both translated directions; a 64 MiB download, alone, is
-# then read by one thread (the other sees at most a stray packet or two).
+# then read by one thread, but for strays (4 to 130 packets of ~57 000 in
+# quiet runs, 1.8 % once in a loaded full run: the kernel's flow table can
+# move a flow for a moment).
 CTL=$T_DIR/control.sock
 t_tunlb_start --mode nth --threads 2 --control "$CTL"
 check_eq "--threads 2: the device has two queues (stats --json)" \
@@ -48,5 +50,5 @@ d0=$((after[0] - before[0])) d1=$((after[1] - before[1]))
 note "--threads 2: packets read per thread during the download: $d0 / $d1"
 most=$((d0 > d1 ? d0 : d1)) total=$((d0 + d1))
 check_range "--threads 2: one thread read the download's packets (permille of all read)" \
-  $((total > 0 ? most * 1000 / total : 0)) 990 1000
+  $((total > 0 ? most * 1000 / total : 0)) 950 1000
 t_tunlb_stop
