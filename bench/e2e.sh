@@ -71,6 +71,9 @@
 # bounded (wrk -d, iperf3 -t, and `timeout` around both). Processes are
 # stopped by their recorded PIDs; an EXIT trap removes everything.
 set -euo pipefail
+# The rest is one compound command, read whole before it runs: editing this
+# file during a (long) run cannot change or break the run.
+{
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
@@ -461,3 +464,5 @@ if jq -e '[.runs[] | select(.error)] | length > 0' "$OUT.json" >/dev/null; then
   e2e_log "some runs failed (see \"error\" in $OUT.json)"
   exit 3
 fi
+exit 0
+}
