@@ -130,3 +130,25 @@ for variant in on off; do
   check "mtu 9000, offload $variant: tunlb still running" tl_pid_alive "$TUNLB_PID"
   t_tunlb_stop
 done
+
+# 3. A persistent TUN that tunlb did not create (ip tuntap, multi-queue and
+#    virtio-net header, as an administrator would prepare it): tunlb sets the
+#    offload mask itself on attach, whatever the previous user left, with one
+#    thread (one queue of a multi-queue device) and with two.
+ip -n "${P}lb" tuntap add dev "$TL_TUN" mode tun multi_queue vnet_hdr
+ip -n "${P}lb" addr add "$TL_TUN_ADDR" dev "$TL_TUN"
+ip -n "${P}lb" link set "$TL_TUN" up
+for run in "on 1" "off 1" "on 2" "off 2"; do
+  read -r variant threads <<<"$run"
+  flags=(--threads "$threads")
+  [ "$variant" = off ] && flags+=(--no-offload)
+  t_tunlb_start_cmd "$TUNLB_BIN" run --tun "$TL_TUN" --vip "$VIP:80" "${two[@]}" --mode nth --control "$CTL" "${flags[@]}"
+  check "persistent TUN, $threads thread(s), offload $variant: attached ('attached' and 'offload $variant' in the ready line)" \
+    grep -q "ready: tun $TL_TUN (attached, $threads queue(s), offload $variant)" "$TUNLB_LOG"
+  tso=$(tl_exec "$P" lb ethtool -k "$TL_TUN" 2>/dev/null | awk -F': ' '$1 == "tcp-segmentation-offload" { print $2 }')
+  check_eq "persistent TUN, $threads thread(s), offload $variant: the TUN's tcp-segmentation-offload" "${tso%% *}" "$variant"
+  check_eq "persistent TUN, $threads thread(s), offload $variant: 64 MiB download intact" "$(dl big.bin)" "$big"
+  t_tunlb_stop
+done
+check "the persistent TUN is left in place" test -n "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
+ip -n "${P}lb" tuntap del dev "$TL_TUN" mode tun multi_queue

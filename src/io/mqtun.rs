@@ -9,8 +9,10 @@
 //!
 //! Fallbacks, each said once in the log: offloads refused by the kernel ->
 //! header kept, offloads off; a persistent TUN created without multi-queue ->
-//! one queue. When attaching to a persistent TUN, tunlb sets the offload mask
-//! itself, so a mask left by a previous user never applies.
+//! one queue. A persistent multi-queue TUN serves one thread as well (its
+//! multi-queue flag must be matched on attach). When attaching to a
+//! persistent TUN, tunlb sets the offload mask itself, so a mask left by a
+//! previous user never applies.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -81,12 +83,17 @@ impl MqTun {
                     }
                 }
             }
-            // A persistent TUN created without multi-queue refuses the flag.
-            Err(e) if queues > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(
-                    "{name} was created without multi-queue: one queue for {queues} threads"
-                );
-                files.push(open_queue(name, false).map_err(|e| tun_error(name, e))?);
+            // A persistent TUN refuses a multi-queue setting other than the
+            // one it was made with: attach the way it was made.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let made_multi = queues == 1;
+                let f = open_queue(name, made_multi).map_err(|_| tun_error(name, e))?;
+                if !made_multi {
+                    tracing::warn!(
+                        "{name} was created without multi-queue: one queue for {queues} threads"
+                    );
+                }
+                files.push(f);
             }
             Err(e) => return Err(tun_error(name, e)),
         }
