@@ -136,6 +136,23 @@ impl MqTun {
     }
 }
 
+/// One non-blocking read: its length, or `None` when the queue is empty or a
+/// signal interrupted the call.
+fn try_read(f: &File, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match (&*f).read(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where the packet of an `n`-byte read (virtio-net header first) sits.
 fn frame(buf: &[u8], n: usize) -> Frame {
     if n < vnet::LEN {
@@ -157,29 +174,14 @@ impl PacketIo for MqTun {
 
     fn recv(&self, queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
         let f = &self.queues[queue % self.queues.len()];
-        let n = match (&*f).read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if timeout.is_zero() || !super::sys::poll_readable(f, timeout)? {
-                    return Ok(None);
-                }
-                match (&*f).read(buf) {
-                    Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        return Ok(None)
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(Some(frame(buf, n)))
+        // The fast path is one read; only an empty queue costs a poll.
+        if let Some(n) = try_read(f, buf)? {
+            return Ok(Some(frame(buf, n)));
+        }
+        if timeout.is_zero() || !super::sys::poll_readable(f, timeout)? {
+            return Ok(None);
+        }
+        Ok(try_read(f, buf)?.map(|n| frame(buf, n)))
     }
 
     fn send(
