@@ -33,8 +33,8 @@
 
 use std::net::SocketAddrV4;
 use std::ops::RangeInclusive;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -44,7 +44,7 @@ use crate::checksum;
 use crate::conntrack::ports;
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
-use crate::conntrack::window::{self, SegmentInfo};
+use crate::conntrack::window::{self, Check, RstCheck};
 use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
 pub use crate::nat::L4Checksum;
 use crate::nat::{self, IcmpQuote};
@@ -85,6 +85,48 @@ pub struct Engine {
     counters: Counters,
     secret: u64,
     verify_checksums: bool,
+    /// `nf_conntrack_tcp_be_liberal`: out-of-window segments (but RSTs) pass.
+    liberal: AtomicBool,
+    /// Rate-limited reports of refused NEW connections: table full, ports exhausted.
+    refusals: [RateLog; 2],
+}
+
+/// A warning that is logged at its first occurrence and then at most once
+/// per [`RateLog::INTERVAL`], with the count of occurrences since the last
+/// line (as the kernel's "nf_conntrack: table full, dropping packet").
+#[derive(Debug)]
+struct RateLog {
+    /// Milliseconds of the last line, or `u64::MAX` before the first.
+    last: AtomicU64,
+    pending: AtomicU64,
+}
+
+impl RateLog {
+    const INTERVAL_MS: u64 = 10_000;
+
+    fn new() -> Self {
+        RateLog {
+            last: AtomicU64::new(u64::MAX),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one occurrence at `now`; call `log` with the count to report
+    /// when a line is due.
+    fn hit(&self, now: Timestamp, log: impl FnOnce(u64)) {
+        self.pending.fetch_add(1, Relaxed);
+        let now = now.as_millis();
+        let last = self.last.load(Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= Self::INTERVAL_MS;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            log(self.pending.swap(0, Relaxed));
+        }
+    }
 }
 
 /// The part of the configuration a reload replaces atomically: packet
@@ -157,10 +199,12 @@ impl Engine {
             timeouts_ms: std::array::from_fn(|i| {
                 AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
             }),
-            table: ConnTable::new(cfg.max_flows),
+            table: ConnTable::with_hash_seed(cfg.max_flows, cfg.hash_seed),
             counters: Counters::default(),
             secret: cfg.seed ^ 0x5ca1_ab1e_7e57_5eed,
             verify_checksums: cfg.verify_checksums,
+            liberal: AtomicBool::new(cfg.tcp_liberal),
+            refusals: [RateLog::new(), RateLog::new()],
         })
     }
 
@@ -183,6 +227,7 @@ impl Engine {
         self.runtime
             .store(Arc::new(Runtime::build(cfg, Some(&old))));
         self.table.set_max(cfg.max_flows);
+        self.liberal.store(cfg.tcp_liberal, Relaxed);
         for (word, new) in self.vip_ports.iter().zip(port_set(cfg)) {
             word.store(new.into_inner(), Relaxed);
         }
@@ -263,7 +308,7 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class, seg_info) = {
+        let (tuple, class, seg) = {
             let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
             let seg = &pkt[ihl..total];
             if seg.len() >= 13 && seg[12] >> 4 < 5 {
@@ -279,19 +324,22 @@ impl Engine {
                 return Err(DropReason::BadChecksum);
             }
             let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
-            let syn = class == FlagClass::Syn || class == FlagClass::SynAck;
-            let info = SegmentInfo {
+            let syn = tcp.syn();
+            let options = tcp.options();
+            let info = window::Segment {
                 seq: tcp.seq_number().0 as u32,
-                ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+                ack: tcp.ack_number().0 as u32,
                 len: (seg.len() - usize::from(tcp.header_len())) as u32
                     + u32::from(syn)
                     + u32::from(tcp.fin()),
                 window: tcp.window_len(),
                 syn,
-                wscale: if syn {
-                    window::parse_wscale(tcp.options())
+                ack_flag: tcp.ack(),
+                rst: tcp.rst(),
+                options: if options.is_empty() {
+                    window::Options::default()
                 } else {
-                    None
+                    window::Options::parse(options, syn)
                 },
             };
             (tuple, class, info)
@@ -304,31 +352,48 @@ impl Engine {
             .lookup(&tuple, self.is_vip_port(tuple.dst.port()))
         {
             Lookup::Found(mut flow, dir) => {
-                // A SYN reusing the tuple of a closed flow starts over (RFC 1122).
-                if dir == Direction::Original
-                    && class == FlagClass::Syn
-                    && flow.state.reopens_on_syn()
-                {
-                    let state = flow.state;
-                    drop(flow);
-                    if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
-                        trace::destroy(&old, "reopened by a new SYN");
+                if dir == Direction::Original && class == FlagClass::Syn {
+                    // A SYN reusing the tuple of a closed flow starts over
+                    // (RFC 1122); a SYN retransmitted to a backend that never
+                    // answered and can no longer take it goes elsewhere.
+                    let restart = if flow.state.reopens_on_syn() {
+                        Some("reopened by a new SYN")
+                    } else if flow.state == TcpState::SynSent
+                        && !flow.seen_reply
+                        && !self.backend_takes_new(&tuple, &flow.backend)
+                    {
+                        Some("redispatched: the backend never answered and is down, drained or removed")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = restart {
+                        let state = flow.state;
+                        drop(flow);
+                        if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
+                            if state == TcpState::SynSent {
+                                self.counters.redispatched.fetch_add(1, Relaxed);
+                            }
+                            trace::destroy(&old, why);
+                        }
+                        return self.new_connection(pkt, ihl, total, tuple, &seg, now, l4);
                     }
-                    let rt = self.runtime.load();
-                    let service = rt.service_at(tuple.dst);
-                    return self
-                        .new_connection(&rt, pkt, ihl, total, tuple, &seg_info, service, now, l4);
                 }
                 let (had_reply, flow_key) = (flow.seen_reply, flow.original);
-                self.track(&mut flow, dir, class, &seg_info, now, total)?;
+                let tracked = self.track(&mut flow, dir, class, &seg, now, total)?;
                 let (src, dst) = translate(&flow, dir);
                 // "If only reply is a RST, we can consider ourselves not to
                 // have an established connection" (Linux): an RST either way
                 // before any other reply ends the entry at once.
-                let remove = flow.state == TcpState::Close && class == FlagClass::Rst && !had_reply;
+                let remove = tracked
+                    && flow.state == TcpState::Close
+                    && class == FlagClass::Rst
+                    && !had_reply;
                 drop(flow);
+                if !tracked {
+                    self.counters.untracked.fetch_add(1, Relaxed);
+                    self.counters.forward(dir.index());
+                }
                 if remove {
-                    // RST before any reply: the entry dies at once.
                     if let Some(old) = self
                         .table
                         .remove_if(&flow_key, |f| f.state == TcpState::Close)
@@ -341,8 +406,7 @@ impl Engine {
             }
             Lookup::Missing => {
                 let rt = self.runtime.load();
-                let service = rt.service_at(tuple.dst);
-                if service.is_none() {
+                if rt.service_at(tuple.dst).is_none() {
                     // To a VIP or MASQUERADE address but no flow: a packet of
                     // a connection tunlb does not know (INVALID), e.g. one
                     // that was in flight when it restarted.
@@ -359,9 +423,27 @@ impl Engine {
                 if !tcp::may_create(class) {
                     return Err(DropReason::NoFlowNotSyn);
                 }
-                self.new_connection(&rt, pkt, ihl, total, tuple, &seg_info, service, now, l4)
+                drop(rt);
+                self.new_connection(pkt, ihl, total, tuple, &seg, now, l4)
             }
         }
+    }
+
+    /// Return whether `backend` may still take new connections for the
+    /// service at `original.dst`: it is up, still configured, with weight > 0.
+    fn backend_takes_new(&self, original: &Tuple, backend: &Arc<crate::service::Backend>) -> bool {
+        if !backend.is_up() {
+            return false;
+        }
+        let rt = self.runtime.load();
+        let Some(si) = rt.service_at(original.dst) else {
+            return false;
+        };
+        let svc = &rt.services[si];
+        svc.backends
+            .iter()
+            .zip(&svc.weights)
+            .any(|(b, &w)| w > 0 && Arc::ptr_eq(b, backend))
     }
 
     /// Return whether some service listens on TCP port `port`.
@@ -376,79 +458,124 @@ impl Engine {
         std::time::Duration::from_millis(self.timeouts_ms[state as usize].load(Relaxed))
     }
 
-    /// Run the state machine for one segment of an existing flow.
+    /// Run conntrack for one segment of an existing flow: the state table,
+    /// then the window check (`tcp_packet` and `tcp_in_window`).
+    ///
+    /// Returns `Ok(true)` when the segment was tracked (state, windows,
+    /// deadline and the flow's counters updated), `Ok(false)` when it is to
+    /// be forwarded without touching the flow, and `Err` when it is INVALID.
+    /// Whatever the outcome other than `Ok(true)`, the flow is as it was
+    /// (but for `seen_reply` and `stray_ack`, see below).
     fn track(
         &self,
         flow: &mut Flow,
         dir: Direction,
         class: FlagClass,
-        seg: &SegmentInfo,
+        seg: &window::Segment,
         now: Timestamp,
         len: usize,
-    ) -> Result<(), DropReason> {
+    ) -> Result<bool, DropReason> {
         let old = flow.state;
-        let (d, r) = (dir.index(), 1 - dir.index());
-        if class == FlagClass::Rst && !window::rst_acceptable(&flow.window[d], &flow.window[r], seg)
-        {
-            return Err(DropReason::OutOfWindow);
-        }
-        match tcp::transition(dir, class, old) {
+        let d = dir.index();
+        let new = match tcp::transition(dir, class, old) {
             Cell::Invalid => return Err(DropReason::InvalidTransition),
-            Cell::Ignore => {}
-            Cell::To(new) => {
-                if dir == Direction::Reply {
-                    if class == FlagClass::Rst && old == TcpState::SynSent {
-                        // The backend refused the connection: a passive health signal.
-                        flow.backend.syn_failed();
-                    }
-                    flow.seen_reply = true;
+            Cell::Ignore if dir == Direction::Original => {
+                // A SYN on a synchronized flow. Linux passes it untracked;
+                // tunlb drops it: it would change nothing here, and passing
+                // it lets anyone who knows the tuple poke the backend.
+                return Err(DropReason::Ignored);
+            }
+            Cell::Ignore => {
+                // From the backend: a retransmitted SYN-ACK (the client's
+                // ACK was lost: the client must see it again to answer), or
+                // an ACK answering the SYN from an older connection on the
+                // same tuple (a backend TIME_WAIT: the client resets it).
+                // Passed untracked. Like Linux, any reply passed counts as
+                // a reply (IPS_SEEN_REPLY).
+                if old == TcpState::SynSent && class == FlagClass::Ack {
+                    flow.stray_ack = Some(seg.ack);
                 }
-                if new == TcpState::Established && flow.seen_reply {
-                    flow.assured = true;
-                }
-                flow.state = new;
-                // A retransmitted SYN does not renew the timer: a SYN flood
-                // or a stuck client cannot keep an unanswered entry alive.
-                let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
-                if !retransmitted_syn {
-                    self.table.set_deadline(flow, now + self.timeout(new));
-                }
-                if new != old {
-                    trace::state(flow, dir, class, old);
-                }
+                flow.seen_reply = true;
+                return Ok(false);
+            }
+            Cell::To(new) => new,
+        };
+        if class == FlagClass::Rst {
+            match window::rst_check(&flow.window, d, old, seg, flow.assured, flow.stray_ack) {
+                RstCheck::Close => {}
+                // In window, inexact: the endpoint will answer it with a
+                // challenge ACK; the flow stays as it is.
+                RstCheck::Keep => return Ok(false),
+                RstCheck::Invalid(_) => return Err(DropReason::RstOutOfWindow),
+            }
+        } else {
+            let liberal = self.liberal.load(Relaxed);
+            match window::tcp_in_window(&mut flow.window, d, old, seg, liberal) {
+                Check::Accept | Check::Pass(_) => {}
+                Check::Ignore(_) => return Ok(false),
+                Check::Invalid(_) => return Err(DropReason::OutOfWindow),
             }
         }
-        let receiver = flow.window[r];
-        window::update(&mut flow.window[d], &receiver, seg);
+        if dir == Direction::Reply {
+            if class == FlagClass::Rst && old == TcpState::SynSent {
+                // The backend refused the connection: a passive health signal.
+                flow.backend.syn_failed();
+            }
+            flow.seen_reply = true;
+        }
+        if new == TcpState::Established && flow.seen_reply {
+            flow.assured = true;
+        }
+        flow.state = new;
+        // A retransmitted SYN does not renew the timer: a SYN flood or a
+        // stuck client cannot keep an unanswered entry alive.
+        let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
+        if !retransmitted_syn {
+            self.table.set_deadline(flow, now + self.timeout(new));
+        }
+        if new != old {
+            trace::state(flow, dir, class, old);
+        }
         flow.packets[d] += 1;
         flow.bytes[d] += len as u64;
-        Ok(())
+        Ok(true)
     }
 
-    /// Admit a NEW connection: select, allocate, insert, translate.
+    /// Admit a NEW connection: select, allocate, make room, insert, translate.
+    ///
+    /// Runs under the table's admission lock, in an order where a SYN that
+    /// is refused or that another thread admitted first changes nothing:
+    /// the duplicate check comes first, eviction comes last (after a port
+    /// was found), and the limit is checked and the flow inserted under the
+    /// same lock, so the table never exceeds `max_flows`.
     #[allow(clippy::too_many_arguments)]
     fn new_connection(
         &self,
-        rt: &Runtime,
         pkt: &mut [u8],
         ihl: usize,
         total: usize,
         original: Tuple,
-        seg: &SegmentInfo,
-        service: Option<usize>,
+        seg: &window::Segment,
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let si = service.ok_or(DropReason::NoService)?;
+        let rt = self.runtime.load();
+        let si = rt.service_at(original.dst).ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
+        let admission = self.table.admission();
+        if self.table.contains(&original) {
+            // Another thread admitted the same SYN first: this copy is a
+            // retransmission of that flow's SYN.
+            drop(admission);
+            return self.process_tcp(pkt, ihl, total, now, l4);
+        }
         let Some(bi) = svc.selector.select(&svc.backends, &original) else {
+            drop(admission);
             return match DropReason::NoBackend.response() {
                 Response::Silence => Err(DropReason::NoBackend),
                 Response::Reset => {
                     self.counters.drop(DropReason::NoBackend);
-                    self.counters
-                        .resets_sent
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.resets_sent.fetch_add(1, Relaxed);
                     trace::no_backend(&original);
                     Ok(Verdict::Respond {
                         len: nat::syn_to_reset(pkt, ihl, svc.vip),
@@ -457,44 +584,70 @@ impl Engine {
             };
         };
         let backend = &svc.backends[bi];
-        if self.table.is_full() {
-            match self.table.evict_one() {
-                Some(victim) => {
-                    self.counters
-                        .evicted
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    trace::destroy(&victim, "evicted: table full");
-                }
-                None => return Err(DropReason::TableFull),
-            }
-        }
-        let reply = ports::allocate(
+        let Some(reply) = ports::allocate(
             &self.table,
             &original,
             backend.addr,
             &svc.snat,
             &rt.snat_ports,
             self.secret,
-        )
-        .ok_or(DropReason::PortsExhausted)?;
+        ) else {
+            drop(admission);
+            self.refusals[1].hit(now, |n| {
+                tracing::warn!(
+                    "MASQUERADE ports exhausted: {n} new connection(s) to {} dropped \
+                     (no free source port towards {}); add --snat addresses or widen the port range",
+                    svc.vip,
+                    backend.addr
+                )
+            });
+            return Err(DropReason::PortsExhausted);
+        };
+        let len = self.table.len();
+        let max = self.table.max();
+        if len >= max {
+            // Room for one more only when exactly at the limit: above a
+            // lowered limit, new flows wait for old ones to end.
+            let victim = if len == max {
+                self.table.evict_one()
+            } else {
+                None
+            };
+            match victim {
+                Some(victim) => {
+                    self.counters.evicted.fetch_add(1, Relaxed);
+                    trace::destroy(&victim, "evicted: table full");
+                }
+                None => {
+                    self.table.release(&reply, &original);
+                    drop(admission);
+                    self.refusals[0].hit(now, |n| {
+                        tracing::warn!(
+                            "conntrack table full ({max} flows), dropping packet: {n} new \
+                             connection(s) refused; raise --max-flows or lower the timeouts"
+                        )
+                    });
+                    return Err(DropReason::TableFull);
+                }
+            }
+        }
         let mut flow = Flow::new(original, reply, backend.clone(), now);
         flow.state = TcpState::SynSent;
         flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
         flow.packets[0] = 1;
         flow.bytes[0] = total as u64;
-        window::update(&mut flow.window[0], &Default::default(), seg);
+        window::open(&mut flow.window, seg);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&flow, svc, bi);
-        if !self.table.insert(flow) {
-            // Another thread admitted the same SYN first: give our port back
-            // and treat this copy as a retransmission of that flow's SYN.
+        let inserted = self.table.insert(flow);
+        drop(admission);
+        debug_assert!(inserted, "admission checked the tuple under the lock");
+        if !inserted {
             self.table.release(&reply, &original);
             return self.process_tcp(pkt, ihl, total, now, l4);
         }
-        use std::sync::atomic::Ordering::Relaxed;
         self.counters.new_flows.fetch_add(1, Relaxed);
-        let c = &backend.counters;
-        c.connections.fetch_add(1, Relaxed);
+        backend.counters.connections.fetch_add(1, Relaxed);
         nat::rewrite_tcp(pkt, ihl, src, dst, l4);
         Ok(Verdict::Forward { len: total })
     }
@@ -694,24 +847,50 @@ mod tests {
         let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::Nth)).unwrap();
         assert_eq!(syn(&e, 1000), b(3));
         assert_eq!(syn(&e, 1001), b(4));
+        assert_eq!(syn(&e, 1002), b(3));
+        // b3 answers the first connection (SYN-ACK, ISN 0).
+        let reply = e
+            .flows()
+            .into_iter()
+            .find(|f| f.flow.original.src == client(1000))
+            .unwrap()
+            .flow
+            .reply;
+        let mut synack = Segment {
+            ack: 1,
+            ..Segment::new(reply.src, reply.dst, SYN | ACK)
+        }
+        .build();
+        assert!(matches!(
+            e.process(&mut synack, Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
         // Drain b3, add b5: the existing flows keep their backends.
         e.reconfigure(&cfg(&[(3, 0), (4, 1), (5, 1)], Mode::Nth))
             .unwrap();
-        assert_eq!(e.flow_count(), 2);
+        assert_eq!(e.flow_count(), 3);
         let chosen: Vec<_> = (2000..2004).map(|p| syn(&e, p)).collect();
         assert_eq!(chosen, [b(4), b(5), b(4), b(5)]);
-        // Packets of the flow on the drained backend still go there.
-        let mut ack = Segment::new(client(1000), VIP, ACK).build();
-        // (SYN_SENT: an ORIGINAL ACK is INVALID; retransmit the SYN instead.)
-        assert_eq!(
-            e.process(&mut ack, Timestamp::ZERO),
-            Verdict::Drop(DropReason::InvalidTransition)
-        );
-        assert_eq!(syn(&e, 1000), b(3));
+        // Packets of the answered flow on the drained backend still go there.
+        // (SYN_RECV: the client's ACK acknowledges the backend's ISN 0.)
+        let mut ack = Segment {
+            ack: 1,
+            ..Segment::new(client(1000), VIP, ACK)
+        }
+        .build();
+        let Verdict::Forward { len } = e.process(&mut ack, Timestamp::ZERO) else {
+            panic!("the answered flow's ACK was not forwarded");
+        };
+        let ip = Ipv4Packet::new_checked(&ack[..len]).unwrap();
+        assert_eq!(ip.dst_addr(), *b(3).ip());
+        // The unanswered flow on the drained backend: its retransmitted SYN
+        // goes to a backend that takes new connections (redispatch).
+        assert_eq!(syn(&e, 1002), b(4));
+        assert_eq!(e.stats().redispatched, 1);
         // The kept backend kept its counters across the reload.
         let s = e.stats();
         let b4 = s.backends.iter().find(|x| x.backend == b(4)).unwrap();
-        assert_eq!(b4.connections, 3);
+        assert_eq!(b4.connections, 4);
         // An invalid configuration is refused and changes nothing.
         assert!(e.reconfigure(&cfg(&[], Mode::Nth)).is_err());
         assert_eq!(e.runtime().services[0].backends.len(), 3);
@@ -766,7 +945,7 @@ mod tests {
         .build();
         assert_eq!(
             e.process(&mut blind, Timestamp::ZERO),
-            Verdict::Drop(DropReason::OutOfWindow)
+            Verdict::Drop(DropReason::RstOutOfWindow)
         );
         // ...the backend's real answer to the SYN (ISN 0) acknowledges it.
         let mut rst = Segment {

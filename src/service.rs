@@ -53,6 +53,14 @@ pub struct EngineConfig {
     /// Verify IPv4 and TCP checksums of incoming packets (as conntrack does
     /// with `nf_conntrack_checksum=1`).
     pub verify_checksums: bool,
+    /// Let segments outside the sequence window through (but RSTs), as
+    /// `nf_conntrack_tcp_be_liberal=1` does: for networks where the window
+    /// check misfires (asymmetric paths, broken middleboxes).
+    pub tcp_liberal: bool,
+    /// Fix the flow table's hash keys (tests that must grow the same way on
+    /// every run); `None`, the default, draws them at random per process, as
+    /// keys of tuples that come from the network must be.
+    pub hash_seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +72,8 @@ impl Default for EngineConfig {
             snat_ports: 1024..=65535,
             seed: 0,
             verify_checksums: true,
+            tcp_liberal: false,
+            hash_seed: None,
         }
     }
 }

@@ -35,8 +35,16 @@ pub enum DropReason {
     NoFlowNotSyn,
     /// The state machine calls this segment INVALID for the flow's state.
     InvalidTransition,
-    /// An RST outside the receiver's window (a blind or stale reset).
+    /// A segment outside the flow's sequence window (`tcp_in_window`):
+    /// beyond what the receiver allowed, or acknowledging data never sent.
     OutOfWindow,
+    /// An RST outside the receiver's window, or below what it acknowledged
+    /// (a blind or stale reset).
+    RstOutOfWindow,
+    /// A segment from the client that the state table ignores (a SYN on an
+    /// established flow, ...): it would change nothing, and passing it
+    /// would let a spoofer probe the backend.
+    Ignored,
     /// Every backend of the service has weight 0: the client gets an RST.
     NoBackend,
     /// No free MASQUERADE port for the REPLY tuple.
@@ -51,7 +59,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// The number of reasons, for tables indexed by reason.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in discriminant order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -66,6 +74,8 @@ impl DropReason {
         DropReason::NoFlowNotSyn,
         DropReason::InvalidTransition,
         DropReason::OutOfWindow,
+        DropReason::RstOutOfWindow,
+        DropReason::Ignored,
         DropReason::NoBackend,
         DropReason::PortsExhausted,
         DropReason::TableFull,
@@ -86,7 +96,9 @@ impl DropReason {
             DropReason::BadFlags => "bad_flags",
             DropReason::NoFlowNotSyn => "invalid_no_flow",
             DropReason::InvalidTransition => "invalid_state",
-            DropReason::OutOfWindow => "rst_out_of_window",
+            DropReason::OutOfWindow => "out_of_window",
+            DropReason::RstOutOfWindow => "rst_out_of_window",
+            DropReason::Ignored => "ignored",
             DropReason::NoBackend => "no_backend",
             DropReason::PortsExhausted => "ports_exhausted",
             DropReason::TableFull => "table_full",
@@ -150,6 +162,13 @@ pub struct Counters {
     pub icmp_translated: AtomicU64,
     /// RSTs sent to clients.
     pub resets_sent: AtomicU64,
+    /// Packets forwarded without changing their flow: harmless segments
+    /// outside the window (old retransmissions, late ACKs), in-window RSTs
+    /// that are not exact, and REPLY segments the state table ignores.
+    pub untracked: AtomicU64,
+    /// SYN retransmissions re-dispatched to another backend because the
+    /// first never answered and is now down, drained or removed.
+    pub redispatched: AtomicU64,
 }
 
 impl Counters {
@@ -177,6 +196,8 @@ impl Counters {
             evicted: get(&self.evicted),
             icmp_translated: get(&self.icmp_translated),
             resets_sent: get(&self.resets_sent),
+            untracked: get(&self.untracked),
+            redispatched: get(&self.redispatched),
             backends: Vec::new(),
             flows: 0,
         }
@@ -200,6 +221,10 @@ pub struct Snapshot {
     pub icmp_translated: u64,
     /// RSTs sent.
     pub resets_sent: u64,
+    /// Packets forwarded without changing their flow.
+    pub untracked: u64,
+    /// SYN retransmissions re-dispatched to another backend.
+    pub redispatched: u64,
     /// Per backend: (service VIP, backend, connections, packets, bytes).
     pub backends: Vec<BackendSnapshot>,
     /// Flows in the table.
@@ -244,7 +269,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flows={} new={} fwd_orig={} fwd_reply={} expired={} evicted={} icmp={} rst={}",
+            "flows={} new={} fwd_orig={} fwd_reply={} expired={} evicted={} icmp={} rst={} untracked={} redispatched={}",
             self.flows,
             self.new_flows,
             self.forwarded[0],
@@ -252,7 +277,9 @@ impl fmt::Display for Snapshot {
             self.expired,
             self.evicted,
             self.icmp_translated,
-            self.resets_sent
+            self.resets_sent,
+            self.untracked,
+            self.redispatched
         )?;
         for r in DropReason::ALL {
             let n = self.dropped(r);

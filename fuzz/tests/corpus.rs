@@ -56,7 +56,7 @@ fn the_resets_seed_forwards_in_window_resets_and_drops_a_blind_one() {
         "{:?}",
         r.verdicts
     );
-    assert_eq!(r.verdicts[2], Verdict::Drop(DropReason::OutOfWindow));
+    assert_eq!(r.verdicts[2], Verdict::Drop(DropReason::RstOutOfWindow));
 }
 
 #[test]

@@ -38,13 +38,15 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
-// Keyed with a per-process random seed: flow keys come from the network.
-use foldhash::fast::RandomState;
+// Keyed with a per-process random seed: flow keys come from the network
+// (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
+use foldhash::fast::SeedableRandomState as RandomState;
+use foldhash::SharedSeed;
 
 use super::tcp::TcpState;
 use super::tuple::{Direction, Tuple};
@@ -76,8 +78,13 @@ pub struct Flow {
     pub packets: [u64; 2],
     /// IP bytes seen, per direction.
     pub bytes: [u64; 2],
-    /// Sequence state per direction, to refuse blind RSTs.
+    /// Sequence state per direction (`tcp_in_window`).
     pub window: [Window; 2],
+    /// The acknowledgment number of a REPLY ACK that answered the SYN while
+    /// the flow was in SYN_SENT (a backend's TIME_WAIT from an older
+    /// connection on the same tuple): the client's RST to it carries this
+    /// number as its sequence number, in a space tunlb never saw.
+    pub stray_ack: Option<u32>,
 }
 
 /// A read-only copy of a flow for listings (`conntrack -L`).
@@ -127,20 +134,67 @@ pub struct ConnTable {
     /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
     unreplied: Mutex<VecDeque<Tuple>>,
     heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
+    /// Held while a NEW connection is admitted (see [`ConnTable::admission`]).
+    admission: Mutex<()>,
 }
 
+/// Stale entries the expiry heap and the eviction queue may hold beyond
+/// one per live flow before they are compacted.
+pub const COMPACT_SLACK: usize = 1024;
+
 impl ConnTable {
-    /// Create an empty table that holds at most `max` flows.
+    /// Create an empty table that holds at most `max` flows, its hash keys
+    /// drawn at random (flow keys come from the network).
     pub fn new(max: usize) -> Self {
+        Self::with_hash_seed(max, None)
+    }
+
+    /// Create an empty table; `seed` fixes the hash keys (for tests that
+    /// must grow the same way every run), `None` draws them at random.
+    pub fn with_hash_seed(max: usize, seed: Option<u64>) -> Self {
+        let hasher = |salt: u64| match seed {
+            Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
+            None => RandomState::random(),
+        };
         ConnTable {
-            flows: DashMap::with_hasher(RandomState::default()),
-            replies: DashMap::with_hasher(RandomState::default()),
+            flows: DashMap::with_hasher(hasher(0)),
+            replies: DashMap::with_hasher(hasher(0x0072_6570_6c69_6573)),
             count: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
             retired: Default::default(),
             unreplied: Mutex::new(VecDeque::new()),
             heap: Mutex::new(BinaryHeap::new()),
+            admission: Mutex::new(()),
         }
+    }
+
+    /// Serialize the admission of NEW connections.
+    ///
+    /// Holding the guard, an admitter checks that no flow has the tuple yet
+    /// (a duplicate SYN handled by another thread changes nothing), selects,
+    /// claims a port, makes room and inserts: so the table never holds more
+    /// than [`ConnTable::max`] flows, and a refused SYN evicts nothing. Only
+    /// admitters take it; no map guard is held while waiting for it.
+    pub fn admission(&self) -> MutexGuard<'_, ()> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Return whether a flow has this ORIGINAL tuple.
+    pub fn contains(&self, original: &Tuple) -> bool {
+        self.flows.contains_key(original)
+    }
+
+    /// Return the number of entries in the expiry heap (live and stale).
+    pub fn heap_len(&self) -> usize {
+        self.heap.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Return the number of entries in the eviction queue (live and stale).
+    pub fn queue_len(&self) -> usize {
+        self.unreplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Return the number of tracked flows.
@@ -342,7 +396,46 @@ impl ConnTable {
             }
         }
         self.prune_unreplied(EXPIRE_BUDGET);
+        self.compact();
         n == EXPIRE_BUDGET
+    }
+
+    /// Drop the stale entries of the expiry heap and the eviction queue once
+    /// they outnumber the live flows (plus [`COMPACT_SLACK`]), and give their
+    /// memory back: both then stay within a constant factor of the live
+    /// flows, however long those live and however their deadlines moved.
+    ///
+    /// Each structure is taken out whole under its lock, filtered with no
+    /// lock held (a map lookup per entry), and put back merged with whatever
+    /// was added meanwhile. The work is linear in the entries, and it happens
+    /// only after as many stale entries piled up: amortised O(1) per entry.
+    pub fn compact(&self) {
+        let bound = 2 * self.len() + COMPACT_SLACK;
+        let lock_heap = || self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        if lock_heap().len() > bound {
+            let taken = std::mem::take(&mut *lock_heap()).into_vec();
+            let mut kept: Vec<_> = taken
+                .into_iter()
+                .filter(|Reverse((at, t))| self.flows.get(t).is_some_and(|f| f.queued == *at))
+                .collect();
+            let mut heap = lock_heap();
+            kept.extend(std::mem::take(&mut *heap).into_vec());
+            kept.shrink_to_fit();
+            *heap = BinaryHeap::from(kept);
+        }
+        let lock_queue = || self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
+        if lock_queue().len() > bound {
+            let taken = std::mem::take(&mut *lock_queue());
+            let mut kept: VecDeque<Tuple> = taken
+                .into_iter()
+                .filter(|t| self.flows.get(t).is_some_and(|f| !f.assured))
+                .collect();
+            let mut queue = lock_queue();
+            // Entries added meanwhile are younger: they go after the kept ones.
+            kept.extend(std::mem::take(&mut *queue));
+            kept.shrink_to_fit();
+            *queue = kept;
+        }
     }
 
     /// Return when the earliest heap entry is due. It may be stale (the flow
@@ -493,6 +586,7 @@ impl Flow {
             packets: [0; 2],
             bytes: [0; 2],
             window: [Window::default(); 2],
+            stray_ack: None,
         }
     }
 }

@@ -1,249 +1,812 @@
-//! Sequence tracking, enough to refuse a blind RST (a reduced `tcp_in_window`).
+//! Sequence-window tracking: Linux's `tcp_in_window`, so that a packet
+//! outside a connection's window can neither pass nor change the flow.
 //!
-//! Linux conntrack follows each direction's sequence space and marks a
-//! segment outside the receiver's window INVALID, so a spoofed RST with a
-//! guessed sequence number cannot tear a flow down. tunlb keeps the part of
-//! that which matters for a NAT: for each direction, the highest sequence
-//! number sent (`end`) and the largest window advertised (`max_win`, scaled
-//! as negotiated by the SYNs). An RST is accepted only if its sequence number
-//! lies within the receiver's window around the sender's `end`; an RST that
-//! answers a SYN (nothing seen from the sender yet) must acknowledge exactly
-//! that SYN (RFC 793, SYN-SENT). Other segments are not window-checked: the
-//! endpoints drop them themselves, and passing them keeps tunlb from
-//! stalling a connection on a reordering it misjudged.
+//! Conntrack follows each direction's sequence space. For a direction (the
+//! *sender* of a segment) it keeps `td_end`, one past the highest sequence
+//! number sent; `td_maxend`, the highest sequence number the peer allowed it
+//! to send (the peer's ACK plus its window); `td_maxwin`, the largest window
+//! it advertised (scaled); `td_maxack`, the highest ACK it sent; and the
+//! window scale its SYN announced. A segment `seq..end` from the sender,
+//! acknowledging `ack` (or a SACK edge beyond it), is *in window* when:
+//!
+//! 1. `seq <= sender.maxend`: it starts inside what the receiver allowed;
+//! 2. `end > sender.end - receiver.maxwin`: it is no older than a window;
+//! 3. `ack <= receiver.end`: it acknowledges nothing never sent;
+//! 4. `ack > receiver.end - max(sender.maxwin, 66000)`: it is no older than a window.
+//!
+//! Only an in-window segment updates the windows ([`Check::Accept`]). Modern
+//! Linux (6.x) forwards two harmless kinds of out-of-window segments without
+//! learning from them ([`Check::Ignore`]): data below the lower bound (a
+//! retransmission of data already acknowledged) and an ACK below its lower
+//! bound (a very late ACK). Everything else outside is INVALID
+//! ([`Check::Invalid`]): dropped, the flow untouched. A segment that overshoots
+//! the receiver's window by no more than that window is accepted as Linux does
+//! (some stacks send a little more than allowed). Retransmissions, zero-window
+//! probes (`td_maxend` is one past a zero window), SACK blocks (the highest
+//! right edge stands for the ACK when the receiver allowed SACK) and window
+//! scaling (counted only when both SYNs carried the option, never on a SYN)
+//! all fall inside these bounds.
+//!
+//! `liberal` is `nf_conntrack_tcp_be_liberal=1`: an out-of-window segment is
+//! let through (without updating the windows), except an RST, which is always
+//! checked. The engine decides RST acceptance with [`rst_check`] on top.
+//!
+//! The functions work on a copy of both directions and write it back only on
+//! [`Check::Accept`]: a segment that is not accepted changes nothing.
 
-/// The sequence state of one direction of a flow.
+use super::tcp::TcpState;
+
+/// `td_maxwin` of a direction never seen: Linux's `MAXACKWINCONST`, the ACK
+/// window assumed while the sender has advertised nothing.
+const MAX_ACK_WIN_CONST: u32 = 66_000;
+
+/// Per-direction flags (`IP_CT_TCP_FLAG_*`).
+mod flag {
+    /// The SYN carried a window-scale option.
+    pub const WINDOW_SCALE: u8 = 0x01;
+    /// The SYN allowed SACK.
+    pub const SACK_PERM: u8 = 0x02;
+    /// `maxack` holds a value.
+    pub const MAXACK_SET: u8 = 0x20;
+}
+
+/// The sequence state of one direction of a flow (`struct ip_ct_tcp_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Window {
-    /// One past the highest sequence number sent (SYN and FIN count one).
+    /// One past the highest sequence number sent (SYN and FIN count one): `td_end`.
     pub end: u32,
-    /// The largest window advertised by this direction, scaled.
-    pub max_win: u32,
-    /// The window scale this direction announced in its SYN (RFC 7323).
-    pub scale: Option<u8>,
-    /// Whether any segment of this direction has been seen.
-    pub seen: bool,
-    /// The acknowledgment number of this direction's last ACK, if any: the
-    /// next sequence number it expects from the other side (RCV.NXT).
-    pub last_ack: Option<u32>,
+    /// The highest sequence number the peer allows: its ACK plus its window (`td_maxend`).
+    pub maxend: u32,
+    /// The largest window this direction advertised, scaled (`td_maxwin`); 0
+    /// until the direction is seen.
+    pub maxwin: u32,
+    /// The highest acknowledgment number this direction sent (`td_maxack`),
+    /// valid once [`Window::maxack`] returns `Some`.
+    maxack: u32,
+    /// The window scale announced in this direction's SYN (`td_scale`).
+    pub scale: u8,
+    flags: u8,
+}
+
+impl Window {
+    /// Return whether any segment of this direction was accepted.
+    pub fn seen(&self) -> bool {
+        self.maxwin != 0
+    }
+
+    /// Return the highest ACK this direction sent, if any: the next sequence
+    /// number it expects from its peer (RCV.NXT).
+    pub fn maxack(&self) -> Option<u32> {
+        (self.flags & flag::MAXACK_SET != 0).then_some(self.maxack)
+    }
+
+    /// Return whether this direction's SYN allowed SACK.
+    pub fn sack_permitted(&self) -> bool {
+        self.flags & flag::SACK_PERM != 0
+    }
 }
 
 /// What the window check needs of one segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentInfo {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
     /// Sequence number.
     pub seq: u32,
-    /// Acknowledgment number, if ACK is set.
-    pub ack: Option<u32>,
+    /// Acknowledgment number (meaningful when [`Segment::ack_flag`] is set).
+    pub ack: u32,
     /// Payload length plus one for SYN and for FIN.
     pub len: u32,
     /// The raw window field.
     pub window: u16,
-    /// Whether SYN is set (its window is never scaled).
+    /// SYN is set.
     pub syn: bool,
-    /// The window-scale option of a SYN, if present.
+    /// ACK is set.
+    pub ack_flag: bool,
+    /// RST is set.
+    pub rst: bool,
+    /// The options that matter here.
+    pub options: Options,
+}
+
+impl Segment {
+    /// Return one past the segment's last sequence number.
+    pub fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.len)
+    }
+}
+
+/// The TCP options conntrack reads (`tcp_options`, `tcp_sack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// The window-scale option (SYN only), capped at 14 (RFC 7323).
     pub wscale: Option<u8>,
+    /// SACK-permitted (SYN only).
+    pub sack_perm: bool,
+    /// The highest right edge among SACK blocks, if any.
+    pub sack: Option<u32>,
 }
 
-/// The window assumed for a receiver that has not advertised one yet.
-const DEFAULT_WINDOW: u32 = 65535;
-
-/// `a` is at or after `b` in sequence space.
-fn after_eq(a: u32, b: u32) -> bool {
-    a.wrapping_sub(b) as i32 >= 0
-}
-
-/// Return whether an RST with `seg`, sent by `sender` to `receiver`, is acceptable.
-pub fn rst_acceptable(sender: &Window, receiver: &Window, seg: &SegmentInfo) -> bool {
-    // Exactly the sequence number the receiver last acknowledged (RFC 5961
-    // 3.2): also how a client resets a backend's TIME_WAIT that answered its
-    // new SYN with an old ACK, in a sequence space tunlb never saw.
-    if receiver.last_ack == Some(seg.seq) {
-        return true;
-    }
-    if !sender.seen {
-        // Answering a SYN: it must acknowledge that SYN exactly.
-        return receiver.seen && seg.ack == Some(receiver.end);
-    }
-    let win = if receiver.max_win == 0 {
-        DEFAULT_WINDOW
-    } else {
-        receiver.max_win
-    };
-    let lo = sender.end.wrapping_sub(win);
-    let hi = sender.end.wrapping_add(win);
-    after_eq(seg.seq, lo) && after_eq(hi, seg.seq)
-}
-
-/// Record a segment sent by `sender` (whose peer is `receiver`).
-pub fn update(sender: &mut Window, receiver: &Window, seg: &SegmentInfo) {
-    if seg.syn {
-        sender.scale = seg.wscale;
-    }
-    let end = seg.seq.wrapping_add(seg.len);
-    // A SYN starts a sequence space: it replaces whatever came before.
-    if !sender.seen || seg.syn || after_eq(end, sender.end) {
-        sender.end = end;
-    }
-    sender.seen = true;
-    if seg.ack.is_some() {
-        sender.last_ack = seg.ack;
-    }
-    // Scaling applies only when both sides offered it, and never to a SYN.
-    let shift = match (sender.scale, receiver.scale) {
-        (Some(s), Some(_)) if !seg.syn => u32::from(s.min(14)),
-        _ => 0,
-    };
-    sender.max_win = sender.max_win.max(u32::from(seg.window) << shift);
-}
-
-/// Return the window-scale option of a SYN's TCP options, if any.
-pub fn parse_wscale(options: &[u8]) -> Option<u8> {
-    let mut o = options;
-    while let Some((&kind, rest)) = o.split_first() {
-        match kind {
-            0 => return None, // end of options
-            1 => o = rest,    // NOP
-            _ => {
-                let len = usize::from(*rest.first()?);
-                if len < 2 || len > o.len() {
-                    return None;
+impl Options {
+    /// Parse a segment's options. Malformed options end the parse with what
+    /// was found so far, as the kernel does.
+    pub fn parse(options: &[u8], syn: bool) -> Options {
+        let mut out = Options::default();
+        // The common case: timestamps alone, aligned (what Linux sends on
+        // every established segment). No SACK there.
+        if options.len() == 12 && options[..4] == [1, 1, 8, 10] {
+            return out;
+        }
+        let mut o = options;
+        while let Some((&kind, rest)) = o.split_first() {
+            match kind {
+                0 => break,    // end of options
+                1 => o = rest, // NOP
+                _ => {
+                    let Some(&len) = rest.first() else { break };
+                    let len = usize::from(len);
+                    if len < 2 || len > o.len() {
+                        break;
+                    }
+                    let body = &o[2..len];
+                    match (kind, len) {
+                        (3, 3) if syn => out.wscale = Some(body[0].min(14)),
+                        (4, 2) if syn => out.sack_perm = true,
+                        (5, _) if len >= 10 && (len - 2) % 8 == 0 => {
+                            for block in body.chunks_exact(8) {
+                                let right =
+                                    u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
+                                if out.sack.is_none_or(|s| after(right, s)) {
+                                    out.sack = Some(right);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    o = &o[len..];
                 }
-                if kind == 3 && len == 3 {
-                    return Some(o[2]);
-                }
-                o = &o[len..];
+            }
+        }
+        out
+    }
+}
+
+/// The outcome of the window check for one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// In window: the windows were updated.
+    Accept,
+    /// Outside the window but harmless (old data retransmitted, a late
+    /// ACK): forward it, learn nothing from it, leave the state alone.
+    Ignore(&'static str),
+    /// Outside the window, let through in liberal mode: the state machine
+    /// sees it, the windows learn nothing from it.
+    Pass(&'static str),
+    /// Outside the window: INVALID, drop it.
+    Invalid(&'static str),
+}
+
+/// `a` is after `b` in sequence space.
+#[inline]
+pub fn after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) < 0
+}
+
+/// `a` is before `b` in sequence space.
+#[inline]
+pub fn before(a: u32, b: u32) -> bool {
+    after(b, a)
+}
+
+/// Record the SYN that creates a flow (`tcp_new`): the ORIGINAL direction
+/// starts at the SYN, its window is the SYN's (unscaled), nothing is allowed
+/// beyond it yet.
+pub fn open(w: &mut [Window; 2], seg: &Segment) {
+    w[0] = Window::default();
+    w[1] = Window::default();
+    init_from_syn(&mut w[0], seg);
+}
+
+fn init_from_syn(s: &mut Window, seg: &Segment) {
+    s.end = seg.end();
+    s.maxend = s.end;
+    s.maxwin = u32::from(seg.window).max(1);
+    s.flags &= flag::MAXACK_SET;
+    s.scale = 0;
+    if let Some(ws) = seg.options.wscale {
+        s.flags |= flag::WINDOW_SCALE;
+        s.scale = ws;
+    }
+    if seg.options.sack_perm {
+        s.flags |= flag::SACK_PERM;
+    }
+}
+
+/// Check a segment sent in direction `dir` (0 ORIGINAL, 1 REPLY) of a flow in
+/// state `state` against both windows, and update them if it is in window.
+/// `w` is left untouched unless the result is [`Check::Accept`].
+pub fn tcp_in_window(
+    w: &mut [Window; 2],
+    dir: usize,
+    state: TcpState,
+    seg: &Segment,
+    liberal: bool,
+) -> Check {
+    let mut sender = w[dir];
+    let mut receiver = w[1 - dir];
+    let mut seq = seg.seq;
+    let mut end = seg.end();
+    let win = u32::from(seg.window);
+    let mut ack = seg.ack;
+    let mut sack = ack;
+    if receiver.sack_permitted() {
+        if let Some(edge) = seg.options.sack {
+            if after(edge, sack) {
+                sack = edge;
             }
         }
     }
-    None
+
+    if sender.maxwin == 0 {
+        // The first segment seen from this direction.
+        if seg.syn {
+            init_from_syn(&mut sender, seg);
+            // Scaling counts only when both sides offered it.
+            if sender.flags & receiver.flags & flag::WINDOW_SCALE == 0 {
+                sender.scale = 0;
+                receiver.scale = 0;
+            }
+            if !seg.ack_flag {
+                // Simultaneous open: nothing to check yet.
+                w[dir] = sender;
+                w[1 - dir] = receiver;
+                return Check::Accept;
+            }
+        } else {
+            // Picked up mid-stream (the reply to a SYN that was not a SYN-ACK).
+            sender.end = end;
+            let swin = win << sender.scale;
+            sender.maxwin = swin.max(1);
+            sender.maxend = end.wrapping_add(sender.maxwin);
+            if receiver.maxwin == 0 {
+                receiver.end = sack;
+                receiver.maxend = sack;
+            }
+        }
+    } else if seg.syn
+        && ((state == TcpState::SynSent && dir == 0) || (state == TcpState::SynRecv && dir == 1))
+        && after(end, sender.end)
+    {
+        // A SYN (or SYN-ACK) retransmitted with a new initial sequence
+        // number: the sequence space starts again.
+        init_from_syn(&mut sender, seg);
+    }
+
+    if !seg.ack_flag || (seg.rst && ack == 0) {
+        // No acknowledgment to check (an RST|ACK with ack 0 is a BSD habit).
+        ack = receiver.end;
+        sack = receiver.end;
+    }
+    if seq == end && seg.rst && seq == 0 && state == TcpState::SynSent {
+        // An RST with sequence number 0 answering a SYN: judge it by where
+        // the sender is. (Linux judges every empty segment so, whatever its
+        // sequence number; tunlb holds empty segments to RFC 793's
+        // acceptability test like any other, so an ACK with a made-up
+        // sequence number is not forwarded.)
+        seq = sender.end;
+        end = sender.end;
+    }
+
+    let max_ack_win = if sender.maxwin > MAX_ACK_WIN_CONST {
+        sender.maxwin
+    } else {
+        MAX_ACK_WIN_CONST
+    };
+    let ack_above_floor = after(sack, receiver.end.wrapping_sub(max_ack_win).wrapping_sub(1));
+    let in_recv_win = receiver.maxwin == 0
+        || after(
+            end,
+            sender.end.wrapping_sub(receiver.maxwin).wrapping_sub(1),
+        );
+    let ack_below_ceiling = before(sack, receiver.end.wrapping_add(1));
+
+    if !before(seq, sender.maxend.wrapping_add(1)) {
+        // Beyond what the receiver allowed. Some stacks overshoot a little:
+        // within one receiver window, with the rest in order, accept it.
+        let overshot = end.wrapping_sub(sender.maxend).wrapping_add(1);
+        if receiver.maxwin != 0
+            && in_recv_win
+            && ack_above_floor
+            && ack_below_ceiling
+            && overshot <= receiver.maxwin
+            && !seg.rst
+        {
+            sender.end = end;
+            w[dir] = sender;
+            w[1 - dir] = receiver;
+            return Check::Accept;
+        }
+        return out_of_window(
+            seg,
+            liberal,
+            "SEQ is over the upper bound (over the window of the receiver)",
+        );
+    }
+    if !ack_below_ceiling {
+        return out_of_window(
+            seg,
+            liberal,
+            "ACK is over the upper bound (ACKed data not seen yet)",
+        );
+    }
+    if !in_recv_win {
+        return harmless(
+            seg,
+            liberal,
+            "SEQ is under the lower bound (already ACKed data retransmitted)",
+        );
+    }
+    if !ack_above_floor {
+        return harmless(
+            seg,
+            liberal,
+            "ACK is under the lower bound (possible overly delayed ACK)",
+        );
+    }
+
+    // In window: learn from it.
+    let win = if seg.syn { win } else { win << sender.scale };
+    let swin = win.wrapping_add(sack.wrapping_sub(ack));
+    if sender.maxwin < swin {
+        sender.maxwin = swin;
+    }
+    if after(end, sender.end) {
+        sender.end = end;
+    }
+    if seg.ack_flag
+        && !seg.rst
+        && (sender.flags & flag::MAXACK_SET == 0 || after(ack, sender.maxack))
+    {
+        sender.maxack = ack;
+        sender.flags |= flag::MAXACK_SET;
+    }
+    if receiver.maxwin != 0 && after(end, sender.maxend) {
+        receiver.maxwin = receiver
+            .maxwin
+            .wrapping_add(end.wrapping_sub(sender.maxend));
+    }
+    if after(sack.wrapping_add(win), receiver.maxend.wrapping_sub(1)) {
+        receiver.maxend = sack.wrapping_add(win);
+        if win == 0 {
+            // A zero window still admits a one-byte probe.
+            receiver.maxend = receiver.maxend.wrapping_add(1);
+        }
+    }
+    w[dir] = sender;
+    w[1 - dir] = receiver;
+    Check::Accept
+}
+
+/// An INVALID segment, unless liberal (never for an RST).
+fn out_of_window(seg: &Segment, liberal: bool, why: &'static str) -> Check {
+    if liberal && !seg.rst {
+        Check::Pass(why)
+    } else {
+        Check::Invalid(why)
+    }
+}
+
+/// A harmless out-of-window segment: forwarded untracked (tracked without
+/// learning, when liberal) unless it is an RST.
+fn harmless(seg: &Segment, liberal: bool, why: &'static str) -> Check {
+    if seg.rst {
+        Check::Invalid(why)
+    } else if liberal {
+        Check::Pass(why)
+    } else {
+        Check::Ignore(why)
+    }
+}
+
+/// What an RST does to a flow (the `TCP_CONNTRACK_CLOSE` case of Linux's
+/// `tcp_packet`, with RFC 5961's exact-match rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RstCheck {
+    /// Close the flow.
+    Close,
+    /// In window but not at the exact sequence number the receiver expects,
+    /// on an established flow: forward it (the endpoint answers with a
+    /// challenge ACK) and keep the state.
+    Keep,
+    /// Drop it.
+    Invalid(&'static str),
+}
+
+/// Judge an RST sent in direction `dir` on a flow in `state`. `assured` is
+/// the flow's ASSURED bit; `stray_ack` is the acknowledgment number of an
+/// ignored REPLY ACK seen while the flow was in SYN_SENT (see the engine).
+/// The windows are not updated by an RST.
+pub fn rst_check(
+    w: &[Window; 2],
+    dir: usize,
+    state: TcpState,
+    seg: &Segment,
+    assured: bool,
+    stray_ack: Option<u32>,
+) -> RstCheck {
+    let receiver = &w[1 - dir];
+    if state == TcpState::SynSent {
+        if dir == 1 {
+            // The backend refusing the SYN: it must acknowledge that SYN
+            // exactly (RFC 793, SYN-SENT).
+            return if seg.ack_flag && seg.ack == receiver.end {
+                RstCheck::Close
+            } else {
+                RstCheck::Invalid("RST does not acknowledge the SYN")
+            };
+        }
+        if stray_ack == Some(seg.seq) {
+            // The client resetting a stray ACK that answered its SYN (a
+            // backend's TIME_WAIT from an older connection on the same
+            // tuple), in a sequence space tunlb never saw.
+            return RstCheck::Close;
+        }
+    }
+    let mut copy = *w;
+    match tcp_in_window(&mut copy, dir, state, seg, false) {
+        Check::Accept => {}
+        Check::Ignore(why) | Check::Pass(why) | Check::Invalid(why) => {
+            return RstCheck::Invalid(why)
+        }
+    }
+    match receiver.maxack() {
+        Some(expected) if !(seg.seq == 0 && state < TcpState::Established) => {
+            if before(seg.seq, expected) {
+                return RstCheck::Invalid("RST below what the receiver acknowledged");
+            }
+            let established = state == TcpState::Established && assured;
+            if established && seg.seq != expected {
+                return RstCheck::Keep;
+            }
+            RstCheck::Close
+        }
+        _ => RstCheck::Close,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use TcpState::{Established, FinWait, SynRecv, SynSent};
 
-    fn seg(
-        seq: u32,
-        ack: Option<u32>,
-        len: u32,
-        window: u16,
-        syn: bool,
-        wscale: Option<u8>,
-    ) -> SegmentInfo {
-        SegmentInfo {
+    fn seg(seq: u32, ack: Option<u32>, len: u32, window: u16) -> Segment {
+        Segment {
             seq,
-            ack,
+            ack: ack.unwrap_or(0),
+            ack_flag: ack.is_some(),
             len,
             window,
-            syn,
-            wscale,
+            ..Default::default()
         }
     }
 
-    #[test]
-    fn an_rst_must_fall_in_the_receivers_window() {
-        let (mut c, mut s) = (Window::default(), Window::default());
-        update(&mut c, &s, &seg(1000, None, 1, 64240, true, Some(7)));
-        update(&mut s, &c, &seg(5000, Some(1001), 1, 65160, true, Some(7)));
-        update(&mut c, &s, &seg(1001, Some(5001), 100, 502, false, None));
-        assert_eq!(c.end, 1101);
-        assert_eq!(c.max_win, 502 << 7);
-        // The server's window is 65160 (its SYN-ACK, unscaled).
-        assert!(rst_acceptable(&c, &s, &seg(1101, None, 0, 0, false, None)));
-        assert!(rst_acceptable(
-            &c,
-            &s,
-            &seg(1101 + 65000, None, 0, 0, false, None)
-        ));
-        assert!(!rst_acceptable(
-            &c,
-            &s,
-            &seg(1101 + 70000, None, 0, 0, false, None)
-        ));
-        assert!(!rst_acceptable(
-            &c,
-            &s,
-            &seg(1101u32.wrapping_sub(70000), None, 0, 0, false, None)
-        ));
-        assert!(!rst_acceptable(
-            &c,
-            &s,
-            &seg(0x8000_0000, None, 0, 0, false, None)
-        ));
+    fn syn(seq: u32, ack: Option<u32>, window: u16, wscale: Option<u8>) -> Segment {
+        Segment {
+            syn: true,
+            options: Options {
+                wscale,
+                sack_perm: true,
+                sack: None,
+            },
+            ..seg(seq, ack, 1, window)
+        }
     }
 
-    #[test]
-    fn an_rst_answering_a_syn_must_ack_it() {
-        let (mut c, s) = (Window::default(), Window::default());
-        update(&mut c, &s, &seg(1000, None, 1, 64240, true, None));
-        assert!(rst_acceptable(
-            &s,
-            &c,
-            &seg(0, Some(1001), 0, 0, false, None)
-        ));
-        assert!(!rst_acceptable(
-            &s,
-            &c,
-            &seg(0, Some(1000), 0, 0, false, None)
-        ));
-        assert!(!rst_acceptable(&s, &c, &seg(0, None, 0, 0, false, None)));
+    fn rst(seq: u32, ack: Option<u32>) -> Segment {
+        Segment {
+            rst: true,
+            ..seg(seq, ack, 0, 0)
+        }
     }
 
-    #[test]
-    fn an_rst_answering_a_stray_ack_is_accepted() {
-        // The backend's TIME_WAIT answers a new SYN with an ACK from its old
-        // connection; the client resets it with seq = that ACK's ack number.
-        let (mut c, mut s) = (Window::default(), Window::default());
-        update(&mut c, &s, &seg(1000, None, 1, 64240, true, None));
-        update(
-            &mut s,
-            &c,
-            &seg(0x7000_0000, Some(0x3000_0000), 0, 502, false, None),
+    /// A handshake with window scale 7 both ways: client ISN 1000, server ISN 5000.
+    fn established() -> [Window; 2] {
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(1000, None, 64240, Some(7)));
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                1,
+                SynSent,
+                &syn(5000, Some(1001), 65160, Some(7)),
+                false
+            ),
+            Check::Accept
         );
-        assert!(rst_acceptable(
-            &c,
-            &s,
-            &seg(0x3000_0000, None, 0, 0, false, None)
+        assert_eq!(
+            tcp_in_window(&mut w, 0, SynRecv, &seg(1001, Some(5001), 0, 502), false),
+            Check::Accept
+        );
+        w
+    }
+
+    #[test]
+    fn a_handshake_sets_both_windows() {
+        let w = established();
+        assert_eq!((w[0].end, w[1].end), (1001, 5001));
+        assert_eq!((w[0].scale, w[1].scale), (7, 7));
+        assert_eq!(w[0].maxack(), Some(5001));
+        assert_eq!(w[1].maxack(), Some(1001));
+        // The client may send as far as the server's SYN-ACK window allows.
+        assert_eq!(w[0].maxend, 1001 + 65160);
+        assert_eq!(w[1].maxend, 5001 + (502 << 7));
+    }
+
+    #[test]
+    fn scaling_needs_both_syns() {
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(1000, None, 64240, Some(7)));
+        let _ = tcp_in_window(
+            &mut w,
+            1,
+            SynSent,
+            &syn(5000, Some(1001), 65160, None),
+            false,
+        );
+        assert_eq!((w[0].scale, w[1].scale), (0, 0));
+    }
+
+    #[test]
+    fn data_in_window_moves_end_and_out_of_window_changes_nothing() {
+        let mut w = established();
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                0,
+                Established,
+                &seg(1001, Some(5001), 1000, 502),
+                false
+            ),
+            Check::Accept
+        );
+        assert_eq!(w[0].end, 2001);
+        let before_w = w;
+        // Far beyond the receiver's window: INVALID, nothing learned.
+        let far = seg(2001 + (1 << 30), Some(5001), 100, 502);
+        assert!(matches!(
+            tcp_in_window(&mut w, 0, Established, &far, false),
+            Check::Invalid(_)
         ));
-        assert!(!rst_acceptable(
-            &c,
-            &s,
-            &seg(0x3000_0001, None, 0, 0, false, None)
+        assert_eq!(w, before_w);
+        // An ACK of data the server never sent.
+        let bad_ack = seg(2001, Some(5001 + 100_000), 0, 502);
+        assert!(matches!(
+            tcp_in_window(&mut w, 0, Established, &bad_ack, false),
+            Check::Invalid(_)
         ));
-        // Then the backend's real SYN-ACK restarts its sequence space.
-        update(&mut s, &c, &seg(9, Some(1001), 1, 65160, true, None));
-        assert_eq!(s.end, 10);
+        assert_eq!(w, before_w);
+        // Liberal: let through, still learn nothing.
+        assert!(matches!(
+            tcp_in_window(&mut w, 0, Established, &far, true),
+            Check::Pass(_)
+        ));
+        assert_eq!(w, before_w);
+    }
+
+    #[test]
+    fn retransmissions_and_late_acks_pass_without_effect() {
+        let mut w = established();
+        // The client sends 200 000 bytes in windows the server opens.
+        let mut seq = 1001u32;
+        for _ in 0..200 {
+            assert_eq!(
+                tcp_in_window(
+                    &mut w,
+                    0,
+                    Established,
+                    &seg(seq, Some(5001), 1000, 502),
+                    false
+                ),
+                Check::Accept
+            );
+            seq += 1000;
+            assert_eq!(
+                tcp_in_window(
+                    &mut w,
+                    1,
+                    Established,
+                    &seg(5001, Some(seq), 0, 1000),
+                    false
+                ),
+                Check::Accept
+            );
+        }
+        // The same segment again (a retransmission in window): accepted.
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                0,
+                Established,
+                &seg(seq - 1000, Some(5001), 1000, 502),
+                false
+            ),
+            Check::Accept
+        );
+        // Data acknowledged long ago (older than the window): forwarded, nothing learned.
+        let snapshot = w;
+        assert!(matches!(
+            tcp_in_window(
+                &mut w,
+                0,
+                Established,
+                &seg(1001, Some(5001), 1000, 502),
+                false
+            ),
+            Check::Ignore(_)
+        ));
+        assert_eq!(w, snapshot);
+    }
+
+    #[test]
+    fn a_zero_window_admits_a_probe() {
+        let mut w = established();
+        // The server closes its window entirely.
+        assert_eq!(
+            tcp_in_window(&mut w, 1, Established, &seg(5001, Some(1001), 0, 0), false),
+            Check::Accept
+        );
+        // A one-byte probe at the edge is in window.
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                0,
+                Established,
+                &seg(1001, Some(5001), 1, 502),
+                false
+            ),
+            Check::Accept
+        );
+    }
+
+    #[test]
+    fn a_sack_edge_counts_as_the_ack() {
+        let mut w = established();
+        for i in 0..3u32 {
+            let s = seg(1001 + i * 1000, Some(5001), 1000, 502);
+            assert_eq!(
+                tcp_in_window(&mut w, 0, Established, &s, false),
+                Check::Accept
+            );
+        }
+        // The server acknowledges 1001 and SACKs 2001..4001.
+        let mut sacked = seg(5001, Some(2001), 0, 1000);
+        sacked.options.sack = Some(4001);
+        assert_eq!(
+            tcp_in_window(&mut w, 1, Established, &sacked, false),
+            Check::Accept
+        );
+        // A SACK edge beyond anything sent is INVALID.
+        sacked.options.sack = Some(9001);
+        assert!(matches!(
+            tcp_in_window(&mut w, 1, Established, &sacked, false),
+            Check::Invalid(_)
+        ));
     }
 
     #[test]
     fn wraparound_is_handled() {
-        let (mut c, mut s) = (Window::default(), Window::default());
-        update(&mut c, &s, &seg(u32::MAX - 10, None, 1, 1000, true, None));
-        update(&mut s, &c, &seg(7, Some(u32::MAX - 9), 1, 1000, true, None));
-        update(
-            &mut c,
-            &s,
-            &seg(u32::MAX - 9, Some(8), 100, 1000, false, None),
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(u32::MAX - 10, None, 1000, None));
+        let _ = tcp_in_window(
+            &mut w,
+            1,
+            SynSent,
+            &syn(7, Some(u32::MAX - 9), 1000, None),
+            false,
         );
-        assert_eq!(c.end, 90);
-        assert!(rst_acceptable(&c, &s, &seg(80, None, 0, 0, false, None)));
-        assert!(rst_acceptable(
-            &c,
-            &s,
-            &seg(u32::MAX - 500, None, 0, 0, false, None)
-        ));
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                0,
+                SynRecv,
+                &seg(u32::MAX - 9, Some(8), 100, 1000),
+                false
+            ),
+            Check::Accept
+        );
+        assert_eq!(w[0].end, 90);
     }
 
     #[test]
-    fn wscale_is_found_among_options() {
+    fn an_rst_must_be_exact_on_an_established_flow() {
+        let mut w = established();
+        let _ = tcp_in_window(
+            &mut w,
+            0,
+            Established,
+            &seg(1001, Some(5001), 100, 502),
+            false,
+        );
+        let _ = tcp_in_window(
+            &mut w,
+            1,
+            Established,
+            &seg(5001, Some(1101), 0, 509),
+            false,
+        );
+        // The server expects 1101 next: an RST there closes.
+        assert_eq!(
+            rst_check(&w, 0, Established, &rst(1101, None), true, None),
+            RstCheck::Close
+        );
+        // In window but not exact: kept (the endpoint sends a challenge ACK).
+        assert_eq!(
+            rst_check(&w, 0, Established, &rst(1200, None), true, None),
+            RstCheck::Keep
+        );
+        // Far away, or below what was acknowledged: dropped.
+        assert!(matches!(
+            rst_check(&w, 0, Established, &rst(1101 + (1 << 30), None), true, None),
+            RstCheck::Invalid(_)
+        ));
+        assert!(matches!(
+            rst_check(&w, 0, Established, &rst(1050, None), true, None),
+            RstCheck::Invalid(_)
+        ));
+        // Closing states accept any in-window RST, as Linux does.
+        assert_eq!(
+            rst_check(&w, 0, FinWait, &rst(1200, None), true, None),
+            RstCheck::Close
+        );
+    }
+
+    #[test]
+    fn an_rst_answering_a_syn_must_ack_it() {
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(1000, None, 64240, None));
+        assert_eq!(
+            rst_check(&w, 1, SynSent, &rst(0, Some(1001)), false, None),
+            RstCheck::Close
+        );
+        assert!(matches!(
+            rst_check(&w, 1, SynSent, &rst(0, Some(1000)), false, None),
+            RstCheck::Invalid(_)
+        ));
+        assert!(matches!(
+            rst_check(&w, 1, SynSent, &rst(0, None), false, None),
+            RstCheck::Invalid(_)
+        ));
+        // The client resetting a stray ACK: only at that ACK's number.
+        let stray = Some(0x3000_0000);
+        assert_eq!(
+            rst_check(&w, 0, SynSent, &rst(0x3000_0000, None), false, stray),
+            RstCheck::Close
+        );
+    }
+
+    #[test]
+    fn options_are_found() {
         // MSS 1460, SACK permitted, timestamps, NOP, wscale 7.
         let opts = [
             2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
         ];
-        assert_eq!(parse_wscale(&opts), Some(7));
-        assert_eq!(parse_wscale(&[2, 4, 5, 180]), None);
-        assert_eq!(parse_wscale(&[3, 200]), None, "a bad length ends the parse");
-        assert_eq!(parse_wscale(&[]), None);
+        let o = Options::parse(&opts, true);
+        assert_eq!((o.wscale, o.sack_perm, o.sack), (Some(7), true, None));
+        assert_eq!(Options::parse(&opts, false).wscale, None, "only on a SYN");
+        assert_eq!(Options::parse(&[3, 3, 20], true).wscale, Some(14), "capped");
+        assert_eq!(
+            Options::parse(&[3, 200], true),
+            Options::default(),
+            "a bad length ends the parse"
+        );
+        assert_eq!(Options::parse(&[], true), Options::default());
+        // NOP NOP SACK with two blocks: the highest right edge.
+        let sack = [
+            1, 1, 5, 18, 0, 0, 0, 10, 0, 0, 0, 20, 0, 0, 0, 30, 0, 0, 0, 40,
+        ];
+        assert_eq!(Options::parse(&sack, false).sack, Some(40));
+        // Timestamps alone: the fast path.
+        assert_eq!(
+            Options::parse(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], false),
+            Options::default()
+        );
     }
 }

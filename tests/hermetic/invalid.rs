@@ -293,12 +293,12 @@ fn an_out_of_window_rst_is_dropped_and_the_flow_stays_established() {
     let (mut net, live) = live();
     for dir in [Direction::Original, Direction::Reply] {
         let (v, out) = blind_rst(&mut net, &live, dir);
-        assert_eq!(v, Verdict::Drop(DropReason::OutOfWindow), "{dir:?}");
+        assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow), "{dir:?}");
         assert!(out.is_none());
     }
     assert_eq!(state(&net, &live), TcpState::Established);
     let s = net.engine.stats();
-    assert_eq!(s.dropped(DropReason::OutOfWindow), 2, "{s}");
+    assert_eq!(s.dropped(DropReason::RstOutOfWindow), 2, "{s}");
     assert_eq!(s.total_dropped(), 2, "{s}");
     // Idle far longer than CLOSE's 10 s: the entry is still there.
     net.run_for(Duration::from_secs(60));
@@ -356,4 +356,185 @@ fn blind_rst(net: &mut Net, live: &Live, dir: Direction) -> (Verdict, Option<Vec
         seq.wrapping_add(0x8000_0000),
         0,
     ))
+}
+
+/// What a spoofed packet must leave alone: the state, both windows, the
+/// deadline and the flow's counters (the whole flow, compared field by field).
+fn flow_of(net: &Net, live: &Live) -> tunlb::conntrack::Flow {
+    net.engine
+        .flows()
+        .into_iter()
+        .find(|f| f.flow.original == live.original)
+        .expect("the flow exists")
+        .flow
+}
+
+fn same_flow(a: &tunlb::conntrack::Flow, b: &tunlb::conntrack::Flow) -> bool {
+    (
+        a.state,
+        a.deadline,
+        a.packets,
+        a.bytes,
+        a.window,
+        a.seen_reply,
+        a.assured,
+    ) == (
+        b.state,
+        b.deadline,
+        b.packets,
+        b.bytes,
+        b.window,
+        b.seen_reply,
+        b.assured,
+    )
+}
+
+/// After an attack: the flow is ESTABLISHED, survives 11 s of virtual idle
+/// (CLOSE's timeout is 10 s), and the connection still carries data.
+fn survives(net: &mut Net, live: &Live, round: u64) {
+    assert_eq!(state(net, live), TcpState::Established);
+    net.run_for(Duration::from_secs(11));
+    assert_eq!(state(net, live), TcpState::Established);
+    still_works(net, live, round);
+    assert_eq!(net.stream(live.id).outcome, net::Outcome::Open);
+    assert_nothing_untranslated(net, &[live.original, live.reply]);
+}
+
+/// A spoofed SYN (any sequence number X) on an ESTABLISHED flow is ignored
+/// by the state table: it must change nothing (before, it replaced the
+/// client's window, and an RST at X+1 then closed the flow).
+#[test]
+fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
+    let (mut net, live) = live();
+    let before = flow_of(&net, &live);
+    let x = 0x1234_5678u32;
+    let v = inject(&mut net, live.original.src, live.original.dst, SYN, x, 0);
+    assert_eq!(v, Verdict::Drop(DropReason::Ignored));
+    assert!(
+        same_flow(&flow_of(&net, &live), &before),
+        "the SYN changed the flow"
+    );
+    let v = inject(
+        &mut net,
+        live.original.src,
+        live.original.dst,
+        RST,
+        x.wrapping_add(1),
+        0,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow));
+    assert!(
+        same_flow(&flow_of(&net, &live), &before),
+        "the RST changed the flow"
+    );
+    let s = net.engine.stats();
+    assert_eq!(
+        (
+            s.dropped(DropReason::Ignored),
+            s.dropped(DropReason::RstOutOfWindow)
+        ),
+        (1, 1),
+        "{s}"
+    );
+    survives(&mut net, &live, 10);
+}
+
+/// A spoofed ACK acknowledging anything (V) must not teach the engine what
+/// the client expects: an RST from the backend side at V is then refused.
+#[test]
+fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
+    let (mut net, live) = live();
+    let (cseq, _) = live.next_seq;
+    let before = flow_of(&net, &live);
+    let v_ack = 0x7654_3210u32;
+    let v = inject(
+        &mut net,
+        live.original.src,
+        live.original.dst,
+        ACK,
+        cseq,
+        v_ack,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::OutOfWindow));
+    assert!(
+        same_flow(&flow_of(&net, &live), &before),
+        "the ACK changed the flow"
+    );
+    let v = inject(&mut net, live.reply.src, live.reply.dst, RST, v_ack, 0);
+    assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow));
+    assert!(
+        same_flow(&flow_of(&net, &live), &before),
+        "the RST changed the flow"
+    );
+    survives(&mut net, &live, 11);
+}
+
+/// An ACK far beyond the window must not move the sender's end (which would
+/// open the RST check to anything): dropped, then an RST just past it too.
+#[test]
+fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
+    let (mut net, live) = live();
+    let (cseq, bseq) = live.next_seq;
+    let before = flow_of(&net, &live);
+    for far in [1u32 << 30, 3 << 29, 0x7fff_0000] {
+        let seq = cseq.wrapping_add(far);
+        let v = inject(
+            &mut net,
+            live.original.src,
+            live.original.dst,
+            ACK,
+            seq,
+            bseq,
+        );
+        assert!(
+            matches!(v, Verdict::Drop(DropReason::OutOfWindow)),
+            "seq +{far:#x}: {v:?}"
+        );
+        assert!(
+            same_flow(&flow_of(&net, &live), &before),
+            "the ACK changed the flow"
+        );
+        for rst_seq in [seq.wrapping_add(1), seq.wrapping_add(100)] {
+            let v = inject(
+                &mut net,
+                live.original.src,
+                live.original.dst,
+                RST,
+                rst_seq,
+                0,
+            );
+            assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow));
+        }
+        assert!(
+            same_flow(&flow_of(&net, &live), &before),
+            "the RST changed the flow"
+        );
+    }
+    survives(&mut net, &live, 12);
+}
+
+/// An RST inside the window but not at the exact next sequence number, on
+/// an ESTABLISHED flow, is passed (a Linux endpoint answers it with a
+/// challenge ACK, RFC 5961) and the flow stays ESTABLISHED, unchanged, as in
+/// Linux. (smoltcp accepts any in-window RST, so the endpoint's side of the
+/// story is not checked here.)
+#[test]
+fn an_inexact_in_window_rst_is_passed_and_keeps_the_flow() {
+    let (mut net, live) = live();
+    let (cseq, _) = live.next_seq;
+    let before = flow_of(&net, &live);
+    let v = inject(
+        &mut net,
+        live.original.src,
+        live.original.dst,
+        RST,
+        cseq.wrapping_add(10),
+        0,
+    );
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    let after = flow_of(&net, &live);
+    assert!(same_flow(&after, &before), "the RST changed the flow");
+    assert_eq!(after.state, TcpState::Established);
+    assert_eq!(net.engine.stats().untracked, 1);
+    assert_nothing_untranslated(&net, &[live.original, live.reply]);
 }

@@ -110,7 +110,7 @@ impl Model {
                 };
                 (
                     send(dir, RST, seq.wrapping_add(0x8000_0000), 0),
-                    DropReason::OutOfWindow,
+                    DropReason::RstOutOfWindow,
                 )
             }
             Bad::StateBound => match STAGES[self.stage] {
