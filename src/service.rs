@@ -214,7 +214,7 @@ pub struct Service {
     /// The mode the selector implements.
     pub mode: Mode,
     /// Picks a backend for each NEW connection.
-    pub selector: Box<dyn Selector>,
+    pub selector: Arc<dyn Selector>,
 }
 
 impl Service {
@@ -237,12 +237,15 @@ impl Service {
                     .unwrap_or_else(|| Arc::new(Backend::new(b.addr)))
             })
             .collect();
+        let list: Vec<(SocketAddrV4, u32)> =
+            cfg.backends.iter().map(|b| (b.addr, b.weight)).collect();
+        let selector = select::build(cfg.mode, &list, seed);
         Service {
             vip: cfg.vip,
             backends,
             snat,
             mode: cfg.mode,
-            selector: select::build(cfg.mode, &weights, seed),
+            selector,
             weights,
         }
     }
