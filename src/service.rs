@@ -223,13 +223,20 @@ pub struct Service {
     pub snat: Vec<Ipv4Addr>,
     /// The mode the selector implements.
     pub mode: Mode,
-    /// Picks a backend for each NEW connection.
-    pub selector: Box<dyn Selector>,
+    /// Picks a backend for each NEW connection; shared with the previous
+    /// version of the service when a reload kept its mode and backends.
+    pub selector: Arc<dyn Selector>,
 }
 
 impl Service {
     /// Build the runtime form of a validated service, reusing the backends
     /// of `previous` (an older version of the same service) by address.
+    ///
+    /// When `previous` has the same mode and the same backends with the same
+    /// weights in the same order, its selector is kept as it is: a reload
+    /// that leaves the service alone continues nth's rotation, random's
+    /// sequence and wrr's state instead of starting over. Any change to the
+    /// list starts a new selector.
     pub fn new(cfg: &ServiceConfig, seed: u64, previous: Option<&Service>) -> Self {
         let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
         let snat = if cfg.snat.is_empty() {
@@ -247,13 +254,96 @@ impl Service {
                     .unwrap_or_else(|| Arc::new(Backend::new(b.addr)))
             })
             .collect();
+        let unchanged = |p: &&Service| {
+            p.mode == cfg.mode
+                && p.backends.len() == cfg.backends.len()
+                && p.backends
+                    .iter()
+                    .zip(&p.weights)
+                    .zip(&cfg.backends)
+                    .all(|((b, &w), c)| b.addr == c.addr && w == c.weight)
+        };
+        let selector = match previous.filter(unchanged) {
+            Some(p) => Arc::clone(&p.selector),
+            None => {
+                let list: Vec<(SocketAddrV4, u32)> =
+                    cfg.backends.iter().map(|b| (b.addr, b.weight)).collect();
+                select::build(cfg.mode, &list, seed)
+            }
+        };
         Service {
             vip: cfg.vip,
             backends,
             snat,
             mode: cfg.mode,
-            selector: select::build(cfg.mode, &weights, seed),
+            selector,
             weights,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::Tuple;
+
+    fn cfg(mode: Mode, weights: &[u32]) -> ServiceConfig {
+        ServiceConfig {
+            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+            backends: (3u8..)
+                .zip(weights)
+                .map(|(i, &weight)| BackendConfig {
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80),
+                    weight,
+                })
+                .collect(),
+            mode,
+            snat: vec![],
+        }
+    }
+
+    fn pick(s: &Service) -> usize {
+        let t = Tuple::new(
+            Ipv4Addr::new(198, 18, 1, 2),
+            1,
+            Ipv4Addr::new(198, 18, 0, 1),
+            80,
+        );
+        s.selector.select(&s.backends, &t).unwrap()
+    }
+
+    #[test]
+    fn a_reload_with_the_same_backends_keeps_the_rotation() {
+        let c = cfg(Mode::Nth, &[1, 1, 1, 1]);
+        let old = Service::new(&c, 1, None);
+        assert_eq!([pick(&old), pick(&old)], [0, 1]);
+        let new = Service::new(&c, 1, Some(&old));
+        assert_eq!([pick(&new), pick(&new), pick(&new)], [2, 3, 0]);
+        assert!(Arc::ptr_eq(&old.selector, &new.selector));
+        // Random keeps its generator too (another seed would not matter).
+        let r = cfg(Mode::Random, &[1, 1, 1, 1]);
+        let old = Service::new(&r, 1, None);
+        assert!(Arc::ptr_eq(
+            &old.selector,
+            &Service::new(&r, 2, Some(&old)).selector
+        ));
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_service_starts_a_new_rotation() {
+        let old = Service::new(&cfg(Mode::Nth, &[1, 1, 1, 1]), 1, None);
+        assert_eq!([pick(&old), pick(&old)], [0, 1]);
+        let mut reordered = cfg(Mode::Nth, &[1, 1, 1, 1]);
+        reordered.backends.swap(0, 1);
+        for changed in [
+            cfg(Mode::Nth, &[1, 1, 1, 2]),
+            cfg(Mode::Nth, &[1, 1, 1]),
+            cfg(Mode::Wrr, &[1, 1, 1, 1]),
+            reordered,
+        ] {
+            let new = Service::new(&changed, 1, Some(&old));
+            assert!(!Arc::ptr_eq(&old.selector, &new.selector), "{changed:?}");
+            assert_eq!(pick(&new), 0, "{changed:?}");
         }
     }
 }
