@@ -142,6 +142,9 @@ pub struct RunArgs {
     /// Do not ask the TUN for TSO/checksum offloads (one packet per read and write).
     #[arg(long)]
     pub no_offload: bool,
+    /// Let TCP segments outside the sequence window through (RSTs are still checked), like nf_conntrack_tcp_be_liberal=1.
+    #[arg(long)]
+    pub liberal: bool,
     /// TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue).
     #[arg(long, value_enum)]
     pub io: Option<CliIo>,
@@ -194,6 +197,7 @@ impl RunArgs {
             metrics: self.metrics.clone(),
             health_check: self.health_check,
             no_offload: self.no_offload,
+            liberal: self.liberal,
             io: self.io.map(|i| match i {
                 CliIo::Vnet => IoKind::Vnet,
                 CliIo::Tun => IoKind::Tun,

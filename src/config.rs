@@ -4,8 +4,8 @@
 //! # How flags and the file combine
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
-//!   `mtu`, `busy_poll`, `stats_interval` and a `[timeouts]` table (seconds
-//!   per TCP state).
+//!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal` and a `[timeouts]`
+//!   table (seconds per TCP state).
 //! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
 //!   adds one more service; a VIP declared twice is an error.
 //! - Every other flag given on the command line overrides the file's value.
@@ -167,6 +167,7 @@ pub struct File {
     health: Option<FileHealth>,
     offload: Option<bool>,
     io: Option<IoKind>,
+    tcp_liberal: Option<bool>,
     #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
@@ -214,6 +215,8 @@ pub struct FlagRun {
     pub health_check: bool,
     /// `--no-offload`.
     pub no_offload: bool,
+    /// `--liberal`.
+    pub liberal: bool,
     /// `--io`.
     pub io: Option<IoKind>,
 }
@@ -390,8 +393,9 @@ fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
 
 /// Build the configuration of `tunlb run` from its flags and the file.
 pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> {
-    let (engine, file) = engine_config(svc)?;
+    let (mut engine, file) = engine_config(svc)?;
     let file = file.unwrap_or_default();
+    engine.tcp_liberal = run.liberal || file.tcp_liberal.unwrap_or(false);
     let tun = run.tun.clone().or(file.tun).ok_or_else(|| {
         Error::Invalid(
             "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)".into(),
@@ -715,6 +719,33 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "--busy-poll 1001 is out of range: use 0 (off) to 1000 microseconds, e.g. 50"
         );
         assert!(run_config(&f, &run(Some(50), Some(IoKind::Tun))).is_ok());
+    }
+
+    #[test]
+    fn liberal_from_the_flag_or_the_file() {
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let run = |liberal| FlagRun {
+            tun: Some("tl0".into()),
+            liberal,
+            ..Default::default()
+        };
+        assert!(
+            !run_config(&f, &run(false)).unwrap().engine.tcp_liberal,
+            "off by default"
+        );
+        assert!(run_config(&f, &run(true)).unwrap().engine.tcp_liberal);
+        let p = write("liberal", "tcp_liberal = true\n");
+        let from_file = FlagService {
+            config: Some(p.clone()),
+            ..f
+        };
+        assert!(
+            run_config(&from_file, &run(false))
+                .unwrap()
+                .engine
+                .tcp_liberal
+        );
+        std::fs::remove_file(p).unwrap();
     }
 
     #[test]

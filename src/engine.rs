@@ -72,6 +72,15 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// The size of the flow table's bookkeeping (see [`Engine::bookkeeping`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bookkeeping {
+    /// Entries in the expiry heap (one live per flow, plus stale ones).
+    pub expiry_entries: usize,
+    /// Entries in the eviction queue of flows that may be unreplied.
+    pub eviction_entries: usize,
+}
+
 /// The NAT engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -735,6 +744,17 @@ impl Engine {
     /// Return the number of tracked flows.
     pub fn flow_count(&self) -> usize {
         self.table.len()
+    }
+
+    /// Return the size of the table's bookkeeping, live and stale entries
+    /// alike: for diagnostics and tests, which check that it follows the
+    /// live flows (at most twice their number plus
+    /// [`crate::conntrack::table::COMPACT_SLACK`] after each expiry pass).
+    pub fn bookkeeping(&self) -> Bookkeeping {
+        Bookkeeping {
+            expiry_entries: self.table.heap_len(),
+            eviction_entries: self.table.queue_len(),
+        }
     }
 
     /// Copy every tracked flow, like `conntrack -L` (not for the packet path).

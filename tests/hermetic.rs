@@ -41,5 +41,7 @@ mod limits;
 mod malformed;
 #[path = "hermetic/sequences.rs"]
 mod sequences;
+#[path = "hermetic/threads.rs"]
+mod threads;
 #[path = "hermetic/transfer.rs"]
 mod transfer;

@@ -32,8 +32,15 @@ pub fn allocate(
     secret: u64,
 ) -> Option<Tuple> {
     let client_port = original.src.port();
-    // Port preservation, on each address of the pool in turn.
-    for &snat in pool {
+    // Port preservation, on each address of the pool in turn, and only for a
+    // port inside the range (as MASQUERADE --to-ports keeps a port only when
+    // it lies in the range it was given).
+    let preserve: &[Ipv4Addr] = if range.contains(&client_port) {
+        pool
+    } else {
+        &[]
+    };
+    for &snat in preserve {
         let reply = Tuple {
             src: backend,
             dst: SocketAddrV4::new(snat, client_port),
@@ -81,6 +88,22 @@ mod tests {
     const S: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
     #[test]
+    fn a_client_port_outside_the_range_is_not_preserved() {
+        let t = ConnTable::new(10);
+        for port in [80, 1023, 40000] {
+            let r = allocate(&t, &orig(port), B, &[S], &(20000..=20099), 7).unwrap();
+            assert!(
+                (20000..=20099).contains(&r.dst.port()),
+                "client port {port} -> {}",
+                r.dst
+            );
+        }
+        // Inside the range, it is kept.
+        let r = allocate(&t, &orig(20050), B, &[S], &(20000..=20099), 7).unwrap();
+        assert_eq!(r.dst.port(), 20050);
+    }
+
+    #[test]
     fn preserves_the_client_port_when_free() {
         let t = ConnTable::new(10);
         let r = allocate(&t, &orig(40000), B, &[S], &(1024..=65535), 7).unwrap();
@@ -92,16 +115,16 @@ mod tests {
     fn a_clash_moves_to_another_port_and_a_full_range_fails() {
         let t = ConnTable::new(10);
         let other = Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 40000, S, 80);
-        let a = allocate(&t, &orig(40000), B, &[S], &(50000..=50001), 7).unwrap();
-        let b = allocate(&t, &other, B, &[S], &(50000..=50001), 7).unwrap();
+        let a = allocate(&t, &orig(40000), B, &[S], &(39999..=40001), 7).unwrap();
+        let b = allocate(&t, &other, B, &[S], &(39999..=40001), 7).unwrap();
         assert_eq!(a.dst.port(), 40000);
-        assert!((50000..=50001).contains(&b.dst.port()));
+        assert!([39999, 40001].contains(&b.dst.port()));
         let c = allocate(
             &t,
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 4), 40000, S, 80),
             B,
             &[S],
-            &(50000..=50001),
+            &(39999..=40001),
             7,
         )
         .unwrap();
@@ -111,7 +134,7 @@ mod tests {
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 5), 40000, S, 80),
             B,
             &[S],
-            &(50000..=50001),
+            &(39999..=40001),
             7,
         );
         assert_eq!(d, None);

@@ -13,9 +13,11 @@
 //! Memory is measured in its own binary (`tests/churn_memory.rs`), since a
 //! counting global allocator would count every test of this one.
 
+use tunlb::conntrack::table::COMPACT_SLACK;
 use tunlb::select::Mode;
-use tunlb::{Engine, Timestamp};
+use tunlb::{Engine, Timestamp, Verdict};
 
+use crate::craft::flags::{ACK, FIN, SYN};
 use crate::cycle;
 use crate::net::{self, vip};
 
@@ -81,4 +83,100 @@ fn churn_of_100k_short_connections_ends_with_an_empty_table() {
 #[ignore = "1 M connections: run in release, `cargo test --release --test hermetic -- --ignored churn`"]
 fn churn_of_1m_short_connections_ends_with_an_empty_table() {
     churn_and_drain(1_000_000);
+}
+
+/// Flows that outlive SYN_RECV's 60 s deadline are re-filed at
+/// ESTABLISHED's 5-day deadline; closing them later leaves that entry
+/// stale. The expiry heap must follow the live flows all the same: after
+/// 100 000 such flows close and expire, it is back to empty.
+#[test]
+fn long_lived_flows_leave_no_stale_expiry_entries_behind() {
+    const N: u64 = 100_000;
+    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let t0 = Timestamp::ZERO;
+    let conns: Vec<_> = (0..N)
+        .map(|i| cycle::handshake(&engine, t0, cycle::client(i), vip()))
+        .collect();
+    // Past SYN_RECV's deadline: every live heap entry comes due and is re-filed.
+    let t1 = Timestamp::from_secs(61);
+    while engine.expire(t1) {}
+    assert_eq!(engine.flow_count(), N as usize);
+    for c in &conns {
+        c.close(&engine, t1);
+    }
+    let mut most = 0;
+    let mut now = t1;
+    while engine.flow_count() > 0 {
+        now = now.max(engine.next_expiry().expect("flows remain"));
+        while engine.expire(now) {}
+        let b = engine.bookkeeping();
+        assert!(
+            b.expiry_entries <= 2 * engine.flow_count() + COMPACT_SLACK,
+            "{} expiry entries for {} flows",
+            b.expiry_entries,
+            engine.flow_count()
+        );
+        most = most.max(b.expiry_entries);
+    }
+    let b = engine.bookkeeping();
+    assert_eq!(b.expiry_entries, 0, "stale 5-day entries left: {b:?}");
+    assert_eq!(engine.next_expiry(), None);
+    assert_eq!(
+        now,
+        Timestamp::from_secs(61 + 120),
+        "TIME_WAIT after the close"
+    );
+    println!("long-lived flows: at most {most} expiry entries for {N} flows; {b:?}");
+}
+
+/// A client that answers the SYN-ACK with FIN|ACK never becomes ASSURED,
+/// and it keeps talking: it stays at the front of the eviction queue. The
+/// queue must still follow the live flows, whatever comes after it.
+#[test]
+fn a_never_assured_flow_does_not_pin_the_eviction_queue() {
+    const N: u64 = 50_000;
+    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let (c, s) = (cycle::CLIENT_ISN + 1, cycle::SERVER_ISN + 1);
+    let pin = cycle::open(
+        &engine,
+        Timestamp::ZERO,
+        cycle::client(u64::from(u32::MAX)),
+        vip(),
+    )
+    .unwrap();
+    assert!(matches!(
+        pin.reply(&engine, Timestamp::ZERO, SYN | ACK, cycle::SERVER_ISN, c),
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        pin.orig(&engine, Timestamp::ZERO, FIN | ACK, c, s),
+        Verdict::Forward { .. }
+    ));
+    let mut most = 0;
+    for k in 0..N {
+        let now = Timestamp::from_millis(k * 10);
+        if k % 1000 == 0 {
+            // The pinning client keeps talking (a duplicate ACK).
+            let v = pin.orig(&engine, now, ACK, c + 1, s);
+            assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+            while engine.expire(now) {}
+            let b = engine.bookkeeping();
+            assert!(
+                b.eviction_entries <= 2 * engine.flow_count() + COMPACT_SLACK,
+                "{} eviction entries for {} flows",
+                b.eviction_entries,
+                engine.flow_count()
+            );
+            most = most.max(b.eviction_entries);
+        }
+        let conn = cycle::handshake(&engine, now, cycle::client(k), vip());
+        conn.close(&engine, now);
+    }
+    let flows = engine.flows();
+    let pinned = flows
+        .iter()
+        .find(|f| f.flow.original.src == pin.client)
+        .unwrap();
+    assert!(!pinned.flow.assured, "the pinning flow is never assured");
+    println!("eviction queue: at most {most} entries over {N} connections");
 }

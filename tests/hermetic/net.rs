@@ -111,6 +111,8 @@ pub fn config(mode: Mode, weights: &[u32]) -> EngineConfig {
     EngineConfig {
         services: vec![service(mode, weights)],
         seed: SEED,
+        // The same table growth on every run.
+        hash_seed: Some(SEED),
         ..Default::default()
     }
 }
