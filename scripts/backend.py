@@ -13,6 +13,8 @@ Runs inside one backend namespace (started by scripts/lib.sh) and answers:
 
 Every answer carries "X-Backend: <name>" and closes the connection
 (HTTP/1.0), so each request is one TCP connection through the balancer.
+With --keep-alive it speaks HTTP/1.1 and keeps each connection open for the
+next request instead (as long as the client wants, no idle timeout).
 """
 
 import argparse
@@ -31,12 +33,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 1024
 
 
-def make_handler(name, data_dir):
+def make_handler(name, data_dir, keep_alive=False):
     body_name = (name + "\n").encode()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tunlb-backend/1"
-        protocol_version = "HTTP/1.0"
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
 
         def log_message(self, fmt, *args):  # quiet: one line per request is noise
             pass
@@ -46,7 +48,10 @@ def make_handler(name, data_dir):
             self.send_header("X-Backend", name)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(length))
-            self.send_header("Connection", "close")
+            # Keep-alive mode still closes when the request asked to
+            # (parse_request set close_connection from its headers).
+            close = not keep_alive or self.close_connection
+            self.send_header("Connection", "close" if close else "keep-alive")
             self.end_headers()
 
         def _text(self, code, text):
@@ -111,8 +116,10 @@ def main():
     ap.add_argument("--data", required=True, help="directory with the files served under /file/")
     ap.add_argument("--bind", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=80)
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="HTTP/1.1: keep connections open between requests")
     args = ap.parse_args()
-    server = Server((args.bind, args.port), make_handler(args.name, args.data))
+    server = Server((args.bind, args.port), make_handler(args.name, args.data, args.keep_alive))
     print("backend %s listening on %s:%d" % (args.name, args.bind, args.port), file=sys.stderr, flush=True)
     try:
         server.serve_forever()
