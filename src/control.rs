@@ -1,28 +1,86 @@
 //! Talking to a running tunlb: `tunlb flows`, `tunlb stats`, Prometheus metrics.
 //!
 //! The running process listens on a Unix socket (mode 0600: only its owner
-//! may ask) and on an optional TCP address for `/metrics`. Both are served
-//! from the housekeeping loop, one short request at a time, never from a
-//! packet thread. The protocol of the Unix socket is one line in, the answer
-//! out, then close: `flows`, `stats`, `flows json`, `stats json`.
+//! may ask) and on an optional TCP address for `/metrics`. The protocol of
+//! the Unix socket is one line in, the answer out, then close: `flows`,
+//! `stats`, `flows json`, `stats json`.
+//!
+//! # No client can hold up the datapath
+//! Neither listener is served by the housekeeping loop (expiry, signals) or
+//! a packet thread. Each has an acceptor thread of its own
+//! ([`Control::spawn`], [`Metrics::spawn`]) that hands every connection to a
+//! short-lived worker thread, within [`Limits`]: at most
+//! [`Limits::clients`] connections in service at once per listener (the
+//! rest are closed at once, unanswered), each read or write of a client
+//! waits at most [`Limits::io_timeout`], and a whole exchange lasts at most
+//! [`Limits::deadline`]. A client that sends nothing, or stops reading the
+//! answer (`tunlb flows` suspended with Ctrl-Z), is dropped when its time
+//! is up and only ever holds its own worker. The acceptors stop within
+//! [`POLL`] of the stop flag; workers are never waited for, so shutdown
+//! does not wait for any client.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::datapath::Device;
+use crate::datapath::{Clock, Device, POLL};
 use crate::engine::Engine;
 use crate::stats::DropReason;
 use crate::time::Timestamp;
 
-/// How long a client may take to send its request.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How many clients a listener serves at once, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections in service at once; a connection beyond is closed
+    /// unanswered as soon as it is accepted.
+    pub clients: usize,
+    /// How long one read or write may wait for the client: a client that
+    /// sends nothing, or reads nothing, for this long is dropped.
+    pub io_timeout: Duration,
+    /// How long a whole exchange may last, from accept to the last byte of
+    /// the answer, however the client trickles.
+    pub deadline: Duration,
+}
+
+impl Limits {
+    /// What `tunlb run` uses: 8 clients per listener, 2 s per read or
+    /// write, 10 s per exchange. `tunlb flows` reads its whole answer before
+    /// printing it, so a table of a million flows (some 250 MB of text)
+    /// still goes out well within the deadline.
+    pub const DEFAULT: Limits = Limits {
+        clients: 8,
+        io_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(10),
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// What requests are answered from: the engine, the device counters, and
+/// the datapath's clock (flows show the seconds left until their deadline).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The engine the datapath runs.
+    pub engine: Arc<Engine>,
+    /// The device the packet threads count on.
+    pub device: Arc<Device>,
+    /// The clock the datapath hands the engine.
+    pub clock: Clock,
+}
 
 /// Return the default control-socket path for a TUN name in this network
 /// namespace: `/run/tunlb/TUN.NETNS.sock` (under `$XDG_RUNTIME_DIR` for an
@@ -89,11 +147,26 @@ impl Control {
         })
     }
 
-    /// Answer every request waiting now.
-    pub fn serve(&self, engine: &Engine, device: &Device, now: Timestamp) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            let _ = answer(stream, engine, device, now);
-        }
+    /// Serve requests on threads of their own (see the module docs) until
+    /// `stop` is set. The socket file stays with `self`, and is removed when
+    /// it is dropped, whether or not the acceptor has ended by then.
+    pub fn spawn(
+        &self,
+        source: Source,
+        limits: Limits,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let listener = self.listener.try_clone()?;
+        spawn_acceptor(
+            "tunlb-control",
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            limits,
+            stop,
+            move |stream, deadline| {
+                let _ = answer(stream, &source, limits, deadline);
+            },
+        )
     }
 }
 
@@ -105,16 +178,16 @@ impl Drop for Control {
 
 fn answer(
     stream: UnixStream,
-    engine: &Engine,
-    device: &Device,
-    now: Timestamp,
+    source: &Source,
+    limits: Limits,
+    deadline: Instant,
 ) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut stream = Timed::new(stream, limits.io_timeout, deadline)?;
     let mut line = String::new();
-    BufReader::new(&stream).take(256).read_line(&mut line)?;
+    BufReader::new(&mut stream).take(256).read_line(&mut line)?;
     let mut words = line.split_whitespace();
     let (what, json) = (words.next().unwrap_or(""), words.next() == Some("json"));
+    let (engine, device, now) = (&source.engine, &source.device, source.clock.now());
     let body = match (what, json) {
         ("flows", false) => flows_text(engine, now),
         ("flows", true) => flows_json(engine, now).to_string() + "\n",
@@ -125,7 +198,172 @@ fn answer(
             line.trim()
         ),
     };
-    (&stream).write_all(body.as_bytes())
+    stream.write_all(body.as_bytes())
+}
+
+/// A stream of a client whose every read and write waits at most
+/// `io_timeout`, and nothing past `deadline`.
+#[derive(Debug)]
+struct Timed<S> {
+    stream: S,
+    io_timeout: Duration,
+    deadline: Instant,
+}
+
+/// The two kinds of client stream, for [`Timed`].
+trait Conn: Read + Write {
+    fn set_blocking(&self) -> std::io::Result<()>;
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl Conn for UnixStream {
+    fn set_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Conn for TcpStream {
+    fn set_blocking(&self) -> std::io::Result<()> {
+        self.set_nonblocking(false)
+    }
+    fn set_timeouts(&self, t: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl<S: Conn> Timed<S> {
+    fn new(stream: S, io_timeout: Duration, deadline: Instant) -> std::io::Result<Self> {
+        stream.set_blocking()?;
+        Ok(Timed {
+            stream,
+            io_timeout,
+            deadline,
+        })
+    }
+
+    /// Arm the socket's timeouts for one more call: the shorter of
+    /// `io_timeout` and what is left until the deadline.
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        // A zero timeout would mean "none": at least a millisecond.
+        self.stream
+            .set_timeouts(left.min(self.io_timeout).max(Duration::from_millis(1)))
+    }
+}
+
+impl<S: Conn> Read for Timed<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Conn> Write for Timed<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// One connection in service; dropping it frees its place.
+#[derive(Debug)]
+struct InService(Arc<AtomicUsize>);
+
+impl InService {
+    /// Take a place if fewer than `max` connections are in service.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InService(count.clone()))
+    }
+}
+
+impl Drop for InService {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Start a thread that accepts connections on `listener` (non-blocking)
+/// until `stop` is set, and hands each to `serve` on a worker thread of its
+/// own, with the exchange's deadline; beyond `limits.clients` connections in
+/// service, a new one is closed at once. Workers are detached: nothing ever
+/// waits for a client.
+fn spawn_acceptor<L, S>(
+    name: &str,
+    listener: L,
+    accept: fn(&L) -> std::io::Result<S>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    serve: impl Fn(S, Instant) + Send + Sync + 'static,
+) -> std::io::Result<JoinHandle<()>>
+where
+    L: AsRawFd + Send + 'static,
+    S: Send + 'static,
+{
+    let serve = Arc::new(serve);
+    let worker = format!("{name}-client");
+    thread::Builder::new().name(name.into()).spawn(move || {
+        let in_service = Arc::new(AtomicUsize::new(0));
+        let mut refused = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match crate::io::sys::poll_readable(&listener, POLL) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::debug!("{worker}: poll failed: {e}");
+                    thread::sleep(POLL);
+                    continue;
+                }
+            }
+            loop {
+                let stream = match accept(&listener) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // Out of descriptors, say: the connection waits in
+                        // the backlog; try again later, without spinning.
+                        tracing::debug!("{worker}: accept failed: {e}");
+                        thread::sleep(POLL);
+                        break;
+                    }
+                };
+                let deadline = Instant::now() + limits.deadline;
+                let Some(place) = InService::take(&in_service, limits.clients) else {
+                    refused += 1;
+                    tracing::debug!(
+                        "{worker}: {} clients in service already, connection closed ({refused} so far)",
+                        limits.clients
+                    );
+                    continue;
+                };
+                let serve = serve.clone();
+                let spawned = thread::Builder::new()
+                    .name(worker.clone())
+                    .spawn(move || {
+                        let _place = place;
+                        serve(stream, deadline);
+                    });
+                if let Err(e) = spawned {
+                    tracing::debug!("{worker}: cannot start a thread: {e}");
+                }
+            }
+        }
+    })
 }
 
 /// Send one request to the instance at `path` and return its answer.
@@ -439,11 +677,25 @@ impl Metrics {
         self.listener.local_addr()
     }
 
-    /// Answer every request waiting now.
-    pub fn serve(&self, engine: &Engine, device: &Device) {
-        while let Ok((stream, _)) = self.listener.accept() {
-            let _ = respond(stream, engine, device);
-        }
+    /// Serve `GET /metrics` on threads of their own (see the module docs)
+    /// until `stop` is set.
+    pub fn spawn(
+        &self,
+        source: Source,
+        limits: Limits,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let listener = self.listener.try_clone()?;
+        spawn_acceptor(
+            "tunlb-metrics",
+            listener,
+            |l| l.accept().map(|(s, _)| s),
+            limits,
+            stop,
+            move |stream, deadline| {
+                let _ = respond(stream, &source, limits, deadline);
+            },
+        )
     }
 }
 
@@ -454,11 +706,18 @@ fn label_value(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+fn respond(
+    stream: TcpStream,
+    source: &Source,
+    limits: Limits,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let mut stream = Timed::new(stream, limits.io_timeout, deadline)?;
     let mut line = String::new();
-    BufReader::new(&stream).take(1024).read_line(&mut line)?;
+    BufReader::new(&mut stream)
+        .take(1024)
+        .read_line(&mut line)?;
+    let (engine, device) = (&source.engine, &source.device);
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = if path == "/metrics" {
         (
@@ -474,12 +733,225 @@ fn respond(stream: TcpStream, engine: &Engine, device: &Device) -> std::io::Resu
         )
     };
     let head = format!("HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    (&stream).write_all(head.as_bytes())?;
-    (&stream).write_all(body.as_bytes())
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    /// A socket path of this test process.
+    fn socket_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tunlb-{}-{name}.sock", std::process::id()))
+    }
+
+    /// A listener whose workers read one line and answer `body`; each
+    /// reports the line and whether the whole answer went out.
+    struct Echo {
+        control: Control,
+        stop: Arc<AtomicBool>,
+        acceptor: JoinHandle<()>,
+        done: mpsc::Receiver<(String, bool)>,
+    }
+
+    impl Echo {
+        fn start(name: &str, limits: Limits, body: Vec<u8>) -> Echo {
+            let control = Control::bind(&socket_path(name)).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, done) = mpsc::channel();
+            let tx = Mutex::new(tx);
+            let acceptor = spawn_acceptor(
+                "test",
+                control.listener.try_clone().unwrap(),
+                |l| l.accept().map(|(s, _)| s),
+                limits,
+                stop.clone(),
+                move |stream: UnixStream, deadline| {
+                    let mut s = Timed::new(stream, limits.io_timeout, deadline).unwrap();
+                    let mut line = String::new();
+                    let _ = BufReader::new(&mut s).take(64).read_line(&mut line);
+                    let whole = s.write_all(&body).is_ok();
+                    let _ = tx.lock().unwrap().send((line.trim().to_owned(), whole));
+                },
+            )
+            .unwrap();
+            Echo {
+                control,
+                stop,
+                acceptor,
+                done,
+            }
+        }
+
+        fn connect(&self) -> UnixStream {
+            UnixStream::connect(&self.control.path).unwrap()
+        }
+
+        /// The next worker's report (a minute at most).
+        fn next_done(&self) -> (String, bool) {
+            self.done.recv_timeout(Duration::from_secs(60)).unwrap()
+        }
+
+        /// Set the stop flag and wait for the acceptor; it must end whatever
+        /// its workers are blocked on.
+        fn stop(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.acceptor.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_client_that_never_reads_is_dropped_after_the_write_timeout_and_holds_no_one_else() {
+        const BODY: usize = 8 << 20; // far more than a socket buffer holds
+        let limits = Limits {
+            clients: 4,
+            io_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(60),
+        };
+        let echo = Echo::start("never-reads", limits, vec![b'x'; BODY]);
+        let mut stalled = echo.connect();
+        stalled.write_all(b"stall\n").unwrap();
+        // Another client, meanwhile, gets its whole answer.
+        let mut reader = echo.connect();
+        reader.write_all(b"read\n").unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), BODY, "the reading client got the whole answer");
+        let mut reports = [echo.next_done(), echo.next_done()];
+        reports.sort();
+        assert_eq!(
+            reports,
+            [("read".to_string(), true), ("stall".to_string(), false)],
+            "the stalled client's answer was cut short, the other went out"
+        );
+        // The worker gave up and closed: what the socket held, then EOF.
+        let mut rest = Vec::new();
+        stalled.read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.len() < BODY,
+            "the stalled client got {} bytes of {BODY}",
+            rest.len()
+        );
+        echo.stop();
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_closed_unanswered() {
+        let limits = Limits {
+            clients: 1,
+            io_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(60),
+        };
+        let echo = Echo::start("limit", limits, b"answer\n".to_vec());
+        // The first connection takes the only place (accepted first: the
+        // backlog is in order) and holds it while it sends nothing.
+        let mut first = echo.connect();
+        let mut second = echo.connect();
+        let mut got = Vec::new();
+        second.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty(), "beyond the limit: closed unanswered");
+        first.write_all(b"first\n").unwrap();
+        let mut answer = String::new();
+        first.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "answer\n");
+        assert_eq!(echo.next_done(), ("first".to_string(), true));
+        // The place is free once the worker has ended: a later client is
+        // answered (it may be refused while that worker is still ending).
+        let mut answered = false;
+        for _ in 0..1000 {
+            let mut c = echo.connect();
+            // Refused: the write may find the connection closed already.
+            let _ = c.write_all(b"later\n");
+            let mut out = String::new();
+            if c.read_to_string(&mut out).is_ok() && out == "answer\n" {
+                answered = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(answered, "a client after the first was answered");
+        // A client that sends nothing holds a worker for a minute: the
+        // acceptor still stops.
+        let _silent = echo.connect();
+        echo.stop();
+    }
+
+    #[test]
+    fn the_deadline_bounds_a_whole_exchange() {
+        // A write that would wait past the deadline is cut off there, even
+        // though the I/O timeout is longer.
+        let limits = Limits {
+            clients: 1,
+            io_timeout: Duration::from_secs(60),
+            deadline: Duration::from_millis(300),
+        };
+        let echo = Echo::start("deadline", limits, vec![b'x'; 8 << 20]);
+        let mut c = echo.connect();
+        c.write_all(b"slow\n").unwrap();
+        assert_eq!(echo.next_done(), ("slow".to_string(), false));
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        assert!(rest.len() < 8 << 20);
+        echo.stop();
+    }
+
+    #[test]
+    fn requests_are_answered_and_the_socket_file_removed() {
+        use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                services: vec![ServiceConfig {
+                    vip: "198.18.0.1:80".parse().unwrap(),
+                    backends: vec![BackendConfig {
+                        addr: "198.18.2.3:80".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    mode: Default::default(),
+                    snat: vec![],
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let path = socket_path("requests");
+        let control = Control::bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = Source {
+            engine,
+            device: Arc::new(Device::new("mem0", 1, false, 1)),
+            clock: Clock::start(),
+        };
+        let acceptor = control
+            .spawn(source, Limits::DEFAULT, stop.clone())
+            .unwrap();
+        // A client that sends nothing takes one worker, not the service.
+        let _silent = UnixStream::connect(&path).unwrap();
+        let stats = request(&path, "stats", false).unwrap();
+        assert!(stats.contains("TCP  198.18.0.1:80 nth"), "{stats}");
+        assert!(
+            stats.contains("device mem0: 1 queue(s), offload off"),
+            "{stats}"
+        );
+        assert_eq!(
+            request(&path, "flows", false).unwrap(),
+            "tunlb: 0 flow entries\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&request(&path, "flows", true).unwrap()).unwrap();
+        assert_eq!(json, json!({"flows": []}));
+        assert_eq!(
+            request(&path, "bogus", false).unwrap(),
+            "error: unknown request 'bogus': use flows or stats\n"
+        );
+        stop.store(true, Ordering::Relaxed);
+        acceptor.join().unwrap();
+        drop(control);
+        assert!(!path.exists(), "the socket file is removed");
+    }
+
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(super::label_value("tl0"), "tl0");

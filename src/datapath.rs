@@ -8,6 +8,9 @@
 //! [`Engine::expire`] when [`Engine::next_expiry`] comes due, prints the
 //! periodic summary, and watches the stop flag (set by SIGINT/SIGTERM), so
 //! the process stops within [`POLL`] (plus a busy-poll period) and one packet.
+//! Nothing in that loop waits for a peer: control and metrics clients are
+//! served on threads of their own ([`crate::control`]), so no client can
+//! delay expiry or shutdown.
 //!
 //! # Busy polling, while bulk data flows
 //! A thread that finds its queue empty sleeps in `poll`, and the next packet
@@ -210,22 +213,24 @@ impl Clock {
     }
 }
 
-/// Run the datapath until `stop` is set or the device fails. Returns the
-/// device error that ended it, if any. `on_tick` runs in the housekeeping
-/// loop at least every [`POLL`] (control requests, reloads).
+/// Run the datapath until `stop` is set or the device fails, handing the
+/// engine the time of `clock` (the one control requests read too). Returns
+/// the device error that ended it, if any. `on_tick` runs in the
+/// housekeeping loop at least every [`POLL`] (reloads); it must not wait for
+/// anything outside the process.
 pub fn run(
     engine: Arc<Engine>,
     io: Arc<dyn PacketIo>,
     opts: &Options,
     stop: Arc<AtomicBool>,
     device: Arc<Device>,
+    clock: Clock,
     on_tick: &mut dyn FnMut(&Engine, Timestamp),
 ) -> Result<(), std::io::Error> {
     assert!(
         device.slots.len() >= opts.threads,
         "Device::new was given fewer threads than the datapath runs"
     );
-    let clock = Clock::start();
     let busy_poll = opts.busy_poll;
     let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
     let workers: Vec<_> = (0..opts.threads)
@@ -422,6 +427,7 @@ mod tests {
                     },
                     s,
                     c,
+                    Clock::start(),
                     &mut |_, _| {},
                 )
             })
@@ -448,5 +454,106 @@ mod tests {
                 write_errors: 0,
             }
         );
+    }
+
+    #[test]
+    fn expiry_and_stop_go_on_while_control_clients_stall() {
+        use crate::conntrack::TcpState;
+        use crate::control::{request, Control, Limits, Source};
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+
+        // 20 services of 1000 backends: `stats json` is some 2.5 MB, far
+        // more than a socket buffer holds, whatever the flows.
+        let services = (1..=20u8)
+            .map(|s| ServiceConfig {
+                vip: format!("198.18.0.{s}:80").parse().unwrap(),
+                backends: (0..1000u16)
+                    .map(|b| BackendConfig {
+                        addr: format!("198.18.2.{s}:{}", 1000 + b).parse().unwrap(),
+                        weight: 1,
+                    })
+                    .collect(),
+                mode: Default::default(),
+                snat: vec![],
+            })
+            .collect();
+        let mut cfg = EngineConfig {
+            services,
+            ..Default::default()
+        };
+        cfg.timeouts
+            .set(TcpState::SynSent, Duration::from_millis(300));
+        let engine = Arc::new(Engine::new(cfg).unwrap());
+        let io = Arc::new(MemoryIo::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let device = Arc::new(Device::new("mem0", 1, false, 1));
+        let clock = Clock::start();
+        let path = std::env::temp_dir().join(format!("tunlb-{}-stall.sock", std::process::id()));
+        let control = Control::bind(&path).unwrap();
+        let source = Source {
+            engine: engine.clone(),
+            device: device.clone(),
+            clock,
+        };
+        let limits = Limits {
+            io_timeout: Duration::from_secs(600),
+            deadline: Duration::from_secs(600),
+            ..Limits::DEFAULT
+        };
+        let acceptor = control.spawn(source, limits, stop.clone()).unwrap();
+        let h = {
+            let (e, i, s, d) = (engine.clone(), io.clone(), stop.clone(), device.clone());
+            thread::spawn(move || {
+                let opts = Options {
+                    threads: 1,
+                    stats_interval: None,
+                    busy_poll: Duration::ZERO,
+                };
+                run(e, i, &opts, s, d, clock, &mut |_, _| {})
+            })
+        };
+
+        // One client sends nothing; another asks and reads one byte: its
+        // worker has the answer and blocks writing the rest.
+        let _silent = UnixStream::connect(&path).unwrap();
+        let mut stalled = UnixStream::connect(&path).unwrap();
+        stalled.write_all(b"stats json\n").unwrap();
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut first = [0u8; 1];
+        stalled.read_exact(&mut first).unwrap();
+
+        // Meanwhile a flow is made and expires (SYN_SENT: 300 ms).
+        io.inject(&syn());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while engine.stats().expired == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(engine.stats().new_flows, 1);
+        assert_eq!(engine.stats().expired, 1, "the flow expired");
+        assert_eq!(engine.flow_count(), 0);
+        // Other clients are answered.
+        assert_eq!(
+            request(&path, "flows", false).unwrap(),
+            "tunlb: 0 flow entries\n"
+        );
+        // Stop: the datapath and the acceptor end; nobody waits for the
+        // stalled workers.
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+        acceptor.join().unwrap();
+        drop(control);
+        assert!(!path.exists(), "the socket file is removed");
+
+        // The stalled answer was far bigger than what a socket holds: its
+        // worker was blocked writing it all along.
+        let mut rest = Vec::new();
+        stalled.read_to_end(&mut rest).unwrap();
+        let body = [&first[..], &rest].concat();
+        assert!(body.len() > 1 << 20, "stats json: {} bytes", body.len());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["backends"].as_array().map(Vec::len), Some(20_000));
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tunlb::config::IoKind;
 use tunlb::config::RunConfig;
-use tunlb::control::{self, Control, Metrics};
-use tunlb::datapath::{self, Device, Options};
+use tunlb::control::{self, Control, Limits, Metrics, Source};
+use tunlb::datapath::{self, Clock, Device, Options};
 use tunlb::io::mqtun::MqTun;
 use tunlb::io::tun::{TunIo, TunSpec};
 use tunlb::io::PacketIo;
@@ -140,6 +140,23 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             tracing::info!("metrics on http://{a}/metrics");
         }
     }
+    // Clients are served on threads of their own, never by the housekeeping
+    // loop: none can delay expiry or shutdown. Those threads are not joined.
+    let clock = Clock::start();
+    let source = Source {
+        engine: engine.clone(),
+        device: device.clone(),
+        clock,
+    };
+    if let Some(c) = &control {
+        if let Err(e) = c.spawn(source.clone(), Limits::DEFAULT, stop.clone()) {
+            tracing::warn!("no control socket: cannot start its thread: {e}");
+        }
+    }
+    if let Some(m) = &metrics {
+        m.spawn(source, Limits::DEFAULT, stop.clone())
+            .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    }
     let health = cfg.health.map(|h| {
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -165,13 +182,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         stats_interval: cfg.stats_interval,
         busy_poll: cfg.busy_poll,
     };
-    let mut on_tick = |engine: &Engine, now| {
-        if let Some(c) = &control {
-            c.serve(engine, &device, now);
-        }
-        if let Some(m) = &metrics {
-            m.serve(engine, &device);
-        }
+    let mut on_tick = |engine: &Engine, _now| {
         if reload.swap(false, Ordering::Relaxed) {
             reconfigure(engine, args, &cfg);
         }
@@ -182,6 +193,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         &opts,
         stop.clone(),
         device.clone(),
+        clock,
         &mut on_tick,
     );
     // The health thread is not joined: a connect in flight may take its whole

@@ -9,7 +9,7 @@
 
 pub mod memory;
 pub mod mqtun;
-mod sys;
+pub(crate) mod sys;
 pub mod tun;
 pub mod vnet;
 

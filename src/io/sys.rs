@@ -112,7 +112,7 @@ pub fn configure(
 }
 
 /// Wait until `fd` is readable or `timeout` passes. Returns whether it is.
-pub fn poll_readable(fd: &File, timeout: Duration) -> io::Result<bool> {
+pub fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
