@@ -505,6 +505,7 @@ pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
         "flows": s.flows, "new_flows": s.new_flows, "expired": s.expired, "evicted": s.evicted,
         "forwarded": {"original": s.forwarded[0], "reply": s.forwarded[1]},
         "icmp_translated": s.icmp_translated, "resets_sent": s.resets_sent,
+        "untracked": s.untracked, "redispatched": s.redispatched,
         "dropped": drops, "backends": backends,
         "device": {"name": device.name, "queues": device.queues, "offload": device.offload,
                    "packets_read": d.packets, "super_packets_read": d.super_packets,
@@ -576,6 +577,18 @@ pub fn metrics_text(engine: &Engine, device: &Device) -> String {
         "counter",
         "RSTs sent to clients (no backend).",
         vec![(String::new(), s.resets_sent)],
+    );
+    put(
+        "tunlb_packets_untracked_total",
+        "counter",
+        "Packets forwarded without changing their flow (old retransmissions, late ACKs, inexact in-window RSTs, ignored replies).",
+        vec![(String::new(), s.untracked)],
+    );
+    put(
+        "tunlb_syns_redispatched_total",
+        "counter",
+        "Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.",
+        vec![(String::new(), s.redispatched)],
     );
     let label = |b: &crate::stats::BackendSnapshot| {
         format!("{{service=\"{}\",backend=\"{}\"}}", b.service, b.backend)
