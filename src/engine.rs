@@ -515,14 +515,20 @@ impl Engine {
                 // In window, inexact: the endpoint will answer it with a
                 // challenge ACK; the flow stays as it is.
                 RstCheck::Keep => return Ok(false),
-                RstCheck::Invalid(_) => return Err(DropReason::RstOutOfWindow),
+                RstCheck::Invalid(why) => {
+                    trace::invalid(flow, dir, seg.seq, seg.ack, why);
+                    return Err(DropReason::RstOutOfWindow);
+                }
             }
         } else {
             let liberal = self.liberal.load(Relaxed);
             match window::tcp_in_window(&mut flow.window, d, old, seg, liberal) {
                 Check::Accept | Check::Pass(_) => {}
                 Check::Ignore(_) => return Ok(false),
-                Check::Invalid(_) => return Err(DropReason::OutOfWindow),
+                Check::Invalid(why) => {
+                    trace::invalid(flow, dir, seg.seq, seg.ack, why);
+                    return Err(DropReason::OutOfWindow);
+                }
             }
         }
         if dir == Direction::Reply {
@@ -988,5 +994,117 @@ mod tests {
         assert_eq!(be.syn_failures(), 2);
         assert_eq!(e.flow_count(), 0);
         assert_eq!(be.active(), 0);
+    }
+
+    /// The flow of a client's SYN from `port`, as the table holds it.
+    fn flow(e: &Engine, port: u16) -> Flow {
+        e.flows()
+            .into_iter()
+            .find(|f| f.flow.original.src == client(port))
+            .expect("the flow exists")
+            .flow
+    }
+
+    #[test]
+    fn a_stray_ack_answering_a_syn_counts_as_a_reply() {
+        // A backend's TIME_WAIT from an older connection on the same tuple
+        // answers the new SYN with an ACK of its old sequence space.
+        let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
+        let _ = syn(&e, 7000);
+        let reply = flow(&e, 7000).reply;
+        let stray = 0x3000_0000;
+        let mut ack = Segment {
+            seq: 0x7000_0000,
+            ack: stray,
+            ..Segment::new(reply.src, reply.dst, ACK)
+        }
+        .build();
+        assert!(matches!(
+            e.process(&mut ack, Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
+        let f = flow(&e, 7000);
+        assert!(
+            f.seen_reply,
+            "any reply passed sets SEEN_REPLY, as in Linux"
+        );
+        assert_eq!(f.state, TcpState::SynSent);
+        assert_eq!(e.stats().untracked, 1);
+        // The client resets it, at the stray ACK's number: accepted, and
+        // since a reply was seen the entry lives on in CLOSE (10 s).
+        let mut rst = Segment {
+            seq: stray,
+            ..Segment::new(client(7000), VIP, RST)
+        }
+        .build();
+        assert!(matches!(
+            e.process(&mut rst, Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(flow(&e, 7000).state, TcpState::Close);
+        // The client's SYN retransmission reopens the flow, on the same backend.
+        assert_eq!(syn(&e, 7000), b(3));
+        assert_eq!(flow(&e, 7000).state, TcpState::SynSent);
+        // No passive failure was counted for an answering backend.
+        assert_eq!(e.runtime().services[0].backends[0].syn_failures(), 0);
+        // Any other RST from the client in SYN_SENT is out of window.
+        let mut blind = Segment {
+            seq: stray + 1,
+            ..Segment::new(client(7000), VIP, RST)
+        }
+        .build();
+        assert_eq!(
+            e.process(&mut blind, Timestamp::ZERO),
+            Verdict::Drop(DropReason::RstOutOfWindow)
+        );
+    }
+
+    #[test]
+    fn a_syn_retransmitted_to_a_backend_that_went_down_is_redispatched() {
+        let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::Nth)).unwrap();
+        assert_eq!(syn(&e, 8000), b(3));
+        // Still up: the retransmission keeps its backend.
+        assert_eq!(syn(&e, 8000), b(3));
+        assert_eq!(e.stats().redispatched, 0);
+        // Health checks mark b3 down: the next retransmission goes to b4.
+        e.runtime().services[0].backends[0].set_up(false);
+        assert_eq!(syn(&e, 8000), b(4));
+        let s = e.stats();
+        assert_eq!(
+            (s.redispatched, s.new_flows, e.flow_count()),
+            (1, 2, 1),
+            "{s}"
+        );
+        assert_eq!(flow(&e, 8000).backend.addr, b(4));
+        // Once it answered, a flow is never moved, even if its backend goes down.
+        let reply = flow(&e, 8000).reply;
+        let mut synack = Segment {
+            ack: 1,
+            ..Segment::new(reply.src, reply.dst, SYN | ACK)
+        }
+        .build();
+        assert!(matches!(
+            e.process(&mut synack, Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
+        e.runtime().services[0].backends[1].set_up(false);
+        e.runtime().services[0].backends[0].set_up(true);
+        let mut again = Segment::new(client(8000), VIP, SYN).build();
+        assert_eq!(
+            e.process(&mut again, Timestamp::ZERO),
+            Verdict::Drop(DropReason::Ignored),
+            "a SYN on SYN_RECV is ignored, and the flow stays where it is"
+        );
+        assert_eq!(flow(&e, 8000).backend.addr, b(4));
+    }
+
+    #[test]
+    fn refusals_are_logged_first_then_once_per_interval_with_the_count() {
+        let log = RateLog::new();
+        let mut lines = Vec::new();
+        for ms in [0, 1, 2, 9_999, 10_000, 10_001, 25_000] {
+            log.hit(Timestamp::from_millis(ms), |n| lines.push((ms, n)));
+        }
+        assert_eq!(lines, [(0, 1), (10_000, 4), (25_000, 2)]);
     }
 }

@@ -53,6 +53,21 @@ pub fn state(flow: &Flow, dir: Direction, class: FlagClass, old: TcpState) {
     );
 }
 
+/// A segment of a tracked flow dropped as INVALID, and why (what Linux logs
+/// with `nf_conntrack_log_invalid`).
+pub fn invalid(flow: &Flow, dir: Direction, seq: u32, ack: u32, why: &str) {
+    tracing::debug!(
+        target: TARGET,
+        "INVALID {} in {} ({} seq {} ack {}): {}",
+        flow.original,
+        flow.state,
+        dir,
+        seq,
+        ack,
+        why
+    );
+}
+
 /// A flow leaving the table.
 pub fn destroy(flow: &Flow, why: &str) {
     tracing::debug!(target: TARGET, "DESTROY {} in {} ({})", flow.original, flow.state, why);

@@ -15,7 +15,13 @@
 //!   lets conntrack adopt a flow mid-stream. A load balancer has no backend to
 //!   invent for such a flow, so only an ORIGINAL SYN creates one; anything else
 //!   for an unknown tuple is INVALID ([`may_create`]).
-//! - No sequence-window tracking (`tcp_in_window`): states move on flags alone.
+//! - A segment from the client that the table ignores (a SYN on a
+//!   synchronized flow) is dropped, not passed: the engine calls it
+//!   [`crate::DropReason::Ignored`]. Ignored segments from the backend are
+//!   passed untracked, as Linux passes both.
+//!
+//! Sequence windows are checked on top of this table (`tcp_in_window`, in
+//! [`super::window`]): a transition happens only for a segment in window.
 
 use std::fmt;
 use std::time::Duration;

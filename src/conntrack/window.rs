@@ -433,6 +433,12 @@ pub fn rst_check(
     stray_ack: Option<u32>,
 ) -> RstCheck {
     let receiver = &w[1 - dir];
+    if state == TcpState::Close {
+        // Already reset: the rest of an RST train (answers to segments that
+        // were in flight, acknowledging older data) is passed and changes
+        // nothing. (Linux accepts any RST in a closing state.)
+        return RstCheck::Keep;
+    }
     if state == TcpState::SynSent {
         if dir == 1 {
             // The backend refusing the SYN: it must acknowledge that SYN
@@ -460,7 +466,14 @@ pub fn rst_check(
     match receiver.maxack() {
         Some(expected) if !(seg.seq == 0 && state < TcpState::Established) => {
             if before(seg.seq, expected) {
-                return RstCheck::Invalid("RST below what the receiver acknowledged");
+                // An answer to a stale segment. On a closing flow it is the
+                // end of a connection that is ending anyway: passed untracked
+                // (Linux passes every RST there). Otherwise INVALID, as Linux.
+                return if state.is_closing() {
+                    RstCheck::Keep
+                } else {
+                    RstCheck::Invalid("RST below what the receiver acknowledged")
+                };
             }
             let established = state == TcpState::Established && assured;
             if established && seg.seq != expected {
@@ -755,6 +768,16 @@ mod tests {
         assert_eq!(
             rst_check(&w, 0, FinWait, &rst(1200, None), true, None),
             RstCheck::Close
+        );
+        // After the reset, the rest of an RST train passes and changes nothing.
+        assert_eq!(
+            rst_check(&w, 1, TcpState::Close, &rst(7, None), true, None),
+            RstCheck::Keep
+        );
+        assert_eq!(
+            rst_check(&w, 0, FinWait, &rst(1050, None), true, None),
+            RstCheck::Keep,
+            "below what was acknowledged, on a closing flow: passed, nothing changes"
         );
     }
 

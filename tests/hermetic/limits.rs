@@ -184,13 +184,13 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
 #[test]
 fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
     let mut cfg = net::config(Mode::Nth, &[1]);
-    cfg.snat_ports = 40000..=40001;
+    cfg.snat_ports = 49999..=50001;
     let mut net = Net::new(cfg);
     net.serve(Serve::GreetThenWait);
     net.wire.capture();
 
     // Three clients, one source port, one backend: the first keeps its
-    // port, the next two take the two ports of the range.
+    // port (it lies in the range), the next two take the two others.
     let ids: Vec<StreamId> = (0..3)
         .map(|c| net.connect(c, 50000, Vec::new(), Close::Manual))
         .collect();
@@ -204,7 +204,7 @@ fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
         .map(|f| f.flow.reply.dst.port())
         .collect();
     ports.sort();
-    assert_eq!(ports, [40000, 40001, 50000]);
+    assert_eq!(ports, [49999, 50000, 50001]);
 
     // The fourth finds no free reply tuple: its SYNs are dropped.
     let late = net.connect(3, 50000, Vec::new(), Close::Manual);
