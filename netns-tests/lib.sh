@@ -84,6 +84,11 @@ t_backend_flags() {
 
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
 # The default service (when ARGS has no --vip): the VIP over b1..b4.
+# t_fast_health_conf FILE: a config file with fast health checks only (every
+# 0.2 s, rise 2, fall 2, timeout 0.2 s): a backend is marked down in ~0.5 s.
+t_fast_health_conf() {
+  printf '[health]\ninterval = 0.2\nrise = 2\nfall = 2\ntimeout = 0.2\n' >"$1"
+}
 t_tunlb_start_cmd() {
   local -a cmd
   cmd=("$@")

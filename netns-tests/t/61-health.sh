@@ -17,13 +17,7 @@
 t_setup
 CTL=$T_DIR/control.sock
 CONF=$T_DIR/health.toml
-cat >"$CONF" <<'EOF'
-[health]
-interval = 0.2
-rise = 2
-fall = 2
-timeout = 0.2
-EOF
+t_fast_health_conf "$CONF"
 mapfile -t three < <(t_backend_flags 1 1 1)
 t_tunlb_start --vip "$VIP:80" "${three[@]}" --mode nth --health-check --config "$CONF" --control "$CTL"
 want=$(tl_sha256 "$P" big.bin)

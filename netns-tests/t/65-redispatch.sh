@@ -22,13 +22,7 @@
 t_setup
 CTL=$T_DIR/control.sock
 CONF=$T_DIR/health.toml
-cat >"$CONF" <<'EOF'
-[health]
-interval = 0.2
-rise = 2
-fall = 2
-timeout = 0.2
-EOF
+t_fast_health_conf "$CONF"
 mapfile -t two < <(t_backend_flags 1 1)
 t_tunlb_start --vip "$VIP:80" "${two[@]}" --mode nth --health-check --config "$CONF" --control "$CTL"
 LB_ADDR=$TL_LB_BACKEND_ADDR

@@ -15,13 +15,7 @@
 N=100
 t_setup
 CONF=$T_DIR/health.toml
-cat >"$CONF" <<'EOF'
-[health]
-interval = 0.2
-rise = 2
-fall = 2
-timeout = 0.2
-EOF
+t_fast_health_conf "$CONF"
 
 # b1 (the heavy one) has no server from here on; tunlb starts with it up
 # (every backend starts up) and its checks mark it down.

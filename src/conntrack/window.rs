@@ -223,6 +223,7 @@ fn init_from_syn(s: &mut Window, seg: &Segment) {
 /// Check a segment sent in direction `dir` (0 ORIGINAL, 1 REPLY) of a flow in
 /// state `state` against both windows, and update them if it is in window.
 /// `w` is left untouched unless the result is [`Check::Accept`].
+#[inline]
 pub fn tcp_in_window(
     w: &mut [Window; 2],
     dir: usize,
