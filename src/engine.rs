@@ -376,15 +376,22 @@ impl Engine {
                         None
                     };
                     if let Some(why) = restart {
-                        let state = flow.state;
+                        let replace = Replace {
+                            state: flow.state,
+                            backend: Arc::as_ptr(&flow.backend),
+                            why,
+                        };
                         drop(flow);
-                        if let Some(old) = self.table.remove_if(&tuple, |f| f.state == state) {
-                            if state == TcpState::SynSent {
-                                self.counters.redispatched.fetch_add(1, Relaxed);
-                            }
-                            trace::destroy(&old, why);
-                        }
-                        return self.new_connection(pkt, ihl, total, tuple, &seg, now, l4);
+                        return self.new_connection(
+                            pkt,
+                            ihl,
+                            total,
+                            tuple,
+                            &seg,
+                            now,
+                            l4,
+                            Some(replace),
+                        );
                     }
                 }
                 let (had_reply, flow_key) = (flow.seen_reply, flow.original);
@@ -433,7 +440,7 @@ impl Engine {
                     return Err(DropReason::NoFlowNotSyn);
                 }
                 drop(rt);
-                self.new_connection(pkt, ihl, total, tuple, &seg, now, l4)
+                self.new_connection(pkt, ihl, total, tuple, &seg, now, l4, None)
             }
         }
     }
@@ -490,8 +497,17 @@ impl Engine {
             Cell::Invalid => return Err(DropReason::InvalidTransition),
             Cell::Ignore if dir == Direction::Original => {
                 // A SYN on a synchronized flow. Linux passes it untracked;
-                // tunlb drops it: it would change nothing here, and passing
-                // it lets anyone who knows the tuple poke the backend.
+                // tunlb passes it only where it is the client's own SYN
+                // again (SYN_RECV: the SYN-ACK was lost, and a backend using
+                // SYN cookies will not send it again by itself) or when
+                // liberal, and drops it elsewhere: it would change nothing
+                // here, and passing it lets anyone who knows the tuple poke
+                // the backend.
+                let resent =
+                    old == TcpState::SynRecv && seg.seq == flow.window[0].end.wrapping_sub(1);
+                if resent || self.liberal.load(Relaxed) {
+                    return Ok(false);
+                }
                 return Err(DropReason::Ignored);
             }
             Cell::Ignore => {
@@ -503,6 +519,11 @@ impl Engine {
                 // a reply (IPS_SEEN_REPLY).
                 if old == TcpState::SynSent && class == FlagClass::Ack {
                     flow.stray_ack = Some(seg.ack);
+                }
+                if old == TcpState::SynRecv && class == FlagClass::SynAck {
+                    // A new initial sequence number acknowledging the SYN
+                    // exactly: the client will acknowledge this one.
+                    window::resync_reply(&mut flow.window, seg);
                 }
                 flow.seen_reply = true;
                 return Ok(false);
@@ -563,6 +584,11 @@ impl Engine {
     /// the duplicate check comes first, eviction comes last (after a port
     /// was found), and the limit is checked and the flow inserted under the
     /// same lock, so the table never exceeds `max_flows`.
+    ///
+    /// `replace` names the flow this SYN replaces (a reopened or
+    /// redispatched one): it is removed under the same lock, only if it is
+    /// still that flow, so two threads handling copies of the SYN replace
+    /// it once.
     #[allow(clippy::too_many_arguments)]
     fn new_connection(
         &self,
@@ -573,11 +599,25 @@ impl Engine {
         seg: &window::Segment,
         now: Timestamp,
         l4: L4Checksum,
+        replace: Option<Replace>,
     ) -> Result<Verdict, DropReason> {
         let rt = self.runtime.load();
         let si = rt.service_at(original.dst).ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
         let admission = self.table.admission();
+        if let Some(r) = replace {
+            let still = |f: &Flow| {
+                f.state == r.state
+                    && Arc::as_ptr(&f.backend) == r.backend
+                    && (r.state != TcpState::SynSent || !f.seen_reply)
+            };
+            if let Some(old) = self.table.remove_if(&original, still) {
+                if r.state == TcpState::SynSent {
+                    self.counters.redispatched.fetch_add(1, Relaxed);
+                }
+                trace::destroy(&old, r.why);
+            }
+        }
         if self.table.contains(&original) {
             // Another thread admitted the same SYN first: this copy is a
             // retransmission of that flow's SYN.
@@ -800,6 +840,16 @@ impl Engine {
         }
         s
     }
+}
+
+/// The flow a SYN replaces: one in TIME_WAIT or CLOSE that it reopens, or
+/// an unanswered one in SYN_SENT whose backend can no longer take it.
+#[derive(Debug, Clone, Copy)]
+struct Replace {
+    state: TcpState,
+    /// The flow's backend, by identity.
+    backend: *const crate::service::Backend,
+    why: &'static str,
 }
 
 /// The set of the services' VIP ports, a bit per port.
@@ -1089,13 +1139,20 @@ mod tests {
         ));
         e.runtime().services[0].backends[1].set_up(false);
         e.runtime().services[0].backends[0].set_up(true);
-        let mut again = Segment::new(client(8000), VIP, SYN).build();
+        // The client's own SYN again (its SYN-ACK was lost) is passed, to b4.
+        assert_eq!(syn(&e, 8000), b(4));
+        // Another SYN on SYN_RECV (a new ISN) is ignored: dropped, nothing moves.
+        let mut other = Segment {
+            seq: 777,
+            ..Segment::new(client(8000), VIP, SYN)
+        }
+        .build();
         assert_eq!(
-            e.process(&mut again, Timestamp::ZERO),
-            Verdict::Drop(DropReason::Ignored),
-            "a SYN on SYN_RECV is ignored, and the flow stays where it is"
+            e.process(&mut other, Timestamp::ZERO),
+            Verdict::Drop(DropReason::Ignored)
         );
         assert_eq!(flow(&e, 8000).backend.addr, b(4));
+        assert_eq!(flow(&e, 8000).state, TcpState::SynRecv);
     }
 
     #[test]
@@ -1106,5 +1163,38 @@ mod tests {
             log.hit(Timestamp::from_millis(ms), |n| lines.push((ms, n)));
         }
         assert_eq!(lines, [(0, 1), (10_000, 4), (25_000, 2)]);
+    }
+
+    #[test]
+    fn a_maglev_reload_without_the_second_backend_moves_almost_only_its_clients() {
+        // 4 equal backends; 4 000 clients, one SYN each (distinct addresses).
+        let e = Engine::new(cfg(&[(3, 1), (4, 1), (5, 1), (6, 1)], Mode::Maglev)).unwrap();
+        let client_ip = |i: u32| Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8);
+        let pick = |e: &Engine, i: u32, port: u16| {
+            let mut p = Segment::new(SocketAddrV4::new(client_ip(i), port), VIP, SYN).build();
+            let Verdict::Forward { len } = e.process(&mut p, Timestamp::ZERO) else {
+                panic!("SYN not forwarded");
+            };
+            Ipv4Packet::new_checked(&p[..len]).unwrap().dst_addr()
+        };
+        let before: Vec<_> = (0..4000).map(|i| pick(&e, i, 1000)).collect();
+        // SIGHUP without b4 (the second): the same clients connect again.
+        e.reconfigure(&cfg(&[(3, 1), (5, 1), (6, 1)], Mode::Maglev))
+            .unwrap();
+        let after: Vec<_> = (0..4000).map(|i| pick(&e, i, 2000)).collect();
+        let (mut others, mut moved) = (0, 0);
+        for (was, a) in before.iter().zip(&after) {
+            if was == b(4).ip() {
+                assert_ne!(a, b(4).ip(), "a removed backend takes no connection");
+            } else {
+                others += 1;
+                moved += usize::from(a != was);
+            }
+        }
+        assert!(others > 2500, "{others}");
+        assert!(
+            moved * 100 <= others,
+            "{moved} of {others} clients of the other backends moved"
+        );
     }
 }

@@ -80,6 +80,9 @@ pub struct Flow {
     pub bytes: [u64; 2],
     /// Sequence state per direction (`tcp_in_window`).
     pub window: [Window; 2],
+    /// A number unique to this flow in its table, given at insertion: tells
+    /// a flow from a later one on the same tuple (eviction-queue entries).
+    pub id: u64,
     /// The acknowledgment number of a REPLY ACK that answered the SYN while
     /// the flow was in SYN_SENT (a backend's TIME_WAIT from an older
     /// connection on the same tuple): the client's RST to it carries this
@@ -132,7 +135,9 @@ pub struct ConnTable {
     /// ORIGINAL tuples of flows in creation order, for eviction: the front
     /// is the oldest flow that may still be unreplied. Entries of flows that
     /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
-    unreplied: Mutex<VecDeque<Tuple>>,
+    unreplied: Mutex<VecDeque<(u64, Tuple)>>,
+    /// The id the next inserted flow gets (see [`Flow::id`]).
+    next_id: AtomicU64,
     heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
     /// Held while a NEW connection is admitted (see [`ConnTable::admission`]).
     admission: Mutex<()>,
@@ -163,6 +168,7 @@ impl ConnTable {
             max: AtomicUsize::new(max),
             retired: Default::default(),
             unreplied: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(1),
             heap: Mutex::new(BinaryHeap::new()),
             admission: Mutex::new(()),
         }
@@ -280,6 +286,8 @@ impl ConnTable {
         let original = flow.original;
         let deadline = flow.deadline;
         flow.queued = deadline;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        flow.id = id;
         match self.flows.entry(original) {
             Entry::Occupied(_) => return false,
             Entry::Vacant(v) => {
@@ -292,16 +300,25 @@ impl ConnTable {
         self.unreplied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push_back(original);
+            .push_back((id, original));
         true
     }
 
     /// Pop the front of the creation-order queue.
-    fn pop_unreplied(&self) -> Option<Tuple> {
+    fn pop_unreplied(&self) -> Option<(u64, Tuple)> {
         self.unreplied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front()
+    }
+
+    /// Return whether an eviction-queue entry stands for a live flow that
+    /// is not ASSURED: the flow with this tuple is the one that was queued
+    /// (same id: not a later flow on a reused tuple) and was never answered.
+    fn unreplied_entry_live(&self, (id, original): (u64, Tuple)) -> bool {
+        self.flows
+            .get(&original)
+            .is_some_and(|f| f.id == id && !f.assured)
     }
 
     /// Drop queue entries at the front whose flows no longer need them
@@ -318,7 +335,7 @@ impl ConnTable {
             else {
                 return;
             };
-            if self.flows.get(&front).is_some_and(|f| !f.assured) {
+            if self.unreplied_entry_live(front) {
                 return;
             }
             let mut q = self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
@@ -426,9 +443,9 @@ impl ConnTable {
         let lock_queue = || self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
         if lock_queue().len() > bound {
             let taken = std::mem::take(&mut *lock_queue());
-            let mut kept: VecDeque<Tuple> = taken
+            let mut kept: VecDeque<(u64, Tuple)> = taken
                 .into_iter()
-                .filter(|t| self.flows.get(t).is_some_and(|f| !f.assured))
+                .filter(|&e| self.unreplied_entry_live(e))
                 .collect();
             let mut queue = lock_queue();
             // Entries added meanwhile are younger: they go after the kept ones.
@@ -465,8 +482,8 @@ impl ConnTable {
     /// few recently established flows at the front of the heap hide every
     /// unreplied SYN behind them and the new SYN is refused as "table full".
     pub fn evict_one(&self) -> Option<Flow> {
-        while let Some(original) = self.pop_unreplied() {
-            if let Some(victim) = self.remove_if(&original, |f| !f.assured) {
+        while let Some((id, original)) = self.pop_unreplied() {
+            if let Some(victim) = self.remove_if(&original, |f| f.id == id && !f.assured) {
                 return Some(victim);
             }
         }
@@ -587,6 +604,7 @@ impl Flow {
             bytes: [0; 2],
             window: [Window::default(); 2],
             stray_ack: None,
+            id: 0,
         }
     }
 }

@@ -407,6 +407,30 @@ fn harmless(seg: &Segment, liberal: bool, why: &'static str) -> Check {
     }
 }
 
+/// Take a SYN-ACK that restarts the reply direction while the flow is in
+/// SYN_RECV (a backend that answered a retransmitted SYN with a new initial
+/// sequence number, as SYN cookies may): it must acknowledge the client's
+/// SYN exactly. Returns whether the reply direction was re-initialised.
+pub fn resync_reply(w: &mut [Window; 2], seg: &Segment) -> bool {
+    if !(seg.syn && seg.ack_flag && seg.ack == w[0].end) || w[1].end == seg.end() {
+        return false;
+    }
+    let mut sender = Window::default();
+    init_from_syn(&mut sender, seg);
+    sender.maxack = seg.ack;
+    sender.flags |= flag::MAXACK_SET;
+    let mut receiver = w[0];
+    if sender.flags & receiver.flags & flag::WINDOW_SCALE == 0 {
+        sender.scale = 0;
+        receiver.scale = 0;
+    }
+    // The client may send as far as this SYN-ACK's window allows.
+    receiver.maxend = seg.ack.wrapping_add(u32::from(seg.window));
+    w[0] = receiver;
+    w[1] = sender;
+    true
+}
+
 /// What an RST does to a flow (the `TCP_CONNTRACK_CLOSE` case of Linux's
 /// `tcp_packet`, with RFC 5961's exact-match rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,8 +500,13 @@ pub fn rst_check(
                     RstCheck::Invalid("RST below what the receiver acknowledged")
                 };
             }
+            // Exact: what the receiver expects next (RFC 5961), or right
+            // after the sender's own last byte (data then a reset, as a
+            // socket closed with SO_LINGER 0 or unread input sends it:
+            // Linux's "RST train" case). Guessing either is guessing 32 bits.
+            let exact = seg.seq == expected || seg.seq == w[dir].end;
             let established = state == TcpState::Established && assured;
-            if established && seg.seq != expected {
+            if established && !exact {
                 return RstCheck::Keep;
             }
             RstCheck::Close
@@ -552,6 +581,34 @@ mod tests {
         // The client may send as far as the server's SYN-ACK window allows.
         assert_eq!(w[0].maxend, 1001 + 65160);
         assert_eq!(w[1].maxend, 5001 + (502 << 7));
+    }
+
+    #[test]
+    fn a_syn_ack_with_a_new_isn_in_syn_recv_restarts_the_reply_side() {
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(1000, None, 64240, Some(7)));
+        let _ = tcp_in_window(
+            &mut w,
+            1,
+            SynSent,
+            &syn(5000, Some(1001), 65160, Some(7)),
+            false,
+        );
+        // The same SYN-ACK again changes nothing; one not acknowledging the SYN is refused.
+        assert!(!resync_reply(
+            &mut w,
+            &syn(5000, Some(1001), 65160, Some(7))
+        ));
+        assert!(!resync_reply(
+            &mut w,
+            &syn(9000, Some(1002), 65160, Some(7))
+        ));
+        // A new ISN that acknowledges the SYN exactly: the client's ACK of it is in window.
+        assert!(resync_reply(&mut w, &syn(9000, Some(1001), 65160, Some(7))));
+        assert_eq!(
+            tcp_in_window(&mut w, 0, SynRecv, &seg(1001, Some(9001), 0, 502), false),
+            Check::Accept
+        );
     }
 
     #[test]
@@ -749,6 +806,20 @@ mod tests {
         // The server expects 1101 next: an RST there closes.
         assert_eq!(
             rst_check(&w, 0, Established, &rst(1101, None), true, None),
+            RstCheck::Close
+        );
+        // Data the server has not acknowledged yet, then an RST right after
+        // it (SO_LINGER 0): closes too.
+        let mut w2 = w;
+        let _ = tcp_in_window(
+            &mut w2,
+            0,
+            Established,
+            &seg(1101, Some(5001), 200, 502),
+            false,
+        );
+        assert_eq!(
+            rst_check(&w2, 0, Established, &rst(1301, None), true, None),
             RstCheck::Close
         );
         // In window but not exact: kept (the endpoint sends a challenge ACK).

@@ -17,7 +17,7 @@ use tunlb::conntrack::table::COMPACT_SLACK;
 use tunlb::select::Mode;
 use tunlb::{Engine, Timestamp, Verdict};
 
-use crate::craft::flags::{ACK, FIN, SYN};
+use crate::craft::flags::{ACK, FIN, RST, SYN};
 use crate::cycle;
 use crate::net::{self, vip};
 
@@ -179,4 +179,38 @@ fn a_never_assured_flow_does_not_pin_the_eviction_queue() {
         .unwrap();
     assert!(!pinned.flow.assured, "the pinning flow is never assured");
     println!("eviction queue: at most {most} entries over {N} connections");
+}
+
+/// A client cycling SYN and RST on one tuple makes a new flow each time,
+/// each with its entry in the eviction queue; the entries of the flows that
+/// are gone must not survive because a later flow has the same tuple.
+#[test]
+fn syn_rst_cycles_on_one_tuple_do_not_grow_the_eviction_queue() {
+    const CYCLES: u64 = 50_000;
+    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let client = cycle::client(7);
+    let mut most = 0;
+    for k in 0..CYCLES {
+        let now = Timestamp::from_millis(k);
+        let conn = cycle::open(&engine, now, client, vip()).unwrap();
+        // The client gives up at once: the entry dies (RST before any reply).
+        let v = conn.orig(&engine, now, RST, cycle::CLIENT_ISN + 1, 0);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        // One more SYN stays open while the queue is looked at.
+        if k % 1000 == 999 {
+            let open = cycle::open(&engine, now, client, vip()).unwrap();
+            while engine.expire(now) {}
+            let b = engine.bookkeeping();
+            assert!(
+                b.eviction_entries <= 2 * engine.flow_count() + COMPACT_SLACK,
+                "{} eviction entries for {} flows after {k} cycles",
+                b.eviction_entries,
+                engine.flow_count()
+            );
+            most = most.max(b.eviction_entries);
+            let v = open.orig(&engine, now, RST, cycle::CLIENT_ISN + 1, 0);
+            assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        }
+    }
+    println!("SYN/RST cycles: at most {most} eviction entries over {CYCLES} cycles");
 }
