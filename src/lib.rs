@@ -27,6 +27,7 @@ pub mod health;
 pub mod io;
 pub mod iptables;
 pub mod nat;
+pub mod notify;
 pub mod preflight;
 pub mod select;
 pub mod service;

@@ -16,7 +16,11 @@ use tunlb::datapath::{self, Clock, Device, Options};
 use tunlb::io::mqtun::MqTun;
 use tunlb::io::tun::{TunIo, TunSpec};
 use tunlb::io::PacketIo;
+use tunlb::notify::Notifier;
 use tunlb::{health, preflight, Engine};
+
+/// How often `STATUS=` is refreshed for systemd (when it listens).
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -70,12 +74,51 @@ fn init_logging(trace: bool) {
                 .expect("a valid directive"),
         );
     }
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if tunlb::notify::stderr_is_journal() {
+        // The journal adds the time; it reads the level from a `<N>` prefix.
+        fmt.event_format(JournalFormat).init();
+    } else {
+        fmt.with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// Log lines for the journal (stderr is `$JOURNAL_STREAM`): a syslog
+/// priority prefix (`<6>` for info) and the message, no timestamp.
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = tunlb::notify::journal_priority(*event.metadata().level());
+        write!(writer, "<{priority}>")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// One line for `systemctl status`: flows and backends up.
+fn status_line(engine: &Engine) -> String {
+    let rt = engine.runtime();
+    let backends = rt.services.iter().flat_map(|s| s.backends.iter());
+    let (up, all) = backends.fold((0, 0), |(u, a), b| (u + usize::from(b.is_up()), a + 1));
+    format!(
+        "{} flows, {up}/{all} backends up, {} service(s)",
+        engine.flow_count(),
+        rt.services.len()
+    )
 }
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
@@ -177,14 +220,23 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         cfg.threads,
         cfg.engine.max_flows
     );
+    let notifier = Notifier::from_env();
+    notifier.ready(&status_line(&engine));
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
         busy_poll: cfg.busy_poll,
     };
-    let mut on_tick = |engine: &Engine, _now| {
+    let mut last_status = clock.now();
+    let mut on_tick = |engine: &Engine, now: tunlb::Timestamp| {
         if reload.swap(false, Ordering::Relaxed) {
+            notifier.reloading();
             reconfigure(engine, args, &cfg);
+            notifier.ready(&status_line(engine));
+            last_status = now;
+        } else if notifier.enabled() && last_status.until(now) >= STATUS_INTERVAL {
+            notifier.status(&status_line(engine));
+            last_status = now;
         }
     };
     let result = datapath::run(
@@ -196,6 +248,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         clock,
         &mut on_tick,
     );
+    notifier.stopping();
     // The health thread is not joined: a connect in flight may take its whole
     // timeout, and shutdown must stay under a second. It holds no state.
     drop(health);
