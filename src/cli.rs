@@ -5,13 +5,20 @@
 //!           --backend 198.18.2.3:80 --backend 198.18.2.4:80,weight=3 \
 //!           [--mode nth|random] [--snat 198.18.0.2] [--max-flows N] [--threads N] [--config FILE]
 //! tunlb iptables <same service flags>
+//! tunlb flows|stats [--tun NAME | --control PATH] [--json]
+//! tunlb completions bash|zsh|fish
+//! tunlb man [--out DIR]
 //! ```
+//!
+//! The man pages and completion scripts are generated from these same
+//! definitions ([`man_pages`], [`completion_script`]); `contrib/man` and
+//! `contrib/completions` hold copies made by `scripts/gen-docs.sh`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tunlb::config::{self, FlagRun, FlagService, IoKind, RunConfig};
 use tunlb::select::Mode;
 use tunlb::{BackendConfig, EngineConfig};
@@ -37,6 +44,37 @@ pub enum Command {
     Flows(QueryArgs),
     /// Print the counters of a running tunlb, like `ipvsadm -L -n --stats`.
     Stats(QueryArgs),
+    /// Print a shell completion script to stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page tunlb(1) to stdout, or write every page with --out.
+    Man(ManArgs),
+}
+
+/// The flags of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CliShell,
+}
+
+/// The shells `completions` writes for, as clap sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CliShell {
+    /// Bash (with the bash-completion package).
+    Bash,
+    /// Zsh (save as `_tunlb` in a directory of `$fpath`).
+    Zsh,
+    /// Fish (save as `tunlb.fish` in ~/.config/fish/completions).
+    Fish,
+}
+
+/// The flags of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write one page per command (tunlb.1, tunlb-run.1, ...) into DIR instead.
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+    pub out: Option<PathBuf>,
 }
 
 /// How to reach a running instance.
@@ -207,6 +245,86 @@ impl RunArgs {
     }
 }
 
+/// Return the completion script for `shell`, generated from [`Cli`].
+pub fn completion_script(shell: CliShell) -> Vec<u8> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        CliShell::Bash => Shell::Bash,
+        CliShell::Zsh => Shell::Zsh,
+        CliShell::Fish => Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tunlb", &mut out);
+    out
+}
+
+/// Return the man pages generated from [`Cli`] as (file name, roff source):
+/// `tunlb.1` first, then `tunlb-SUBCOMMAND.1` for every subcommand. The
+/// pages carry the crate version and no date, so the output changes only
+/// with the CLI.
+pub fn man_pages() -> Vec<(String, Vec<u8>)> {
+    // As clap_mangen::generate_to: `help` is a flag in a man page, not a page.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut pages = Vec::new();
+    push_man_pages(cmd, &mut pages);
+    pages
+}
+
+/// Render `cmd`'s page, then its subcommands' pages, into `pages`.
+fn push_man_pages(cmd: clap::Command, pages: &mut Vec<(String, Vec<u8>)>) {
+    let subs: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    // Every page names the program, not the subcommand, as its source.
+    let man = clap_mangen::Man::new(cmd).source(concat!("tunlb ", env!("CARGO_PKG_VERSION")));
+    let mut roff = Vec::new();
+    man.render(&mut roff)
+        .expect("rendering into a Vec cannot fail");
+    pages.push((man.get_filename(), roff));
+    for sub in subs {
+        push_man_pages(sub, pages);
+    }
+}
+
+/// Run `tunlb completions`: the script on stdout.
+pub fn completions(args: &CompletionsArgs) -> ExitCode {
+    write_stdout(&completion_script(args.shell))
+}
+
+/// Run `tunlb man`: `tunlb.1` on stdout, or every page written into `--out`
+/// (created if missing; pages already there are replaced).
+pub fn man(args: &ManArgs) -> ExitCode {
+    let pages = man_pages();
+    let Some(dir) = &args.out else {
+        return write_stdout(&pages[0].1);
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return fail(1, &format!("cannot create {}: {e}", dir.display()));
+    }
+    for (name, roff) in &pages {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, roff) {
+            return fail(1, &format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Write `bytes` to stdout. A reader that stops early (`tunlb man | head`)
+/// is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("cannot write to stdout: {e}")),
+    }
+}
+
 /// Print a clap error: help and version go to stdout and exit 0; a usage
 /// error becomes one line on stderr and exit 2.
 pub fn usage_error(e: clap::Error) -> ExitCode {
@@ -294,6 +412,100 @@ mod tests {
         }
         assert!(err(&["tunlb", "run", "--mode", "foo"])
             .contains("possible values: nth, random, wrr, lc, maglev"));
+    }
+
+    /// The names of the subcommands, as clap lists them (without `help`).
+    fn subcommands() -> Vec<String> {
+        Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn there_is_one_man_page_per_command() {
+        let names: Vec<String> = man_pages().into_iter().map(|(n, _)| n).collect();
+        let mut want = vec!["tunlb.1".to_string()];
+        want.extend(subcommands().iter().map(|s| format!("tunlb-{s}.1")));
+        assert_eq!(names, want);
+        for s in ["run", "iptables", "flows", "stats", "completions", "man"] {
+            assert!(names.contains(&format!("tunlb-{s}.1")), "{names:?}");
+        }
+    }
+
+    /// Every page documents each long flag of its command in OPTIONS (as
+    /// `\fB--flag\fR`, roff's `\-` read as `-`), not only in the synopsis.
+    #[test]
+    fn each_man_page_documents_every_long_flag() {
+        let mut cmd = Cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let pages = man_pages();
+        let mut commands = vec![("tunlb.1".to_string(), &cmd)];
+        commands.extend(
+            cmd.get_subcommands()
+                .map(|c| (format!("tunlb-{}.1", c.get_name()), c)),
+        );
+        let mut run_flags = 0;
+        for (file, c) in commands {
+            let (_, roff) = pages.iter().find(|(n, _)| *n == file).expect(&file);
+            let text = String::from_utf8(roff.clone()).unwrap().replace("\\-", "-");
+            assert!(text.starts_with(".ie") && text.contains("\n.TH "), "{file}");
+            let options = text
+                .split_once("\n.SH OPTIONS\n")
+                .unwrap_or_else(|| panic!("{file}: no OPTIONS"))
+                .1;
+            for arg in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                let Some(long) = arg.get_long() else { continue };
+                assert!(
+                    options.contains(&format!("\\fB--{long}\\fR")),
+                    "{file} does not document --{long}"
+                );
+                if file == "tunlb-run.1" {
+                    run_flags += 1;
+                }
+            }
+        }
+        // run's own flags plus the service flags, --help and --version.
+        assert!(run_flags >= 22, "{run_flags} flags of run walked");
+    }
+
+    #[test]
+    fn each_completion_script_offers_every_subcommand() {
+        for shell in [CliShell::Bash, CliShell::Zsh, CliShell::Fish] {
+            let script = String::from_utf8(completion_script(shell)).unwrap();
+            assert!(script.len() > 1000, "{shell:?}: {} bytes", script.len());
+            for sub in subcommands() {
+                // How each generator spells "this word is a subcommand".
+                let needle = match shell {
+                    CliShell::Bash => format!("tunlb,{sub})"),
+                    CliShell::Zsh => format!("\n'{sub}:"),
+                    CliShell::Fish => format!("-a \"{sub}\""),
+                };
+                assert!(script.contains(&needle), "{shell:?} lacks {sub}");
+            }
+        }
+    }
+
+    #[test]
+    fn completions_and_man_parse() {
+        let c = Cli::try_parse_from(["tunlb", "completions", "zsh"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Completions(CompletionsArgs {
+                shell: CliShell::Zsh
+            })
+        ));
+        let c = Cli::try_parse_from(["tunlb", "man", "--out", "d"]).unwrap();
+        let Command::Man(m) = c.command else {
+            panic!("man")
+        };
+        assert_eq!(m.out, Some(PathBuf::from("d")));
+        let m = err(&["tunlb", "completions", "nosuchshell"]);
+        assert!(
+            m.contains("invalid value 'nosuchshell'") && m.contains("bash, zsh, fish"),
+            "{m}"
+        );
+        assert!(!m.contains('\n'), "{m}");
     }
 
     #[test]

@@ -51,6 +51,8 @@ fn main() -> ExitCode {
         },
         cli::Command::Flows(q) => query(&q, "flows"),
         cli::Command::Stats(q) => query(&q, "stats"),
+        cli::Command::Completions(a) => cli::completions(&a),
+        cli::Command::Man(a) => cli::man(&a),
     }
 }
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The command line. Each bad flag: exit 2, nothing on stdout, exactly one
-# line on stderr that names the bad value, and no TUN left behind. Runtime
-# refusals: net.ipv4.ip_forward=0 (exit 1 naming the sysctl; --set-sysctls
-# sets it), a VIP or SNAT address the kernel would answer itself.
+# line on stderr that names the bad value, and no TUN left behind (an unknown
+# shell for `completions` too). `completions bash` prints a script bash
+# parses, `man` prints roff. Runtime refusals: net.ipv4.ip_forward=0 (exit 1
+# naming the sysctl; --set-sysctls sets it), a VIP or SNAT address the kernel
+# would answer itself.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -41,6 +43,23 @@ bad --tun run --vip "$V" --backend "$B1"
 bad '--busy-poll 5000 is out of range' run "${TUN[@]}" --vip "$V" --backend "$B1" --busy-poll 5000
 bad 1.2.3.4 iptables --vip "$V" --backend 1.2.3.4
 bad foo iptables --vip "$V" --backend "$B1" --mode foo
+bad "'nosuchshell'" completions nosuchshell
+
+# The generated documents: a completion script bash can parse, roff for man.
+rc=0
+tl_exec "$P" lb "$TUNLB_BIN" completions bash >"$T_DIR/out" 2>"$T_DIR/err" || rc=$?
+if [ "$rc" -eq 0 ] && [ ! -s "$T_DIR/err" ] && grep -q '^ *complete -F _tunlb .* tunlb$' "$T_DIR/out" && bash -n "$T_DIR/out"; then
+  ok "completions bash: exit 0, a script bash parses ($(wc -l <"$T_DIR/out") lines)"
+else
+  not_ok "completions bash: want exit 0 and a bash script; got exit $rc: $(head -c 400 "$T_DIR/err")"
+fi
+rc=0
+tl_exec "$P" lb "$TUNLB_BIN" man 2>"$T_DIR/err" | head >"$T_DIR/out" || rc=$?
+if [ "$rc" -eq 0 ] && [ ! -s "$T_DIR/err" ] && grep -q '^\.TH tunlb 1 ' "$T_DIR/out" && grep -q '^\.SH NAME' "$T_DIR/out"; then
+  ok "man | head: exit 0, roff (.TH tunlb 1, .SH NAME)"
+else
+  not_ok "man | head: want exit 0 and roff; got exit $rc: $(head -c 400 "$T_DIR/out") $(head -c 400 "$T_DIR/err")"
+fi
 
 # refused PATTERN ARGS...: tunlb run must exit non-zero (not a panic) with a
 # message matching PATTERN, and leave no TUN.
