@@ -82,13 +82,36 @@ t_backend_flags() {
   fi
 }
 
-# t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
-# The default service (when ARGS has no --vip): the VIP over b1..b4.
+# t_stop_and_time SIGNAL: send SIGNAL to tunlb; sets RC (its exit status, 999
+# when it still runs after 3 s, then it is killed) and MS. Runs in this shell:
+# tunlb is its child, so `wait` yields the status.
+t_stop_and_time() {
+  local t0 k
+  RC=0
+  t0=$(t_now_ms)
+  kill "-$1" "$TUNLB_PID"
+  for ((k = 0; k < 300; k++)); do
+    tl_pid_alive "$TUNLB_PID" || break
+    sleep 0.01
+  done
+  if tl_pid_alive "$TUNLB_PID"; then
+    kill -KILL "$TUNLB_PID" 2>/dev/null || true
+    wait "$TUNLB_PID" 2>/dev/null || true
+    RC=999 MS=$(($(t_now_ms) - t0))
+    return
+  fi
+  MS=$(($(t_now_ms) - t0))
+  wait "$TUNLB_PID" || RC=$?
+}
+
 # t_fast_health_conf FILE: a config file with fast health checks only (every
 # 0.2 s, rise 2, fall 2, timeout 0.2 s): a backend is marked down in ~0.5 s.
 t_fast_health_conf() {
   printf '[health]\ninterval = 0.2\nrise = 2\nfall = 2\ntimeout = 0.2\n' >"$1"
 }
+
+# t_tunlb_start_cmd CMD...: run CMD (a tunlb command line) in the lb namespace
+# and wait for "ready".
 t_tunlb_start_cmd() {
   local -a cmd
   cmd=("$@")
@@ -99,6 +122,8 @@ t_tunlb_start_cmd() {
     return 1
   fi
 }
+# t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
+# The default service (when ARGS has no --vip): the VIP over b1..b4.
 t_tunlb_start() {
   local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
   if [[ " $* " != *" --vip "* ]]; then

@@ -168,31 +168,13 @@ check "(c) tunlb dropped the client that never read before its answer was out (E
   grep -qE '^eof [0-9]+ cut$' "$T_DIR/stall-a.log"
 
 # (d) SIGTERM with a client stalled on its answer and 20 idle ones.
-stop_and_time() {
-  local t0 k
-  RC=0
-  t0=$(t_now_ms)
-  kill "-$1" "$TUNLB_PID"
-  for ((k = 0; k < 300; k++)); do
-    tl_pid_alive "$TUNLB_PID" || break
-    sleep 0.01
-  done
-  if tl_pid_alive "$TUNLB_PID"; then
-    kill -KILL "$TUNLB_PID" 2>/dev/null || true
-    wait "$TUNLB_PID" 2>/dev/null || true
-    RC=999 MS=$(($(t_now_ms) - t0))
-    return
-  fi
-  MS=$(($(t_now_ms) - t0))
-  wait "$TUNLB_PID" || RC=$?
-}
 tl_bg "$P" lb stall-b "$T_DIR/stall-b.log" "$PY" -c "$STALL" "$CTL" "flows json" 0.5 30
 tl_bg "$P" lb idle-b "$T_DIR/idle-b.log" "$PY" -c "$IDLE" "$METRICS_PORT" 20 30
 await_line "$T_DIR/stall-b.log" queued 5 || true
 await_line "$T_DIR/idle-b.log" open 5 || true
 queued=$(awk '$1 == "queued" { print $2 }' "$T_DIR/stall-b.log")
 check_range "(d) a fresh client that never reads: answer bytes waiting unread" "${queued:-0}" 65536 100000000
-stop_and_time TERM
+t_stop_and_time TERM
 check_eq "(d) SIGTERM with stalled clients: exit status" "$RC" 0
 check_range "(d) SIGTERM with stalled clients: gone within a second (ms)" "$MS" 0 1000
 check "(d) the control socket file is removed" test ! -e "$CTL"
