@@ -35,7 +35,7 @@ use serde_json::json;
 
 use crate::datapath::{Clock, Device, POLL};
 use crate::engine::Engine;
-use crate::stats::DropReason;
+use crate::stats::{DropReason, Snapshot};
 use crate::time::Timestamp;
 
 /// How many clients a listener serves at once, and for how long.
@@ -478,7 +478,11 @@ pub fn stats_text(engine: &Engine, device: &Device) -> String {
 
 /// The counters as JSON.
 pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
-    let s = engine.stats();
+    snapshot_json(&engine.stats(), device)
+}
+
+/// The counters `s` and those of `device` as JSON.
+fn snapshot_json(s: &Snapshot, device: &Device) -> serde_json::Value {
     let d = device.totals();
     let threads: Vec<_> = device
         .per_thread()
@@ -515,7 +519,11 @@ pub fn stats_json(engine: &Engine, device: &Device) -> serde_json::Value {
 
 /// The counters in Prometheus text format (version 0.0.4).
 pub fn metrics_text(engine: &Engine, device: &Device) -> String {
-    let s = engine.stats();
+    snapshot_metrics(&engine.stats(), device)
+}
+
+/// The counters `s` and those of `device` in Prometheus text format.
+fn snapshot_metrics(s: &Snapshot, device: &Device) -> String {
     let d = device.totals();
     let mut o = String::new();
     let mut put = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
@@ -963,6 +971,107 @@ mod tests {
         acceptor.join().unwrap();
         drop(control);
         assert!(!path.exists(), "the socket file is removed");
+    }
+
+    /// `tunlb stats --json` of [`Snapshot::sample`], byte for byte.
+    const STATS_JSON_PINNED: &str = r#"{"backends":[{"active":21,"backend":"198.18.2.3:8080","bytes":24,"connections":22,"packets":23,"service":"198.18.0.1:80","up":true,"weight":2}],"device":{"bytes_read":0,"name":"mem0","offload":false,"packets_read":0,"queues":1,"super_packets_read":0,"threads":[{"bytes_read":0,"packets_read":0,"super_packets_read":0,"write_errors":0}],"write_errors":0},"dropped":{"bad_checksum":103,"bad_flags":107,"bad_header":102,"fragment":104,"icmp_not_error":116,"icmp_untracked":117,"ignored":112,"invalid_no_flow":108,"invalid_state":109,"no_backend":113,"no_service":106,"not_ipv4":100,"not_tcp":105,"out_of_window":110,"ports_exhausted":114,"rst_out_of_window":111,"table_full":115,"truncated":101},"evicted":3,"expired":2,"flows":9,"forwarded":{"original":11,"reply":12},"icmp_translated":4,"new_flows":1,"redispatched":7,"resets_sent":5,"untracked":6}"#;
+
+    /// `/metrics` of [`Snapshot::sample`], byte for byte.
+    const METRICS_PINNED: &str = r#"# HELP tunlb_flows Flows in the connection table.
+# TYPE tunlb_flows gauge
+tunlb_flows 9
+# HELP tunlb_flows_created_total NEW connections admitted.
+# TYPE tunlb_flows_created_total counter
+tunlb_flows_created_total 1
+# HELP tunlb_flows_expired_total Flows removed by timeout.
+# TYPE tunlb_flows_expired_total counter
+tunlb_flows_expired_total 2
+# HELP tunlb_flows_evicted_total Flows evicted to admit new ones (table full).
+# TYPE tunlb_flows_evicted_total counter
+tunlb_flows_evicted_total 3
+# HELP tunlb_packets_forwarded_total Packets translated and forwarded, by conntrack direction.
+# TYPE tunlb_packets_forwarded_total counter
+tunlb_packets_forwarded_total{direction="original"} 11
+tunlb_packets_forwarded_total{direction="reply"} 12
+# HELP tunlb_packets_dropped_total Packets dropped, by reason.
+# TYPE tunlb_packets_dropped_total counter
+tunlb_packets_dropped_total{reason="not_ipv4"} 100
+tunlb_packets_dropped_total{reason="truncated"} 101
+tunlb_packets_dropped_total{reason="bad_header"} 102
+tunlb_packets_dropped_total{reason="bad_checksum"} 103
+tunlb_packets_dropped_total{reason="fragment"} 104
+tunlb_packets_dropped_total{reason="not_tcp"} 105
+tunlb_packets_dropped_total{reason="no_service"} 106
+tunlb_packets_dropped_total{reason="bad_flags"} 107
+tunlb_packets_dropped_total{reason="invalid_no_flow"} 108
+tunlb_packets_dropped_total{reason="invalid_state"} 109
+tunlb_packets_dropped_total{reason="out_of_window"} 110
+tunlb_packets_dropped_total{reason="rst_out_of_window"} 111
+tunlb_packets_dropped_total{reason="ignored"} 112
+tunlb_packets_dropped_total{reason="no_backend"} 113
+tunlb_packets_dropped_total{reason="ports_exhausted"} 114
+tunlb_packets_dropped_total{reason="table_full"} 115
+tunlb_packets_dropped_total{reason="icmp_not_error"} 116
+tunlb_packets_dropped_total{reason="icmp_untracked"} 117
+# HELP tunlb_icmp_translated_total ICMP errors translated (RELATED).
+# TYPE tunlb_icmp_translated_total counter
+tunlb_icmp_translated_total 4
+# HELP tunlb_resets_sent_total RSTs sent to clients (no backend).
+# TYPE tunlb_resets_sent_total counter
+tunlb_resets_sent_total 5
+# HELP tunlb_packets_untracked_total Packets forwarded without changing their flow (old retransmissions, late ACKs, inexact in-window RSTs, ignored replies).
+# TYPE tunlb_packets_untracked_total counter
+tunlb_packets_untracked_total 6
+# HELP tunlb_syns_redispatched_total Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.
+# TYPE tunlb_syns_redispatched_total counter
+tunlb_syns_redispatched_total 7
+# HELP tunlb_backend_up 1 if health checks consider the backend up.
+# TYPE tunlb_backend_up gauge
+tunlb_backend_up{service="198.18.0.1:80",backend="198.18.2.3:8080"} 1
+# HELP tunlb_backend_active_flows Flows in the table using the backend.
+# TYPE tunlb_backend_active_flows gauge
+tunlb_backend_active_flows{service="198.18.0.1:80",backend="198.18.2.3:8080"} 21
+# HELP tunlb_backend_connections_total Connections sent to the backend.
+# TYPE tunlb_backend_connections_total counter
+tunlb_backend_connections_total{service="198.18.0.1:80",backend="198.18.2.3:8080"} 22
+# HELP tunlb_backend_packets_total Packets forwarded to and from the backend.
+# TYPE tunlb_backend_packets_total counter
+tunlb_backend_packets_total{service="198.18.0.1:80",backend="198.18.2.3:8080"} 23
+# HELP tunlb_backend_bytes_total IP bytes forwarded to and from the backend.
+# TYPE tunlb_backend_bytes_total counter
+tunlb_backend_bytes_total{service="198.18.0.1:80",backend="198.18.2.3:8080"} 24
+# HELP tunlb_device_queues TUN queues open (one per packet thread when the device allows).
+# TYPE tunlb_device_queues gauge
+tunlb_device_queues{device="mem0"} 1
+# HELP tunlb_device_offload 1 if the TUN has TSO/checksum offloads on.
+# TYPE tunlb_device_offload gauge
+tunlb_device_offload{device="mem0"} 0
+# HELP tunlb_device_packets_read_total Packets read from the TUN.
+# TYPE tunlb_device_packets_read_total counter
+tunlb_device_packets_read_total{device="mem0"} 0
+# HELP tunlb_device_super_packets_read_total TCP super-packets (GSO) read from the TUN, among its packets.
+# TYPE tunlb_device_super_packets_read_total counter
+tunlb_device_super_packets_read_total{device="mem0"} 0
+# HELP tunlb_device_bytes_read_total IP bytes read from the TUN.
+# TYPE tunlb_device_bytes_read_total counter
+tunlb_device_bytes_read_total{device="mem0"} 0
+# HELP tunlb_device_write_errors_total Writes the TUN refused (those packets are lost).
+# TYPE tunlb_device_write_errors_total counter
+tunlb_device_write_errors_total{device="mem0"} 0
+"#;
+
+    #[test]
+    fn the_stats_json_is_pinned() {
+        let device = Device::new("mem0", 1, false, 1);
+        let json = snapshot_json(&Snapshot::sample(), &device);
+        assert_eq!(json.to_string(), STATS_JSON_PINNED);
+    }
+
+    #[test]
+    fn the_metrics_text_is_pinned() {
+        let device = Device::new("mem0", 1, false, 1);
+        let text = snapshot_metrics(&Snapshot::sample(), &device);
+        assert_eq!(text, METRICS_PINNED);
     }
 
     #[test]

@@ -290,3 +290,52 @@ impl fmt::Display for Snapshot {
         Ok(())
     }
 }
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot whose every counter holds a value of its own: drops
+    /// 100 + discriminant, forwarded 11 and 12, the rest 1 to 7 in field
+    /// order, 9 flows, one backend.
+    pub(crate) fn sample() -> Snapshot {
+        Snapshot {
+            drops: std::array::from_fn(|i| 100 + i as u64),
+            forwarded: [11, 12],
+            new_flows: 1,
+            expired: 2,
+            evicted: 3,
+            icmp_translated: 4,
+            resets_sent: 5,
+            untracked: 6,
+            redispatched: 7,
+            backends: vec![BackendSnapshot {
+                service: "198.18.0.1:80".parse().unwrap(),
+                backend: "198.18.2.3:8080".parse().unwrap(),
+                weight: 2,
+                up: true,
+                active: 21,
+                connections: 22,
+                packets: 23,
+                bytes: 24,
+            }],
+            flows: 9,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_display_line_is_pinned() {
+        assert_eq!(
+            Snapshot::default().to_string(),
+            "flows=0 new=0 fwd_orig=0 fwd_reply=0 expired=0 evicted=0 icmp=0 rst=0 untracked=0 redispatched=0",
+            "drops of zero are left out"
+        );
+        assert_eq!(
+            Snapshot::sample().to_string(),
+            "flows=9 new=1 fwd_orig=11 fwd_reply=12 expired=2 evicted=3 icmp=4 rst=5 untracked=6 redispatched=7 drop_not_ipv4=100 drop_truncated=101 drop_bad_header=102 drop_bad_checksum=103 drop_fragment=104 drop_not_tcp=105 drop_no_service=106 drop_bad_flags=107 drop_invalid_no_flow=108 drop_invalid_state=109 drop_out_of_window=110 drop_rst_out_of_window=111 drop_ignored=112 drop_no_backend=113 drop_ports_exhausted=114 drop_table_full=115 drop_icmp_not_error=116 drop_icmp_untracked=117"
+        );
+    }
+}
