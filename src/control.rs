@@ -505,16 +505,18 @@ fn snapshot_json(s: &Snapshot, device: &Device) -> serde_json::Value {
                    "packets": b.packets, "bytes": b.bytes})
         })
         .collect();
-    json!({
-        "flows": s.flows, "new_flows": s.new_flows, "expired": s.expired, "evicted": s.evicted,
+    let mut out = json!({
+        "flows": s.flows,
         "forwarded": {"original": s.forwarded[0], "reply": s.forwarded[1]},
-        "icmp_translated": s.icmp_translated, "resets_sent": s.resets_sent,
-        "untracked": s.untracked, "redispatched": s.redispatched,
         "dropped": drops, "backends": backends,
         "device": {"name": device.name, "queues": device.queues, "offload": device.offload,
                    "packets_read": d.packets, "super_packets_read": d.super_packets,
                    "bytes_read": d.bytes, "write_errors": d.write_errors, "threads": threads},
-    })
+    });
+    for e in Snapshot::EVENTS {
+        out[e.key] = json!((e.get)(s));
+    }
+    out
 }
 
 /// The counters in Prometheus text format (version 0.0.4).
@@ -538,24 +540,16 @@ fn snapshot_metrics(s: &Snapshot, device: &Device) -> String {
         "Flows in the connection table.",
         vec![(String::new(), s.flows as u64)],
     );
-    put(
-        "tunlb_flows_created_total",
-        "counter",
-        "NEW connections admitted.",
-        vec![(String::new(), s.new_flows)],
-    );
-    put(
-        "tunlb_flows_expired_total",
-        "counter",
-        "Flows removed by timeout.",
-        vec![(String::new(), s.expired)],
-    );
-    put(
-        "tunlb_flows_evicted_total",
-        "counter",
-        "Flows evicted to admit new ones (table full).",
-        vec![(String::new(), s.evicted)],
-    );
+    // Drops and the ORIGINAL and REPLY counts follow `evicted`.
+    let (flows, rest) = Snapshot::EVENTS.split_at(3);
+    for e in flows {
+        put(
+            e.metric,
+            "counter",
+            e.help,
+            vec![(String::new(), (e.get)(s))],
+        );
+    }
     put(
         "tunlb_packets_forwarded_total",
         "counter",
@@ -574,30 +568,14 @@ fn snapshot_metrics(s: &Snapshot, device: &Device) -> String {
             .map(|r| (format!("{{reason=\"{}\"}}", r.name()), s.dropped(*r)))
             .collect(),
     );
-    put(
-        "tunlb_icmp_translated_total",
-        "counter",
-        "ICMP errors translated (RELATED).",
-        vec![(String::new(), s.icmp_translated)],
-    );
-    put(
-        "tunlb_resets_sent_total",
-        "counter",
-        "RSTs sent to clients (no backend).",
-        vec![(String::new(), s.resets_sent)],
-    );
-    put(
-        "tunlb_packets_untracked_total",
-        "counter",
-        "Packets forwarded without changing their flow (old retransmissions, late ACKs, inexact in-window RSTs, ignored replies).",
-        vec![(String::new(), s.untracked)],
-    );
-    put(
-        "tunlb_syns_redispatched_total",
-        "counter",
-        "Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.",
-        vec![(String::new(), s.redispatched)],
-    );
+    for e in rest {
+        put(
+            e.metric,
+            "counter",
+            e.help,
+            vec![(String::new(), (e.get)(s))],
+        );
+    }
     let label = |b: &crate::stats::BackendSnapshot| {
         format!("{{service=\"{}\",backend=\"{}\"}}", b.service, b.backend)
     };

@@ -4,109 +4,93 @@
 //! [`DropReason`] or `forwarded[direction]`. Counters are relaxed atomics
 //! indexed by enum discriminant (cheap enough for the packet path) and are
 //! read as a [`Snapshot`].
+//!
+//! Each list is written once: the drop reasons with their names in the
+//! `drop_reasons!` table, the other event counters with their names and
+//! help in the `event_counters!` table. The stats line, `tunlb stats
+//! --json` and `/metrics` all print from [`DropReason::ALL`] and
+//! [`Snapshot::EVENTS`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a packet was not forwarded. Each is a counter; none is an error that
-/// stops the datapath (bad input is normal input).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DropReason {
+/// Declare [`DropReason`] with its `COUNT`, `ALL` and `name()` from one
+/// table: each reason with its doc and its counter's name, in discriminant
+/// order.
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $reason:ident => $name:literal,)*) => {
+        /// Why a packet was not forwarded. Each is a counter; none is an error that
+        /// stops the datapath (bad input is normal input).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum DropReason {
+            $($(#[$doc])* $reason,)*
+        }
+
+        impl DropReason {
+            /// The number of reasons, for tables indexed by reason.
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            /// Every reason, in discriminant order.
+            pub const ALL: [DropReason; [$(DropReason::$reason),*].len()] =
+                [$(DropReason::$reason),*];
+
+            /// Return the counter's name, as printed in stats and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$reason => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     /// Not an IPv4 packet (IPv6 router solicitations on a fresh TUN, ...).
-    NotIpv4,
+    NotIpv4 => "not_ipv4",
     /// Shorter than its headers or its own total length.
-    Truncated,
+    Truncated => "truncated",
     /// IPv4 header length below 20 bytes, or a TCP data offset below 5.
-    BadHeader,
+    BadHeader => "bad_header",
     /// An IPv4, TCP or ICMP checksum does not verify.
-    BadChecksum,
+    BadChecksum => "bad_checksum",
     /// An IPv4 fragment: tunlb does not reassemble (conntrack does).
-    Fragment,
+    Fragment => "fragment",
     /// Neither TCP nor an ICMP error.
-    NotTcp,
+    NotTcp => "not_tcp",
     /// To an address that is no service's VIP or MASQUERADE address, and
     /// matches no flow.
-    NoService,
+    NoService => "no_service",
     /// An invalid TCP flag combination (NULL, XMAS, SYN|FIN, bare FIN, ...).
-    BadFlags,
+    BadFlags => "bad_flags",
     /// To a service or MASQUERADE address, no flow has this tuple, and it is
     /// not a SYN to a service (INVALID: no loose pickup).
-    NoFlowNotSyn,
+    NoFlowNotSyn => "invalid_no_flow",
     /// The state machine calls this segment INVALID for the flow's state.
-    InvalidTransition,
+    InvalidTransition => "invalid_state",
     /// A segment outside the flow's sequence window (`tcp_in_window`):
     /// beyond what the receiver allowed, or acknowledging data never sent.
-    OutOfWindow,
+    OutOfWindow => "out_of_window",
     /// An RST outside the receiver's window, or below what it acknowledged
     /// (a blind or stale reset).
-    RstOutOfWindow,
+    RstOutOfWindow => "rst_out_of_window",
     /// A segment from the client that the state table ignores (a SYN on an
     /// established flow, ...): it would change nothing, and passing it
     /// would let a spoofer probe the backend.
-    Ignored,
+    Ignored => "ignored",
     /// Every backend of the service has weight 0: the client gets an RST.
-    NoBackend,
+    NoBackend => "no_backend",
     /// No free MASQUERADE port for the REPLY tuple.
-    PortsExhausted,
+    PortsExhausted => "ports_exhausted",
     /// The table is at `max_flows` and nothing could be evicted.
-    TableFull,
+    TableFull => "table_full",
     /// An ICMP message that is not an error tunlb translates (echo, ...).
-    IcmpNotError,
+    IcmpNotError => "icmp_not_error",
     /// An ICMP error about no tracked flow, or about non-TCP.
-    IcmpUntracked,
+    IcmpUntracked => "icmp_untracked",
 }
 
 impl DropReason {
-    /// The number of reasons, for tables indexed by reason.
-    pub const COUNT: usize = 18;
-
-    /// Every reason, in discriminant order.
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::NotIpv4,
-        DropReason::Truncated,
-        DropReason::BadHeader,
-        DropReason::BadChecksum,
-        DropReason::Fragment,
-        DropReason::NotTcp,
-        DropReason::NoService,
-        DropReason::BadFlags,
-        DropReason::NoFlowNotSyn,
-        DropReason::InvalidTransition,
-        DropReason::OutOfWindow,
-        DropReason::RstOutOfWindow,
-        DropReason::Ignored,
-        DropReason::NoBackend,
-        DropReason::PortsExhausted,
-        DropReason::TableFull,
-        DropReason::IcmpNotError,
-        DropReason::IcmpUntracked,
-    ];
-
-    /// Return the counter's name, as printed in stats and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::NotIpv4 => "not_ipv4",
-            DropReason::Truncated => "truncated",
-            DropReason::BadHeader => "bad_header",
-            DropReason::BadChecksum => "bad_checksum",
-            DropReason::Fragment => "fragment",
-            DropReason::NotTcp => "not_tcp",
-            DropReason::NoService => "no_service",
-            DropReason::BadFlags => "bad_flags",
-            DropReason::NoFlowNotSyn => "invalid_no_flow",
-            DropReason::InvalidTransition => "invalid_state",
-            DropReason::OutOfWindow => "out_of_window",
-            DropReason::RstOutOfWindow => "rst_out_of_window",
-            DropReason::Ignored => "ignored",
-            DropReason::NoBackend => "no_backend",
-            DropReason::PortsExhausted => "ports_exhausted",
-            DropReason::TableFull => "table_full",
-            DropReason::IcmpNotError => "icmp_not_error",
-            DropReason::IcmpUntracked => "icmp_untracked",
-        }
-    }
-
     /// Return what tunlb sends back for a packet dropped for this reason.
     /// One place decides it; see [`Response`].
     pub const fn response(self) -> Response {
@@ -147,28 +131,95 @@ pub struct BackendCounters {
     pub bytes: AtomicU64,
 }
 
-/// The engine's counters.
-#[derive(Debug, Default)]
-pub struct Counters {
-    drops: [AtomicU64; DropReason::COUNT],
-    forwarded: [AtomicU64; 2],
+/// Declare the engine's event counters, each once: a field of
+/// [`Counters`] (an atomic) and of [`Snapshot`] (its value), and an entry
+/// of [`Snapshot::EVENTS`] with the names stats and metrics print it under.
+macro_rules! event_counters {
+    ($($(#[$doc:meta])* $field:ident: $short:literal, $metric:literal, $help:literal;)*) => {
+        /// The engine's counters.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            drops: [AtomicU64; DropReason::COUNT],
+            forwarded: [AtomicU64; 2],
+            $($(#[$doc])* pub $field: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// Read the counters.
+            pub fn snapshot(&self) -> Snapshot {
+                let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                Snapshot {
+                    drops: std::array::from_fn(|i| get(&self.drops[i])),
+                    forwarded: [get(&self.forwarded[0]), get(&self.forwarded[1])],
+                    $($field: get(&self.$field),)*
+                    backends: Vec::new(),
+                    flows: 0,
+                }
+            }
+        }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct Snapshot {
+            /// Drops, indexed by `DropReason as usize`.
+            pub drops: [u64; DropReason::COUNT],
+            /// Forwarded packets, ORIGINAL and REPLY.
+            pub forwarded: [u64; 2],
+            $($(#[$doc])* pub $field: u64,)*
+            /// The counters of each backend of each service.
+            pub backends: Vec<BackendSnapshot>,
+            /// Flows in the table.
+            pub flows: usize,
+        }
+
+        impl Snapshot {
+            /// Every event counter, in field order.
+            pub const EVENTS: &[Event] = &[$(Event {
+                key: stringify!($field),
+                short: $short,
+                metric: $metric,
+                help: $help,
+                get: |s| s.$field,
+            },)*];
+        }
+    };
+}
+
+event_counters! {
     /// Flows created (NEW connections admitted).
-    pub new_flows: AtomicU64,
+    new_flows: "new", "tunlb_flows_created_total", "NEW connections admitted.";
     /// Flows removed because their timeout passed.
-    pub expired: AtomicU64,
+    expired: "expired", "tunlb_flows_expired_total", "Flows removed by timeout.";
     /// Flows removed early to admit a new one (table full).
-    pub evicted: AtomicU64,
+    evicted: "evicted", "tunlb_flows_evicted_total", "Flows evicted to admit new ones (table full).";
     /// ICMP errors translated (RELATED).
-    pub icmp_translated: AtomicU64,
+    icmp_translated: "icmp", "tunlb_icmp_translated_total", "ICMP errors translated (RELATED).";
     /// RSTs sent to clients.
-    pub resets_sent: AtomicU64,
+    resets_sent: "rst", "tunlb_resets_sent_total", "RSTs sent to clients (no backend).";
     /// Packets forwarded without changing their flow: harmless segments
     /// outside the window (old retransmissions, late ACKs), in-window RSTs
     /// that are not exact, and REPLY segments the state table ignores.
-    pub untracked: AtomicU64,
+    untracked: "untracked", "tunlb_packets_untracked_total",
+        "Packets forwarded without changing their flow (old retransmissions, late ACKs, inexact in-window RSTs, ignored replies).";
     /// SYN retransmissions re-dispatched to another backend because the
     /// first never answered and is now down, drained or removed.
-    pub redispatched: AtomicU64,
+    redispatched: "redispatched", "tunlb_syns_redispatched_total",
+        "Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.";
+}
+
+/// One event counter of [`Snapshot::EVENTS`]: its names and how to read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Event {
+    /// Its key in `tunlb stats --json`: the field's name.
+    pub key: &'static str,
+    /// Its name in the one-line [`Snapshot`] display.
+    pub short: &'static str,
+    /// Its Prometheus metric name.
+    pub metric: &'static str,
+    /// Its Prometheus help text.
+    pub help: &'static str,
+    /// Read it from a snapshot.
+    pub get: fn(&Snapshot) -> u64,
 }
 
 impl Counters {
@@ -184,51 +235,6 @@ impl Counters {
     pub fn forward(&self, dir: usize) {
         self.forwarded[dir].fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Read the counters.
-    pub fn snapshot(&self) -> Snapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Snapshot {
-            drops: std::array::from_fn(|i| get(&self.drops[i])),
-            forwarded: [get(&self.forwarded[0]), get(&self.forwarded[1])],
-            new_flows: get(&self.new_flows),
-            expired: get(&self.expired),
-            evicted: get(&self.evicted),
-            icmp_translated: get(&self.icmp_translated),
-            resets_sent: get(&self.resets_sent),
-            untracked: get(&self.untracked),
-            redispatched: get(&self.redispatched),
-            backends: Vec::new(),
-            flows: 0,
-        }
-    }
-}
-
-/// A copy of the counters at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    /// Drops, indexed by `DropReason as usize`.
-    pub drops: [u64; DropReason::COUNT],
-    /// Forwarded packets, ORIGINAL and REPLY.
-    pub forwarded: [u64; 2],
-    /// Flows created.
-    pub new_flows: u64,
-    /// Flows expired.
-    pub expired: u64,
-    /// Flows evicted.
-    pub evicted: u64,
-    /// ICMP errors translated.
-    pub icmp_translated: u64,
-    /// RSTs sent.
-    pub resets_sent: u64,
-    /// Packets forwarded without changing their flow.
-    pub untracked: u64,
-    /// SYN retransmissions re-dispatched to another backend.
-    pub redispatched: u64,
-    /// Per backend: (service VIP, backend, connections, packets, bytes).
-    pub backends: Vec<BackendSnapshot>,
-    /// Flows in the table.
-    pub flows: usize,
 }
 
 /// The counters of one backend at one moment.
@@ -267,20 +273,20 @@ impl Snapshot {
 impl fmt::Display for Snapshot {
     /// One line: flows, forwarded, new, then every non-zero drop counter.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The ORIGINAL and REPLY counts follow `new`.
+        let (new, rest) = Snapshot::EVENTS.split_at(1);
+        write!(f, "flows={}", self.flows)?;
+        for e in new {
+            write!(f, " {}={}", e.short, (e.get)(self))?;
+        }
         write!(
             f,
-            "flows={} new={} fwd_orig={} fwd_reply={} expired={} evicted={} icmp={} rst={} untracked={} redispatched={}",
-            self.flows,
-            self.new_flows,
-            self.forwarded[0],
-            self.forwarded[1],
-            self.expired,
-            self.evicted,
-            self.icmp_translated,
-            self.resets_sent,
-            self.untracked,
-            self.redispatched
+            " fwd_orig={} fwd_reply={}",
+            self.forwarded[0], self.forwarded[1]
         )?;
+        for e in rest {
+            write!(f, " {}={}", e.short, (e.get)(self))?;
+        }
         for r in DropReason::ALL {
             let n = self.dropped(r);
             if n > 0 {
@@ -325,6 +331,35 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_reason_is_listed_once_in_discriminant_order_with_a_name_of_its_own() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        let names: HashSet<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+        assert_eq!(DropReason::NoFlowNotSyn.to_string(), "invalid_no_flow");
+    }
+
+    #[test]
+    fn every_event_counter_has_names_of_its_own_and_reads_its_own_field() {
+        for names in [
+            Snapshot::EVENTS
+                .iter()
+                .map(|e| e.key)
+                .collect::<HashSet<_>>(),
+            Snapshot::EVENTS.iter().map(|e| e.short).collect(),
+            Snapshot::EVENTS.iter().map(|e| e.metric).collect(),
+        ] {
+            assert_eq!(names.len(), Snapshot::EVENTS.len(), "{names:?}");
+        }
+        // The sample's event counters hold 1, 2, ... in field order.
+        let s = Snapshot::sample();
+        let read: Vec<u64> = Snapshot::EVENTS.iter().map(|e| (e.get)(&s)).collect();
+        assert_eq!(read, (1..=7).collect::<Vec<u64>>());
+    }
 
     #[test]
     fn the_display_line_is_pinned() {
