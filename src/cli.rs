@@ -3,7 +3,8 @@
 //! ```text
 //! tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 \
 //!           --backend 198.18.2.3:80 --backend 198.18.2.4:80,weight=3 \
-//!           [--mode nth|random] [--snat 198.18.0.2] [--max-flows N] [--threads N] [--config FILE]
+//!           [--mode nth|random|wrr|lc|maglev] [--snat 198.18.0.2] [--max-flows N]
+//!           [--threads N] [--io vnet|tun] [--config FILE] [...]
 //! tunlb iptables <same service flags>
 //! tunlb flows|stats [--tun NAME | --control PATH] [--json]
 //! tunlb completions bash|zsh|fish
@@ -111,7 +112,7 @@ pub struct ServiceArgs {
     pub backends: Vec<BackendConfig>,
     /// How NEW connections pick a backend.
     #[arg(long, value_enum)]
-    pub mode: Option<CliMode>,
+    pub mode: Option<Mode>,
     /// MASQUERADE source address (default: the VIP's address); repeat for a pool.
     #[arg(long, value_name = "IP")]
     pub snat: Vec<Ipv4Addr>,
@@ -121,21 +122,6 @@ pub struct ServiceArgs {
     /// A TOML file with services, timeouts and limits (flags override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-}
-
-/// `--mode`, as clap sees it.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum CliMode {
-    /// Round robin with one shared counter, like `-m statistic --mode nth`.
-    Nth,
-    /// One weighted random draw per connection, like `--mode random`.
-    Random,
-    /// Smooth weighted round robin (IPVS wrr).
-    Wrr,
-    /// Weighted least connections (IPVS wlc).
-    Lc,
-    /// Consistent hashing of the client address (Maglev, IPVS mh).
-    Maglev,
 }
 
 /// The flags of `run`.
@@ -185,16 +171,7 @@ pub struct RunArgs {
     pub liberal: bool,
     /// TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue).
     #[arg(long, value_enum)]
-    pub io: Option<CliIo>,
-}
-
-/// `--io`, as clap sees it.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum CliIo {
-    /// Multi-queue TUN with virtio-net header and TCP offloads.
-    Vnet,
-    /// The `tun` crate: one queue, no offloads.
-    Tun,
+    pub io: Option<IoKind>,
 }
 
 impl ServiceArgs {
@@ -202,13 +179,7 @@ impl ServiceArgs {
         FlagService {
             vip: self.vip,
             backends: self.backends.clone(),
-            mode: self.mode.map(|m| match m {
-                CliMode::Nth => Mode::Nth,
-                CliMode::Random => Mode::Random,
-                CliMode::Wrr => Mode::Wrr,
-                CliMode::Lc => Mode::LeastConn,
-                CliMode::Maglev => Mode::Maglev,
-            }),
+            mode: self.mode,
             snat: self.snat.clone(),
             max_flows: self.max_flows.map(|n| n as usize),
             config: self.config.clone(),
@@ -236,10 +207,7 @@ impl RunArgs {
             health_check: self.health_check,
             no_offload: self.no_offload,
             liberal: self.liberal,
-            io: self.io.map(|i| match i {
-                CliIo::Vnet => IoKind::Vnet,
-                CliIo::Tun => IoKind::Tun,
-            }),
+            io: self.io,
         };
         config::run_config(&self.service.flags(), &run)
     }
@@ -379,6 +347,33 @@ mod tests {
     fn err(args: &[&str]) -> String {
         let e = Cli::try_parse_from(args).unwrap_err();
         one_line(&e.render().to_string())
+    }
+
+    #[test]
+    fn mode_and_io_values_parse_to_the_library_s_own_enums() {
+        let run = |args: &[&str]| -> RunArgs {
+            let mut argv = vec!["tunlb", "run"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(r) => r,
+                c => panic!("{c:?}"),
+            }
+        };
+        for (value, mode) in [
+            ("nth", Mode::Nth),
+            ("random", Mode::Random),
+            ("wrr", Mode::Wrr),
+            ("lc", Mode::LeastConn),
+            ("maglev", Mode::Maglev),
+        ] {
+            assert_eq!(run(&["--mode", value]).service.mode, Some(mode));
+            assert_eq!(mode.name(), value, "the name stats print is the flag's");
+        }
+        assert_eq!(run(&["--io", "vnet"]).io, Some(IoKind::Vnet));
+        assert_eq!(run(&["--io", "tun"]).io, Some(IoKind::Tun));
+        assert_eq!(run(&[]).io, None);
+        assert!(err(&["tunlb", "run", "--mode", "leastconn"]).contains("invalid value"));
+        assert!(err(&["tunlb", "run", "--io", "x"]).contains("possible values: vnet, tun"));
     }
 
     #[test]

@@ -221,14 +221,17 @@ pub struct FlagRun {
     pub io: Option<IoKind>,
 }
 
-/// Which TUN implementation the datapath uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// Which TUN implementation the datapath uses. The config file and `--io`
+/// spell each the same; `help` is what `--help` says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoKind {
     /// tunlb's multi-queue TUN with virtio-net header and TCP offloads.
     #[default]
+    #[value(help = "Multi-queue TUN with virtio-net header and TCP offloads")]
     Vnet,
     /// The `tun` crate: one queue, one packet per read and write.
+    #[value(help = "The `tun` crate: one queue, no offloads")]
     Tun,
 }
 

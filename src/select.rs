@@ -28,26 +28,32 @@ use rand::{Rng, SeedableRng};
 use crate::conntrack::Tuple;
 use crate::service::Backend;
 
-/// How a service picks a backend for a NEW connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+/// How a service picks a backend for a NEW connection. The config file and
+/// `--mode` spell each the same; `help` is what `--help` says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Round-robin with one shared counter (`--mode nth`): backend `i` with
     /// weight `w_i` receives `w_i` consecutive turns in each round.
     #[default]
+    #[value(help = "Round robin with one shared counter, like `-m statistic --mode nth`")]
     Nth,
     /// One weighted random draw per connection (`--mode random`).
+    #[value(help = "One weighted random draw per connection, like `--mode random`")]
     Random,
     /// Smooth weighted round-robin (nginx's algorithm; IPVS `wrr`): weights
     /// 5:1:1 give `a a b a c a a`, not `a a a a a b c`.
+    #[value(help = "Smooth weighted round robin (IPVS wrr)")]
     Wrr,
     /// Weighted least-connections (IPVS `wlc`): the backend with the fewest
     /// active flows per unit of weight.
     #[serde(rename = "lc")]
+    #[value(name = "lc", help = "Weighted least connections (IPVS wlc)")]
     LeastConn,
     /// Consistent hashing of the client address (Maglev, IPVS `mh`): every
     /// tunlb instance with the same backends picks the same backend for a
     /// client, with no shared state, so instances can sit behind ECMP.
+    #[value(help = "Consistent hashing of the client address (Maglev, IPVS mh)")]
     Maglev,
 }
 
