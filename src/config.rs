@@ -96,6 +96,13 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((a, p))
 }
 
+/// Return the netmask of a prefix length: 24 gives 255.255.255.0, 0 gives
+/// 0.0.0.0, and 32 or more 255.255.255.255.
+pub fn netmask(prefix: u8) -> Ipv4Addr {
+    let host_bits = 32u32.saturating_sub(u32::from(prefix));
+    Ipv4Addr::from_bits(u32::MAX.checked_shl(host_bits).unwrap_or(0))
+}
+
 /// Parse `LOW-HIGH`, a port range.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let bad = || format!("'{s}' is not a port range; use LOW-HIGH, e.g. 1024-65535");
@@ -438,7 +445,7 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
     let tun_addr = run.tun_addr.or(file_tun_addr);
     if let Some((host, prefix)) = tun_addr {
         // Suggest the last usable address of the prefix (or the one before).
-        let mask = u32::MAX << (32 - u32::from(prefix));
+        let mask = netmask(prefix).to_bits();
         let last = (host.to_bits() | !mask) - 1;
         let other = Ipv4Addr::from_bits(if last == host.to_bits() {
             last - 1
@@ -512,6 +519,21 @@ mod tests {
             vip: Some(parse_socket(vip).unwrap()),
             backends: backends.iter().map(|b| parse_backend(b).unwrap()).collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn netmasks_of_every_kind_of_prefix() {
+        for (prefix, mask) in [
+            (0, "0.0.0.0"),
+            (1, "128.0.0.0"),
+            (15, "255.254.0.0"),
+            (24, "255.255.255.0"),
+            (30, "255.255.255.252"),
+            (32, "255.255.255.255"),
+            (33, "255.255.255.255"),
+        ] {
+            assert_eq!(netmask(prefix).to_string(), mask, "/{prefix}");
         }
     }
 

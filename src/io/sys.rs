@@ -87,11 +87,7 @@ pub fn configure(
         }
         sa
     };
-    let mask = Ipv4Addr::from_bits(if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    });
+    let mask = crate::config::netmask(prefix);
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr(addr);
     // SAFETY (this and the following ioctls): each SIOC* request reads or

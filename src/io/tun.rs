@@ -102,13 +102,8 @@ impl TunIo {
         cfg.tun_name(&spec.name);
         match spec.addr {
             Some((addr, prefix)) => {
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(prefix))
-                };
                 cfg.address(addr)
-                    .netmask(Ipv4Addr::from_bits(mask))
+                    .netmask(crate::config::netmask(prefix))
                     .mtu(spec.mtu)
                     .up();
             }
