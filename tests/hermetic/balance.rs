@@ -10,12 +10,14 @@ use std::net::SocketAddrV4;
 use tunlb::{Engine, Timestamp, Verdict};
 
 /// Open `n` connections from client 0 one after another, each reading the
-/// backend's greeting, and return how many each backend accepted.
+/// backend's greeting, and return the backend each went to, in order.
 ///
 /// Checks on the way that every connection completed, that the greeting
-/// names the backend that recorded the connection, and that the backend saw
-/// the client's port preserved on the SNAT address.
-fn sequential_greetings(net: &mut Net, n: u16) -> [usize; 4] {
+/// names the backend that recorded the connection, that the backend saw
+/// the client's port preserved on the SNAT address, and that the backends
+/// accepted these `n` connections and no other.
+fn sequential_greetings(net: &mut Net, n: u16) -> Vec<usize> {
+    let mut order = Vec::new();
     for i in 0..n {
         let port = 20000 + i;
         let id = net.connect(0, port, Vec::new(), Close::AfterSend);
@@ -37,8 +39,33 @@ fn sequential_greetings(net: &mut Net, n: u16) -> [usize; 4] {
         );
         let s = net.accepted(b).find(|s| s.remote.port() == port).unwrap();
         assert_eq!(*s.remote.ip(), VIP, "the backend sees the SNAT address");
+        order.push(b);
     }
-    std::array::from_fn(|b| net.accepted(b).count())
+    let accepted: [usize; 4] = std::array::from_fn(|b| net.accepted(b).count());
+    assert_eq!(accepted, counts(&order), "each connection accepted once");
+    order
+}
+
+/// How many connections of `order` each backend got.
+fn counts(order: &[usize]) -> [usize; 4] {
+    let mut n = [0; 4];
+    for &b in order {
+        n[b] += 1;
+    }
+    n
+}
+
+/// Whether `order` is a round robin over the backends in `cycle` (each
+/// index repeated as many times as its weight): the same cycle throughout,
+/// starting anywhere. Random selection is not (at 400 draws the odds of
+/// one looking like it are below 10^-100), nth is.
+fn is_round_robin(order: &[usize], cycle: &[usize]) -> bool {
+    (0..cycle.len()).any(|start| {
+        order
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == cycle[(start + i) % cycle.len()])
+    })
 }
 
 /// Check that the engine's per-backend connection counters say `want`.
@@ -53,8 +80,10 @@ fn assert_engine_counts(net: &Net, want: [usize; 4]) {
 #[test]
 fn nth_spreads_400_sequential_connections_exactly_100_per_backend() {
     let mut net = Net::new(crate::net::config(Mode::Nth, &[1, 1, 1, 1]));
-    let seen = sequential_greetings(&mut net, 400);
+    let order = sequential_greetings(&mut net, 400);
+    let seen = counts(&order);
     assert_eq!(seen, [100; 4]);
+    assert!(is_round_robin(&order, &[0, 1, 2, 3]), "{order:?}");
     assert_engine_counts(&net, seen);
     let stats = net.engine.stats();
     assert_eq!(stats.new_flows, 400);
@@ -73,15 +102,27 @@ fn five_sigma(n: usize, p: f64) -> std::ops::RangeInclusive<usize> {
 }
 
 #[test]
+fn five_sigma_is_the_binomial_range_worked_out_by_hand() {
+    // p = 1/4 and 3/4: sigma = sqrt(400 * 3/16) = 8.66, 5 sigma = 43.3.
+    assert_eq!(five_sigma(400, 0.25), 57..=143);
+    assert_eq!(five_sigma(400, 0.75), 257..=343);
+}
+
+#[test]
 fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter() {
     let mut net = Net::new(net::config(Mode::Random, &[1, 1, 1, 1]));
-    let seen = sequential_greetings(&mut net, 400);
-    // 400 draws at p = 1/4: mean 100, sigma 8.66, so 57..=143.
+    let order = sequential_greetings(&mut net, 400);
+    let seen = counts(&order);
+    // 400 draws at p = 1/4: mean 100, sigma 8.66.
     let bound = five_sigma(400, 0.25);
-    assert_eq!(bound, 57..=143);
     for (b, &n) in seen.iter().enumerate() {
         assert!(bound.contains(&n), "backend {b} got {n} of 400: {seen:?}");
     }
+    // A round robin also gives 100 each: the draws must not be one.
+    assert!(
+        !is_round_robin(&order, &[0, 1, 2, 3]),
+        "random picked in turn: {order:?}"
+    );
     assert_eq!(seen.iter().sum::<usize>(), 400);
     assert_engine_counts(&net, seen);
     assert_eq!(net.engine.stats().total_dropped(), 0);
@@ -90,10 +131,11 @@ fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter()
 #[test]
 fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
     let mut net = Net::new(net::config(Mode::Random, &[3, 1, 0, 0]));
-    let seen = sequential_greetings(&mut net, 400);
+    let order = sequential_greetings(&mut net, 400);
+    let seen = counts(&order);
     assert_eq!(seen[2], 0, "weight 0 takes no connection: {seen:?}");
     assert_eq!(seen[3], 0, "weight 0 takes no connection: {seen:?}");
-    // 400 draws at p = 3/4: mean 300, sigma 8.66, so 257..=343.
+    // 400 draws at p = 3/4: mean 300, sigma 8.66.
     let bound = five_sigma(400, 0.75);
     assert!(
         bound.contains(&seen[0]),
@@ -101,6 +143,10 @@ fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
         seen[0]
     );
     assert_eq!(seen[0] + seen[1], 400);
+    assert!(
+        !is_round_robin(&order, &[0, 0, 0, 1]),
+        "random picked in turn: {order:?}"
+    );
     assert_engine_counts(&net, seen);
 }
 
