@@ -296,14 +296,11 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class) = (p.tuple, p.class);
+        let (tuple, class) = (&p.tuple, p.class);
         // The established path reads no configuration: a hit in the table
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
-        match self
-            .table
-            .lookup(&tuple, self.is_vip_port(tuple.dst.port()))
-        {
+        match self.table.lookup(tuple, self.is_vip_port(tuple.dst.port())) {
             Lookup::Found(mut flow, dir) => {
                 if dir == Direction::Original && class == FlagClass::Syn {
                     // A SYN reusing the tuple of a closed flow starts over
@@ -313,7 +310,7 @@ impl Engine {
                         Some("reopened by a new SYN")
                     } else if flow.state == TcpState::SynSent
                         && !flow.seen_reply
-                        && !self.backend_takes_new(&tuple, &flow.backend)
+                        && !self.backend_takes_new(tuple, &flow.backend)
                     {
                         Some("redispatched: the backend never answered and is down, drained or removed")
                     } else {
