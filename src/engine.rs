@@ -562,7 +562,7 @@ impl Engine {
                     self.counters.resets_sent.fetch_add(1, Relaxed);
                     trace::no_backend(&original);
                     Ok(Verdict::Respond {
-                        len: nat::syn_to_reset(pkt, p.ip_header_len, svc.vip),
+                        len: nat::syn_to_reset(pkt, p, svc.vip),
                     })
                 }
             };
@@ -896,6 +896,27 @@ mod tests {
         assert_eq!((t.src_port(), t.dst_port()), (80, 5000));
         assert_eq!(e.stats().dropped(DropReason::NoBackend), 1);
         assert_eq!(e.flow_count(), 0);
+    }
+
+    #[test]
+    fn the_reset_to_a_syn_with_data_acknowledges_the_data_too() {
+        let e = Engine::new(cfg(&[(3, 0)], Mode::Nth)).unwrap();
+        let mut p = Segment {
+            seq: u32::MAX - 1,
+            payload: b"hello",
+            ..Segment::new(client(5001), VIP, SYN)
+        }
+        .build();
+        let Verdict::Respond { len } = e.process(&mut p, Timestamp::ZERO) else {
+            panic!("no RST");
+        };
+        assert_eq!(len, 40);
+        let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        // SYN plus 5 bytes from 2^32 - 2, wrapping.
+        assert_eq!(t.ack_number().0 as u32, 4);
+        assert_eq!(t.dst_port(), 5001);
     }
 
     #[test]

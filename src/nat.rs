@@ -7,12 +7,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
-
 use crate::checksum::{self, Delta};
 use crate::craft::Segment;
 use crate::wire::field::{icmp, ipv4, tcp};
-use crate::wire::IcmpQuote;
+use crate::wire::{IcmpQuote, TcpRepr};
 
 const IP_CSUM: usize = ipv4::CHECKSUM.start;
 const IP_SRC: usize = ipv4::SRC_ADDR.start;
@@ -135,23 +133,18 @@ pub fn rewrite_icmp_error(
     checksum::put(icmp, icmp::CHECKSUM.start, c);
 }
 
-/// Turn a client's SYN in `pkt` into a RST|ACK from `from` back to the
+/// Turn a client's SYN `syn` in `pkt` into a RST|ACK from `from` back to the
 /// client, in place (RFC 793: "If the incoming segment has no ACK field, the
 /// reset has sequence number zero and the ACK field is set to the sum of the
 /// sequence number and segment length"). Returns the reply's length.
 ///
-/// `pkt` must hold a validated IPv4/TCP packet of at least 40 bytes.
-pub fn syn_to_reset(pkt: &mut [u8], ihl: usize, from: SocketAddrV4) -> usize {
+/// `pkt` holds the segment `syn` was parsed from, so at least the 40 bytes
+/// the reset overwrites.
+pub fn syn_to_reset(pkt: &mut [u8], syn: &TcpRepr, from: SocketAddrV4) -> usize {
     use crate::conntrack::tcp::flags::{ACK, RST};
-    let (client, ack) = {
-        let ip = Ipv4Packet::new_unchecked(&pkt[..]);
-        let tcp = TcpPacket::new_unchecked(&pkt[ihl..ip.total_len() as usize]);
-        let client = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
-        (client, (tcp.seq_number() + tcp.segment_len()).0 as u32)
-    };
     Segment {
-        ack,
-        ..Segment::new(from, client, RST | ACK)
+        ack: syn.segment.end(),
+        ..Segment::new(from, syn.tuple.src, RST | ACK)
     }
     .emit(pkt)
 }
