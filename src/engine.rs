@@ -3,8 +3,9 @@
 //! [`Engine::process`] is the whole of what iptables does for a load balancer
 //! in `PREROUTING` and `POSTROUTING`, for one packet:
 //!
-//! 1. parse with checked views (smoltcp `wire`); anything malformed is
-//!    dropped with a [`DropReason`];
+//! 1. parse ([`crate::wire`]): the IPv4 header, then the TCP segment or the
+//!    ICMP error, each into a small summary; anything malformed is dropped
+//!    with the [`DropReason`] the parser names;
 //! 2. conntrack lookup of the packet's tuple in the [`ConnTable`]: a match on
 //!    an ORIGINAL tuple or a REPLY tuple gives the flow and the direction;
 //! 3. a miss on a service's `VIP:port` with a SYN is a NEW connection: the
@@ -38,20 +39,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::IpProtocol;
 
-use crate::checksum;
 use crate::conntrack::ports;
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::window::{self, Check, RstCheck};
 use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
+use crate::nat;
 pub use crate::nat::L4Checksum;
-use crate::nat::{self, IcmpQuote};
 use crate::service::{ConfigError, EngineConfig, Service};
 use crate::stats::{BackendSnapshot, Counters, DropReason, Response, Snapshot};
 use crate::time::Timestamp;
 use crate::trace;
+use crate::wire::{IcmpErrorRepr, Ipv4Repr, TcpRepr};
 
 /// What the caller does with the packet after [`Engine::process`].
 #[must_use]
@@ -193,11 +194,6 @@ impl Runtime {
     }
 }
 
-/// ICMP types whose message quotes the offending packet and that tunlb
-/// translates: destination unreachable, source quench, time exceeded,
-/// parameter problem.
-const ICMP_ERRORS: [u8; 4] = [3, 4, 11, 12];
-
 impl Engine {
     /// Build an engine from a configuration, refusing an invalid one.
     pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
@@ -277,89 +273,34 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (ihl, total, proto) = self.check_ipv4(pkt)?;
-        match proto {
-            IpProtocol::Tcp => self.process_tcp(pkt, ihl, total, now, l4),
-            IpProtocol::Icmp => self.process_icmp(pkt, ihl, total),
+        let ip = Ipv4Repr::parse(pkt, self.verify_checksums)?;
+        match ip.protocol {
+            IpProtocol::Tcp => {
+                let verify = self.verify_checksums && l4 == L4Checksum::Complete;
+                let p = TcpRepr::parse(pkt, &ip, verify)?;
+                self.process_tcp(pkt, &p, now, l4)
+            }
+            IpProtocol::Icmp => {
+                let icmp = IcmpErrorRepr::parse(pkt, &ip, self.verify_checksums)?;
+                self.process_icmp(pkt, &icmp)
+            }
             _ => Err(DropReason::NotTcp),
         }
     }
 
-    /// Validate the IPv4 header: returns (header length, total length, protocol).
-    fn check_ipv4(&self, pkt: &[u8]) -> Result<(usize, usize, IpProtocol), DropReason> {
-        match pkt.first() {
-            None => return Err(DropReason::Truncated),
-            Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
-            Some(_) => {}
-        }
-        if pkt.len() >= 20 && pkt[0] & 0x0f < 5 {
-            return Err(DropReason::BadHeader);
-        }
-        let ip = Ipv4Packet::new_checked(pkt).map_err(|_| DropReason::Truncated)?;
-        if self.verify_checksums && checksum::sum(&pkt[..ip.header_len() as usize]) != 0xffff {
-            return Err(DropReason::BadChecksum);
-        }
-        if ip.more_frags() || ip.frag_offset() != 0 {
-            return Err(DropReason::Fragment);
-        }
-        Ok((
-            ip.header_len() as usize,
-            ip.total_len() as usize,
-            ip.next_header(),
-        ))
-    }
-
+    /// Conntrack and NAT for a parsed TCP segment.
     fn process_tcp(
         &self,
         pkt: &mut [u8],
-        ihl: usize,
-        total: usize,
+        p: &TcpRepr,
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class, seg) = {
-            let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
-            let seg = &pkt[ihl..total];
-            if seg.len() >= 13 && seg[12] >> 4 < 5 {
-                return Err(DropReason::BadHeader);
-            }
-            let tcp = TcpPacket::new_checked(seg).map_err(|_| DropReason::Truncated)?;
-            let class = FlagClass::of(seg[13]).ok_or(DropReason::BadFlags)?;
-            let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            if self.verify_checksums
-                && l4 == L4Checksum::Complete
-                && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg)
-            {
-                return Err(DropReason::BadChecksum);
-            }
-            let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
-            let syn = tcp.syn();
-            let options = tcp.options();
-            let info = window::Segment {
-                seq: tcp.seq_number().0 as u32,
-                ack: tcp.ack_number().0 as u32,
-                len: (seg.len() - usize::from(tcp.header_len())) as u32
-                    + u32::from(syn)
-                    + u32::from(tcp.fin()),
-                window: tcp.window_len(),
-                syn,
-                ack_flag: tcp.ack(),
-                rst: tcp.rst(),
-                options: if options.is_empty() {
-                    window::Options::default()
-                } else {
-                    window::Options::parse(options, syn)
-                },
-            };
-            (tuple, class, info)
-        };
+        let (tuple, class) = (&p.tuple, p.class);
         // The established path reads no configuration: a hit in the table
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
-        match self
-            .table
-            .lookup(&tuple, self.is_vip_port(tuple.dst.port()))
-        {
+        match self.table.lookup(tuple, self.is_vip_port(tuple.dst.port())) {
             Lookup::Found(mut flow, dir) => {
                 if dir == Direction::Original && class == FlagClass::Syn {
                     // A SYN reusing the tuple of a closed flow starts over
@@ -369,7 +310,7 @@ impl Engine {
                         Some("reopened by a new SYN")
                     } else if flow.state == TcpState::SynSent
                         && !flow.seen_reply
-                        && !self.backend_takes_new(&tuple, &flow.backend)
+                        && !self.backend_takes_new(tuple, &flow.backend)
                     {
                         Some("redispatched: the backend never answered and is down, drained or removed")
                     } else {
@@ -382,20 +323,11 @@ impl Engine {
                             why,
                         };
                         drop(flow);
-                        return self.new_connection(
-                            pkt,
-                            ihl,
-                            total,
-                            tuple,
-                            &seg,
-                            now,
-                            l4,
-                            Some(replace),
-                        );
+                        return self.new_connection(pkt, p, now, l4, Some(replace));
                     }
                 }
                 let (had_reply, flow_key) = (flow.seen_reply, flow.original);
-                let tracked = self.track(&mut flow, dir, class, &seg, now, total)?;
+                let tracked = self.track(&mut flow, dir, class, &p.segment, now, p.len)?;
                 let (src, dst) = translate(&flow, dir);
                 // "If only reply is a RST, we can consider ourselves not to
                 // have an established connection" (Linux): an RST either way
@@ -417,8 +349,8 @@ impl Engine {
                         trace::destroy(&old, "reset before any reply");
                     }
                 }
-                nat::rewrite_tcp(pkt, ihl, src, dst, l4);
-                Ok(Verdict::Forward { len: total })
+                nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
+                Ok(Verdict::Forward { len: p.len })
             }
             Lookup::Missing => {
                 let rt = self.runtime.load();
@@ -440,7 +372,7 @@ impl Engine {
                     return Err(DropReason::NoFlowNotSyn);
                 }
                 drop(rt);
-                self.new_connection(pkt, ihl, total, tuple, &seg, now, l4, None)
+                self.new_connection(pkt, p, now, l4, None)
             }
         }
     }
@@ -589,18 +521,15 @@ impl Engine {
     /// redispatched one): it is removed under the same lock, only if it is
     /// still that flow, so two threads handling copies of the SYN replace
     /// it once.
-    #[allow(clippy::too_many_arguments)]
     fn new_connection(
         &self,
         pkt: &mut [u8],
-        ihl: usize,
-        total: usize,
-        original: Tuple,
-        seg: &window::Segment,
+        p: &TcpRepr,
         now: Timestamp,
         l4: L4Checksum,
         replace: Option<Replace>,
     ) -> Result<Verdict, DropReason> {
+        let original = p.tuple;
         let rt = self.runtime.load();
         let si = rt.service_at(original.dst).ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
@@ -622,7 +551,7 @@ impl Engine {
             // Another thread admitted the same SYN first: this copy is a
             // retransmission of that flow's SYN.
             drop(admission);
-            return self.process_tcp(pkt, ihl, total, now, l4);
+            return self.process_tcp(pkt, p, now, l4);
         }
         let Some(bi) = svc.selector.select(&svc.backends, &original) else {
             drop(admission);
@@ -633,7 +562,7 @@ impl Engine {
                     self.counters.resets_sent.fetch_add(1, Relaxed);
                     trace::no_backend(&original);
                     Ok(Verdict::Respond {
-                        len: nat::syn_to_reset(pkt, ihl, svc.vip),
+                        len: nat::syn_to_reset(pkt, p, svc.vip),
                     })
                 }
             };
@@ -690,8 +619,8 @@ impl Engine {
         flow.state = TcpState::SynSent;
         flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
         flow.packets[0] = 1;
-        flow.bytes[0] = total as u64;
-        window::open(&mut flow.window, seg);
+        flow.bytes[0] = p.len as u64;
+        window::open(&mut flow.window, &p.segment);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&flow, svc, bi);
         let inserted = self.table.insert(flow);
@@ -699,58 +628,18 @@ impl Engine {
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {
             self.table.release(&reply, &original);
-            return self.process_tcp(pkt, ihl, total, now, l4);
+            return self.process_tcp(pkt, p, now, l4);
         }
         self.counters.new_flows.fetch_add(1, Relaxed);
         backend.counters.connections.fetch_add(1, Relaxed);
-        nat::rewrite_tcp(pkt, ihl, src, dst, l4);
-        Ok(Verdict::Forward { len: total })
+        nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
+        Ok(Verdict::Forward { len: p.len })
     }
 
     /// Translate an ICMP error quoting a tracked flow (RELATED traffic).
-    fn process_icmp(
-        &self,
-        pkt: &mut [u8],
-        ihl: usize,
-        total: usize,
-    ) -> Result<Verdict, DropReason> {
-        let icmp = &pkt[ihl..total];
-        if icmp.len() < 8 {
-            return Err(DropReason::Truncated);
-        }
-        if !ICMP_ERRORS.contains(&icmp[0]) {
-            return Err(DropReason::IcmpNotError);
-        }
-        if self.verify_checksums && checksum::sum(icmp) != 0xffff {
-            return Err(DropReason::BadChecksum);
-        }
-        // The quoted packet: an IPv4 header and at least 8 bytes of TCP.
-        let inner = &icmp[8..];
-        if inner.len() < 20 || inner[0] >> 4 != 4 {
-            return Err(DropReason::Truncated);
-        }
-        let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
-        if inner_ihl < 20 {
-            return Err(DropReason::BadHeader);
-        }
-        if inner.len() < inner_ihl + 8 {
-            return Err(DropReason::Truncated);
-        }
-        if inner[9] != u8::from(IpProtocol::Tcp) {
-            return Err(DropReason::IcmpUntracked);
-        }
-        let ip4 =
-            |o: usize| std::net::Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
-        let port = |o: usize| u16::from_be_bytes([inner[inner_ihl + o], inner[inner_ihl + o + 1]]);
-        let quoted = Tuple::new(ip4(12), port(0), ip4(16), port(2));
-        let q = IcmpQuote {
-            icmp: ihl,
-            inner_ip: ihl + 8,
-            inner_tcp: ihl + 8 + inner_ihl,
-            has_tcp_csum: inner.len() >= inner_ihl + 18,
-        };
+    fn process_icmp(&self, pkt: &mut [u8], icmp: &IcmpErrorRepr) -> Result<Verdict, DropReason> {
         // The error travels against the quoted packet: look up its inverse.
-        let t = quoted.invert();
+        let t = icmp.quoted.invert();
         let is_vip = self.runtime.load().service_at(t.dst).is_some();
         let Lookup::Found(flow, dir) = self.table.lookup(&t, is_vip) else {
             return Err(DropReason::IcmpUntracked);
@@ -759,12 +648,12 @@ impl Engine {
         drop(flow);
         // The outer header is translated like any packet of the flow in this
         // direction; the quoted one is the inverse, as the receiver sent it.
-        nat::rewrite_icmp_error(pkt, q, (*src.ip(), *dst.ip()), dst, src);
+        nat::rewrite_icmp_error(pkt, icmp.quote, (*src.ip(), *dst.ip()), dst, src);
         self.counters
             .icmp_translated
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counters.forward(dir.index());
-        Ok(Verdict::Forward { len: total })
+        Ok(Verdict::Forward { len: icmp.len })
     }
 
     /// Remove expired flows, doing bounded work. Returns `true` if more are
@@ -880,6 +769,7 @@ mod tests {
     use crate::craft::Segment;
     use crate::select::Mode;
     use crate::service::{BackendConfig, ServiceConfig};
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
     use std::net::Ipv4Addr;
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
@@ -1006,6 +896,27 @@ mod tests {
         assert_eq!((t.src_port(), t.dst_port()), (80, 5000));
         assert_eq!(e.stats().dropped(DropReason::NoBackend), 1);
         assert_eq!(e.flow_count(), 0);
+    }
+
+    #[test]
+    fn the_reset_to_a_syn_with_data_acknowledges_the_data_too() {
+        let e = Engine::new(cfg(&[(3, 0)], Mode::Nth)).unwrap();
+        let mut p = Segment {
+            seq: u32::MAX - 1,
+            payload: b"hello",
+            ..Segment::new(client(5001), VIP, SYN)
+        }
+        .build();
+        let Verdict::Respond { len } = e.process(&mut p, Timestamp::ZERO) else {
+            panic!("no RST");
+        };
+        assert_eq!(len, 40);
+        let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        // SYN plus 5 bytes from 2^32 - 2, wrapping.
+        assert_eq!(t.ack_number().0 as u32, 4);
+        assert_eq!(t.dst_port(), 5001);
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! on IPv4 packets read from a TUN device.
 //!
 //! The crate is split the way smoltcp and quinn are: a sans-IO core
-//! ([`engine`], [`conntrack`], [`select`], [`nat`], [`checksum`]) that takes
-//! bytes and a timestamp and returns a verdict, and a thin shell ([`io`],
-//! [`datapath`] and the binary) that owns the TUN, the threads and the clock.
+//! ([`engine`], [`wire`], [`conntrack`], [`select`], [`nat`], [`checksum`])
+//! that takes bytes and a timestamp and returns a verdict, and a thin shell
+//! ([`io`], [`datapath`] and the binary) that owns the TUN, the threads and
+//! the clock.
 //! Arrows point inward only: the engine knows nothing of devices or threads.
 
 // `unsafe` is denied everywhere but the ioctl wrapper `io::sys`, which
@@ -34,6 +35,7 @@ pub mod service;
 pub mod stats;
 pub mod time;
 pub mod trace;
+pub mod wire;
 
 pub use engine::{Engine, Verdict};
 pub use service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};

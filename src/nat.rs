@@ -2,28 +2,22 @@
 //!
 //! Each function rewrites an address or port and fixes every checksum that
 //! covers it by RFC 1624 ([`crate::checksum`]), never by summing the packet
-//! again. Offsets are those of RFC 791 and RFC 793; the caller has already
-//! validated the packet with checked views, so indexing cannot fail.
+//! again. Offsets are [`crate::wire`]'s; the caller has already parsed the
+//! packet there, so indexing cannot fail.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::wire::{Ipv4Packet, TcpPacket};
-
 use crate::checksum::{self, Delta};
 use crate::craft::Segment;
+use crate::wire::field::{icmp, ipv4, tcp};
+use crate::wire::{IcmpQuote, TcpRepr};
 
-/// IPv4 header: checksum offset.
-pub const IP_CSUM: usize = 10;
-/// IPv4 header: source address offset.
-pub const IP_SRC: usize = 12;
-/// IPv4 header: destination address offset.
-pub const IP_DST: usize = 16;
-/// TCP header: source port offset.
-pub const TCP_SPORT: usize = 0;
-/// TCP header: destination port offset.
-pub const TCP_DPORT: usize = 2;
-/// TCP header: checksum offset.
-pub const TCP_CSUM: usize = 16;
+const IP_CSUM: usize = ipv4::CHECKSUM.start;
+const IP_SRC: usize = ipv4::SRC_ADDR.start;
+const IP_DST: usize = ipv4::DST_ADDR.start;
+const TCP_SPORT: usize = tcp::SRC_PORT.start;
+const TCP_DPORT: usize = tcp::DST_PORT.start;
+const TCP_CSUM: usize = tcp::CHECKSUM.start;
 
 /// Replace the 32-bit word at `at` with `new`, updating each checksum stored
 /// at the offsets in `csums`.
@@ -106,19 +100,6 @@ pub fn rewrite_tcp(
     checksum::put(pkt, at, new);
 }
 
-/// Where the parts of an ICMP error's quoted packet sit in the outer packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpQuote {
-    /// Offset of the ICMP header.
-    pub icmp: usize,
-    /// Offset of the quoted IPv4 header.
-    pub inner_ip: usize,
-    /// Offset of the quoted TCP header.
-    pub inner_tcp: usize,
-    /// Whether the quote reaches the TCP checksum field.
-    pub has_tcp_csum: bool,
-}
-
 /// Translate an ICMP error (RELATED to a flow, `nf_nat_icmp_reply_translation`):
 /// the outer header becomes `outer_src -> outer_dst`, the quoted packet
 /// becomes `inner_src -> inner_dst`, the quoted headers' checksums are updated
@@ -144,30 +125,26 @@ pub fn rewrite_icmp_error(
     replace_u32(pkt, q.inner_ip + IP_DST, *inner_dst.ip(), with_ip);
     replace_u16(pkt, q.inner_tcp + TCP_SPORT, inner_src.port(), with_tcp);
     replace_u16(pkt, q.inner_tcp + TCP_DPORT, inner_dst.port(), with_tcp);
-    let total = Ipv4Packet::new_unchecked(&pkt[..]).total_len() as usize;
+    let l = ipv4::LENGTH.start;
+    let total = usize::from(u16::from_be_bytes([pkt[l], pkt[l + 1]]));
     let icmp = &mut pkt[q.icmp..total];
-    checksum::put(icmp, 2, 0);
+    checksum::put(icmp, icmp::CHECKSUM.start, 0);
     let c = checksum::full(icmp);
-    checksum::put(icmp, 2, c);
+    checksum::put(icmp, icmp::CHECKSUM.start, c);
 }
 
-/// Turn a client's SYN in `pkt` into a RST|ACK from `from` back to the
+/// Turn a client's SYN `syn` in `pkt` into a RST|ACK from `from` back to the
 /// client, in place (RFC 793: "If the incoming segment has no ACK field, the
 /// reset has sequence number zero and the ACK field is set to the sum of the
 /// sequence number and segment length"). Returns the reply's length.
 ///
-/// `pkt` must hold a validated IPv4/TCP packet of at least 40 bytes.
-pub fn syn_to_reset(pkt: &mut [u8], ihl: usize, from: SocketAddrV4) -> usize {
+/// `pkt` holds the segment `syn` was parsed from, so at least the 40 bytes
+/// the reset overwrites.
+pub fn syn_to_reset(pkt: &mut [u8], syn: &TcpRepr, from: SocketAddrV4) -> usize {
     use crate::conntrack::tcp::flags::{ACK, RST};
-    let (client, ack) = {
-        let ip = Ipv4Packet::new_unchecked(&pkt[..]);
-        let tcp = TcpPacket::new_unchecked(&pkt[ihl..ip.total_len() as usize]);
-        let client = SocketAddrV4::new(ip.src_addr(), tcp.src_port());
-        (client, (tcp.seq_number() + tcp.segment_len()).0 as u32)
-    };
     Segment {
-        ack,
-        ..Segment::new(from, client, RST | ACK)
+        ack: syn.segment.end(),
+        ..Segment::new(from, syn.tuple.src, RST | ACK)
     }
     .emit(pkt)
 }

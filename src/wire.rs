@@ -1,0 +1,978 @@
+//! Packet parsing: the checked read of every byte the engine trusts, as
+//! smoltcp's `wire` does it.
+//!
+//! A packet read from the TUN is untrusted. It enters through
+//! [`Ipv4Repr::parse`], then [`TcpRepr::parse`] or [`IcmpErrorRepr::parse`];
+//! each checks the lengths before reading a field and answers either a small
+//! summary of the packet or the [`DropReason`] it is counted under. Once a
+//! packet is parsed, the offsets the summary holds are in bounds, so
+//! [`crate::nat`] rewrites it by plain indexing.
+//!
+//! The byte offsets of RFC 791 (IPv4), RFC 793 (TCP) and RFC 792 (ICMP)
+//! live in one place, the `field` module (private to the crate: only
+//! [`crate::nat`] reads it besides this module).
+//!
+//! Every check answers one reason, in this order:
+//!
+//! | packet | reason |
+//! |---|---|
+//! | empty | `Truncated` |
+//! | version not 4 | `NotIpv4` |
+//! | 20 bytes or more, IHL < 5 | `BadHeader` |
+//! | shorter than 20 bytes, than its IHL or its total length; total length < IHL | `Truncated` |
+//! | header checksum wrong (when verified) | `BadChecksum` |
+//! | a fragment (MF set or an offset) | `Fragment` |
+//! | TCP: 13 bytes or more, data offset < 5 | `BadHeader` |
+//! | TCP: shorter than 20 bytes or than its data offset | `Truncated` |
+//! | TCP: no flag class ([`FlagClass::of`]) | `BadFlags` |
+//! | TCP: checksum wrong (when verified) | `BadChecksum` |
+//! | ICMP: shorter than 8 bytes | `Truncated` |
+//! | ICMP: not an error (types 3, 4, 11, 12) | `IcmpNotError` |
+//! | ICMP: checksum wrong (when verified) | `BadChecksum` |
+//! | ICMP: quote shorter than 20 bytes or not IPv4 | `Truncated` |
+//! | ICMP: quoted IHL < 5 | `BadHeader` |
+//! | ICMP: quote shorter than its IHL plus 8 bytes | `Truncated` |
+//! | ICMP: the quoted packet is not TCP | `IcmpUntracked` |
+//!
+//! The protocol dispatch (TCP, ICMP, anything else `NotTcp`) is the
+//! engine's, on [`Ipv4Repr::protocol`].
+
+use smoltcp::wire::IpProtocol;
+
+use crate::checksum;
+use crate::conntrack::tcp::{flags, FlagClass};
+use crate::conntrack::window;
+use crate::conntrack::Tuple;
+use crate::stats::DropReason;
+
+/// The byte offsets of the headers' fields (smoltcp's `field` modules).
+pub(crate) mod field {
+    /// A run of bytes in a header.
+    pub type Field = core::ops::Range<usize>;
+
+    /// The IPv4 header (RFC 791).
+    pub mod ipv4 {
+        use super::Field;
+        /// Version (high nibble) and header length in words (low nibble).
+        pub const VER_IHL: usize = 0;
+        /// Total length.
+        pub const LENGTH: Field = 2..4;
+        /// Flags (high 3 bits) and fragment offset.
+        pub const FLG_OFF: Field = 6..8;
+        /// Protocol of the payload.
+        pub const PROTOCOL: usize = 9;
+        /// Header checksum.
+        pub const CHECKSUM: Field = 10..12;
+        /// Source address.
+        pub const SRC_ADDR: Field = 12..16;
+        /// Destination address.
+        pub const DST_ADDR: Field = 16..20;
+        /// The length of a header without options.
+        pub const MIN_HEADER_LEN: usize = DST_ADDR.end;
+        /// The more-fragments flag and the fragment offset, in [`FLG_OFF`].
+        pub const MF_OR_OFFSET: u16 = 0x3fff;
+    }
+
+    /// The TCP header (RFC 793).
+    pub mod tcp {
+        use super::Field;
+        /// Source port.
+        pub const SRC_PORT: Field = 0..2;
+        /// Destination port.
+        pub const DST_PORT: Field = 2..4;
+        /// Sequence number.
+        pub const SEQ_NUM: Field = 4..8;
+        /// Acknowledgment number.
+        pub const ACK_NUM: Field = 8..12;
+        /// Data offset in words (high nibble).
+        pub const DATA_OFF: usize = 12;
+        /// The flag byte (CWR ... FIN).
+        pub const FLAGS: usize = 13;
+        /// Window.
+        pub const WIN_SIZE: Field = 14..16;
+        /// Checksum.
+        pub const CHECKSUM: Field = 16..18;
+        /// Urgent pointer.
+        pub const URGENT: Field = 18..20;
+        /// The length of a header without options.
+        pub const MIN_HEADER_LEN: usize = URGENT.end;
+
+        /// The options of a header `header_len` bytes long.
+        pub const fn options(header_len: usize) -> Field {
+            MIN_HEADER_LEN..header_len
+        }
+    }
+
+    /// The ICMP header (RFC 792).
+    pub mod icmp {
+        use super::Field;
+        /// Type.
+        pub const TYPE: usize = 0;
+        /// Checksum.
+        pub const CHECKSUM: Field = 2..4;
+        /// The length of the header; an error's quote follows it.
+        pub const HEADER_LEN: usize = 8;
+    }
+}
+
+use field::{icmp as icmp_f, ipv4 as ip_f, tcp as tcp_f};
+
+/// Read the big-endian `u16` at `f`.
+#[inline(always)]
+fn read_u16(b: &[u8], f: field::Field) -> u16 {
+    u16::from_be_bytes([b[f.start], b[f.start + 1]])
+}
+
+/// Read the big-endian `u32` at `f`.
+#[inline(always)]
+fn read_u32(b: &[u8], f: field::Field) -> u32 {
+    u32::from_be_bytes([b[f.start], b[f.start + 1], b[f.start + 2], b[f.start + 3]])
+}
+
+/// Read the IPv4 address at `f`.
+#[inline(always)]
+fn read_addr(b: &[u8], f: field::Field) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from_bits(read_u32(b, f))
+}
+
+/// ICMP types whose message quotes the offending packet and that tunlb
+/// translates: destination unreachable, source quench, time exceeded,
+/// parameter problem.
+const ICMP_ERRORS: [u8; 4] = [3, 4, 11, 12];
+
+/// A checked IPv4 header: the packet holds `total_len` bytes (maybe more,
+/// which are not part of it) and `header_len <= total_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Repr {
+    /// The header length in bytes (IHL times 4), at least 20.
+    pub header_len: usize,
+    /// The total length in bytes.
+    pub total_len: usize,
+    /// The protocol of the payload.
+    pub protocol: IpProtocol,
+}
+
+impl Ipv4Repr {
+    /// Check the IPv4 header of `pkt` (and its checksum when
+    /// `verify_checksum`); refuse fragments.
+    #[inline]
+    pub fn parse(pkt: &[u8], verify_checksum: bool) -> Result<Self, DropReason> {
+        match pkt.first() {
+            None => return Err(DropReason::Truncated),
+            Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
+            Some(_) => {}
+        }
+        if pkt.len() < ip_f::MIN_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let header_len = usize::from(pkt[ip_f::VER_IHL] & 0x0f) * 4;
+        if header_len < ip_f::MIN_HEADER_LEN {
+            return Err(DropReason::BadHeader);
+        }
+        let total_len = usize::from(read_u16(pkt, ip_f::LENGTH));
+        if pkt.len() < header_len || header_len > total_len || pkt.len() < total_len {
+            return Err(DropReason::Truncated);
+        }
+        if verify_checksum && checksum::sum(&pkt[..header_len]) != 0xffff {
+            return Err(DropReason::BadChecksum);
+        }
+        if read_u16(pkt, ip_f::FLG_OFF) & ip_f::MF_OR_OFFSET != 0 {
+            return Err(DropReason::Fragment);
+        }
+        Ok(Ipv4Repr {
+            header_len,
+            total_len,
+            protocol: IpProtocol::from(pkt[ip_f::PROTOCOL]),
+        })
+    }
+}
+
+/// A checked IPv4 TCP segment: what conntrack and NAT read of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpRepr {
+    /// Its addresses and ports.
+    pub tuple: Tuple,
+    /// Its flags, classified for the state table.
+    pub class: FlagClass,
+    /// What the window check reads.
+    pub segment: window::Segment,
+    /// The IPv4 header length in bytes: the TCP header's offset.
+    pub ip_header_len: usize,
+    /// The TCP header length in bytes (data offset times 4).
+    pub tcp_header_len: usize,
+    /// The packet's length (its IPv4 total length).
+    pub len: usize,
+}
+
+impl TcpRepr {
+    /// Check the TCP segment of `pkt`, whose IPv4 header `ip` describes
+    /// (`ip.protocol` is TCP), and its checksum when `verify_checksum`.
+    #[inline]
+    pub fn parse(pkt: &[u8], ip: &Ipv4Repr, verify_checksum: bool) -> Result<Self, DropReason> {
+        let pkt = &pkt[..ip.total_len];
+        let seg = &pkt[ip.header_len..];
+        if seg.len() > tcp_f::DATA_OFF && seg[tcp_f::DATA_OFF] >> 4 < 5 {
+            return Err(DropReason::BadHeader);
+        }
+        if seg.len() < tcp_f::MIN_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let tcp_header_len = usize::from(seg[tcp_f::DATA_OFF] >> 4) * 4;
+        if seg.len() < tcp_header_len {
+            return Err(DropReason::Truncated);
+        }
+        let flag_byte = seg[tcp_f::FLAGS];
+        let class = FlagClass::of(flag_byte).ok_or(DropReason::BadFlags)?;
+        let (src, dst) = (
+            read_addr(pkt, ip_f::SRC_ADDR),
+            read_addr(pkt, ip_f::DST_ADDR),
+        );
+        if verify_checksum && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg) {
+            return Err(DropReason::BadChecksum);
+        }
+        let tuple = Tuple::new(
+            src,
+            read_u16(seg, tcp_f::SRC_PORT),
+            dst,
+            read_u16(seg, tcp_f::DST_PORT),
+        );
+        let syn = flag_byte & flags::SYN != 0;
+        let fin = flag_byte & flags::FIN != 0;
+        let options = &seg[tcp_f::options(tcp_header_len)];
+        let segment = window::Segment {
+            seq: read_u32(seg, tcp_f::SEQ_NUM),
+            ack: read_u32(seg, tcp_f::ACK_NUM),
+            len: (seg.len() - tcp_header_len) as u32 + u32::from(syn) + u32::from(fin),
+            window: read_u16(seg, tcp_f::WIN_SIZE),
+            syn,
+            ack_flag: flag_byte & flags::ACK != 0,
+            rst: flag_byte & flags::RST != 0,
+            options: if options.is_empty() {
+                window::Options::default()
+            } else {
+                window::Options::parse(options, syn)
+            },
+        };
+        Ok(TcpRepr {
+            tuple,
+            class,
+            segment,
+            ip_header_len: ip.header_len,
+            tcp_header_len,
+            len: ip.total_len,
+        })
+    }
+}
+
+/// Where the parts of an ICMP error's quoted packet sit in the outer packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpQuote {
+    /// Offset of the ICMP header.
+    pub icmp: usize,
+    /// Offset of the quoted IPv4 header.
+    pub inner_ip: usize,
+    /// Offset of the quoted TCP header (at least its ports are quoted).
+    pub inner_tcp: usize,
+    /// Whether the quote reaches the TCP checksum field.
+    pub has_tcp_csum: bool,
+}
+
+/// A checked ICMP error quoting a TCP segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpErrorRepr {
+    /// The quoted segment's tuple, as its sender sent it.
+    pub quoted: Tuple,
+    /// Where the quote's parts are.
+    pub quote: IcmpQuote,
+    /// The packet's length (its IPv4 total length).
+    pub len: usize,
+}
+
+impl IcmpErrorRepr {
+    /// Check the ICMP message of `pkt`, whose IPv4 header `ip` describes
+    /// (`ip.protocol` is ICMP), and its checksum when `verify_checksum`:
+    /// an error whose quote holds an IPv4 header and the first 8 bytes of
+    /// a TCP header (RFC 792).
+    #[inline]
+    pub fn parse(pkt: &[u8], ip: &Ipv4Repr, verify_checksum: bool) -> Result<Self, DropReason> {
+        let icmp = &pkt[ip.header_len..ip.total_len];
+        if icmp.len() < icmp_f::HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        if !ICMP_ERRORS.contains(&icmp[icmp_f::TYPE]) {
+            return Err(DropReason::IcmpNotError);
+        }
+        if verify_checksum && checksum::sum(icmp) != 0xffff {
+            return Err(DropReason::BadChecksum);
+        }
+        let inner = &icmp[icmp_f::HEADER_LEN..];
+        if inner.len() < ip_f::MIN_HEADER_LEN || inner[ip_f::VER_IHL] >> 4 != 4 {
+            return Err(DropReason::Truncated);
+        }
+        let inner_ihl = usize::from(inner[ip_f::VER_IHL] & 0x0f) * 4;
+        if inner_ihl < ip_f::MIN_HEADER_LEN {
+            return Err(DropReason::BadHeader);
+        }
+        // RFC 792: the quote holds the header and 64 bits of the payload,
+        // the TCP ports and sequence number.
+        if inner.len() < inner_ihl + 8 {
+            return Err(DropReason::Truncated);
+        }
+        if inner[ip_f::PROTOCOL] != u8::from(IpProtocol::Tcp) {
+            return Err(DropReason::IcmpUntracked);
+        }
+        let tcp = &inner[inner_ihl..];
+        let quoted = Tuple::new(
+            read_addr(inner, ip_f::SRC_ADDR),
+            read_u16(tcp, tcp_f::SRC_PORT),
+            read_addr(inner, ip_f::DST_ADDR),
+            read_u16(tcp, tcp_f::DST_PORT),
+        );
+        let inner_ip = ip.header_len + icmp_f::HEADER_LEN;
+        Ok(IcmpErrorRepr {
+            quoted,
+            quote: IcmpQuote {
+                icmp: ip.header_len,
+                inner_ip,
+                inner_tcp: inner_ip + inner_ihl,
+                has_tcp_csum: tcp.len() >= tcp_f::CHECKSUM.end,
+            },
+            len: ip.total_len,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::tcp::flags::{ACK, FIN, PSH, RST, SYN};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    // Fixtures with valid checksums. Client 198.18.1.2, VIP 198.18.0.1,
+    // backend 198.18.2.3, MASQUERADE address 198.18.0.2, router 198.18.9.9.
+
+    /// A client's SYN to the VIP with Linux's options: MSS 1460,
+    /// SACK-permitted, timestamps, NOP, window scale 7 (20 + 40 bytes).
+    static SYN_BYTES: [u8; 60] = [
+        0x45, 0x00, 0x00, 0x3c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x9b, 0x60, 0xc6, 0x12, 0x01,
+        0x02, 0xc6, 0x12, 0x00, 0x01, 0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00,
+        0x00, 0x00, 0xa0, 0x02, 0xfa, 0xf0, 0x1f, 0x50, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04,
+        0x02, 0x08, 0x0a, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x07,
+    ];
+
+    /// The client's next segment: PSH|ACK with 4 bytes of data (20 + 20 + 4).
+    static DATA_BYTES: [u8; 44] = [
+        0x45, 0x00, 0x00, 0x2c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x9b, 0x70, 0xc6, 0x12, 0x01,
+        0x02, 0xc6, 0x12, 0x00, 0x01, 0x9c, 0x40, 0x00, 0x50, 0x01, 0x02, 0x03, 0x05, 0xa0, 0xb0,
+        0xc0, 0xd1, 0x50, 0x18, 0x01, 0xf6, 0x83, 0x2b, 0x00, 0x00, 0x47, 0x45, 0x54, 0x20,
+    ];
+
+    /// A backend's ACK to the MASQUERADE address with one SACK block
+    /// (NOP, NOP, SACK 0xa0b0c0e0..0xa0b0c1e0; 20 + 32 bytes).
+    static SACK_BYTES: [u8; 52] = [
+        0x45, 0x00, 0x00, 0x34, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x9a, 0x66, 0xc6, 0x12, 0x02,
+        0x03, 0xc6, 0x12, 0x00, 0x02, 0x00, 0x50, 0xee, 0x48, 0x00, 0x00, 0x70, 0x00, 0x01, 0x02,
+        0x03, 0x05, 0x80, 0x10, 0x03, 0xe8, 0xc0, 0xe8, 0x00, 0x00, 0x01, 0x01, 0x05, 0x0a, 0xa0,
+        0xb0, 0xc0, 0xe0, 0xa0, 0xb0, 0xc1, 0xe0,
+    ];
+
+    /// A router's "fragmentation needed" (3/4, MTU 1400) quoting a segment
+    /// from the MASQUERADE address to the backend: its IPv4 header and 8
+    /// bytes of TCP (RFC 792's minimum, no TCP checksum).
+    static ICMP_SHORT_BYTES: [u8; 56] = [
+        0x45, 0x00, 0x00, 0x38, 0x12, 0x34, 0x00, 0x00, 0x40, 0x01, 0xd3, 0x61, 0xc6, 0x12, 0x09,
+        0x09, 0xc6, 0x12, 0x00, 0x02, 0x03, 0x04, 0x04, 0xe4, 0x00, 0x00, 0x05, 0x78, 0x45, 0x00,
+        0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x9a, 0x72, 0xc6, 0x12, 0x00, 0x02, 0xc6,
+        0x12, 0x02, 0x03, 0xee, 0x48, 0x00, 0x50, 0x01, 0x02, 0x03, 0x05,
+    ];
+
+    /// A router's "time exceeded" (11/0) quoting the same segment whole
+    /// (20 + 20 bytes, as RFC 1812 routers quote).
+    static ICMP_FULL_BYTES: [u8; 68] = [
+        0x45, 0x00, 0x00, 0x44, 0x12, 0x34, 0x00, 0x00, 0x40, 0x01, 0xd3, 0x55, 0xc6, 0x12, 0x09,
+        0x09, 0xc6, 0x12, 0x00, 0x02, 0x0b, 0x00, 0x83, 0x44, 0x00, 0x00, 0x00, 0x00, 0x45, 0x00,
+        0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x9a, 0x72, 0xc6, 0x12, 0x00, 0x02, 0xc6,
+        0x12, 0x02, 0x03, 0xee, 0x48, 0x00, 0x50, 0x01, 0x02, 0x03, 0x05, 0x00, 0x00, 0x70, 0x00,
+        0x50, 0x10, 0x01, 0xf6, 0xbd, 0x14, 0x00, 0x00,
+    ];
+
+    fn sa(a: [u8; 4], port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    }
+
+    fn ipv4(pkt: &[u8]) -> Result<Ipv4Repr, DropReason> {
+        Ipv4Repr::parse(pkt, true)
+    }
+
+    /// Parse `pkt` as an IPv4 TCP segment, verifying both checksums when `verify`.
+    fn tcp(pkt: &[u8], verify: bool) -> Result<TcpRepr, DropReason> {
+        let ip = Ipv4Repr::parse(pkt, verify)?;
+        assert_eq!(ip.protocol, IpProtocol::Tcp);
+        TcpRepr::parse(pkt, &ip, verify)
+    }
+
+    /// Parse `pkt` as an ICMP error, verifying both checksums when `verify`.
+    fn icmp(pkt: &[u8], verify: bool) -> Result<IcmpErrorRepr, DropReason> {
+        let ip = Ipv4Repr::parse(pkt, verify)?;
+        assert_eq!(ip.protocol, IpProtocol::Icmp);
+        IcmpErrorRepr::parse(pkt, &ip, verify)
+    }
+
+    /// Set the IPv4 total length to `n`, cut the buffer there and fix the
+    /// header checksum: a well-formed IPv4 packet whose payload is cut.
+    fn cut(pkt: &[u8], n: usize) -> Vec<u8> {
+        let mut p = pkt[..n].to_vec();
+        p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+        fix_ip_checksum(&mut p);
+        p
+    }
+
+    fn fix_ip_checksum(p: &mut [u8]) {
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        p[10..12].fill(0);
+        let c = checksum::full(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+
+    #[test]
+    fn a_syn_with_options_deconstructs() {
+        let ip = ipv4(&SYN_BYTES).unwrap();
+        assert_eq!(
+            ip,
+            Ipv4Repr {
+                header_len: 20,
+                total_len: 60,
+                protocol: IpProtocol::Tcp
+            }
+        );
+        let p = tcp(&SYN_BYTES, true).unwrap();
+        assert_eq!(
+            p.tuple,
+            Tuple {
+                src: sa([198, 18, 1, 2], 40000),
+                dst: sa([198, 18, 0, 1], 80)
+            }
+        );
+        assert_eq!(p.class, FlagClass::Syn);
+        assert_eq!((p.ip_header_len, p.tcp_header_len, p.len), (20, 40, 60));
+        assert_eq!(
+            p.segment,
+            window::Segment {
+                seq: 0x0102_0304,
+                ack: 0,
+                len: 1,
+                window: 64240,
+                syn: true,
+                ack_flag: false,
+                rst: false,
+                options: window::Options {
+                    wscale: Some(7),
+                    sack_perm: true,
+                    sack: None
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn a_data_segment_deconstructs() {
+        let p = tcp(&DATA_BYTES, true).unwrap();
+        assert_eq!(p.class, FlagClass::Ack);
+        assert_eq!((p.ip_header_len, p.tcp_header_len, p.len), (20, 20, 44));
+        assert_eq!(
+            p.segment,
+            window::Segment {
+                seq: 0x0102_0305,
+                ack: 0xa0b0_c0d1,
+                len: 4,
+                window: 502,
+                syn: false,
+                ack_flag: true,
+                rst: false,
+                options: window::Options::default(),
+            }
+        );
+        // Bytes past the total length are not part of the packet.
+        let mut padded = DATA_BYTES.to_vec();
+        padded.extend_from_slice(&[0xa5; 6]);
+        assert_eq!(tcp(&padded, true), Ok(p));
+    }
+
+    #[test]
+    fn a_sack_block_gives_its_right_edge_and_fin_counts_one() {
+        let p = tcp(&SACK_BYTES, true).unwrap();
+        assert_eq!(
+            p.tuple,
+            Tuple {
+                src: sa([198, 18, 2, 3], 80),
+                dst: sa([198, 18, 0, 2], 61000)
+            }
+        );
+        assert_eq!(p.tcp_header_len, 32);
+        assert_eq!(
+            p.segment.options,
+            window::Options {
+                wscale: None,
+                sack_perm: false,
+                sack: Some(0xa0b0_c1e0)
+            }
+        );
+        assert_eq!((p.segment.len, p.segment.ack), (0, 0x0102_0305));
+        // The same with FIN: one sequence number (checksum not verified).
+        let mut fin = SACK_BYTES;
+        fin[33] = FIN | ACK;
+        let p = tcp(&fin, false).unwrap();
+        assert_eq!((p.class, p.segment.len), (FlagClass::Fin, 1));
+        // Window scale and SACK-permitted count on a SYN only.
+        let mut ack = SYN_BYTES;
+        ack[33] = ACK;
+        let o = tcp(&ack, false).unwrap().segment.options;
+        assert_eq!((o.wscale, o.sack_perm), (None, false));
+    }
+
+    #[test]
+    fn every_cut_of_the_buffer_is_truncated() {
+        for fixture in [&SYN_BYTES[..], &DATA_BYTES, &SACK_BYTES, &ICMP_SHORT_BYTES] {
+            for n in 0..fixture.len() {
+                assert_eq!(
+                    ipv4(&fixture[..n]),
+                    Err(DropReason::Truncated),
+                    "cut at {n} of {}",
+                    fixture.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_cut_of_the_tcp_header_is_truncated() {
+        // A well-formed IPv4 header whose total length stops inside the
+        // TCP header (options included).
+        for (fixture, header) in [(&SYN_BYTES[..], 60), (&DATA_BYTES, 40), (&SACK_BYTES, 52)] {
+            for n in 20..header {
+                assert_eq!(
+                    tcp(&cut(fixture, n), false),
+                    Err(DropReason::Truncated),
+                    "cut at {n}"
+                );
+            }
+            // The header whole, the payload cut: parsed (only the checksum
+            // could tell).
+            assert!(tcp(&cut(fixture, header), false).is_ok());
+        }
+        let p = tcp(&cut(&DATA_BYTES, 42), false).unwrap();
+        assert_eq!(p.segment.len, 2);
+        assert_eq!(
+            tcp(&cut(&DATA_BYTES, 42), true),
+            Err(DropReason::BadChecksum)
+        );
+    }
+
+    #[test]
+    fn a_bad_ihl_is_a_bad_header_or_truncated() {
+        for ihl in 0..5 {
+            let mut p = DATA_BYTES;
+            p[0] = 0x40 | ihl;
+            assert_eq!(ipv4(&p), Err(DropReason::BadHeader), "IHL {ihl}");
+            // Shorter than a header: truncated before the IHL is read.
+            assert_eq!(ipv4(&p[..19]), Err(DropReason::Truncated));
+        }
+        // Longer than the packet, or than its total length.
+        let mut p = DATA_BYTES;
+        p[0] = 0x4f;
+        assert_eq!(ipv4(&p), Err(DropReason::Truncated));
+        let mut p = cut(&DATA_BYTES, 20);
+        p[0] = 0x46;
+        p.extend_from_slice(&[0; 4]);
+        assert_eq!(ipv4(&p), Err(DropReason::Truncated));
+        // A total length below 20.
+        let mut p = DATA_BYTES;
+        p[2..4].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(ipv4(&p), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn ip_options_move_the_tcp_header() {
+        // Two NOPs and an end of options (4 bytes) after the address fields.
+        let mut p = DATA_BYTES[..20].to_vec();
+        p.extend_from_slice(&[1, 1, 0, 0]);
+        p.extend_from_slice(&DATA_BYTES[20..]);
+        p[0] = 0x46;
+        p[2..4].copy_from_slice(&48u16.to_be_bytes());
+        fix_ip_checksum(&mut p);
+        let want = tcp(&DATA_BYTES, true).unwrap();
+        let got = tcp(&p, true).unwrap();
+        assert_eq!((got.ip_header_len, got.len), (24, 48));
+        assert_eq!((got.tuple, got.segment), (want.tuple, want.segment));
+    }
+
+    #[test]
+    fn a_bad_data_offset_is_a_bad_header_or_truncated() {
+        for off in 0..5u8 {
+            let mut p = DATA_BYTES;
+            p[32] = off << 4;
+            assert_eq!(tcp(&p, false), Err(DropReason::BadHeader), "offset {off}");
+            // With 13 bytes of TCP the offset is read; with 12 it is not.
+            assert_eq!(tcp(&cut(&p, 33), false), Err(DropReason::BadHeader));
+            assert_eq!(tcp(&cut(&p, 32), false), Err(DropReason::Truncated));
+        }
+        // Longer than the segment (24 bytes).
+        for off in 7..16u8 {
+            let mut p = DATA_BYTES;
+            p[32] = off << 4;
+            assert_eq!(tcp(&p, false), Err(DropReason::Truncated), "offset {off}");
+        }
+        // 6 words: the 4 bytes of data read as options (end of options).
+        let mut p = DATA_BYTES;
+        p[32] = 6 << 4;
+        let r = tcp(&p, false).unwrap();
+        assert_eq!((r.tcp_header_len, r.segment.len), (24, 0));
+    }
+
+    #[test]
+    fn fragments_and_other_headers_are_refused() {
+        assert_eq!(ipv4(&[]), Err(DropReason::Truncated));
+        let mut v6 = DATA_BYTES;
+        v6[0] = 0x60;
+        assert_eq!(ipv4(&v6), Err(DropReason::NotIpv4));
+        assert_eq!(ipv4(&v6[..1]), Err(DropReason::NotIpv4));
+        // More fragments; an offset (of 8 bytes, and the highest); both.
+        for flg_off in [0x2000u16, 0x0001, 0x1fff, 0x4001, 0x2001] {
+            let mut p = DATA_BYTES;
+            p[6..8].copy_from_slice(&flg_off.to_be_bytes());
+            fix_ip_checksum(&mut p);
+            assert_eq!(ipv4(&p), Err(DropReason::Fragment), "{flg_off:#06x}");
+            // The header checksum is checked first.
+            p[8] ^= 1;
+            assert_eq!(ipv4(&p), Err(DropReason::BadChecksum));
+        }
+        // DF alone, and the reserved bit, are not fragments.
+        for flg_off in [0x4000u16, 0x0000, 0x8000] {
+            let mut p = DATA_BYTES;
+            p[6..8].copy_from_slice(&flg_off.to_be_bytes());
+            fix_ip_checksum(&mut p);
+            assert!(ipv4(&p).is_ok(), "{flg_off:#06x}");
+        }
+        let mut udp = DATA_BYTES;
+        udp[9] = 17;
+        fix_ip_checksum(&mut udp);
+        assert_eq!(ipv4(&udp).unwrap().protocol, IpProtocol::Udp);
+    }
+
+    #[test]
+    fn checksums_are_verified_only_when_asked() {
+        let mut ttl = DATA_BYTES;
+        ttl[8] -= 1;
+        assert_eq!(ipv4(&ttl), Err(DropReason::BadChecksum));
+        assert!(Ipv4Repr::parse(&ttl, false).is_ok());
+        let mut data = DATA_BYTES;
+        data[43] ^= 0x20;
+        assert_eq!(tcp(&data, true), Err(DropReason::BadChecksum));
+        assert!(tcp(&data, false).is_ok());
+    }
+
+    #[test]
+    fn invalid_flags_are_refused_before_the_checksum() {
+        for flags in [
+            0,
+            FIN,
+            SYN | FIN,
+            SYN | RST | ACK,
+            FIN | PSH | 0x20 | ACK | SYN,
+        ] {
+            let mut p = DATA_BYTES;
+            p[33] = flags;
+            assert_eq!(tcp(&p, true), Err(DropReason::BadFlags), "{flags:#04x}");
+        }
+    }
+
+    #[test]
+    fn an_icmp_error_quoting_8_bytes_of_tcp_deconstructs() {
+        let q = icmp(&ICMP_SHORT_BYTES, true).unwrap();
+        assert_eq!(
+            q,
+            IcmpErrorRepr {
+                quoted: Tuple {
+                    src: sa([198, 18, 0, 2], 61000),
+                    dst: sa([198, 18, 2, 3], 80)
+                },
+                quote: IcmpQuote {
+                    icmp: 20,
+                    inner_ip: 28,
+                    inner_tcp: 48,
+                    has_tcp_csum: false
+                },
+                len: 56,
+            }
+        );
+        let full = icmp(&ICMP_FULL_BYTES, true).unwrap();
+        assert_eq!(full.quoted, q.quoted);
+        assert!(full.quote.has_tcp_csum);
+        // Just enough to hold the TCP checksum.
+        assert!(
+            icmp(&cut(&ICMP_FULL_BYTES, 66), false)
+                .unwrap()
+                .quote
+                .has_tcp_csum
+        );
+        assert!(
+            !icmp(&cut(&ICMP_FULL_BYTES, 65), false)
+                .unwrap()
+                .quote
+                .has_tcp_csum
+        );
+    }
+
+    #[test]
+    fn every_cut_of_an_icmp_quote_is_truncated() {
+        for n in 20..ICMP_SHORT_BYTES.len() {
+            assert_eq!(
+                icmp(&cut(&ICMP_SHORT_BYTES, n), false),
+                Err(DropReason::Truncated),
+                "cut at {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn icmp_refusals_name_their_reason() {
+        // Not an error: echo request and reply, redirect.
+        for ty in [8, 0, 5] {
+            let mut p = ICMP_SHORT_BYTES;
+            p[20] = ty;
+            assert_eq!(icmp(&p, true), Err(DropReason::IcmpNotError), "type {ty}");
+        }
+        // Every error type is accepted (checksum not verified).
+        for ty in [3, 4, 11, 12] {
+            let mut p = ICMP_SHORT_BYTES;
+            p[20] = ty;
+            assert!(icmp(&p, false).is_ok(), "type {ty}");
+        }
+        let mut bad = ICMP_SHORT_BYTES;
+        bad[27] ^= 1;
+        assert_eq!(icmp(&bad, true), Err(DropReason::BadChecksum));
+        assert!(icmp(&bad, false).is_ok());
+        // The quote: not IPv4, a bad IHL, an IHL longer than the quote, not TCP.
+        let mut v6 = ICMP_SHORT_BYTES;
+        v6[28] = 0x60;
+        assert_eq!(icmp(&v6, false), Err(DropReason::Truncated));
+        for ihl in 0..5 {
+            let mut p = ICMP_SHORT_BYTES;
+            p[28] = 0x40 | ihl;
+            assert_eq!(icmp(&p, false), Err(DropReason::BadHeader), "IHL {ihl}");
+        }
+        let mut long = ICMP_SHORT_BYTES;
+        long[28] = 0x46;
+        assert_eq!(icmp(&long, false), Err(DropReason::Truncated));
+        let mut udp = ICMP_SHORT_BYTES;
+        udp[37] = 17;
+        assert_eq!(icmp(&udp, false), Err(DropReason::IcmpUntracked));
+    }
+
+    #[test]
+    fn a_quote_with_ip_options_moves_the_tcp_header() {
+        let mut p = ICMP_FULL_BYTES[..48].to_vec();
+        p.extend_from_slice(&[1, 1, 1, 0]);
+        p.extend_from_slice(&ICMP_FULL_BYTES[48..]);
+        p[28] = 0x46;
+        p[2..4].copy_from_slice(&72u16.to_be_bytes());
+        fix_ip_checksum(&mut p);
+        let q = icmp(&p, false).unwrap();
+        assert_eq!(q.quoted, icmp(&ICMP_FULL_BYTES, true).unwrap().quoted);
+        assert_eq!((q.quote.inner_ip, q.quote.inner_tcp), (28, 52));
+        assert!(q.quote.has_tcp_csum);
+    }
+
+    #[test]
+    fn the_fixtures_agree_with_smoltcp() {
+        use smoltcp::wire::{Ipv4Packet, TcpPacket};
+        for f in [&SYN_BYTES[..], &DATA_BYTES, &SACK_BYTES] {
+            let ip = Ipv4Packet::new_checked(f).unwrap();
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(ip.verify_checksum());
+            assert!(t.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+            let p = tcp(f, true).unwrap();
+            assert_eq!(p.tuple.src.port(), t.src_port());
+            assert_eq!(p.tuple.dst.port(), t.dst_port());
+            assert_eq!(p.segment.seq, t.seq_number().0 as u32);
+            assert_eq!(p.segment.window, t.window_len());
+            assert_eq!(p.tcp_header_len, usize::from(t.header_len()));
+        }
+    }
+
+    /// What the engine made of a packet before this module existed, on
+    /// smoltcp's views (its `check_ipv4`, `process_tcp` and `process_icmp`,
+    /// verbatim but for the returns): the oracle of the test below.
+    mod reference {
+        use super::*;
+        use smoltcp::wire::{Ipv4Packet, TcpPacket};
+
+        #[derive(Debug, PartialEq, Eq)]
+        pub enum Parsed {
+            Tcp(Tuple, FlagClass, window::Segment, usize, usize),
+            Icmp(Tuple, IcmpQuote, usize),
+        }
+
+        pub fn parse(pkt: &[u8], verify: bool) -> Result<Parsed, DropReason> {
+            let (ihl, total, proto) = check_ipv4(pkt, verify)?;
+            match proto {
+                IpProtocol::Tcp => tcp(pkt, ihl, total, verify),
+                IpProtocol::Icmp => icmp(pkt, ihl, total, verify),
+                _ => Err(DropReason::NotTcp),
+            }
+        }
+
+        fn check_ipv4(pkt: &[u8], verify: bool) -> Result<(usize, usize, IpProtocol), DropReason> {
+            match pkt.first() {
+                None => return Err(DropReason::Truncated),
+                Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
+                Some(_) => {}
+            }
+            if pkt.len() >= 20 && pkt[0] & 0x0f < 5 {
+                return Err(DropReason::BadHeader);
+            }
+            let ip = Ipv4Packet::new_checked(pkt).map_err(|_| DropReason::Truncated)?;
+            if verify && checksum::sum(&pkt[..ip.header_len() as usize]) != 0xffff {
+                return Err(DropReason::BadChecksum);
+            }
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return Err(DropReason::Fragment);
+            }
+            Ok((
+                ip.header_len() as usize,
+                ip.total_len() as usize,
+                ip.next_header(),
+            ))
+        }
+
+        fn tcp(pkt: &[u8], ihl: usize, total: usize, verify: bool) -> Result<Parsed, DropReason> {
+            let ip = Ipv4Packet::new_unchecked(&pkt[..total]);
+            let seg = &pkt[ihl..total];
+            if seg.len() >= 13 && seg[12] >> 4 < 5 {
+                return Err(DropReason::BadHeader);
+            }
+            let tcp = TcpPacket::new_checked(seg).map_err(|_| DropReason::Truncated)?;
+            let class = FlagClass::of(seg[13]).ok_or(DropReason::BadFlags)?;
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            if verify && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg) {
+                return Err(DropReason::BadChecksum);
+            }
+            let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
+            let syn = tcp.syn();
+            let options = tcp.options();
+            let info = window::Segment {
+                seq: tcp.seq_number().0 as u32,
+                ack: tcp.ack_number().0 as u32,
+                len: (seg.len() - usize::from(tcp.header_len())) as u32
+                    + u32::from(syn)
+                    + u32::from(tcp.fin()),
+                window: tcp.window_len(),
+                syn,
+                ack_flag: tcp.ack(),
+                rst: tcp.rst(),
+                options: if options.is_empty() {
+                    window::Options::default()
+                } else {
+                    window::Options::parse(options, syn)
+                },
+            };
+            Ok(Parsed::Tcp(tuple, class, info, ihl, total))
+        }
+
+        fn icmp(pkt: &[u8], ihl: usize, total: usize, verify: bool) -> Result<Parsed, DropReason> {
+            let icmp = &pkt[ihl..total];
+            if icmp.len() < 8 {
+                return Err(DropReason::Truncated);
+            }
+            if ![3, 4, 11, 12].contains(&icmp[0]) {
+                return Err(DropReason::IcmpNotError);
+            }
+            if verify && checksum::sum(icmp) != 0xffff {
+                return Err(DropReason::BadChecksum);
+            }
+            let inner = &icmp[8..];
+            if inner.len() < 20 || inner[0] >> 4 != 4 {
+                return Err(DropReason::Truncated);
+            }
+            let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
+            if inner_ihl < 20 {
+                return Err(DropReason::BadHeader);
+            }
+            if inner.len() < inner_ihl + 8 {
+                return Err(DropReason::Truncated);
+            }
+            if inner[9] != u8::from(IpProtocol::Tcp) {
+                return Err(DropReason::IcmpUntracked);
+            }
+            let ip4 = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+            let port =
+                |o: usize| u16::from_be_bytes([inner[inner_ihl + o], inner[inner_ihl + o + 1]]);
+            let quoted = Tuple::new(ip4(12), port(0), ip4(16), port(2));
+            let q = IcmpQuote {
+                icmp: ihl,
+                inner_ip: ihl + 8,
+                inner_tcp: ihl + 8 + inner_ihl,
+                has_tcp_csum: inner.len() >= inner_ihl + 18,
+            };
+            Ok(Parsed::Icmp(quoted, q, total))
+        }
+    }
+
+    /// What the engine makes of a packet with this module.
+    fn parsed(pkt: &[u8], verify: bool) -> Result<reference::Parsed, DropReason> {
+        let ip = Ipv4Repr::parse(pkt, verify)?;
+        match ip.protocol {
+            IpProtocol::Tcp => {
+                let p = TcpRepr::parse(pkt, &ip, verify)?;
+                Ok(reference::Parsed::Tcp(
+                    p.tuple,
+                    p.class,
+                    p.segment,
+                    p.ip_header_len,
+                    p.len,
+                ))
+            }
+            IpProtocol::Icmp => {
+                let q = IcmpErrorRepr::parse(pkt, &ip, verify)?;
+                Ok(reference::Parsed::Icmp(q.quoted, q.quote, q.len))
+            }
+            _ => Err(DropReason::NotTcp),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 4096,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(17),
+            ..Default::default()
+        })]
+        /// A fixture with a few bytes overwritten (biased to the header
+        /// fields that decide), cut anywhere, its total length maybe made to
+        /// match the cut: the outcome is the one of the engine's former parse.
+        #[test]
+        fn the_parse_is_the_former_one(
+            which in 0..5usize,
+            writes in proptest::collection::vec((0..80usize, proptest::num::u8::ANY), 0..4),
+            cut_at in 0..80usize,
+            fix_total in proptest::bool::ANY,
+            verify in proptest::bool::ANY,
+        ) {
+            let fixtures: [&[u8]; 5] =
+                [&SYN_BYTES, &DATA_BYTES, &SACK_BYTES, &ICMP_SHORT_BYTES, &ICMP_FULL_BYTES];
+            let mut p = fixtures[which].to_vec();
+            for (at, b) in writes {
+                // Half the writes land on the first 40 bytes (the headers).
+                let at = if at % 2 == 0 { at / 2 } else { at };
+                if let Some(x) = p.get_mut(at) {
+                    *x = b;
+                }
+            }
+            p.truncate(cut_at.max(1));
+            if fix_total && p.len() >= 20 {
+                let n = p.len() as u16;
+                p[2..4].copy_from_slice(&n.to_be_bytes());
+            }
+            proptest::prop_assert_eq!(parsed(&p, verify), reference::parse(&p, verify));
+        }
+    }
+}
