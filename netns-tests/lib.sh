@@ -104,6 +104,18 @@ t_stop_and_time() {
   wait "$TUNLB_PID" || RC=$?
 }
 
+# t_backend_up CTL I true|false: `tunlb stats` (socket CTL) says bI is up / down.
+t_backend_up() { [ "$(t_backend_stat "$1" "$2" up)" = "$3" ]; }
+# t_wait_backend CTL I true|false WHAT: bI reaches the state within 5 s (one
+# PASS or FAIL line; with fast checks, fall or rise takes about 0.4 s).
+t_wait_backend() {
+  if t_wait_until 5 t_backend_up "$1" "$2" "$3"; then
+    ok "b$2 $4 after ${T_WAITED_MS} ms (stats: \"up\": $3)"
+  else
+    not_ok "b$2 $4 within 5 s: stats says up=$(t_backend_stat "$1" "$2" up)"
+  fi
+}
+
 # t_fast_health_conf FILE: a config file with fast health checks only (every
 # 0.2 s, rise 2, fall 2, timeout 0.2 s): a backend is marked down in ~0.5 s.
 t_fast_health_conf() {

@@ -23,16 +23,6 @@ t_tunlb_start --vip "$VIP:80" "${three[@]}" --mode nth --health-check --config "
 want=$(tl_sha256 "$P" big.bin)
 LB_ADDR=$TL_LB_BACKEND_ADDR
 
-is_up() { [ "$(t_backend_stat "$CTL" "$1" up)" = "$2" ]; }
-# wait_state I true|false WHAT: bI reaches the state within 5 s (fall or rise
-# is 2 rounds of 0.2 s, about 0.4 s).
-wait_state() {
-  if t_wait_until 5 is_up "$1" "$2"; then
-    ok "b$1 $3 after ${T_WAITED_MS} ms (stats: \"up\": $2)"
-  else
-    not_ok "b$1 $3 within 5 s: stats says up=$(t_backend_stat "$CTL" "$1" up)"
-  fi
-}
 tally_line() { tr '\n' ' ' <<<"$1"; }
 
 for i in 1 2 3; do
@@ -55,7 +45,7 @@ check_eq "download 2 is served by b2" "$(t_header_backend "$T_DIR/d2.headers")" 
 
 # (1) b3's server stopped (by its recorded PID).
 tl_backend_stop "$P" 3
-wait_state 3 false "marked down after its server stopped"
+t_wait_backend "$CTL" 3 false "marked down after its server stopped"
 check "the log names b3 down" grep -q "backend $(tl_backend_addr 3):80 of $VIP:80 is down" "$TUNLB_LOG"
 tally=$(t_tally 30)
 note "b3 down, 30 connections: $(tally_line "$tally")"
@@ -66,7 +56,7 @@ check_eq "b3 down: b2 got half" "$(t_count "$tally" b2)" 15
 
 # (2) b2's checks fail, its server and its download live on.
 ip -n "${P}b2" route add blackhole "$LB_ADDR/32"
-wait_state 2 false "marked down while its checks time out"
+t_wait_backend "$CTL" 2 false "marked down while its checks time out"
 tally=$(t_tally 10)
 note "b2 and b3 down, 10 connections: $(tally_line "$tally")"
 check_eq "b2 and b3 down: all 10 connections to b1" "$(t_count "$tally" b1)" 10
@@ -78,8 +68,8 @@ check_eq "flows: b2 keeps its ESTABLISHED download flow while down" \
 # (3) Both back.
 ip -n "${P}b2" route del blackhole "$LB_ADDR/32"
 tl_backend_start "$P" 3
-wait_state 2 true "up again once its checks pass"
-wait_state 3 true "up again once its server is back"
+t_wait_backend "$CTL" 2 true "up again once its checks pass"
+t_wait_backend "$CTL" 3 true "up again once its server is back"
 check "the log names b3 up again" grep -q "backend $(tl_backend_addr 3):80 of $VIP:80 is up" "$TUNLB_LOG"
 tally=$(t_tally 30)
 note "all up again, 30 connections: $(tally_line "$tally")"
@@ -100,7 +90,7 @@ done
 
 # (4) Every backend down.
 for i in 1 2 3; do tl_backend_stop "$P" "$i"; done
-for i in 1 2 3; do wait_state "$i" false "down with every server stopped"; done
+for i in 1 2 3; do t_wait_backend "$CTL" "$i" false "down with every server stopped"; done
 t0=$(t_now_ms)
 rc=0
 t_client curl -s --max-time 10 -o /dev/null "$VIP_URL/" || rc=$?
@@ -115,6 +105,6 @@ all_down=$(grep -c "every backend of $VIP:80 is down" "$TUNLB_LOG" || true)
 check_eq "the log says 'every backend of $VIP:80 is down' once" "$all_down" 1
 
 tl_backend_start "$P" 1
-wait_state 1 true "up again after all were down"
+t_wait_backend "$CTL" 1 true "up again after all were down"
 check_eq "b1 back: served by b1" "$(t_client curl -s --max-time 5 "$VIP_URL/")" b1
 check "tunlb still running" tl_pid_alive "$TUNLB_PID"

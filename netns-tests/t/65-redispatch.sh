@@ -28,15 +28,6 @@ t_tunlb_start --vip "$VIP:80" "${two[@]}" --mode nth --health-check --config "$C
 LB_ADDR=$TL_LB_BACKEND_ADDR
 SNAT=$VIP # the default MASQUERADE address: the VIP's
 
-is_up() { [ "$(t_backend_stat "$CTL" "$1" up)" = "$2" ]; }
-# wait_state I true|false WHAT: bI reaches the state within 5 s.
-wait_state() {
-  if t_wait_until 5 is_up "$1" "$2"; then
-    ok "b$1 $3 after ${T_WAITED_MS} ms (stats: \"up\": $2)"
-  else
-    not_ok "b$1 $3 within 5 s: stats says up=$(t_backend_stat "$CTL" "$1" up)"
-  fi
-}
 # syn_flow: the SYN_SENT flow as "BACKEND CLIENT_PORT ORIGINAL_PACKETS", or "none".
 syn_flow() {
   t_query flows "$CTL" --json |
@@ -55,8 +46,8 @@ name_of() {  # name_of ADDR:PORT: b1, b2 or the address itself
   echo "$1"
 }
 
-wait_state 1 true "up at start"
-wait_state 2 true "up at start"
+t_wait_backend "$CTL" 1 true "up at start"
+t_wait_backend "$CTL" 2 true "up at start"
 
 # 1. b1 dies after the client's SYN reached it.
 ip -n "${P}b1" route add blackhole "$SNAT/32"
@@ -71,7 +62,7 @@ else
   not_ok "1. the client's SYN shows as a SYN_SENT flow within 5 s"
 fi
 ip -n "${P}b1" route add blackhole "$LB_ADDR/32"
-wait_state 1 false "marked down while the client waits for its SYN-ACK"
+t_wait_backend "$CTL" 1 false "marked down while the client waits for its SYN-ACK"
 down_ms=$(($(t_now_ms) - t0))
 rc=0
 wait "$c1" || rc=$?
@@ -87,7 +78,7 @@ check_eq "1. flows: the client's connection is on b2 now" "$(flow_of "${port:-0}
 
 ip -n "${P}b1" route del blackhole "$LB_ADDR/32"
 ip -n "${P}b1" route del blackhole "$SNAT/32"
-wait_state 1 true "up again once its checks pass"
+t_wait_backend "$CTL" 1 true "up again once its checks pass"
 
 # 2. Both up, both silent to clients: a retransmission keeps its backend.
 for i in 1 2; do ip -n "${P}b$i" route add blackhole "$SNAT/32"; done

@@ -21,7 +21,6 @@ t_fast_health_conf "$CONF"
 # (every backend starts up) and its checks mark it down.
 tl_backend_stop "$P" 1
 
-is_up() { [ "$(t_backend_stat "$CTL" "$1" up)" = "$2" ]; }
 
 # heavy_down MODE W1 W2: tunlb over b1 (weight W1) and b2 (weight W2) in MODE,
 # b1 marked down, then N connections.
@@ -31,7 +30,7 @@ heavy_down() {
   mapfile -t flags < <(t_backend_flags "$w1" "$w2")
   t_tunlb_start --vip "$VIP:80" "${flags[@]}" --mode "$mode" --health-check --config "$CONF" --control "$CTL" ||
     return 0
-  if t_wait_until 5 is_up 1 false; then
+  if t_wait_until 5 t_backend_up "$CTL" 1 false; then
     ok "$label: the checks marked b1 down after ${T_WAITED_MS} ms"
   else
     not_ok "$label: b1 marked down within 5 s: stats says up=$(t_backend_stat "$CTL" 1 up)"
