@@ -163,6 +163,18 @@ pub struct RunArgs {
     /// Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config).
     #[arg(long)]
     pub health_check: bool,
+    /// Pick up flows already under way (an ACK with no entry), like nf_conntrack_tcp_loose=1; needs --mode maglev.
+    #[arg(long)]
+    pub pickup: bool,
+    /// Secret keying the SNAT address and port choices; instances that must agree (ECMP, restarts) share it.
+    #[arg(long, value_name = "SECRET")]
+    pub hash_key: Option<String>,
+    /// Save the flow table here on SIGTERM/SIGINT (and every --state-interval) and restore it at start.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Seconds between saves of the flow table to --state-file while running; 0: only on exit [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub state_interval: Option<u64>,
     /// Do not ask the TUN for TSO/checksum offloads (one packet per read and write).
     #[arg(long)]
     pub no_offload: bool,
@@ -207,6 +219,10 @@ impl RunArgs {
             health_check: self.health_check,
             no_offload: self.no_offload,
             liberal: self.liberal,
+            pickup: self.pickup,
+            hash_key: self.hash_key.clone(),
+            state_file: self.state_file.clone(),
+            state_interval: self.state_interval,
             io: self.io,
         };
         config::run_config(&self.service.flags(), &run)

@@ -4,8 +4,9 @@
 //! # How flags and the file combine
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
-//!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal` and a `[timeouts]`
-//!   table (seconds per TCP state).
+//!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal`, `pickup`,
+//!   `hash_key`, `state_file`, `state_interval` and a `[timeouts]` table
+//!   (seconds per TCP state).
 //! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
 //!   adds one more service; a VIP declared twice is an error.
 //! - Every other flag given on the command line overrides the file's value.
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::conntrack::ports::HashKey;
 use crate::conntrack::{TcpState, Timeouts};
 use crate::health::HealthConfig;
 use crate::select::Mode;
@@ -43,6 +45,10 @@ pub const DEFAULT_BUSY_POLL_US: u32 = 50;
 /// The longest `--busy-poll` accepted, in microseconds: past a millisecond a
 /// spinning thread costs a core for nothing a sleeping one would miss.
 pub const MAX_BUSY_POLL_US: u32 = 1000;
+
+/// How often the flow table is saved to `--state-file` while running, when
+/// `--state-interval` is not given: what a crash (`kill -9`) can lose.
+pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Parse `IP:PORT[,weight=N]`, the syntax of `--backend`.
 pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {
@@ -175,6 +181,10 @@ pub struct File {
     offload: Option<bool>,
     io: Option<IoKind>,
     tcp_liberal: Option<bool>,
+    pickup: Option<bool>,
+    hash_key: Option<String>,
+    state_file: Option<PathBuf>,
+    state_interval: Option<u64>,
     #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
@@ -224,6 +234,14 @@ pub struct FlagRun {
     pub no_offload: bool,
     /// `--liberal`.
     pub liberal: bool,
+    /// `--pickup`.
+    pub pickup: bool,
+    /// `--hash-key`.
+    pub hash_key: Option<String>,
+    /// `--state-file`.
+    pub state_file: Option<PathBuf>,
+    /// `--state-interval` in seconds.
+    pub state_interval: Option<u64>,
     /// `--io`.
     pub io: Option<IoKind>,
 }
@@ -271,6 +289,10 @@ pub struct RunConfig {
     pub io: IoKind,
     /// Whether to ask for TUN offloads (vnet only).
     pub offload: bool,
+    /// Where the flow table is saved and restored (`--state-file`).
+    pub state_file: Option<PathBuf>,
+    /// How often the flow table is saved while running; `None`: only on exit.
+    pub state_interval: Option<Duration>,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -406,6 +428,28 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
     let (mut engine, file) = engine_config(svc)?;
     let file = file.unwrap_or_default();
     engine.tcp_liberal = run.liberal || file.tcp_liberal.unwrap_or(false);
+    engine.pickup = run.pickup || file.pickup.unwrap_or(false);
+    if let Some(secret) = run.hash_key.as_ref().or(file.hash_key.as_ref()) {
+        if secret.is_empty() {
+            return Err(Error::Invalid(
+                "--hash-key is empty: give a secret string shared by the instances that must agree"
+                    .into(),
+            ));
+        }
+        engine.hash_key = Some(HashKey::from_secret(secret));
+    }
+    engine.validate()?;
+    let state_file = run.state_file.clone().or(file.state_file);
+    let state_interval = match run.state_interval.or(file.state_interval) {
+        Some(_) if state_file.is_none() => {
+            return Err(Error::Invalid(
+                "--state-interval without --state-file: give --state-file FILE too".into(),
+            ))
+        }
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
+    };
     let tun = run.tun.clone().or(file.tun).ok_or_else(|| {
         Error::Invalid(
             "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)".into(),
@@ -485,6 +529,8 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         health,
         io,
         offload: !run.no_offload && file.offload.unwrap_or(true),
+        state_file,
+        state_interval,
     })
 }
 

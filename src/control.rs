@@ -952,7 +952,7 @@ mod tests {
     }
 
     /// `tunlb stats --json` of [`Snapshot::sample`], byte for byte.
-    const STATS_JSON_PINNED: &str = r#"{"backends":[{"active":21,"backend":"198.18.2.3:8080","bytes":24,"connections":22,"packets":23,"service":"198.18.0.1:80","up":true,"weight":2}],"device":{"bytes_read":0,"name":"mem0","offload":false,"packets_read":0,"queues":1,"super_packets_read":0,"threads":[{"bytes_read":0,"packets_read":0,"super_packets_read":0,"write_errors":0}],"write_errors":0},"dropped":{"bad_checksum":103,"bad_flags":107,"bad_header":102,"fragment":104,"icmp_not_error":116,"icmp_untracked":117,"ignored":112,"invalid_no_flow":108,"invalid_state":109,"no_backend":113,"no_service":106,"not_ipv4":100,"not_tcp":105,"out_of_window":110,"ports_exhausted":114,"rst_out_of_window":111,"table_full":115,"truncated":101},"evicted":3,"expired":2,"flows":9,"forwarded":{"original":11,"reply":12},"icmp_translated":4,"new_flows":1,"redispatched":7,"resets_sent":5,"untracked":6}"#;
+    const STATS_JSON_PINNED: &str = r#"{"backends":[{"active":21,"backend":"198.18.2.3:8080","bytes":24,"connections":22,"packets":23,"service":"198.18.0.1:80","up":true,"weight":2}],"device":{"bytes_read":0,"name":"mem0","offload":false,"packets_read":0,"queues":1,"super_packets_read":0,"threads":[{"bytes_read":0,"packets_read":0,"super_packets_read":0,"write_errors":0}],"write_errors":0},"dropped":{"bad_checksum":103,"bad_flags":107,"bad_header":102,"fragment":104,"icmp_not_error":116,"icmp_untracked":117,"ignored":112,"invalid_no_flow":108,"invalid_state":109,"no_backend":113,"no_service":106,"not_ipv4":100,"not_tcp":105,"out_of_window":110,"ports_exhausted":114,"rst_out_of_window":111,"table_full":115,"truncated":101},"evicted":3,"expired":2,"flows":9,"forwarded":{"original":11,"reply":12},"icmp_translated":4,"new_flows":1,"picked_up":8,"pickup_remapped":10,"redispatched":7,"resets_sent":5,"restored":11,"untracked":6}"#;
 
     /// `/metrics` of [`Snapshot::sample`], byte for byte.
     const METRICS_PINNED: &str = r#"# HELP tunlb_flows Flows in the connection table.
@@ -1003,6 +1003,15 @@ tunlb_packets_untracked_total 6
 # HELP tunlb_syns_redispatched_total Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.
 # TYPE tunlb_syns_redispatched_total counter
 tunlb_syns_redispatched_total 7
+# HELP tunlb_flows_picked_up_total Flows picked up mid-stream (--pickup): created by an ORIGINAL ACK, not a SYN.
+# TYPE tunlb_flows_picked_up_total counter
+tunlb_flows_picked_up_total 8
+# HELP tunlb_flows_picked_up_remapped_total Picked-up flows whose client port could not be kept: their translation may differ from the one chosen at the SYN.
+# TYPE tunlb_flows_picked_up_remapped_total counter
+tunlb_flows_picked_up_remapped_total 10
+# HELP tunlb_flows_restored_total Flows restored from the state file at start (--state-file).
+# TYPE tunlb_flows_restored_total counter
+tunlb_flows_restored_total 11
 # HELP tunlb_backend_up 1 if health checks consider the backend up.
 # TYPE tunlb_backend_up gauge
 tunlb_backend_up{service="198.18.0.1:80",backend="198.18.2.3:8080"} 1

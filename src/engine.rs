@@ -41,7 +41,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
 
-use crate::conntrack::ports;
+use crate::conntrack::ports::{self, HashKey};
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::window::{self, Check, RstCheck};
@@ -49,6 +49,7 @@ use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
 use crate::nat;
 pub use crate::nat::L4Checksum;
 use crate::service::{ConfigError, EngineConfig, Service};
+use crate::state::SavedFlow;
 use crate::stats::{BackendSnapshot, Counters, DropReason, Response, Snapshot};
 use crate::time::Timestamp;
 use crate::trace;
@@ -73,6 +74,47 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// What [`Engine::restore_flows`] did with a saved table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Flows back in the table.
+    pub restored: usize,
+    /// Flows of a service that is no longer configured.
+    pub no_service: usize,
+    /// Flows of a backend that is no longer in its service.
+    pub no_backend: usize,
+    /// Flows whose timeout ran out while tunlb was down.
+    pub expired: usize,
+    /// Flows whose tuples are already taken (a duplicate in the file).
+    pub clash: usize,
+    /// Flows beyond the table's limit.
+    pub no_room: usize,
+    /// Entries that name no TCP state (a file from a buggy writer).
+    pub damaged: usize,
+}
+
+impl RestoreReport {
+    /// Return how many saved flows were not restored.
+    pub fn dropped(&self) -> usize {
+        self.no_service + self.no_backend + self.expired + self.clash + self.no_room + self.damaged
+    }
+}
+
+impl std::fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} flows restored", self.restored)?;
+        if self.dropped() > 0 {
+            write!(
+                f,
+                "; not restored: {} of removed services, {} of removed backends, {} expired while down, \
+                 {} clashing, {} over --max-flows, {} damaged",
+                self.no_service, self.no_backend, self.expired, self.clash, self.no_room, self.damaged
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// The size of the flow table's bookkeeping (see [`Engine::bookkeeping`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bookkeeping {
@@ -93,10 +135,13 @@ pub struct Engine {
     vip_ports: Box<[AtomicU64; 1024]>,
     table: ConnTable,
     counters: Counters,
-    secret: u64,
     verify_checksums: bool,
     /// `nf_conntrack_tcp_be_liberal`: out-of-window segments (but RSTs) pass.
     liberal: AtomicBool,
+    /// `nf_conntrack_tcp_loose`: an ORIGINAL ACK of an unknown flow creates it.
+    pickup: AtomicBool,
+    /// The key of the SNAT address and port choices (`--hash-key`).
+    port_key: HashKey,
     /// Rate-limited reports of refused NEW connections: table full, ports exhausted.
     refusals: [RateLog; 2],
 }
@@ -206,9 +251,12 @@ impl Engine {
             }),
             table: ConnTable::with_hash_seed(cfg.max_flows, cfg.hash_seed),
             counters: Counters::default(),
-            secret: cfg.seed ^ 0x5ca1_ab1e_7e57_5eed,
             verify_checksums: cfg.verify_checksums,
             liberal: AtomicBool::new(cfg.tcp_liberal),
+            pickup: AtomicBool::new(cfg.pickup),
+            port_key: cfg
+                .hash_key
+                .unwrap_or(HashKey([cfg.seed, cfg.seed ^ 0x5ca1_ab1e_7e57_5eed])),
             refusals: [RateLog::new(), RateLog::new()],
         })
     }
@@ -225,7 +273,7 @@ impl Engine {
     /// and takes no new ones; an added one starts taking connections at once.
     /// Backends that stay (same VIP, same address) keep their counters and
     /// health. An invalid configuration is refused and the old one runs on.
-    /// The seed and checksum verification are fixed at start.
+    /// The seed, the hash key and checksum verification are fixed at start.
     pub fn reconfigure(&self, cfg: &EngineConfig) -> Result<(), ConfigError> {
         cfg.validate()?;
         let old = self.runtime.load_full();
@@ -233,6 +281,7 @@ impl Engine {
             .store(Arc::new(Runtime::build(cfg, Some(&old))));
         self.table.set_max(cfg.max_flows);
         self.liberal.store(cfg.tcp_liberal, Relaxed);
+        self.pickup.store(cfg.pickup, Relaxed);
         for (word, new) in self.vip_ports.iter().zip(port_set(cfg)) {
             word.store(new.into_inner(), Relaxed);
         }
@@ -323,7 +372,7 @@ impl Engine {
                             why,
                         };
                         drop(flow);
-                        return self.new_connection(pkt, p, now, l4, Some(replace));
+                        return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)));
                     }
                 }
                 let (had_reply, flow_key) = (flow.seen_reply, flow.original);
@@ -368,11 +417,14 @@ impl Engine {
                         DropReason::NoService
                     });
                 }
-                if !tcp::may_create(class) {
-                    return Err(DropReason::NoFlowNotSyn);
-                }
                 drop(rt);
-                self.new_connection(pkt, p, now, l4, None)
+                if tcp::may_create(class) {
+                    self.new_connection(pkt, p, now, l4, Admit::Syn(None))
+                } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
+                    self.new_connection(pkt, p, now, l4, Admit::Pickup)
+                } else {
+                    Err(DropReason::NoFlowNotSyn)
+                }
             }
         }
     }
@@ -499,7 +551,15 @@ impl Engine {
         // stuck client cannot keep an unanswered entry alive.
         let retransmitted_syn = new == TcpState::SynSent && old == TcpState::SynSent;
         if !retransmitted_syn {
-            self.table.set_deadline(flow, now + self.timeout(new));
+            // A flow picked up mid-stream and never answered expires as
+            // soon as an unanswered SYN would: an ACK flood is no better at
+            // holding entries than a SYN flood.
+            let timer = if new == TcpState::Established && !flow.seen_reply {
+                TcpState::SynSent
+            } else {
+                new
+            };
+            self.table.set_deadline(flow, now + self.timeout(timer));
         }
         if new != old {
             trace::state(flow, dir, class, old);
@@ -517,24 +577,26 @@ impl Engine {
     /// was found), and the limit is checked and the flow inserted under the
     /// same lock, so the table never exceeds `max_flows`.
     ///
-    /// `replace` names the flow this SYN replaces (a reopened or
-    /// redispatched one): it is removed under the same lock, only if it is
-    /// still that flow, so two threads handling copies of the SYN replace
-    /// it once.
+    /// `how` says what creates the flow: a SYN (replacing, maybe, a
+    /// reopened or redispatched flow, removed under the same lock only if it
+    /// is still that flow, so two threads handling copies of the SYN replace
+    /// it once) or an ACK picked up mid-stream. A pickup goes through the
+    /// same limit, eviction and refusals as a SYN.
     fn new_connection(
         &self,
         pkt: &mut [u8],
         p: &TcpRepr,
         now: Timestamp,
         l4: L4Checksum,
-        replace: Option<Replace>,
+        how: Admit,
     ) -> Result<Verdict, DropReason> {
         let original = p.tuple;
         let rt = self.runtime.load();
         let si = rt.service_at(original.dst).ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
         let admission = self.table.admission();
-        if let Some(r) = replace {
+        let pickup = matches!(how, Admit::Pickup);
+        if let Admit::Syn(Some(r)) = how {
             let still = |f: &Flow| {
                 f.state == r.state
                     && Arc::as_ptr(&f.backend) == r.backend
@@ -555,6 +617,11 @@ impl Engine {
         }
         let Some(bi) = svc.selector.select(&svc.backends, &original) else {
             drop(admission);
+            if pickup {
+                // No reset for an ACK: the client's own retransmissions
+                // try again once a backend is up.
+                return Err(DropReason::NoBackend);
+            }
             return match DropReason::NoBackend.response() {
                 Response::Silence => Err(DropReason::NoBackend),
                 Response::Reset => {
@@ -574,7 +641,7 @@ impl Engine {
             backend.addr,
             &svc.snat,
             &rt.snat_ports,
-            self.secret,
+            &self.port_key,
         ) else {
             drop(admission);
             self.refusals[1].hit(now, |n| {
@@ -616,13 +683,19 @@ impl Engine {
             }
         }
         let mut flow = Flow::new(original, reply, backend.clone(), now);
-        flow.state = TcpState::SynSent;
+        // Unanswered, either kind lives as long as an unanswered SYN.
         flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
         flow.packets[0] = 1;
         flow.bytes[0] = p.len as u64;
-        window::open(&mut flow.window, &p.segment);
+        if pickup {
+            flow.state = TcpState::Established;
+            window::pickup(&mut flow.window, &p.segment);
+        } else {
+            flow.state = TcpState::SynSent;
+            window::open(&mut flow.window, &p.segment);
+        }
         let (src, dst) = translate(&flow, Direction::Original);
-        trace::new_flow(&flow, svc, bi);
+        trace::new_flow(&flow, svc, bi, pickup);
         let inserted = self.table.insert(flow);
         drop(admission);
         debug_assert!(inserted, "admission checked the tuple under the lock");
@@ -630,10 +703,31 @@ impl Engine {
             self.table.release(&reply, &original);
             return self.process_tcp(pkt, p, now, l4);
         }
-        self.counters.new_flows.fetch_add(1, Relaxed);
+        if pickup {
+            self.counters.picked_up.fetch_add(1, Relaxed);
+            if reply.dst != self.preferred_source(&original, &svc.snat, &rt.snat_ports) {
+                self.counters.pickup_remapped.fetch_add(1, Relaxed);
+            }
+        } else {
+            self.counters.new_flows.fetch_add(1, Relaxed);
+        }
         backend.counters.connections.fetch_add(1, Relaxed);
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
         Ok(Verdict::Forward { len: p.len })
+    }
+
+    /// Return the MASQUERADE source a connection gets when nothing clashes:
+    /// its pool address and its own port (or port 0 when its port is outside
+    /// the range and so never kept).
+    fn preferred_source(
+        &self,
+        original: &Tuple,
+        pool: &[std::net::Ipv4Addr],
+        range: &RangeInclusive<u16>,
+    ) -> SocketAddrV4 {
+        let ip = pool[self.port_key.pool_start(*original.src.ip(), pool.len())];
+        let port = original.src.port();
+        SocketAddrV4::new(ip, if range.contains(&port) { port } else { 0 })
     }
 
     /// Translate an ICMP error quoting a tracked flow (RELATED traffic).
@@ -654,6 +748,113 @@ impl Engine {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counters.forward(dir.index());
         Ok(Verdict::Forward { len: icmp.len })
+    }
+
+    /// Return every flow as the state file keeps it ([`crate::state`]), with
+    /// the time each has left at `now`.
+    pub fn export_flows(&self, now: Timestamp) -> Vec<SavedFlow> {
+        self.table
+            .snapshot()
+            .into_iter()
+            .map(|FlowInfo { flow: f }| SavedFlow {
+                client: f.original.src,
+                vip: f.original.dst,
+                backend: f.reply.src,
+                snat: f.reply.dst,
+                state: f.state as u8,
+                seen_reply: f.seen_reply,
+                assured: f.assured,
+                remaining_ms: now.until(f.deadline).as_millis() as u64,
+                packets: f.packets,
+                bytes: f.bytes,
+                window: f.window,
+                stray_ack: f.stray_ack,
+            })
+            .collect()
+    }
+
+    /// Put saved flows back in the table before the first packet, with
+    /// `downtime` (the wall-clock time since they were saved) taken off
+    /// their timers. A flow comes back only if its service still exists with
+    /// its backend (a drained backend keeps its flows, as on reload), its
+    /// time has not run out, its tuples are free and the table has room;
+    /// the report counts each other case.
+    ///
+    /// `exact` says the flows were saved after the datapath stopped, so
+    /// their windows are where the endpoints are. Otherwise (a periodic save
+    /// before a crash) each flow's windows are resynchronised from its next
+    /// packets, liberally until both directions have been seen, as a pickup
+    /// is; and its timer is cut to an unanswered SYN's, renewed by its first
+    /// tracked packet, so flows that ended after the save do not linger.
+    pub fn restore_flows(
+        &self,
+        saved: &[SavedFlow],
+        now: Timestamp,
+        downtime: std::time::Duration,
+        exact: bool,
+    ) -> RestoreReport {
+        let unanswered = self.timeout(TcpState::SynSent);
+        let rt = self.runtime.load();
+        let mut report = RestoreReport::default();
+        let _admission = self.table.admission();
+        for s in saved {
+            let state = TcpState::ALL.get(usize::from(s.state)).copied();
+            let Some(state) = state.filter(|&t| t != TcpState::None) else {
+                report.damaged += 1;
+                continue;
+            };
+            let Some(svc) = rt.services.iter().find(|svc| svc.vip == s.vip) else {
+                report.no_service += 1;
+                continue;
+            };
+            let Some(backend) = svc.backends.iter().find(|b| b.addr == s.backend) else {
+                report.no_backend += 1;
+                continue;
+            };
+            let left = std::time::Duration::from_millis(s.remaining_ms);
+            let Some(left) = left.checked_sub(downtime).filter(|d| !d.is_zero()) else {
+                report.expired += 1;
+                continue;
+            };
+            if self.table.len() >= self.table.max() {
+                report.no_room += 1;
+                continue;
+            }
+            let original = Tuple {
+                src: s.client,
+                dst: s.vip,
+            };
+            let reply = Tuple {
+                src: s.backend,
+                dst: s.snat,
+            };
+            if self.table.contains(&original) || !self.table.claim_reply(reply, original) {
+                report.clash += 1;
+                continue;
+            }
+            let left = if exact { left } else { left.min(unanswered) };
+            let mut flow = Flow::new(original, reply, backend.clone(), now + left);
+            flow.state = state;
+            flow.seen_reply = s.seen_reply;
+            flow.assured = s.assured;
+            flow.packets = s.packets;
+            flow.bytes = s.bytes;
+            flow.window = s.window;
+            if !exact {
+                window::resync(&mut flow.window);
+            }
+            flow.stray_ack = s.stray_ack;
+            if self.table.insert(flow) {
+                report.restored += 1;
+            } else {
+                self.table.release(&reply, &original);
+                report.clash += 1;
+            }
+        }
+        self.counters
+            .restored
+            .fetch_add(report.restored as u64, Relaxed);
+        report
     }
 
     /// Remove expired flows, doing bounded work. Returns `true` if more are
@@ -729,6 +930,15 @@ impl Engine {
         }
         s
     }
+}
+
+/// What admits a NEW flow (see [`Engine::new_connection`]).
+#[derive(Debug, Clone, Copy)]
+enum Admit {
+    /// A SYN, maybe replacing a flow on the same tuple.
+    Syn(Option<Replace>),
+    /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`).
+    Pickup,
 }
 
 /// The flow a SYN replaces: one in TIME_WAIT or CLOSE that it reopens, or

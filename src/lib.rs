@@ -32,6 +32,7 @@ pub mod notify;
 pub mod preflight;
 pub mod select;
 pub mod service;
+pub mod state;
 pub mod stats;
 pub mod time;
 pub mod trace;

@@ -157,6 +157,10 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     preflight::not_local(&addrs).map_err(|e| e.to_string())?;
     preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
     let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
+    let clock = Clock::start();
+    if let Some(path) = &cfg.state_file {
+        restore_state(&engine, path, &clock);
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -187,7 +191,6 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     }
     // Clients are served on threads of their own, never by the housekeeping
     // loop: none can delay expiry or shutdown. Those threads are not joined.
-    let clock = Clock::start();
     let source = Source {
         engine: engine.clone(),
         device: device.clone(),
@@ -241,6 +244,17 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             last_status = now;
         }
     };
+    let saver = match (&cfg.state_file, cfg.state_interval) {
+        (Some(path), Some(every)) => {
+            let (e, p, s) = (engine.clone(), path.clone(), stop.clone());
+            let saver = std::thread::Builder::new()
+                .name("tunlb-state".into())
+                .spawn(move || save_periodically(&e, &p, every, &clock, &s))
+                .map_err(|e| format!("cannot start the state-file thread: {e}"))?;
+            Some(saver)
+        }
+        _ => None,
+    };
     let result = datapath::run(
         engine.clone(),
         io,
@@ -251,6 +265,15 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         &mut on_tick,
     );
     notifier.stopping();
+    // The packet threads are done: the table no longer changes. The last
+    // periodic save finishes first, so it cannot overwrite this one.
+    stop.store(true, Ordering::Relaxed);
+    if let Some(t) = saver {
+        let _ = t.join();
+    }
+    if let Some(path) = &cfg.state_file {
+        save_state(&engine, path, &clock);
+    }
     // The health thread is not joined: a connect in flight may take its whole
     // timeout, and shutdown must stay under a second. It holds no state.
     drop(health);
@@ -269,6 +292,62 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     result.map_err(|e| {
         format!("the TUN {} failed: {e}; was the device removed? tunlb stops here, start it again once the device is back", cfg.tun)
     })
+}
+
+/// `--state-file` at start: put the saved flows back, or say why not and
+/// start empty.
+fn restore_state(engine: &Engine, path: &std::path::Path, clock: &Clock) {
+    match tunlb::state::read(path) {
+        Ok(None) => tracing::info!(
+            "state file {}: none yet, starting with no flows",
+            path.display()
+        ),
+        Ok(Some(saved)) => {
+            let age = saved.age();
+            let report = engine.restore_flows(&saved.flows, clock.now(), age, saved.exact);
+            tracing::info!(
+                "state file {}: {report} (saved {:.1} s ago by tunlb {})",
+                path.display(),
+                age.as_secs_f64(),
+                saved.writer
+            );
+        }
+        Err(e) => tracing::error!("{e}"),
+    }
+}
+
+/// Write the flow table to `--state-file`, logging the outcome.
+fn save_state(engine: &Engine, path: &std::path::Path, clock: &Clock) {
+    let flows = engine.export_flows(clock.now());
+    let n = flows.len();
+    match tunlb::state::write(path, &tunlb::state::Saved::now(flows, true)) {
+        Ok(()) => tracing::info!("state file {}: {n} flows saved", path.display()),
+        Err(e) => tracing::error!("{e}; the flows are not saved"),
+    }
+}
+
+/// The state-file thread: save every `every` until `stop`, so a crash loses
+/// only what changed since the last save.
+fn save_periodically(
+    engine: &Engine,
+    path: &std::path::Path,
+    every: std::time::Duration,
+    clock: &Clock,
+    stop: &AtomicBool,
+) {
+    const STEP: std::time::Duration = std::time::Duration::from_millis(100);
+    let mut waited = std::time::Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(STEP);
+        waited += STEP;
+        if waited >= every && !stop.load(Ordering::Relaxed) {
+            waited = std::time::Duration::ZERO;
+            let flows = engine.export_flows(clock.now());
+            if let Err(e) = tunlb::state::write(path, &tunlb::state::Saved::now(flows, false)) {
+                tracing::warn!("{e}; will try again in {} s", every.as_secs());
+            }
+        }
+    }
 }
 
 /// SIGHUP: read the flags' configuration file again and swap it in. A bad

@@ -68,6 +68,13 @@ impl Mode {
             Mode::Maglev => "maglev",
         }
     }
+
+    /// Return whether the backend this mode picks is a function of the
+    /// connection's tuple (and the backends' health) alone, the same on
+    /// every instance and after a restart: what `--pickup` needs.
+    pub const fn is_function_of_tuple(self) -> bool {
+        matches!(self, Mode::Maglev)
+    }
 }
 
 /// Chooses a backend for each NEW connection.

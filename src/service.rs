@@ -11,6 +11,7 @@ use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::conntrack::ports::HashKey;
 use crate::conntrack::Timeouts;
 use crate::select::{self, Mode, Selector};
 use crate::stats::BackendCounters;
@@ -61,6 +62,14 @@ pub struct EngineConfig {
     /// every run); `None`, the default, draws them at random per process, as
     /// keys of tuples that come from the network must be.
     pub hash_seed: Option<u64>,
+    /// Pick up mid-stream flows (`nf_conntrack_tcp_loose=1`): an ORIGINAL
+    /// ACK of an unknown flow to a service creates its entry, translated as
+    /// its SYN would have been. Needs every service's selection to be a
+    /// function of the tuple ([`Mode::is_function_of_tuple`]).
+    pub pickup: bool,
+    /// The key of the SNAT address and port choices (`--hash-key`): the same
+    /// on every instance that must agree; `None` derives one from the seed.
+    pub hash_key: Option<HashKey>,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +83,8 @@ impl Default for EngineConfig {
             verify_checksums: true,
             tcp_liberal: false,
             hash_seed: None,
+            pickup: false,
+            hash_key: None,
         }
     }
 }
@@ -105,6 +116,13 @@ pub enum ConfigError {
     /// A backend equal to the VIP would loop packets back into tunlb.
     #[error("backend {0} is the service address itself: backends must be other hosts")]
     BackendIsVip(SocketAddrV4),
+    /// `--pickup` with a selection that depends on order or chance.
+    #[error(
+        "--pickup needs a backend choice that is a function of the connection, but service {0} \
+         uses --mode {1}: use --mode maglev (nth, random, wrr and lc depend on order, \
+         chance or load, so a picked-up flow would land on another backend)"
+    )]
+    PickupNeedsHash(SocketAddrV4, &'static str),
 }
 
 impl EngineConfig {
@@ -142,6 +160,9 @@ impl EngineConfig {
                 if s.backends[..j].iter().any(|o| o.addr == b.addr) {
                     return Err(ConfigError::DuplicateBackend(s.vip, b.addr));
                 }
+            }
+            if self.pickup && !s.mode.is_function_of_tuple() {
+                return Err(ConfigError::PickupNeedsHash(s.vip, s.mode.name()));
             }
         }
         Ok(())

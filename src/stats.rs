@@ -205,6 +205,18 @@ event_counters! {
     /// first never answered and is now down, drained or removed.
     redispatched: "redispatched", "tunlb_syns_redispatched_total",
         "Retransmitted SYNs sent to another backend: the first never answered and is down, drained or removed.";
+    /// Flows picked up mid-stream (`--pickup`): created by an ORIGINAL ACK
+    /// of a flow tunlb had no entry for.
+    picked_up: "pickup", "tunlb_flows_picked_up_total",
+        "Flows picked up mid-stream (--pickup): created by an ORIGINAL ACK, not a SYN.";
+    /// Picked-up flows whose client port could not be kept on its SNAT
+    /// address: their translation depended on what this table held, and may
+    /// differ from the one chosen at their SYN (the backend then resets them).
+    pickup_remapped: "pickup_remapped", "tunlb_flows_picked_up_remapped_total",
+        "Picked-up flows whose client port could not be kept: their translation may differ from the one chosen at the SYN.";
+    /// Flows restored from the state file at start (`--state-file`).
+    restored: "restored", "tunlb_flows_restored_total",
+        "Flows restored from the state file at start (--state-file).";
 }
 
 /// One event counter of [`Snapshot::EVENTS`]: its names and how to read it.
@@ -300,8 +312,8 @@ impl fmt::Display for Snapshot {
 #[cfg(test)]
 impl Snapshot {
     /// A snapshot whose every counter holds a value of its own: drops
-    /// 100 + discriminant, forwarded 11 and 12, the rest 1 to 7 in field
-    /// order, 9 flows, one backend.
+    /// 100 + discriminant, forwarded 11 and 12, the rest 1 to 8, 10 and 11
+    /// in field order, 9 flows, one backend.
     pub(crate) fn sample() -> Snapshot {
         Snapshot {
             drops: std::array::from_fn(|i| 100 + i as u64),
@@ -313,6 +325,9 @@ impl Snapshot {
             resets_sent: 5,
             untracked: 6,
             redispatched: 7,
+            picked_up: 8,
+            pickup_remapped: 10,
+            restored: 11,
             backends: vec![BackendSnapshot {
                 service: "198.18.0.1:80".parse().unwrap(),
                 backend: "198.18.2.3:8080".parse().unwrap(),
@@ -358,19 +373,19 @@ mod tests {
         // The sample's event counters hold 1, 2, ... in field order.
         let s = Snapshot::sample();
         let read: Vec<u64> = Snapshot::EVENTS.iter().map(|e| (e.get)(&s)).collect();
-        assert_eq!(read, (1..=7).collect::<Vec<u64>>());
+        assert_eq!(read, [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]);
     }
 
     #[test]
     fn the_display_line_is_pinned() {
         assert_eq!(
             Snapshot::default().to_string(),
-            "flows=0 new=0 fwd_orig=0 fwd_reply=0 expired=0 evicted=0 icmp=0 rst=0 untracked=0 redispatched=0",
+            "flows=0 new=0 fwd_orig=0 fwd_reply=0 expired=0 evicted=0 icmp=0 rst=0 untracked=0 redispatched=0 pickup=0 pickup_remapped=0 restored=0",
             "drops of zero are left out"
         );
         assert_eq!(
             Snapshot::sample().to_string(),
-            "flows=9 new=1 fwd_orig=11 fwd_reply=12 expired=2 evicted=3 icmp=4 rst=5 untracked=6 redispatched=7 drop_not_ipv4=100 drop_truncated=101 drop_bad_header=102 drop_bad_checksum=103 drop_fragment=104 drop_not_tcp=105 drop_no_service=106 drop_bad_flags=107 drop_invalid_no_flow=108 drop_invalid_state=109 drop_out_of_window=110 drop_rst_out_of_window=111 drop_ignored=112 drop_no_backend=113 drop_ports_exhausted=114 drop_table_full=115 drop_icmp_not_error=116 drop_icmp_untracked=117"
+            "flows=9 new=1 fwd_orig=11 fwd_reply=12 expired=2 evicted=3 icmp=4 rst=5 untracked=6 redispatched=7 pickup=8 pickup_remapped=10 restored=11 drop_not_ipv4=100 drop_truncated=101 drop_bad_header=102 drop_bad_checksum=103 drop_fragment=104 drop_not_tcp=105 drop_no_service=106 drop_bad_flags=107 drop_invalid_no_flow=108 drop_invalid_state=109 drop_out_of_window=110 drop_rst_out_of_window=111 drop_ignored=112 drop_no_backend=113 drop_ports_exhausted=114 drop_table_full=115 drop_icmp_not_error=116 drop_icmp_untracked=117"
         );
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! NEW 198.18.1.2:40000 -> 198.18.0.1:80 => DNAT 198.18.2.3:80, MASQ 198.18.0.1:40000 (nth: backend 1 of 4)
+//! PICKUP 198.18.1.2:40002 -> 198.18.0.1:80 => DNAT 198.18.2.4:80, MASQ 198.18.0.1:40002 (maglev: backend 2 of 4)
 //! STATE 198.18.1.2:40000 -> 198.18.0.1:80 SYN_SENT -> SYN_RECV (REPLY SYN-ACK)
 //! DESTROY 198.18.1.2:40000 -> 198.18.0.1:80 in TIME_WAIT (timeout)
 //! ```
@@ -18,11 +19,13 @@ use crate::service::Service;
 /// The tracing target of the teaching line.
 pub const TARGET: &str = "tunlb::trace";
 
-/// A NEW connection and the NAT decision made for it.
-pub fn new_flow(flow: &Flow, svc: &Service, backend: usize) {
+/// A NEW connection and the NAT decision made for it; `PICKUP` instead of
+/// `NEW` for a flow picked up mid-stream.
+pub fn new_flow(flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
     tracing::debug!(
         target: TARGET,
-        "NEW {} => DNAT {}, MASQ {} ({}: backend {} of {})",
+        "{} {} => DNAT {}, MASQ {} ({}: backend {} of {})",
+        if pickup { "PICKUP" } else { "NEW" },
         flow.original,
         flow.reply.src,
         flow.reply.dst,

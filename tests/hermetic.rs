@@ -39,6 +39,8 @@ mod lifecycle;
 mod limits;
 #[path = "hermetic/malformed.rs"]
 mod malformed;
+#[path = "hermetic/restart.rs"]
+mod restart;
 #[path = "hermetic/sequences.rs"]
 mod sequences;
 #[path = "hermetic/threads.rs"]

@@ -71,7 +71,11 @@ fn long_lived_flows_give_their_memory_back() {
     let baseline = live();
     let mut levels = Vec::new();
     for r in 1..3 {
-        now = long_lived_round(&engine, r * n, n, now);
+        // The same clients every round: the same tuples land in the same
+        // shards of the hash maps, whose capacity a round may grow and
+        // keeps. New clients would make a shard's peak, and so the level
+        // the maps keep, a matter of chance.
+        now = long_lived_round(&engine, 0, n, now);
         assert_eq!(engine.flow_count(), 0);
         let b = engine.bookkeeping();
         assert_eq!(

@@ -286,7 +286,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__run)
-            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --no-offload --liberal --io --help --version"
+            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -345,6 +345,18 @@ _tunlb() {
                     return 0
                     ;;
                 --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hash-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -51,11 +51,15 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l busy-poll -d 'While 
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l stats-interval -d 'Log a one-line counter summary every SECS seconds (default 0: off)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l control -d 'Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock)' -r -F
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l hash-key -d 'Secret keying the SNAT address and port choices; instances that must agree (ECMP, restarts) share it' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l state-file -d 'Save the flow table here on SIGTERM/SIGINT (and every --state-interval) and restore it at start' -r -F
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l state-interval -d 'Seconds between saves of the flow table to --state-file while running; 0: only on exit [default: 5]' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l io -d 'TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue)' -r -f -a "vnet\t'Multi-queue TUN with virtio-net header and TCP offloads'
 tun\t'The `tun` crate: one queue, no offloads'"
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l trace -d 'Print every NAT decision and state change, in netfilter\'s words'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l health-check -d 'Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)'
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pickup -d 'Pick up flows already under way (an ACK with no entry), like nf_conntrack_tcp_loose=1; needs --mode maglev'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l no-offload -d 'Do not ask the TUN for TSO/checksum offloads (one packet per read and write)'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l liberal -d 'Let TCP segments outside the sequence window through (RSTs are still checked), like nf_conntrack_tcp_be_liberal=1'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'

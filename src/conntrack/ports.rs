@@ -9,13 +9,71 @@
 //! tests with a fixed seed). The search gives up after [`MAX_TRIES`] ports per
 //! address, like the kernel's bounded search; the SYN is then dropped and
 //! counted as ports exhausted.
+//!
+//! With a pool of SNAT addresses, a client starts on the address its own
+//! address hashes to (as Linux's SNAT to a range hashes the source to pick
+//! one), then tries the others in pool order.
+//!
+//! Every choice here is a function of the ORIGINAL tuple, the backend, the
+//! configuration and a [`HashKey`], except where a clash forces the search
+//! on. That is what lets another instance, or this one after a restart,
+//! rebuild a flow's translation from any of its packets (`--pickup`): with
+//! the same `--hash-key` the same tuple gets the same address and port
+//! unless the table held a clash on one side and not on the other.
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
+use siphasher::sip::SipHasher13;
+
 use super::table::ConnTable;
 use super::tuple::Tuple;
+
+/// The key of the hashes that choose an SNAT address and a port search's
+/// starting point (SipHash-1-3, whose output is fixed by its specification:
+/// the same on every build, machine and version, so instances agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKey(pub [u64; 2]);
+
+impl HashKey {
+    /// Derive a key from a configured secret (`--hash-key`): instances
+    /// given the same secret make the same choices.
+    pub fn from_secret(secret: &str) -> Self {
+        let word = |k: u64| {
+            let mut h = SipHasher13::new_with_keys(k, !k);
+            h.write(secret.as_bytes());
+            h.finish()
+        };
+        HashKey([word(0x7475_6e6c_622d_6b30), word(0x7475_6e6c_622d_6b31)])
+    }
+
+    /// Hash `bytes` (in network order, so every machine agrees) under this key.
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.0[0], self.0[1]);
+        h.write(bytes);
+        h.finish()
+    }
+
+    /// Return the index in a pool of `n` addresses (`n > 0`) where `client`
+    /// starts.
+    pub fn pool_start(&self, client: Ipv4Addr, n: usize) -> usize {
+        (self.hash(&client.octets()) % n as u64) as usize
+    }
+
+    /// Return the port search's starting point for `original` towards
+    /// `backend`.
+    fn port_offset(&self, original: &Tuple, backend: SocketAddrV4) -> u64 {
+        let mut b = [0u8; 18];
+        b[..4].copy_from_slice(&original.src.ip().octets());
+        b[4..6].copy_from_slice(&original.src.port().to_be_bytes());
+        b[6..10].copy_from_slice(&original.dst.ip().octets());
+        b[10..12].copy_from_slice(&original.dst.port().to_be_bytes());
+        b[12..16].copy_from_slice(&backend.ip().octets());
+        b[16..].copy_from_slice(&backend.port().to_be_bytes());
+        self.hash(&b)
+    }
+}
 
 /// How many ports one SNAT address is searched for before giving up.
 pub const MAX_TRIES: u32 = 2048;
@@ -29,18 +87,20 @@ pub fn allocate(
     backend: SocketAddrV4,
     pool: &[Ipv4Addr],
     range: &RangeInclusive<u16>,
-    secret: u64,
+    key: &HashKey,
 ) -> Option<Tuple> {
     let client_port = original.src.port();
+    let start = if pool.len() > 1 {
+        key.pool_start(*original.src.ip(), pool.len())
+    } else {
+        0
+    };
+    let pool = || pool[start..].iter().chain(&pool[..start]).copied();
     // Port preservation, on each address of the pool in turn, and only for a
     // port inside the range (as MASQUERADE --to-ports keeps a port only when
     // it lies in the range it was given).
-    let preserve: &[Ipv4Addr] = if range.contains(&client_port) {
-        pool
-    } else {
-        &[]
-    };
-    for &snat in preserve {
+    let preserve = range.contains(&client_port);
+    for snat in pool().filter(|_| preserve) {
         let reply = Tuple {
             src: backend,
             dst: SocketAddrV4::new(snat, client_port),
@@ -54,10 +114,8 @@ pub fn allocate(
         return None;
     }
     let size = hi - lo + 1;
-    let mut h = std::hash::DefaultHasher::new();
-    (secret, original, backend).hash(&mut h);
-    let offset = (h.finish() % u64::from(size)) as u32;
-    for &snat in pool {
+    let offset = (key.port_offset(original, backend) % u64::from(size)) as u32;
+    for snat in pool() {
         for i in 0..size.min(MAX_TRIES) {
             let port = (lo + (offset + i) % size) as u16;
             let reply = Tuple {
@@ -91,7 +149,7 @@ mod tests {
     fn a_client_port_outside_the_range_is_not_preserved() {
         let t = ConnTable::new(10);
         for port in [80, 1023, 40000] {
-            let r = allocate(&t, &orig(port), B, &[S], &(20000..=20099), 7).unwrap();
+            let r = allocate(&t, &orig(port), B, &[S], &(20000..=20099), &HashKey([7, 0])).unwrap();
             assert!(
                 (20000..=20099).contains(&r.dst.port()),
                 "client port {port} -> {}",
@@ -99,14 +157,22 @@ mod tests {
             );
         }
         // Inside the range, it is kept.
-        let r = allocate(&t, &orig(20050), B, &[S], &(20000..=20099), 7).unwrap();
+        let r = allocate(
+            &t,
+            &orig(20050),
+            B,
+            &[S],
+            &(20000..=20099),
+            &HashKey([7, 0]),
+        )
+        .unwrap();
         assert_eq!(r.dst.port(), 20050);
     }
 
     #[test]
     fn preserves_the_client_port_when_free() {
         let t = ConnTable::new(10);
-        let r = allocate(&t, &orig(40000), B, &[S], &(1024..=65535), 7).unwrap();
+        let r = allocate(&t, &orig(40000), B, &[S], &(1024..=65535), &HashKey([7, 0])).unwrap();
         assert_eq!(r.dst, SocketAddrV4::new(S, 40000));
         assert_eq!(r.src, B);
     }
@@ -115,8 +181,16 @@ mod tests {
     fn a_clash_moves_to_another_port_and_a_full_range_fails() {
         let t = ConnTable::new(10);
         let other = Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 40000, S, 80);
-        let a = allocate(&t, &orig(40000), B, &[S], &(39999..=40001), 7).unwrap();
-        let b = allocate(&t, &other, B, &[S], &(39999..=40001), 7).unwrap();
+        let a = allocate(
+            &t,
+            &orig(40000),
+            B,
+            &[S],
+            &(39999..=40001),
+            &HashKey([7, 0]),
+        )
+        .unwrap();
+        let b = allocate(&t, &other, B, &[S], &(39999..=40001), &HashKey([7, 0])).unwrap();
         assert_eq!(a.dst.port(), 40000);
         assert!([39999, 40001].contains(&b.dst.port()));
         let c = allocate(
@@ -125,7 +199,7 @@ mod tests {
             B,
             &[S],
             &(39999..=40001),
-            7,
+            &HashKey([7, 0]),
         )
         .unwrap();
         assert_ne!(b.dst.port(), c.dst.port());
@@ -135,7 +209,7 @@ mod tests {
             B,
             &[S],
             &(39999..=40001),
-            7,
+            &HashKey([7, 0]),
         );
         assert_eq!(d, None);
     }
@@ -144,16 +218,34 @@ mod tests {
     fn a_pool_raises_the_ceiling() {
         let t = ConnTable::new(10);
         let pool = [S, Ipv4Addr::new(198, 18, 0, 2)];
-        let a = allocate(&t, &orig(1), B, &pool, &(50000..=50000), 1).unwrap();
+        let a = allocate(&t, &orig(1), B, &pool, &(50000..=50000), &HashKey([1, 0])).unwrap();
         let b = allocate(
             &t,
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 1, S, 80),
             B,
             &pool,
             &(50000..=50000),
-            1,
+            &HashKey([1, 0]),
         )
         .unwrap();
         assert_ne!(a.dst.ip(), b.dst.ip());
+    }
+
+    const PINNED_STARTS: [usize; 8] = [2, 1, 0, 3, 0, 3, 1, 0];
+    const PINNED_OFFSET: u64 = 46892;
+
+    #[test]
+    fn the_hash_key_gives_the_same_choices_on_every_build_and_machine() {
+        // SipHash-1-3 over bytes in network order: these values are fixed
+        // by the algorithm, so instances and later versions agree. Were they
+        // to change, instances of two versions would translate differently.
+        let k = HashKey::from_secret("tunlb");
+        assert_eq!(k, HashKey::from_secret("tunlb"));
+        assert_ne!(k, HashKey::from_secret("tunlc"));
+        let starts: Vec<usize> = (0..8)
+            .map(|i| k.pool_start(Ipv4Addr::new(198, 18, 1, i), 4))
+            .collect();
+        assert_eq!(starts, PINNED_STARTS);
+        assert_eq!(k.port_offset(&orig(40000), B) % 64512, PINNED_OFFSET);
     }
 }

@@ -46,12 +46,23 @@ mod flag {
     pub const WINDOW_SCALE: u8 = 0x01;
     /// The SYN allowed SACK.
     pub const SACK_PERM: u8 = 0x02;
+    /// Window checks on this direction let everything through but RSTs
+    /// (`IP_CT_TCP_FLAG_BE_LIBERAL`): a flow picked up mid-stream, until
+    /// both directions have been seen.
+    pub const BE_LIBERAL: u8 = 0x08;
     /// `maxack` holds a value.
     pub const MAXACK_SET: u8 = 0x20;
 }
 
+/// The window scale a flow picked up mid-stream is assumed to use: the
+/// largest allowed (RFC 7323). Its SYNs were never seen, so the real factor
+/// is unknown; assuming the largest can only make the window bounds looser
+/// than the true ones, never reject a segment the endpoints accept.
+pub const PICKUP_SCALE: u8 = 14;
+
 /// The sequence state of one direction of a flow (`struct ip_ct_tcp_state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Serializable for the state file ([`crate::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     /// One past the highest sequence number sent (SYN and FIN count one): `td_end`.
     pub end: u32,
@@ -205,6 +216,46 @@ pub fn open(w: &mut [Window; 2], seg: &Segment) {
     init_from_syn(&mut w[0], seg);
 }
 
+/// Record the segment that creates a flow picked up mid-stream (`tcp_new`
+/// with `nf_conntrack_tcp_loose=1`): the ORIGINAL direction starts from
+/// this segment, the REPLY direction is unseen, and both are liberal until
+/// each has been seen, with SACK allowed and the largest window scale
+/// assumed ([`PICKUP_SCALE`]).
+pub fn pickup(w: &mut [Window; 2], seg: &Segment) {
+    let assumed = Window {
+        scale: PICKUP_SCALE,
+        flags: flag::WINDOW_SCALE | flag::SACK_PERM | flag::BE_LIBERAL,
+        ..Window::default()
+    };
+    *w = [assumed; 2];
+    let s = &mut w[0];
+    s.end = seg.end();
+    s.maxwin = (u32::from(seg.window) << PICKUP_SCALE).max(1);
+    s.maxend = s.end.wrapping_add(s.maxwin);
+}
+
+/// Forget where both directions stood, keeping what their SYNs said (window
+/// scale, SACK), and check them liberally until each has been seen again:
+/// for flows restored from a table saved while they were still moving (a
+/// periodic save before a crash), whose sequence numbers have since gone on.
+pub fn resync(w: &mut [Window; 2]) {
+    for d in w.iter_mut() {
+        *d = Window {
+            scale: d.scale,
+            flags: d.flags & (flag::WINDOW_SCALE | flag::SACK_PERM) | flag::BE_LIBERAL,
+            ..Window::default()
+        };
+    }
+}
+
+impl Window {
+    /// Return whether this direction is still checked liberally (a flow
+    /// picked up mid-stream whose directions have not both been seen).
+    pub fn liberal(&self) -> bool {
+        self.flags & flag::BE_LIBERAL != 0
+    }
+}
+
 fn init_from_syn(s: &mut Window, seg: &Segment) {
     s.end = seg.end();
     s.maxend = s.end;
@@ -233,6 +284,7 @@ pub fn tcp_in_window(
 ) -> Check {
     let mut sender = w[dir];
     let mut receiver = w[1 - dir];
+    let liberal = liberal || sender.flags & flag::BE_LIBERAL != 0;
     let mut seq = seg.seq;
     let mut end = seg.end();
     let win = u32::from(seg.window);
@@ -270,6 +322,13 @@ pub fn tcp_in_window(
             if receiver.maxwin == 0 {
                 receiver.end = sack;
                 receiver.maxend = sack;
+            }
+            if liberal && sender.flags & flag::BE_LIBERAL != 0 {
+                // A picked-up flow learns where this direction stands even
+                // from a segment the checks below let through (as Linux,
+                // which initialises the sender in place).
+                w[dir] = sender;
+                w[1 - dir] = receiver;
             }
         }
     } else if seg.syn
@@ -380,6 +439,11 @@ pub fn tcp_in_window(
             // A zero window still admits a one-byte probe.
             receiver.maxend = receiver.maxend.wrapping_add(1);
         }
+    }
+    if sender.flags & flag::BE_LIBERAL != 0 && receiver.maxwin != 0 {
+        // A picked-up flow with both directions seen: checked from now on.
+        sender.flags &= !flag::BE_LIBERAL;
+        receiver.flags &= !flag::BE_LIBERAL;
     }
     w[dir] = sender;
     w[1 - dir] = receiver;
@@ -903,5 +967,66 @@ mod tests {
             Options::parse(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], false),
             Options::default()
         );
+    }
+
+    #[test]
+    fn a_pickup_is_liberal_until_both_directions_are_seen_then_checked() {
+        let mut w = [Window::default(); 2];
+        // The client's segment in the middle of a connection: 100 bytes at
+        // 1_000_000, acknowledging the backend up to 5_000_000.
+        pickup(&mut w, &seg(1_000_000, Some(5_000_000), 100, 500));
+        assert!(w[0].liberal() && w[1].liberal());
+        // Before the backend is seen, a segment far outside passes.
+        let wild = seg(900_000_000, Some(5_000_000), 10, 500);
+        assert!(matches!(
+            tcp_in_window(&mut w, 0, TcpState::Established, &wild, false),
+            Check::Pass(_)
+        ));
+        // The backend's next data: seen, and the flow is checked from now on.
+        let reply = seg(5_000_000, Some(1_000_100), 1000, 300);
+        assert_eq!(
+            tcp_in_window(&mut w, 1, TcpState::Established, &reply, false),
+            Check::Accept
+        );
+        let ack = seg(1_000_100, Some(5_001_000), 0, 500);
+        assert_eq!(
+            tcp_in_window(&mut w, 0, TcpState::Established, &ack, false),
+            Check::Accept
+        );
+        assert!(!w[0].liberal() && !w[1].liberal());
+        // An ACK of data the backend never sent is INVALID again.
+        let bogus = seg(1_000_100, Some(2_000_000_000), 0, 500);
+        assert!(matches!(
+            tcp_in_window(&mut w, 0, TcpState::Established, &bogus, false),
+            Check::Invalid(_)
+        ));
+        // The assumed scale keeps the real window inside the bounds: data
+        // up to 500 << 14 bytes ahead of the backend's ACK is accepted.
+        let far = seg(1_000_100 + (500 << 13), Some(5_001_000), 1000, 500);
+        assert_eq!(
+            tcp_in_window(&mut w, 0, TcpState::Established, &far, false),
+            Check::Accept
+        );
+    }
+
+    #[test]
+    fn a_resync_forgets_positions_but_keeps_what_the_syns_said() {
+        let mut w = [Window::default(); 2];
+        open(&mut w, &syn(100, None, 1000, Some(7)));
+        assert_eq!(
+            tcp_in_window(
+                &mut w,
+                1,
+                TcpState::SynSent,
+                &syn(500, Some(101), 1000, Some(7)),
+                false
+            ),
+            Check::Accept
+        );
+        resync(&mut w);
+        assert!(w
+            .iter()
+            .all(|d| d.liberal() && d.maxwin == 0 && d.scale == 7));
+        assert!(w.iter().all(|d| d.sack_permitted()));
     }
 }

@@ -86,7 +86,7 @@ fn fold(mut s: u32) -> u16 {
 /// tuple. [`check::valid_packet`] judges the same through smoltcp's views;
 /// it costs more than the engine in a debug build, so it judges only the
 /// forwarded SYNs ([`open`]).
-fn checked_tuple(pkt: &[u8; LEN]) -> Result<Tuple, String> {
+pub fn checked_tuple(pkt: &[u8; LEN]) -> Result<Tuple, String> {
     if pkt[0] != 0x45 || pkt[2..4] != (LEN as u16).to_be_bytes() || pkt[9] != 6 {
         return Err(format!("not a 40-byte IPv4/TCP segment: {pkt:02x?}"));
     }
