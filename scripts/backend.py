@@ -7,7 +7,9 @@ Runs inside one backend namespace (started by scripts/lib.sh) and answers:
                          balancing tests count
   GET  /?delay=SECONDS   the same, after sleeping (at most 10 s), so that
                          many connections are open at once
-  GET  /file/NAME        the file NAME from the data directory (e.g. big.bin)
+  GET  /file/NAME        the file NAME from the data directory (e.g. big.bin);
+                         ?bytes=N serves only its first N bytes, ?rate=R sends
+                         at most R bytes per second (a slow download)
   POST /sha256           reads the body (Content-Length) and answers
                          "<sha256 hex> <name>\n", for upload integrity checks
 
@@ -78,11 +80,29 @@ def make_handler(name, data_dir, keep_alive=False):
                 if not fname or not os.path.isfile(path):
                     self._text(404, "no such file\n")
                     return
+                q = parse_qs(url.query)
                 with open(path, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
+                    try:
+                        size = min(size, int(q.get("bytes", [size])[0]))
+                        rate = int(q.get("rate", ["0"])[0])
+                    except ValueError:
+                        self._text(400, "bad bytes or rate\n")
+                        return
                     self._head(200, size, "application/octet-stream")
                     self.wfile.flush()
-                    self.connection.sendfile(f)
+                    if rate <= 0:
+                        self.connection.sendfile(f, 0, size)
+                        return
+                    # Paced: a chunk every tenth of a second.
+                    chunk, start, sent = max(rate // 10, 1), time.monotonic(), 0
+                    while sent < size:
+                        data = f.read(min(chunk, size - sent))
+                        self.wfile.write(data)
+                        sent += len(data)
+                        ahead = sent / rate - (time.monotonic() - start)
+                        if ahead > 0:
+                            time.sleep(ahead)
                 return
             self._text(404, "not found\n")
 

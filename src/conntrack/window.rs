@@ -322,6 +322,10 @@ pub fn tcp_in_window(
             if receiver.maxwin == 0 {
                 receiver.end = sack;
                 receiver.maxend = sack;
+            } else if sack == receiver.end.wrapping_add(1) {
+                // The answer to a keepalive probe (one byte below what its
+                // sender has sent): the receiver is one further than seen.
+                receiver.end = sack;
             }
             if liberal && sender.flags & flag::BE_LIBERAL != 0 {
                 // A picked-up flow learns where this direction stands even
@@ -1005,6 +1009,30 @@ mod tests {
         let far = seg(1_000_100 + (500 << 13), Some(5_001_000), 1000, 500);
         assert_eq!(
             tcp_in_window(&mut w, 0, TcpState::Established, &far, false),
+            Check::Accept
+        );
+    }
+
+    #[test]
+    fn a_pickup_by_a_keepalive_probe_takes_the_answer_to_it() {
+        let mut w = [Window::default(); 2];
+        // A keepalive probe: one below what the client has sent (1_000_000).
+        pickup(&mut w, &seg(999_999, Some(5_000_000), 0, 500));
+        // The backend answers it, acknowledging 1_000_000.
+        let answer = seg(5_000_000, Some(1_000_000), 0, 300);
+        assert_eq!(
+            tcp_in_window(&mut w, 1, TcpState::Established, &answer, false),
+            Check::Accept
+        );
+        // Another probe, then the backend's retransmitted data: in window.
+        let probe = seg(999_999, Some(5_000_000), 0, 500);
+        assert_eq!(
+            tcp_in_window(&mut w, 0, TcpState::Established, &probe, false),
+            Check::Accept
+        );
+        let data = seg(5_000_000, Some(1_000_000), 1448, 300);
+        assert_eq!(
+            tcp_in_window(&mut w, 1, TcpState::Established, &data, false),
             Check::Accept
         );
     }
