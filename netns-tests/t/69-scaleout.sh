@@ -9,7 +9,7 @@
 #     the connections the router's hash sends it (`ip route get` per tuple =
 #     the SYNs on the wire to its MAC, dumpcap on the router's front bridge =
 #     its own stats), and about a third: within mean +- 5 sd of
-#     Binomial(300, b/64), b its buckets (21 or 22: [58, 139] or [60, 142]).
+#     Binomial(300, b/64), b its buckets (21 or 22: [57, 140] or [61, 145]).
 #     All connections from one client address get one backend, whichever
 #     instance carried them.
 #  2. The same 12 tuples (address, --local-port) sent to each instance in
