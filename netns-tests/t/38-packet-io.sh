@@ -30,7 +30,7 @@ data=$(tl_data "$P")
 mapfile -t backends < <(t_backend_flags)
 start() {
   t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --threads 2 --control "$CTL" \
-    --vip "$VIP:80" "${backends[@]}" --mode nth "$@"
+    --vip "$VIP:80" "${backends[@]}" --mode nth
 }
 routes() { ip -n "$LB" route show proto 213 | tr -s ' ' | sed 's/ $//' | tr '\n' ';'; }
 forwarded() { ip netns exec "$LB" nstat -az IpForwDatagrams | awk '$1 == "IpForwDatagrams" { print $2 }'; }
