@@ -387,6 +387,20 @@ impl Netlink {
     }
 }
 
+/// A netlink socket that receives a message whenever an interface, an
+/// IPv4 route or a neighbour entry changes (`RTMGRP_LINK | RTMGRP_NEIGH |
+/// RTMGRP_IPV4_ROUTE`).
+pub fn monitor() -> io::Result<OwnedFd> {
+    const GROUPS: u32 = 0x1 | 0x4 | 0x40;
+    let fd = sys::socket(
+        libc::AF_NETLINK,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::NETLINK_ROUTE,
+    )?;
+    sys::bind_netlink(&fd, GROUPS)?;
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

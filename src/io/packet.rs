@@ -29,7 +29,9 @@
 //! Ethernet header is rewritten: destination = the next hop the kernel's
 //! own routing and neighbour tables name for the packet's destination
 //! (`RTM_GETROUTE`, then `RTM_GETNEIGH`; cached per destination for
-//! [`HOP_TTL`] by each thread), source = the egress interface's MAC. When
+//! [`HOP_TTL`] by each thread, and forgotten by all as soon as the kernel
+//! reports a change of route, neighbour or link), source = the egress
+//! interface's MAC. When
 //! the neighbour is not resolved, the kernel is made to resolve it (an
 //! empty UDP datagram to the next hop's discard port) and the packet is
 //! dropped and counted: no frame ever leaves with a guessed MAC. One `send`
@@ -39,8 +41,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::netlink::{self, Netlink};
@@ -384,6 +386,38 @@ struct Hops {
     nl: Netlink,
     udp: Option<UdpSocket>,
     cache: HashMap<Ipv4Addr, Hop, foldhash::fast::RandomState>,
+    /// The [`Changes::generation`] the cache was filled under.
+    seen: u64,
+}
+
+/// Changes of the kernel's routes, neighbours and links, counted by a
+/// monitor thread; each thread empties its cache when the count moves.
+#[derive(Debug, Default)]
+struct Changes {
+    generation: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Count rtnetlink change notifications until `changes.stop` is set.
+fn watch(fd: OwnedFd, changes: Arc<Changes>) {
+    let mut buf = vec![0u8; 1 << 16];
+    while !changes.stop.load(Ordering::Relaxed) {
+        match sys::poll_any(&[fd.as_fd()], Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => break,
+        }
+        // Drain what is queued; an overflow (ENOBUFS) is a change too.
+        for _ in 0..1024 {
+            match sys::recv(&fd, &mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(_) => break,
+            }
+        }
+        changes.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl Hops {
@@ -392,6 +426,7 @@ impl Hops {
             nl: Netlink::open()?,
             udp: UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok(),
             cache: HashMap::default(),
+            seen: 0,
         })
     }
 
@@ -401,7 +436,12 @@ impl Hops {
         dst: Ipv4Addr,
         ifaces: &[Iface],
         c: &Counters,
+        generation: u64,
     ) -> Option<(usize, [u8; 6])> {
+        if generation != self.seen {
+            self.cache.clear();
+            self.seen = generation;
+        }
         let now = Instant::now();
         match self.cache.get(&dst) {
             Some(&Hop::Via { pos, mac, until }) if until > now => return Some((pos, mac)),
@@ -516,6 +556,13 @@ pub struct AfPacket {
     ifaces: Vec<Iface>,
     queues: Vec<Mutex<Queue>>,
     counters: Counters,
+    changes: Arc<Changes>,
+}
+
+impl Drop for AfPacket {
+    fn drop(&mut self) {
+        self.changes.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn open_ring(iface: &Iface, prog: &[libc::sock_filter]) -> Result<Ring, PacketError> {
@@ -591,6 +638,13 @@ impl AfPacket {
                 }))
             })
             .collect::<Result<Vec<_>, PacketError>>()?;
+        let changes = Arc::new(Changes::default());
+        let fd = netlink::monitor().map_err(sys_err("netlink monitor socket"))?;
+        let c = changes.clone();
+        std::thread::Builder::new()
+            .name("tunlb-netlink".into())
+            .spawn(move || watch(fd, c))
+            .map_err(sys_err("starting the netlink monitor thread"))?;
         let opened = Opened {
             ifaces: ifaces.clone(),
             queues: queues.len(),
@@ -600,9 +654,14 @@ impl AfPacket {
                 ifaces,
                 queues,
                 counters: Counters::default(),
+                changes,
             },
             opened,
         ))
+    }
+
+    fn generation(&self) -> u64 {
+        self.changes.generation.load(Ordering::Acquire)
     }
 
     /// Return the drop counters.
@@ -619,7 +678,8 @@ impl AfPacket {
         for q in &self.queues {
             let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
             for a in addrs {
-                let _ = q.hops.lookup(*a, &self.ifaces, &scratch);
+                let generation = self.generation();
+                let _ = q.hops.lookup(*a, &self.ifaces, &scratch, generation);
             }
         }
     }
@@ -697,7 +757,8 @@ impl PacketIo for AfPacket {
         let mut q = self.queues[queue % self.queues.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let Some((pos, mac)) = q.hops.lookup(dst, &self.ifaces, &self.counters) else {
+        let generation = self.generation();
+        let Some((pos, mac)) = q.hops.lookup(dst, &self.ifaces, &self.counters, generation) else {
             return Err(io::Error::new(
                 io::ErrorKind::HostUnreachable,
                 format!("no next hop known for {dst} yet"),

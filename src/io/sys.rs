@@ -371,3 +371,19 @@ pub fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Resul
         )
     })
 }
+
+/// Bind a netlink socket to the multicast `groups` (`RTMGRP_*` bits).
+pub fn bind_netlink(fd: &impl AsRawFd, groups: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_nl is plain data; zero is valid.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = groups;
+    // SAFETY: bind reads one sockaddr_nl of the length given, live for the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    })
+}
