@@ -136,8 +136,10 @@ t_tunlb_start_cmd() {
 }
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
 # The default service (when ARGS has no --vip): the VIP over b1..b4.
+# TL_IO=packet: on the packet datapath (--io packet, no TUN) instead.
 t_tunlb_start() {
   local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
+  if [ "${TL_IO:-}" = packet ]; then args=(run --io packet); fi
   if [[ " $* " != *" --vip "* ]]; then
     args+=(--vip "$VIP:$TL_VIP_PORT")
     # shellcheck disable=SC2119

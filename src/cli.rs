@@ -181,9 +181,12 @@ pub struct RunArgs {
     /// Let TCP segments outside the sequence window through (RSTs are still checked), like nf_conntrack_tcp_be_liberal=1.
     #[arg(long)]
     pub liberal: bool,
-    /// TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue).
+    /// Datapath: vnet (multi-queue TUN, offloads; default), tun (the tun crate, one queue) or packet (packet sockets, no TUN).
     #[arg(long, value_enum)]
     pub io: Option<IoKind>,
+    /// With --io packet: an interface to listen and send on; repeat for more (default: every one that is up).
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
 }
 
 impl ServiceArgs {
@@ -224,6 +227,7 @@ impl RunArgs {
             state_file: self.state_file.clone(),
             state_interval: self.state_interval,
             io: self.io,
+            ifaces: self.ifaces.clone(),
         };
         config::run_config(&self.service.flags(), &run)
     }
@@ -387,9 +391,14 @@ mod tests {
         }
         assert_eq!(run(&["--io", "vnet"]).io, Some(IoKind::Vnet));
         assert_eq!(run(&["--io", "tun"]).io, Some(IoKind::Tun));
+        let r = run(&["--io", "packet", "--iface", "c0", "--iface", "br0"]);
+        assert_eq!(
+            (r.io, r.ifaces),
+            (Some(IoKind::Packet), vec!["c0".into(), "br0".into()])
+        );
         assert_eq!(run(&[]).io, None);
         assert!(err(&["tunlb", "run", "--mode", "leastconn"]).contains("invalid value"));
-        assert!(err(&["tunlb", "run", "--io", "x"]).contains("possible values: vnet, tun"));
+        assert!(err(&["tunlb", "run", "--io", "x"]).contains("possible values: vnet, tun, packet"));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
 //!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal`, `pickup`,
-//!   `hash_key`, `state_file`, `state_interval` and a `[timeouts]` table
-//!   (seconds per TCP state).
+//!   `hash_key`, `state_file`, `state_interval`, `io`, `ifaces` and a
+//!   `[timeouts]` table (seconds per TCP state).
 //! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
 //!   adds one more service; a VIP declared twice is an error.
 //! - Every other flag given on the command line overrides the file's value.
@@ -180,6 +180,7 @@ pub struct File {
     health: Option<FileHealth>,
     offload: Option<bool>,
     io: Option<IoKind>,
+    ifaces: Option<Vec<String>>,
     tcp_liberal: Option<bool>,
     pickup: Option<bool>,
     hash_key: Option<String>,
@@ -244,6 +245,8 @@ pub struct FlagRun {
     pub state_interval: Option<u64>,
     /// `--io`.
     pub io: Option<IoKind>,
+    /// `--iface`, repeated (packet datapath).
+    pub ifaces: Vec<String>,
 }
 
 /// Which TUN implementation the datapath uses. The config file and `--io`
@@ -258,6 +261,11 @@ pub enum IoKind {
     /// The `tun` crate: one queue, one packet per read and write.
     #[value(help = "The `tun` crate: one queue, no offloads")]
     Tun,
+    /// Packet sockets on the host's interfaces: no TUN (needs CAP_NET_RAW).
+    #[value(
+        help = "Packet sockets with receive rings on the host's interfaces, no TUN (CAP_NET_RAW)"
+    )]
+    Packet,
 }
 
 /// A complete, validated configuration for `tunlb run`.
@@ -293,6 +301,8 @@ pub struct RunConfig {
     pub state_file: Option<PathBuf>,
     /// How often the flow table is saved while running; `None`: only on exit.
     pub state_interval: Option<Duration>,
+    /// Interfaces of the packet datapath; empty: every one that is up.
+    pub ifaces: Vec<String>,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -450,11 +460,20 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         Some(s) => Some(Duration::from_secs(s)),
         None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
     };
-    let tun = run.tun.clone().or(file.tun).ok_or_else(|| {
-        Error::Invalid(
-            "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)".into(),
-        )
-    })?;
+    let io = run.io.or(file.io).unwrap_or_default();
+    // The packet datapath has no TUN: its name only names the instance.
+    let default_tun = (io == IoKind::Packet).then(|| "packet".to_string());
+    let tun = run
+        .tun
+        .clone()
+        .or(file.tun)
+        .or(default_tun)
+        .ok_or_else(|| {
+            Error::Invalid(
+                "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)"
+                    .into(),
+            )
+        })?;
     if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
         return Err(Error::Invalid(format!(
             "'{tun}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0"
@@ -481,7 +500,6 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             "--busy-poll {busy_poll} is out of range: use 0 (off) to {MAX_BUSY_POLL_US} microseconds, e.g. 50"
         )));
     }
-    let io = run.io.or(file.io).unwrap_or_default();
     let file_tun_addr = match &file.tun_addr {
         Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
         None => None,
@@ -531,6 +549,11 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         offload: !run.no_offload && file.offload.unwrap_or(true),
         state_file,
         state_interval,
+        ifaces: if run.ifaces.is_empty() {
+            file.ifaces.unwrap_or_default()
+        } else {
+            run.ifaces.clone()
+        },
     })
 }
 
@@ -790,6 +813,43 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "--busy-poll 1001 is out of range: use 0 (off) to 1000 microseconds, e.g. 50"
         );
         assert!(run_config(&f, &run(Some(50), Some(IoKind::Tun))).is_ok());
+    }
+
+    #[test]
+    fn packet_datapath_needs_no_tun_and_takes_interfaces_from_flags_or_file() {
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let run = FlagRun {
+            io: Some(IoKind::Packet),
+            ..Default::default()
+        };
+        let r = run_config(&f, &run).unwrap();
+        assert_eq!((r.io, r.tun.as_str()), (IoKind::Packet, "packet"));
+        assert!(r.ifaces.is_empty(), "default: every interface that is up");
+        assert!(
+            run_config(&f, &FlagRun::default()).is_err(),
+            "the TUN datapaths still need --tun"
+        );
+        let dir = std::env::temp_dir().join(format!("tunlb-cfg-ifaces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.toml");
+        std::fs::write(&path, "io = \"packet\"\nifaces = [\"c0\", \"br0\"]\n").unwrap();
+        let mut fc = f.clone();
+        fc.config = Some(path.clone());
+        let r = run_config(&fc, &FlagRun::default()).unwrap();
+        assert_eq!(
+            (r.io, r.ifaces.clone()),
+            (IoKind::Packet, vec!["c0".into(), "br0".into()])
+        );
+        let flagged = FlagRun {
+            ifaces: vec!["eth1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            run_config(&fc, &flagged).unwrap().ifaces,
+            ["eth1"],
+            "flags win"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

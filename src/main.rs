@@ -14,6 +14,7 @@ use tunlb::config::RunConfig;
 use tunlb::control::{self, Control, Limits, Metrics, Source};
 use tunlb::datapath::{self, Clock, Device, Options};
 use tunlb::io::mqtun::MqTun;
+use tunlb::io::packet::{AfPacket, Blackholes, PacketSpec};
 use tunlb::io::tun::{TunIo, TunSpec};
 use tunlb::io::PacketIo;
 use tunlb::notify::Notifier;
@@ -124,13 +125,15 @@ fn status_line(engine: &Engine) -> String {
 }
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
-    preflight::forwarding(args.set_sysctls).map_err(|e| e.to_string())?;
-    let mut addrs = Vec::new();
-    for s in &cfg.engine.services {
-        addrs.push((*s.vip.ip(), "VIP"));
-        addrs.extend(s.snat.iter().map(|a| (*a, "SNAT")));
+    let packet = cfg.io == IoKind::Packet;
+    if !packet {
+        preflight::forwarding(args.set_sysctls).map_err(|e| e.to_string())?;
     }
+    let addrs = service_addrs(&cfg);
     preflight::not_local(&addrs).map_err(|e| e.to_string())?;
+    // The packet datapath's blackhole routes, removed when this returns.
+    let mut blackholes = None;
+    let mut packet_io = None;
 
     let spec = TunSpec {
         name: cfg.tun.clone(),
@@ -148,14 +151,22 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             let device = Device::new(&cfg.tun, opened.queues, opened.offload, cfg.threads);
             (Arc::new(dev), device)
         }
+        IoKind::Packet => {
+            let (dev, device, holes) = open_packet(&cfg, &addrs)?;
+            blackholes = Some(holes);
+            packet_io = Some(dev.clone());
+            (dev, device)
+        }
     };
     let device = Arc::new(device);
-    if cfg.tun_addr.is_some() {
+    if cfg.tun_addr.is_some() && !packet {
         preflight::disable_ipv6(&cfg.tun);
     }
     // Once the TUN exists its own addresses are local too: check again.
     preflight::not_local(&addrs).map_err(|e| e.to_string())?;
-    preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
+    if !packet {
+        preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
+    }
     let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
     let clock = Clock::start();
     if let Some(path) = &cfg.state_file {
@@ -213,9 +224,12 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             .expect("spawning the health thread")
     });
     tracing::info!(
-        "ready: tun {} ({}, {}), {}; {} thread(s), max {} flows",
-        cfg.tun,
-        if cfg.tun_addr.is_some() {
+        "ready: {} {} ({}, {}), {}; {} thread(s), max {} flows",
+        if packet { "packet on" } else { "tun" },
+        device.name,
+        if packet {
+            "blackhole routes added"
+        } else if cfg.tun_addr.is_some() {
             "created"
         } else {
             "attached"
@@ -279,6 +293,10 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     drop(health);
     let stats = engine.stats();
     tracing::info!("stopped: {stats}");
+    if let Some(line) = packet_io.as_ref().and_then(|p| p.describe_drops()) {
+        tracing::info!("{line}");
+    }
+    drop(blackholes);
     for b in &stats.backends {
         tracing::info!(
             "  {} -> {}: {} connections, {} packets, {} bytes",
@@ -290,6 +308,9 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         );
     }
     result.map_err(|e| {
+        if packet {
+            return format!("the packet datapath on {} failed: {e}; tunlb stops here", device.name);
+        }
         format!("the TUN {} failed: {e}; was the device removed? tunlb stops here, start it again once the device is back", cfg.tun)
     })
 }
@@ -350,6 +371,38 @@ fn save_periodically(
     }
 }
 
+/// The VIP and SNAT addresses, with what each is for.
+fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::Ipv4Addr, &'static str)> {
+    let mut addrs = Vec::new();
+    for s in &cfg.engine.services {
+        addrs.push((*s.vip.ip(), "VIP"));
+        addrs.extend(s.snat.iter().map(|a| (*a, "SNAT")));
+    }
+    addrs
+}
+
+/// `--io packet`: the sockets, the device as reports show it, and the
+/// blackhole routes that keep the kernel from forwarding or answering.
+fn open_packet(
+    cfg: &RunConfig,
+    addrs: &[(std::net::Ipv4Addr, &'static str)],
+) -> Result<(Arc<AfPacket>, Device, Blackholes), String> {
+    let spec = PacketSpec {
+        ifaces: cfg.ifaces.clone(),
+        queues: cfg.threads,
+        addrs: addrs.iter().map(|a| a.0).collect(),
+    };
+    let (dev, opened) = AfPacket::open(&spec).map_err(|e| e.to_string())?;
+    let holes = Blackholes::install(&spec.addrs).map_err(|e| e.to_string())?;
+    let backends: Vec<_> = (cfg.engine.services.iter())
+        .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+        .collect();
+    dev.warm(&backends);
+    let names: Vec<&str> = opened.ifaces.iter().map(|i| i.name.as_str()).collect();
+    let device = Device::new(&names.join(","), opened.queues, true, cfg.threads);
+    Ok((Arc::new(dev), device, holes))
+}
+
 /// SIGHUP: read the flags' configuration file again and swap it in. A bad
 /// file is refused and the running configuration stays; settings that need a
 /// restart (the device, threads) are reported, not applied.
@@ -364,6 +417,9 @@ fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
     if new.tun != running.tun || new.tun_addr != running.tun_addr || new.threads != running.threads
     {
         tracing::warn!("reload: the TUN device and thread count change only on restart");
+    }
+    if running.io == IoKind::Packet && service_addrs(&new) != service_addrs(running) {
+        tracing::warn!("reload: with --io packet, new VIP or SNAT addresses are received only after a restart (the socket filter and blackhole routes are set at start)");
     }
     match engine.reconfigure(&new.engine) {
         Ok(()) => {

@@ -54,8 +54,10 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l metrics -d 'Serve Pr
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l hash-key -d 'Secret keying the SNAT address and port choices; instances that must agree (ECMP, restarts) share it' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l state-file -d 'Save the flow table here on SIGTERM/SIGINT (and every --state-interval) and restore it at start' -r -F
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l state-interval -d 'Seconds between saves of the flow table to --state-file while running; 0: only on exit [default: 5]' -r
-complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l io -d 'TUN implementation: vnet (multi-queue, offloads; default) or tun (the tun crate, one queue)' -r -f -a "vnet\t'Multi-queue TUN with virtio-net header and TCP offloads'
-tun\t'The `tun` crate: one queue, no offloads'"
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l io -d 'Datapath: vnet (multi-queue TUN, offloads; default), tun (the tun crate, one queue) or packet (packet sockets, no TUN)' -r -f -a "vnet\t'Multi-queue TUN with virtio-net header and TCP offloads'
+tun\t'The `tun` crate: one queue, no offloads'
+packet\t'Packet sockets with receive rings on the host\'s interfaces, no TUN (CAP_NET_RAW)'"
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l iface -d 'With --io packet: an interface to listen and send on; repeat for more (default: every one that is up)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l trace -d 'Print every NAT decision and state change, in netfilter\'s words'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l health-check -d 'Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)'

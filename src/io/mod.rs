@@ -4,11 +4,15 @@
 //! knows nothing else of the device. [`tun::TunIo`] is the TUN of the `tun`
 //! crate; [`memory::MemoryIo`] is an in-memory pair of queues for tests and
 //! benches; [`mqtun::MqTun`] is a multi-queue TUN with TCP offloads, through
-//! a small ioctl wrapper (`io::sys`, the crate's only `unsafe`). A raw socket
-//! would be one more implementation; the engine would not change.
+//! a small ioctl wrapper (`io::sys`, the crate's only `unsafe`);
+//! [`packet::AfPacket`] is the raw-socket datapath: packet sockets with
+//! receive rings on the host's Ethernet interfaces. The engine is the same
+//! for all.
 
 pub mod memory;
 pub mod mqtun;
+pub mod netlink;
+pub mod packet;
 pub(crate) mod sys;
 pub mod tun;
 pub mod vnet;

@@ -1,5 +1,7 @@
-//! The few system calls the `tun` crate does not offer: multi-queue TUN
-//! attach, the virtio-net header and offloads, interface addressing, poll.
+//! The few system calls `std` and the `tun` crate do not offer: multi-queue
+//! TUN attach, the virtio-net header and offloads, interface addressing,
+//! poll; and for the packet datapath, packet and netlink sockets, their
+//! options, the socket filter and the shared memory of a receive ring.
 //!
 //! This is the only module of tunlb with `unsafe` code; each call says why it
 //! is sound. Everything else (open, read, write, close) goes through `std`.
@@ -10,7 +12,7 @@ use std::ffi::c_int;
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// An `ifreq` with `name` filled in (NUL-terminated, at most 15 bytes).
@@ -126,4 +128,262 @@ pub fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
         };
     }
     Ok(n > 0)
+}
+
+// ---- sockets: packet sockets and netlink (for `io::packet`, `io::netlink`) ----
+
+/// `socket(domain, ty | SOCK_CLOEXEC, protocol)`.
+pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket takes no pointers.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket: open, and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setsockopt(fd, level, name, &value, sizeof value)`. `T` must be the
+/// plain C struct or integer the option expects.
+pub fn setsockopt<T: Copy>(
+    fd: &impl AsRawFd,
+    level: c_int,
+    name: c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: the kernel reads at most size_of::<T>() bytes from `value`,
+    // a live reference for the whole call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+}
+
+/// `getsockopt` of an `int`-sized option.
+pub fn getsockopt_u32(fd: &impl AsRawFd, level: c_int, name: c_int) -> io::Result<u32> {
+    let mut v: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` (4) bytes into `v` and the
+    // length into `len`, both live for the call.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut v as *mut u32).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// `getsockopt(PACKET_STATISTICS)`: frames received and dropped (ring
+/// full) since the last call, which resets them.
+pub fn packet_statistics(fd: &impl AsRawFd) -> io::Result<(u32, u32)> {
+    let mut st = [0u32; 2];
+    let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+    // SAFETY: `struct tpacket_stats` is two u32 (packets, drops); the kernel
+    // writes at most `len` bytes into `st`, live for the call.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            6, // PACKET_STATISTICS
+            st.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    Ok((st[0], st[1]))
+}
+
+/// Bind a packet socket to interface `ifindex` for frames of `protocol`
+/// (host order, e.g. `ETH_P_IP`).
+pub fn bind_packet(fd: &impl AsRawFd, ifindex: u32, protocol: u16) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = protocol.to_be();
+    sa.sll_ifindex = ifindex as c_int;
+    // SAFETY: bind reads one sockaddr_ll of the length given, live for the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })
+}
+
+/// `send(fd, buf, flags)`: the bytes the kernel took.
+pub fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most buf.len() bytes from buf.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `recv(fd, buf, flags)`: the bytes received (or, with `MSG_TRUNC` on a
+/// datagram socket, the datagram's full length).
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Wait until one of `fds` is readable or `timeout` passes. Returns whether
+/// one is.
+pub fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
+    let mut ps: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(c_int::MAX as u128) as c_int;
+    // SAFETY: `ps` holds ps.len() valid pollfds for the duration of the call.
+    let n = unsafe { libc::poll(ps.as_mut_ptr(), ps.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n > 0)
+}
+
+/// A shared memory mapping of a packet socket's ring. Frame headers are
+/// read and written through the bounds-checked accessors below; the status
+/// word that hands a frame between kernel and user is accessed atomically.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving it to
+// another thread moves the ownership (the kernel's side does not care).
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Map `len` bytes of the ring of `fd` (after `PACKET_RX_RING`).
+    pub fn ring(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
+        // address), so no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping { ptr, len })
+    }
+
+    fn atomic(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len,
+            "ring offset {off} out of bounds"
+        );
+        // SAFETY: in bounds and 4-aligned (the mapping is page-aligned); the
+        // kernel only accesses this word atomically too (the frame status).
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// Load the u32 at `off` with acquire ordering (a frame's status).
+    pub fn load_acquire(&self, off: usize) -> u32 {
+        self.atomic(off).load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Store the u32 at `off` with release ordering (a frame's status).
+    pub fn store_release(&self, off: usize, v: u32) {
+        self.atomic(off)
+            .store(v, std::sync::atomic::Ordering::Release)
+    }
+
+    /// Copy `dst.len()` bytes at `off` out of the mapping. Only for a frame
+    /// the kernel handed over (its status, loaded with acquire, said so).
+    pub fn read(&self, off: usize, dst: &mut [u8]) {
+        assert!(
+            off.checked_add(dst.len())
+                .is_some_and(|end| end <= self.len),
+            "ring read out of bounds"
+        );
+        // SAFETY: in bounds; the kernel does not write a frame it handed to
+        // user space until it is handed back; `dst` cannot overlap a mapping
+        // we own exclusively.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the region mmap returned; nothing borrows it past
+        // `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// `SO_ATTACH_FILTER`: attach the classic BPF program `prog` to `fd`.
+pub fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: the kernel reads the sock_fprog and, through it, `len`
+    // instructions from `prog` (it copies them; it never writes), both live
+    // for the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Bind a netlink socket to the multicast `groups` (`RTMGRP_*` bits).
+pub fn bind_netlink(fd: &impl AsRawFd, groups: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_nl is plain data; zero is valid.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    sa.nl_groups = groups;
+    // SAFETY: bind reads one sockaddr_nl of the length given, live for the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    })
 }

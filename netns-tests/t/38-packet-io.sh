@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The packet datapath (--io packet): no TUN. The client's default route
+# already points at lb's c0 and the backends' at lb's br0, so the VIP's
+# packets reach the lb namespace as they are; tunlb reads them from packet
+# sockets on c0 and br0 (the default: every Ethernet interface that is up,
+# not the bridge ports vb1..vb4) and adds a blackhole route for the VIP (the
+# default SNAT address) so the kernel neither forwards nor answers it.
+#
+# 1. nth over b1..b4, 2 threads (fanout): 40 connections give exactly 10 per
+#    backend; a 64 MiB download and upload arrive with their sha256; a ping
+#    and a TCP connection to lb's own address 198.18.1.1 still work while
+#    tunlb runs (traffic not for tunlb is untouched); the lb kernel forwards
+#    no packet (IpForwDatagrams unchanged); the blackhole route is there
+#    while tunlb runs and gone after SIGTERM.
+# 2. With GRO on lb's ingress veths (super-packets through the rings, with
+#    the virtio-net header): 64 MiB down and up arrive intact, and tunlb
+#    read super-packets.
+# 3. kill -9 leaves the route; a restart replaces it, balances, and SIGTERM
+#    removes it.
+# 4. Without CAP_NET_RAW (nobody with CAP_NET_ADMIN only): exit 1 with one
+#    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
+# shellcheck source=netns-tests/lib.sh
+. "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
+
+t_setup
+CTL=$T_DIR/control.sock
+LB=${P}lb
+big=$(tl_sha256 "$P" big.bin)
+data=$(tl_data "$P")
+mapfile -t backends < <(t_backend_flags)
+start() {
+  t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --threads 2 --control "$CTL" \
+    --vip "$VIP:80" "${backends[@]}" --mode nth
+}
+routes() { ip -n "$LB" route show proto 213 | tr -s ' ' | sed 's/ $//' | tr '\n' ';'; }
+forwarded() { ip netns exec "$LB" nstat -az IpForwDatagrams | awk '$1 == "IpForwDatagrams" { print $2 }'; }
+dl() { t_client curl -s --max-time 60 "$VIP_URL/file/$1" | sha256sum | cut -d' ' -f1; }
+# ping ADDR: 3 ICMP echo requests from the client (raw socket; no ping(8)
+# needed); succeeds when each is answered within 2 s.
+ping3() {
+  t_client "$(tl_python)" -c '
+import os, socket, struct, sys, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+dst, ident = sys.argv[1], os.getpid() & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.2)
+for seq in range(1, 4):
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"tunlb-ping"
+    s.sendto(body[:2] + struct.pack("!H", csum(body)) + body[4:], (dst, 0))
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        try:
+            pkt, (src, _) = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        ihl = (pkt[0] & 15) * 4
+        t, _, _, i, q = struct.unpack("!BBHHH", pkt[ihl:ihl + 8])
+        if src == dst and t == 0 and i == ident and q == seq:
+            break
+    else:
+        sys.exit("no echo reply to request %d" % seq)
+' "$1"
+}
+ul() { t_client curl -s --max-time 60 -H 'Expect:' --data-binary "@$data/$1" "$VIP_URL/sha256" | cut -d' ' -f1; }
+
+# A server of lb's own, on its client-side address.
+tl_bg "$P" lb own-http "$T_DIR/own-http.log" "$(tl_python)" -m http.server --bind "$TL_LB_CLIENT_ADDR" \
+  --directory "$T_DIR" 8080
+for ((k = 0; k < 100; k++)); do
+  [ -n "$(ip netns exec "$LB" ss -Hltn 'sport = :8080')" ] && break
+  sleep 0.1
+done
+
+# (1)
+fwd0=$(forwarded)
+start
+check_eq "the blackhole route for the VIP is there while tunlb runs" "$(routes)" "blackhole $VIP;"
+check "ready line names the interfaces c0 and br0 (not the bridge ports)" \
+  grep -q 'ready: packet on c0,br0 ' "$TUNLB_LOG"
+tally=$(t_tally 40)
+note "tally: $(tr '\n' ' ' <<<"$tally")"
+check_eq "40 connections, none failed" "$(t_count "$tally" fail)" 0
+for i in $(tl_backends); do
+  check_eq "b$i got exactly 10 of 40" "$(t_count "$tally" "b$i")" 10
+done
+check_eq "64 MiB download: sha256 of the backend file" "$(dl big.bin)" "$big"
+check_eq "64 MiB upload: the backend saw its sha256" "$(ul big.bin)" "$big"
+check "a ping to lb's own address works while tunlb runs" \
+  ping3 "$TL_LB_CLIENT_ADDR"
+code=$(t_client curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$TL_LB_CLIENT_ADDR:8080/")
+check_eq "a TCP connection to lb's own address works while tunlb runs" "$code" 200
+check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded) - fwd0))" 0
+t_tunlb_stop
+check_eq "no blackhole route of tunlb after SIGTERM" "$(routes)" ""
+code=$(t_client curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$VIP_URL/" || true)
+check_eq "with tunlb stopped the VIP does not answer" "$code" 000
+
+# (2) Super-packets.
+for dev in c0 $(tl_backends | sed 's/^/vb/'); do
+  tl_exec "$P" lb ethtool -K "$dev" gro on >/dev/null 2>&1 || note "ethtool -K $dev gro on failed"
+done
+start
+check_eq "GRO on: 64 MiB download: sha256" "$(dl big.bin)" "$big"
+check_eq "GRO on: 64 MiB upload: sha256" "$(ul big.bin)" "$big"
+supers=$(t_query stats "$CTL" --json | t_json 'd["device"]["super_packets_read"]')
+check_range "GRO on: tunlb read super-packets (stats device.super_packets_read)" "$supers" 1 100000000
+t_tunlb_stop
+
+# (3) kill -9, then a restart.
+start
+tl_stop "$P" tunlb KILL 5
+wait "$TUNLB_PID" 2>/dev/null || true
+check_eq "kill -9 leaves the blackhole route behind" "$(routes)" "blackhole $VIP;"
+start
+check "the restart removed the stale route" grep -q "removed a stale blackhole route for $VIP" "$TUNLB_LOG"
+check_eq "after the restart: one blackhole route" "$(routes)" "blackhole $VIP;"
+first=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' ')
+check_eq "after the restart requests flow" "$first" "b1 b2 b3 b4 "
+t_tunlb_stop
+check_eq "no blackhole route after the restart's SIGTERM" "$(routes)" ""
+
+# (4) No CAP_NET_RAW.
+BIN=$T_DIR/bin/tunlb
+mkdir -p "$T_DIR/bin"
+chmod 755 "$T_DIR" "$T_DIR/bin"
+install -m 755 "$TUNLB_BIN" "$BIN"
+rc=0
+timeout 10 ip netns exec "$LB" setpriv --reuid=65534 --regid=65534 --clear-groups \
+  --inh-caps=-all,+net_admin --ambient-caps=+net_admin --bounding-set=-all,+net_admin \
+  "$BIN" run --io packet --control "$T_DIR/nocap.sock" --vip "$VIP:80" "${backends[@]}" \
+  >"$T_DIR/nocap.out" 2>&1 || rc=$?
+check_eq "without CAP_NET_RAW: exit status" "$rc" 1
+note "it said: $(cat "$T_DIR/nocap.out")"
+check_eq "without CAP_NET_RAW: one line" "$(wc -l <"$T_DIR/nocap.out")" 1
+check "the line names CAP_NET_RAW and says --io vnet needs only CAP_NET_ADMIN" \
+  grep -q 'needs CAP_NET_RAW, which this process lacks.*--io vnet (the TUN, the default) needs only CAP_NET_ADMIN' \
+  "$T_DIR/nocap.out"
+check_eq "and it added no route" "$(routes)" ""

@@ -1,0 +1,457 @@
+//! A small synchronous rtnetlink client: just what the packet datapath asks
+//! of the kernel. Interfaces (`RTM_GETLINK`), the route and the neighbour
+//! for a destination (`RTM_GETROUTE`, `RTM_GETNEIGH`), and tunlb's own
+//! blackhole routes (`RTM_NEWROUTE` / `RTM_DELROUTE`, tagged with
+//! [`PROTO`]).
+//!
+//! Messages are built and parsed by hand (`struct nlmsghdr`, `rtmsg`,
+//! `ndmsg`, `ifinfomsg` and `rtattr`s, native byte order); the socket calls
+//! go through `io::sys`.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+use super::sys;
+
+/// The routing protocol number tunlb tags its blackhole routes with
+/// (`ip route show proto 213`), so that only its own are ever removed.
+pub const PROTO: u8 = 213;
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_TABLE: u16 = 15;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
+const RT_TABLE_MAIN: u8 = 254;
+const RTN_UNICAST: u8 = 1;
+const RTN_BLACKHOLE: u8 = 6;
+
+/// Neighbour states whose link-layer address may be used
+/// (`NUD_VALID`: permanent, noarp, reachable, probe, stale, delay).
+const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
+
+/// An interface, from `RTM_GETLINK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// `IFF_*` flags.
+    pub flags: u32,
+    /// `ARPHRD_*` type.
+    pub kind: u16,
+    /// Link-layer address (the MAC of an Ethernet interface).
+    pub mac: Option<[u8; 6]>,
+    /// The master (bridge, bond) it is a port of, if any.
+    pub master: Option<u32>,
+}
+
+/// Where the kernel would send a packet to some destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// `RTN_*` type of the route (1: unicast).
+    pub kind: u8,
+    /// Output interface.
+    pub oif: Option<u32>,
+    /// Gateway, when the destination is not on-link.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Route {
+    /// Return whether packets can be sent along it.
+    pub fn is_unicast(&self) -> bool {
+        self.kind == RTN_UNICAST
+    }
+}
+
+/// A neighbour entry, from `RTM_GETNEIGH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neigh {
+    /// `NUD_*` state.
+    pub state: u16,
+    /// Its link-layer address, if known.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Neigh {
+    /// The MAC to send to, when the entry is usable.
+    pub fn usable_mac(&self) -> Option<[u8; 6]> {
+        (self.state & NUD_VALID != 0).then_some(self.mac).flatten()
+    }
+}
+
+/// An rtnetlink socket.
+#[derive(Debug)]
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+/// One message of a reply: its type and body (after the `nlmsghdr`).
+struct Msg {
+    ty: u16,
+    body: Vec<u8>,
+}
+
+fn push_attr(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// The attributes in `buf` (a run of `rtattr`s): (type, data) pairs.
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let data = &buf[4..len];
+        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
+        Some((ty, data))
+    })
+}
+
+fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from)
+}
+
+fn mac(data: &[u8]) -> Option<[u8; 6]> {
+    <[u8; 6]>::try_from(data).ok()
+}
+
+/// An `rtmsg` (12 bytes).
+fn rtmsg(dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) -> Vec<u8> {
+    let mut b = vec![
+        libc::AF_INET as u8,
+        dst_len,
+        0,
+        0,
+        table,
+        protocol,
+        scope,
+        kind,
+    ];
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b
+}
+
+impl Netlink {
+    /// Open a `NETLINK_ROUTE` socket.
+    pub fn open() -> io::Result<Self> {
+        let fd = sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+        // Strict checking: the kernel honours the filters of dump requests.
+        let _ = sys::setsockopt(&fd, libc::SOL_NETLINK, libc::NETLINK_GET_STRICT_CHK, &1i32);
+        Ok(Netlink {
+            fd,
+            seq: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Send one request and collect the reply messages (not the final ACK
+    /// or DONE). An error reply becomes the `Err`.
+    fn request(&mut self, ty: u16, flags: u16, body: &[u8]) -> io::Result<Vec<Msg>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let flags = flags | libc::NLM_F_REQUEST as u16 | libc::NLM_F_ACK as u16;
+        let dump = flags & libc::NLM_F_DUMP as u16 == libc::NLM_F_DUMP as u16;
+        let mut msg = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+        msg.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&ty.to_ne_bytes());
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        sys::send(&self.fd, &msg, 0)?;
+        let mut out = Vec::new();
+        // Bounded: a reply ends with DONE (dump) or an ACK/error; a dump of
+        // a few thousand routes is a few hundred datagrams.
+        for _ in 0..100_000 {
+            let n = match sys::recv(&self.fd, &mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let mut b = &self.buf[..n];
+            while b.len() >= NLMSG_HDRLEN {
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let mty = u16::from_ne_bytes([b[4], b[5]]);
+                let mseq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+                if len < NLMSG_HDRLEN || len > b.len() {
+                    break;
+                }
+                let body = &b[NLMSG_HDRLEN..len];
+                b = &b[len.next_multiple_of(4).min(b.len())..];
+                if mseq != seq {
+                    continue; // a late answer to an earlier request
+                }
+                match mty {
+                    NLMSG_ERROR => {
+                        let err = body
+                            .get(..4)
+                            .map_or(0, |e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]));
+                        if err != 0 {
+                            return Err(io::Error::from_raw_os_error(-err));
+                        }
+                        if !dump {
+                            return Ok(out);
+                        }
+                    }
+                    NLMSG_DONE => return Ok(out),
+                    _ => out.push(Msg {
+                        ty: mty,
+                        body: body.to_vec(),
+                    }),
+                }
+            }
+        }
+        Err(io::Error::other("netlink: no end to the reply"))
+    }
+
+    /// Return every interface.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let ifinfo = [0u8; 16]; // family AF_UNSPEC, all zero
+        let msgs = self.request(libc::RTM_GETLINK, libc::NLM_F_DUMP as u16, &ifinfo)?;
+        let mut links = Vec::new();
+        for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWLINK) {
+            if m.body.len() < 16 {
+                continue;
+            }
+            let b = &m.body;
+            let mut link = Link {
+                kind: u16::from_ne_bytes([b[2], b[3]]),
+                index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                flags: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+                name: String::new(),
+                mac: None,
+                master: None,
+            };
+            for (ty, data) in attrs(&b[16..]) {
+                match ty {
+                    IFLA_IFNAME => {
+                        link.name = String::from_utf8_lossy(data)
+                            .trim_end_matches('\0')
+                            .to_string();
+                    }
+                    IFLA_ADDRESS => link.mac = mac(data),
+                    IFLA_MASTER if data.len() == 4 => {
+                        link.master =
+                            Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]))
+                                .filter(|&m| m != 0);
+                    }
+                    _ => {}
+                }
+            }
+            links.push(link);
+        }
+        Ok(links)
+    }
+
+    /// Ask the kernel how it would route a packet to `dst` (`ip route get`).
+    /// `None` when it has no route.
+    pub fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<Option<Route>> {
+        let mut body = rtmsg(32, 0, 0, 0, 0);
+        push_attr(&mut body, RTA_DST, &dst.octets());
+        let msgs = match self.request(libc::RTM_GETROUTE, 0, &body) {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(m) = msgs
+            .iter()
+            .find(|m| m.ty == libc::RTM_NEWROUTE && m.body.len() >= 12)
+        else {
+            return Ok(None);
+        };
+        let mut r = Route {
+            kind: m.body[7],
+            oif: None,
+            gateway: None,
+        };
+        for (ty, data) in attrs(&m.body[12..]) {
+            match ty {
+                RTA_OIF if data.len() == 4 => {
+                    r.oif = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
+                }
+                RTA_GATEWAY => r.gateway = ipv4(data),
+                _ => {}
+            }
+        }
+        Ok(Some(r))
+    }
+
+    /// Look up the neighbour entry of `addr` on interface `ifindex`.
+    /// `None` when the kernel has none.
+    pub fn neigh_get(&mut self, ifindex: u32, addr: Ipv4Addr) -> io::Result<Option<Neigh>> {
+        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+        body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+        body.extend_from_slice(&[0, 0, 0, 0]); // state, flags, type
+        push_attr(&mut body, NDA_DST, &addr.octets());
+        let msgs = match self.request(libc::RTM_GETNEIGH, 0, &body) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(m) = msgs
+            .iter()
+            .find(|m| m.ty == libc::RTM_NEWNEIGH && m.body.len() >= 12)
+        else {
+            return Ok(None);
+        };
+        let mut n = Neigh {
+            state: u16::from_ne_bytes([m.body[8], m.body[9]]),
+            mac: None,
+        };
+        for (ty, data) in attrs(&m.body[12..]) {
+            if ty == NDA_LLADDR {
+                n.mac = mac(data);
+            }
+        }
+        Ok(Some(n))
+    }
+
+    /// Add the blackhole route `addr/32` to the main table, tagged
+    /// [`PROTO`] (`ip route add blackhole ADDR proto 213`). Fails with
+    /// `EEXIST` when the table already has a route for exactly `addr/32`.
+    pub fn blackhole_add(&mut self, addr: Ipv4Addr) -> io::Result<()> {
+        let mut body = rtmsg(32, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
+        push_attr(&mut body, RTA_DST, &addr.octets());
+        let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+        self.request(libc::RTM_NEWROUTE, flags, &body).map(drop)
+    }
+
+    /// Remove tunlb's blackhole route for `addr/32` (only one tagged
+    /// [`PROTO`]). Returns whether there was one.
+    pub fn blackhole_del(&mut self, addr: Ipv4Addr) -> io::Result<bool> {
+        let mut body = rtmsg(32, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
+        push_attr(&mut body, RTA_DST, &addr.octets());
+        match self.request(libc::RTM_DELROUTE, 0, &body) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Return the destinations of the blackhole routes tagged [`PROTO`] in
+    /// the main table.
+    pub fn blackholes(&mut self) -> io::Result<Vec<Ipv4Addr>> {
+        let body = rtmsg(0, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
+        let msgs = self.request(libc::RTM_GETROUTE, libc::NLM_F_DUMP as u16, &body)?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWROUTE) {
+            let b = &m.body;
+            if b.len() < 12 || b[0] != libc::AF_INET as u8 || b[5] != PROTO || b[7] != RTN_BLACKHOLE
+            {
+                continue;
+            }
+            let mut table = u32::from(b[4]);
+            let mut dst = None;
+            for (ty, data) in attrs(&b[12..]) {
+                match ty {
+                    RTA_DST => dst = ipv4(data),
+                    RTA_TABLE if data.len() == 4 => {
+                        table = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(d), true) = (dst, table == u32::from(RT_TABLE_MAIN) && b[1] == 32) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A netlink socket that receives a message whenever an interface, an
+/// IPv4 route or a neighbour entry changes (`RTMGRP_LINK | RTMGRP_NEIGH |
+/// RTMGRP_IPV4_ROUTE`).
+pub fn monitor() -> io::Result<OwnedFd> {
+    const GROUPS: u32 = 0x1 | 0x4 | 0x40;
+    let fd = sys::socket(
+        libc::AF_NETLINK,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::NETLINK_ROUTE,
+    )?;
+    sys::bind_netlink(&fd, GROUPS)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_with_padding() {
+        let mut b = Vec::new();
+        push_attr(&mut b, RTA_DST, &[198, 18, 0, 1]);
+        push_attr(&mut b, IFLA_IFNAME, b"c0\0");
+        push_attr(&mut b, IFLA_ADDRESS, &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(b.len(), 8 + 8 + 12, "each attribute padded to 4 bytes");
+        let got: Vec<(u16, Vec<u8>)> = attrs(&b).map(|(t, d)| (t, d.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (RTA_DST, vec![198, 18, 0, 1]),
+                (IFLA_IFNAME, b"c0\0".to_vec()),
+                (IFLA_ADDRESS, vec![2, 0, 0, 0, 0, 1]),
+            ]
+        );
+        // A truncated attribute ends the walk instead of reading past it.
+        assert_eq!(attrs(&b[..6]).count(), 0);
+        assert_eq!(attrs(&b[..10]).count(), 1);
+    }
+
+    #[test]
+    fn only_valid_neighbour_states_give_a_mac() {
+        let m = Some([2, 0, 0, 0, 0, 9]);
+        for (state, usable) in [
+            (0x01u16, false), // incomplete
+            (0x02, true),     // reachable
+            (0x04, true),     // stale
+            (0x08, true),     // delay
+            (0x10, true),     // probe
+            (0x20, false),    // failed
+            (0x80, true),     // permanent
+            (0x00, false),    // none
+        ] {
+            assert_eq!(
+                Neigh { state, mac: m }.usable_mac().is_some(),
+                usable,
+                "state {state:#x}"
+            );
+        }
+        assert_eq!(
+            Neigh {
+                state: 0x02,
+                mac: None
+            }
+            .usable_mac(),
+            None
+        );
+    }
+}

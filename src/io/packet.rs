@@ -1,0 +1,1010 @@
+//! The packet datapath (`--io packet`): AF_PACKET sockets on the host's
+//! own Ethernet interfaces, no TUN and no second IP forwarding pass.
+//!
+//! # Receive
+//! Each packet thread has, on each interface, a packet socket with a
+//! `TPACKET_V2` frame ring (a frame is handed over as soon as it is filled:
+//! the V3 block ring waits for a timer at light load, milliseconds). The
+//! sockets of one interface form a `PACKET_FANOUT` group in hash mode, so
+//! one direction of a flow always lands on one thread (no reordering). A
+//! classic BPF socket filter copies into the ring only IPv4 TCP and ICMP
+//! addressed to the host (`PACKET_HOST`) and to a VIP or SNAT address:
+//! other traffic on a busy interface costs tunlb nothing.
+//! `PACKET_IGNORE_OUTGOING` keeps tunlb's own transmissions out.
+//!
+//! The kernel still receives its own copy of each frame. Blackhole routes
+//! for the VIPs and SNAT addresses ([`Blackholes`], tagged with
+//! [`netlink::PROTO`]) make it drop them silently: it neither forwards nor
+//! answers them. They are removed on exit, and a start after `kill -9`
+//! replaces the stale ones.
+//!
+//! # Offloads
+//! `PACKET_VNET_HDR` puts a virtio-net header before each frame, as on the
+//! TUN (see [`super::vnet`]): TCP super-packets up to 64 KiB pass whole
+//! through the ring (frames are sized for them) and partial checksums are
+//! said so, so users' TSO/GRO may stay on.
+//!
+//! # Transmit
+//! The buffer holds `[virtio-net header][Ethernet header][IP packet]`. The
+//! Ethernet header is rewritten: destination = the next hop the kernel's
+//! own routing and neighbour tables name for the packet's destination
+//! (`RTM_GETROUTE`, then `RTM_GETNEIGH`; cached per destination for
+//! [`HOP_TTL`] by each thread, and forgotten by all as soon as the kernel
+//! reports a change of route, neighbour or link), source = the egress
+//! interface's MAC. When
+//! the neighbour is not resolved, the kernel is made to resolve it (an
+//! empty UDP datagram to the next hop's discard port) and the packet is
+//! dropped and counted: no frame ever leaves with a guessed MAC. One `send`
+//! per packet.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::netlink::{self, Netlink};
+use super::sys;
+use super::vnet::{self, VnetHdr};
+use super::{Frame, PacketIo};
+
+/// How long a thread trusts a resolved next hop before asking the kernel
+/// again.
+pub const HOP_TTL: Duration = Duration::from_secs(1);
+/// How long a thread waits before asking again about an unresolved one.
+const UNKNOWN_TTL: Duration = Duration::from_millis(20);
+/// At most this many destinations cached per thread (then it starts over).
+const MAX_HOPS: usize = 1 << 16;
+
+/// Length of an Ethernet header.
+const ETH_LEN: usize = 14;
+/// Where the IP packet starts in a buffer: after the virtio-net and
+/// Ethernet headers.
+pub const IP_START: usize = vnet::LEN + ETH_LEN;
+
+/// Ring geometry: frames big enough for a 64 KiB super-packet and the
+/// headers before it, 15 to a 1 MiB block, 8 blocks (120 frames).
+const FRAME_SIZE: usize = 65536 + 512;
+const BLOCK_SIZE: usize = 1 << 20;
+const BLOCKS: usize = 8;
+const FRAMES_PER_BLOCK: usize = BLOCK_SIZE / FRAME_SIZE;
+const FRAMES: usize = FRAMES_PER_BLOCK * BLOCKS;
+
+// `linux/if_packet.h`.
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TPACKET_V2: libc::c_int = 1;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+/// `sizeof(struct tpacket2_hdr)`.
+const TPACKET2_HDR: usize = 32;
+
+/// Capability bits in `/proc/self/status` `CapEff`.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+
+/// Why the packet datapath cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    /// A capability is missing.
+    #[error("--io packet needs {missing}, which this process lacks (packet sockets need CAP_NET_RAW, the blackhole routes CAP_NET_ADMIN); --io vnet (the TUN, the default) needs only CAP_NET_ADMIN")]
+    Capability {
+        /// The missing capabilities, e.g. `CAP_NET_RAW`.
+        missing: String,
+    },
+    /// A named interface does not exist.
+    #[error("--iface {0}: no such interface in this network namespace (see 'ip link')")]
+    NoSuchInterface(String),
+    /// A named interface is not Ethernet.
+    #[error(
+        "--iface {0}: not an Ethernet interface; --io packet reads and writes Ethernet frames"
+    )]
+    NotEthernet(String),
+    /// No interface to listen on.
+    #[error("--io packet: no Ethernet interface is up here (loopback and bridge or bond ports do not count); name them with --iface")]
+    NoInterface,
+    /// The main table already routes exactly a VIP or SNAT address.
+    #[error("{0}/32 already has a route in the main table; --io packet adds a blackhole route for it (so the kernel neither forwards nor answers it): remove that route ('ip route del {0}/32')")]
+    RouteExists(Ipv4Addr),
+    /// A system call failed.
+    #[error("--io packet: {what}: {err}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The error.
+        err: io::Error,
+    },
+}
+
+fn sys_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> PacketError {
+    let what = what.into();
+    move |err| match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => PacketError::Capability {
+            missing: if what.contains("route") {
+                "CAP_NET_ADMIN".into()
+            } else {
+                "CAP_NET_RAW".into()
+            },
+        },
+        _ => PacketError::Sys { what, err },
+    }
+}
+
+/// Check the effective capabilities the packet datapath needs.
+pub fn check_capabilities() -> Result<(), PacketError> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(()); // cannot tell: the system calls will say
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = [
+        (CAP_NET_RAW, "CAP_NET_RAW"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|&(bit, _)| eff & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PacketError::Capability {
+            missing: missing.join(" and "),
+        })
+    }
+}
+
+/// What to open.
+#[derive(Debug, Clone, Default)]
+pub struct PacketSpec {
+    /// Interfaces by name; empty: every Ethernet interface that is up,
+    /// except loopback and ports of a bridge or bond.
+    pub ifaces: Vec<String>,
+    /// Queues (one per packet thread).
+    pub queues: usize,
+    /// The addresses tunlb receives for: VIPs and SNAT addresses.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// An interface tunlb listens and sends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    /// Index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// Its MAC: the source of every frame sent on it.
+    pub mac: [u8; 6],
+}
+
+/// Choose the interfaces: the named ones (each must exist and be
+/// Ethernet), or by default every Ethernet interface that is up, except
+/// loopback and ports of a master (their frames reach the master too).
+pub fn select_ifaces(links: &[netlink::Link], names: &[String]) -> Result<Vec<Iface>, PacketError> {
+    let ether = |l: &netlink::Link| {
+        (l.kind == libc::ARPHRD_ETHER && l.flags & libc::IFF_LOOPBACK as u32 == 0)
+            .then_some(l.mac)
+            .flatten()
+    };
+    let mut out = Vec::new();
+    if names.is_empty() {
+        for l in links {
+            if l.flags & libc::IFF_UP as u32 != 0 && l.master.is_none() {
+                if let Some(mac) = ether(l) {
+                    out.push(Iface {
+                        index: l.index,
+                        name: l.name.clone(),
+                        mac,
+                    });
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(PacketError::NoInterface);
+        }
+        return Ok(out);
+    }
+    for n in names {
+        let l = links
+            .iter()
+            .find(|l| &l.name == n)
+            .ok_or_else(|| PacketError::NoSuchInterface(n.clone()))?;
+        let mac = ether(l).ok_or_else(|| PacketError::NotEthernet(n.clone()))?;
+        if l.flags & libc::IFF_UP as u32 == 0 {
+            tracing::warn!("--iface {n} is down: nothing arrives on it until it is up");
+        }
+        if out.iter().all(|i: &Iface| i.index != l.index) {
+            out.push(Iface {
+                index: l.index,
+                name: n.clone(),
+                mac,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The classic BPF program of the receive sockets: accept a frame sent to
+/// this host (`PACKET_HOST`) that is IPv4, TCP or ICMP, to one of `addrs`
+/// (any address when there are too many for one program's jumps). The
+/// offsets are those of an Ethernet frame (SOCK_RAW).
+pub fn filter(addrs: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
+    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut list: Vec<u32> = addrs.iter().map(|a| u32::from(*a)).collect();
+    list.sort_unstable();
+    list.dedup();
+    if list.len() > 240 {
+        list.clear(); // any destination: the engine drops the rest
+    }
+    let n = list.len();
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // Layout: 0..=6 checks, 7 load dst (when listing), 8.. one jeq per
+    // address, then DROP, then ACCEPT.
+    let first_dst = if n == 0 { 7 } else { 8 + n };
+    let drop = first_dst;
+    let accept = drop + 1;
+    let to = |from: usize, target: usize| (target - from - 1) as u8;
+    let mut p = vec![
+        ins(LD_W, 0, 0, (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32),
+        ins(JEQ, 0, to(1, drop), libc::PACKET_HOST as u32),
+        ins(LD_H, 0, 0, 12),
+        ins(JEQ, 0, to(3, drop), libc::ETH_P_IP as u32),
+        ins(LD_B, 0, 0, 23),
+        ins(JEQ, to(5, 7), 0, libc::IPPROTO_TCP as u32),
+        ins(JEQ, 0, to(6, drop), libc::IPPROTO_ICMP as u32),
+    ];
+    if n == 0 {
+        // 7 is DROP: jump over it when the protocol matched.
+        p[5].jt = to(5, accept);
+        p[6].jt = to(6, accept);
+    } else {
+        p.push(ins(LD_W, 0, 0, 30));
+        for (j, a) in list.iter().enumerate() {
+            p.push(ins(JEQ, to(8 + j, accept), 0, *a));
+        }
+    }
+    p.push(ins(RET, 0, 0, 0));
+    p.push(ins(RET, 0, 0, 0x0004_0000));
+    debug_assert_eq!(p.len(), accept + 1);
+    p
+}
+
+/// Drops and other events of the packet datapath, over all threads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames dropped because the ring held only part of them, or they
+    /// carried a VLAN tag or a link header other than Ethernet.
+    pub bad_frames: AtomicU64,
+    /// Packets dropped because the kernel has no route for their
+    /// destination through one of tunlb's interfaces.
+    pub no_route: AtomicU64,
+    /// Packets dropped because the next hop's MAC was not (yet) known.
+    pub no_neighbour: AtomicU64,
+    /// Times the kernel was made to resolve a next hop.
+    pub resolutions: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One socket and its receive ring.
+#[derive(Debug)]
+struct Ring {
+    fd: OwnedFd,
+    map: sys::Mapping,
+    head: usize,
+}
+
+impl Ring {
+    fn frame_offset(&self, i: usize) -> usize {
+        (i / FRAMES_PER_BLOCK) * BLOCK_SIZE + (i % FRAMES_PER_BLOCK) * FRAME_SIZE
+    }
+
+    /// Take the frame at the head, if the kernel has filled it: copy it
+    /// into `buf` (virtio-net header first) and hand it back. `Ok(None)`:
+    /// empty; `Err(())`: a frame that was dropped.
+    fn take(&mut self, buf: &mut [u8]) -> Option<Result<Frame, ()>> {
+        let off = self.frame_offset(self.head);
+        let status = self.map.load_acquire(off);
+        if status & TP_STATUS_USER == 0 {
+            return None;
+        }
+        let mut h = [0u8; TPACKET2_HDR];
+        self.map.read(off, &mut h);
+        let u32_at = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let u16_at = |i: usize| usize::from(u16::from_ne_bytes([h[i], h[i + 1]]));
+        let (len, snap) = (u32_at(4) as usize, u32_at(8) as usize);
+        let (mac, net, vlan) = (u16_at(12), u16_at(14), u16_at(24));
+        let ok = len == snap
+            && net == mac + ETH_LEN
+            && mac >= TPACKET2_HDR + vnet::LEN
+            && mac + snap <= FRAME_SIZE
+            && vnet::LEN + snap <= buf.len()
+            && snap >= ETH_LEN + 20
+            && (status & TP_STATUS_VLAN_VALID == 0 || vlan == 0);
+        let frame = ok.then(|| {
+            self.map
+                .read(off + mac - vnet::LEN, &mut buf[..vnet::LEN + snap]);
+            let hdr = VnetHdr::parse(buf);
+            let ip_len = snap - ETH_LEN;
+            // Short frames are padded to 60 bytes: the IP length says.
+            let total = usize::from(u16::from_be_bytes([buf[IP_START + 2], buf[IP_START + 3]]));
+            Frame {
+                start: IP_START,
+                len: if (20..ip_len).contains(&total) {
+                    total
+                } else {
+                    ip_len
+                },
+                l4: hdr.l4_checksum(),
+                gso: hdr.is_gso(),
+            }
+        });
+        self.map.store_release(off, TP_STATUS_KERNEL);
+        self.head = (self.head + 1) % FRAMES;
+        Some(frame.ok_or(()))
+    }
+}
+
+/// A resolved or unresolved next hop, as one thread cached it.
+#[derive(Debug, Clone, Copy)]
+enum Hop {
+    /// Send on interface `pos` (of the datapath's list) to `mac`.
+    Via {
+        pos: usize,
+        mac: [u8; 6],
+        until: Instant,
+    },
+    /// Not sendable now: no route through tunlb's interfaces, or the
+    /// neighbour is being resolved.
+    Unknown { until: Instant },
+}
+
+/// One thread's next hops: its netlink socket and cache.
+#[derive(Debug)]
+struct Hops {
+    nl: Netlink,
+    udp: Option<UdpSocket>,
+    cache: HashMap<Ipv4Addr, Hop, foldhash::fast::RandomState>,
+    /// The [`Changes::generation`] the cache was filled under.
+    seen: u64,
+}
+
+/// Changes of the kernel's routes, neighbours and links, counted by a
+/// monitor thread; each thread empties its cache when the count moves.
+#[derive(Debug, Default)]
+struct Changes {
+    generation: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Count rtnetlink change notifications until `changes.stop` is set.
+fn watch(fd: OwnedFd, changes: Arc<Changes>) {
+    let mut buf = vec![0u8; 1 << 16];
+    while !changes.stop.load(Ordering::Relaxed) {
+        match sys::poll_any(&[fd.as_fd()], Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => break,
+        }
+        // Drain what is queued; an overflow (ENOBUFS) is a change too.
+        for _ in 0..1024 {
+            match sys::recv(&fd, &mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(_) => break,
+            }
+        }
+        changes.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Hops {
+    fn new() -> io::Result<Self> {
+        Ok(Hops {
+            nl: Netlink::open()?,
+            udp: UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok(),
+            cache: HashMap::default(),
+            seen: 0,
+        })
+    }
+
+    /// The interface (position) and MAC to send a packet for `dst` to.
+    fn lookup(
+        &mut self,
+        dst: Ipv4Addr,
+        ifaces: &[Iface],
+        c: &Counters,
+        generation: u64,
+    ) -> Option<(usize, [u8; 6])> {
+        if generation != self.seen {
+            self.cache.clear();
+            self.seen = generation;
+        }
+        let now = Instant::now();
+        match self.cache.get(&dst) {
+            Some(&Hop::Via { pos, mac, until }) if until > now => return Some((pos, mac)),
+            Some(&Hop::Unknown { until }) if until > now => {
+                Counters::bump(&c.no_neighbour);
+                return None;
+            }
+            _ => {}
+        }
+        if self.cache.len() >= MAX_HOPS {
+            self.cache.clear();
+        }
+        let hop = self.resolve(dst, ifaces, c, now);
+        self.cache.insert(dst, hop);
+        match hop {
+            Hop::Via { pos, mac, .. } => Some((pos, mac)),
+            Hop::Unknown { .. } => None,
+        }
+    }
+
+    fn resolve(&mut self, dst: Ipv4Addr, ifaces: &[Iface], c: &Counters, now: Instant) -> Hop {
+        let unknown = Hop::Unknown {
+            until: now + UNKNOWN_TTL,
+        };
+        let route = match self.nl.route_get(dst) {
+            Ok(Some(r)) if r.is_unicast() => r,
+            Ok(_) => {
+                Counters::bump(&c.no_route);
+                return unknown;
+            }
+            Err(e) => {
+                tracing::debug!("route lookup for {dst}: {e}");
+                Counters::bump(&c.no_route);
+                return unknown;
+            }
+        };
+        let Some((pos, oif)) = route
+            .oif
+            .and_then(|o| ifaces.iter().position(|i| i.index == o).map(|p| (p, o)))
+        else {
+            Counters::bump(&c.no_route);
+            return unknown;
+        };
+        let next = route.gateway.unwrap_or(dst);
+        match self.nl.neigh_get(oif, next) {
+            Ok(Some(n)) if n.usable_mac().is_some() => Hop::Via {
+                pos,
+                mac: n.usable_mac().unwrap_or_default(),
+                until: now + HOP_TTL,
+            },
+            Ok(_) => {
+                // Make the kernel resolve it: any datagram to it does.
+                Counters::bump(&c.no_neighbour);
+                Counters::bump(&c.resolutions);
+                if let Some(u) = &self.udp {
+                    let _ = u.send_to(&[], (next, 9));
+                }
+                unknown
+            }
+            Err(e) => {
+                tracing::debug!("neighbour lookup for {next}: {e}");
+                Counters::bump(&c.no_neighbour);
+                unknown
+            }
+        }
+    }
+}
+
+/// One packet thread's sockets (one per interface) and next hops.
+#[derive(Debug)]
+struct Queue {
+    rings: Vec<Ring>,
+    next: usize,
+    hops: Hops,
+}
+
+impl Queue {
+    /// One pass over the rings, starting after the one that last gave a
+    /// packet (so no interface starves another).
+    fn try_recv(&mut self, buf: &mut [u8], c: &Counters) -> Option<Frame> {
+        let n = self.rings.len();
+        for k in 0..n {
+            let r = (self.next + k) % n;
+            // Bounded: at most the whole ring of dropped frames.
+            for _ in 0..FRAMES {
+                match self.rings[r].take(buf) {
+                    None => break,
+                    Some(Ok(f)) => {
+                        self.next = (r + 1) % n;
+                        return Some(f);
+                    }
+                    Some(Err(())) => Counters::bump(&c.bad_frames),
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What [`AfPacket::open`] ended up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The interfaces.
+    pub ifaces: Vec<Iface>,
+    /// Queues (threads) open.
+    pub queues: usize,
+}
+
+/// Packet sockets with receive rings on the host's interfaces.
+#[derive(Debug)]
+pub struct AfPacket {
+    ifaces: Vec<Iface>,
+    queues: Vec<Mutex<Queue>>,
+    counters: Counters,
+    changes: Arc<Changes>,
+}
+
+impl Drop for AfPacket {
+    fn drop(&mut self) {
+        self.changes.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn open_ring(iface: &Iface, prog: &[libc::sock_filter]) -> Result<Ring, PacketError> {
+    let name = &iface.name;
+    let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map_err(sys_err("packet socket"))?;
+    let opt = |what: &str, name_: libc::c_int, v: libc::c_int| {
+        sys::setsockopt(&fd, libc::SOL_PACKET, name_, &v)
+            .map_err(sys_err(format!("{what} on {name}")))
+    };
+    // The filter first: nothing unwanted is queued between bind and here.
+    sys::attach_filter(&fd, prog).map_err(sys_err(format!("socket filter on {name}")))?;
+    opt("PACKET_VERSION", PACKET_VERSION, TPACKET_V2)?;
+    opt("PACKET_VNET_HDR", PACKET_VNET_HDR, 1)?;
+    opt("PACKET_IGNORE_OUTGOING", PACKET_IGNORE_OUTGOING, 1)?;
+    let req: [u32; 4] = [
+        BLOCK_SIZE as u32,
+        BLOCKS as u32,
+        FRAME_SIZE as u32,
+        FRAMES as u32,
+    ];
+    sys::setsockopt(&fd, libc::SOL_PACKET, PACKET_RX_RING, &req)
+        .map_err(sys_err(format!("PACKET_RX_RING on {name}")))?;
+    let map = sys::Mapping::ring(&fd, BLOCK_SIZE * BLOCKS)
+        .map_err(sys_err(format!("mapping the ring of {name}")))?;
+    sys::bind_packet(&fd, iface.index, libc::ETH_P_IP as u16)
+        .map_err(sys_err(format!("binding to {name}")))?;
+    Ok(Ring { fd, map, head: 0 })
+}
+
+impl AfPacket {
+    /// Open one socket with a ring per queue and interface (fanout groups
+    /// per interface when there are several queues).
+    pub fn open(spec: &PacketSpec) -> Result<(Self, Opened), PacketError> {
+        check_capabilities()?;
+        let links = Netlink::open()
+            .and_then(|mut nl| nl.links())
+            .map_err(sys_err("listing interfaces"))?;
+        let ifaces = select_ifaces(&links, &spec.ifaces)?;
+        let prog = filter(&spec.addrs);
+        let queues = spec.queues.max(1);
+        let mut rings: Vec<Vec<Ring>> = Vec::with_capacity(queues);
+        let mut groups: Vec<u32> = Vec::with_capacity(ifaces.len());
+        for q in 0..queues {
+            let mut mine = Vec::with_capacity(ifaces.len());
+            for (k, iface) in ifaces.iter().enumerate() {
+                let ring = open_ring(iface, &prog)?;
+                if queues > 1 {
+                    let what = format!("PACKET_FANOUT on {}", iface.name);
+                    let arg = if q == 0 {
+                        (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16
+                    } else {
+                        groups[k] | (PACKET_FANOUT_HASH << 16)
+                    };
+                    sys::setsockopt(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT, &arg)
+                        .map_err(sys_err(what.clone()))?;
+                    if q == 0 {
+                        let got = sys::getsockopt_u32(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT)
+                            .map_err(sys_err(what))?;
+                        groups.push(got & 0xffff);
+                    }
+                }
+                mine.push(ring);
+            }
+            rings.push(mine);
+        }
+        let queues = rings
+            .into_iter()
+            .map(|rings| {
+                Ok(Mutex::new(Queue {
+                    rings,
+                    next: 0,
+                    hops: Hops::new().map_err(sys_err("netlink socket"))?,
+                }))
+            })
+            .collect::<Result<Vec<_>, PacketError>>()?;
+        let changes = Arc::new(Changes::default());
+        let fd = netlink::monitor().map_err(sys_err("netlink monitor socket"))?;
+        let c = changes.clone();
+        std::thread::Builder::new()
+            .name("tunlb-netlink".into())
+            .spawn(move || watch(fd, c))
+            .map_err(sys_err("starting the netlink monitor thread"))?;
+        let opened = Opened {
+            ifaces: ifaces.clone(),
+            queues: queues.len(),
+        };
+        Ok((
+            AfPacket {
+                ifaces,
+                queues,
+                counters: Counters::default(),
+                changes,
+            },
+            opened,
+        ))
+    }
+
+    fn generation(&self) -> u64 {
+        self.changes.generation.load(Ordering::Acquire)
+    }
+
+    /// Return the drop counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Ask the kernel to resolve the next hops of `addrs` (the backends)
+    /// ahead of the first packet, so a first SYN is not dropped for want
+    /// of a MAC. Best effort.
+    pub fn warm(&self, addrs: &[Ipv4Addr]) {
+        // Not packets: what this finds missing is not a drop.
+        let scratch = Counters::default();
+        for q in &self.queues {
+            let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
+            for a in addrs {
+                let generation = self.generation();
+                let _ = q.hops.lookup(*a, &self.ifaces, &scratch, generation);
+            }
+        }
+    }
+
+    /// Describe the drops in one line, or `None` when there were none.
+    pub fn describe_drops(&self) -> Option<String> {
+        let c = &self.counters;
+        let ring_drops: u64 = self
+            .queues
+            .iter()
+            .map(|q| {
+                let q = q.lock().unwrap_or_else(|p| p.into_inner());
+                q.rings
+                    .iter()
+                    .map(|r| sys::packet_statistics(&r.fd).map_or(0, |(_, d)| u64::from(d)))
+                    .sum::<u64>()
+            })
+            .sum();
+        let v = [
+            ("ring full", ring_drops),
+            ("bad frame", c.bad_frames.load(Ordering::Relaxed)),
+            ("no route", c.no_route.load(Ordering::Relaxed)),
+            ("no neighbour", c.no_neighbour.load(Ordering::Relaxed)),
+        ];
+        v.iter().any(|&(_, n)| n > 0).then(|| {
+            let parts: Vec<String> = v.iter().map(|(w, n)| format!("{w} {n}")).collect();
+            format!(
+                "packet datapath drops: {} ({} resolutions asked)",
+                parts.join(", "),
+                c.resolutions.load(Ordering::Relaxed)
+            )
+        })
+    }
+}
+
+impl PacketIo for AfPacket {
+    fn queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    fn recv(&self, queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
+        let mut q = self.queues[queue % self.queues.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = q.try_recv(buf, &self.counters) {
+            return Ok(Some(f));
+        }
+        if timeout.is_zero() {
+            return Ok(None);
+        }
+        let fds: Vec<_> = q.rings.iter().map(|r| r.fd.as_fd()).collect();
+        if !sys::poll_any(&fds, timeout)? {
+            return Ok(None);
+        }
+        Ok(q.try_recv(buf, &self.counters))
+    }
+
+    fn send(
+        &self,
+        queue: usize,
+        buf: &mut [u8],
+        frame: &Frame,
+        len: usize,
+        replaced: bool,
+    ) -> io::Result<()> {
+        let start = frame.start;
+        if start < IP_START || start + len > buf.len() || len < 20 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a frame of the packet datapath",
+            ));
+        }
+        let d = &buf[start + 16..start + 20];
+        let dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
+        let mut q = self.queues[queue % self.queues.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation();
+        let Some((pos, mac)) = q.hops.lookup(dst, &self.ifaces, &self.counters, generation) else {
+            return Err(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no next hop known for {dst} yet"),
+            ));
+        };
+        let eth = start - ETH_LEN;
+        buf[eth..eth + 6].copy_from_slice(&mac);
+        buf[eth + 6..eth + 12].copy_from_slice(&self.ifaces[pos].mac);
+        buf[eth + 12..eth + 14].copy_from_slice(&(libc::ETH_P_IP as u16).to_be_bytes());
+        let v = eth - vnet::LEN;
+        if replaced {
+            VnetHdr::default().emit(&mut buf[v..eth]);
+        } else {
+            // "Checksum verified" is a receive-side statement.
+            buf[v] &= !vnet::F_DATA_VALID;
+        }
+        sys::send(&q.rings[pos].fd, &buf[v..start + len], libc::MSG_DONTWAIT).map(drop)
+    }
+}
+
+/// tunlb's blackhole routes for the VIPs and SNAT addresses, removed when
+/// dropped. Installing first removes tunlb's stale routes for the same
+/// addresses (a `kill -9` leaves them); routes tagged [`netlink::PROTO`]
+/// for other addresses are reported, not touched (another tunlb may own
+/// them).
+#[derive(Debug)]
+pub struct Blackholes {
+    addrs: Vec<Ipv4Addr>,
+}
+
+impl Blackholes {
+    /// Add `blackhole ADDR/32 proto 213` for each address.
+    pub fn install(addrs: &[Ipv4Addr]) -> Result<Self, PacketError> {
+        let mut want = addrs.to_vec();
+        want.sort_unstable();
+        want.dedup();
+        let mut nl = Netlink::open().map_err(sys_err("netlink socket"))?;
+        let existing = nl.blackholes().map_err(sys_err("listing routes"))?;
+        for a in existing.iter().filter(|a| want.contains(a)) {
+            nl.blackhole_del(*a)
+                .map_err(sys_err("removing a stale route"))?;
+            tracing::info!(
+                "removed a stale blackhole route for {a} (proto {}) left by an earlier tunlb",
+                netlink::PROTO
+            );
+        }
+        let others: Vec<String> = existing
+            .iter()
+            .filter(|a| !want.contains(a))
+            .map(|a| a.to_string())
+            .collect();
+        if !others.is_empty() {
+            tracing::warn!(
+                "blackhole routes of another tunlb or an earlier configuration left in place: {} ('ip route del blackhole ADDR proto {}' if none runs)",
+                others.join(", "),
+                netlink::PROTO
+            );
+        }
+        let mut me = Blackholes { addrs: Vec::new() };
+        for a in want {
+            match nl.blackhole_add(a) {
+                Ok(()) => me.addrs.push(a),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    return Err(PacketError::RouteExists(a))
+                }
+                Err(e) => return Err(sys_err("adding a blackhole route")(e)),
+            }
+        }
+        Ok(me)
+    }
+
+    /// Return the addresses routed to the blackhole.
+    pub fn addrs(&self) -> &[Ipv4Addr] {
+        &self.addrs
+    }
+}
+
+impl Drop for Blackholes {
+    fn drop(&mut self) {
+        if self.addrs.is_empty() {
+            return;
+        }
+        let removed = Netlink::open().and_then(|mut nl| {
+            for a in &self.addrs {
+                nl.blackhole_del(*a)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(
+                "cannot remove the blackhole routes ({e}): 'ip route flush proto {}' does",
+                netlink::PROTO
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run the subset of classic BPF that [`filter`] uses over `frame`
+    /// with packet type `pkttype`.
+    fn run(prog: &[libc::sock_filter], frame: &[u8], pkttype: u32) -> u32 {
+        let mut a: u32 = 0;
+        let mut pc = 0;
+        for _ in 0..prog.len() {
+            let i = prog[pc];
+            let code = u32::from(i.code);
+            let at = |n: usize| frame.get(i.k as usize..i.k as usize + n);
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    if i.k == (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32 {
+                        a = pkttype;
+                    } else {
+                        let Some(b) = at(4) else { return 0 };
+                        a = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+                c if c == libc::BPF_LD | libc::BPF_H | libc::BPF_ABS => {
+                    let Some(b) = at(2) else { return 0 };
+                    a = u32::from(u16::from_be_bytes([b[0], b[1]]));
+                }
+                c if c == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS => {
+                    let Some(b) = at(1) else { return 0 };
+                    a = u32::from(b[0]);
+                }
+                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                    pc += 1 + usize::from(if a == i.k { i.jt } else { i.jf });
+                    continue;
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                c => panic!("opcode {c:#x} not in the subset"),
+            }
+            pc += 1;
+        }
+        panic!("ran off the end of the program");
+    }
+
+    fn frame(ethertype: u16, proto: u8, dst: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14] = 0x45;
+        f[14 + 9] = proto;
+        f[14 + 16..14 + 20].copy_from_slice(&dst.octets());
+        f
+    }
+
+    #[test]
+    fn the_filter_takes_tcp_and_icmp_to_our_addresses_only() {
+        let vip = Ipv4Addr::new(198, 18, 0, 1);
+        let snat = Ipv4Addr::new(198, 18, 0, 2);
+        let other = Ipv4Addr::new(198, 18, 1, 1);
+        let p = filter(&[vip, snat, vip]);
+        assert!(
+            p.len() <= 12,
+            "duplicates are listed once: {} insns",
+            p.len()
+        );
+        let yes = |f: &[u8], t| run(&p, f, t) > 0;
+        assert!(yes(&frame(0x0800, 6, vip), 0));
+        assert!(yes(&frame(0x0800, 6, snat), 0));
+        assert!(yes(&frame(0x0800, 1, vip), 0), "ICMP errors for flows");
+        assert!(
+            !yes(&frame(0x0800, 6, other), 0),
+            "TCP to the host's own address"
+        );
+        assert!(!yes(&frame(0x0800, 1, other), 0), "a ping to the host");
+        assert!(!yes(&frame(0x0800, 17, vip), 0), "UDP");
+        assert!(!yes(&frame(0x86dd, 6, vip), 0), "not IPv4");
+        assert!(!yes(&frame(0x0800, 6, vip), 3), "PACKET_OTHERHOST");
+        assert!(!yes(&frame(0x0800, 6, vip), 4), "PACKET_OUTGOING");
+        assert!(!yes(&frame(0x0800, 6, vip)[..20], 0), "truncated");
+    }
+
+    #[test]
+    fn with_too_many_addresses_the_filter_takes_any_destination() {
+        let many: Vec<Ipv4Addr> = (0..300u32)
+            .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+            .collect();
+        let p = filter(&many);
+        let yes = |f: &[u8]| run(&p, f, 0) > 0;
+        assert!(yes(&frame(0x0800, 6, Ipv4Addr::new(10, 0, 0, 1))));
+        assert!(yes(&frame(0x0800, 1, Ipv4Addr::new(10, 0, 0, 1))));
+        assert!(!yes(&frame(0x0800, 17, many[0])));
+        // The longest listed program still fits the 8-bit jumps.
+        let list: Vec<Ipv4Addr> = many[..240].to_vec();
+        let p = filter(&list);
+        assert!(run(&p, &frame(0x0800, 6, list[0]), 0) > 0);
+        assert!(run(&p, &frame(0x0800, 6, list[239]), 0) > 0);
+        assert_eq!(run(&p, &frame(0x0800, 6, many[299]), 0), 0);
+    }
+
+    fn link(index: u32, name: &str, up: bool, kind: u16, master: Option<u32>) -> netlink::Link {
+        netlink::Link {
+            index,
+            name: name.into(),
+            flags: if up { libc::IFF_UP as u32 } else { 0 }
+                | if name == "lo" {
+                    libc::IFF_LOOPBACK as u32
+                } else {
+                    0
+                },
+            kind,
+            mac: Some([2, 0, 0, 0, 0, index as u8]),
+            master,
+        }
+    }
+
+    #[test]
+    fn default_interfaces_skip_loopback_ports_down_and_non_ethernet() {
+        let links = vec![
+            link(1, "lo", true, 772, None),
+            link(2, "c0", true, 1, None),
+            link(3, "br0", true, 1, None),
+            link(4, "vb1", true, 1, Some(3)),
+            link(5, "down0", false, 1, None),
+            link(6, "tl0", true, 65534, None),
+        ];
+        let names = |v: Vec<Iface>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        assert_eq!(names(select_ifaces(&links, &[]).unwrap()), ["c0", "br0"]);
+        let pick = |n: &[&str]| {
+            select_ifaces(&links, &n.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(pick(&["br0", "vb1", "br0"]).unwrap()), ["br0", "vb1"]);
+        assert!(matches!(
+            pick(&["nope"]),
+            Err(PacketError::NoSuchInterface(_))
+        ));
+        assert!(matches!(pick(&["tl0"]), Err(PacketError::NotEthernet(_))));
+        assert!(matches!(pick(&["lo"]), Err(PacketError::NotEthernet(_))));
+        assert!(matches!(
+            select_ifaces(&links[..1], &[]),
+            Err(PacketError::NoInterface)
+        ));
+    }
+
+    #[test]
+    fn ring_geometry_fits_a_super_packet_and_the_kernel_rules() {
+        const {
+            assert!(FRAME_SIZE.is_multiple_of(16), "TPACKET_ALIGNMENT");
+            assert!(BLOCK_SIZE.is_multiple_of(4096), "a block is whole pages");
+            assert!(FRAMES_PER_BLOCK >= 1);
+            // The largest IP packet, its link and virtio-net headers, and
+            // the tpacket2 header with the sockaddr_ll after it.
+            assert!(TPACKET2_HDR + 32 + vnet::LEN + ETH_LEN + 65535 <= FRAME_SIZE);
+        }
+    }
+}
