@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Balance TCP connections to a VIP over backends, through a TUN device.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the equivalent iptables ruleset (correctly cascaded) and exit.
     Iptables(ServiceArgs),
     /// List the flows of a running tunlb, like `conntrack -L`.
@@ -375,7 +375,7 @@ mod tests {
             let mut argv = vec!["tunlb", "run"];
             argv.extend_from_slice(args);
             match Cli::try_parse_from(argv).unwrap().command {
-                Command::Run(r) => r,
+                Command::Run(r) => *r,
                 c => panic!("{c:?}"),
             }
         };
