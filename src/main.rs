@@ -44,10 +44,7 @@ fn main() -> ExitCode {
             }
         }
         cli::Command::Iptables(args) => match args.engine_config() {
-            Ok(cfg) => {
-                print!("{}", tunlb::iptables::ruleset(&cfg));
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => emit(&tunlb::iptables::ruleset(&cfg)),
             Err(e) => cli::fail(2, &e),
         },
         cli::Command::Flows(q) => query(&q, "flows"),
@@ -59,11 +56,20 @@ fn main() -> ExitCode {
 
 fn query(q: &cli::QueryArgs, what: &str) -> ExitCode {
     match control::request(&q.path(), what, q.json) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => emit(&out),
         Err(e) => cli::fail(1, &e),
+    }
+}
+
+/// Write a command's output to stdout. A reader that stops early (`tunlb
+/// flows | head`) is not an error: the output is simply not wanted further.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => cli::fail(1, &format!("cannot write the output: {e}")),
     }
 }
 
