@@ -880,6 +880,71 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
     }
 
     #[test]
+    fn restart_settings_from_the_flags_or_the_file_and_their_errors() {
+        let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        f.mode = Some(Mode::Maglev);
+        let tun = || FlagRun {
+            tun: Some("tl0".into()),
+            ..Default::default()
+        };
+        let r = run_config(&f, &tun()).unwrap();
+        assert!(!r.engine.pickup && r.engine.hash_key.is_none() && r.state_file.is_none());
+        assert_eq!(r.state_interval, None);
+        let p = write(
+            "restart",
+            "pickup = true\nhash_key = \"k\"\nstate_file = \"/tmp/x.state\"\nstate_interval = 2\n",
+        );
+        let from_file = FlagService {
+            config: Some(p.clone()),
+            ..f.clone()
+        };
+        let r = run_config(&from_file, &tun()).unwrap();
+        assert!(r.engine.pickup);
+        assert_eq!(r.engine.hash_key, Some(HashKey::from_secret("k")));
+        assert_eq!(r.state_file, Some(PathBuf::from("/tmp/x.state")));
+        assert_eq!(r.state_interval, Some(Duration::from_secs(2)));
+        std::fs::remove_file(p).unwrap();
+        // The flags: a state file saves every 5 s unless told otherwise.
+        let with = |run: FlagRun| run_config(&f, &run);
+        let r = with(FlagRun {
+            state_file: Some("/tmp/y".into()),
+            ..tun()
+        })
+        .unwrap();
+        assert_eq!(r.state_interval, Some(DEFAULT_STATE_INTERVAL));
+        let r = with(FlagRun {
+            state_file: Some("/tmp/y".into()),
+            state_interval: Some(0),
+            ..tun()
+        })
+        .unwrap();
+        assert_eq!(r.state_interval, None, "0: only on exit");
+        let e = with(FlagRun {
+            state_interval: Some(3),
+            ..tun()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--state-file"), "{e}");
+        let e = with(FlagRun {
+            hash_key: Some(String::new()),
+            ..tun()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--hash-key is empty"), "{e}");
+        // Pickup with a mode that is not a function of the tuple.
+        f.mode = Some(Mode::Nth);
+        let e = run_config(
+            &f,
+            &FlagRun {
+                pickup: true,
+                ..tun()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--mode maglev"), "{e}");
+    }
+
+    #[test]
     fn run_needs_a_tun() {
         let e = run_config(
             &flags("198.18.0.1:80", &["198.18.2.3:80"]),

@@ -38,6 +38,11 @@ bad nope run "${TUN[@]}" --vip "$V" --backend "$B1" --snat nope
 bad bogus run --tun "$TL_TUN" --tun-addr bogus --vip "$V" --backend "$B1"
 bad --frobnicate run "${TUN[@]}" --vip "$V" --backend "$B1" --frobnicate
 bad --vip run "${TUN[@]}" --backend "$B1"
+bad "--mode maglev" run "${TUN[@]}" --vip "$V" --backend "$B1" --pickup
+bad "--mode maglev" run "${TUN[@]}" --vip "$V" --backend "$B1" --mode random --pickup
+bad "--state-file" run "${TUN[@]}" --vip "$V" --backend "$B1" --state-interval 2
+bad "--hash-key" run "${TUN[@]}" --vip "$V" --backend "$B1" --hash-key ""
+bad "--state-interval" run "${TUN[@]}" --vip "$V" --backend "$B1" --state-file /tmp/x --state-interval x
 bad --backend run "${TUN[@]}" --vip "$V"
 bad --tun run --vip "$V" --backend "$B1"
 bad '--busy-poll 5000 is out of range' run "${TUN[@]}" --vip "$V" --backend "$B1" --busy-poll 5000
