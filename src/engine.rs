@@ -431,7 +431,7 @@ impl Engine {
 
     /// Return whether `backend` may still take new connections for the
     /// service at `original.dst`: it is up, still configured, with weight > 0.
-    fn backend_takes_new(&self, original: &Tuple, backend: &Arc<crate::service::Backend>) -> bool {
+    fn backend_takes_new(&self, original: &Tuple, backend: &Arc<crate::backend::Backend>) -> bool {
         if !backend.is_up() {
             return false;
         }
@@ -947,7 +947,7 @@ enum Admit {
 struct Replace {
     state: TcpState,
     /// The flow's backend, by identity.
-    backend: *const crate::service::Backend,
+    backend: *const crate::backend::Backend,
     why: &'static str,
 }
 

@@ -25,8 +25,8 @@ use rand::distr::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::backend::Backend;
 use crate::conntrack::Tuple;
-use crate::service::Backend;
 
 /// How a service picks a backend for a NEW connection. The config file and
 /// `--mode` spell each the same; `help` is what `--help` says of it.

@@ -8,13 +8,12 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::conntrack::ports::HashKey;
 use crate::conntrack::Timeouts;
 use crate::select::{self, Mode, Selector};
-use crate::stats::BackendCounters;
 
 /// One backend: where DNAT sends a connection, and its share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,68 +165,6 @@ impl EngineConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// A backend as the engine runs it: its identity, counters and health,
-/// shared by every flow it serves and kept across reloads (same VIP, same
-/// address), so counters continue and draining flows keep their backend.
-#[derive(Debug)]
-pub struct Backend {
-    /// The backend's address and port.
-    pub addr: SocketAddrV4,
-    /// Traffic counters.
-    pub counters: BackendCounters,
-    active: AtomicU64,
-    up: AtomicBool,
-    syn_failures: AtomicU64,
-}
-
-impl Backend {
-    /// A backend with zeroed counters, considered up.
-    pub fn new(addr: SocketAddrV4) -> Self {
-        Backend {
-            addr,
-            counters: BackendCounters::default(),
-            active: AtomicU64::new(0),
-            up: AtomicBool::new(true),
-            syn_failures: AtomicU64::new(0),
-        }
-    }
-
-    /// Return whether health checks consider the backend able to take new
-    /// connections (always, when no checks run).
-    #[inline]
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Mark the backend up or down; returns the previous value.
-    pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed)
-    }
-
-    /// Return the number of flows in the table that use this backend.
-    #[inline]
-    pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Add `n` (possibly negative) to the active-flow count.
-    #[inline]
-    pub fn add_active(&self, n: i64) {
-        self.active.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// Count a passive health signal: the backend answered a SYN with RST,
-    /// or never answered it before the SYN_SENT timeout.
-    pub fn syn_failed(&self) {
-        self.syn_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Return the number of passive failures seen so far.
-    pub fn syn_failures(&self) -> u64 {
-        self.syn_failures.load(Ordering::Relaxed)
     }
 }
 

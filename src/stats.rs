@@ -119,18 +119,6 @@ pub enum Response {
     Reset,
 }
 
-/// Counters of one backend. Packets and bytes are those of its flows that
-/// have ended; live flows count in themselves (see `ConnTable::totals`).
-#[derive(Debug, Default)]
-pub struct BackendCounters {
-    /// Connections this backend was chosen for.
-    pub connections: AtomicU64,
-    /// Packets of ended flows, both directions.
-    pub packets: AtomicU64,
-    /// IP bytes of ended flows, both directions.
-    pub bytes: AtomicU64,
-}
-
 /// Declare the engine's event counters, each once: a field of
 /// [`Counters`] (an atomic) and of [`Snapshot`] (its value), and an entry
 /// of [`Snapshot::EVENTS`] with the names stats and metrics print it under.

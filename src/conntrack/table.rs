@@ -51,7 +51,7 @@ use foldhash::SharedSeed;
 use super::tcp::TcpState;
 use super::tuple::{Direction, Tuple};
 use super::window::Window;
-use crate::service::Backend;
+use crate::backend::Backend;
 use crate::time::Timestamp;
 
 /// One tracked connection (`struct nf_conn`).

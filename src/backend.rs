@@ -1,0 +1,84 @@
+//! Backends as the engine runs them: identity, health and counters.
+//!
+//! A [`Backend`] is shared (`Arc`) by its service's selector, by every flow
+//! DNAT sent to it, and across reloads that keep it (same VIP, same
+//! address), so counters continue and draining flows keep their backend. It
+//! sits below both [`crate::select`] (which reads health to choose) and
+//! [`crate::conntrack`] (whose flows point at it), and imports neither.
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counters of one backend. Packets and bytes are those of its flows that
+/// have ended; live flows count in themselves (see `ConnTable::totals`).
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Connections this backend was chosen for.
+    pub connections: AtomicU64,
+    /// Packets of ended flows, both directions.
+    pub packets: AtomicU64,
+    /// IP bytes of ended flows, both directions.
+    pub bytes: AtomicU64,
+}
+
+/// A backend as the engine runs it: its identity, counters and health,
+/// shared by every flow it serves and kept across reloads (same VIP, same
+/// address), so counters continue and draining flows keep their backend.
+#[derive(Debug)]
+pub struct Backend {
+    /// The backend's address and port.
+    pub addr: SocketAddrV4,
+    /// Traffic counters.
+    pub counters: BackendCounters,
+    active: AtomicU64,
+    up: AtomicBool,
+    syn_failures: AtomicU64,
+}
+
+impl Backend {
+    /// A backend with zeroed counters, considered up.
+    pub fn new(addr: SocketAddrV4) -> Self {
+        Backend {
+            addr,
+            counters: BackendCounters::default(),
+            active: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            syn_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Return whether health checks consider the backend able to take new
+    /// connections (always, when no checks run).
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Mark the backend up or down; returns the previous value.
+    pub fn set_up(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::Relaxed)
+    }
+
+    /// Return the number of flows in the table that use this backend.
+    #[inline]
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Add `n` (possibly negative) to the active-flow count.
+    #[inline]
+    pub fn add_active(&self, n: i64) {
+        self.active.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Count a passive health signal: the backend answered a SYN with RST,
+    /// or never answered it before the SYN_SENT timeout.
+    pub fn syn_failed(&self) {
+        self.syn_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Return the number of passive failures seen so far.
+    pub fn syn_failures(&self) -> u64 {
+        self.syn_failures.load(Ordering::Relaxed)
+    }
+}
