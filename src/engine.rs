@@ -45,7 +45,7 @@ use crate::conntrack::ports::{self, HashKey};
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::window::{self, Check, RstCheck};
-use crate::conntrack::{ConnTable, Direction, Flow, FlowInfo, Tuple};
+use crate::conntrack::{ConnTable, Direction, Flow, FlowGuard, FlowInfo, Tuple};
 use crate::nat;
 pub use crate::nat::L4Checksum;
 use crate::service::{ConfigError, EngineConfig, Service};
@@ -345,87 +345,112 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class) = (&p.tuple, p.class);
         // The established path reads no configuration: a hit in the table
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
-        match self.table.lookup(tuple, self.is_vip_port(tuple.dst.port())) {
-            Lookup::Found(mut flow, dir) => {
-                if dir == Direction::Original && class == FlagClass::Syn {
-                    // A SYN reusing the tuple of a closed flow starts over
-                    // (RFC 1122); a SYN retransmitted to a backend that never
-                    // answered and can no longer take it goes elsewhere.
-                    let restart = if flow.state.reopens_on_syn() {
-                        Some("reopened by a new SYN")
-                    } else if flow.state == TcpState::SynSent
-                        && !flow.seen_reply
-                        && !self.backend_takes_new(tuple, &flow.backend)
-                    {
-                        Some("redispatched: the backend never answered and is down, drained or removed")
-                    } else {
-                        None
-                    };
-                    if let Some(why) = restart {
-                        let replace = Replace {
-                            state: flow.state,
-                            backend: Arc::as_ptr(&flow.backend),
-                            why,
-                        };
-                        drop(flow);
-                        return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)));
-                    }
-                }
-                let (had_reply, flow_key) = (flow.seen_reply, flow.original);
-                let tracked = self.track(&mut flow, dir, class, &p.segment, now, p.len)?;
-                let (src, dst) = translate(&flow, dir);
-                // "If only reply is a RST, we can consider ourselves not to
-                // have an established connection" (Linux): an RST either way
-                // before any other reply ends the entry at once.
-                let remove = tracked
-                    && flow.state == TcpState::Close
-                    && class == FlagClass::Rst
-                    && !had_reply;
+        match self
+            .table
+            .lookup(&p.tuple, self.is_vip_port(p.tuple.dst.port()))
+        {
+            Lookup::Found(flow, dir) => self.known_flow(pkt, p, now, l4, flow, dir),
+            Lookup::Missing => self.unknown_flow(pkt, p, now, l4),
+        }
+    }
+
+    /// A segment of a flow in the table, in direction `dir`: track it and
+    /// translate it (or restart the flow, for a SYN that reopens it).
+    #[inline]
+    fn known_flow(
+        &self,
+        pkt: &mut [u8],
+        p: &TcpRepr,
+        now: Timestamp,
+        l4: L4Checksum,
+        mut flow: FlowGuard<'_>,
+        dir: Direction,
+    ) -> Result<Verdict, DropReason> {
+        let (tuple, class) = (&p.tuple, p.class);
+        if dir == Direction::Original && class == FlagClass::Syn {
+            // A SYN reusing the tuple of a closed flow starts over
+            // (RFC 1122); a SYN retransmitted to a backend that never
+            // answered and can no longer take it goes elsewhere.
+            let restart = if flow.state.reopens_on_syn() {
+                Some("reopened by a new SYN")
+            } else if flow.state == TcpState::SynSent
+                && !flow.seen_reply
+                && !self.backend_takes_new(tuple, &flow.backend)
+            {
+                Some("redispatched: the backend never answered and is down, drained or removed")
+            } else {
+                None
+            };
+            if let Some(why) = restart {
+                let replace = Replace {
+                    state: flow.state,
+                    backend: Arc::as_ptr(&flow.backend),
+                    why,
+                };
                 drop(flow);
-                if !tracked {
-                    self.counters.untracked.fetch_add(1, Relaxed);
-                    self.counters.forward(dir.index());
-                }
-                if remove {
-                    if let Some(old) = self
-                        .table
-                        .remove_if(&flow_key, |f| f.state == TcpState::Close)
-                    {
-                        trace::destroy(&old, "reset before any reply");
-                    }
-                }
-                nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
-                Ok(Verdict::Forward { len: p.len })
+                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)));
             }
-            Lookup::Missing => {
-                let rt = self.runtime.load();
-                if rt.service_at(tuple.dst).is_none() {
-                    // To a VIP or MASQUERADE address but no flow: a packet of
-                    // a connection tunlb does not know (INVALID), e.g. one
-                    // that was in flight when it restarted.
-                    let ours = rt
-                        .services
-                        .iter()
-                        .any(|s| s.vip.ip() == tuple.dst.ip() || s.snat.contains(tuple.dst.ip()));
-                    return Err(if ours {
-                        DropReason::NoFlowNotSyn
-                    } else {
-                        DropReason::NoService
-                    });
-                }
-                drop(rt);
-                if tcp::may_create(class) {
-                    self.new_connection(pkt, p, now, l4, Admit::Syn(None))
-                } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
-                    self.new_connection(pkt, p, now, l4, Admit::Pickup)
-                } else {
-                    Err(DropReason::NoFlowNotSyn)
-                }
+        }
+        let (had_reply, flow_key) = (flow.seen_reply, flow.original);
+        let tracked = self.track(&mut flow, dir, class, &p.segment, now, p.len)?;
+        let (src, dst) = translate(&flow, dir);
+        // "If only reply is a RST, we can consider ourselves not to
+        // have an established connection" (Linux): an RST either way
+        // before any other reply ends the entry at once.
+        let remove =
+            tracked && flow.state == TcpState::Close && class == FlagClass::Rst && !had_reply;
+        drop(flow);
+        if !tracked {
+            self.counters.untracked.fetch_add(1, Relaxed);
+            self.counters.forward(dir.index());
+        }
+        if remove {
+            if let Some(old) = self
+                .table
+                .remove_if(&flow_key, |f| f.state == TcpState::Close)
+            {
+                trace::destroy(&old, "reset before any reply");
             }
+        }
+        nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
+        Ok(Verdict::Forward { len: p.len })
+    }
+
+    /// A segment of no flow in the table: a NEW connection (a SYN to a
+    /// service), a pickup (`--pickup`), or INVALID.
+    fn unknown_flow(
+        &self,
+        pkt: &mut [u8],
+        p: &TcpRepr,
+        now: Timestamp,
+        l4: L4Checksum,
+    ) -> Result<Verdict, DropReason> {
+        let (tuple, class) = (&p.tuple, p.class);
+        let rt = self.runtime.load();
+        if rt.service_at(tuple.dst).is_none() {
+            // To a VIP or MASQUERADE address but no flow: a packet of
+            // a connection tunlb does not know (INVALID), e.g. one
+            // that was in flight when it restarted.
+            let ours = rt
+                .services
+                .iter()
+                .any(|s| s.vip.ip() == tuple.dst.ip() || s.snat.contains(tuple.dst.ip()));
+            return Err(if ours {
+                DropReason::NoFlowNotSyn
+            } else {
+                DropReason::NoService
+            });
+        }
+        drop(rt);
+        if tcp::may_create(class) {
+            self.new_connection(pkt, p, now, l4, Admit::Syn(None))
+        } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
+            self.new_connection(pkt, p, now, l4, Admit::Pickup)
+        } else {
+            Err(DropReason::NoFlowNotSyn)
         }
     }
 

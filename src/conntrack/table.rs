@@ -108,10 +108,14 @@ pub struct Totals {
     pub live_by_backend: HashMap<usize, (u64, u64)>,
 }
 
+/// A flow locked for one packet: its shard of the table stays locked until
+/// the guard is dropped, so drop it before any other call on the table.
+pub type FlowGuard<'a> = RefMut<'a, Tuple, Flow>;
+
 /// The result of looking a packet's tuple up.
 pub enum Lookup<'a> {
     /// The tuple is the ORIGINAL or REPLY tuple of this flow.
-    Found(RefMut<'a, Tuple, Flow>, Direction),
+    Found(FlowGuard<'a>, Direction),
     /// No flow has this tuple.
     Missing,
 }
