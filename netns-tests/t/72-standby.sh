@@ -21,6 +21,9 @@
 #     saw no RST; lb2's downloads kept their instance, and lb2 picked up or
 #     restored nothing; lb1s counts restored + picked_up >= lb1's 8
 #     downloads; 8 new connections on next hop 1's buckets are taken by lb1s.
+#  4. A planned switchover: 3 silent downloads through lb2, started right
+#     after one of its saves, then `takeover 2` while lb2 runs (SIGTERM: its
+#     final save): they complete, restored by lb2s.
 # No draw decides a check: the tuples are chosen after asking the router
 # (enough candidates that finding too few is more than 8 sd away), and the
 # late downloads complete whether a save caught them or not (picked up by
@@ -34,7 +37,7 @@ SO_HA=1
 SIZE=$((6 << 20))
 RATE=$((1 << 20))
 DL_URL="$VIP_URL/file/big.bin?bytes=$SIZE&rate=$RATE"
-STATE1=$(so_state_file "$P" 1)
+STATE=$(so_state_file "$P" 1)
 
 UP_DONE=
 so_t_cleanup() {
@@ -64,7 +67,7 @@ listed_all() {
   [ "$want" = "$have" ]
 }
 stat_of() { so_query "$P" "$1" stats --json | t_json "$2"; }
-mtime_ms() { date -r "$STATE1" +%s%3N 2>/dev/null || echo 0; }
+mtime_ms() { date -r "$STATE" +%s%3N 2>/dev/null || echo 0; }
 saved_after() { [ "$(mtime_ms)" -gt "$1" ]; }
 # pick N WANT BASE ADDRS...: N "ADDR PORT" tuples the router now sends to
 # instance WANT (1, 2 or 1s), ports BASE.. cycling over ADDRS. 10*N + 200
@@ -186,3 +189,24 @@ before=$(so_new_flows "$P" 1s)
 out=$(while read -r a port; do so_curl "$P" "$a" --local-port "$port" "$VIP_URL/"; done <<<"$fresh")
 check_eq "8 new connections on next hop 1's buckets answered" "$(awk '$3 == 200' <<<"$out" | wc -l)" 8
 check_eq "lb1s took them" "$(($(so_new_flows "$P" 1s) - before))" 8
+
+# ------------------------------------------------------- 4. planned switchover
+SIZE=$((3 << 20))
+DL_URL="$VIP_URL/file/big.bin?bytes=$SIZE&rate=$RATE"
+want=$(head -c "$SIZE" "$(tl_data "$P")/big.bin" | sha256sum | cut -d' ' -f1)
+STATE=$(so_state_file "$P" 2)
+planned=$(pick 3 2 46000 "$(so_client_addr 13)" "$(so_client_addr 14)")
+t_wait_until 5 saved_after "$(mtime_ms)" || true
+T_PLAN=$(t_now_ms)
+downloads planned "$planned" --no-keepalive
+t_wait_until 5 listed_all 2 "$planned" || note "planned: not all ESTABLISHED on lb2: $(established 2 | tr '\n' ' ')"
+if saved_after "$T_PLAN"; then plan_saved="a periodic save came after their start"
+else plan_saved="no periodic save after their start"; fi
+log2=$(so_log "$P" 2)
+so_takeover "$P" 2 2>>"$T_DIR/topology.log"
+note "planned switchover $(($(t_now_ms) - T_PLAN)) ms after the downloads started ($plan_saved): lb2s ready after $SO_READY_MS ms; $(grep -o '[0-9]* flows restored.*' "$(so_log "$P" 2s)" || true)"
+check "lb2 saved its flows on SIGTERM" grep -q "flows saved" "$log2"
+check_eq "next hop 2 now goes via lb2s" "$(so_active "$P" 2)" 2s
+finished planned
+check_eq "planned switchover: the 3 silent downloads complete with the right sha256" "$GOOD" 3
+check_range "lb2s restored them (stats restored)" "$(stat_of 2s "d['restored']")" 3 100
