@@ -8,7 +8,7 @@
 #   scripts/scaleout.sh down   PREFIX       remove everything carrying PREFIX
 #   scripts/scaleout.sh status PREFIX       group members, buckets per member, instances
 #   scripts/scaleout.sh tally  PREFIX [N]   N connections (default 60) from the client:
-#                                           per instance (the backends' view) and backend
+#                                           per instance ("1s": a standby) and backend
 #   scripts/scaleout.sh kill   PREFIX I     kill -9 instance I (a crash; its next hop stays)
 #   scripts/scaleout.sh leave  PREFIX I     take next hop I out of the group (what a
 #                                           routing daemon does once BFD says it is gone)
@@ -41,7 +41,7 @@ set -euo pipefail
 . "$(dirname -- "${BASH_SOURCE[0]}")/lib-scaleout.sh"
 
 usage() {
-  sed -n '2,35s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,/^set /s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -64,16 +64,21 @@ status() {
 # before and after) and each backend answered.
 tally() {
   local p=$1 n=$2 out i c
-  local -a before
-  for ((i = 1; i <= SO_MAX; i++)); do before[i]=$(so_new_flows "$p" "$i"); done
+  local -A before
+  local -a inst=()
+  for ((i = 1; i <= SO_MAX; i++)); do
+    inst+=("$i")
+    if [ -e "/run/netns/${p}lb${i}s" ]; then inst+=("${i}s"); fi
+  done
+  for i in "${inst[@]}"; do before[$i]=$(so_new_flows "$p" "$i"); done
   # From 8 client addresses: maglev hashes the client address.
   out=$(for ((i = 0; i < 8; i++)); do
     c=$(((n + 7 - i) / 8))
     [ "$c" -eq 0 ] || so_curl "$p" "$(so_client_addr "$i")" "http://$TL_VIP/?n=[1-$c]"
   done)
   echo "$n connections: $(awk '$3 == 200' <<<"$out" | wc -l) answered"
-  for ((i = 1; i <= SO_MAX; i++)); do
-    c=$(($(so_new_flows "$p" "$i") - before[i]))
+  for i in "${inst[@]}"; do
+    c=$(($(so_new_flows "$p" "$i") - before[$i]))
     [ "$c" -eq 0 ] || echo "  instance $i: $c"
   done
   awk '$3 == 200 { c[$4]++ } END { for (b in c) print "  backend " b ": " c[b] }' <<<"$out" | sort
