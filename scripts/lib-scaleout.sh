@@ -23,6 +23,13 @@
 #      198.18.0.(10+I)/32 via 198.18.2.(10+I): each instance's SNAT address
 #      goes back to that instance
 #
+# A standby lbIs (so_standby) has the same two links as lbI: eth0
+# 198.18.3.(20+I)/24 on fr, eth1 198.18.2.(20+I)/24 on bk, and runs nothing
+# until so_takeover starts tunlb there with lbI's recorded command line and
+# moves lbI's role to it: next hop I via 198.18.3.(20+I) (same id, so the
+# group's buckets stay where they are) and, on the backends,
+# 198.18.0.(10+I)/32 via 198.18.2.(20+I). See docs/scaleout.md.
+#
 # The two bridges sit in the router namespace only to save namespaces: bk
 # has no address, so the router never routes between the sides. An lb has no
 # default route (only 198.18.1.0/24 via the router): once its tunlb dies (and
@@ -36,6 +43,14 @@
 #   so_inst_start P I       start tunlb in lbI (recorded as tunlb-lbI), wait ready
 #   so_inst_kill P I [SIG]  signal it (default KILL) and wait for it to go
 #   so_inst_alive P I       true when instance I runs
+#   so_standby P I          build lbI's standby namespace lbIs (no process yet)
+#   so_takeover P I         lbIs takes lbI's role: lbI stopped with SIGTERM
+#                           if it still runs (its last save), tunlb started in
+#                           lbIs with lbI's exact command line (its --snat,
+#                           --hash-key, --state-file...), then the backends'
+#                           route for lbI's SNAT address and next hop I moved
+#                           to lbIs; SO_READY_MS: milliseconds to its "ready"
+#   so_active P I           who holds role I now: "I" or "Is" (next hop I's via)
 #   so_join P I             next hop I into the group (started first if needed)
 #   so_leave P I            next hop I out of the group (what a routing daemon
 #                           does when BFD or keepalived says the instance is gone)
@@ -45,10 +60,16 @@
 #                           (ip route get, the router's own hash), or "none"
 #   so_query P I WHAT ARGS  `tunlb WHAT --control` of instance I (stats, flows)
 #   so_control P I          instance I's control socket path
+# Where a function takes a running instance (so_inst_kill, so_inst_alive,
+# so_query, so_new_flows, so_control), I may also name a standby: "1s".
 #
 # Environment: TUNLB_BIN (default target/release/tunlb of this checkout),
 # SO_IDLE_TIMER (seconds a bucket must be idle before it moves; default 2),
-# SO_BUCKETS (default 64), and those of scripts/lib.sh.
+# SO_BUCKETS (default 64), SO_HA (1: every instance runs with --pickup
+# --hash-key "$SO_HASH_KEY" --state-file $(so_state_file P I) --state-interval
+# "$SO_STATE_INTERVAL", what a standby needs; default 0), SO_HASH_KEY (default
+# scaleout-lab), SO_STATE_INTERVAL (seconds, default 1), and those of
+# scripts/lib.sh.
 
 # shellcheck source=scripts/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
@@ -60,14 +81,25 @@ SO_CLIENT_EXTRA=32 # client addresses 198.18.1.100 .. 198.18.1.131
 SO_BUCKETS=${SO_BUCKETS:-64}
 SO_IDLE_TIMER=${SO_IDLE_TIMER:-2}
 SO_ROUTER_FRONT=198.18.3.1
+SO_HA=${SO_HA:-0}
+SO_HASH_KEY=${SO_HASH_KEY:-scaleout-lab}
+SO_STATE_INTERVAL=${SO_STATE_INTERVAL:-1}
 SO_TUNLB_BIN=${TUNLB_BIN:-$(cd -- "$TL_LIB_DIR/.." && pwd)/target/release/tunlb}
 
 so_lb_front() { printf '198.18.3.%d\n' "$(($1 + 10))"; }
 so_lb_back() { printf '198.18.2.%d\n' "$(($1 + 10))"; }
+so_standby_front() { printf '198.18.3.%d\n' "$(($1 + 20))"; }
+so_standby_back() { printf '198.18.2.%d\n' "$(($1 + 20))"; }
 so_snat() { printf '198.18.0.%d\n' "$(($1 + 10))"; }
 so_client_addr() { printf '198.18.1.%d\n' "$(($1 + 100))"; } # 0 .. SO_CLIENT_EXTRA-1
-so_control() { printf '%s/lb%d.sock\n' "$(tl_state "$1")" "$2"; }
-so_log() { printf '%s/logs/lb%d.log\n' "$(tl_state "$1")" "$2"; }
+# I is an instance number or a standby ("1s").
+so_control() { printf '%s/lb%s.sock\n' "$(tl_state "$1")" "$2"; }
+so_log() { printf '%s/logs/lb%s.log\n' "$(tl_state "$1")" "$2"; }
+# so_state_file P I: instance I's --state-file under SO_HA (its standby restores it).
+so_state_file() { printf '%s/lb%d.state\n' "$(tl_state "$1")" "$2"; }
+# so_args_file P I: instance I's tunlb command line, one argument a line, as
+# so_inst_start last ran it (so_takeover runs exactly that in lbIs).
+so_args_file() { printf '%s/lb%d.args\n' "$(tl_state "$1")" "$2"; }
 so_nodes() {
   local i
   printf '%s\n' client router
@@ -200,7 +232,8 @@ so_l4_hash() {
   fi
 }
 
-# so_inst_start P I [EXTRA ARGS...]: tunlb in lbI, recorded as tunlb-lbI.
+# so_inst_start P I [EXTRA ARGS...]: tunlb in lbI, recorded as tunlb-lbI; its
+# command line saved in so_args_file (for its standby).
 so_inst_start() {
   local p=$1 i=$2 b log
   shift 2
@@ -208,8 +241,14 @@ so_inst_start() {
   local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --vip "$TL_VIP:$TL_VIP_PORT"
     --mode maglev --snat "$(so_snat "$i")" --control "$(so_control "$p" "$i")")
   for b in $(tl_backends); do args+=(--backend "$(tl_backend_addr "$b"):80"); done
+  if [ "$SO_HA" = 1 ]; then
+    args+=(--pickup --hash-key "$SO_HASH_KEY" --state-file "$(so_state_file "$p" "$i")"
+      --state-interval "$SO_STATE_INTERVAL")
+  fi
+  args+=("$@")
+  printf '%s\n' "${args[@]}" >"$(so_args_file "$p" "$i")"
   log=$(so_log "$p" "$i")
-  tl_bg "$p" "lb$i" "tunlb-lb$i" "$log" "$SO_TUNLB_BIN" "${args[@]}" "$@"
+  tl_bg "$p" "lb$i" "tunlb-lb$i" "$log" "$SO_TUNLB_BIN" "${args[@]}"
   tl_wait_ready "$log" "$TL_PID" 15 || tl_die "instance $i (tunlb in ${p}lb$i) did not start"
 }
 
@@ -262,20 +301,98 @@ so_leave() {
   so_group_set "$p" "${keep[@]}"
 }
 
+# so_standby P I: lbI's standby namespace lbIs, wired as lbI is (front and
+# back bridges, route to the clients via the router), with the same sysctls;
+# nothing runs in it until so_takeover. Idempotent.
+so_standby() {
+  local p=$1 i=$2 ns
+  so_check_inst "$i"
+  ns="${p}lb${i}s"
+  [ -e "/run/netns/$ns" ] && return 0
+  [ -e "/run/netns/${p}router" ] || tl_die "no lab with prefix $p (so_up first)"
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  tl_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
+  tl_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
+  tl_sysctl "$ns" net.ipv4.conf.all.rp_filter 0
+  tl_sysctl "$ns" net.ipv4.conf.default.rp_filter 0
+  tl_sysctl "$ns" net.ipv4.ip_forward 1
+  tl_sysctl "$ns" net.ipv4.icmp_ratelimit 0
+  so_veth "$p" router "f${i}s" "lb${i}s" eth0
+  ip -n "${p}router" link set "f${i}s" master fr
+  ip -n "$ns" addr add "$(so_standby_front "$i")/24" dev eth0
+  ip -n "$ns" route add 198.18.1.0/24 via "$SO_ROUTER_FRONT"
+  so_veth "$p" router "k${i}s" "lb${i}s" eth1
+  ip -n "${p}router" link set "k${i}s" master bk
+  ip -n "$ns" addr add "$(so_standby_back "$i")/24" dev eth1
+}
+
+# so_takeover P I: the standby lbIs takes instance I's role, as keepalived or
+# a routing daemon would once lbI is found dead. Sets SO_READY_MS: the
+# milliseconds from the start of the standby's tunlb to its "ready" (the
+# restore included), and TL_PID (its PID, a child of the calling shell).
+#  1. lbI, if it still runs, is stopped with SIGTERM: its final save (a planned
+#     switchover). After a crash its last periodic save is what is left.
+#  2. tunlb starts in lbIs with lbI's recorded command line, only --control
+#     changed: the same --snat, --mode maglev, --hash-key and --pickup, and
+#     the same --state-file, restored before the first packet. It starts now,
+#     not hot in advance: a running process could not restore later.
+#  3. The backends route lbI's SNAT address to lbIs, and next hop I (same id,
+#     so the resilient group's buckets stay where they are) goes via lbIs.
+so_takeover() {
+  local p=$1 i=$2 log t0 t1 b args pid
+  local -a a
+  so_check_inst "$i"
+  args=$(so_args_file "$p" "$i")
+  [ -s "$args" ] || tl_die "instance $i never started: no command line to take over"
+  so_standby "$p" "$i"
+  ! so_inst_alive "$p" "${i}s" || tl_die "standby ${p}lb${i}s already runs"
+  if so_inst_alive "$p" "$i"; then so_inst_kill "$p" "$i" TERM; fi
+  mapfile -t a <"$args"
+  for ((b = 0; b < ${#a[@]} - 1; b++)); do
+    if [ "${a[b]}" = --control ]; then a[b + 1]=$(so_control "$p" "${i}s"); fi
+  done
+  log=$(so_log "$p" "${i}s")
+  t0=$(date +%s%3N)
+  tl_bg "$p" "lb${i}s" "tunlb-lb${i}s" "$log" "$SO_TUNLB_BIN" "${a[@]}"
+  pid=$TL_PID
+  tl_wait_ready "$log" "$pid" 15 || tl_die "standby ${i}s (tunlb in ${p}lb${i}s) did not start"
+  t1=$(date +%s%3N)
+  for b in $(tl_backends); do
+    ip -n "${p}b$b" route replace "$(so_snat "$i")/32" via "$(so_standby_back "$i")"
+  done
+  ip -n "${p}router" nexthop replace id "$i" via "$(so_standby_front "$i")" dev fr
+  TL_PID=$pid
+  # shellcheck disable=SC2034  # for the caller
+  SO_READY_MS=$((t1 - t0))
+}
+
+so_active() {
+  so_via_inst "$(ip -n "${1}router" nexthop show id "$2" 2>/dev/null |
+    awk '{ for (i = 1; i < NF; i++) if ($i == "via") print $(i + 1) }')"
+}
+
 so_buckets() {
   ip -n "${1}router" nexthop bucket show id "$SO_GROUP" 2>/dev/null |
     awk '{ for (i = 1; i < NF; i++) if ($i == "nhid") c[$(i + 1)]++ } END { for (n in c) print n, c[n] }' |
     sort -n
 }
 
+# so_via_inst ADDR: the instance owning front address ADDR: "I" (lbI), "Is"
+# (its standby) or "none".
+so_via_inst() {
+  case $1 in
+    198.18.3.1[0-9]) printf '%d\n' "$((${1##*.} - 10))" ;;
+    198.18.3.2[0-9]) printf '%ds\n' "$((${1##*.} - 20))" ;;
+    *) echo none ;;
+  esac
+}
+
 so_predict() {
   local p=$1 src=$2 sport=$3 via
   via=$(ip -n "${p}router" route get "$TL_VIP" from "$src" iif c0 ipproto tcp sport "$sport" dport "$TL_VIP_PORT" 2>/dev/null |
     awk '{ for (i = 1; i < NF; i++) if ($i == "via") { print $(i + 1); exit } }')
-  case $via in
-    198.18.3.1[0-9]) printf '%d\n' "$((${via##*.} - 10))" ;;
-    *) echo none ;;
-  esac
+  so_via_inst "$via"
 }
 
 # so_predict_many P: for each "SRC SPORT" line on stdin, print "SRC SPORT I"
@@ -293,7 +410,7 @@ so_predict_many() {
     while read -r src sport; do printf '%s %s %s\n' "$src" "$sport" "$(so_predict "$p" "$src" "$sport")"; done <<<"$in"
     return 0
   fi
-  paste -d ' ' <(printf '%s\n' "$in") <(awk '{ if ($1 ~ /^198\.18\.3\.1[0-9]$/) { split($1, a, "."); print a[4] - 10 } else print "none" }' <<<"$out")
+  paste -d ' ' <(printf '%s\n' "$in") <(while read -r via; do so_via_inst "$via"; done <<<"$out")
 }
 
 # so_new_flows P I: the connections instance I has taken (0 when it is not running).
