@@ -28,7 +28,7 @@
 # until so_takeover starts tunlb there with lbI's recorded command line and
 # moves lbI's role to it: next hop I via 198.18.3.(20+I) (same id, so the
 # group's buckets stay where they are) and, on the backends,
-# 198.18.0.(10+I)/32 via 198.18.2.(20+I). See docs/scaleout.md.
+# 198.18.0.(10+I)/32 via 198.18.2.(20+I). See README.md, "More than one instance".
 #
 # The two bridges sit in the router namespace only to save namespaces: bk
 # has no address, so the router never routes between the sides. An lb has no
