@@ -31,7 +31,6 @@ pub fn ruleset(cfg: &EngineConfig) -> String {
 /// One DNAT target per unit of weight, in backend order (nth), or one per
 /// backend with its weight (random). Weight-0 backends are left out.
 fn service(out: &mut String, s: &ServiceConfig) {
-    let (vip, port) = (s.vip.ip(), s.vip.port());
     let _ = writeln!(out, "\n# Service {} ({} mode)", s.vip, s.mode.name());
     let ipvs = match s.mode {
         Mode::Nth | Mode::Random => None,
@@ -39,27 +38,43 @@ fn service(out: &mut String, s: &ServiceConfig) {
         Mode::LeastConn => Some("wlc"),
         Mode::Maglev => Some("mh"),
     };
-    if let Some(sched) = ipvs {
-        let _ = writeln!(
-            out,
-            "# --mode {} keeps scheduler state that -m statistic cannot express;\n\
-             # the kernel's equivalent is IPVS with NAT forwarding (-m):",
-            s.mode.name()
-        );
-        let _ = writeln!(out, "ipvsadm -A -t {} -s {sched}", s.vip);
-        for b in &s.backends {
-            let _ = writeln!(
-                out,
-                "ipvsadm -a -t {} -r {} -m -w {}",
-                s.vip, b.addr, b.weight
-            );
+    match ipvs {
+        Some(scheduler) => ipvs_rules(out, s, scheduler),
+        None => {
+            dnat_rules(out, s);
+            masquerade_rule(out, s);
         }
+    }
+}
+
+/// A mode with scheduler state (`wrr`, `lc`, `maglev`): IPVS with NAT
+/// forwarding, and MASQUERADE of what IPVS sent.
+fn ipvs_rules(out: &mut String, s: &ServiceConfig, scheduler: &str) {
+    let (vip, port) = (s.vip.ip(), s.vip.port());
+    let _ = writeln!(
+        out,
+        "# --mode {} keeps scheduler state that -m statistic cannot express;\n\
+         # the kernel's equivalent is IPVS with NAT forwarding (-m):",
+        s.mode.name()
+    );
+    let _ = writeln!(out, "ipvsadm -A -t {} -s {scheduler}", s.vip);
+    for b in &s.backends {
         let _ = writeln!(
             out,
-            "iptables -t nat -A POSTROUTING -p tcp -m ipvs --vaddr {vip} --vport {port} -j MASQUERADE"
+            "ipvsadm -a -t {} -r {} -m -w {}",
+            s.vip, b.addr, b.weight
         );
-        return;
     }
+    let _ = writeln!(
+        out,
+        "iptables -t nat -A POSTROUTING -p tcp -m ipvs --vaddr {vip} --vport {port} -j MASQUERADE"
+    );
+}
+
+/// `nth` and `random`: the DNAT cascade in PREROUTING, each rule's
+/// statistic match corrected for what the rules above it took.
+fn dnat_rules(out: &mut String, s: &ServiceConfig) {
+    let (vip, port) = (s.vip.ip(), s.vip.port());
     let live: Vec<_> = s.backends.iter().filter(|b| b.weight > 0).collect();
     for b in s.backends.iter().filter(|b| b.weight == 0) {
         let _ = writeln!(out, "# {} has weight 0 (drained): no rule", b.addr);
@@ -115,6 +130,11 @@ fn service(out: &mut String, s: &ServiceConfig) {
             }
         }
     }
+}
+
+/// The MASQUERADE step in POSTROUTING: SNAT to the VIP or the pool.
+fn masquerade_rule(out: &mut String, s: &ServiceConfig) {
+    let (vip, port) = (s.vip.ip(), s.vip.port());
     let source = if s.snat.is_empty() {
         format!("SNAT --to-source {vip}")
     } else {
