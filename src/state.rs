@@ -159,13 +159,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Saved, Error> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(Error::Magic(path.to_owned()));
     }
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    // The version first: another version may lay out the rest otherwise.
+    if bytes.len() >= 12 && word(8) != FORMAT {
+        return Err(Error::Version(path.to_owned(), word(8)));
+    }
     if bytes.len() < HEADER_LEN {
         return Err(damaged("truncated header"));
-    }
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let format = word(8);
-    if format != FORMAT {
-        return Err(Error::Version(path.to_owned(), format));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let body = &bytes[HEADER_LEN..];
@@ -266,6 +266,10 @@ mod tests {
         let mut v2 = good.clone();
         v2[8] = 2;
         assert!(matches!(decode(&v2, p), Err(Error::Version(_, 2))));
+        assert!(
+            matches!(decode(&v2[..13], p), Err(Error::Version(_, 2))),
+            "whatever follows"
+        );
         assert!(matches!(
             decode(&good[..good.len() - 1], p),
             Err(Error::Damaged(_, "its length does not match its header"))

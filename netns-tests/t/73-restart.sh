@@ -96,7 +96,7 @@ note "after kill -9: $(grep -o '[0-9]* flows restored.*' "$TUNLB_LOG" | head -1)
 t_tunlb_stop
 
 # --- 2b. kill -9 with --pickup alone: the clients' keepalives bring them back
-cmd=(--mode maglev --control "$CTL" --pickup --hash-key "restart-test")
+cmd=(--mode maglev --control "$CTL" --pickup --hash-key "restart-test" --trace)
 t_tunlb_start "${cmd[@]}"
 downloads pickup --keepalive-time 1
 sleep 1.5
@@ -107,6 +107,20 @@ finished pickup
 check_eq "kill -9 + restart with --pickup alone, keepalive clients: downloads complete" "$GOOD" "$N"
 check_eq "every flow was picked up again" "$(lbstat "d['picked_up']")" "$N"
 check_eq "none needed another port" "$(lbstat "d['pickup_remapped']")" 0
+check_eq "--trace says PICKUP for each" "$(grep -c ' PICKUP 198.18.1.2:' "$TUNLB_LOG")" "$N"
+t_tunlb_stop
+
+# --- a damaged or foreign state file: one line, and tunlb starts empty ----
+printf 'TUNLBST\n\002\000\000\000garbage' >"$STATE"
+t_tunlb_start --mode maglev --control "$CTL" --state-file "$STATE"
+check "a state file of another format version is refused in one line" \
+  grep -q "has format version 2, this tunlb reads version 1: starting with no flows" "$TUNLB_LOG"
+check_eq "and tunlb starts with no flows" "$(lbstat "d['flows']")" 0
+check "and serves" grep -qx 'b[1-4]' <<<"$(t_client curl -s --max-time 5 "$VIP_URL/")"
+t_tunlb_stop # (saves its empty table)
+printf 'not a state file at all' >"$STATE"
+t_tunlb_start --mode maglev --control "$CTL" --state-file "$STATE"
+check "a foreign file is refused in one line" grep -q "is not a tunlb state file (bad magic): starting with no flows" "$TUNLB_LOG"
 t_tunlb_stop
 
 # --- 3. neither: flows in flight are lost ----------------------------------
