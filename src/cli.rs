@@ -187,6 +187,12 @@ pub struct RunArgs {
     /// With --io packet: an interface to listen and send on; repeat for more (default: every one that is up).
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
+    /// Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub pcap: Option<PathBuf>,
+    /// Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB].
+    #[arg(long, value_name = "N|SIZE")]
+    pub pcap_limit: Option<String>,
 }
 
 impl ServiceArgs {
@@ -228,6 +234,8 @@ impl RunArgs {
             state_interval: self.state_interval,
             io: self.io,
             ifaces: self.ifaces.clone(),
+            pcap: self.pcap.clone(),
+            pcap_limit: self.pcap_limit.clone(),
         };
         config::run_config(&self.service.flags(), &run)
     }

@@ -877,6 +877,17 @@ impl Engine {
         self.table.next_expiry()
     }
 
+    /// Return a copy of the flow a packet with tuple `t` belongs to, and the
+    /// packet's direction: for observers in the shell (the capture reads a
+    /// flow's decision and state around [`Engine::process`]), not for the
+    /// packet path.
+    pub fn flow_of(&self, t: &Tuple) -> Option<(Flow, Direction)> {
+        match self.table.lookup(t, self.is_vip_port(t.dst.port())) {
+            Lookup::Found(flow, dir) => Some((flow.clone(), dir)),
+            Lookup::Missing => None,
+        }
+    }
+
     /// Return the number of tracked flows.
     pub fn flow_count(&self) -> usize {
         self.table.len()

@@ -29,6 +29,7 @@ pub mod io;
 pub mod iptables;
 pub mod nat;
 pub mod notify;
+pub mod pcap;
 pub mod preflight;
 pub mod select;
 pub mod service;

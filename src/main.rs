@@ -241,10 +241,24 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     );
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
+    let capture = match &cfg.pcap {
+        Some(path) => {
+            let rec = tunlb::pcap::Recorder::create(path, cfg.pcap_limit)
+                .map_err(|e| format!("--pcap {}: cannot create it: {e}", path.display()))?;
+            tracing::info!(
+                "recording packets before and after NAT in {} (up to {})",
+                path.display(),
+                cfg.pcap_limit
+            );
+            Some(rec)
+        }
+        None => None,
+    };
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
         busy_poll: cfg.busy_poll,
+        capture: capture.clone(),
     };
     let mut last_status = clock.now();
     let mut on_tick = |engine: &Engine, now: tunlb::Timestamp| {
@@ -279,6 +293,13 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         &mut on_tick,
     );
     notifier.stopping();
+    if let (Some(rec), Some(path)) = (&capture, &cfg.pcap) {
+        let (packets, bytes) = rec.finish();
+        tracing::info!(
+            "--pcap {}: {packets} packets, {bytes} bytes",
+            path.display()
+        );
+    }
     // The packet threads are done: the table no longer changes. The last
     // periodic save finishes first, so it cannot overwrite this one.
     stop.store(true, Ordering::Relaxed);

@@ -22,8 +22,13 @@ pub const TARGET: &str = "tunlb::trace";
 /// A NEW connection and the NAT decision made for it; `PICKUP` instead of
 /// `NEW` for a flow picked up mid-stream.
 pub fn new_flow(flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
-    tracing::debug!(
-        target: TARGET,
+    tracing::debug!(target: TARGET, "{}", decision(flow, svc, backend, pickup));
+}
+
+/// Return the NAT decision for a new flow, as the trace line words it:
+/// `NEW C -> VIP => DNAT B, MASQ S (nth: backend 1 of 4)`.
+pub fn decision(flow: &Flow, svc: &Service, backend: usize, pickup: bool) -> String {
+    format!(
         "{} {} => DNAT {}, MASQ {} ({}: backend {} of {})",
         if pickup { "PICKUP" } else { "NEW" },
         flow.original,
@@ -32,7 +37,7 @@ pub fn new_flow(flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
         svc.mode.name(),
         backend + 1,
         svc.backends.len()
-    );
+    )
 }
 
 /// A state change of a flow.

@@ -286,7 +286,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__run)
-            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --help --version"
+            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --pcap --pcap-limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,6 +365,25 @@ _tunlb() {
                     return 0
                     ;;
                 --iface)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pcap)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --pcap-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

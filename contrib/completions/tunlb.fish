@@ -58,6 +58,8 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l io -d 'Datapath: vne
 tun\t'The `tun` crate: one queue, no offloads'
 packet\t'Packet sockets with receive rings on the host\'s interfaces, no TUN (CAP_NET_RAW)'"
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l iface -d 'With --io packet: an interface to listen and send on; repeat for more (default: every one that is up)' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap -d 'Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark' -r -F
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap-limit -d 'Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB]' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l trace -d 'Print every NAT decision and state change, in netfilter\'s words'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l health-check -d 'Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)'
