@@ -6,7 +6,7 @@
 //!           [--mode nth|random|wrr|lc|maglev] [--snat 198.18.0.2] [--max-flows N]
 //!           [--threads N] [--io vnet|tun] [--config FILE] [...]
 //! tunlb iptables <same service flags>
-//! tunlb flows|stats [--tun NAME | --control PATH] [--json]
+//! tunlb flows|stats|events [--tun NAME | --control PATH] [--json]
 //! tunlb completions bash|zsh|fish
 //! tunlb man [--out DIR]
 //! ```
@@ -45,6 +45,8 @@ pub enum Command {
     Flows(QueryArgs),
     /// Print the counters of a running tunlb, like `ipvsadm -L -n --stats`.
     Stats(QueryArgs),
+    /// Follow the flow events of a running tunlb (NEW, UPDATE, DESTROY), like `conntrack -E`.
+    Events(QueryArgs),
     /// Print a shell completion script to stdout.
     Completions(CompletionsArgs),
     /// Print the man page tunlb(1) to stdout, or write every page with --out.

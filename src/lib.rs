@@ -24,6 +24,7 @@ pub mod control;
 pub mod craft;
 pub mod datapath;
 pub mod engine;
+pub mod events;
 pub mod health;
 pub mod io;
 pub mod iptables;

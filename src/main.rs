@@ -52,6 +52,13 @@ fn main() -> ExitCode {
         },
         cli::Command::Flows(q) => query(&q, "flows"),
         cli::Command::Stats(q) => query(&q, "stats"),
+        cli::Command::Events(q) => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            match control::follow(&q.path(), q.json, &mut out, &mut err) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => cli::fail(1, &e),
+            }
+        }
         cli::Command::Completions(a) => cli::completions(&a),
         cli::Command::Man(a) => cli::man(&a),
     }

@@ -19,6 +19,9 @@ _tunlb() {
             tunlb,completions)
                 cmd="tunlb__subcmd__completions"
                 ;;
+            tunlb,events)
+                cmd="tunlb__subcmd__events"
+                ;;
             tunlb,flows)
                 cmd="tunlb__subcmd__flows"
                 ;;
@@ -39,6 +42,9 @@ _tunlb() {
                 ;;
             tunlb__subcmd__help,completions)
                 cmd="tunlb__subcmd__help__subcmd__completions"
+                ;;
+            tunlb__subcmd__help,events)
+                cmd="tunlb__subcmd__help__subcmd__events"
                 ;;
             tunlb__subcmd__help,flows)
                 cmd="tunlb__subcmd__help__subcmd__flows"
@@ -65,7 +71,7 @@ _tunlb() {
 
     case "${cmd}" in
         tunlb)
-            opts="-h -V --help --version run iptables flows stats completions man help"
+            opts="-h -V --help --version run iptables flows stats events completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,6 +91,28 @@ _tunlb() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__events)
+            opts="-h -V --control --tun --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -115,7 +143,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help)
-            opts="run iptables flows stats completions man help"
+            opts="run iptables flows stats events completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +157,20 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
