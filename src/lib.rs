@@ -28,6 +28,7 @@ pub mod events;
 pub mod health;
 pub mod io;
 pub mod iptables;
+pub mod ladder;
 pub mod nat;
 pub mod notify;
 pub mod pcap;

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
                 Err(e) => cli::fail(1, &e),
             }
         }
+        cli::Command::Ladder(a) => cli::ladder(&a),
         cli::Command::Completions(a) => cli::completions(&a),
         cli::Command::Man(a) => cli::man(&a),
     }

@@ -31,6 +31,9 @@ _tunlb() {
             tunlb,iptables)
                 cmd="tunlb__subcmd__iptables"
                 ;;
+            tunlb,ladder)
+                cmd="tunlb__subcmd__ladder"
+                ;;
             tunlb,man)
                 cmd="tunlb__subcmd__man"
                 ;;
@@ -55,6 +58,9 @@ _tunlb() {
             tunlb__subcmd__help,iptables)
                 cmd="tunlb__subcmd__help__subcmd__iptables"
                 ;;
+            tunlb__subcmd__help,ladder)
+                cmd="tunlb__subcmd__help__subcmd__ladder"
+                ;;
             tunlb__subcmd__help,man)
                 cmd="tunlb__subcmd__help__subcmd__man"
                 ;;
@@ -71,7 +77,7 @@ _tunlb() {
 
     case "${cmd}" in
         tunlb)
-            opts="-h -V --help --version run iptables flows stats events completions man help"
+            opts="-h -V --help --version run iptables flows stats events ladder completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -143,7 +149,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help)
-            opts="run iptables flows stats events completions man help"
+            opts="run iptables flows stats events ladder completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -213,6 +219,20 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help__subcmd__iptables)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__help__subcmd__ladder)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -296,6 +316,24 @@ _tunlb() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__ladder)
+            opts="-h -V --flow --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --flow)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

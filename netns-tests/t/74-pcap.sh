@@ -7,7 +7,9 @@
 # first packet carries the NAT decision word for word as --trace logs it,
 # state changes are commented, a dropped packet (a SYN to a port with no
 # service) is on the first side only with its drop reason, and the "after"
-# side's IP and TCP checksums verify in tshark.
+# side's IP and TCP checksums verify in tshark. Then `tunlb ladder` lists
+# the connection and draws it: well-formed SVG (python3's XML parser) with
+# one group per packet of the connection.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -132,3 +134,28 @@ read -r n bad good ffff < <(tshark -n -r "$PCAP" -Y 'frame.interface_id == 1' -o
 note "after NAT: $n packets, $good with good IP and TCP checksums, $ffff with 0xffff for 0x0000"
 check_eq "after NAT: bad IP/TCP checksums" "$bad" 0
 check_eq "after NAT: every packet's checksums verified good" "$((good + ffff))" "$n"
+
+# tunlb ladder: the listing, then the connection as SVG.
+rc=0
+"$TUNLB_BIN" ladder "$PCAP" >"$T_DIR/ladder.txt" 2>&1 || rc=$?
+sed 's/^/    /' "$T_DIR/ladder.txt"
+check_eq "tunlb ladder CAPTURE: exit" "$rc" 0
+check_eq "tunlb ladder CAPTURE lists the one connection" "$(cat "$T_DIR/ladder.txt")" \
+  "   1  $TL_CLIENT_ADDR:$(j cport) -> $VIP:80 => $B1:80 ($(j before_records) packets)"
+rc=0
+"$TUNLB_BIN" ladder "$PCAP" --flow 1 >"$T_DIR/flow.svg" 2>"$T_DIR/ladder.err" || rc=$?
+check_eq "tunlb ladder CAPTURE --flow 1: exit" "$rc" 0
+svg=$("$(tl_python)" - "$T_DIR/flow.svg" <<'EOF'
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+ns = "{http://www.w3.org/2000/svg}"
+groups = [g for g in root.iter(ns + "g") if g.get("class") == "packet"]
+texts = " ".join(t.text or "" for t in root.iter(ns + "text"))
+print(root.tag == ns + "svg", len(groups), "SYN_SENT \u2192 SYN_RECV" in texts, "DNAT" in texts)
+EOF
+) || svg="not well-formed: $svg"
+check_eq "the SVG parses as XML: an svg root, one group per packet, states and the decision written" \
+  "$svg" "True $(j before_records) True True"
+rc=0
+"$TUNLB_BIN" ladder "$PCAP" --flow 2 >/dev/null 2>&1 || rc=$?
+check_eq "tunlb ladder --flow 2 (there is one): usage error" "$rc" 2
