@@ -270,6 +270,9 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     };
     let mut last_status = clock.now();
     let mut on_tick = |engine: &Engine, now: tunlb::Timestamp| {
+        if let Some(c) = &capture {
+            c.tick(now);
+        }
         if reload.swap(false, Ordering::Relaxed) {
             notifier.reloading();
             reconfigure(engine, args, &cfg);

@@ -71,7 +71,7 @@ const SHB_USERAPPL: u16 = 4;
 const IF_NAME: u16 = 2;
 const IF_DESCRIPTION: u16 = 3;
 /// How often buffered records are flushed while packets flow.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How much a capture may hold: packets (records, both sides) or file bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +341,8 @@ pub fn parse(buf: &[u8]) -> Result<Capture, String> {
 struct Sink {
     writer: Writer<BufWriter<File>>,
     last_flush: Timestamp,
+    /// Records written since the last flush.
+    dirty: bool,
     /// The first write error, reported once.
     failed: bool,
 }
@@ -378,6 +380,7 @@ impl Recorder {
             sink: Mutex::new(Sink {
                 writer,
                 last_flush: Timestamp::ZERO,
+                dirty: false,
                 failed: false,
             }),
         }))
@@ -477,8 +480,10 @@ impl Recorder {
         if let (Ok(()), Some(s)) = (&result, sent) {
             result = sink.writer.packet(AFTER, ts_us, s, sent_notes);
         }
+        sink.dirty = true;
         if result.is_ok() && sink.last_flush.until(now) >= FLUSH_EVERY {
             sink.last_flush = now;
+            sink.dirty = false;
             result = sink.writer.flush();
         }
         if let Err(e) = result {
@@ -490,6 +495,26 @@ impl Recorder {
                 );
             }
             self.done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Flush what was recorded if it has waited [`FLUSH_EVERY`] or more:
+    /// called by the housekeeping loop, so a capture read while tunlb runs
+    /// (`tshark -r`) is at most about a second behind, even when traffic
+    /// stops.
+    pub fn tick(&self, now: Timestamp) {
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        if sink.dirty && !sink.failed && sink.last_flush.until(now) >= FLUSH_EVERY {
+            sink.last_flush = now;
+            sink.dirty = false;
+            if let Err(e) = sink.writer.flush() {
+                sink.failed = true;
+                self.done.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "--pcap {}: cannot write: {e}; capture stopped",
+                    self.path.display()
+                );
+            }
         }
     }
 
