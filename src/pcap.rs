@@ -20,13 +20,21 @@
 //! DROP invalid_no_flow
 //! ```
 //!
-//! A drop names its [`DropReason`]. With offloads on, a TCP super-packet
-//! (GSO) is written as it was read and sent, one IP packet of up to 64 KiB
-//! that the kernel cuts into segments later: Wireshark shows one long TCP
-//! segment (its IP total length is the whole), and the TCP checksum of a
-//! packet read with a partial checksum is only the pseudo-header's, which
-//! Wireshark calls incorrect when it checks (it does not by default). Such
-//! packets carry a comment saying so.
+//! A drop names its [`DropReason`].
+//!
+//! # Super-packets
+//! With offloads on (and GRO on the interfaces that feed the TUN), a TCP
+//! super-packet (GSO) is written as it was read and sent: one IP packet of
+//! up to 64 KiB that the kernel cuts into segments later. Wireshark lists
+//! it as one TCP segment with the whole payload (`Len=7240`, "TCP segment
+//! of a reassembled PDU"), its IP total length being the whole packet's.
+//! Its TCP checksum is partial (the pseudo-header's only, completed by
+//! whoever segments it): with TCP checksum validation on (off by default)
+//! Wireshark calls it "incorrect ... (maybe caused by TCP checksum
+//! offload?)". Each such packet carries a comment saying so, on both sides
+//! (`super-packet (GSO) of N bytes, segmented by the kernel later; TCP
+//! checksum partial`), and so does a single packet read with a partial
+//! checksum.
 //!
 //! The capture lives in the shell: the engine is not involved but for
 //! [`Engine::flow_of`], read around [`Engine::process_with`] to learn the

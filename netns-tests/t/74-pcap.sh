@@ -9,7 +9,10 @@
 # service) is on the first side only with its drop reason, and the "after"
 # side's IP and TCP checksums verify in tshark. Then `tunlb ladder` lists
 # the connection and draws it: well-formed SVG (python3's XML parser) with
-# one group per packet of the connection.
+# one group per packet of the connection. Last, with GRO on the lb's
+# ingress veths (as t/37-offload.sh), a 1 MiB download: the super-packets
+# are recorded whole on both sides, each commented as one, and every packet
+# after NAT that is not has valid checksums.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -159,3 +162,26 @@ check_eq "the SVG parses as XML: an svg root, one group per packet, states and t
 rc=0
 "$TUNLB_BIN" ladder "$PCAP" --flow 2 >/dev/null 2>&1 || rc=$?
 check_eq "tunlb ladder --flow 2 (there is one): usage error" "$rc" 2
+
+# Super-packets: GRO on the lb's ingress veths, a fresh tunlb and capture.
+for dev in c0 vb1 vb2 vb3 vb4; do
+  tl_exec "$P" lb ethtool -K "$dev" gro on >/dev/null 2>&1 || note "ethtool -K $dev gro on failed"
+done
+GSO=$T_DIR/gso.pcapng
+t_tunlb_start --mode nth --pcap "$GSO"
+got=$(t_client curl -s --max-time 20 "$VIP_URL/file/small.bin" | sha256sum | cut -d' ' -f1)
+check_eq "1 MiB download with offloads and --pcap: sha256" "$got" "$(tl_sha256 "$P" small.bin)"
+t_tunlb_stop
+read -r big0 big1 bigc < <(tshark -n -r "$GSO" -Y 'ip.len > 1500' -T fields -e frame.interface_id -e frame.comment 2>/dev/null |
+  awk -F '\t' '{ n[$1]++ } $2 ~ /super-packet \(GSO\) of [0-9]+ bytes, segmented by the kernel later; TCP checksum partial/ { c++ }
+    END { print n[0] + 0, n[1] + 0, c + 0 }')
+note "super-packets (IP length > 1500): $big0 as received, $big1 as sent, $bigc commented"
+check_range "super-packets recorded as received" "$big0" 1 100000
+check_eq "as many recorded as sent" "$big1" "$big0"
+check_eq "each commented as a super-packet" "$bigc" "$((big0 + big1))"
+read -r n bad < <(tshark -n -r "$GSO" -Y 'frame.interface_id == 1 && !(frame.comment contains "checksum partial")' \
+  -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE -T fields -e ip.checksum.status -e tcp.checksum.status \
+  -e tcp.checksum -e tcp.checksum_calculated 2>/dev/null |
+  awk -F '\t' '{ n++ } $1 == "0" || ($2 == "0" && !($3 == "0xffff" && $4 == "0x0000")) { bad++ } END { print n + 0, bad + 0 }')
+check_range "packets after NAT with a complete checksum" "$n" 20 100000
+check_eq "of those, bad IP/TCP checksums" "$bad" 0
