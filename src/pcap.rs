@@ -20,7 +20,7 @@
 //! DROP invalid_no_flow
 //! ```
 //!
-//! A drop names its [`DropReason`].
+//! A drop names its [`DropReason`](crate::DropReason).
 //!
 //! # Super-packets
 //! With offloads on (and GRO on the interfaces that feed the TUN), a TCP
