@@ -6,7 +6,8 @@
 //!           [--mode nth|random|wrr|lc|maglev] [--snat 198.18.0.2] [--max-flows N]
 //!           [--threads N] [--io vnet|tun] [--config FILE] [...]
 //! tunlb iptables <same service flags>
-//! tunlb flows|stats [--tun NAME | --control PATH] [--json]
+//! tunlb flows|stats|events [--tun NAME | --control PATH] [--json]
+//! tunlb ladder CAPTURE [--flow N]
 //! tunlb completions bash|zsh|fish
 //! tunlb man [--out DIR]
 //! ```
@@ -45,10 +46,53 @@ pub enum Command {
     Flows(QueryArgs),
     /// Print the counters of a running tunlb, like `ipvsadm -L -n --stats`.
     Stats(QueryArgs),
+    /// Follow the flow events of a running tunlb (NEW, UPDATE, DESTROY), like `conntrack -E`.
+    Events(QueryArgs),
+    /// Draw one connection of a --pcap capture as a sequence diagram (SVG on stdout); without --flow, list them.
+    Ladder(LadderArgs),
     /// Print a shell completion script to stdout.
     Completions(CompletionsArgs),
     /// Print the man page tunlb(1) to stdout, or write every page with --out.
     Man(ManArgs),
+}
+
+/// The flags of `ladder`.
+#[derive(Debug, Args)]
+pub struct LadderArgs {
+    /// A capture written by `tunlb run --pcap`.
+    #[arg(value_name = "CAPTURE", value_hint = clap::ValueHint::FilePath)]
+    pub capture: PathBuf,
+    /// The connection to draw, numbered from 1 as the listing shows.
+    #[arg(long, value_name = "N")]
+    pub flow: Option<usize>,
+}
+
+/// Run `tunlb ladder`: the listing, or flow N's SVG, on stdout.
+pub fn ladder(args: &LadderArgs) -> ExitCode {
+    let file = match std::fs::File::open(&args.capture) {
+        Ok(f) => f,
+        Err(e) => return fail(1, &format!("cannot open {}: {e}", args.capture.display())),
+    };
+    let cap = match tunlb::pcap::read(std::io::BufReader::new(file)) {
+        Ok(c) => c,
+        Err(e) => return fail(1, &format!("{}: {e}", args.capture.display())),
+    };
+    let flows = tunlb::ladder::flows(&cap);
+    match args.flow {
+        None => write_stdout(tunlb::ladder::list(&flows).as_bytes()),
+        Some(n) if (1..=flows.len()).contains(&n) => {
+            write_stdout(tunlb::ladder::svg(&flows[n - 1]).as_bytes())
+        }
+        Some(n) => fail(
+            2,
+            &format!(
+                "--flow {n}: {} holds {} connection(s); run tunlb ladder {} to list them",
+                args.capture.display(),
+                flows.len(),
+                args.capture.display()
+            ),
+        ),
+    }
 }
 
 /// The flags of `completions`.
@@ -187,6 +231,12 @@ pub struct RunArgs {
     /// With --io packet: an interface to listen and send on; repeat for more (default: every one that is up).
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
+    /// Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+    pub pcap: Option<PathBuf>,
+    /// Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB].
+    #[arg(long, value_name = "N|SIZE")]
+    pub pcap_limit: Option<String>,
 }
 
 impl ServiceArgs {
@@ -228,6 +278,8 @@ impl RunArgs {
             state_interval: self.state_interval,
             io: self.io,
             ifaces: self.ifaces.clone(),
+            pcap: self.pcap.clone(),
+            pcap_limit: self.pcap_limit.clone(),
         };
         config::run_config(&self.service.flags(), &run)
     }

@@ -5,7 +5,8 @@
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
 //!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal`, `pickup`,
-//!   `hash_key`, `state_file`, `state_interval`, `io`, `ifaces` and a
+//!   `hash_key`, `state_file`, `state_interval`, `io`, `ifaces`, `pcap`,
+//!   `pcap_limit` and a
 //!   `[timeouts]` table (seconds per TCP state).
 //! - `--vip` with its `--backend`s, `--mode` and `--snat` on the command line
 //!   adds one more service; a VIP declared twice is an error.
@@ -186,6 +187,8 @@ pub struct File {
     hash_key: Option<String>,
     state_file: Option<PathBuf>,
     state_interval: Option<u64>,
+    pcap: Option<PathBuf>,
+    pcap_limit: Option<String>,
     #[serde(default)]
     timeouts: FileTimeouts,
     #[serde(default)]
@@ -247,6 +250,10 @@ pub struct FlagRun {
     pub io: Option<IoKind>,
     /// `--iface`, repeated (packet datapath).
     pub ifaces: Vec<String>,
+    /// `--pcap`.
+    pub pcap: Option<PathBuf>,
+    /// `--pcap-limit`: packets, or bytes with a unit.
+    pub pcap_limit: Option<String>,
 }
 
 /// Which TUN implementation the datapath uses. The config file and `--io`
@@ -303,6 +310,10 @@ pub struct RunConfig {
     pub state_interval: Option<Duration>,
     /// Interfaces of the packet datapath; empty: every one that is up.
     pub ifaces: Vec<String>,
+    /// Where every packet is recorded before and after NAT (`--pcap`).
+    pub pcap: Option<PathBuf>,
+    /// How much `--pcap` may record.
+    pub pcap_limit: crate::pcap::Limit,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -460,6 +471,16 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         Some(s) => Some(Duration::from_secs(s)),
         None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
     };
+    let pcap = run.pcap.clone().or(file.pcap);
+    let pcap_limit = match run.pcap_limit.as_ref().or(file.pcap_limit.as_ref()) {
+        Some(_) if pcap.is_none() => {
+            return Err(Error::Invalid(
+                "--pcap-limit without --pcap: give --pcap FILE too".into(),
+            ))
+        }
+        Some(l) => crate::pcap::Limit::parse(l).map_err(Error::Invalid)?,
+        None => crate::pcap::Limit::DEFAULT,
+    };
     let io = run.io.or(file.io).unwrap_or_default();
     // The packet datapath has no TUN: its name only names the instance.
     let default_tun = (io == IoKind::Packet).then(|| "packet".to_string());
@@ -549,6 +570,8 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         offload: !run.no_offload && file.offload.unwrap_or(true),
         state_file,
         state_interval,
+        pcap,
+        pcap_limit,
         ifaces: if run.ifaces.is_empty() {
             file.ifaces.unwrap_or_default()
         } else {
@@ -813,6 +836,53 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "--busy-poll 1001 is out of range: use 0 (off) to 1000 microseconds, e.g. 50"
         );
         assert!(run_config(&f, &run(Some(50), Some(IoKind::Tun))).is_ok());
+    }
+
+    #[test]
+    fn pcap_from_flags_or_file_with_its_limit() {
+        use crate::pcap::Limit;
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let tun = |pcap: Option<&str>, limit: Option<&str>| FlagRun {
+            tun: Some("tl0".into()),
+            pcap: pcap.map(PathBuf::from),
+            pcap_limit: limit.map(str::to_owned),
+            ..Default::default()
+        };
+        let r = run_config(&f, &tun(None, None)).unwrap();
+        assert_eq!(r.pcap, None, "off by default");
+        let r = run_config(&f, &tun(Some("/tmp/x.pcapng"), None)).unwrap();
+        assert_eq!(
+            (r.pcap.as_deref(), r.pcap_limit),
+            (Some(Path::new("/tmp/x.pcapng")), Limit::DEFAULT)
+        );
+        let r = run_config(&f, &tun(Some("/tmp/x.pcapng"), Some("500"))).unwrap();
+        assert_eq!(r.pcap_limit, Limit::Packets(500));
+        let e = run_config(&f, &tun(None, Some("500")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "--pcap-limit without --pcap: give --pcap FILE too");
+        let e = run_config(&f, &tun(Some("/tmp/x.pcapng"), Some("lots")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--pcap-limit \"lots\""), "{e}");
+        let dir = std::env::temp_dir().join(format!("tunlb-cfg-pcap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.toml");
+        std::fs::write(&path, "pcap = \"/tmp/f.pcapng\"\npcap_limit = \"1MiB\"\n").unwrap();
+        let mut fc = f.clone();
+        fc.config = Some(path);
+        let r = run_config(&fc, &tun(None, None)).unwrap();
+        assert_eq!(
+            (r.pcap.as_deref(), r.pcap_limit),
+            (Some(Path::new("/tmp/f.pcapng")), Limit::Bytes(1 << 20))
+        );
+        let r = run_config(&fc, &tun(None, Some("7"))).unwrap();
+        assert_eq!(
+            r.pcap_limit,
+            Limit::Packets(7),
+            "the flag overrides the file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! The running process listens on a Unix socket (mode 0600: only its owner
 //! may ask) and on an optional TCP address for `/metrics`. The protocol of
 //! the Unix socket is one line in, the answer out, then close: `flows`,
-//! `stats`, `flows json`, `stats json`.
+//! `stats`, `flows json`, `stats json`. `events` and `events json` are
+//! answered by a stream instead, until the client or tunlb goes: a first
+//! line `tunlb: listening for events ...`, then one line per flow event
+//! ([`crate::events`]), and `tunlb: N events lost ...` (JSON: `{"lost":
+//! N}`) where a slow reader lost some.
 //!
 //! # No client can hold up the datapath
 //! Neither listener is served by the housekeeping loop (expiry, signals) or
@@ -162,9 +166,11 @@ impl Control {
             listener,
             |l| l.accept().map(|(s, _)| s),
             limits,
-            stop,
-            move |stream, deadline| {
-                let _ = answer(stream, &source, limits, deadline);
+            stop.clone(),
+            {
+                move |stream, deadline| {
+                    let _ = answer(stream, &source, limits, deadline, &stop);
+                }
             },
         )
     }
@@ -181,12 +187,16 @@ fn answer(
     source: &Source,
     limits: Limits,
     deadline: Instant,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut stream = Timed::new(stream, limits.io_timeout, deadline)?;
     let mut line = String::new();
     BufReader::new(&mut stream).take(256).read_line(&mut line)?;
     let mut words = line.split_whitespace();
     let (what, json) = (words.next().unwrap_or(""), words.next() == Some("json"));
+    if what == "events" {
+        return stream_events(stream.stream, source, json, stop);
+    }
     let (engine, device, now) = (&source.engine, &source.device, source.clock.now());
     let body = match (what, json) {
         ("flows", false) => flows_text(engine, now),
@@ -194,11 +204,131 @@ fn answer(
         ("stats", false) => stats_text(engine, device),
         ("stats", true) => stats_json(engine, device).to_string() + "\n",
         _ => format!(
-            "error: unknown request '{}': use flows or stats\n",
+            "error: unknown request '{}': use flows, stats or events\n",
             line.trim()
         ),
     };
     stream.write_all(body.as_bytes())
+}
+
+/// How long a write of events may wait for a reader that does not read:
+/// meanwhile its queue fills and it loses events; past this, it is dropped.
+pub const EVENTS_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serve `events`: stream the engine's flow events to the client until it
+/// goes, stops reading for [`EVENTS_WRITE_TIMEOUT`], or `stop` is set.
+fn stream_events(
+    mut s: UnixStream,
+    source: &Source,
+    json: bool,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let hub = source.engine.events();
+    let Some(sub) = hub.subscribe() else {
+        return s.write_all(
+            format!(
+                "error: {} event listeners already: stop one first\n",
+                crate::events::MAX_LISTENERS
+            )
+            .as_bytes(),
+        );
+    };
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(Some(EVENTS_WRITE_TIMEOUT))?;
+    writeln!(
+        s,
+        "tunlb: listening for events ({} listener(s)); NEW, UPDATE and DESTROY follow",
+        hub.listeners()
+    )?;
+    let mut out = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(first) = sub.next(POLL) else {
+            if client_gone(&s) {
+                return Ok(());
+            }
+            continue;
+        };
+        out.clear();
+        let now = source.clock.now();
+        let mut next = Some(first);
+        while let Some(e) = next {
+            if json {
+                out += &e.json(now).to_string();
+            } else {
+                out += &e.text(now);
+            }
+            out.push('\n');
+            next = if out.len() < 1 << 16 {
+                sub.try_next()
+            } else {
+                None
+            };
+        }
+        let lost = sub.take_lost();
+        if lost > 0 {
+            out += &if json {
+                format!("{{\"lost\":{lost}}}\n")
+            } else {
+                format!("tunlb: {lost} events lost: this reader did not keep up\n")
+            };
+        }
+        s.write_all(out.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Return whether the client of `s` has closed its end (checked without
+/// waiting while no event comes). A client sends nothing after its request:
+/// anything readable is its end of file, or chatter, read and ignored.
+fn client_gone(mut s: &UnixStream) -> bool {
+    match crate::io::sys::poll_readable(s, Duration::ZERO) {
+        Ok(false) => false,
+        Ok(true) => {
+            let mut b = [0u8; 64];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
+            !matches!(s.read(&mut b), Ok(n) if n > 0)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Follow the event stream of the instance at `path` (`tunlb events`):
+/// events to `out`, a line at a time, until the instance goes; the
+/// instance's greeting to `note`.
+pub fn follow(
+    path: &Path,
+    json: bool,
+    out: &mut dyn Write,
+    note: &mut dyn Write,
+) -> Result<(), String> {
+    let mut s = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach a running tunlb at {}: {e}; is it running, and is this its --control path (or --tun name)?",
+            path.display()
+        )
+    })?;
+    let req = if json { "events json\n" } else { "events\n" };
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(s).lines();
+    match lines.next() {
+        Some(Ok(l)) if l.starts_with("error:") => {
+            return Err(l.trim_start_matches("error: ").into())
+        }
+        Some(Ok(l)) => {
+            let _ = writeln!(note, "{l}");
+        }
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("the instance closed the connection".into()),
+    }
+    for line in lines {
+        let line = line.map_err(|e| e.to_string())?;
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(format!("cannot write to stdout: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// A stream of a client whose every read and write waits at most
@@ -747,6 +877,110 @@ mod tests {
         std::env::temp_dir().join(format!("tunlb-{}-{name}.sock", std::process::id()))
     }
 
+    #[test]
+    fn events_stream_to_several_listeners_until_stop() {
+        use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                services: vec![ServiceConfig {
+                    vip: "198.18.0.1:80".parse().unwrap(),
+                    backends: vec![BackendConfig {
+                        addr: "198.18.2.3:80".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    mode: Default::default(),
+                    snat: vec![],
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let path = socket_path("events");
+        let control = Control::bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = Source {
+            engine: engine.clone(),
+            device: Arc::new(Device::new("mem0", 1, false, 1)),
+            clock: Clock::start(),
+        };
+        let acceptor = control
+            .spawn(source, Limits::DEFAULT, stop.clone())
+            .unwrap();
+        let listen = |json: bool| {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(if json { b"events json\n" } else { b"events\n" })
+                .unwrap();
+            let mut r = BufReader::new(s);
+            let mut greeting = String::new();
+            r.read_line(&mut greeting).unwrap();
+            assert!(
+                greeting.starts_with("tunlb: listening for events"),
+                "{greeting}"
+            );
+            r
+        };
+        let (mut text, mut json) = (listen(false), listen(true));
+        assert_eq!(engine.events().listeners(), 2);
+        let client = "198.18.1.2:40000".parse().unwrap();
+        let vip = "198.18.0.1:80".parse().unwrap();
+        let mut syn = crate::craft::Segment::new(client, vip, 0x02).build();
+        assert!(matches!(
+            engine.process(&mut syn, Timestamp::ZERO),
+            crate::Verdict::Forward { .. }
+        ));
+        let mut rst = crate::craft::Segment::new(client, vip, 0x04).build();
+        let _ = engine.process(&mut rst, Timestamp::ZERO);
+        let mut lines = String::new();
+        for _ in 0..3 {
+            text.read_line(&mut lines).unwrap();
+        }
+        let l: Vec<&str> = lines.lines().collect();
+        // The seconds left (120 at the flow's time 0) by the clock's now.
+        let secs = |line: &str| {
+            line.split_whitespace()
+                .nth(3)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        assert!(l[0].starts_with("    [NEW] tcp      6 "), "{}", l[0]);
+        assert!(l[0].contains(" SYN_SENT src=198.18.1.2 dst=198.18.0.1 sport=40000 dport=80 [UNREPLIED] src=198.18.2.3"), "{}", l[0]);
+        assert!((100..=120).contains(&secs(l[0])), "{}", l[0]);
+        assert!(
+            l[0].ends_with("backend=198.18.2.3:80 (nth: backend 1 of 1)"),
+            "{}",
+            l[0]
+        );
+        assert!(l[1].starts_with(" [UPDATE] tcp      6 "), "{}", l[1]);
+        assert!(l[1].contains(" CLOSE src=198.18.1.2 "), "{}", l[1]);
+        assert!(l[2].starts_with("[DESTROY] tcp      6 src=198.18.1.2 dst=198.18.0.1 sport=40000 dport=80 packets=2 "), "{}", l[2]);
+        assert!(l[2].ends_with("(reset before any reply)"), "{}", l[2]);
+        let mut j = String::new();
+        let kinds: Vec<String> = (0..3)
+            .map(|_| {
+                j.clear();
+                json.read_line(&mut j).unwrap();
+                let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+                v["type"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(kinds, ["new", "update", "destroy"]);
+        // A listener that goes is noticed; at stop, the others' streams end.
+        drop(json);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.events().listeners() > 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(engine.events().listeners(), 1);
+        stop.store(true, Ordering::Relaxed);
+        let mut rest = String::new();
+        text.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "");
+        acceptor.join().unwrap();
+        assert!(!engine.events().listening());
+    }
+
     /// A listener whose workers read one line and answer `body`; each
     /// reports the line and whether the whole answer went out.
     struct Echo {
@@ -943,7 +1177,7 @@ mod tests {
         assert_eq!(json, json!({"flows": []}));
         assert_eq!(
             request(&path, "bogus", false).unwrap(),
-            "error: unknown request 'bogus': use flows or stats\n"
+            "error: unknown request 'bogus': use flows, stats or events\n"
         );
         stop.store(true, Ordering::Relaxed);
         acceptor.join().unwrap();

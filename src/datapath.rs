@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, Verdict};
 use crate::io::PacketIo;
+use crate::pcap::Recorder;
 use crate::time::Timestamp;
 
 /// How long a thread waits for a packet, or the housekeeper sleeps, before
@@ -87,6 +88,8 @@ pub struct Options {
     /// How long a thread keeps reading its empty queue before it sleeps,
     /// while bulk data flows (see the module docs); zero: never.
     pub busy_poll: Duration,
+    /// `--pcap`: record every packet before and after NAT.
+    pub capture: Option<Arc<Recorder>>,
 }
 
 /// What the packet threads counted on the device (the engine counts
@@ -232,21 +235,25 @@ pub fn run(
         "Device::new was given fewer threads than the datapath runs"
     );
     let busy_poll = opts.busy_poll;
+    let capture = opts.capture.clone();
     let failure: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
     let workers: Vec<_> = (0..opts.threads)
         .map(|i| {
-            let (engine, io, stop, device, failure) = (
+            let (engine, io, stop, device, failure, capture) = (
                 engine.clone(),
                 io.clone(),
                 stop.clone(),
                 device.clone(),
                 failure.clone(),
+                capture.clone(),
             );
             thread::Builder::new()
                 .name(format!("tunlb-pkt{i}"))
                 .spawn(move || {
+                    let slot = &device.slots[i];
+                    let cap = capture.as_deref();
                     if let Err(e) =
-                        packet_loop(i, &engine, &*io, &stop, &device.slots[i], clock, busy_poll)
+                        packet_loop(i, &engine, &*io, &stop, slot, clock, busy_poll, cap)
                     {
                         *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         stop.store(true, Ordering::Relaxed);
@@ -280,6 +287,7 @@ pub fn run(
 }
 
 /// One packet thread: receive, process, send, until stopped.
+#[allow(clippy::too_many_arguments)]
 fn packet_loop(
     queue: usize,
     engine: &Engine,
@@ -288,6 +296,7 @@ fn packet_loop(
     slot: &Slot,
     clock: Clock,
     busy_poll: Duration,
+    capture: Option<&Recorder>,
 ) -> Result<(), std::io::Error> {
     let mut buf = vec![0u8; BUF_LEN];
     let mut mine = DeviceTotals::default();
@@ -304,7 +313,11 @@ fn packet_loop(
         mine.bytes += frame.len as u64;
         slot.publish(&mine);
         let pkt = &mut buf[frame.start..frame.start + frame.len];
-        let (len, replaced) = match engine.process_with(pkt, clock.now(), frame.l4) {
+        let verdict = match capture {
+            None => engine.process_with(pkt, clock.now(), frame.l4),
+            Some(c) => c.process(engine, pkt, clock.now(), frame.l4, frame.gso),
+        };
+        let (len, replaced) = match verdict {
             Verdict::Forward { len } => (len, false),
             Verdict::Respond { len } => (len, true),
             Verdict::Drop(_) => continue,
@@ -424,6 +437,7 @@ mod tests {
                         threads: 2,
                         stats_interval: None,
                         busy_poll: Duration::ZERO,
+                        capture: None,
                     },
                     s,
                     c,
@@ -509,6 +523,7 @@ mod tests {
                     threads: 1,
                     stats_interval: None,
                     busy_poll: Duration::ZERO,
+                    capture: None,
                 };
                 run(e, i, &opts, s, d, clock, &mut |_, _| {})
             })

@@ -144,6 +144,8 @@ pub struct Engine {
     port_key: HashKey,
     /// Rate-limited reports of refused NEW connections: table full, ports exhausted.
     refusals: [RateLog; 2],
+    /// Listeners to NEW, UPDATE and DESTROY events (`tunlb events`).
+    events: Arc<crate::events::Hub>,
 }
 
 /// A warning that is logged at its first occurrence and then at most once
@@ -258,6 +260,7 @@ impl Engine {
                 .hash_key
                 .unwrap_or(HashKey([cfg.seed, cfg.seed ^ 0x5ca1_ab1e_7e57_5eed])),
             refusals: [RateLog::new(), RateLog::new()],
+            events: Arc::default(),
         })
     }
 
@@ -412,7 +415,7 @@ impl Engine {
                 .table
                 .remove_if(&flow_key, |f| f.state == TcpState::Close)
             {
-                trace::destroy(&old, "reset before any reply");
+                trace::destroy(&self.events, &old, "reset before any reply");
             }
         }
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
@@ -587,7 +590,7 @@ impl Engine {
             self.table.set_deadline(flow, now + self.timeout(timer));
         }
         if new != old {
-            trace::state(flow, dir, class, old);
+            trace::state(&self.events, flow, dir, class, old);
         }
         flow.packets[d] += 1;
         flow.bytes[d] += len as u64;
@@ -631,7 +634,7 @@ impl Engine {
                 if r.state == TcpState::SynSent {
                     self.counters.redispatched.fetch_add(1, Relaxed);
                 }
-                trace::destroy(&old, r.why);
+                trace::destroy(&self.events, &old, r.why);
             }
         }
         if self.table.contains(&original) {
@@ -692,7 +695,7 @@ impl Engine {
             match victim {
                 Some(victim) => {
                     self.counters.evicted.fetch_add(1, Relaxed);
-                    trace::destroy(&victim, "evicted: table full");
+                    trace::destroy(&self.events, &victim, "evicted: table full");
                 }
                 None => {
                     self.table.release(&reply, &original);
@@ -720,7 +723,7 @@ impl Engine {
             window::open(&mut flow.window, &p.segment);
         }
         let (src, dst) = translate(&flow, Direction::Original);
-        trace::new_flow(&flow, svc, bi, pickup);
+        trace::new_flow(&self.events, &flow, svc, bi, pickup);
         let inserted = self.table.insert(flow);
         drop(admission);
         debug_assert!(inserted, "admission checked the tuple under the lock");
@@ -893,13 +896,29 @@ impl Engine {
                 // The backend never answered the SYN: a passive health signal.
                 flow.backend.syn_failed();
             }
-            trace::destroy(&flow, "timeout");
+            trace::destroy(&self.events, &flow, "timeout");
         })
     }
 
     /// Return when [`Engine::expire`] should next be called, if any flow exists.
     pub fn next_expiry(&self) -> Option<Timestamp> {
         self.table.next_expiry()
+    }
+
+    /// Return a copy of the flow a packet with tuple `t` belongs to, and the
+    /// packet's direction: for observers in the shell (the capture reads a
+    /// flow's decision and state around [`Engine::process`]), not for the
+    /// packet path.
+    pub fn flow_of(&self, t: &Tuple) -> Option<(Flow, Direction)> {
+        match self.table.lookup(t, self.is_vip_port(t.dst.port())) {
+            Lookup::Found(flow, dir) => Some((flow.clone(), dir)),
+            Lookup::Missing => None,
+        }
+    }
+
+    /// Return the hub where flow events are reported (`tunlb events`).
+    pub fn events(&self) -> &Arc<crate::events::Hub> {
+        &self.events
     }
 
     /// Return the number of tracked flows.

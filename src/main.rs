@@ -49,6 +49,14 @@ fn main() -> ExitCode {
         },
         cli::Command::Flows(q) => query(&q, "flows"),
         cli::Command::Stats(q) => query(&q, "stats"),
+        cli::Command::Events(q) => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            match control::follow(&q.path(), q.json, &mut out, &mut err) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => cli::fail(1, &e),
+            }
+        }
+        cli::Command::Ladder(a) => cli::ladder(&a),
         cli::Command::Completions(a) => cli::completions(&a),
         cli::Command::Man(a) => cli::man(&a),
     }
@@ -247,13 +255,30 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     );
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
+    let capture = match &cfg.pcap {
+        Some(path) => {
+            let rec = tunlb::pcap::Recorder::create(path, cfg.pcap_limit)
+                .map_err(|e| format!("--pcap {}: cannot create it: {e}", path.display()))?;
+            tracing::info!(
+                "recording packets before and after NAT in {} (up to {})",
+                path.display(),
+                cfg.pcap_limit
+            );
+            Some(rec)
+        }
+        None => None,
+    };
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
         busy_poll: cfg.busy_poll,
+        capture: capture.clone(),
     };
     let mut last_status = clock.now();
     let mut on_tick = |engine: &Engine, now: tunlb::Timestamp| {
+        if let Some(c) = &capture {
+            c.tick(now);
+        }
         if reload.swap(false, Ordering::Relaxed) {
             notifier.reloading();
             reconfigure(engine, args, &cfg);
@@ -285,6 +310,13 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         &mut on_tick,
     );
     notifier.stopping();
+    if let (Some(rec), Some(path)) = (&capture, &cfg.pcap) {
+        let (packets, bytes) = rec.finish();
+        tracing::info!(
+            "--pcap {}: {packets} packets, {bytes} bytes",
+            path.display()
+        );
+    }
     // The packet threads are done: the table no longer changes. The last
     // periodic save finishes first, so it cannot overwrite this one.
     stop.store(true, Ordering::Relaxed);

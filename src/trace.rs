@@ -14,16 +14,26 @@
 
 use crate::conntrack::tcp::FlagClass;
 use crate::conntrack::{Direction, Flow, TcpState, Tuple};
+use crate::events::{Event, Hub, Kind};
 use crate::service::Service;
 
 /// The tracing target of the teaching line.
 pub const TARGET: &str = "tunlb::trace";
 
 /// A NEW connection and the NAT decision made for it; `PICKUP` instead of
-/// `NEW` for a flow picked up mid-stream.
-pub fn new_flow(flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
-    tracing::debug!(
-        target: TARGET,
+/// `NEW` for a flow picked up mid-stream. Also reported to `events`.
+pub fn new_flow(events: &Hub, flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
+    events.publish(|| Event {
+        decision: Some((svc.mode.name(), backend + 1, svc.backends.len())),
+        ..Event::of(flow, Kind::New { pickup })
+    });
+    tracing::debug!(target: TARGET, "{}", decision(flow, svc, backend, pickup));
+}
+
+/// Return the NAT decision for a new flow, as the trace line words it:
+/// `NEW C -> VIP => DNAT B, MASQ S (nth: backend 1 of 4)`.
+pub fn decision(flow: &Flow, svc: &Service, backend: usize, pickup: bool) -> String {
+    format!(
         "{} {} => DNAT {}, MASQ {} ({}: backend {} of {})",
         if pickup { "PICKUP" } else { "NEW" },
         flow.original,
@@ -32,11 +42,12 @@ pub fn new_flow(flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
         svc.mode.name(),
         backend + 1,
         svc.backends.len()
-    );
+    )
 }
 
-/// A state change of a flow.
-pub fn state(flow: &Flow, dir: Direction, class: FlagClass, old: TcpState) {
+/// A state change of a flow. Also reported to `events`.
+pub fn state(events: &Hub, flow: &Flow, dir: Direction, class: FlagClass, old: TcpState) {
+    events.publish(|| Event::of(flow, Kind::Update { old }));
     let what = match class {
         FlagClass::Syn => "SYN",
         FlagClass::SynAck => "SYN-ACK",
@@ -71,8 +82,9 @@ pub fn invalid(flow: &Flow, dir: Direction, seq: u32, ack: u32, why: &str) {
     );
 }
 
-/// A flow leaving the table.
-pub fn destroy(flow: &Flow, why: &str) {
+/// A flow leaving the table. Also reported to `events`.
+pub fn destroy(events: &Hub, flow: &Flow, why: &'static str) {
+    events.publish(|| Event::of(flow, Kind::Destroy { why }));
     tracing::debug!(target: TARGET, "DESTROY {} in {} ({})", flow.original, flow.state, why);
 }
 

@@ -19,6 +19,9 @@ _tunlb() {
             tunlb,completions)
                 cmd="tunlb__subcmd__completions"
                 ;;
+            tunlb,events)
+                cmd="tunlb__subcmd__events"
+                ;;
             tunlb,flows)
                 cmd="tunlb__subcmd__flows"
                 ;;
@@ -27,6 +30,9 @@ _tunlb() {
                 ;;
             tunlb,iptables)
                 cmd="tunlb__subcmd__iptables"
+                ;;
+            tunlb,ladder)
+                cmd="tunlb__subcmd__ladder"
                 ;;
             tunlb,man)
                 cmd="tunlb__subcmd__man"
@@ -40,6 +46,9 @@ _tunlb() {
             tunlb__subcmd__help,completions)
                 cmd="tunlb__subcmd__help__subcmd__completions"
                 ;;
+            tunlb__subcmd__help,events)
+                cmd="tunlb__subcmd__help__subcmd__events"
+                ;;
             tunlb__subcmd__help,flows)
                 cmd="tunlb__subcmd__help__subcmd__flows"
                 ;;
@@ -48,6 +57,9 @@ _tunlb() {
                 ;;
             tunlb__subcmd__help,iptables)
                 cmd="tunlb__subcmd__help__subcmd__iptables"
+                ;;
+            tunlb__subcmd__help,ladder)
+                cmd="tunlb__subcmd__help__subcmd__ladder"
                 ;;
             tunlb__subcmd__help,man)
                 cmd="tunlb__subcmd__help__subcmd__man"
@@ -65,7 +77,7 @@ _tunlb() {
 
     case "${cmd}" in
         tunlb)
-            opts="-h -V --help --version run iptables flows stats completions man help"
+            opts="-h -V --help --version run iptables flows stats events ladder completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -85,6 +97,28 @@ _tunlb() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__events)
+            opts="-h -V --control --tun --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -115,7 +149,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help)
-            opts="run iptables flows stats completions man help"
+            opts="run iptables flows stats events ladder completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +163,20 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -171,6 +219,20 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__help__subcmd__iptables)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tunlb__subcmd__help__subcmd__ladder)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -264,6 +326,24 @@ _tunlb() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tunlb__subcmd__ladder)
+            opts="-h -V --flow --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --flow)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tunlb__subcmd__man)
             opts="-h -V --out --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -286,7 +366,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__run)
-            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --help --version"
+            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --pcap --pcap-limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,6 +445,25 @@ _tunlb() {
                     return 0
                     ;;
                 --iface)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pcap)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --pcap-limit)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -30,6 +30,8 @@ complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "run" -d 'Balance TCP co
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "iptables" -d 'Print the equivalent iptables ruleset (correctly cascaded) and exit'
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "flows" -d 'List the flows of a running tunlb, like `conntrack -L`'
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "stats" -d 'Print the counters of a running tunlb, like `ipvsadm -L -n --stats`'
+complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "events" -d 'Follow the flow events of a running tunlb (NEW, UPDATE, DESTROY), like `conntrack -E`'
+complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "ladder" -d 'Draw one connection of a --pcap capture as a sequence diagram (SVG on stdout); without --flow, list them'
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "man" -d 'Print the man page tunlb(1) to stdout, or write every page with --out'
 complete -c tunlb -n "__fish_tunlb_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -58,6 +60,8 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l io -d 'Datapath: vne
 tun\t'The `tun` crate: one queue, no offloads'
 packet\t'Packet sockets with receive rings on the host\'s interfaces, no TUN (CAP_NET_RAW)'"
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l iface -d 'With --io packet: an interface to listen and send on; repeat for more (default: every one that is up)' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap -d 'Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark' -r -F
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap-limit -d 'Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB]' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l trace -d 'Print every NAT decision and state change, in netfilter\'s words'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l health-check -d 'Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)'
@@ -88,15 +92,25 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l tun -d 'The instan
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l json -d 'Print JSON for scripts'
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -s V -l version -d 'Print version'
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l control -d 'The instance\'s control socket (default: derived from --tun)' -r -F
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l tun -d 'The instance\'s TUN name, to find its default control socket' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l json -d 'Print JSON for scripts'
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -s h -l help -d 'Print help'
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -s V -l version -d 'Print version'
+complete -c tunlb -n "__fish_tunlb_using_subcommand ladder" -l flow -d 'The connection to draw, numbered from 1 as the listing shows' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand ladder" -s h -l help -d 'Print help'
+complete -c tunlb -n "__fish_tunlb_using_subcommand ladder" -s V -l version -d 'Print version'
 complete -c tunlb -n "__fish_tunlb_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tunlb -n "__fish_tunlb_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c tunlb -n "__fish_tunlb_using_subcommand man" -l out -d 'Write one page per command (tunlb.1, tunlb-run.1, ...) into DIR instead' -r -f -a "(__fish_complete_directories)"
 complete -c tunlb -n "__fish_tunlb_using_subcommand man" -s h -l help -d 'Print help'
 complete -c tunlb -n "__fish_tunlb_using_subcommand man" -s V -l version -d 'Print version'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "run" -d 'Balance TCP connections to a VIP over backends, through a TUN device'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "iptables" -d 'Print the equivalent iptables ruleset (correctly cascaded) and exit'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "flows" -d 'List the flows of a running tunlb, like `conntrack -L`'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "stats" -d 'Print the counters of a running tunlb, like `ipvsadm -L -n --stats`'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "man" -d 'Print the man page tunlb(1) to stdout, or write every page with --out'
-complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "run" -d 'Balance TCP connections to a VIP over backends, through a TUN device'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "iptables" -d 'Print the equivalent iptables ruleset (correctly cascaded) and exit'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "flows" -d 'List the flows of a running tunlb, like `conntrack -L`'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "stats" -d 'Print the counters of a running tunlb, like `ipvsadm -L -n --stats`'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "events" -d 'Follow the flow events of a running tunlb (NEW, UPDATE, DESTROY), like `conntrack -E`'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "ladder" -d 'Draw one connection of a --pcap capture as a sequence diagram (SVG on stdout); without --flow, list them'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "man" -d 'Print the man page tunlb(1) to stdout, or write every page with --out'
+complete -c tunlb -n "__fish_tunlb_using_subcommand help; and not __fish_seen_subcommand_from run iptables flows stats events ladder completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
