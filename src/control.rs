@@ -116,6 +116,66 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// What can go wrong on either end of the control socket or the metrics
+/// listener. Each message names the path or address and the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket's directory cannot be made.
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A live instance already answers at the path.
+    #[error("another tunlb answers on {}: give this one its own --control PATH", .0.display())]
+    InUse(PathBuf),
+    /// The socket cannot be bound or set up.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Listen {
+        /// What was being done: "listen on", "restrict", "set up".
+        what: &'static str,
+        /// The socket's path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The metrics address cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {source}; choose a free --metrics ADDR:PORT")]
+    Metrics {
+        /// The address asked for.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No instance answers at the path (`tunlb flows`, `stats`, `events`).
+    #[error(
+        "cannot reach a running tunlb at {}: {source}; is it running, and is this its --control path (or --tun name)?",
+        path.display()
+    )]
+    Unreachable {
+        /// The socket's path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The exchange with the instance failed midway.
+    #[error("the conversation with tunlb at {} failed: {source}", path.display())]
+    Exchange {
+        /// The socket's path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The instance refused the request (its own words).
+    #[error("{0}")]
+    Refused(String),
+    /// Our own output cannot be written.
+    #[error("cannot write to stdout: {0}")]
+    Output(std::io::Error),
+}
+
 /// The control socket of a running instance.
 #[derive(Debug)]
 pub struct Control {
@@ -126,25 +186,28 @@ pub struct Control {
 impl Control {
     /// Listen at `path`, replacing a stale socket left by a dead instance;
     /// refuses if a live instance answers there.
-    pub fn bind(path: &Path) -> Result<Self, String> {
+    pub fn bind(path: &Path) -> Result<Self, Error> {
+        let listen = |what| {
+            move |source| Error::Listen {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
         }
         if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another tunlb answers on {}: give this one its own --control PATH",
-                path.display()
-            ));
+            return Err(Error::InUse(path.to_owned()));
         }
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(listen("listen on"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(listen("restrict"))?;
+        listener.set_nonblocking(true).map_err(listen("set up"))?;
         Ok(Control {
             listener,
             path: path.to_owned(),
@@ -300,35 +363,47 @@ pub fn follow(
     json: bool,
     out: &mut dyn Write,
     note: &mut dyn Write,
-) -> Result<(), String> {
-    let mut s = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach a running tunlb at {}: {e}; is it running, and is this its --control path (or --tun name)?",
-            path.display()
-        )
-    })?;
+) -> Result<(), Error> {
+    let mut s = connect(path)?;
+    let exchange = |source| Error::Exchange {
+        path: path.to_owned(),
+        source,
+    };
     let req = if json { "events json\n" } else { "events\n" };
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).map_err(exchange)?;
     let mut lines = BufReader::new(s).lines();
     match lines.next() {
         Some(Ok(l)) if l.starts_with("error:") => {
-            return Err(l.trim_start_matches("error: ").into())
+            return Err(Error::Refused(l.trim_start_matches("error: ").into()))
         }
         Some(Ok(l)) => {
             let _ = writeln!(note, "{l}");
         }
-        Some(Err(e)) => return Err(e.to_string()),
-        None => return Err("the instance closed the connection".into()),
+        Some(Err(e)) => return Err(exchange(e)),
+        None => {
+            return Err(exchange(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the instance closed the connection",
+            )))
+        }
     }
     for line in lines {
-        let line = line.map_err(|e| e.to_string())?;
+        let line = line.map_err(exchange)?;
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(format!("cannot write to stdout: {e}")),
+            Err(e) => return Err(Error::Output(e)),
         }
     }
     Ok(())
+}
+
+/// Connect to the instance at `path`.
+fn connect(path: &Path) -> Result<UnixStream, Error> {
+    UnixStream::connect(path).map_err(|source| Error::Unreachable {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A stream of a client whose every read and write waits at most
@@ -497,21 +572,20 @@ where
 }
 
 /// Send one request to the instance at `path` and return its answer.
-pub fn request(path: &Path, what: &str, json: bool) -> Result<String, String> {
-    let mut s = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach a running tunlb at {}: {e}; is it running, and is this its --control path (or --tun name)?",
-            path.display()
-        )
-    })?;
+pub fn request(path: &Path, what: &str, json: bool) -> Result<String, Error> {
+    let mut s = connect(path)?;
+    let exchange = |source| Error::Exchange {
+        path: path.to_owned(),
+        source,
+    };
     let req = if json {
         format!("{what} json\n")
     } else {
         format!("{what}\n")
     };
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).map_err(exchange)?;
     let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    s.read_to_string(&mut out).map_err(exchange)?;
     Ok(out)
 }
 
@@ -793,11 +867,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Listen on `addr` (e.g. 127.0.0.1:9100).
-    pub fn bind(addr: &str) -> Result<Self, String> {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            format!("cannot listen for metrics on {addr}: {e}; choose a free --metrics ADDR:PORT")
-        })?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    pub fn bind(addr: &str) -> Result<Self, Error> {
+        let error = |source| Error::Metrics {
+            addr: addr.to_owned(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(error)?;
+        listener.set_nonblocking(true).map_err(error)?;
         Ok(Metrics { listener })
     }
 

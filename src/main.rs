@@ -206,7 +206,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
         );
     }
     let metrics = match &cfg.metrics {
-        Some(addr) => Some(Metrics::bind(addr)?),
+        Some(addr) => Some(Metrics::bind(addr).map_err(|e| e.to_string())?),
         None => None,
     };
     if let Some(m) = &metrics {
