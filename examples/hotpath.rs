@@ -62,7 +62,7 @@ fn main() {
     }
     let c = client(0);
     run(&Segment::new(c, VIP, SYN).build(), 1);
-    let reply = e.flows()[0].flow.reply;
+    let reply = e.flows()[0].reply;
     run(&Segment::new(reply.src, reply.dst, SYN | ACK).build(), 1);
     run(&Segment::new(c, VIP, ACK).build(), 1);
     let payload = vec![0x5a; if mode == "big" { 1400 } else { 64 }];

@@ -593,7 +593,7 @@ pub fn request(path: &Path, what: &str, json: bool) -> Result<String, Error> {
 pub fn flows_text(engine: &Engine, now: Timestamp) -> String {
     let mut out = String::new();
     for info in engine.flows() {
-        let f = &info.flow;
+        let f = info;
         let (o, r) = (f.original, f.reply);
         let _ = writeln!(
             out,
@@ -626,7 +626,7 @@ pub fn flows_json(engine: &Engine, now: Timestamp) -> serde_json::Value {
         .flows()
         .iter()
         .map(|i| {
-            let f = &i.flow;
+            let f = i;
             json!({
                 "original": {"src": f.original.src.to_string(), "dst": f.original.dst.to_string(),
                              "packets": f.packets[0], "bytes": f.bytes[0]},

@@ -45,7 +45,7 @@ use crate::conntrack::ports::{self, HashKey};
 use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::window::{self, Check, RstCheck};
-use crate::conntrack::{ConnTable, Direction, Flow, FlowGuard, FlowInfo, Tuple};
+use crate::conntrack::{ConnTable, Direction, Flow, FlowGuard, Tuple};
 use crate::nat;
 pub use crate::nat::L4Checksum;
 use crate::service::{ConfigError, EngineConfig, Service};
@@ -784,7 +784,7 @@ impl Engine {
         self.table
             .snapshot()
             .into_iter()
-            .map(|FlowInfo { flow: f }| SavedFlow {
+            .map(|f| SavedFlow {
                 client: f.original.src,
                 vip: f.original.dst,
                 backend: f.reply.src,
@@ -938,7 +938,7 @@ impl Engine {
     }
 
     /// Copy every tracked flow, like `conntrack -L` (not for the packet path).
-    pub fn flows(&self) -> Vec<FlowInfo> {
+    pub fn flows(&self) -> Vec<Flow> {
         self.table.snapshot()
     }
 
@@ -1072,9 +1072,8 @@ mod tests {
         let reply = e
             .flows()
             .into_iter()
-            .find(|f| f.flow.original.src == client(1000))
+            .find(|f| f.original.src == client(1000))
             .unwrap()
-            .flow
             .reply;
         let mut synack = Segment {
             ack: 1,
@@ -1177,7 +1176,7 @@ mod tests {
     fn a_backend_reset_to_a_syn_is_a_passive_health_signal() {
         let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
         let backend = syn(&e, 6000);
-        let reply = e.flows()[0].flow.reply;
+        let reply = e.flows()[0].reply;
         // A blind RST (not acknowledging the SYN) is refused...
         let mut blind = Segment {
             ack: 12345,
@@ -1215,9 +1214,8 @@ mod tests {
     fn flow(e: &Engine, port: u16) -> Flow {
         e.flows()
             .into_iter()
-            .find(|f| f.flow.original.src == client(port))
+            .find(|f| f.original.src == client(port))
             .expect("the flow exists")
-            .flow
     }
 
     #[test]

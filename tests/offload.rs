@@ -46,7 +46,7 @@ fn open(e: &Engine) -> (SocketAddrV4, SocketAddrV4) {
     }
     .build();
     assert!(matches!(e.process(&mut p, t), Verdict::Forward { .. }));
-    let r = e.flows()[0].flow.reply;
+    let r = e.flows()[0].reply;
     let mut p = Segment {
         seq: 499,
         ack: 100,

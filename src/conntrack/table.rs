@@ -90,20 +90,11 @@ pub struct Flow {
     pub stray_ack: Option<u32>,
 }
 
-/// A read-only copy of a flow for listings (`conntrack -L`).
-#[derive(Debug, Clone)]
-pub struct FlowInfo {
-    /// The flow as it was when copied.
-    pub flow: Flow,
-}
-
 /// Traffic totals read off the table (see [`ConnTable::totals`]).
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     /// Packets per direction, all flows ever.
     pub packets: [u64; 2],
-    /// Bytes per direction, all flows ever.
-    pub bytes: [u64; 2],
     /// Live flows' (packets, bytes) per backend, keyed by `Arc::as_ptr` as usize.
     pub live_by_backend: HashMap<usize, (u64, u64)>,
 }
@@ -134,8 +125,8 @@ pub struct ConnTable {
     replies: DashMap<Tuple, Tuple, RandomState>,
     count: AtomicUsize,
     max: AtomicUsize,
-    /// Packets and bytes per direction of flows already removed.
-    retired: [[AtomicU64; 2]; 2],
+    /// Packets per direction of flows already removed.
+    retired: [AtomicU64; 2],
     /// ORIGINAL tuples of flows in creation order, for eviction: the front
     /// is the oldest flow that may still be unreplied. Entries of flows that
     /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
@@ -538,8 +529,7 @@ impl ConnTable {
         let b = &flow.backend;
         b.add_active(-1);
         for d in 0..2 {
-            self.retired[0][d].fetch_add(flow.packets[d], Ordering::Relaxed);
-            self.retired[1][d].fetch_add(flow.bytes[d], Ordering::Relaxed);
+            self.retired[d].fetch_add(flow.packets[d], Ordering::Relaxed);
         }
         b.counters
             .packets
@@ -555,14 +545,12 @@ impl ConnTable {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for d in 0..2 {
-            t.packets[d] = self.retired[0][d].load(Ordering::Relaxed);
-            t.bytes[d] = self.retired[1][d].load(Ordering::Relaxed);
+            t.packets[d] = self.retired[d].load(Ordering::Relaxed);
         }
         for r in self.flows.iter() {
             let f = r.value();
             for d in 0..2 {
                 t.packets[d] += f.packets[d];
-                t.bytes[d] += f.bytes[d];
             }
             let e = t
                 .live_by_backend
@@ -575,13 +563,8 @@ impl ConnTable {
     }
 
     /// Copy every flow (for listings; not for the packet path).
-    pub fn snapshot(&self) -> Vec<FlowInfo> {
-        self.flows
-            .iter()
-            .map(|r| FlowInfo {
-                flow: r.value().clone(),
-            })
-            .collect()
+    pub fn snapshot(&self) -> Vec<Flow> {
+        self.flows.iter().map(|r| r.value().clone()).collect()
     }
 }
 

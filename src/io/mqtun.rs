@@ -39,7 +39,6 @@ pub struct Opened {
 #[derive(Debug)]
 pub struct MqTun {
     queues: Vec<File>,
-    offload: bool,
 }
 
 fn open_queue(name: &str, multi: bool) -> io::Result<File> {
@@ -121,18 +120,7 @@ impl MqTun {
             queues: files.len(),
             offload,
         };
-        Ok((
-            MqTun {
-                queues: files,
-                offload,
-            },
-            opened,
-        ))
-    }
-
-    /// Return whether offloads are on.
-    pub fn offload(&self) -> bool {
-        self.offload
+        Ok((MqTun { queues: files }, opened))
     }
 }
 

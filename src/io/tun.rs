@@ -121,11 +121,6 @@ impl TunIo {
             name: spec.name.clone(),
         })
     }
-
-    /// Return the interface name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl PacketIo for TunIo {

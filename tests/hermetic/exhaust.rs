@@ -165,7 +165,7 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
         .engine
         .flows()
         .iter()
-        .map(|f| (*f.flow.reply.dst.ip(), f.flow.reply.dst.port()))
+        .map(|f| (*f.reply.dst.ip(), f.reply.dst.port()))
         .collect();
     let want: BTreeSet<(Ipv4Addr, u16)> = POOL[..2]
         .iter()
@@ -211,9 +211,8 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
         .engine
         .flows()
         .into_iter()
-        .find(|f| f.flow.original.src == net.stream(ids[1]).local)
+        .find(|f| f.original.src == net.stream(ids[1]).local)
         .unwrap()
-        .flow
         .reply;
     net.close(ids[1]);
     net.finish(&[ids[1]], Duration::from_secs(5));
@@ -224,9 +223,8 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
     let flows = net.engine.flows();
     let got: Tuple = flows
         .iter()
-        .find(|f| f.flow.original.src == net.stream(late).local)
+        .find(|f| f.original.src == net.stream(late).local)
         .unwrap()
-        .flow
         .reply;
     assert_eq!(
         got, freed,

@@ -57,9 +57,8 @@ fn backend_of(net: &Net, id: StreamId) -> usize {
         .engine
         .flows()
         .into_iter()
-        .find(|f| f.flow.original.src == client)
-        .unwrap_or_else(|| panic!("no flow for {client}"))
-        .flow;
+        .find(|f| f.original.src == client)
+        .unwrap_or_else(|| panic!("no flow for {client}"));
     let b = BACKENDS
         .iter()
         .position(|a| a == flow.reply.src.ip())
@@ -161,8 +160,8 @@ fn a_syn_flood_at_ten_times_the_table_evicts_only_its_own_entries() {
     let flows = net.engine.flows();
     let mut flood_left: Vec<Tuple> = flows
         .iter()
-        .filter(|f| !f.flow.assured)
-        .map(|f| f.flow.original)
+        .filter(|f| !f.assured)
+        .map(|f| f.original)
         .collect();
     flood_left.sort();
     let mut newest: Vec<Tuple> = (FLOOD - kept as u64..FLOOD).map(flood_tuple).collect();
@@ -172,12 +171,12 @@ fn a_syn_flood_at_ten_times_the_table_evicts_only_its_own_entries() {
         "the oldest flood entries were evicted first"
     );
     let syn_sent = Timeouts::default().get(TcpState::SynSent);
-    for f in flows.iter().filter(|f| !f.flow.assured) {
-        assert_eq!(f.flow.state, TcpState::SynSent);
-        assert!(!f.flow.seen_reply);
+    for f in flows.iter().filter(|f| !f.assured) {
+        assert_eq!(f.state, TcpState::SynSent);
+        assert!(!f.seen_reply);
     }
-    for f in flows.iter().filter(|f| f.flow.assured) {
-        assert_eq!(f.flow.state, TcpState::Established);
+    for f in flows.iter().filter(|f| f.assured) {
+        assert_eq!(f.state, TcpState::Established);
     }
     assert_eq!(flows.len() - flood_left.len(), real.len());
 
@@ -206,7 +205,7 @@ fn a_syn_flood_at_ten_times_the_table_evicts_only_its_own_entries() {
     assert_eq!(net.engine.flow_count(), MAX_FLOWS - 1);
     net.advance_to(last_syn + syn_sent);
     assert_eq!(net.engine.flow_count(), real.len());
-    assert!(net.engine.flows().iter().all(|f| f.flow.assured));
+    assert!(net.engine.flows().iter().all(|f| f.assured));
     let s = net.engine.stats();
     assert_eq!(s.expired, kept as u64, "{s}");
     assert_eq!(
@@ -242,9 +241,9 @@ fn retransmitted_flood_syns_never_extend_their_entries() {
         // ...without a new flow and without a later deadline.
         assert_eq!(engine.stats().new_flows, 32);
         for f in engine.flows() {
-            assert_eq!(f.flow.state, TcpState::SynSent);
+            assert_eq!(f.state, TcpState::SynSent);
             assert_eq!(
-                f.flow.deadline, deadline,
+                f.deadline, deadline,
                 "a retransmitted SYN renewed the timer"
             );
         }
@@ -272,7 +271,7 @@ fn a_flood_against_a_table_of_established_flows_is_refused_and_counted() {
     let mut net = network(8);
     let real = open_real(&mut net, 8, 30000);
     let backends: Vec<usize> = real.iter().map(|&id| backend_of(&net, id)).collect();
-    assert!(net.engine.flows().iter().all(|f| f.flow.assured));
+    assert!(net.engine.flows().iter().all(|f| f.assured));
 
     for i in 0..80 {
         net.advance_to(Timestamp::from_millis(net.now().as_millis() + 1));
@@ -327,7 +326,7 @@ fn a_million_spoofed_syns_against_a_full_table_keep_every_established_flow() {
     assert_eq!(s.new_flows, ESTABLISHED + SYNS);
     assert_eq!(s.evicted, ESTABLISHED + SYNS - TABLE as u64);
     assert_eq!(s.total_dropped(), 0, "{s}");
-    let assured = engine.flows().iter().filter(|f| f.flow.assured).count();
+    let assured = engine.flows().iter().filter(|f| f.assured).count();
     assert_eq!(assured as u64, ESTABLISHED, "every established flow kept");
     for c in &real {
         let v = c.orig(

@@ -36,7 +36,7 @@ fn flow_views(net: &Net) -> Vec<FlowView> {
         .flows()
         .into_iter()
         .map(|i| {
-            let f = i.flow;
+            let f = i;
             (
                 f.original,
                 f.reply,

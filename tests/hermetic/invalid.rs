@@ -52,7 +52,7 @@ fn live() -> (Net, Live) {
         net.run_until(Duration::from_secs(5), |n| n.stream(id).received
             == greeting(0))
     );
-    let flow = net.engine.flows()[0].flow.clone();
+    let flow = net.engine.flows()[0].clone();
     assert_eq!(flow.state, TcpState::Established);
     let live = Live {
         id,
@@ -131,9 +131,8 @@ fn state(net: &Net, live: &Live) -> TcpState {
     net.engine
         .flows()
         .into_iter()
-        .find(|f| f.flow.original == live.original)
+        .find(|f| f.original == live.original)
         .expect("the flow exists")
-        .flow
         .state
 }
 
@@ -242,7 +241,7 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     let engine = Engine::new(net::config(Mode::Nth, &[1])).unwrap();
     let t0 = Timestamp::from_secs(1);
     let conn = cycle::open(&engine, t0, cycle::client(0), vip()).unwrap();
-    let before = engine.flows()[0].flow.clone();
+    let before = engine.flows()[0].clone();
     let t1 = t0 + Duration::from_secs(30);
     for flags in [ACK, ACK | PSH, FIN | ACK] {
         let v = conn.orig(&engine, t1, flags, CLIENT_ISN + 1, SERVER_ISN + 1);
@@ -252,7 +251,7 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
             "flags {flags:#04x}"
         );
     }
-    let after = engine.flows()[0].flow.clone();
+    let after = engine.flows()[0].clone();
     assert_eq!(after.state, TcpState::SynSent);
     assert_eq!(
         after.deadline, before.deadline,
@@ -265,7 +264,7 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     assert_eq!(engine.stats().dropped(DropReason::InvalidTransition), 3);
     // The handshake still completes normally.
     conn.establish(&engine, t1);
-    assert_eq!(engine.flows()[0].flow.state, TcpState::Established);
+    assert_eq!(engine.flows()[0].state, TcpState::Established);
 }
 
 #[test]
@@ -364,9 +363,8 @@ fn flow_of(net: &Net, live: &Live) -> tunlb::conntrack::Flow {
     net.engine
         .flows()
         .into_iter()
-        .find(|f| f.flow.original == live.original)
+        .find(|f| f.original == live.original)
         .expect("the flow exists")
-        .flow
 }
 
 fn same_flow(a: &tunlb::conntrack::Flow, b: &tunlb::conntrack::Flow) -> bool {

@@ -16,7 +16,7 @@ use crate::wire::{Fate, Leg};
 fn only_flow(net: &Net) -> tunlb::conntrack::Flow {
     let flows = net.engine.flows();
     assert_eq!(flows.len(), 1, "{}", net.report("expected one flow", &[]));
-    flows[0].flow.clone()
+    flows[0].clone()
 }
 
 /// One millisecond before `t`.
@@ -194,9 +194,9 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
         );
         let flows = engine.flows();
         assert_eq!(flows.len(), 1);
-        assert_eq!(flows[0].flow.state, TcpState::SynSent);
+        assert_eq!(flows[0].state, TcpState::SynSent);
         assert_eq!(
-            flows[0].flow.deadline, deadline,
+            flows[0].deadline, deadline,
             "SYN at +{at} s moved the deadline"
         );
         assert!(!engine.expire(now) && engine.flow_count() == 1);

@@ -31,11 +31,7 @@ fn greeted(net: &Net, id: StreamId) -> bool {
 
 /// The ORIGINAL tuples in the table, sorted.
 fn originals(engine: &Engine) -> Vec<Tuple> {
-    let mut v: Vec<Tuple> = engine
-        .flows()
-        .into_iter()
-        .map(|f| f.flow.original)
-        .collect();
+    let mut v: Vec<Tuple> = engine.flows().into_iter().map(|f| f.original).collect();
     v.sort();
     v
 }
@@ -83,7 +79,7 @@ fn a_full_table_evicts_unreplied_syns_but_never_assured_flows() {
         want,
         "the unreplied SYNs went, the assured flows stayed"
     );
-    assert!(net.engine.flows().iter().all(|f| f.flow.assured));
+    assert!(net.engine.flows().iter().all(|f| f.assured));
 
     // A table full of ASSURED flows admits nobody: the SYN is dropped (and
     // retransmitted by the client), nothing is evicted.
@@ -97,7 +93,7 @@ fn a_full_table_evicts_unreplied_syns_but_never_assured_flows() {
     assert_eq!(originals(&net.engine), want);
     assert!(!net.stream(e).established);
     for f in net.engine.flows() {
-        assert_eq!(f.flow.state, TcpState::Established);
+        assert_eq!(f.state, TcpState::Established);
     }
 
     // Once a connection closes, its closing flow is the next victim and the
@@ -127,9 +123,8 @@ fn handshake(engine: &Engine, port: u16, now: Timestamp) -> Tuple {
     let reply = engine
         .flows()
         .into_iter()
-        .find(|f| f.flow.original.src == client)
+        .find(|f| f.original.src == client)
         .unwrap()
-        .flow
         .reply;
     let mut syn_ack = craft::tcp(reply.src, reply.dst, flags::SYN | flags::ACK, 5000, 1001);
     assert!(matches!(
@@ -153,7 +148,7 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
     for port in 0..10 {
         handshake(&engine, 30000 + port, t0);
     }
-    assert!(engine.flows().iter().all(|f| f.flow.assured));
+    assert!(engine.flows().iter().all(|f| f.assured));
     let t1 = Timestamp::from_secs(2);
     for port in [31001, 31002] {
         let mut syn = craft::tcp(SocketAddrV4::new(CLIENTS[1], port), vip(), flags::SYN, 1, 0);
@@ -178,7 +173,7 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
         engine.stats()
     );
     assert_eq!(engine.stats().evicted, 1);
-    assert_eq!(engine.flows().iter().filter(|f| f.flow.assured).count(), 10);
+    assert_eq!(engine.flows().iter().filter(|f| f.assured).count(), 10);
 }
 
 #[test]
@@ -201,7 +196,7 @@ fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
         .engine
         .flows()
         .iter()
-        .map(|f| f.flow.reply.dst.port())
+        .map(|f| f.reply.dst.port())
         .collect();
     ports.sort();
     assert_eq!(ports, [49999, 50000, 50001]);
@@ -239,10 +234,10 @@ fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
     let flows = net.engine.flows();
     let f = flows
         .iter()
-        .find(|f| f.flow.original.src.ip() == &CLIENTS[3])
+        .find(|f| f.original.src.ip() == &CLIENTS[3])
         .unwrap();
-    assert_eq!(f.flow.reply.src, net::backend(0));
-    assert!(f.flow.assured);
+    assert_eq!(f.reply.src, net::backend(0));
+    assert!(f.assured);
 }
 
 #[test]

@@ -53,9 +53,8 @@ fn engine_with_flows() -> (Engine, Vec<Tuple>) {
         let flows = engine.flows();
         let reply = flows
             .iter()
-            .find(|f| f.flow.original.src == client)
+            .find(|f| f.original.src == client)
             .unwrap()
-            .flow
             .reply;
         replies.push(reply);
         if i < 3 {
@@ -399,7 +398,7 @@ fn tuples(engine: &Engine) -> Vec<(Tuple, Tuple)> {
     engine
         .flows()
         .into_iter()
-        .map(|f| (f.flow.original, f.flow.reply))
+        .map(|f| (f.original, f.reply))
         .collect()
 }
 

@@ -460,8 +460,7 @@ impl Net {
             .engine
             .flows()
             .into_iter()
-            .find(|f| f.flow.original.src == client)?
-            .flow
+            .find(|f| f.original.src == client)?
             .reply;
         self.streams
             .iter()
@@ -774,10 +773,7 @@ impl Net {
             );
         }
         for f in self.engine.flows() {
-            out += &format!(
-                "  flow {} / {} {}\n",
-                f.flow.original, f.flow.reply, f.flow.state
-            );
+            out += &format!("  flow {} / {} {}\n", f.original, f.reply, f.state);
         }
         for (t, r, p) in self.drops.iter().rev().take(10) {
             out += &format!("  drop at {t} ms: {r} {}\n", check::describe(p));

@@ -228,7 +228,7 @@ fn a_periodic_save_restores_flows_that_moved_on_since() {
     let flows = net.engine.flows();
     assert!(flows
         .iter()
-        .all(|f| !f.flow.window[0].liberal() && !f.flow.window[1].liberal()));
+        .all(|f| !f.window[0].liberal() && !f.window[1].liberal()));
 }
 
 #[test]
@@ -274,11 +274,11 @@ fn restored_flows_need_their_service_and_backend_and_time() {
     // Restored flows keep their translation: the backend's reply goes
     // back to the client through the new engine.
     for f in e2.flows() {
-        let t = f.flow.reply;
+        let t = f.reply;
         let (v, out) = cycle::process(&e2, now, t.src, t.dst, ACK, SERVER_ISN + 1, CLIENT_ISN + 1);
         let want = Tuple {
             src: vip(),
-            dst: f.flow.original.src,
+            dst: f.original.src,
         };
         assert!(cycle::expect_translated(v, &out, want), "{v:?}");
     }

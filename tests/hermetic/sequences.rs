@@ -153,7 +153,7 @@ fn snapshot(e: &Engine) -> Vec<(Tuple, Fingerprint)> {
     let mut v: Vec<_> = e
         .flows()
         .into_iter()
-        .map(|f| (f.flow.original, fingerprint(&f.flow)))
+        .map(|f| (f.original, fingerprint(&f)))
         .collect();
     v.sort_by_key(|(t, _)| *t);
     v
@@ -218,9 +218,9 @@ proptest! {
                 let f = engine
                     .flows()
                     .into_iter()
-                    .find(|f| f.flow.original.src == m.conn.client)
+                    .find(|f| f.original.src == m.conn.client)
                     .expect("the flow is tracked");
-                prop_assert_eq!(f.flow.state, STAGES[m.stage], "{}", m.conn.client);
+                prop_assert_eq!(f.state, STAGES[m.stage], "{}", m.conn.client);
             }
         }
         let s = engine.stats();

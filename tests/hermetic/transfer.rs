@@ -167,9 +167,8 @@ fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
         let local = net.stream(id).local;
         flows
             .iter()
-            .find(|f| f.flow.original.src == local)
+            .find(|f| f.original.src == local)
             .unwrap()
-            .flow
             .reply
     };
     let (ra, rb) = (reply_of(a), reply_of(b));
@@ -179,7 +178,7 @@ fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
     assert_eq!(ra.dst.port(), 33333, "the first client keeps its port");
     assert_ne!(rb.dst.port(), 33333, "the second is moved to another port");
     for f in &flows {
-        assert_eq!(f.flow.original.dst, vip());
+        assert_eq!(f.original.dst, vip());
     }
 
     // Each backend end saw its own SNAT port and got the right client's bytes.
