@@ -955,22 +955,7 @@ mod tests {
 
     #[test]
     fn events_stream_to_several_listeners_until_stop() {
-        use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
-        let engine = Arc::new(
-            Engine::new(EngineConfig {
-                services: vec![ServiceConfig {
-                    vip: "198.18.0.1:80".parse().unwrap(),
-                    backends: vec![BackendConfig {
-                        addr: "198.18.2.3:80".parse().unwrap(),
-                        weight: 1,
-                    }],
-                    mode: Default::default(),
-                    snat: vec![],
-                }],
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let engine = Arc::new(crate::testing::engine());
         let path = socket_path("events");
         let control = Control::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -1209,22 +1194,7 @@ mod tests {
 
     #[test]
     fn requests_are_answered_and_the_socket_file_removed() {
-        use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
-        let engine = Arc::new(
-            Engine::new(EngineConfig {
-                services: vec![ServiceConfig {
-                    vip: "198.18.0.1:80".parse().unwrap(),
-                    backends: vec![BackendConfig {
-                        addr: "198.18.2.3:80".parse().unwrap(),
-                        weight: 1,
-                    }],
-                    mode: Default::default(),
-                    snat: vec![],
-                }],
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let engine = Arc::new(crate::testing::engine());
         let path = socket_path("requests");
         let control = Control::bind(&path).unwrap();
         let stop = Arc::new(AtomicBool::new(false));

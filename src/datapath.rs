@@ -407,21 +407,7 @@ mod tests {
 
     #[test]
     fn threads_forward_and_stop_on_the_flag() {
-        let engine = Arc::new(
-            Engine::new(EngineConfig {
-                services: vec![ServiceConfig {
-                    vip: "198.18.0.1:80".parse().unwrap(),
-                    backends: vec![BackendConfig {
-                        addr: "198.18.2.3:80".parse().unwrap(),
-                        weight: 1,
-                    }],
-                    mode: Default::default(),
-                    snat: vec![],
-                }],
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let engine = Arc::new(crate::testing::engine());
         let io = Arc::new(MemoryIo::new());
         io.inject(&syn());
         io.inject(&[0x60, 0, 0, 0]); // IPv6: counted and dropped

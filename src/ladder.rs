@@ -481,28 +481,15 @@ fn arrow(
 mod tests {
     use super::*;
     use crate::craft::Segment;
-    use crate::engine::{Engine, Verdict};
+    use crate::engine::Verdict;
     use crate::nat::L4Checksum;
     use crate::pcap::{Limit, Recorder};
-    use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
     use crate::time::Timestamp;
 
     /// A capture of one whole connection (handshake, data, FIN both ways),
     /// one stray packet dropped, and a second connection's SYN.
     fn capture() -> Capture {
-        let e = Engine::new(EngineConfig {
-            services: vec![ServiceConfig {
-                vip: "198.18.0.1:80".parse().unwrap(),
-                backends: vec![BackendConfig {
-                    addr: "198.18.2.3:80".parse().unwrap(),
-                    weight: 1,
-                }],
-                mode: Default::default(),
-                snat: vec![],
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+        let e = crate::testing::engine();
         let path = std::env::temp_dir().join(format!("tunlb-{}-ladder.pcapng", std::process::id()));
         let rec = Recorder::create(&path, Limit::DEFAULT).unwrap();
         let c: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();

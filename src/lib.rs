@@ -38,6 +38,8 @@ pub mod select;
 pub mod service;
 pub mod state;
 pub mod stats;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod trace;
 pub mod wire;
