@@ -38,7 +38,7 @@
 //! why ([`PacketIo::take_unsent`]), the thread builds that same error and
 //! hands it to the engine as if it came from the network, so the flow's
 //! other end hears what it would have heard through the TUN (see
-//! [`bounce`]).
+//! `bounce`).
 //!
 //! This is the only module that reads the clock.
 

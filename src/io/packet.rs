@@ -30,12 +30,27 @@
 //! own routing and neighbour tables name for the packet's destination
 //! (`RTM_GETROUTE`, then `RTM_GETNEIGH`; cached per destination for
 //! [`HOP_TTL`] by each thread, and forgotten by all as soon as the kernel
-//! reports a change of route, neighbour or link), source = the egress
-//! interface's MAC. When
-//! the neighbour is not resolved, the kernel is made to resolve it (an
-//! empty UDP datagram to the next hop's discard port) and the packet is
-//! dropped and counted: no frame ever leaves with a guessed MAC. One `send`
+//! reports a change of route, neighbour, address or link), source = the
+//! egress interface's MAC. When the neighbour is not resolved, the kernel
+//! is made to resolve it (an empty UDP datagram to the next hop's discard
+//! port) and the packet is dropped and counted: no frame ever leaves with a
+//! guessed MAC. A stale entry is used, and the kernel is made to check it
+//! again the same way (frames sent here are no use of the entry that it
+//! sees, so it would stay stale long after its host went away). One `send`
 //! per packet.
+//!
+//! # What a router would answer
+//! The kernel no longer forwards these packets, so it no longer tells
+//! their sources when it cannot. This device does instead: a packet whose
+//! route is `unreachable` or `prohibit` (or missing), whose next hop failed
+//! the kernel's ARP probes, or that is larger than the egress MTU (the
+//! route's, else the interface's) with "don't fragment" set and is not a
+//! super-packet whose segments fit, is dropped and reported through
+//! [`PacketIo::take_unsent`] with the ICMP code, from the host's address on
+//! the interface it arrived on; the datapath builds the error and the
+//! engine translates it back to the flow's other end (see
+//! [`crate::datapath`]). At most [`ICMP_PER_SEC`] a second per thread. A
+//! `blackhole` route drops silently, as it does for the kernel.
 
 use std::collections::HashMap;
 use std::io;
@@ -425,7 +440,7 @@ struct IfInfo {
 }
 
 /// At most this many ICMP errors a second per thread (as Linux's
-/// `icmp_msgs_per_sec`), in bursts of up to [`ICMP_BURST`].
+/// `icmp_msgs_per_sec`), in bursts of up to 50.
 pub const ICMP_PER_SEC: u32 = 1000;
 /// The largest burst of ICMP errors (as Linux's `icmp_msgs_burst`).
 const ICMP_BURST: u32 = 50;
