@@ -14,6 +14,8 @@ T_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 
 T_NAME=$(basename "$0" .sh)
 T_NAME=${T_NAME#[0-9][0-9]-}
+# On the packet datapath the check names say so ("nth[packet]: ...").
+if [ "${TL_IO:-}" = packet ]; then T_NAME="${T_NAME}[packet]"; fi
 P=${TL_TEST_PREFIX:-tl$$-}
 T_DIR=${TL_TEST_DIR:-$(mktemp -d)}
 T_RESULTS=${TL_RESULTS:-$T_DIR/results}
@@ -134,12 +136,19 @@ t_tunlb_start_cmd() {
     return 1
   fi
 }
+# t_io_args: the datapath flags of `tunlb run`, one per line: the topology's
+# TUN, or with TL_IO=packet the packet datapath (--io packet, no TUN; the VIP's
+# packets reach lb's interfaces as they are).
+t_io_args() {
+  if [ "${TL_IO:-}" = packet ]; then printf -- '--io\npacket\n'
+  else printf -- '--tun\n%s\n--tun-addr\n%s\n' "$TL_TUN" "$TL_TUN_ADDR"; fi
+}
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
-# The default service (when ARGS has no --vip): the VIP over b1..b4.
-# TL_IO=packet: on the packet datapath (--io packet, no TUN) instead.
+# The default service (when ARGS has no --vip): the VIP over b1..b4. The
+# datapath: t_io_args (TL_IO=packet: the packet datapath).
 t_tunlb_start() {
-  local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
-  if [ "${TL_IO:-}" = packet ]; then args=(run --io packet); fi
+  local -a args=(run)
+  mapfile -t -O 1 args < <(t_io_args)
   if [[ " $* " != *" --vip "* ]]; then
     args+=(--vip "$VIP:$TL_VIP_PORT")
     # shellcheck disable=SC2119
