@@ -112,7 +112,10 @@ pub trait PacketIo: Send + Sync {
     /// Send the `len`-byte packet at `buf[frame.start..]` (the frame of a
     /// received packet, rewritten in place) on `queue`. `replaced` says the
     /// engine built a new packet there (a reset), so no offload metadata of
-    /// the received one applies.
+    /// the received one applies. A device may keep a copy to send with
+    /// others, at the latest when [`recv`](Self::recv) on `queue` finds
+    /// nothing to hand over (so before the thread waits); an error of that
+    /// later send is the device's to count.
     fn send(
         &self,
         queue: usize,
