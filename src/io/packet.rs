@@ -479,7 +479,9 @@ impl Tokens {
     fn take(&mut self, now: Instant) -> bool {
         let ms = now.saturating_duration_since(self.at).as_millis();
         if ms > 0 {
-            let add = u32::try_from(ms).unwrap_or(u32::MAX) * (ICMP_PER_SEC / 1000);
+            let add = u32::try_from(ms)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(ICMP_PER_SEC / 1000);
             self.left = self.left.saturating_add(add).min(ICMP_BURST);
             self.at = now;
         }
