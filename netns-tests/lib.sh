@@ -157,6 +157,14 @@ t_tunlb_start() {
   t_tunlb_start_cmd "$TUNLB_BIN" "${args[@]}" "$@"
 }
 t_tunlb_stop() { tl_stop "$P" tunlb TERM 5; TUNLB_PID=; }
+# t_added: what a running tunlb added to lb and removes when it exits: its TUN
+# (the `ip link` line), or on the packet datapath its blackhole routes (proto
+# 213). Empty when there is none. T_ADDED names it for check lines (one VIP).
+t_added() {
+  if [ "${TL_IO:-}" = packet ]; then ip -n "${P}lb" route show proto 213
+  else ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null || true; fi
+}
+if [ "${TL_IO:-}" = packet ]; then T_ADDED="the blackhole route it added"; else T_ADDED="the TUN it created"; fi
 
 # t_client CMD...: run CMD in the client namespace.
 t_client() { tl_exec "$P" client "$@"; }
