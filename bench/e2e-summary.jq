@@ -27,7 +27,7 @@ def derive:
           busy_machine: per(.cpu_s.busy_machine; 1e3; $gbit)}}
   else . end;
 
-def tests: ["conn_close", "keepalive", "iperf_1", "iperf_1R", "iperf_4", "iperf_4R"];
+def tests: ["conn_close", "keepalive", "seq_close", "iperf_1", "iperf_1R", "iperf_4", "iperf_4R"];
 
 def med_of(runs):
   (runs | map(select(.error == null))) as $ok
@@ -53,6 +53,7 @@ map(derive) as $runs
   {meta: $meta,
    medians: $med,
    ratios: (reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
+                    ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
                     ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"]) as [$s, $o] ({};
      if $med[$o] == null or $med[$s] == null then . else
        .[$s + "/" + $o] = (reduce tests[] as $t ({};

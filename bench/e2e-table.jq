@@ -4,12 +4,12 @@ def dash: "-";
 def i: if . == null then dash else round | tostring end;
 def f(n): if . == null then dash else (. * pow(10; n) | round) / pow(10; n) | tostring end;
 def x: if . == null then dash else ((. * 100 | round) / 100 | tostring) + "x" end;
-def name($m): {tunlb: "tunlb (nth)", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
+def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "alt", "kernel", "haproxy", "direct"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "packet", "alt", "kernel", "haproxy", "direct"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -26,20 +26,20 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   "## Rates and latency (medians)",
   "",
   row(["in the middle", "new conn/s (`Connection: close`)", "p50 ms", "p99 ms", "keep-alive req/s", "p50 ms", "p99 ms",
-       "iperf3 1 stream c->s Gbit/s", "1 stream s->c", "4 streams c->s", "4 streams s->c"]),
-  row([range(11) | "---"]),
+       "sequential p50 ms (light load)", "iperf3 1 stream c->s Gbit/s", "1 stream s->c", "4 streams c->s", "4 streams s->c"]),
+  row([range(12) | "---"]),
   ($cfgs[] as $c | $md[$c] as $v |
     row([($c | name($m)), ($v.conn_close.rps | i), ($v.conn_close.p50_ms | f(2)), ($v.conn_close.p99_ms | f(2)),
-         ($v.keepalive.rps | i), ($v.keepalive.p50_ms | f(2)), ($v.keepalive.p99_ms | f(2)),
+         ($v.keepalive.rps | i), ($v.keepalive.p50_ms | f(2)), ($v.keepalive.p99_ms | f(2)), ($v.seq_close.p50_ms | f(3)),
          ($v.iperf_1.gbps | f(2)), ($v.iperf_1R.gbps | f(2)), ($v.iperf_4.gbps | f(2)), ($v.iperf_4R.gbps | f(2))])),
   "",
   "## Ratios (" + (if ($m.alt_extra_args // "") != "" then "A/B: A's median / B's, alt being tunlb with `\($m.alt_extra_args)`" else "tunlb's median / the other's" end) + "; rates: higher is better for " + (if ($m.alt_extra_args // "") != "" then "A" else "tunlb" end) + ", latency and CPU: lower is)",
   "",
-  row(["ratio", "new conn/s", "p99 (close)", "keep-alive req/s", "iperf3 1 c->s", "1 s->c", "4 c->s", "4 s->c",
+  row(["ratio", "new conn/s", "p99 (close)", "keep-alive req/s", "sequential p50", "iperf3 1 c->s", "1 s->c", "4 c->s", "4 s->c",
        "machine CPU per new conn", "per keep-alive req"]),
-  row([range(10) | "---"]),
+  row([range(11) | "---"]),
   ($r | to_entries[] | .key as $k | .value as $v |
-    row([$k, ($v.conn_close.rate | x), ($v.conn_close.p99 | x), ($v.keepalive.rate | x),
+    row([$k, ($v.conn_close.rate | x), ($v.conn_close.p99 | x), ($v.keepalive.rate | x), ($v.seq_close.p50 | x),
          ($v.iperf_1.rate | x), ($v.iperf_1R.rate | x), ($v.iperf_4.rate | x), ($v.iperf_4R.rate | x),
          ($v.conn_close.cpu_busy_machine | x), ($v.keepalive.cpu_busy_machine | x)])),
   "",
@@ -67,7 +67,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   ($m.kernel_nat_rules[] | "  - `" + . + "`"),
   "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
   "- HAProxy: `mode tcp`, `balance roundrobin`, bound to the VIP (a /32 on lb's loopback in that configuration only), default threads.",
-  "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",
+  "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; light load: `wrk -t1 -c1 -d\($m.duration_s)s --latency -H 'Connection: close'` (one connection at a time); `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",
   "",
   "## Runs",
   "",
@@ -77,7 +77,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
     row([$c, .key, (.value.n | tostring), (.value.failed | tostring), (.value.socket_errors | i), (.value.retransmits | i)])),
   "",
   (.runs | map(select(.test == "sanity")) | group_by(.config)[] | "- \(.[0].config) sanity (8 requests, round 1): \(.[0].answered_by | join(" "))"),
-  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "alt")) |
+  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "packet" or .config == "alt")) |
     "- \(.config) round \(.round): " +
     (if .tunlb_died then "DIED (log tail in the JSON)" else "" end) +
     (if .tunlb_stats then

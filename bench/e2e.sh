@@ -9,7 +9,7 @@
 #   --rounds N      rounds of A B C D, interleaved (default 3)
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
-#   --configs LIST  comma-separated subset of tunlb,alt,kernel,haproxy,direct
+#   --configs LIST  comma-separated subset of tunlb,packet,alt,kernel,haproxy,direct
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
 #                   (e.g. "--threads 2"), in the same rounds, for an A/B choice;
 #                   split on spaces, and not flags tunlb already gets (--mode,
@@ -27,6 +27,9 @@
 # generators, with in the middle, in turn:
 #   A tunlb    the release build, nth mode, 4 backends (the binary is copied
 #              first, so a concurrent rebuild cannot change it mid-run);
+#   A" packet  (with --configs ...,packet only) the same on the packet
+#              datapath, `--io packet` instead of the TUN: packet sockets on
+#              c0 and br0, blackhole routes for the VIP (docs/datapaths.md);
 #   A' alt     (with --alt ARGS only) the same binary with ARGS added: a
 #              variant measured side by side, with its own ratios;
 #   B kernel   iptables in the lb namespace: the DNAT nth cascade printed by
@@ -41,6 +44,8 @@
 #   conn_close  wrk -t2 -c50 -dS --latency, `Connection: close`: new connections/s,
 #               p50/p99 latency;
 #   keepalive   the same without `Connection: close`: requests/s;
+#   seq_close   wrk -t1 -c1 -dS --latency, `Connection: close`: one connection
+#               at a time, the latency of sequential requests at light load;
 #   iperf_1, iperf_1R, iperf_4, iperf_4R
 #               iperf3 -t S, 1 and 4 streams, client to server and reverse (-R),
 #               through VIP:5201, a service with one backend (b1), because
@@ -116,9 +121,9 @@ fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
-    tunlb | kernel | haproxy | direct) ;;
+    tunlb | packet | kernel | haproxy | direct) ;;
     alt) [ -n "$ALT" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags)" ;;
-    *) e2e_die "unknown configuration '$c' (tunlb, alt, kernel, haproxy, direct)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct)" ;;
   esac
 done
 
@@ -176,7 +181,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if contains tunlb || contains alt || contains kernel; then
+if contains tunlb || contains packet || contains alt || contains kernel; then
   if [ -z "$BIN" ]; then
     BIN="$ROOT/target/release/tunlb"
     if [ -z "$NO_BUILD" ]; then
@@ -210,13 +215,15 @@ read -ra ALT_EXTRA <<<"$ALT"
 CLK_TCK=$(getconf CLK_TCK)
 BAL_PID='' BAL_NS='' TARGET=''
 
-# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb or alt) with FLAGS added.
+# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb, packet or alt) with FLAGS
+# added; CFG packet runs the packet datapath instead of the TUN.
 start_tunlb() {
-  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=()
+  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=() io=(--tun tl0 --tun-addr 198.18.0.254/24)
   shift 2
+  [ "$cfg" != packet ] || io=(--io packet)
   # Its own control socket, so it never meets another tunlb's default one.
   [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}$cfg.sock")
-  e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run --tun tl0 --tun-addr 198.18.0.254/24 \
+  e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run "${io[@]}" \
     "${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   local k
@@ -279,7 +286,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$(case $cfg in tunlb | alt | haproxy) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
@@ -287,14 +294,14 @@ record() {
                   softirq_machine: ($sirq / $tck), busy_machine: ($busy / $tck)}}' <<<"$json" >>"$E2E_WORK/runs.jsonl"
 }
 
-run_wrk() { # P ROUND CFG TEST [close]
+run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
   local p=$1 round=$2 cfg=$3 test=$4 close=${5-} before after out line
-  local hdr=()
+  local hdr=() threads=${6:-$WRK_THREADS} conns=${7:-$WRK_CONNS}
   [ -n "$close" ] && hdr=(-H 'Connection: close')
   out="$E2E_WORK/${p}wrk-$test.txt"
   before=$(snap)
   timeout --kill-after=5 $((DUR + 30)) ip netns exec "${p}client" \
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"${DUR}s" --latency -s "$BENCH/wrk-report.lua" "${hdr[@]}" \
+    wrk -t"$threads" -c"$conns" -d"${DUR}s" --latency -s "$BENCH/wrk-report.lua" "${hdr[@]}" \
     "http://$TARGET/" >"$out" 2>&1 || true
   after=$(snap)
   line=$(sed -n 's/^WRKJSON //p' "$out")
@@ -358,6 +365,7 @@ one_config() {
   BAL_PID='' BAL_NS='' TARGET=$E2E_VIP
   case $cfg in
     tunlb) start_tunlb "$p" tunlb || ok= ;;
+    packet) start_tunlb "$p" packet || ok= ;;
     alt) start_tunlb "$p" alt "${ALT_EXTRA[@]}" || ok= ;;
     kernel) start_kernel "$p" || ok= ;;
     haproxy) start_haproxy "$p" || ok= ;;
@@ -372,7 +380,7 @@ one_config() {
   e2e_log "  8 requests answered by: $seen"
   record "$p" "$round" "$cfg" sanity "$(jq -cn --arg s "$seen" '{answered_by: ($s | split(" "))}')" "0 0 0" "0 0 0"
 
-  for t in conn_close keepalive iperf_1 iperf_1R iperf_4 iperf_4R; do
+  for t in conn_close keepalive seq_close iperf_1 iperf_1R iperf_4 iperf_4R; do
     if ! balancer_alive; then
       e2e_log "  $cfg died before $t; its log:"
       tail -n 30 "$E2E_WORK/${p}$cfg.log" | sed 's/^/    /' >&2 || true
@@ -382,6 +390,7 @@ one_config() {
     case $t in
       conn_close) run_wrk "$p" "$round" "$cfg" "$t" close ;;
       keepalive) run_wrk "$p" "$round" "$cfg" "$t" ;;
+      seq_close) run_wrk "$p" "$round" "$cfg" "$t" close 1 1 ;;
       iperf_1) run_iperf "$p" "$round" "$cfg" "$t" 1 ;;
       iperf_1R) run_iperf "$p" "$round" "$cfg" "$t" 1 -R ;;
       iperf_4) run_iperf "$p" "$round" "$cfg" "$t" 4 ;;
@@ -392,7 +401,7 @@ one_config() {
 
   # What the balancer says about itself afterwards.
   case $cfg in
-    tunlb | alt)
+    tunlb | packet | alt)
       if balancer_alive; then
         # Its counters (drop reasons), and the TUN's own queue drops.
         stats=null
@@ -400,7 +409,8 @@ one_config() {
           stats=$(timeout 5 "$BIN" stats --control "$E2E_WORK/${p}$cfg.sock" --json 2>/dev/null | jq -c . 2>/dev/null) || stats=null
           [ -n "$stats" ] || stats=null
         fi
-        tun=$(ip -n "${p}lb" -s -j link show tl0 | jq -c '.[0].stats64 // null') || tun=null
+        tun=null
+        [ "$cfg" = packet ] || tun=$(ip -n "${p}lb" -s -j link show tl0 | jq -c '.[0].stats64 // null') || tun=null
         e2e_stop "$BAL_PID" "$BAL_NS" 5
         extra=$(jq -Rs --argjson stats "$stats" --argjson tun "$tun" \
           '{tunlb_stats: $stats, tl0_link_stats: $tun, tunlb_log_tail: (split("\n") | map(select(length > 0)) | .[-12:])}' \

@@ -14,6 +14,8 @@ T_ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 
 T_NAME=$(basename "$0" .sh)
 T_NAME=${T_NAME#[0-9][0-9]-}
+# On the packet datapath the check names say so ("nth[packet]: ...").
+if [ "${TL_IO:-}" = packet ]; then T_NAME="${T_NAME}[packet]"; fi
 P=${TL_TEST_PREFIX:-tl$$-}
 T_DIR=${TL_TEST_DIR:-$(mktemp -d)}
 T_RESULTS=${TL_RESULTS:-$T_DIR/results}
@@ -134,12 +136,19 @@ t_tunlb_start_cmd() {
     return 1
   fi
 }
+# t_io_args: the datapath flags of `tunlb run`, one per line: the topology's
+# TUN, or with TL_IO=packet the packet datapath (--io packet, no TUN; the VIP's
+# packets reach lb's interfaces as they are).
+t_io_args() {
+  if [ "${TL_IO:-}" = packet ]; then printf -- '--io\npacket\n'
+  else printf -- '--tun\n%s\n--tun-addr\n%s\n' "$TL_TUN" "$TL_TUN_ADDR"; fi
+}
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
-# The default service (when ARGS has no --vip): the VIP over b1..b4.
-# TL_IO=packet: on the packet datapath (--io packet, no TUN) instead.
+# The default service (when ARGS has no --vip): the VIP over b1..b4. The
+# datapath: t_io_args (TL_IO=packet: the packet datapath).
 t_tunlb_start() {
-  local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR")
-  if [ "${TL_IO:-}" = packet ]; then args=(run --io packet); fi
+  local -a args=(run)
+  mapfile -t -O 1 args < <(t_io_args)
   if [[ " $* " != *" --vip "* ]]; then
     args+=(--vip "$VIP:$TL_VIP_PORT")
     # shellcheck disable=SC2119
@@ -148,6 +157,14 @@ t_tunlb_start() {
   t_tunlb_start_cmd "$TUNLB_BIN" "${args[@]}" "$@"
 }
 t_tunlb_stop() { tl_stop "$P" tunlb TERM 5; TUNLB_PID=; }
+# t_added: what a running tunlb added to lb and removes when it exits: its TUN
+# (the `ip link` line), or on the packet datapath its blackhole routes (proto
+# 213). Empty when there is none. T_ADDED names it for check lines (one VIP).
+t_added() {
+  if [ "${TL_IO:-}" = packet ]; then ip -n "${P}lb" route show proto 213
+  else ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null || true; fi
+}
+if [ "${TL_IO:-}" = packet ]; then T_ADDED="the blackhole route it added"; else T_ADDED="the TUN it created"; fi
 
 # t_client CMD...: run CMD in the client namespace.
 t_client() { tl_exec "$P" client "$@"; }

@@ -11,9 +11,18 @@
 # when any check failed. Nothing is created in the root network namespace; the
 # run checks that at the end.
 #
+# Two datapaths, one suite: the tests run on the TUN (the default datapath),
+# then the ones in PACKET_TESTS (those whose subject is the engine's behaviour
+# as seen from outside, not the TUN) run once more on the packet datapath
+# (TL_IO=packet: --io packet, see t_io_args in lib.sh); their checks are named
+# "name[packet]". 38-packet-io and 39-packet-paths are about that datapath
+# alone and run once.
+#
 # Environment: TUNLB_BIN (default target/release/tunlb, built when missing),
 # TL_TEST_TIMEOUT (seconds per test, default 240), TL_KEEP=1 keeps the scratch
-# directory (logs, captures).
+# directory (logs, captures), TL_IO=packet runs every test on the packet
+# datapath and nothing twice (the tests that cannot apply there fail),
+# TL_PACKET_PASS=0 skips the second pass.
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -71,46 +80,71 @@ before=$(root_ns_snapshot)
 export TUNLB_DATA="$WORK/data"
 tl_make_data "$TUNLB_DATA"
 
-start_all=$(date +%s)
+# The tests that run a second time on the packet datapath.
+PACKET_TESTS=(10-nth 11-random 30-concurrency 40-checksums 50-pmtu 60-backend-down 61-health
+  62-reload 90-signals)
+
+# wanted NAME PATTERN...: NAME contains one of the PATTERNs (or none given).
+wanted() {
+  local name=$1 pat
+  shift
+  [ $# -eq 0 ] && return 0
+  for pat in "$@"; do [[ $name == *"$pat"* ]] && return 0; done
+  return 1
+}
+
+# run_test FILE IO: run one test (IO: "" the default, "packet"), add its checks
+# to RESULTS.
 idx=0
-for t in "$ROOT"/netns-tests/t/[0-9]*.sh; do
+run_test() {
+  local t=$1 io=$2 name label prefix tdir tres t0 t1 rc=0
   name=$(basename "$t" .sh)
-  if [ $# -gt 0 ]; then
-    want=
-    for pat in "$@"; do [[ $name == *"$pat"* ]] && want=1; done
-    [ -n "$want" ] || continue
-  fi
+  label=${name#[0-9][0-9]-}${io:+[$io]}
   idx=$((idx + 1))
   prefix="$RUN-$idx-"
-  tdir="$WORK/$name"
+  tdir="$WORK/$name${io:+-$io}"
   mkdir -p "$tdir"
   tres="$tdir/results"
   : >"$tres"
-  echo "== $name (namespaces $prefix*)"
+  echo "== $name${io:+ on the $io datapath} (namespaces $prefix*)"
   t0=$(date +%s%3N)
-  rc=0
-  TL_TEST_PREFIX=$prefix TL_TEST_DIR=$tdir TL_RESULTS=$tres \
+  TL_IO=$io TL_TEST_PREFIX=$prefix TL_TEST_DIR=$tdir TL_RESULTS=$tres \
     timeout -k 15 "${TL_TEST_TIMEOUT:-240}" bash "$t" </dev/null || rc=$?
   t1=$(date +%s%3N)
   if [ "$rc" -ne 0 ] && ! grep -q '^FAIL' "$tres"; then
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-      echo "FAIL ${name#[0-9][0-9]-}: timed out after ${TL_TEST_TIMEOUT:-240}s" | tee -a "$tres"
+      echo "FAIL $label: timed out after ${TL_TEST_TIMEOUT:-240}s" | tee -a "$tres"
     else
-      echo "FAIL ${name#[0-9][0-9]-}: exited $rc without a FAIL line" | tee -a "$tres"
+      echo "FAIL $label: exited $rc without a FAIL line" | tee -a "$tres"
     fi
   fi
   if [ ! -s "$tres" ]; then
-    echo "FAIL ${name#[0-9][0-9]-}: ran no check" | tee -a "$tres"
+    echo "FAIL $label: ran no check" | tee -a "$tres"
   fi
   tl_down "$prefix" >/dev/null 2>&1 || true
   if [ -n "$(tl_list_ns "$prefix")" ]; then
-    echo "FAIL ${name#[0-9][0-9]-}: namespaces left behind: $(tl_list_ns "$prefix" | tr '\n' ' ')" | tee -a "$tres"
+    echo "FAIL $label: namespaces left behind: $(tl_list_ns "$prefix" | tr '\n' ' ')" | tee -a "$tres"
   fi
   cat "$tres" >>"$RESULTS"
-  printf -- '-- %s: %d passed, %d failed, %d.%03ds\n' "$name" \
+  printf -- '-- %s: %d passed, %d failed, %d.%03ds\n' "$name${io:+[$io]}" \
     "$(grep -c '^PASS' "$tres" || true)" "$(grep -c '^FAIL' "$tres" || true)" \
     $(((t1 - t0) / 1000)) $(((t1 - t0) % 1000))
+}
+
+start_all=$(date +%s)
+io=${TL_IO:-}
+for t in "$ROOT"/netns-tests/t/[0-9]*.sh; do
+  wanted "$(basename "$t" .sh)" "$@" || continue
+  run_test "$t" "$io"
 done
+if [ -z "$io" ] && [ "${TL_PACKET_PASS:-1}" != 0 ]; then
+  for name in "${PACKET_TESTS[@]}"; do
+    t="$ROOT/netns-tests/t/$name.sh"
+    [ -f "$t" ] || { echo "FAIL run: PACKET_TESTS names $name, which is not a test" | tee -a "$RESULTS"; continue; }
+    wanted "$name" "$@" || continue
+    run_test "$t" packet
+  done
+fi
 
 after=$(root_ns_snapshot)
 if [ "$before" = "$after" ]; then

@@ -3,7 +3,9 @@
 #
 #   1. cargo test                     hermetic: engine, CLI, config (no root)
 #   2. cargo build --release          the binary the end-to-end tests drive
-#   3. netns-tests/run.sh             end-to-end through a real TUN, as root
+#   3. netns-tests/run.sh             end-to-end through a real TUN, as root, then
+#                                     a subset again on the packet datapath
+#                                     (--io packet; run.sh's PACKET_TESTS)
 #
 # As root everything runs directly. As an ordinary user, steps 1-2 run as you
 # and step 3 asks sudo for root (it creates network namespaces, veth pairs and

@@ -1,13 +1,14 @@
 //! Building well-formed IPv4/TCP segments: the resets tunlb sends, and the packets of tests, benches and fuzzing.
 //!
 //! tunlb never builds forwarded packets (it rewrites them in place). This
-//! builds the one packet it writes itself (a reset to a client when every
-//! backend is drained, [`crate::nat::syn_to_reset`]) and the client and
-//! backend side of tests, benches and fuzzing: a segment with any flags,
-//! sequence numbers and payload, with correct checksums, through smoltcp's
-//! field setters.
+//! builds the packets it writes itself (a reset to a client when every
+//! backend is drained, [`crate::nat::syn_to_reset`]; on the packet
+//! datapath, the ICMP errors a router would send, [`IcmpError`]) and the
+//! client and backend side of tests, benches and fuzzing: a segment with
+//! any flags, sequence numbers and payload, with correct checksums, through
+//! smoltcp's field setters.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
@@ -87,5 +88,166 @@ impl<'a> Segment<'a> {
             &IpAddress::Ipv4(*self.dst.ip()),
         );
         len
+    }
+}
+
+/// An ICMP "destination unreachable" error about a packet (RFC 792), as a
+/// router sends it when it cannot forward the packet (RFC 1812 4.3.2).
+#[derive(Debug, Clone, Copy)]
+pub struct IcmpError<'a> {
+    /// The router's address: the source of the error.
+    pub from: Ipv4Addr,
+    /// The ICMP code (type 3): 0 net, 1 host, 4 fragmentation needed, 13
+    /// administratively prohibited.
+    pub code: u8,
+    /// The next-hop MTU of "fragmentation needed" (RFC 1191), else 0.
+    pub mtu: u16,
+    /// The packet it is about, from its IPv4 header on.
+    pub about: &'a [u8],
+}
+
+impl IcmpError<'_> {
+    /// The largest error: 576 bytes, as Linux sends (RFC 1812 4.3.2.3: "as
+    /// much of the original datagram as possible without the length of
+    /// the ICMP datagram exceeding 576 bytes").
+    pub const MAX_LEN: usize = 576;
+    /// IPv4 and ICMP headers.
+    const HEADERS: usize = 28;
+
+    /// Write the error at the start of `buf` and return its length, or
+    /// `None` when the packet is not an IPv4 packet with a whole header.
+    /// It goes to the packet's source; it quotes as much of the packet as
+    /// fits in [`Self::MAX_LEN`]. A TCP segment quoted whole gets a
+    /// complete checksum in the quote (a partial one, left for offload,
+    /// would have been completed on the wire).
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`Self::MAX_LEN`].
+    pub fn emit(&self, buf: &mut [u8]) -> Option<usize> {
+        let p = self.about;
+        let ihl = usize::from(*p.first()? & 0x0f) * 4;
+        if p[0] >> 4 != 4 || ihl < 20 || p.len() < ihl {
+            return None;
+        }
+        let to = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        let quoted = p.len().min(Self::MAX_LEN - Self::HEADERS);
+        let len = Self::HEADERS + quoted;
+        let buf = &mut buf[..len];
+        buf.fill(0);
+        buf[Self::HEADERS..].copy_from_slice(&p[..quoted]);
+        let q = &mut buf[Self::HEADERS..];
+        let whole = quoted == p.len() && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len();
+        let first_fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff == 0;
+        if whole && first_fragment && p[9] == u8::from(IpProtocol::Tcp) && p.len() >= ihl + 20 {
+            let (src, dst) = (
+                Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+                Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+            );
+            TcpPacket::new_unchecked(&mut q[ihl..])
+                .fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+        }
+        let icmp = &mut buf[20..];
+        icmp[0] = 3; // destination unreachable
+        icmp[1] = self.code;
+        icmp[6..8].copy_from_slice(&self.mtu.to_be_bytes());
+        let c = crate::checksum::full(icmp);
+        crate::checksum::put(icmp, 2, c);
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_dscp(0x30); // precedence 6, internetwork control (as Linux)
+        ip.set_total_len(len as u16);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Icmp);
+        ip.set_src_addr(self.from);
+        ip.set_dst_addr(to);
+        ip.fill_checksum();
+        Some(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::tcp::flags::SYN;
+    use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
+
+    #[test]
+    fn an_icmp_error_quotes_the_packet_and_checks_out() {
+        let syn = Segment::new(
+            "198.18.0.1:40000".parse().unwrap(),
+            "198.18.2.5:80".parse().unwrap(),
+            SYN,
+        )
+        .build();
+        let mut about = syn.clone();
+        about[36] ^= 0x5a; // a partial checksum, say: completed in the quote
+        let mut buf = [0xa5u8; IcmpError::MAX_LEN];
+        let from = Ipv4Addr::new(198, 18, 1, 1);
+        let e = IcmpError {
+            from,
+            code: 4,
+            mtu: 1280,
+            about: &about,
+        };
+        let n = e.emit(&mut buf).unwrap();
+        assert_eq!(n, 28 + syn.len());
+        let ip = Ipv4Packet::new_checked(&buf[..n]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.src_addr(), from);
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 0, 1), "to the source");
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((icmp.msg_type().into(), icmp.msg_code()), (3u8, 4u8));
+        assert_eq!(&ip.payload()[6..8], &1280u16.to_be_bytes());
+        assert_eq!(
+            &ip.payload()[8..],
+            &syn[..],
+            "the whole SYN, checksum completed"
+        );
+    }
+
+    #[test]
+    fn a_big_packet_is_quoted_up_to_576_bytes_as_it_is() {
+        let payload = vec![7u8; 1400];
+        let mut seg = Segment::new(
+            "198.18.1.2:40000".parse().unwrap(),
+            "198.18.2.5:80".parse().unwrap(),
+            0x10,
+        );
+        seg.payload = &payload;
+        let mut big = seg.build();
+        big[36] ^= 0x5a; // not whole in the quote: left as it is
+        let mut buf = [0u8; IcmpError::MAX_LEN];
+        let e = IcmpError {
+            from: Ipv4Addr::new(198, 18, 2, 1),
+            code: 1,
+            mtu: 0,
+            about: &big,
+        };
+        let n = e.emit(&mut buf).unwrap();
+        assert_eq!(n, IcmpError::MAX_LEN);
+        assert_eq!(&buf[28..n], &big[..n - 28]);
+        assert!(Icmpv4Packet::new_checked(&buf[20..n])
+            .unwrap()
+            .verify_checksum());
+        assert_eq!(
+            IcmpError {
+                about: &[0x60; 40],
+                ..e
+            }
+            .emit(&mut buf),
+            None,
+            "not IPv4"
+        );
+        assert_eq!(
+            IcmpError {
+                about: &big[..10],
+                ..e
+            }
+            .emit(&mut buf),
+            None
+        );
     }
 }

@@ -29,6 +29,17 @@
 //! Spinning after every packet instead gained one stream 11-16 % and cost
 //! keep-alive requests 5 %.
 //!
+//! # Errors a router would send
+//! A device that sends packets itself (the packet datapath) may find one it
+//! cannot deliver: no route, a next hop that does not answer ARP, larger
+//! than the egress MTU. Through the TUN the kernel's forwarding would have
+//! told the packet's source with an ICMP error, and the engine would have
+//! translated that error back to the flow's other end. Here the device says
+//! why ([`PacketIo::take_unsent`]), the thread builds that same error and
+//! hands it to the engine as if it came from the network, so the flow's
+//! other end hears what it would have heard through the TUN (see
+//! `bounce`).
+//!
 //! This is the only module that reads the clock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,8 +47,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::craft::IcmpError;
 use crate::engine::{Engine, Verdict};
-use crate::io::PacketIo;
+use crate::io::{Frame, PacketIo, Unsent};
+use crate::nat::L4Checksum;
 use crate::pcap::Recorder;
 use crate::time::Timestamp;
 
@@ -299,6 +312,7 @@ fn packet_loop(
     capture: Option<&Recorder>,
 ) -> Result<(), std::io::Error> {
     let mut buf = vec![0u8; BUF_LEN];
+    let mut spare = Vec::new();
     let mut mine = DeviceTotals::default();
     let mut bulk = Bulk::default();
     while !stop.load(Ordering::Relaxed) {
@@ -326,9 +340,75 @@ fn packet_loop(
             mine.write_errors += 1;
             slot.publish(&mine);
             tracing::debug!("write to the device failed: {e}");
+            if let Some(unsent) = io.take_unsent(queue) {
+                let pkt = &buf[frame.start..frame.start + len];
+                bounce(
+                    engine,
+                    io,
+                    queue,
+                    pkt,
+                    frame.start,
+                    unsent,
+                    &mut spare,
+                    clock.now(),
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Tell the sender of a packet the device could not deliver why, as a
+/// router would (RFC 1812 4.3.2): build the ICMP error about `pkt` (the
+/// packet as tunlb translated it, so the error goes to its VIP or SNAT
+/// source) in `spare`, at `start` like a received packet, and hand it to
+/// the engine as if it came from the network. The engine translates it
+/// like any error RELATED to a flow, to the flow's other end, and it is
+/// sent like any packet. Only about TCP segments: never an error about an
+/// ICMP message (RFC 1122 3.2.2), and never a second error about an error
+/// that cannot be sent either.
+#[allow(clippy::too_many_arguments)]
+fn bounce(
+    engine: &Engine,
+    io: &dyn PacketIo,
+    queue: usize,
+    pkt: &[u8],
+    start: usize,
+    unsent: Unsent,
+    spare: &mut Vec<u8>,
+    now: Timestamp,
+) {
+    const TCP: u8 = 6;
+    if pkt.len() < 20 || pkt[9] != TCP {
+        return;
+    }
+    if spare.len() < start + IcmpError::MAX_LEN {
+        spare.resize(start + IcmpError::MAX_LEN, 0);
+    }
+    let (code, mtu) = unsent.why.code_and_mtu();
+    let error = IcmpError {
+        from: unsent.from,
+        code,
+        mtu,
+        about: pkt,
+    };
+    let Some(n) = error.emit(&mut spare[start..]) else {
+        return;
+    };
+    let len = match engine.process_with(&mut spare[start..start + n], now, L4Checksum::Complete) {
+        Verdict::Forward { len } => len,
+        Verdict::Respond { .. } | Verdict::Drop(_) => return,
+    };
+    let frame = Frame {
+        start,
+        len: n,
+        l4: L4Checksum::Complete,
+        gso: false,
+    };
+    if let Err(e) = io.send(queue, spare, &frame, len, true) {
+        tracing::debug!("the ICMP error could not be sent either: {e}");
+        let _ = io.take_unsent(queue);
+    }
 }
 
 /// Receive one packet: first by reading for up to `spin` without sleeping,
@@ -556,5 +636,98 @@ mod tests {
         assert!(body.len() > 1 << 20, "stats json: {} bytes", body.len());
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["backends"].as_array().map(Vec::len), Some(20_000));
+    }
+
+    /// A device that cannot deliver to one address: sending there fails,
+    /// and a router would answer "host unreachable" from 198.18.1.1.
+    struct Refusing {
+        inner: MemoryIo,
+        dead: Ipv4Addr,
+        unsent: std::sync::Mutex<Option<Unsent>>,
+    }
+
+    impl PacketIo for Refusing {
+        fn recv(&self, q: usize, buf: &mut [u8], t: Duration) -> std::io::Result<Option<Frame>> {
+            self.inner.recv(q, buf, t)
+        }
+
+        fn send(
+            &self,
+            q: usize,
+            buf: &mut [u8],
+            frame: &Frame,
+            len: usize,
+            replaced: bool,
+        ) -> std::io::Result<()> {
+            let ip = Ipv4Packet::new_checked(&buf[frame.start..frame.start + len]).unwrap();
+            if ip.dst_addr() == self.dead {
+                *self.unsent.lock().unwrap() = Some(Unsent {
+                    from: Ipv4Addr::new(198, 18, 1, 1),
+                    why: crate::io::Unreachable::Host,
+                });
+                return Err(std::io::ErrorKind::HostUnreachable.into());
+            }
+            self.inner.send(q, buf, frame, len, replaced)
+        }
+
+        fn take_unsent(&self, _queue: usize) -> Option<Unsent> {
+            self.unsent.lock().unwrap().take()
+        }
+    }
+
+    #[test]
+    fn an_undeliverable_syn_is_answered_to_the_client_as_the_kernel_would() {
+        let engine = Arc::new(
+            Engine::new(EngineConfig {
+                services: vec![ServiceConfig {
+                    vip: "198.18.0.1:80".parse().unwrap(),
+                    backends: vec![BackendConfig {
+                        addr: "198.18.2.3:80".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    mode: Default::default(),
+                    snat: vec![],
+                }],
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let io = Arc::new(Refusing {
+            inner: MemoryIo::new(),
+            dead: Ipv4Addr::new(198, 18, 2, 3),
+            unsent: Default::default(),
+        });
+        io.inner.inject(&syn());
+        let stop = Arc::new(AtomicBool::new(false));
+        let device = Arc::new(Device::new("mem0", 1, false, 1));
+        let h = {
+            let (e, i, s, d) = (engine.clone(), io.clone(), stop.clone(), device.clone());
+            thread::spawn(move || {
+                let opts = Options {
+                    threads: 1,
+                    stats_interval: None,
+                    busy_poll: Duration::ZERO,
+                    capture: None,
+                };
+                run(e, i, &opts, s, d, Clock::start(), &mut |_, _| {})
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.stats().icmp_translated == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+        let sent = io.inner.take_sent();
+        assert_eq!(sent.len(), 1, "one ICMP error, nothing to the backend");
+        let ip = Ipv4Packet::new_checked(&sent[0][..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 1, 2), "to the client");
+        let icmp = smoltcp::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (3, 1));
+        // It quotes the client's own SYN to the VIP, whole, as it sent it.
+        assert_eq!(&ip.payload()[8..], &syn()[..]);
+        assert_eq!(device.totals().write_errors, 1);
     }
 }

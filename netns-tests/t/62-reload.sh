@@ -46,7 +46,8 @@ seq_of() {  # seq_of N: N sequential requests, their answers on one line
 }
 
 write_conf "$B1" "$B2"
-t_tunlb_start_cmd "$TUNLB_BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --config "$CONF" --control "$CTL"
+mapfile -t io < <(t_io_args)
+t_tunlb_start_cmd "$TUNLB_BIN" run "${io[@]}" --config "$CONF" --control "$CTL"
 check_eq "services from the file: round robin over b1 b2" "$(seq_of 4)" "b1 b2 b1 b2 "
 
 # The download: nth's next turn is b1.

@@ -18,6 +18,7 @@ pub mod tun;
 pub mod vnet;
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use crate::nat::L4Checksum;
@@ -49,6 +50,52 @@ impl Frame {
     }
 }
 
+/// Why a device could not deliver a packet, when a router would tell the
+/// packet's source (RFC 1812 4.3.2: an ICMP "destination unreachable"). A
+/// device that hands packets to the kernel's forwarding (the TUN) leaves
+/// that to the kernel; one that sends them itself (the packet datapath)
+/// says so, and the datapath answers for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsent {
+    /// The address the answer comes from: the host's address on the
+    /// interface the packet arrived on.
+    pub from: Ipv4Addr,
+    /// Why.
+    pub why: Unreachable,
+}
+
+/// The reasons of [`Unsent`], as ICMP "destination unreachable" codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No route to the destination's network (code 0).
+    Net,
+    /// An `unreachable` route, or the next hop does not answer ARP
+    /// (code 1).
+    Host,
+    /// A `prohibit` route (code 13, "communication administratively
+    /// prohibited").
+    Prohibited,
+    /// Larger than the egress MTU with "don't fragment" set (code 4,
+    /// "fragmentation needed", with the MTU).
+    TooBig {
+        /// The egress MTU.
+        mtu: u16,
+    },
+}
+
+impl Unreachable {
+    /// Return the ICMP code and the "next-hop MTU" (RFC 1191; zero but
+    /// for [`Unreachable::TooBig`]).
+    pub fn code_and_mtu(self) -> (u8, u16) {
+        match self {
+            Unreachable::Net => (0, 0),
+            Unreachable::Host => (1, 0),
+            Unreachable::Prohibited => (13, 0),
+            Unreachable::TooBig { mtu } => (4, mtu),
+        }
+    }
+}
+
 /// A source and sink of IP packets, shared by the datapath's threads. A
 /// device may have several queues; thread `i` uses queue `i % queues()`.
 pub trait PacketIo: Send + Sync {
@@ -65,7 +112,10 @@ pub trait PacketIo: Send + Sync {
     /// Send the `len`-byte packet at `buf[frame.start..]` (the frame of a
     /// received packet, rewritten in place) on `queue`. `replaced` says the
     /// engine built a new packet there (a reset), so no offload metadata of
-    /// the received one applies.
+    /// the received one applies. A device may keep a copy to send with
+    /// others, at the latest when [`recv`](Self::recv) on `queue` finds
+    /// nothing to hand over (so before the thread waits); an error of that
+    /// later send is the device's to count.
     fn send(
         &self,
         queue: usize,
@@ -74,4 +124,13 @@ pub trait PacketIo: Send + Sync {
         len: usize,
         replaced: bool,
     ) -> io::Result<()>;
+
+    /// After a [`send`](Self::send) on `queue` failed: take why the device
+    /// could not deliver that packet, when its source is to be told (the
+    /// device decides, and limits the rate). `None` by default: devices
+    /// that hand packets to the kernel leave that to it.
+    fn take_unsent(&self, queue: usize) -> Option<Unsent> {
+        let _ = queue;
+        None
+    }
 }

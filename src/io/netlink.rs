@@ -24,19 +24,36 @@ const NLMSG_DONE: u16 = 3;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_METRICS: u16 = 8;
 const RTA_TABLE: u16 = 15;
+const RTAX_MTU: u16 = 2;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_F_SECONDARY: u8 = 0x01;
+const RT_SCOPE_HOST: u8 = 254;
 const RT_TABLE_MAIN: u8 = 254;
-const RTN_UNICAST: u8 = 1;
-const RTN_BLACKHOLE: u8 = 6;
+/// `RTN_UNICAST`: a route packets are sent along.
+pub const RTN_UNICAST: u8 = 1;
+/// `RTN_BLACKHOLE`: packets are dropped silently.
+pub const RTN_BLACKHOLE: u8 = 6;
+/// `RTN_UNREACHABLE`: packets are refused with "host unreachable".
+pub const RTN_UNREACHABLE: u8 = 7;
+/// `RTN_PROHIBIT`: packets are refused with "administratively prohibited".
+pub const RTN_PROHIBIT: u8 = 8;
 
 /// Neighbour states whose link-layer address may be used
 /// (`NUD_VALID`: permanent, noarp, reachable, probe, stale, delay).
 const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
+/// `NUD_FAILED`: resolution failed (no answer to the kernel's probes).
+const NUD_FAILED: u16 = 0x20;
+/// `NUD_STALE`: known, but not confirmed for a while.
+const NUD_STALE: u16 = 0x04;
 
 /// An interface, from `RTM_GETLINK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +70,23 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// The master (bridge, bond) it is a port of, if any.
     pub master: Option<u32>,
+    /// MTU.
+    pub mtu: u32,
 }
 
 /// Where the kernel would send a packet to some destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    /// `RTN_*` type of the route (1: unicast).
+    /// `RTN_*` type of the route: [`RTN_UNICAST`], or one that refuses
+    /// ([`RTN_UNREACHABLE`], [`RTN_PROHIBIT`]) or drops ([`RTN_BLACKHOLE`]).
     pub kind: u8,
     /// Output interface.
     pub oif: Option<u32>,
     /// Gateway, when the destination is not on-link.
     pub gateway: Option<Ipv4Addr>,
+    /// The route's MTU (`mtu` of `ip route`, or a learned path MTU), when
+    /// it has one; otherwise the interface's applies.
+    pub mtu: Option<u32>,
 }
 
 impl Route {
@@ -86,6 +109,19 @@ impl Neigh {
     /// The MAC to send to, when the entry is usable.
     pub fn usable_mac(&self) -> Option<[u8; 6]> {
         (self.state & NUD_VALID != 0).then_some(self.mac).flatten()
+    }
+
+    /// Return whether the kernel's resolution failed (no answer to its
+    /// probes): a router answers "host unreachable".
+    pub fn failed(&self) -> bool {
+        self.state & NUD_FAILED != 0
+    }
+
+    /// Return whether the entry is stale: usable, but only the kernel's
+    /// own use of it makes the kernel check it again, and packets sent
+    /// through packet sockets are not such a use.
+    pub fn stale(&self) -> bool {
+        self.state & NUD_STALE != 0
     }
 }
 
@@ -134,6 +170,38 @@ fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
 
 fn mac(data: &[u8]) -> Option<[u8; 6]> {
     <[u8; 6]>::try_from(data).ok()
+}
+
+/// Parse an `RTM_NEWLINK` message.
+fn parse_link(m: &Msg) -> Option<Link> {
+    if m.ty != libc::RTM_NEWLINK || m.body.len() < 16 {
+        return None;
+    }
+    let b = &m.body;
+    let mut link = Link {
+        kind: u16::from_ne_bytes([b[2], b[3]]),
+        index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        flags: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        name: String::new(),
+        mac: None,
+        master: None,
+        mtu: 0,
+    };
+    for (ty, data) in attrs(&b[16..]) {
+        let word = <[u8; 4]>::try_from(data).ok().map(u32::from_ne_bytes);
+        match ty {
+            IFLA_IFNAME => {
+                link.name = String::from_utf8_lossy(data)
+                    .trim_end_matches('\0')
+                    .to_string();
+            }
+            IFLA_ADDRESS => link.mac = mac(data),
+            IFLA_MASTER => link.master = word.filter(|&m| m != 0),
+            IFLA_MTU => link.mtu = word.unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some(link)
 }
 
 /// An `rtmsg` (12 bytes).
@@ -229,57 +297,83 @@ impl Netlink {
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
         let ifinfo = [0u8; 16]; // family AF_UNSPEC, all zero
         let msgs = self.request(libc::RTM_GETLINK, libc::NLM_F_DUMP as u16, &ifinfo)?;
-        let mut links = Vec::new();
-        for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWLINK) {
-            if m.body.len() < 16 {
+        Ok(msgs.iter().filter_map(parse_link).collect())
+    }
+
+    /// Return interface `index`, or `None` when there is none.
+    pub fn link(&mut self, index: u32) -> io::Result<Option<Link>> {
+        let mut ifinfo = [0u8; 16];
+        ifinfo[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+        match self.request(libc::RTM_GETLINK, 0, &ifinfo) {
+            Ok(msgs) => Ok(msgs
+                .iter()
+                .filter_map(parse_link)
+                .find(|l| l.index == index)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Return the primary IPv4 address of interface `index` (the first
+    /// one that is not secondary and not host-scoped), if it has one.
+    pub fn ipv4_addr(&mut self, index: u32) -> io::Result<Option<Ipv4Addr>> {
+        // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+        body.extend_from_slice(&index.to_ne_bytes());
+        let msgs = self.request(libc::RTM_GETADDR, libc::NLM_F_DUMP as u16, &body)?;
+        for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWADDR) {
+            let b = &m.body;
+            if b.len() < 8
+                || b[0] != libc::AF_INET as u8
+                || b[2] & IFA_F_SECONDARY != 0
+                || b[3] >= RT_SCOPE_HOST
+                || u32::from_ne_bytes([b[4], b[5], b[6], b[7]]) != index
+            {
                 continue;
             }
-            let b = &m.body;
-            let mut link = Link {
-                kind: u16::from_ne_bytes([b[2], b[3]]),
-                index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-                flags: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-                name: String::new(),
-                mac: None,
-                master: None,
-            };
-            for (ty, data) in attrs(&b[16..]) {
+            let (mut local, mut address) = (None, None);
+            for (ty, data) in attrs(&b[8..]) {
                 match ty {
-                    IFLA_IFNAME => {
-                        link.name = String::from_utf8_lossy(data)
-                            .trim_end_matches('\0')
-                            .to_string();
-                    }
-                    IFLA_ADDRESS => link.mac = mac(data),
-                    IFLA_MASTER if data.len() == 4 => {
-                        link.master =
-                            Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]))
-                                .filter(|&m| m != 0);
-                    }
+                    IFA_LOCAL => local = ipv4(data),
+                    IFA_ADDRESS => address = ipv4(data),
                     _ => {}
                 }
             }
-            links.push(link);
+            if let Some(a) = local.or(address) {
+                return Ok(Some(a));
+            }
         }
-        Ok(links)
+        Ok(None)
     }
 
     /// Ask the kernel how it would route a packet to `dst` (`ip route get`).
-    /// `None` when it has no route.
+    /// `None` when it has no route. The kernel answers an error, not a
+    /// route, when the route refuses or drops: those errors come back as a
+    /// route of that kind without an interface (`EHOSTUNREACH`:
+    /// [`RTN_UNREACHABLE`], `EACCES`: [`RTN_PROHIBIT`], `EINVAL`:
+    /// [`RTN_BLACKHOLE`]).
     pub fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<Option<Route>> {
         let mut body = rtmsg(32, 0, 0, 0, 0);
         push_attr(&mut body, RTA_DST, &dst.octets());
+        let refused = |kind| {
+            Ok(Some(Route {
+                kind,
+                oif: None,
+                gateway: None,
+                mtu: None,
+            }))
+        };
         let msgs = match self.request(libc::RTM_GETROUTE, 0, &body) {
             Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL)
-                ) =>
-            {
-                return Ok(None)
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::ENETUNREACH) => Ok(None),
+                    Some(libc::EHOSTUNREACH) => refused(RTN_UNREACHABLE),
+                    Some(libc::EACCES) => refused(RTN_PROHIBIT),
+                    Some(libc::EINVAL) => refused(RTN_BLACKHOLE),
+                    _ => Err(e),
+                }
             }
-            Err(e) => return Err(e),
         };
         let Some(m) = msgs
             .iter()
@@ -291,6 +385,7 @@ impl Netlink {
             kind: m.body[7],
             oif: None,
             gateway: None,
+            mtu: None,
         };
         for (ty, data) in attrs(&m.body[12..]) {
             match ty {
@@ -298,6 +393,12 @@ impl Netlink {
                     r.oif = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
                 }
                 RTA_GATEWAY => r.gateway = ipv4(data),
+                RTA_METRICS => {
+                    r.mtu = attrs(data)
+                        .find(|&(t, d)| t == RTAX_MTU && d.len() == 4)
+                        .map(|(_, d)| u32::from_ne_bytes([d[0], d[1], d[2], d[3]]))
+                        .filter(|&m| m > 0);
+                }
                 _ => {}
             }
         }
@@ -388,10 +489,10 @@ impl Netlink {
 }
 
 /// A netlink socket that receives a message whenever an interface, an
-/// IPv4 route or a neighbour entry changes (`RTMGRP_LINK | RTMGRP_NEIGH |
-/// RTMGRP_IPV4_ROUTE`).
+/// IPv4 address or route or a neighbour entry changes (`RTMGRP_LINK |
+/// RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE`).
 pub fn monitor() -> io::Result<OwnedFd> {
-    const GROUPS: u32 = 0x1 | 0x4 | 0x40;
+    const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40;
     let fd = sys::socket(
         libc::AF_NETLINK,
         libc::SOCK_RAW | libc::SOCK_NONBLOCK,

@@ -30,12 +30,39 @@
 //! own routing and neighbour tables name for the packet's destination
 //! (`RTM_GETROUTE`, then `RTM_GETNEIGH`; cached per destination for
 //! [`HOP_TTL`] by each thread, and forgotten by all as soon as the kernel
-//! reports a change of route, neighbour or link), source = the egress
-//! interface's MAC. When
-//! the neighbour is not resolved, the kernel is made to resolve it (an
-//! empty UDP datagram to the next hop's discard port) and the packet is
-//! dropped and counted: no frame ever leaves with a guessed MAC. One `send`
-//! per packet.
+//! reports a change of route, neighbour, address or link), source = the
+//! egress interface's MAC. When the neighbour is not resolved, the kernel
+//! is made to resolve it (an empty UDP datagram to the next hop's discard
+//! port) and the packet is dropped and counted: no frame ever leaves with a
+//! guessed MAC. A stale entry is used, and the kernel is made to check it
+//! again the same way (frames sent here are no use of the entry that it
+//! sees, so it would stay stale long after its host went away).
+//!
+//! Small frames wait in the thread's queue and go together, one `sendmmsg`
+//! per interface, when the thread's rings run dry (before it would wait)
+//! or [`TX_BATCH`] wait; a super-packet goes at once, after what waits. At
+//! light load that is one frame at a time, as soon as it is processed.
+//! Measured side by side (one packet thread, 3 interleaved rounds, a loaded
+//! machine): new connections/s +9 %, keep-alive requests/s +3 %, the same
+//! light-load latency, and 20 times fewer frames lost to a full receive
+//! ring under 50 concurrent connections (the thread drains it faster). The
+//! rest of a send is per frame anyway: a profile puts 90 % of the packet
+//! thread in `send`, of which the receiving namespace's TCP stack, run in
+//! softirq at the end of each frame's transmission, and the wake-up of its
+//! process are most (docs/datapaths.md).
+//!
+//! # What a router would answer
+//! The kernel no longer forwards these packets, so it no longer tells
+//! their sources when it cannot. This device does instead: a packet whose
+//! route is `unreachable` or `prohibit` (or missing), whose next hop failed
+//! the kernel's ARP probes, or that is larger than the egress MTU (the
+//! route's, else the interface's) with "don't fragment" set and is not a
+//! super-packet whose segments fit, is dropped and reported through
+//! [`PacketIo::take_unsent`] with the ICMP code, from the host's address on
+//! the interface it arrived on; the datapath builds the error and the
+//! engine translates it back to the flow's other end (see
+//! [`crate::datapath`]). At most [`ICMP_PER_SEC`] a second per thread. A
+//! `blackhole` route drops silently, as it does for the kernel.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,7 +75,7 @@ use std::time::{Duration, Instant};
 use super::netlink::{self, Netlink};
 use super::sys;
 use super::vnet::{self, VnetHdr};
-use super::{Frame, PacketIo};
+use super::{Frame, PacketIo, Unreachable, Unsent};
 
 /// How long a thread trusts a resolved next hop before asking the kernel
 /// again.
@@ -297,8 +324,21 @@ pub struct Counters {
     pub no_route: AtomicU64,
     /// Packets dropped because the next hop's MAC was not (yet) known.
     pub no_neighbour: AtomicU64,
-    /// Times the kernel was made to resolve a next hop.
+    /// Times the kernel was made to resolve a next hop (or to check a
+    /// stale one again).
     pub resolutions: AtomicU64,
+    /// Packets dropped because the route to their destination refuses
+    /// them (`unreachable`, `prohibit`, none at all) or drops them
+    /// (`blackhole`), or their next hop did not answer the kernel's ARP
+    /// probes.
+    pub unreachable: AtomicU64,
+    /// Packets dropped because they were larger than the egress MTU.
+    pub too_big: AtomicU64,
+    /// ICMP errors asked for (each about a dropped packet above, at most
+    /// [`ICMP_PER_SEC`] a second per thread).
+    pub icmp_errors: AtomicU64,
+    /// Frames sent in a batch that the kernel refused.
+    pub tx_errors: AtomicU64,
 }
 
 impl Counters {
@@ -369,24 +409,100 @@ impl Ring {
 /// A resolved or unresolved next hop, as one thread cached it.
 #[derive(Debug, Clone, Copy)]
 enum Hop {
-    /// Send on interface `pos` (of the datapath's list) to `mac`.
+    /// Send on interface `pos` (of the datapath's list) to `mac`, packets
+    /// of up to `mtu` bytes.
     Via {
         pos: usize,
         mac: [u8; 6],
+        mtu: usize,
         until: Instant,
     },
     /// Not sendable now: no route through tunlb's interfaces, or the
     /// neighbour is being resolved.
     Unknown { until: Instant },
+    /// Not sendable: a router tells the source why (`None`: a blackhole
+    /// route, it does not).
+    Refused {
+        why: Option<Unreachable>,
+        until: Instant,
+    },
 }
 
-/// One thread's next hops: its netlink socket and cache.
+/// Where to send a packet, as [`Hops::lookup`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// On interface `pos` to `mac`, packets of up to `mtu` bytes.
+    Via {
+        pos: usize,
+        mac: [u8; 6],
+        mtu: usize,
+    },
+    /// Not now: drop it, say nothing (the neighbour is being resolved, or
+    /// the route leaves through an interface tunlb does not use).
+    Wait,
+    /// Not at all: drop it, and a router would say `why` (`None`: it
+    /// would say nothing).
+    Refused(Option<Unreachable>),
+}
+
+/// What a thread knows of an interface: its MTU and its address (the
+/// source of the ICMP errors about packets that arrived on it).
+#[derive(Debug, Clone, Copy, Default)]
+struct IfInfo {
+    mtu: Option<usize>,
+    addr: Option<Ipv4Addr>,
+}
+
+/// At most this many ICMP errors a second per thread (as Linux's
+/// `icmp_msgs_per_sec`), in bursts of up to 50.
+pub const ICMP_PER_SEC: u32 = 1000;
+/// The largest burst of ICMP errors (as Linux's `icmp_msgs_burst`).
+const ICMP_BURST: u32 = 50;
+
+/// A token bucket: [`ICMP_PER_SEC`] tokens a second, at most
+/// [`ICMP_BURST`].
+#[derive(Debug, Clone, Copy)]
+struct Tokens {
+    left: u32,
+    at: Instant,
+}
+
+impl Tokens {
+    fn new(now: Instant) -> Self {
+        Tokens {
+            left: ICMP_BURST,
+            at: now,
+        }
+    }
+
+    /// Take a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let ms = now.saturating_duration_since(self.at).as_millis();
+        if ms > 0 {
+            let add = u32::try_from(ms)
+                .unwrap_or(u32::MAX)
+                .saturating_mul(ICMP_PER_SEC / 1000);
+            self.left = self.left.saturating_add(add).min(ICMP_BURST);
+            self.at = now;
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One thread's next hops: its netlink socket and caches.
 #[derive(Debug)]
 struct Hops {
     nl: Netlink,
     udp: Option<UdpSocket>,
     cache: HashMap<Ipv4Addr, Hop, foldhash::fast::RandomState>,
-    /// The [`Changes::generation`] the cache was filled under.
+    /// Interfaces by index.
+    ifinfo: HashMap<u32, IfInfo, foldhash::fast::RandomState>,
+    /// The [`Changes::generation`] the caches were filled under.
     seen: u64,
 }
 
@@ -426,28 +542,38 @@ impl Hops {
             nl: Netlink::open()?,
             udp: UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok(),
             cache: HashMap::default(),
+            ifinfo: HashMap::default(),
             seen: 0,
         })
     }
 
-    /// The interface (position) and MAC to send a packet for `dst` to.
-    fn lookup(
-        &mut self,
-        dst: Ipv4Addr,
-        ifaces: &[Iface],
-        c: &Counters,
-        generation: u64,
-    ) -> Option<(usize, [u8; 6])> {
+    /// Forget everything when the kernel reported a change since.
+    fn refresh(&mut self, generation: u64) {
         if generation != self.seen {
             self.cache.clear();
+            self.ifinfo.clear();
             self.seen = generation;
         }
+    }
+
+    /// Where to send a packet for `dst`.
+    fn lookup(&mut self, dst: Ipv4Addr, ifaces: &[Iface], c: &Counters, generation: u64) -> Next {
+        self.refresh(generation);
         let now = Instant::now();
         match self.cache.get(&dst) {
-            Some(&Hop::Via { pos, mac, until }) if until > now => return Some((pos, mac)),
+            Some(&Hop::Via {
+                pos,
+                mac,
+                mtu,
+                until,
+            }) if until > now => return Next::Via { pos, mac, mtu },
             Some(&Hop::Unknown { until }) if until > now => {
                 Counters::bump(&c.no_neighbour);
-                return None;
+                return Next::Wait;
+            }
+            Some(&Hop::Refused { why, until }) if until > now => {
+                Counters::bump(&c.unreachable);
+                return Next::Refused(why);
             }
             _ => {}
         }
@@ -457,8 +583,41 @@ impl Hops {
         let hop = self.resolve(dst, ifaces, c, now);
         self.cache.insert(dst, hop);
         match hop {
-            Hop::Via { pos, mac, .. } => Some((pos, mac)),
-            Hop::Unknown { .. } => None,
+            Hop::Via { pos, mac, mtu, .. } => Next::Via { pos, mac, mtu },
+            Hop::Unknown { .. } => Next::Wait,
+            Hop::Refused { why, .. } => Next::Refused(why),
+        }
+    }
+
+    /// What this thread knows of interface `index` (asked of the kernel
+    /// once per change).
+    fn iface(&mut self, index: u32) -> IfInfo {
+        if let Some(i) = self.ifinfo.get(&index) {
+            return *i;
+        }
+        let info = IfInfo {
+            mtu: match self.nl.link(index) {
+                Ok(l) => l.map(|l| l.mtu as usize).filter(|&m| m >= 68),
+                Err(e) => {
+                    tracing::debug!("link {index}: {e}");
+                    None
+                }
+            },
+            addr: self.nl.ipv4_addr(index).unwrap_or_else(|e| {
+                tracing::debug!("addresses of link {index}: {e}");
+                None
+            }),
+        };
+        self.ifinfo.insert(index, info);
+        info
+    }
+
+    /// Make the kernel resolve `next` (or check a stale entry again): any
+    /// datagram to it does.
+    fn poke(&self, next: Ipv4Addr, c: &Counters) {
+        Counters::bump(&c.resolutions);
+        if let Some(u) = &self.udp {
+            let _ = u.send_to(&[], (next, 9));
         }
     }
 
@@ -466,12 +625,23 @@ impl Hops {
         let unknown = Hop::Unknown {
             until: now + UNKNOWN_TTL,
         };
+        let refused = |why| {
+            Counters::bump(&c.unreachable);
+            Hop::Refused {
+                why,
+                until: now + UNKNOWN_TTL,
+            }
+        };
         let route = match self.nl.route_get(dst) {
             Ok(Some(r)) if r.is_unicast() => r,
-            Ok(_) => {
-                Counters::bump(&c.no_route);
-                return unknown;
+            Ok(Some(r)) => {
+                return refused(match r.kind {
+                    netlink::RTN_UNREACHABLE => Some(Unreachable::Host),
+                    netlink::RTN_PROHIBIT => Some(Unreachable::Prohibited),
+                    _ => None, // blackhole: silence
+                });
             }
+            Ok(None) => return refused(Some(Unreachable::Net)),
             Err(e) => {
                 tracing::debug!("route lookup for {dst}: {e}");
                 Counters::bump(&c.no_route);
@@ -487,18 +657,35 @@ impl Hops {
         };
         let next = route.gateway.unwrap_or(dst);
         match self.nl.neigh_get(oif, next) {
-            Ok(Some(n)) if n.usable_mac().is_some() => Hop::Via {
-                pos,
-                mac: n.usable_mac().unwrap_or_default(),
-                until: now + HOP_TTL,
-            },
-            Ok(_) => {
-                // Make the kernel resolve it: any datagram to it does.
-                Counters::bump(&c.no_neighbour);
-                Counters::bump(&c.resolutions);
-                if let Some(u) = &self.udp {
-                    let _ = u.send_to(&[], (next, 9));
+            Ok(Some(n)) if n.usable_mac().is_some() => {
+                // Packets sent from here are no use of the entry that the
+                // kernel sees: unless asked, it would never check a stale
+                // entry again, and it would be used long after its host
+                // went away.
+                if n.stale() {
+                    self.poke(next, c);
                 }
+                let link_mtu = self.iface(oif).mtu;
+                Hop::Via {
+                    pos,
+                    mac: n.usable_mac().unwrap_or_default(),
+                    mtu: route
+                        .mtu
+                        .map(|m| m as usize)
+                        .or(link_mtu)
+                        .unwrap_or(usize::MAX),
+                    until: now + HOP_TTL,
+                }
+            }
+            Ok(Some(n)) if n.failed() => {
+                // The kernel's probes went unanswered: a router says so.
+                // Asking again lets a host that came back be found.
+                self.poke(next, c);
+                refused(Some(Unreachable::Host))
+            }
+            Ok(_) => {
+                Counters::bump(&c.no_neighbour);
+                self.poke(next, c);
                 unknown
             }
             Err(e) => {
@@ -515,7 +702,52 @@ impl Hops {
 struct Queue {
     rings: Vec<Ring>,
     next: usize,
+    /// The interface (position) the last packet came from.
+    arrived: usize,
     hops: Hops,
+    /// Why the last `send` did not send, when its source is to be told.
+    unsent: Option<Unsent>,
+    /// The rate limit of those.
+    tokens: Tokens,
+    /// Small frames not sent yet, with the interface (position) of each:
+    /// sent together when the rings run dry or [`TX_BATCH`] wait.
+    pending: Vec<(usize, Vec<u8>)>,
+    /// How many of `pending` are in use.
+    npending: usize,
+}
+
+/// At most this many frames wait to be sent together.
+pub const TX_BATCH: usize = 32;
+/// Frames up to this size wait; bigger ones (super-packets) go at once.
+const TX_SMALL: usize = 2048;
+
+impl Queue {
+    /// Send the frames that wait, one `sendmmsg` per interface. A frame the
+    /// kernel refuses is counted and dropped.
+    fn flush(&mut self, c: &Counters) {
+        if self.npending == 0 {
+            return;
+        }
+        for pos in 0..self.rings.len() {
+            let bufs: Vec<&[u8]> = self.pending[..self.npending]
+                .iter()
+                .filter(|(p, _)| *p == pos)
+                .map(|(_, b)| b.as_slice())
+                .collect();
+            let mut at = 0;
+            // Bounded: each turn sends at least one frame or drops one.
+            while at < bufs.len() {
+                match sys::sendmmsg(&self.rings[pos].fd, &bufs[at..], libc::MSG_DONTWAIT) {
+                    Ok(n) if n > 0 => at += n,
+                    Ok(_) | Err(_) => {
+                        Counters::bump(&c.tx_errors);
+                        at += 1;
+                    }
+                }
+            }
+        }
+        self.npending = 0;
+    }
 }
 
 impl Queue {
@@ -531,6 +763,7 @@ impl Queue {
                     None => break,
                     Some(Ok(f)) => {
                         self.next = (r + 1) % n;
+                        self.arrived = r;
                         return Some(f);
                     }
                     Some(Err(())) => Counters::bump(&c.bad_frames),
@@ -562,6 +795,11 @@ pub struct AfPacket {
 impl Drop for AfPacket {
     fn drop(&mut self) {
         self.changes.stop.store(true, Ordering::Relaxed);
+        for q in &self.queues {
+            q.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush(&self.counters);
+        }
     }
 }
 
@@ -634,7 +872,14 @@ impl AfPacket {
                 Ok(Mutex::new(Queue {
                     rings,
                     next: 0,
+                    arrived: 0,
                     hops: Hops::new().map_err(sys_err("netlink socket"))?,
+                    unsent: None,
+                    tokens: Tokens::new(Instant::now()),
+                    pending: (0..TX_BATCH)
+                        .map(|_| (0, Vec::with_capacity(IP_START + TX_SMALL)))
+                        .collect(),
+                    npending: 0,
                 }))
             })
             .collect::<Result<Vec<_>, PacketError>>()?;
@@ -679,7 +924,7 @@ impl AfPacket {
             let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
             for a in addrs {
                 let generation = self.generation();
-                let _ = q.hops.lookup(*a, &self.ifaces, &scratch, generation);
+                let _: Next = q.hops.lookup(*a, &self.ifaces, &scratch, generation);
             }
         }
     }
@@ -703,13 +948,17 @@ impl AfPacket {
             ("bad frame", c.bad_frames.load(Ordering::Relaxed)),
             ("no route", c.no_route.load(Ordering::Relaxed)),
             ("no neighbour", c.no_neighbour.load(Ordering::Relaxed)),
+            ("unreachable", c.unreachable.load(Ordering::Relaxed)),
+            ("too big", c.too_big.load(Ordering::Relaxed)),
+            ("refused in a batch", c.tx_errors.load(Ordering::Relaxed)),
         ];
         v.iter().any(|&(_, n)| n > 0).then(|| {
             let parts: Vec<String> = v.iter().map(|(w, n)| format!("{w} {n}")).collect();
             format!(
-                "packet datapath drops: {} ({} resolutions asked)",
+                "packet datapath drops: {} ({} resolutions asked, {} ICMP errors made)",
                 parts.join(", "),
-                c.resolutions.load(Ordering::Relaxed)
+                c.resolutions.load(Ordering::Relaxed),
+                c.icmp_errors.load(Ordering::Relaxed)
             )
         })
     }
@@ -727,6 +976,8 @@ impl PacketIo for AfPacket {
         if let Some(f) = q.try_recv(buf, &self.counters) {
             return Ok(Some(f));
         }
+        // The rings ran dry: what waits goes now.
+        q.flush(&self.counters);
         if timeout.is_zero() {
             return Ok(None);
         }
@@ -757,12 +1008,40 @@ impl PacketIo for AfPacket {
         let mut q = self.queues[queue % self.queues.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        q.unsent = None;
         let generation = self.generation();
-        let Some((pos, mac)) = q.hops.lookup(dst, &self.ifaces, &self.counters, generation) else {
-            return Err(io::Error::new(
-                io::ErrorKind::HostUnreachable,
-                format!("no next hop known for {dst} yet"),
-            ));
+        let (pos, mac) = match q.hops.lookup(dst, &self.ifaces, &self.counters, generation) {
+            Next::Via { pos, mac, mtu } => {
+                let gso = frame.gso && !replaced;
+                if len > mtu && !(gso && segments_fit(&buf[start - IP_START..], mtu)) {
+                    Counters::bump(&self.counters.too_big);
+                    let df = buf[start + 6] & 0x40 != 0;
+                    if df {
+                        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+                        self.refuse(&mut q, Unreachable::TooBig { mtu }, generation);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{len} bytes for {dst}: larger than the MTU {mtu}"),
+                    ));
+                }
+                (pos, mac)
+            }
+            Next::Wait => {
+                return Err(io::Error::new(
+                    io::ErrorKind::HostUnreachable,
+                    format!("no next hop known for {dst} yet"),
+                ))
+            }
+            Next::Refused(why) => {
+                if let Some(why) = why {
+                    self.refuse(&mut q, why, generation);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::HostUnreachable,
+                    format!("{dst} is unreachable"),
+                ));
+            }
         };
         let eth = start - ETH_LEN;
         buf[eth..eth + 6].copy_from_slice(&mac);
@@ -775,8 +1054,72 @@ impl PacketIo for AfPacket {
             // "Checksum verified" is a receive-side statement.
             buf[v] &= !vnet::F_DATA_VALID;
         }
-        sys::send(&q.rings[pos].fd, &buf[v..start + len], libc::MSG_DONTWAIT).map(drop)
+        let bytes = &buf[v..start + len];
+        if bytes.len() <= IP_START + TX_SMALL && !frame_gso(bytes) {
+            let k = q.npending;
+            let (p, b) = &mut q.pending[k];
+            *p = pos;
+            b.clear();
+            b.extend_from_slice(bytes);
+            q.npending += 1;
+            if q.npending == TX_BATCH {
+                q.flush(&self.counters);
+            }
+            return Ok(());
+        }
+        q.flush(&self.counters);
+        sys::send(&q.rings[pos].fd, bytes, libc::MSG_DONTWAIT).map(drop)
     }
+
+    fn take_unsent(&self, queue: usize) -> Option<Unsent> {
+        self.queues[queue % self.queues.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unsent
+            .take()
+    }
+}
+
+impl AfPacket {
+    /// Record that the packet `q` could not send is to be answered with
+    /// `why`, from the host's address on the interface it arrived on (RFC
+    /// 1812 4.3.2.4; any of tunlb's interfaces' when that one has none),
+    /// within the rate limit.
+    fn refuse(&self, q: &mut Queue, why: Unreachable, generation: u64) {
+        if !q.tokens.take(Instant::now()) {
+            return;
+        }
+        q.hops.refresh(generation);
+        let arrived = self.ifaces[q.arrived.min(self.ifaces.len() - 1)].index;
+        let from = q.hops.iface(arrived).addr.or_else(|| {
+            let all: Vec<u32> = self.ifaces.iter().map(|i| i.index).collect();
+            all.into_iter().find_map(|i| q.hops.iface(i).addr)
+        });
+        if let Some(from) = from {
+            Counters::bump(&self.counters.icmp_errors);
+            q.unsent = Some(Unsent { from, why });
+        }
+    }
+}
+
+/// Whether the frame at `buf` (virtio-net header first) is a super-packet.
+fn frame_gso(buf: &[u8]) -> bool {
+    VnetHdr::parse(buf).is_gso()
+}
+
+/// Whether the segments of the super-packet at `buf` (virtio-net and
+/// Ethernet headers, then the IP packet) fit in `mtu`: the kernel cuts it into
+/// IP header + TCP header + `gso_size` payload each (as Linux's forwarding
+/// checks, `skb_gso_validate_network_len`).
+fn segments_fit(buf: &[u8], mtu: usize) -> bool {
+    let h = VnetHdr::parse(buf);
+    let ip = &buf[IP_START..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let Some(&off) = ip.get(ihl + 12) else {
+        return false;
+    };
+    let headers = ihl + usize::from(off >> 4) * 4;
+    h.is_gso() && h.gso_size > 0 && headers + usize::from(h.gso_size) <= mtu
 }
 
 /// tunlb's blackhole routes for the VIPs and SNAT addresses, removed when
@@ -965,6 +1308,7 @@ mod tests {
             kind,
             mac: Some([2, 0, 0, 0, 0, index as u8]),
             master,
+            mtu: 1500,
         }
     }
 
@@ -994,6 +1338,43 @@ mod tests {
             select_ifaces(&links[..1], &[]),
             Err(PacketError::NoInterface)
         ));
+    }
+
+    #[test]
+    fn icmp_errors_come_in_bursts_of_50_then_one_a_millisecond() {
+        let t0 = Instant::now();
+        let mut t = Tokens::new(t0);
+        assert_eq!((0..200).filter(|_| t.take(t0)).count(), 50);
+        assert!(!t.take(t0 + Duration::from_micros(500)));
+        assert!(t.take(t0 + Duration::from_millis(1)));
+        assert!(!t.take(t0 + Duration::from_millis(1)));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!((0..200).filter(|_| t.take(later)).count(), 50, "capped");
+    }
+
+    /// `[virtio-net][Ethernet][IPv4 20][TCP 32]` with `gso_size`.
+    fn super_packet(gso_size: u16) -> Vec<u8> {
+        let mut b = vec![0u8; IP_START + 52];
+        VnetHdr {
+            gso_type: vnet::GSO_TCPV4,
+            gso_size,
+            ..VnetHdr::default()
+        }
+        .emit(&mut b);
+        b[IP_START] = 0x45;
+        b[IP_START + 20 + 12] = 8 << 4;
+        b
+    }
+
+    #[test]
+    fn a_super_packet_fits_when_its_segments_do() {
+        // 20 + 32 + 1228 = 1280.
+        assert!(segments_fit(&super_packet(1228), 1280));
+        assert!(!segments_fit(&super_packet(1229), 1280));
+        assert!(segments_fit(&super_packet(1448), 1500));
+        let mut plain = super_packet(1000);
+        VnetHdr::default().emit(&mut plain);
+        assert!(!segments_fit(&plain, 1500), "not a super-packet");
     }
 
     #[test]

@@ -230,6 +230,48 @@ pub fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<usize> {
     }
 }
 
+/// `sendmmsg(fd, bufs, flags)`: send each buffer as one datagram in one
+/// system call; returns how many the kernel took (in order; the first one
+/// it did not take failed, with the error if none was taken).
+pub fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: all-zero is a valid msghdr (no name, no control).
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_iov = v;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    // SAFETY: msgs holds msgs.len() headers, each pointing at one iovec of
+    // `iov`, each describing a live buffer of `bufs` the kernel only reads;
+    // all of them outlive the call.
+    let n = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `recv(fd, buf, flags)`: the bytes received (or, with `MSG_TRUNC` on a
 /// datagram socket, the datagram's full length).
 pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Result<usize> {
