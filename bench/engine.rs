@@ -85,7 +85,7 @@ fn client(i: u32) -> SocketAddrV4 {
 fn open(e: &Engine, i: u32, now: Timestamp) -> (Vec<u8>, Vec<u8>) {
     let c = client(i);
     let mut syn = Segment::new(c, VIP, SYN).build();
-    let (b, s) = match e.process(&mut syn, now) {
+    let (b, s) = match e.handle_packet(&mut syn, now) {
         Verdict::Forward { len } => {
             let ip = smoltcp::wire::Ipv4Packet::new_checked(&syn[..len]).unwrap();
             let t = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
@@ -98,11 +98,14 @@ fn open(e: &Engine, i: u32, now: Timestamp) -> (Vec<u8>, Vec<u8>) {
     };
     let mut synack = Segment::new(b, s, SYN | ACK).build();
     assert!(matches!(
-        e.process(&mut synack, now),
+        e.handle_packet(&mut synack, now),
         Verdict::Forward { .. }
     ));
     let mut ack = Segment::new(c, VIP, ACK).build();
-    assert!(matches!(e.process(&mut ack, now), Verdict::Forward { .. }));
+    assert!(matches!(
+        e.handle_packet(&mut ack, now),
+        Verdict::Forward { .. }
+    ));
     let payload = [0x5au8; 64];
     let orig = Segment {
         payload: &payload,
@@ -119,7 +122,7 @@ fn open(e: &Engine, i: u32, now: Timestamp) -> (Vec<u8>, Vec<u8>) {
 
 fn per_packet(e: &Engine, tpl: &[u8], buf: &mut [u8]) {
     buf[..tpl.len()].copy_from_slice(tpl);
-    let v = e.process(&mut buf[..tpl.len()], Timestamp::from_secs(1));
+    let v = e.handle_packet(&mut buf[..tpl.len()], Timestamp::from_secs(1));
     debug_assert!(matches!(v, Verdict::Forward { .. }));
     let _ = black_box(v);
 }
@@ -137,7 +140,7 @@ fn established(c: &mut Criterion) {
     // The same with 1 M flows tracked: the table's size should barely matter.
     for i in 1..1_000_000 {
         let mut syn = Segment::new(client(i), VIP, SYN).build();
-        let _ = e.process(&mut syn, Timestamp::ZERO);
+        let _ = e.handle_packet(&mut syn, Timestamp::ZERO);
     }
     assert!(e.flow_count() >= 1_000_000);
     let mut g = c.benchmark_group("established_1M");
@@ -240,7 +243,7 @@ fn report_memory_and_expiry() {
     );
     let t0 = Instant::now();
     let later = Timestamp::from_secs(121); // past SYN_SENT's 120 s
-    while e.expire(later) {}
+    while e.handle_timeout(later) {}
     let expire = t0.elapsed();
     assert_eq!(e.flow_count(), 0);
     println!(

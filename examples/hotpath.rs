@@ -47,7 +47,7 @@ fn main() {
     let mut run = |tpl: &[u8], k: u32| {
         for _ in 0..k {
             buf[..tpl.len()].copy_from_slice(tpl);
-            let v = e.process(&mut buf[..tpl.len()], now);
+            let v = e.handle_packet(&mut buf[..tpl.len()], now);
             assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
         }
     };

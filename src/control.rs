@@ -987,11 +987,11 @@ mod tests {
         let vip = "198.18.0.1:80".parse().unwrap();
         let mut syn = crate::craft::Segment::new(client, vip, 0x02).build();
         assert!(matches!(
-            engine.process(&mut syn, Timestamp::ZERO),
+            engine.handle_packet(&mut syn, Timestamp::ZERO),
             crate::Verdict::Forward { .. }
         ));
         let mut rst = crate::craft::Segment::new(client, vip, 0x04).build();
-        let _ = engine.process(&mut rst, Timestamp::ZERO);
+        let _ = engine.handle_packet(&mut rst, Timestamp::ZERO);
         let mut lines = String::new();
         for _ in 0..3 {
             text.read_line(&mut lines).unwrap();

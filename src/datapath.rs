@@ -2,10 +2,10 @@
 //!
 //! Each packet thread runs the same short loop, like quinn's
 //! `ConnectionDriver`: receive one packet into a buffer it owns, hand it to
-//! [`Engine::process`] with the current time, write back what the verdict
+//! [`Engine::handle_packet`] with the current time, write back what the verdict
 //! says. Buffers are reused; nothing is allocated or logged above debug level
 //! per packet. The calling thread does the housekeeping: it calls
-//! [`Engine::expire`] when [`Engine::next_expiry`] comes due, prints the
+//! [`Engine::handle_timeout`] when [`Engine::poll_timeout`] comes due, prints the
 //! periodic summary, and watches the stop flag (set by SIGINT/SIGTERM), so
 //! the process stops within [`POLL`] (plus a busy-poll period) and one packet.
 //! Nothing in that loop waits for a peer: control and metrics clients are
@@ -279,7 +279,7 @@ pub fn run(
     let mut next_summary = opts.stats_interval.map(|d| Instant::now() + d);
     while !stop.load(Ordering::Relaxed) {
         let now = clock.now();
-        while engine.expire(now) {}
+        while engine.handle_timeout(now) {}
         on_tick(&engine, now);
         if let (Some(at), Some(every)) = (next_summary, opts.stats_interval) {
             if Instant::now() >= at {
@@ -287,7 +287,7 @@ pub fn run(
                 next_summary = Some(at + every);
             }
         }
-        let sleep = engine.next_expiry().map_or(POLL, |at| {
+        let sleep = engine.poll_timeout().map_or(POLL, |at| {
             now.until(at).clamp(Duration::from_millis(1), POLL)
         });
         thread::sleep(sleep);
@@ -328,8 +328,8 @@ fn packet_loop(
         slot.publish(&mine);
         let pkt = &mut buf[frame.start..frame.start + frame.len];
         let verdict = match capture {
-            None => engine.process_with(pkt, clock.now(), frame.l4),
-            Some(c) => c.process(engine, pkt, clock.now(), frame.l4, frame.gso),
+            None => engine.handle_offloaded_packet(pkt, clock.now(), frame.l4),
+            Some(c) => c.handle_packet(engine, pkt, clock.now(), frame.l4, frame.gso),
         };
         let (len, replaced) = match verdict {
             Verdict::Forward { len } => (len, false),
@@ -395,7 +395,11 @@ fn bounce(
     let Some(n) = error.emit(&mut spare[start..]) else {
         return;
     };
-    let len = match engine.process_with(&mut spare[start..start + n], now, L4Checksum::Complete) {
+    let len = match engine.handle_offloaded_packet(
+        &mut spare[start..start + n],
+        now,
+        L4Checksum::Complete,
+    ) {
         Verdict::Forward { len } => len,
         Verdict::Respond { .. } | Verdict::Drop(_) => return,
     };

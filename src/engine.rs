@@ -1,6 +1,6 @@
 //! The sans-IO NAT engine: bytes in, a verdict and rewritten bytes out.
 //!
-//! [`Engine::process`] is the whole of what iptables does for a load balancer
+//! [`Engine::handle_packet`] is the whole of what iptables does for a load balancer
 //! in `PREROUTING` and `POSTROUTING`, for one packet:
 //!
 //! 1. parse ([`crate::wire`]): the IPv4 header, then the TCP segment or the
@@ -28,9 +28,13 @@
 //!   argument, monotonically non-decreasing across calls; randomness comes from
 //!   the configured seed.
 //! - `&Engine` is shared by every packet thread (`Engine: Sync`).
-//! - Call [`Engine::expire`] when [`Engine::next_expiry`] says so (an early
+//! - Call [`Engine::handle_timeout`] when [`Engine::poll_timeout`] says so (an early
 //!   call is a harmless no-op); each call does bounded work.
 //! - No allocation on the path of an established flow.
+//!
+//! The method names say their kind, as quinn-proto's do: `handle_*` feeds
+//! the engine an input (a packet, the passing of time), `poll_*` asks it
+//! when it next needs the caller.
 
 use std::net::SocketAddrV4;
 use std::ops::RangeInclusive;
@@ -55,7 +59,7 @@ use crate::time::Timestamp;
 use crate::trace;
 use crate::wire::{IcmpErrorRepr, Ipv4Repr, TcpRepr};
 
-/// What the caller does with the packet after [`Engine::process`].
+/// What the caller does with the packet after [`Engine::handle_packet`].
 #[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -297,19 +301,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Process one IPv4 packet read from the TUN, rewriting it in place.
+    /// Handle one IPv4 packet read from the device, rewriting it in place.
     ///
     /// `pkt` holds exactly one packet. The verdict says what to write back;
     /// every packet ends in exactly one counter.
-    pub fn process(&self, pkt: &mut [u8], now: Timestamp) -> Verdict {
-        self.process_with(pkt, now, L4Checksum::Complete)
+    pub fn handle_packet(&self, pkt: &mut [u8], now: Timestamp) -> Verdict {
+        self.handle_offloaded_packet(pkt, now, L4Checksum::Complete)
     }
 
-    /// [`Engine::process`] for a packet whose TCP checksum may be partial
+    /// [`Engine::handle_packet`] for a packet whose TCP checksum may be partial
     /// (read with a virtio-net header saying `NEEDS_CSUM`): it is neither
     /// verified nor folded, only moved by the address changes, and the
     /// device computes the final checksum later.
-    pub fn process_with(&self, pkt: &mut [u8], now: Timestamp, l4: L4Checksum) -> Verdict {
+    pub fn handle_offloaded_packet(
+        &self,
+        pkt: &mut [u8],
+        now: Timestamp,
+        l4: L4Checksum,
+    ) -> Verdict {
         let verdict = self
             .process_inner(pkt, now, l4)
             .unwrap_or_else(Verdict::Drop);
@@ -885,9 +894,10 @@ impl Engine {
         report
     }
 
-    /// Remove expired flows, doing bounded work. Returns `true` if more are
-    /// already due (call again before sleeping).
-    pub fn expire(&self, now: Timestamp) -> bool {
+    /// Handle the passing of time to `now`: remove expired flows, doing
+    /// bounded work. Returns `true` if more are already due (call again
+    /// before sleeping).
+    pub fn handle_timeout(&self, now: Timestamp) -> bool {
         self.table.expire(now, |flow| {
             self.counters
                 .expired
@@ -900,14 +910,14 @@ impl Engine {
         })
     }
 
-    /// Return when [`Engine::expire`] should next be called, if any flow exists.
-    pub fn next_expiry(&self) -> Option<Timestamp> {
+    /// Return when [`Engine::handle_timeout`] should next be called, if any flow exists.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.table.next_expiry()
     }
 
     /// Return a copy of the flow a packet with tuple `t` belongs to, and the
     /// packet's direction: for observers in the shell (the capture reads a
-    /// flow's decision and state around [`Engine::process`]), not for the
+    /// flow's decision and state around [`Engine::handle_packet`]), not for the
     /// packet path.
     pub fn flow_of(&self, t: &Tuple) -> Option<(Flow, Direction)> {
         match self.table.lookup(t, self.is_vip_port(t.dst.port())) {
@@ -1054,7 +1064,7 @@ mod tests {
     /// Send a SYN from `port`; return the backend it was sent to.
     fn syn(e: &Engine, port: u16) -> SocketAddrV4 {
         let mut p = Segment::new(client(port), VIP, SYN).build();
-        let Verdict::Forward { len } = e.process(&mut p, Timestamp::ZERO) else {
+        let Verdict::Forward { len } = e.handle_packet(&mut p, Timestamp::ZERO) else {
             panic!("SYN not forwarded");
         };
         let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
@@ -1081,7 +1091,7 @@ mod tests {
         }
         .build();
         assert!(matches!(
-            e.process(&mut synack, Timestamp::ZERO),
+            e.handle_packet(&mut synack, Timestamp::ZERO),
             Verdict::Forward { .. }
         ));
         // Drain b3, add b5: the existing flows keep their backends.
@@ -1097,7 +1107,7 @@ mod tests {
             ..Segment::new(client(1000), VIP, ACK)
         }
         .build();
-        let Verdict::Forward { len } = e.process(&mut ack, Timestamp::ZERO) else {
+        let Verdict::Forward { len } = e.handle_packet(&mut ack, Timestamp::ZERO) else {
             panic!("the answered flow's ACK was not forwarded");
         };
         let ip = Ipv4Packet::new_checked(&ack[..len]).unwrap();
@@ -1133,7 +1143,7 @@ mod tests {
             ..Segment::new(client(5000), VIP, SYN)
         }
         .build();
-        let Verdict::Respond { len } = e.process(&mut p, Timestamp::ZERO) else {
+        let Verdict::Respond { len } = e.handle_packet(&mut p, Timestamp::ZERO) else {
             panic!("no RST");
         };
         let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
@@ -1160,7 +1170,7 @@ mod tests {
             ..Segment::new(client(5001), VIP, SYN)
         }
         .build();
-        let Verdict::Respond { len } = e.process(&mut p, Timestamp::ZERO) else {
+        let Verdict::Respond { len } = e.handle_packet(&mut p, Timestamp::ZERO) else {
             panic!("no RST");
         };
         assert_eq!(len, 40);
@@ -1184,7 +1194,7 @@ mod tests {
         }
         .build();
         assert_eq!(
-            e.process(&mut blind, Timestamp::ZERO),
+            e.handle_packet(&mut blind, Timestamp::ZERO),
             Verdict::Drop(DropReason::RstOutOfWindow)
         );
         // ...the backend's real answer to the SYN (ISN 0) acknowledges it.
@@ -1194,7 +1204,7 @@ mod tests {
         }
         .build();
         assert!(matches!(
-            e.process(&mut rst, Timestamp::ZERO),
+            e.handle_packet(&mut rst, Timestamp::ZERO),
             Verdict::Forward { .. }
         ));
         let be = &e.runtime().services[0].backends[0];
@@ -1204,7 +1214,7 @@ mod tests {
         assert_eq!(e.flow_count(), 0);
         // An unanswered SYN expiring counts too.
         let _ = syn(&e, 6001);
-        while e.expire(Timestamp::from_secs(121)) {}
+        while e.handle_timeout(Timestamp::from_secs(121)) {}
         assert_eq!(be.syn_failures(), 2);
         assert_eq!(e.flow_count(), 0);
         assert_eq!(be.active(), 0);
@@ -1233,7 +1243,7 @@ mod tests {
         }
         .build();
         assert!(matches!(
-            e.process(&mut ack, Timestamp::ZERO),
+            e.handle_packet(&mut ack, Timestamp::ZERO),
             Verdict::Forward { .. }
         ));
         let f = flow(&e, 7000);
@@ -1251,7 +1261,7 @@ mod tests {
         }
         .build();
         assert!(matches!(
-            e.process(&mut rst, Timestamp::ZERO),
+            e.handle_packet(&mut rst, Timestamp::ZERO),
             Verdict::Forward { .. }
         ));
         assert_eq!(flow(&e, 7000).state, TcpState::Close);
@@ -1267,7 +1277,7 @@ mod tests {
         }
         .build();
         assert_eq!(
-            e.process(&mut blind, Timestamp::ZERO),
+            e.handle_packet(&mut blind, Timestamp::ZERO),
             Verdict::Drop(DropReason::RstOutOfWindow)
         );
     }
@@ -1297,7 +1307,7 @@ mod tests {
         }
         .build();
         assert!(matches!(
-            e.process(&mut synack, Timestamp::ZERO),
+            e.handle_packet(&mut synack, Timestamp::ZERO),
             Verdict::Forward { .. }
         ));
         e.runtime().services[0].backends[1].set_up(false);
@@ -1311,7 +1321,7 @@ mod tests {
         }
         .build();
         assert_eq!(
-            e.process(&mut other, Timestamp::ZERO),
+            e.handle_packet(&mut other, Timestamp::ZERO),
             Verdict::Drop(DropReason::Ignored)
         );
         assert_eq!(flow(&e, 8000).backend.addr, b(4));
@@ -1335,7 +1345,7 @@ mod tests {
         let client_ip = |i: u32| Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8);
         let pick = |e: &Engine, i: u32, port: u16| {
             let mut p = Segment::new(SocketAddrV4::new(client_ip(i), port), VIP, SYN).build();
-            let Verdict::Forward { len } = e.process(&mut p, Timestamp::ZERO) else {
+            let Verdict::Forward { len } = e.handle_packet(&mut p, Timestamp::ZERO) else {
                 panic!("SYN not forwarded");
             };
             Ipv4Packet::new_checked(&p[..len]).unwrap().dst_addr()

@@ -495,7 +495,8 @@ mod tests {
         let c: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
         let v: SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
         let send = |mut p: Vec<u8>| {
-            let verdict = rec.process(&e, &mut p, Timestamp::ZERO, L4Checksum::Complete, false);
+            let verdict =
+                rec.handle_packet(&e, &mut p, Timestamp::ZERO, L4Checksum::Complete, false);
             matches!(verdict, Verdict::Forward { .. })
         };
         let seg = |src, dst, flags, seq, ack, payload: &[u8]| {

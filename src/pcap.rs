@@ -37,7 +37,7 @@
 //! checksum.
 //!
 //! The capture lives in the shell: the engine is not involved but for
-//! [`Engine::flow_of`], read around [`Engine::process_with`] to learn the
+//! [`Engine::flow_of`], read around [`Engine::handle_offloaded_packet`] to learn the
 //! decision and the state changes. With no `--pcap` the datapath pays one
 //! branch per packet. It is bounded by [`Limit`] (default
 //! [`Limit::DEFAULT`]): once reached, nothing more is written.
@@ -394,10 +394,10 @@ impl Recorder {
         }))
     }
 
-    /// Run [`Engine::process_with`] on `pkt` and record the packet as read
+    /// Run [`Engine::handle_offloaded_packet`] on `pkt` and record the packet as read
     /// and what was sent for it, with comments on the decision, state
     /// changes and drops (see the module docs). `gso`: it is a super-packet.
-    pub fn process(
+    pub fn handle_packet(
         &self,
         engine: &Engine,
         pkt: &mut [u8],
@@ -406,12 +406,12 @@ impl Recorder {
         gso: bool,
     ) -> Verdict {
         if self.done.load(Ordering::Relaxed) {
-            return engine.process_with(pkt, now, l4);
+            return engine.handle_offloaded_packet(pkt, now, l4);
         }
         let before = pkt.to_vec();
         let tuple = tcp_tuple(pkt);
         let old = tuple.and_then(|t| engine.flow_of(&t));
-        let verdict = engine.process_with(pkt, now, l4);
+        let verdict = engine.handle_offloaded_packet(pkt, now, l4);
         let new = tuple.and_then(|t| engine.flow_of(&t));
         let mut notes = Vec::new();
         let mut sent_notes = Vec::new();
@@ -695,7 +695,7 @@ mod tests {
         let client = "198.18.1.2:40000".parse().unwrap();
         let vip = "198.18.0.1:80".parse().unwrap();
         let mut syn = Segment::new(client, vip, 0x02).build();
-        let v = rec.process(&e, &mut syn, Timestamp::ZERO, L4Checksum::Complete, false);
+        let v = rec.handle_packet(&e, &mut syn, Timestamp::ZERO, L4Checksum::Complete, false);
         assert!(matches!(v, Verdict::Forward { .. }));
         // The SYN-ACK from the backend to the MASQUERADE address.
         let (flow, _) = e
@@ -705,7 +705,7 @@ mod tests {
             })
             .unwrap();
         let mut synack = Segment::new(flow.reply.src, flow.reply.dst, 0x12).build();
-        let v = rec.process(
+        let v = rec.handle_packet(
             &e,
             &mut synack,
             Timestamp::ZERO,
@@ -715,7 +715,7 @@ mod tests {
         assert!(matches!(v, Verdict::Forward { .. }));
         // A stray ACK to the VIP: dropped.
         let mut stray = Segment::new("198.18.1.9:1234".parse().unwrap(), vip, 0x10).build();
-        let v = rec.process(&e, &mut stray, Timestamp::ZERO, L4Checksum::Complete, false);
+        let v = rec.handle_packet(&e, &mut stray, Timestamp::ZERO, L4Checksum::Complete, false);
         assert_eq!(v, Verdict::Drop(crate::DropReason::NoFlowNotSyn));
         assert_eq!(rec.finish().0, 5);
         let cap = read(File::open(&path).unwrap()).unwrap();
@@ -756,7 +756,7 @@ mod tests {
                 0x02,
             )
             .build();
-            let v = rec.process(&e, &mut syn, Timestamp::ZERO, L4Checksum::Complete, false);
+            let v = rec.handle_packet(&e, &mut syn, Timestamp::ZERO, L4Checksum::Complete, false);
             assert!(
                 matches!(v, Verdict::Forward { .. }),
                 "captured or not, forwarded"

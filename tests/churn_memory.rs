@@ -88,7 +88,7 @@ fn memory_returns_to_its_baseline_after_every_round_of_churn() {
         let s = cycle::churn(&engine, net::vip(), r * per_round, per_round, 100, now);
         now = cycle::drain(&engine, s.end);
         assert_eq!(engine.flow_count(), 0);
-        assert_eq!(engine.next_expiry(), None);
+        assert_eq!(engine.poll_timeout(), None);
         levels.push(live());
         peaks.push(PEAK.load(Relaxed));
         peak_flows = peak_flows.max(s.peak_flows);

@@ -1,5 +1,5 @@
 //! Hermetic integration tests of the NAT engine: real TCP endpoints
-//! (smoltcp) talk through `Engine::process` over an in-memory router, on
+//! (smoltcp) talk through `Engine::handle_packet` over an in-memory router, on
 //! virtual time. No root, no TUN, no kernel: `cargo test --test hermetic`.
 //!
 //! - `net`, `wire`, `device`: the harness (hosts, router, impairments).

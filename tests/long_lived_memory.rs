@@ -50,7 +50,7 @@ fn long_lived_round(engine: &Engine, first: u64, n: u64, start: Timestamp) -> Ti
         ));
     }
     let later = Timestamp::from_millis(start.as_millis() + 61_000);
-    while engine.expire(later) {}
+    while engine.handle_timeout(later) {}
     for c in &conns {
         c.close(engine, later);
     }
@@ -82,7 +82,7 @@ fn long_lived_flows_give_their_memory_back() {
             b.expiry_entries, 0,
             "round {r}: stale expiry entries left: {b:?}"
         );
-        assert_eq!(engine.next_expiry(), None);
+        assert_eq!(engine.poll_timeout(), None);
         levels.push(live());
     }
     for (r, &level) in levels.iter().enumerate() {

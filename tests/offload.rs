@@ -45,7 +45,10 @@ fn open(e: &Engine) -> (SocketAddrV4, SocketAddrV4) {
         ..Segment::new(CLIENT, VIP, SYN)
     }
     .build();
-    assert!(matches!(e.process(&mut p, t), Verdict::Forward { .. }));
+    assert!(matches!(
+        e.handle_packet(&mut p, t),
+        Verdict::Forward { .. }
+    ));
     let r = e.flows()[0].reply;
     let mut p = Segment {
         seq: 499,
@@ -53,14 +56,20 @@ fn open(e: &Engine) -> (SocketAddrV4, SocketAddrV4) {
         ..Segment::new(r.src, r.dst, SYN | ACK)
     }
     .build();
-    assert!(matches!(e.process(&mut p, t), Verdict::Forward { .. }));
+    assert!(matches!(
+        e.handle_packet(&mut p, t),
+        Verdict::Forward { .. }
+    ));
     let mut p = Segment {
         seq: 100,
         ack: 500,
         ..Segment::new(CLIENT, VIP, ACK)
     }
     .build();
-    assert!(matches!(e.process(&mut p, t), Verdict::Forward { .. }));
+    assert!(matches!(
+        e.handle_packet(&mut p, t),
+        Verdict::Forward { .. }
+    ));
     (r.src, r.dst)
 }
 
@@ -176,7 +185,7 @@ fn case(reply_dir: bool, len: usize, mss: usize, flags: u8) {
     let mut sup = complete.clone();
     make_partial(&mut sup);
     let Verdict::Forward { len: n } =
-        e.process_with(&mut sup, Timestamp::ZERO, L4Checksum::Partial)
+        e.handle_offloaded_packet(&mut sup, Timestamp::ZERO, L4Checksum::Partial)
     else {
         panic!("super-packet not forwarded");
     };
@@ -187,7 +196,7 @@ fn case(reply_dir: bool, len: usize, mss: usize, flags: u8) {
     open(&e2);
     let mut way2 = Vec::new();
     for mut seg in segment_and_complete(&complete, mss, false) {
-        let Verdict::Forward { len: n } = e2.process(&mut seg, Timestamp::ZERO) else {
+        let Verdict::Forward { len: n } = e2.handle_packet(&mut seg, Timestamp::ZERO) else {
             panic!("segment not forwarded");
         };
         way2.push(seg[..n].to_vec());
@@ -248,11 +257,11 @@ fn a_partial_checksum_is_not_verified_but_a_complete_one_is() {
     make_partial(&mut p);
     // Read as complete, a partial checksum is a bad one.
     assert_eq!(
-        e.process(&mut p.clone(), Timestamp::ZERO),
+        e.handle_packet(&mut p.clone(), Timestamp::ZERO),
         Verdict::Drop(tunlb::DropReason::BadChecksum)
     );
     assert!(matches!(
-        e.process_with(&mut p, Timestamp::ZERO, L4Checksum::Partial),
+        e.handle_offloaded_packet(&mut p, Timestamp::ZERO, L4Checksum::Partial),
         Verdict::Forward { .. }
     ));
 }

@@ -1,5 +1,5 @@
 //! The fuzzing harness of tunlb's packet path: bytes become a setup and a
-//! sequence of packets, each goes through [`tunlb::Engine::process`] in
+//! sequence of packets, each goes through [`tunlb::Engine::handle_packet`] in
 //! either direction, and every verdict is checked against the invariants.
 //!
 //! # Input format
@@ -344,7 +344,7 @@ impl Harness {
     /// Move the clock, apply the chunk's fixup, process it and check.
     pub fn step(&mut self, c: &Chunk) -> Verdict {
         self.now += STEPS[usize::from(c.step & 7)];
-        while self.engine.expire(Timestamp::from_millis(self.now)) {}
+        while self.engine.handle_timeout(Timestamp::from_millis(self.now)) {}
         let mut pkt = c.bytes.clone();
         match c.fixup {
             Fixup::None => {}
@@ -422,7 +422,7 @@ impl Harness {
         let input = pkt.to_vec();
         let input_valid = checksums_valid(&input);
         let before = self.flows();
-        let verdict = self.engine.process(pkt, Timestamp::from_millis(self.now));
+        let verdict = self.engine.handle_packet(pkt, Timestamp::from_millis(self.now));
         self.processed += 1;
         let after = self.flows();
         match verdict {
@@ -464,9 +464,9 @@ impl Harness {
     pub fn finish(&mut self) {
         self.now += 6 * 24 * 3600 * 1000;
         let now = Timestamp::from_millis(self.now);
-        while self.engine.expire(now) {}
+        while self.engine.handle_timeout(now) {}
         assert_eq!(self.engine.flow_count(), 0, "flows outlived every timeout");
-        assert_eq!(self.engine.next_expiry(), None, "an expiry left pending");
+        assert_eq!(self.engine.poll_timeout(), None, "an expiry left pending");
         let s = self.engine.stats();
         for b in &s.backends {
             assert_eq!(

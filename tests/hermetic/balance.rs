@@ -159,7 +159,7 @@ fn choices(seed: u64, n: u16) -> Vec<usize> {
         .map(|i| {
             let client = SocketAddrV4::new(CLIENTS[0], 1000 + i);
             let mut syn = craft::tcp(client, vip(), flags::SYN, 1, 0);
-            let Verdict::Forward { len } = engine.process(&mut syn, Timestamp::ZERO) else {
+            let Verdict::Forward { len } = engine.handle_packet(&mut syn, Timestamp::ZERO) else {
                 panic!("SYN {i} not forwarded")
             };
             let dst = crate::check::valid_packet(&syn[..len]).unwrap().dst;

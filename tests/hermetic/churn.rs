@@ -46,7 +46,7 @@ fn churn_and_drain(n: u64) {
     assert_eq!(engine.flow_count(), 0);
     assert!(engine.flows().is_empty());
     assert_eq!(
-        engine.next_expiry(),
+        engine.poll_timeout(),
         None,
         "no stale expiry entry left behind"
     );
@@ -99,7 +99,7 @@ fn long_lived_flows_leave_no_stale_expiry_entries_behind() {
         .collect();
     // Past SYN_RECV's deadline: every live heap entry comes due and is re-filed.
     let t1 = Timestamp::from_secs(61);
-    while engine.expire(t1) {}
+    while engine.handle_timeout(t1) {}
     assert_eq!(engine.flow_count(), N as usize);
     for c in &conns {
         c.close(&engine, t1);
@@ -107,8 +107,8 @@ fn long_lived_flows_leave_no_stale_expiry_entries_behind() {
     let mut most = 0;
     let mut now = t1;
     while engine.flow_count() > 0 {
-        now = now.max(engine.next_expiry().expect("flows remain"));
-        while engine.expire(now) {}
+        now = now.max(engine.poll_timeout().expect("flows remain"));
+        while engine.handle_timeout(now) {}
         let b = engine.bookkeeping();
         assert!(
             b.expiry_entries <= 2 * engine.flow_count() + COMPACT_SLACK,
@@ -120,7 +120,7 @@ fn long_lived_flows_leave_no_stale_expiry_entries_behind() {
     }
     let b = engine.bookkeeping();
     assert_eq!(b.expiry_entries, 0, "stale 5-day entries left: {b:?}");
-    assert_eq!(engine.next_expiry(), None);
+    assert_eq!(engine.poll_timeout(), None);
     assert_eq!(
         now,
         Timestamp::from_secs(61 + 120),
@@ -159,7 +159,7 @@ fn a_never_assured_flow_does_not_pin_the_eviction_queue() {
             // The pinning client keeps talking (a duplicate ACK).
             let v = pin.orig(&engine, now, ACK, c + 1, s);
             assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
-            while engine.expire(now) {}
+            while engine.handle_timeout(now) {}
             let b = engine.bookkeeping();
             assert!(
                 b.eviction_entries <= 2 * engine.flow_count() + COMPACT_SLACK,
@@ -196,7 +196,7 @@ fn syn_rst_cycles_on_one_tuple_do_not_grow_the_eviction_queue() {
         // One more SYN stays open while the queue is looked at.
         if k % 1000 == 999 {
             let open = cycle::open(&engine, now, client, vip()).unwrap();
-            while engine.expire(now) {}
+            while engine.handle_timeout(now) {}
             let b = engine.bookkeeping();
             assert!(
                 b.eviction_entries <= 2 * engine.flow_count() + COMPACT_SLACK,

@@ -121,7 +121,7 @@ pub fn process(
 ) -> (Verdict, [u8; LEN]) {
     let mut buf = [0u8; LEN];
     segment(&mut buf, src, dst, flags, seq, ack);
-    let verdict = engine.process(&mut buf, now);
+    let verdict = engine.handle_packet(&mut buf, now);
     (verdict, buf)
 }
 
@@ -297,7 +297,7 @@ pub fn churn(
         let t = Timestamp::from_millis(start.as_millis() + k * 1000 / per_sec);
         if t > now {
             now = t;
-            while engine.expire(now) {}
+            while engine.handle_timeout(now) {}
         }
         let conn = handshake(engine, now, client(first + k), vip);
         stats.peak_flows = stats.peak_flows.max(engine.flow_count());
@@ -310,16 +310,16 @@ pub fn churn(
     stats
 }
 
-/// Expire flows at each [`Engine::next_expiry`] until the table is empty,
+/// Expire flows at each [`Engine::poll_timeout`] until the table is empty,
 /// starting at `now`; returns the time it emptied. Panics if an expiry is
 /// missing while flows remain.
 pub fn drain(engine: &Engine, mut now: Timestamp) -> Timestamp {
     while engine.flow_count() > 0 {
         let next = engine
-            .next_expiry()
+            .poll_timeout()
             .expect("flows remain, so an expiry is due");
         now = now.max(next);
-        while engine.expire(now) {}
+        while engine.handle_timeout(now) {}
     }
     now
 }

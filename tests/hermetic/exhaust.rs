@@ -104,7 +104,7 @@ fn ports_come_back_when_their_flows_expire() {
     conns[1].close(&engine, t0);
     let at = |s: u64| t0 + Duration::from_secs(s);
     let retry = |t: Timestamp| {
-        while engine.expire(t) {}
+        while engine.handle_timeout(t) {}
         cycle::open(&engine, t, late, vip())
     };
     assert_eq!(
@@ -119,7 +119,7 @@ fn ports_come_back_when_their_flows_expire() {
         cycle::open(&engine, at(119), other, vip()).unwrap_err(),
         Verdict::Drop(DropReason::PortsExhausted)
     );
-    while engine.expire(at(120)) {}
+    while engine.handle_timeout(at(120)) {}
     let second =
         cycle::open(&engine, at(120), other, vip()).expect("the closed flow's port is free");
     assert_eq!(second.reply, conns[1].reply);

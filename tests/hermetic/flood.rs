@@ -232,7 +232,7 @@ fn retransmitted_flood_syns_never_extend_their_entries() {
     // Linux retransmits an unanswered SYN after 1, 3, 7, 15, 31 and 63 s.
     for after in [1, 3, 7, 15, 31, 63] {
         let t = t0 + Duration::from_secs(after);
-        while engine.expire(t) {}
+        while engine.handle_timeout(t) {}
         for c in &conns {
             // Forwarded on the same translation (same backend, same SNAT port)...
             let v = c.orig(&engine, t, SYN, CLIENT_ISN, 0);
@@ -249,9 +249,9 @@ fn retransmitted_flood_syns_never_extend_their_entries() {
         }
     }
     let t = Timestamp::from_millis(deadline.as_millis() - 1);
-    while engine.expire(t) {}
+    while engine.handle_timeout(t) {}
     assert_eq!(engine.flow_count(), 32);
-    while engine.expire(deadline) {}
+    while engine.handle_timeout(deadline) {}
     assert_eq!(engine.flow_count(), 0, "gone 120 s after the first SYN");
     let s = engine.stats();
     assert_eq!(s.expired, 32);
@@ -309,7 +309,7 @@ fn a_million_spoofed_syns_against_a_full_table_keep_every_established_flow() {
     for i in 0..SYNS {
         let t = Timestamp::from_millis(t0.as_millis() + 1 + i / 1000);
         if i % 1000 == 0 {
-            while engine.expire(t) {}
+            while engine.handle_timeout(t) {}
         }
         match cycle::open(&engine, t, cycle::client(i), vip()) {
             Ok(_) => {}

@@ -30,7 +30,7 @@ fn expire_until_empty(net: &mut Net) -> Timestamp {
     while net.engine.flow_count() > 0 {
         let next = net
             .engine
-            .next_expiry()
+            .poll_timeout()
             .expect("a flow exists, so an expiry is due");
         net.advance_to(next.max(net.now()));
     }
@@ -103,14 +103,14 @@ fn an_rst_before_any_reply_removes_the_flow_at_once() {
     let t = Timestamp::from_secs(1);
     let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
     assert!(matches!(
-        engine.process(&mut syn, t),
+        engine.handle_packet(&mut syn, t),
         Verdict::Forward { .. }
     ));
     assert_eq!(engine.flow_count(), 1);
 
     // The client gives up before the backend answered.
     let mut rst = craft::tcp(client, vip(), flags::RST, 1001, 0);
-    let Verdict::Forward { len } = engine.process(&mut rst, t) else {
+    let Verdict::Forward { len } = engine.handle_packet(&mut rst, t) else {
         panic!("the RST is forwarded so the backend forgets the half-open connection")
     };
     let out = check::valid_packet(&rst[..len]).unwrap();
@@ -185,7 +185,7 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
     for at in [0, 1, 3, 7, 15, 31, 63, 119] {
         let now = first + Duration::from_secs(at);
         let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
-        let Verdict::Forward { len } = engine.process(&mut syn, now) else {
+        let Verdict::Forward { len } = engine.handle_packet(&mut syn, now) else {
             panic!("SYN at +{at} s dropped")
         };
         assert_eq!(
@@ -199,21 +199,21 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
             flows[0].deadline, deadline,
             "SYN at +{at} s moved the deadline"
         );
-        assert!(!engine.expire(now) && engine.flow_count() == 1);
+        assert!(!engine.handle_timeout(now) && engine.flow_count() == 1);
     }
     assert_eq!(engine.stats().new_flows, 1);
 
     // 120 s after the FIRST SYN, not after the last, the entry is gone.
-    while engine.expire(just_before(deadline)) {}
+    while engine.handle_timeout(just_before(deadline)) {}
     assert_eq!(engine.flow_count(), 1);
-    assert!(engine.next_expiry().is_some_and(|t| t <= deadline));
-    while engine.expire(deadline) {}
+    assert!(engine.poll_timeout().is_some_and(|t| t <= deadline));
+    while engine.handle_timeout(deadline) {}
     assert_eq!(engine.flow_count(), 0);
     assert_eq!(engine.stats().expired, 1);
 
     // A later SYN is a new connection: nth moves on to the second backend.
     let mut syn = craft::tcp(client, vip(), flags::SYN, 5000, 0);
-    let Verdict::Forward { len } = engine.process(&mut syn, deadline) else {
+    let Verdict::Forward { len } = engine.handle_packet(&mut syn, deadline) else {
         panic!()
     };
     assert_eq!(

@@ -59,7 +59,7 @@ fn a_full_table_evicts_unreplied_syns_but_never_assured_flows() {
     for port in [31001, 31002] {
         let mut syn = craft::tcp(SocketAddrV4::new(CLIENTS[1], port), vip(), flags::SYN, 1, 0);
         assert!(matches!(
-            net.engine.process(&mut syn, net.now()),
+            net.engine.handle_packet(&mut syn, net.now()),
             Verdict::Forward { .. }
         ));
     }
@@ -117,7 +117,7 @@ fn handshake(engine: &Engine, port: u16, now: Timestamp) -> Tuple {
     let client = SocketAddrV4::new(CLIENTS[0], port);
     let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
     assert!(matches!(
-        engine.process(&mut syn, now),
+        engine.handle_packet(&mut syn, now),
         Verdict::Forward { .. }
     ));
     let reply = engine
@@ -128,12 +128,12 @@ fn handshake(engine: &Engine, port: u16, now: Timestamp) -> Tuple {
         .reply;
     let mut syn_ack = craft::tcp(reply.src, reply.dst, flags::SYN | flags::ACK, 5000, 1001);
     assert!(matches!(
-        engine.process(&mut syn_ack, now),
+        engine.handle_packet(&mut syn_ack, now),
         Verdict::Forward { .. }
     ));
     let mut ack = craft::tcp(client, vip(), flags::ACK, 1001, 5001);
     assert!(matches!(
-        engine.process(&mut ack, now),
+        engine.handle_packet(&mut ack, now),
         Verdict::Forward { .. }
     ));
     reply
@@ -153,7 +153,7 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
     for port in [31001, 31002] {
         let mut syn = craft::tcp(SocketAddrV4::new(CLIENTS[1], port), vip(), flags::SYN, 1, 0);
         assert!(matches!(
-            engine.process(&mut syn, t1),
+            engine.handle_packet(&mut syn, t1),
             Verdict::Forward { .. }
         ));
     }
@@ -166,7 +166,7 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
         1,
         0,
     );
-    let v = engine.process(&mut syn, Timestamp::from_secs(3));
+    let v = engine.handle_packet(&mut syn, Timestamp::from_secs(3));
     assert!(
         matches!(v, Verdict::Forward { .. }),
         "{v:?}: {}",
@@ -245,7 +245,7 @@ fn with_every_backend_drained_a_syn_is_answered_with_a_reset() {
     let engine = Engine::new(net::config(Mode::Nth, &[0, 0, 0, 0])).unwrap();
     let client = SocketAddrV4::new(CLIENTS[0], 40000);
     let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
-    let Verdict::Respond { len } = engine.process(&mut syn, Timestamp::ZERO) else {
+    let Verdict::Respond { len } = engine.handle_packet(&mut syn, Timestamp::ZERO) else {
         panic!("no RST")
     };
     let rst = check::valid_packet(&syn[..len]).expect("a valid RST");

@@ -47,7 +47,7 @@ fn engine_with_flows() -> (Engine, Vec<Tuple>) {
         let client = SocketAddrV4::new(CLIENTS[0], port);
         let mut syn = craft::tcp(client, vip(), flags::SYN, 100, 0);
         assert!(matches!(
-            engine.process(&mut syn, t),
+            engine.handle_packet(&mut syn, t),
             Verdict::Forward { .. }
         ));
         let flows = engine.flows();
@@ -60,12 +60,12 @@ fn engine_with_flows() -> (Engine, Vec<Tuple>) {
         if i < 3 {
             let mut sa = craft::tcp(reply.src, reply.dst, flags::SYN | flags::ACK, 500, 101);
             assert!(matches!(
-                engine.process(&mut sa, t),
+                engine.handle_packet(&mut sa, t),
                 Verdict::Forward { .. }
             ));
             let mut ack = craft::tcp(client, vip(), flags::ACK, 101, 501);
             assert!(matches!(
-                engine.process(&mut ack, t),
+                engine.handle_packet(&mut ack, t),
                 Verdict::Forward { .. }
             ));
         }
@@ -416,11 +416,11 @@ proptest! {
         for (processed, (input, dt)) in (1u64..).zip(&steps) {
             now += dt;
             let ts = Timestamp::from_millis(now);
-            while engine.expire(ts) {}
+            while engine.handle_timeout(ts) {}
             let bytes = build(input, &replies);
             let mut buf = bytes.clone();
             let before = tuples(&engine);
-            let verdict = engine.process(&mut buf, ts);
+            let verdict = engine.handle_packet(&mut buf, ts);
             let mut flows = before;
             flows.extend(tuples(&engine));
             judge(&bytes, verdict, &buf, &flows)?;

@@ -3,7 +3,7 @@
 //! ```text
 //!  clients 198.18.1.2-5                                   backends 198.18.2.3-6:80
 //!  [smoltcp] --+                                       +-- [smoltcp] "b1"
-//!  [smoltcp] --+-- Wire --> Engine::process --> Wire --+-- [smoltcp] "b2" ...
+//!  [smoltcp] --+-- Wire --> Engine::handle_packet --> Wire --+-- [smoltcp] "b2" ...
 //! ```
 //!
 //! [`Net`] owns everything and a virtual clock. Hosts send into the [`Wire`];
@@ -496,7 +496,7 @@ impl Net {
     /// engine's output like any other. Returns the verdict and the emitted
     /// packet, which must be valid (checked with smoltcp, else a panic).
     pub fn inject(&mut self, mut pkt: Vec<u8>) -> (Verdict, Option<Vec<u8>>) {
-        let verdict = self.engine.process(&mut pkt, self.now());
+        let verdict = self.engine.handle_packet(&mut pkt, self.now());
         self.last_engine_packet = self.now;
         match verdict {
             Verdict::Forward { len } | Verdict::Respond { len } => {
@@ -692,7 +692,7 @@ impl Net {
     pub fn advance_to(&mut self, t: Timestamp) {
         assert!(t.as_millis() >= self.now, "time runs forwards");
         self.now = t.as_millis();
-        while self.engine.expire(self.now()) {}
+        while self.engine.handle_timeout(self.now()) {}
     }
 
     /// Return the next time something is scheduled: a smoltcp timer or a flow expiry.
@@ -703,7 +703,7 @@ impl Net {
             .iter_mut()
             .filter_map(|h| h.iface.poll_at(now, &h.sockets))
             .map(|t| t.total_millis().max(0) as u64);
-        let engine = self.engine.next_expiry().map(|t| t.as_millis());
+        let engine = self.engine.poll_timeout().map(|t| t.as_millis());
         hosts.chain(engine).min()
     }
 

@@ -402,6 +402,6 @@ fn an_ack_flood_fills_the_table_no_faster_than_a_syn_flood() {
     conn.establish(&e, now);
     // Unanswered pickups live as long as an unanswered SYN, not 5 days.
     now = now + cfg.timeouts.get(TcpState::SynSent) + Duration::from_secs(1);
-    while e.expire(now) {}
+    while e.handle_timeout(now) {}
     assert_eq!(e.flow_count(), 1, "only the answered connection is left");
 }

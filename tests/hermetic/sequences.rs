@@ -206,7 +206,7 @@ proptest! {
                 }
                 Op::Wait(ms) => {
                     now = Timestamp::from_millis(now.as_millis() + ms);
-                    while engine.expire(now) {}
+                    while engine.handle_timeout(now) {}
                 }
                 Op::Advance(_) | Op::Invalid(..) => {}
             }

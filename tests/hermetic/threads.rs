@@ -15,7 +15,7 @@ use crate::net::{self, vip};
 fn syn(engine: &Engine, i: u64) -> Verdict {
     let mut buf = [0u8; LEN];
     cycle::segment(&mut buf, client(i), vip(), SYN, CLIENT_ISN, 0);
-    engine.process(&mut buf, Timestamp::ZERO)
+    engine.handle_packet(&mut buf, Timestamp::ZERO)
 }
 
 /// Every thread sends the same SYNs, in its own order: each connection is
