@@ -138,98 +138,93 @@ fn status_line(engine: &Engine) -> String {
     )
 }
 
-fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
+/// Why `tunlb run` stopped with a failure (exit 1). Each message says what
+/// to do about it.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// A start-up check failed (forwarding off, an address that is local,
+    /// a VIP not routed into the TUN).
+    #[error(transparent)]
+    Preflight(#[from] preflight::Problem),
+    /// The TUN cannot be opened.
+    #[error(transparent)]
+    Tun(#[from] tunlb::io::tun::TunError),
+    /// The packet sockets or their routes cannot be set up.
+    #[error(transparent)]
+    Packet(#[from] tunlb::io::packet::PacketError),
+    /// The engine refuses the configuration.
+    #[error(transparent)]
+    Engine(#[from] tunlb::ConfigError),
+    /// The metrics listener cannot be bound.
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    /// A signal handler or a thread cannot be set up.
+    #[error("cannot {what}: {source}")]
+    Setup {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The `--pcap` file cannot be created.
+    #[error("--pcap {}: cannot create it: {source}", path.display())]
+    Pcap {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The device failed while running.
+    #[error("the {what} failed: {source}; tunlb stops here{hint}")]
+    Datapath {
+        /// Which device: "TUN tl0", "packet datapath on c0,br0".
+        what: String,
+        /// What to do about it, after the stop.
+        hint: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The device `run` reads and writes, and what it set up for it.
+struct Opened {
+    io: Arc<dyn PacketIo>,
+    device: Arc<Device>,
+    /// `--io packet`: the sockets (for their drop counts at exit).
+    packet: Option<Arc<AfPacket>>,
+    /// `--io packet`: the blackhole routes, held for their `Drop` (which
+    /// removes them when `run` returns).
+    _blackholes: Option<Blackholes>,
+}
+
+fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
     if !packet {
-        preflight::forwarding(args.set_sysctls).map_err(|e| e.to_string())?;
+        preflight::forwarding(args.set_sysctls)?;
     }
     let addrs = service_addrs(&cfg);
-    preflight::not_local(&addrs).map_err(|e| e.to_string())?;
-    // The packet datapath's blackhole routes, removed when this returns.
-    let mut blackholes = None;
-    let mut packet_io = None;
-
-    let spec = TunSpec {
-        name: cfg.tun.clone(),
-        addr: cfg.tun_addr,
-        mtu: cfg.mtu,
-    };
-    let (io, device): (Arc<dyn PacketIo>, Device) = match cfg.io {
-        IoKind::Tun => (
-            Arc::new(TunIo::open(&spec).map_err(|e| e.to_string())?),
-            Device::tun_crate(&cfg.tun, cfg.threads),
-        ),
-        IoKind::Vnet => {
-            let (dev, opened) =
-                MqTun::open(&spec, cfg.threads, cfg.offload).map_err(|e| e.to_string())?;
-            let device = Device::new(&cfg.tun, opened.queues, opened.offload, cfg.threads);
-            (Arc::new(dev), device)
-        }
-        IoKind::Packet => {
-            let (dev, device, holes) = open_packet(&cfg, &addrs)?;
-            blackholes = Some(holes);
-            packet_io = Some(dev.clone());
-            (dev, device)
-        }
-    };
-    let device = Arc::new(device);
-    if cfg.tun_addr.is_some() && !packet {
-        preflight::disable_ipv6(&cfg.tun);
-    }
-    // Once the TUN exists its own addresses are local too: check again.
-    preflight::not_local(&addrs).map_err(|e| e.to_string())?;
+    preflight::not_local(&addrs)?;
+    let opened = open_device(&cfg, &addrs)?;
     if !packet {
-        preflight::routed_into(&cfg.tun, &addrs).map_err(|e| e.to_string())?;
+        if cfg.tun_addr.is_some() {
+            preflight::disable_ipv6(&cfg.tun);
+        }
+        // Once the TUN exists its own addresses are local too: check again.
+        preflight::not_local(&addrs)?;
+        preflight::routed_into(&cfg.tun, &addrs)?;
     }
-    let engine = Arc::new(Engine::new(cfg.engine.clone()).map_err(|e| e.to_string())?);
+    let engine = Arc::new(Engine::new(cfg.engine.clone())?);
     let clock = Clock::start();
     if let Some(path) = &cfg.state_file {
         restore_state(&engine, path, &clock);
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
-    // The control socket is a convenience: without it, the datapath still runs.
-    let control = Control::bind(&cfg.control)
-        .inspect_err(|e| tracing::warn!("no control socket: {e}"))
-        .ok();
-    if control.is_some() {
-        tracing::info!(
-            "control socket {} (tunlb flows / tunlb stats)",
-            cfg.control.display()
-        );
-    }
-    let metrics = match &cfg.metrics {
-        Some(addr) => Some(Metrics::bind(addr).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    if let Some(m) = &metrics {
-        if let Ok(a) = m.local_addr() {
-            tracing::info!("metrics on http://{a}/metrics");
-        }
-    }
-    // Clients are served on threads of their own, never by the housekeeping
-    // loop: none can delay expiry or shutdown. Those threads are not joined.
+    let (stop, reload) = signal_flags()?;
     let source = Source {
         engine: engine.clone(),
-        device: device.clone(),
+        device: opened.device.clone(),
         clock,
     };
-    if let Some(c) = &control {
-        if let Err(e) = c.spawn(source.clone(), Limits::DEFAULT, stop.clone()) {
-            tracing::warn!("no control socket: cannot start its thread: {e}");
-        }
-    }
-    if let Some(m) = &metrics {
-        m.spawn(source, Limits::DEFAULT, stop.clone())
-            .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-    }
+    let (control, metrics) = serve_queries(&cfg, source, &stop)?;
     let health = cfg.health.map(|h| {
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -237,37 +232,10 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             .spawn(move || health::run(e, h, s))
             .expect("spawning the health thread")
     });
-    tracing::info!(
-        "ready: {} {} ({}, {}), {}; {} thread(s), max {} flows",
-        if packet { "packet on" } else { "tun" },
-        device.name,
-        if packet {
-            "blackhole routes added"
-        } else if cfg.tun_addr.is_some() {
-            "created"
-        } else {
-            "attached"
-        },
-        device.describe(),
-        engine.runtime().describe(),
-        cfg.threads,
-        cfg.engine.max_flows
-    );
+    log_ready(&cfg, &opened.device, &engine);
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
-    let capture = match &cfg.pcap {
-        Some(path) => {
-            let rec = tunlb::pcap::Recorder::create(path, cfg.pcap_limit)
-                .map_err(|e| format!("--pcap {}: cannot create it: {e}", path.display()))?;
-            tracing::info!(
-                "recording packets before and after NAT in {} (up to {})",
-                path.display(),
-                cfg.pcap_limit
-            );
-            Some(rec)
-        }
-        None => None,
-    };
+    let capture = open_capture(&cfg)?;
     let opts = Options {
         threads: cfg.threads,
         stats_interval: cfg.stats_interval,
@@ -295,17 +263,20 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             let saver = std::thread::Builder::new()
                 .name("tunlb-state".into())
                 .spawn(move || save_periodically(&e, &p, every, &clock, &s))
-                .map_err(|e| format!("cannot start the state-file thread: {e}"))?;
+                .map_err(|source| RunError::Setup {
+                    what: "start the state-file thread",
+                    source,
+                })?;
             Some(saver)
         }
         _ => None,
     };
     let result = datapath::run(
         engine.clone(),
-        io,
+        opened.io.clone(),
         &opts,
         stop.clone(),
-        device.clone(),
+        opened.device.clone(),
         clock,
         &mut on_tick,
     );
@@ -329,12 +300,159 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
     // The health thread is not joined: a connect in flight may take its whole
     // timeout, and shutdown must stay under a second. It holds no state.
     drop(health);
+    drop((control, metrics));
+    log_stopped(&engine, &opened);
+    result.map_err(|source| RunError::Datapath {
+        what: if packet {
+            format!("packet datapath on {}", opened.device.name)
+        } else {
+            format!("TUN {}", cfg.tun)
+        },
+        hint: if packet {
+            ""
+        } else {
+            "; was the device removed? start it again once the device is back"
+        },
+        source,
+    })
+}
+
+/// Open the datapath's device: the TUN (`--io vnet`, `--io tun`) or the
+/// packet sockets and their blackhole routes (`--io packet`).
+fn open_device(
+    cfg: &RunConfig,
+    addrs: &[(std::net::Ipv4Addr, &'static str)],
+) -> Result<Opened, RunError> {
+    let spec = TunSpec {
+        name: cfg.tun.clone(),
+        addr: cfg.tun_addr,
+        mtu: cfg.mtu,
+    };
+    let (io, device, packet, blackholes): (Arc<dyn PacketIo>, _, _, _) = match cfg.io {
+        IoKind::Tun => (
+            Arc::new(TunIo::open(&spec)?),
+            Device::tun_crate(&cfg.tun, cfg.threads),
+            None,
+            None,
+        ),
+        IoKind::Vnet => {
+            let (dev, opened) = MqTun::open(&spec, cfg.threads, cfg.offload)?;
+            let device = Device::new(&cfg.tun, opened.queues, opened.offload, cfg.threads);
+            (Arc::new(dev), device, None, None)
+        }
+        IoKind::Packet => {
+            let (dev, device, holes) = open_packet(cfg, addrs)?;
+            (dev.clone(), device, Some(dev), Some(holes))
+        }
+    };
+    Ok(Opened {
+        io,
+        device: Arc::new(device),
+        packet,
+        _blackholes: blackholes,
+    })
+}
+
+/// SIGINT and SIGTERM set the first flag (stop), SIGHUP the second (reload).
+fn signal_flags() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    let error = |source| RunError::Setup {
+        what: "install a signal handler",
+        source,
+    };
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(error)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).map_err(error)?;
+    Ok((stop, reload))
+}
+
+/// The control socket and the metrics listener, each served on threads of
+/// its own (never by the housekeeping loop: no client can delay expiry or
+/// shutdown; those threads are not joined). The control socket is a
+/// convenience: without it, the datapath still runs; a metrics address that
+/// cannot be bound is an error.
+fn serve_queries(
+    cfg: &RunConfig,
+    source: Source,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Option<Control>, Option<Metrics>), RunError> {
+    let control = Control::bind(&cfg.control)
+        .inspect_err(|e| tracing::warn!("no control socket: {e}"))
+        .ok();
+    if let Some(c) = &control {
+        tracing::info!(
+            "control socket {} (tunlb flows / tunlb stats)",
+            cfg.control.display()
+        );
+        if let Err(e) = c.spawn(source.clone(), Limits::DEFAULT, stop.clone()) {
+            tracing::warn!("no control socket: cannot start its thread: {e}");
+        }
+    }
+    let metrics = match &cfg.metrics {
+        Some(addr) => Some(Metrics::bind(addr)?),
+        None => None,
+    };
+    if let Some(m) = &metrics {
+        if let Ok(a) = m.local_addr() {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+        m.spawn(source, Limits::DEFAULT, stop.clone())
+            .map_err(|source| RunError::Setup {
+                what: "start the metrics thread",
+                source,
+            })?;
+    }
+    Ok((control, metrics))
+}
+
+/// `--pcap FILE`: the recorder, or nothing.
+fn open_capture(cfg: &RunConfig) -> Result<Option<Arc<tunlb::pcap::Recorder>>, RunError> {
+    let Some(path) = &cfg.pcap else {
+        return Ok(None);
+    };
+    let rec =
+        tunlb::pcap::Recorder::create(path, cfg.pcap_limit).map_err(|source| RunError::Pcap {
+            path: path.clone(),
+            source,
+        })?;
+    tracing::info!(
+        "recording packets before and after NAT in {} (up to {})",
+        path.display(),
+        cfg.pcap_limit
+    );
+    Ok(Some(rec))
+}
+
+/// The `ready` line that scripts wait for.
+fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine) {
+    let packet = cfg.io == IoKind::Packet;
+    tracing::info!(
+        "ready: {} {} ({}, {}), {}; {} thread(s), max {} flows",
+        if packet { "packet on" } else { "tun" },
+        device.name,
+        if packet {
+            "blackhole routes added"
+        } else if cfg.tun_addr.is_some() {
+            "created"
+        } else {
+            "attached"
+        },
+        device.describe(),
+        engine.runtime().describe(),
+        cfg.threads,
+        cfg.engine.max_flows
+    );
+}
+
+/// The last lines: the counters, the packet sockets' drops, each backend.
+fn log_stopped(engine: &Engine, opened: &Opened) {
     let stats = engine.stats();
     tracing::info!("stopped: {stats}");
-    if let Some(line) = packet_io.as_ref().and_then(|p| p.describe_drops()) {
+    if let Some(line) = opened.packet.as_ref().and_then(|p| p.describe_drops()) {
         tracing::info!("{line}");
     }
-    drop(blackholes);
     for b in &stats.backends {
         tracing::info!(
             "  {} -> {}: {} connections, {} packets, {} bytes",
@@ -345,12 +463,6 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), String> {
             b.bytes
         );
     }
-    result.map_err(|e| {
-        if packet {
-            return format!("the packet datapath on {} failed: {e}; tunlb stops here", device.name);
-        }
-        format!("the TUN {} failed: {e}; was the device removed? tunlb stops here, start it again once the device is back", cfg.tun)
-    })
 }
 
 /// `--state-file` at start: put the saved flows back, or say why not and
@@ -424,14 +536,14 @@ fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::Ipv4Addr, &'static str)> {
 fn open_packet(
     cfg: &RunConfig,
     addrs: &[(std::net::Ipv4Addr, &'static str)],
-) -> Result<(Arc<AfPacket>, Device, Blackholes), String> {
+) -> Result<(Arc<AfPacket>, Device, Blackholes), RunError> {
     let spec = PacketSpec {
         ifaces: cfg.ifaces.clone(),
         queues: cfg.threads,
         addrs: addrs.iter().map(|a| a.0).collect(),
     };
-    let (dev, opened) = AfPacket::open(&spec).map_err(|e| e.to_string())?;
-    let holes = Blackholes::install(&spec.addrs).map_err(|e| e.to_string())?;
+    let (dev, opened) = AfPacket::open(&spec)?;
+    let holes = Blackholes::install(&spec.addrs)?;
     let backends: Vec<_> = (cfg.engine.services.iter())
         .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
         .collect();
