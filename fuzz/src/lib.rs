@@ -335,7 +335,7 @@ impl Harness {
             .engine
             .flows()
             .into_iter()
-            .map(|f| (f.flow.original, f.flow.reply))
+            .map(|f| (f.original, f.reply))
             .collect();
         v.sort();
         v
