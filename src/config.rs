@@ -27,6 +27,7 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -448,70 +449,17 @@ fn apply_timeouts(t: &mut Timeouts, f: &FileTimeouts) {
 pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> {
     let (mut engine, file) = engine_config(svc)?;
     let file = file.unwrap_or_default();
-    engine.tcp_liberal = run.liberal || file.tcp_liberal.unwrap_or(false);
-    engine.pickup = run.pickup || file.pickup.unwrap_or(false);
-    if let Some(secret) = run.hash_key.as_ref().or(file.hash_key.as_ref()) {
-        if secret.is_empty() {
-            return Err(Error::Invalid(
-                "--hash-key is empty: give a secret string shared by the instances that must agree"
-                    .into(),
-            ));
-        }
-        engine.hash_key = Some(HashKey::from_secret(secret));
-    }
-    engine.validate()?;
-    let state_file = run.state_file.clone().or(file.state_file);
-    let state_interval = match run.state_interval.or(file.state_interval) {
-        Some(_) if state_file.is_none() => {
-            return Err(Error::Invalid(
-                "--state-interval without --state-file: give --state-file FILE too".into(),
-            ))
-        }
-        Some(0) => None,
-        Some(s) => Some(Duration::from_secs(s)),
-        None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
-    };
-    let pcap = run.pcap.clone().or(file.pcap);
-    let pcap_limit = match run.pcap_limit.as_ref().or(file.pcap_limit.as_ref()) {
-        Some(_) if pcap.is_none() => {
-            return Err(Error::Invalid(
-                "--pcap-limit without --pcap: give --pcap FILE too".into(),
-            ))
-        }
-        Some(l) => crate::pcap::Limit::parse(l).map_err(Error::Invalid)?,
-        None => crate::pcap::Limit::DEFAULT,
-    };
+    conntrack_settings(&mut engine, run, &file)?;
+    let (state_file, state_interval) = state_settings(run, &file)?;
+    let (pcap, pcap_limit) = pcap_settings(run, &file)?;
     let io = run.io.or(file.io).unwrap_or_default();
-    // The packet datapath has no TUN: its name only names the instance.
-    let default_tun = (io == IoKind::Packet).then(|| "packet".to_string());
-    let tun = run
-        .tun
-        .clone()
-        .or(file.tun)
-        .or(default_tun)
-        .ok_or_else(|| {
-            Error::Invalid(
-                "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)"
-                    .into(),
-            )
-        })?;
-    if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
-        return Err(Error::Invalid(format!(
-            "'{tun}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0"
-        )));
-    }
-    let threads = run.threads.or(file.threads).unwrap_or(1);
-    if !(1..=64).contains(&threads) {
-        return Err(Error::Invalid(format!(
-            "--threads {threads} is out of range: use 1 to 64"
-        )));
-    }
-    let mtu = run.mtu.or(file.mtu).unwrap_or(1500);
-    if !(576..=65535).contains(&mtu) {
-        return Err(Error::Invalid(format!(
-            "--mtu {mtu} is out of range: use 576 to 65535"
-        )));
-    }
+    let tun = device_name(io, run, &file)?;
+    let threads = in_range(
+        "--threads",
+        run.threads.or(file.threads).unwrap_or(1),
+        1..=64,
+    )?;
+    let mtu = in_range("--mtu", run.mtu.or(file.mtu).unwrap_or(1500), 576..=65535)?;
     let busy_poll = run
         .busy_poll
         .or(file.busy_poll)
@@ -521,31 +469,7 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             "--busy-poll {busy_poll} is out of range: use 0 (off) to {MAX_BUSY_POLL_US} microseconds, e.g. 50"
         )));
     }
-    let file_tun_addr = match &file.tun_addr {
-        Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
-        None => None,
-    };
-    let tun_addr = run.tun_addr.or(file_tun_addr);
-    if let Some((host, prefix)) = tun_addr {
-        // Suggest the last usable address of the prefix (or the one before).
-        let mask = netmask(prefix).to_bits();
-        let last = (host.to_bits() | !mask) - 1;
-        let other = Ipv4Addr::from_bits(if last == host.to_bits() {
-            last - 1
-        } else {
-            last
-        });
-        for s in &engine.services {
-            let clash = (*s.vip.ip() == host)
-                .then_some("VIP")
-                .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
-            if let Some(role) = clash {
-                return Err(Error::Invalid(format!(
-                    "the {role} {host} is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr {other}/{prefix})"
-                )));
-            }
-        }
-    }
+    let tun_addr = tun_addr(run, &file, &engine)?;
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
     let health = match (&file.health, run.health_check) {
         (None, false) => None,
@@ -578,6 +502,134 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
             run.ifaces.clone()
         },
     })
+}
+
+/// The conntrack switches of `run` (`--liberal`, `--pickup`, `--hash-key`),
+/// then the engine's own check again: `--pickup` needs hash selection.
+fn conntrack_settings(engine: &mut EngineConfig, run: &FlagRun, file: &File) -> Result<(), Error> {
+    engine.tcp_liberal = run.liberal || file.tcp_liberal.unwrap_or(false);
+    engine.pickup = run.pickup || file.pickup.unwrap_or(false);
+    if let Some(secret) = run.hash_key.as_ref().or(file.hash_key.as_ref()) {
+        if secret.is_empty() {
+            return Err(Error::Invalid(
+                "--hash-key is empty: give a secret string shared by the instances that must agree"
+                    .into(),
+            ));
+        }
+        engine.hash_key = Some(HashKey::from_secret(secret));
+    }
+    Ok(engine.validate()?)
+}
+
+/// `--state-file` and how often it is saved (every 5 s unless told).
+fn state_settings(
+    run: &FlagRun,
+    file: &File,
+) -> Result<(Option<PathBuf>, Option<Duration>), Error> {
+    let state_file = run.state_file.clone().or(file.state_file.clone());
+    let interval = match run.state_interval.or(file.state_interval) {
+        Some(_) if state_file.is_none() => {
+            return Err(Error::Invalid(
+                "--state-interval without --state-file: give --state-file FILE too".into(),
+            ))
+        }
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
+    };
+    Ok((state_file, interval))
+}
+
+/// `--pcap` and its limit.
+fn pcap_settings(
+    run: &FlagRun,
+    file: &File,
+) -> Result<(Option<PathBuf>, crate::pcap::Limit), Error> {
+    let pcap = run.pcap.clone().or(file.pcap.clone());
+    let limit = match run.pcap_limit.as_ref().or(file.pcap_limit.as_ref()) {
+        Some(_) if pcap.is_none() => {
+            return Err(Error::Invalid(
+                "--pcap-limit without --pcap: give --pcap FILE too".into(),
+            ))
+        }
+        Some(l) => crate::pcap::Limit::parse(l).map_err(Error::Invalid)?,
+        None => crate::pcap::Limit::DEFAULT,
+    };
+    Ok((pcap, limit))
+}
+
+/// The TUN's name (`--tun`): required for a TUN datapath; the packet
+/// datapath has no TUN, and its name only names the instance.
+fn device_name(io: IoKind, run: &FlagRun, file: &File) -> Result<String, Error> {
+    let default_tun = (io == IoKind::Packet).then(|| "packet".to_string());
+    let tun = run
+        .tun
+        .clone()
+        .or(file.tun.clone())
+        .or(default_tun)
+        .ok_or_else(|| {
+            Error::Invalid(
+                "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)"
+                    .into(),
+            )
+        })?;
+    if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
+        return Err(Error::Invalid(format!(
+            "'{tun}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0"
+        )));
+    }
+    Ok(tun)
+}
+
+/// `value` of `flag` if it lies in `range`; otherwise the error names the
+/// range.
+fn in_range<T>(flag: &str, value: T, range: RangeInclusive<T>) -> Result<T, Error>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    Err(Error::Invalid(format!(
+        "{flag} {value} is out of range: use {} to {}",
+        range.start(),
+        range.end()
+    )))
+}
+
+/// `--tun-addr`, refused when it is a VIP or SNAT address (the kernel would
+/// answer those itself); the error suggests another host address.
+fn tun_addr(
+    run: &FlagRun,
+    file: &File,
+    engine: &EngineConfig,
+) -> Result<Option<(Ipv4Addr, u8)>, Error> {
+    let file_tun_addr = match &file.tun_addr {
+        Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
+        None => None,
+    };
+    let tun_addr = run.tun_addr.or(file_tun_addr);
+    if let Some((host, prefix)) = tun_addr {
+        // Suggest the last usable address of the prefix (or the one before).
+        let mask = netmask(prefix).to_bits();
+        let last = (host.to_bits() | !mask) - 1;
+        let other = Ipv4Addr::from_bits(if last == host.to_bits() {
+            last - 1
+        } else {
+            last
+        });
+        for s in &engine.services {
+            let clash = (*s.vip.ip() == host)
+                .then_some("VIP")
+                .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
+            if let Some(role) = clash {
+                return Err(Error::Invalid(format!(
+                    "the {role} {host} is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr {other}/{prefix})"
+                )));
+            }
+        }
+    }
+    Ok(tun_addr)
 }
 
 fn health_config(f: FileHealth) -> Result<HealthConfig, Error> {
