@@ -90,12 +90,13 @@ fn main() {
     chunks.push(Chunk::packet(seg(c, VIP, ACK, 120, 921, &[]), 1));
     seeds.push(("connection", encode(verify, &chunks)));
 
-    // Resets: from the client on flow 0, from the backend on flow 1 (in
-    // window), and a blind one far outside it on flow 1.
+    // Resets: from the client on flow 0, a blind one far outside the window
+    // on flow 1, then the backend's own (in window) on flow 1. (After that
+    // one, flow 1 is in CLOSE, where any RST passes: the rest of a train.)
     let chunks = vec![
         Chunk::packet(seg(live(0), VIP, RST | ACK, 101, 5001, &[]), 1),
-        steered(seg(any, any, RST, 5001, 0, &[]), true, 1, 1),
         steered(seg(any, any, RST, 0x8000_1389, 0, &[]), true, 1, 1),
+        steered(seg(any, any, RST, 5001, 0, &[]), true, 1, 1),
         Chunk::packet(seg(live(0), VIP, ACK, 101, 5001, &[]), 2),
     ];
     seeds.push(("resets", encode(verify, &chunks)));

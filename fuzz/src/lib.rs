@@ -279,7 +279,11 @@ impl Harness {
         };
         for (i, &port) in LIVE_PORTS.iter().enumerate() {
             let client = SocketAddrV4::new(CLIENTS[0], port);
-            let syn = h.send_ok(Segment::new(client, VIP, SYN));
+            // In sequence from the SYN on: the engine tracks windows.
+            let syn = h.send_ok(Segment {
+                seq: 100,
+                ..Segment::new(client, VIP, SYN)
+            });
             let reply = Tuple {
                 src: syn.1,
                 dst: syn.0,
@@ -422,7 +426,9 @@ impl Harness {
         let input = pkt.to_vec();
         let input_valid = checksums_valid(&input);
         let before = self.flows();
-        let verdict = self.engine.handle_packet(pkt, Timestamp::from_millis(self.now));
+        let verdict = self
+            .engine
+            .handle_packet(pkt, Timestamp::from_millis(self.now));
         self.processed += 1;
         let after = self.flows();
         match verdict {

@@ -52,11 +52,11 @@ fn the_connection_seed_is_forwarded_from_syn_to_last_ack() {
 fn the_resets_seed_forwards_in_window_resets_and_drops_a_blind_one() {
     let r = run(&seed("resets"));
     assert!(
-        forwarded(&r.verdicts[0]) && forwarded(&r.verdicts[1]),
+        forwarded(&r.verdicts[0]) && forwarded(&r.verdicts[2]),
         "{:?}",
         r.verdicts
     );
-    assert_eq!(r.verdicts[2], Verdict::Drop(DropReason::RstOutOfWindow));
+    assert_eq!(r.verdicts[1], Verdict::Drop(DropReason::RstOutOfWindow));
 }
 
 #[test]
@@ -76,10 +76,12 @@ fn the_flood_seed_evicts() {
 #[test]
 fn the_exhaustion_seed_runs_out_of_ports() {
     let r = run(&seed("exhaustion"));
-    // Two addresses x four ports (the client's 40001 among them) x two backends.
+    // Two addresses x four ports (the client's 40001 among them) x two
+    // backends: 16 reply tuples, 5 of them held by the setup's live flows
+    // (their ports lie outside the range, so they were not kept).
     assert_eq!(r.verdicts.len(), 20);
-    assert!(r.verdicts[..16].iter().all(forwarded), "{:?}", r.verdicts);
-    assert!(r.verdicts[16..]
+    assert!(r.verdicts[..11].iter().all(forwarded), "{:?}", r.verdicts);
+    assert!(r.verdicts[11..]
         .iter()
         .all(|v| *v == Verdict::Drop(DropReason::PortsExhausted)));
 }
