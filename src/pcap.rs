@@ -355,7 +355,7 @@ struct Sink {
     failed: bool,
 }
 
-/// A live capture: [`Recorder::process`] runs the engine on a packet and
+/// A live capture: [`Recorder::handle_packet`] runs the engine on a packet and
 /// records it, before and after. Shared by the packet threads (one lock
 /// around the file).
 #[derive(Debug)]
