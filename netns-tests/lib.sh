@@ -69,6 +69,29 @@ t_setup() {
   tl_up "$P" 2>"$T_DIR/topology.log" || { cat "$T_DIR/topology.log" >&2; return 1; }
 }
 
+# t_setup_scaleout N [STANDBY...]: t_setup for the scale-out lab
+# (scripts/lib-scaleout.sh, sourced by the test): N instances, and a standby
+# for each instance named; removed on any exit. Its log is shown when the
+# topology fails to come up.
+t_setup_scaleout() {
+  local n=$1 i
+  shift
+  T_SO_UP=
+  tl_need_root
+  trap t_cleanup_scaleout EXIT
+  trap 'exit 143' TERM INT
+  [ -x "$TUNLB_BIN" ] || tl_die "no tunlb binary at $TUNLB_BIN (cargo build --release)"
+  so_up "$P" "$n" 2>"$T_DIR/topology.log"
+  for i in "$@"; do so_standby "$P" "$i" 2>>"$T_DIR/topology.log"; done
+  T_SO_UP=1
+}
+t_cleanup_scaleout() {
+  local rc=$?
+  [ -n "$T_SO_UP" ] || sed 's/^/    topology: /' "$T_DIR/topology.log" >&2 2>/dev/null || true
+  (exit "$rc")
+  t_cleanup
+}
+
 # shellcheck disable=SC2120  # weights are optional
 # t_backend_flags [W1 W2 ...]: --backend flags for b1..bN, with weights when given.
 t_backend_flags() {

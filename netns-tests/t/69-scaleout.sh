@@ -42,19 +42,7 @@ URL="$VIP_URL/"
 FILE_URL="$VIP_URL/file/small.bin"
 LONG_RATE=48k
 
-UP_DONE=
-so_t_cleanup() {
-  local rc=$?
-  [ -n "$UP_DONE" ] || sed 's/^/    topology: /' "$T_DIR/topology.log" >&2 2>/dev/null || true
-  (exit "$rc")
-  t_cleanup
-}
-tl_need_root
-trap so_t_cleanup EXIT
-trap 'exit 143' TERM INT
-[ -x "$TUNLB_BIN" ] || tl_die "no tunlb binary at $TUNLB_BIN (cargo build --release)"
-so_up "$P" 3 2>"$T_DIR/topology.log"
-UP_DONE=1
+t_setup_scaleout 3
 
 # new_flows_all: "N1 N2 N3 N4" (0 for an instance not running).
 new_flows_all() {

@@ -39,20 +39,7 @@ RATE=$((1 << 20))
 DL_URL="$VIP_URL/file/big.bin?bytes=$SIZE&rate=$RATE"
 STATE=$(so_state_file "$P" 1)
 
-UP_DONE=
-so_t_cleanup() {
-  local rc=$?
-  [ -n "$UP_DONE" ] || sed 's/^/    topology: /' "$T_DIR/topology.log" >&2 2>/dev/null || true
-  (exit "$rc")
-  t_cleanup
-}
-tl_need_root
-trap so_t_cleanup EXIT
-trap 'exit 143' TERM INT
-[ -x "$TUNLB_BIN" ] || tl_die "no tunlb binary at $TUNLB_BIN (cargo build --release)"
-so_up "$P" 2 2>"$T_DIR/topology.log"
-so_standby "$P" 1 2>>"$T_DIR/topology.log"
-UP_DONE=1
+t_setup_scaleout 2 1
 want=$(head -c "$SIZE" "$(tl_data "$P")/big.bin" | sha256sum | cut -d' ' -f1)
 
 # established I: "ADDR:PORT" of the ESTABLISHED flows of instance I (or "1s").
