@@ -5,7 +5,8 @@
 #   contrib/man/tunlb.1, contrib/man/tunlb-SUBCOMMAND.1   tunlb man --out
 #   contrib/completions/tunlb.bash, _tunlb, tunlb.fish    tunlb completions
 #
-# Both come from the clap definitions in src/cli.rs, so run this after
+# Both come from the clap definitions in src/cli.rs (and the flag structs of
+# src/config.rs it flattens), so run this after
 # changing a flag or a subcommand; `cargo test --test cli_docs` fails until
 # the copies match. Pages of subcommands that no longer exist are removed.
 #

@@ -12,18 +12,19 @@
 //! tunlb man [--out DIR]
 //! ```
 //!
+//! The flags of `run` and `iptables` are defined once, in `config`
+//! ([`FlagService`], [`FlagRun`]), and flattened in here; the structs clap
+//! fills are the ones `config` merges with the file.
+//!
 //! The man pages and completion scripts are generated from these same
 //! definitions ([`man_pages`], [`completion_script`]); `contrib/man` and
 //! `contrib/completions` hold copies made by `scripts/gen-docs.sh`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use tunlb::config::{self, FlagRun, FlagService, IoKind, RunConfig};
-use tunlb::select::Mode;
-use tunlb::{BackendConfig, EngineConfig};
+use tunlb::config::{self, FlagRun, FlagService, RunConfig};
 
 /// A userspace TCP NAT load balancer on a TUN device: conntrack, DNAT and
 /// MASQUERADE without iptables.
@@ -41,7 +42,7 @@ pub enum Command {
     /// Balance TCP connections to a VIP over backends, through a TUN device.
     Run(Box<RunArgs>),
     /// Print the equivalent iptables ruleset (correctly cascaded) and exit.
-    Iptables(ServiceArgs),
+    Iptables(FlagService),
     /// List the flows of a running tunlb, like `conntrack -L`.
     Flows(QueryArgs),
     /// Print the counters of a running tunlb, like `ipvsadm -L -n --stats`.
@@ -145,143 +146,22 @@ impl QueryArgs {
     }
 }
 
-/// The service flags, shared by `run` and `iptables`.
-#[derive(Debug, Args)]
-pub struct ServiceArgs {
-    /// The virtual IP and port clients connect to.
-    #[arg(long, value_name = "IP:PORT", value_parser = config::parse_socket)]
-    pub vip: Option<SocketAddrV4>,
-    /// A backend; repeat for each. weight defaults to 1; 0 takes no new connections.
-    #[arg(long = "backend", value_name = "IP:PORT[,weight=N]", value_parser = config::parse_backend)]
-    pub backends: Vec<BackendConfig>,
-    /// How NEW connections pick a backend.
-    #[arg(long, value_enum)]
-    pub mode: Option<Mode>,
-    /// MASQUERADE source address (default: the VIP's address); repeat for a pool.
-    #[arg(long, value_name = "IP")]
-    pub snat: Vec<Ipv4Addr>,
-    /// The most flows tracked at once (default 262144).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-    pub max_flows: Option<u64>,
-    /// A TOML file with services, timeouts and limits (flags override it).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
-
-/// The flags of `run`.
+/// The flags of `run`: the service flags, then those of the device and the
+/// process, each defined once, in `config`, as the structs it reads.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The service.
     #[command(flatten)]
-    pub service: ServiceArgs,
-    /// The TUN device: created if --tun-addr is given, else attached (it must exist).
-    #[arg(long, value_name = "NAME")]
-    pub tun: Option<String>,
-    /// Create the TUN with this host-side address; the rest of the prefix routes into it.
-    #[arg(long, value_name = "CIDR", value_parser = config::parse_cidr)]
-    pub tun_addr: Option<(Ipv4Addr, u8)>,
-    /// Packet threads sharing the flow table (default 1).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// MTU of a TUN tunlb creates (default 1500).
-    #[arg(long, value_name = "BYTES")]
-    pub mtu: Option<u16>,
-    /// While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off).
-    #[arg(long, value_name = "USECS")]
-    pub busy_poll: Option<u32>,
-    /// Log a one-line counter summary every SECS seconds (default 0: off).
-    #[arg(long, value_name = "SECS")]
-    pub stats_interval: Option<u64>,
-    /// Print every NAT decision and state change, in netfilter's words.
-    #[arg(long)]
-    pub trace: bool,
-    /// Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start.
-    #[arg(long)]
-    pub set_sysctls: bool,
-    /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock).
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics: Option<String>,
-    /// Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config).
-    #[arg(long)]
-    pub health_check: bool,
-    /// Pick up flows already under way (an ACK with no entry), like nf_conntrack_tcp_loose=1; needs --mode maglev.
-    #[arg(long)]
-    pub pickup: bool,
-    /// Secret keying the SNAT address and port choices; instances that must agree (ECMP, restarts) share it.
-    #[arg(long, value_name = "SECRET")]
-    pub hash_key: Option<String>,
-    /// Save the flow table here on SIGTERM/SIGINT (and every --state-interval) and restore it at start.
-    #[arg(long, value_name = "FILE")]
-    pub state_file: Option<PathBuf>,
-    /// Seconds between saves of the flow table to --state-file while running; 0: only on exit [default: 5].
-    #[arg(long, value_name = "SECS")]
-    pub state_interval: Option<u64>,
-    /// Do not ask the TUN for TSO/checksum offloads (one packet per read and write).
-    #[arg(long)]
-    pub no_offload: bool,
-    /// Let TCP segments outside the sequence window through (RSTs are still checked), like nf_conntrack_tcp_be_liberal=1.
-    #[arg(long)]
-    pub liberal: bool,
-    /// Datapath: vnet (multi-queue TUN, offloads; default), tun (the tun crate, one queue) or packet (packet sockets, no TUN).
-    #[arg(long, value_enum)]
-    pub io: Option<IoKind>,
-    /// With --io packet: an interface to listen and send on; repeat for more (default: every one that is up).
-    #[arg(long = "iface", value_name = "NAME")]
-    pub ifaces: Vec<String>,
-    /// Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark.
-    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
-    pub pcap: Option<PathBuf>,
-    /// Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB].
-    #[arg(long, value_name = "N|SIZE")]
-    pub pcap_limit: Option<String>,
-}
-
-impl ServiceArgs {
-    fn flags(&self) -> FlagService {
-        FlagService {
-            vip: self.vip,
-            backends: self.backends.clone(),
-            mode: self.mode,
-            snat: self.snat.clone(),
-            max_flows: self.max_flows.map(|n| n as usize),
-            config: self.config.clone(),
-        }
-    }
-
-    /// Merge with the config file into an engine configuration.
-    pub fn engine_config(&self) -> Result<EngineConfig, config::Error> {
-        config::engine_config(&self.flags()).map(|(c, _)| c)
-    }
+    pub service: FlagService,
+    /// The device and the process.
+    #[command(flatten)]
+    pub run: FlagRun,
 }
 
 impl RunArgs {
     /// Merge with the config file into the configuration of `run`.
     pub fn config(&self) -> Result<RunConfig, config::Error> {
-        let run = FlagRun {
-            tun: self.tun.clone(),
-            tun_addr: self.tun_addr,
-            threads: self.threads,
-            mtu: self.mtu,
-            stats_interval: self.stats_interval,
-            busy_poll: self.busy_poll,
-            control: self.control.clone(),
-            metrics: self.metrics.clone(),
-            health_check: self.health_check,
-            no_offload: self.no_offload,
-            liberal: self.liberal,
-            pickup: self.pickup,
-            hash_key: self.hash_key.clone(),
-            state_file: self.state_file.clone(),
-            state_interval: self.state_interval,
-            io: self.io,
-            ifaces: self.ifaces.clone(),
-            pcap: self.pcap.clone(),
-            pcap_limit: self.pcap_limit.clone(),
-        };
-        config::run_config(&self.service.flags(), &run)
+        config::run_config(&self.service, &self.run)
     }
 }
 
@@ -415,6 +295,8 @@ pub fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tunlb::config::IoKind;
+    use tunlb::select::Mode;
 
     fn err(args: &[&str]) -> String {
         let e = Cli::try_parse_from(args).unwrap_err();
@@ -441,14 +323,14 @@ mod tests {
             assert_eq!(run(&["--mode", value]).service.mode, Some(mode));
             assert_eq!(mode.name(), value, "the name stats print is the flag's");
         }
-        assert_eq!(run(&["--io", "vnet"]).io, Some(IoKind::Vnet));
-        assert_eq!(run(&["--io", "tun"]).io, Some(IoKind::Tun));
+        assert_eq!(run(&["--io", "vnet"]).run.io, Some(IoKind::Vnet));
+        assert_eq!(run(&["--io", "tun"]).run.io, Some(IoKind::Tun));
         let r = run(&["--io", "packet", "--iface", "c0", "--iface", "br0"]);
         assert_eq!(
-            (r.io, r.ifaces),
+            (r.run.io, r.run.ifaces),
             (Some(IoKind::Packet), vec!["c0".into(), "br0".into()])
         );
-        assert_eq!(run(&[]).io, None);
+        assert_eq!(run(&[]).run.io, None);
         assert!(err(&["tunlb", "run", "--mode", "leastconn"]).contains("invalid value"));
         assert!(err(&["tunlb", "run", "--io", "x"]).contains("possible values: vnet, tun, packet"));
     }
@@ -616,7 +498,7 @@ mod tests {
         assert_eq!(cfg.engine.services[0].mode, Mode::Random);
         assert_eq!(
             cfg.engine.services[0].snat,
-            vec![Ipv4Addr::new(198, 18, 0, 2)]
+            vec![std::net::Ipv4Addr::new(198, 18, 0, 2)]
         );
     }
 }

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use serde::Deserialize;
 
 use crate::conntrack::ports::HashKey;
@@ -196,64 +197,100 @@ pub struct File {
     service: Vec<FileService>,
 }
 
-/// What the command line says about services and limits (shared by `run`
-/// and `iptables`). Every field is optional so the file can supply it.
-#[derive(Debug, Default, Clone)]
+/// What the command line says about services and limits: the service flags,
+/// shared by `run` and `iptables`. Every field is optional so the file can
+/// supply it. Each field's doc is its `--help` line.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct FlagService {
-    /// `--vip`.
+    /// The virtual IP and port clients connect to.
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_socket)]
     pub vip: Option<SocketAddrV4>,
-    /// `--backend`, repeated.
+    /// A backend; repeat for each. weight defaults to 1; 0 takes no new connections.
+    #[arg(long = "backend", value_name = "IP:PORT[,weight=N]", value_parser = parse_backend)]
     pub backends: Vec<BackendConfig>,
-    /// `--mode`.
+    /// How NEW connections pick a backend.
+    #[arg(long, value_enum)]
     pub mode: Option<Mode>,
-    /// `--snat`, repeated.
+    /// MASQUERADE source address (default: the VIP's address); repeat for a pool.
+    #[arg(long, value_name = "IP")]
     pub snat: Vec<Ipv4Addr>,
-    /// `--max-flows`.
+    /// The most flows tracked at once (default 262144).
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
     pub max_flows: Option<usize>,
-    /// `--config`.
+    /// A TOML file with services, timeouts and limits (flags override it).
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
-/// What the command line says about the device and the process.
-#[derive(Debug, Default, Clone)]
+/// What the command line says about the device and the process: the flags
+/// of `run` besides the service's. Each field's doc is its `--help` line.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct FlagRun {
-    /// `--tun`.
+    /// The TUN device: created if --tun-addr is given, else attached (it must exist).
+    #[arg(long, value_name = "NAME")]
     pub tun: Option<String>,
-    /// `--tun-addr`.
+    /// Create the TUN with this host-side address; the rest of the prefix routes into it.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub tun_addr: Option<(Ipv4Addr, u8)>,
-    /// `--threads`.
+    /// Packet threads sharing the flow table (default 1).
+    #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// `--mtu`.
+    /// MTU of a TUN tunlb creates (default 1500).
+    #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
-    /// `--busy-poll`, microseconds.
+    /// While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off).
+    #[arg(long, value_name = "USECS")]
     pub busy_poll: Option<u32>,
-    /// `--stats-interval` in seconds.
+    /// Log a one-line counter summary every SECS seconds (default 0: off).
+    #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
-    /// `--control`.
+    /// Print every NAT decision and state change, in netfilter's words.
+    #[arg(long)]
+    pub trace: bool,
+    /// Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start.
+    #[arg(long)]
+    pub set_sysctls: bool,
+    /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock).
+    #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// `--metrics`.
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
-    /// `--health-check`.
+    /// Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in `[health]` of the config).
+    #[arg(
+        long,
+        help = "Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)"
+    )]
     pub health_check: bool,
-    /// `--no-offload`.
-    pub no_offload: bool,
-    /// `--liberal`.
-    pub liberal: bool,
-    /// `--pickup`.
+    /// Pick up flows already under way (an ACK with no entry), like nf_conntrack_tcp_loose=1; needs --mode maglev.
+    #[arg(long)]
     pub pickup: bool,
-    /// `--hash-key`.
+    /// Secret keying the SNAT address and port choices; instances that must agree (ECMP, restarts) share it.
+    #[arg(long, value_name = "SECRET")]
     pub hash_key: Option<String>,
-    /// `--state-file`.
+    /// Save the flow table here on SIGTERM/SIGINT (and every --state-interval) and restore it at start.
+    #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
-    /// `--state-interval` in seconds.
+    /// Seconds between saves of the flow table to --state-file while running; 0: only on exit [default: 5].
+    #[arg(long, value_name = "SECS")]
     pub state_interval: Option<u64>,
-    /// `--io`.
+    /// Do not ask the TUN for TSO/checksum offloads (one packet per read and write).
+    #[arg(long)]
+    pub no_offload: bool,
+    /// Let TCP segments outside the sequence window through (RSTs are still checked), like nf_conntrack_tcp_be_liberal=1.
+    #[arg(long)]
+    pub liberal: bool,
+    /// Datapath: vnet (multi-queue TUN, offloads; default), tun (the tun crate, one queue) or packet (packet sockets, no TUN).
+    #[arg(long, value_enum)]
     pub io: Option<IoKind>,
-    /// `--iface`, repeated (packet datapath).
+    /// With --io packet: an interface to listen and send on; repeat for more (default: every one that is up).
+    #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
-    /// `--pcap`.
+    /// Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark.
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub pcap: Option<PathBuf>,
-    /// `--pcap-limit`: packets, or bytes with a unit.
+    /// Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB].
+    #[arg(long, value_name = "N|SIZE")]
     pub pcap_limit: Option<String>,
 }
 

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return cli::fail(2, &e),
             };
-            init_logging(args.trace);
+            init_logging(args.run.trace);
             match run(cfg, &args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => {
@@ -43,8 +43,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        cli::Command::Iptables(args) => match args.engine_config() {
-            Ok(cfg) => emit(&tunlb::iptables::ruleset(&cfg)),
+        cli::Command::Iptables(args) => match tunlb::config::engine_config(&args) {
+            Ok((cfg, _)) => emit(&tunlb::iptables::ruleset(&cfg)),
             Err(e) => cli::fail(2, &e),
         },
         cli::Command::Flows(q) => query(&q, "flows"),
@@ -200,7 +200,7 @@ struct Opened {
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
     if !packet {
-        preflight::forwarding(args.set_sysctls)?;
+        preflight::forwarding(args.run.set_sysctls)?;
     }
     let addrs = service_addrs(&cfg);
     preflight::not_local(&addrs)?;
