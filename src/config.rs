@@ -53,55 +53,77 @@ pub const MAX_BUSY_POLL_US: u32 = 1000;
 /// `--state-interval` is not given: what a crash (`kill -9`) can lose.
 pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A value whose syntax is wrong (a flag's or a file key's), in one line
+/// with the syntax expected and an example. `clap` prints it after the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxError {
+    /// Not `IP:PORT` with an IPv4 address.
+    #[error("'{0}' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80)")]
+    NotSocket(String),
+    /// `IP:0`.
+    #[error("'{0}' has port 0; give a port from 1 to 65535")]
+    PortZero(String),
+    /// The address of a backend is wrong (one of the two above).
+    #[error("{0}; expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2")]
+    BackendAddr(Box<SyntaxError>),
+    /// `weight=` is not a `u32`.
+    #[error("weight '{0}' is not a whole number; use weight=N with N from 0 to 4294967295")]
+    Weight(String),
+    /// A backend option other than `weight=N`.
+    #[error("unknown backend option '{0}'; the only option is weight=N")]
+    BackendOption(String),
+    /// Not `ADDR/PREFIX` with an IPv4 address.
+    #[error("'{0}' is not an IPv4 CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24")]
+    NotCidr(String),
+    /// The prefix length of a CIDR is not 1 to 30.
+    #[error("prefix length in '{0}' must be 1 to 30, so the TUN's prefix holds the VIP")]
+    Prefix(String),
+    /// Not `LOW-HIGH` with two ports.
+    #[error("'{0}' is not a port range; use LOW-HIGH, e.g. 1024-65535")]
+    NotPortRange(String),
+    /// `LOW-HIGH` with LOW > HIGH or LOW = 0.
+    #[error("port range '{0}' is empty or starts at 0; use LOW-HIGH with 1 <= LOW <= HIGH")]
+    EmptyPortRange(String),
+}
+
 /// Parse `IP:PORT[,weight=N]`, the syntax of `--backend`.
-pub fn parse_backend(s: &str) -> Result<BackendConfig, String> {
+pub fn parse_backend(s: &str) -> Result<BackendConfig, SyntaxError> {
     let mut parts = s.split(',');
     let addr = parts.next().unwrap_or_default();
-    let addr = parse_socket(addr)
-        .map_err(|e| format!("{e}; expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2"))?;
+    let addr = parse_socket(addr).map_err(|e| SyntaxError::BackendAddr(Box::new(e)))?;
     let mut weight = 1;
     for opt in parts {
         match opt.split_once('=') {
             Some(("weight", w)) => {
-                weight = w.parse::<u32>().map_err(|_| {
-                    format!(
-                    "weight '{w}' is not a whole number; use weight=N with N from 0 to 4294967295"
-                )
-                })?
+                weight = w
+                    .parse::<u32>()
+                    .map_err(|_| SyntaxError::Weight(w.to_owned()))?
             }
-            _ => {
-                return Err(format!(
-                    "unknown backend option '{opt}'; the only option is weight=N"
-                ))
-            }
+            _ => return Err(SyntaxError::BackendOption(opt.to_owned())),
         }
     }
     Ok(BackendConfig { addr, weight })
 }
 
 /// Parse `IP:PORT` with an IPv4 address and a non-zero port.
-pub fn parse_socket(s: &str) -> Result<SocketAddrV4, String> {
-    let a = SocketAddrV4::from_str(s).map_err(|_| {
-        format!("'{s}' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80)")
-    })?;
+pub fn parse_socket(s: &str) -> Result<SocketAddrV4, SyntaxError> {
+    let a = SocketAddrV4::from_str(s).map_err(|_| SyntaxError::NotSocket(s.to_owned()))?;
     if a.port() == 0 {
-        return Err(format!("'{s}' has port 0; give a port from 1 to 65535"));
+        return Err(SyntaxError::PortZero(s.to_owned()));
     }
     Ok(a)
 }
 
 /// Parse `ADDR/PREFIX`, the syntax of `--tun-addr`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad = || format!("'{s}' is not an IPv4 CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24");
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), SyntaxError> {
+    let bad = || SyntaxError::NotCidr(s.to_owned());
     let (a, p) = s.split_once('/').ok_or_else(bad)?;
     let a = Ipv4Addr::from_str(a).map_err(|_| bad())?;
     let p = p
         .parse::<u8>()
         .ok()
         .filter(|p| (1..=30).contains(p))
-        .ok_or_else(|| {
-            format!("prefix length in '{s}' must be 1 to 30, so the TUN's prefix holds the VIP")
-        })?;
+        .ok_or_else(|| SyntaxError::Prefix(s.to_owned()))?;
     Ok((a, p))
 }
 
@@ -113,17 +135,15 @@ pub fn netmask(prefix: u8) -> Ipv4Addr {
 }
 
 /// Parse `LOW-HIGH`, a port range.
-pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("'{s}' is not a port range; use LOW-HIGH, e.g. 1024-65535");
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), SyntaxError> {
+    let bad = || SyntaxError::NotPortRange(s.to_owned());
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let (a, b) = (
         a.parse::<u16>().map_err(|_| bad())?,
         b.parse::<u16>().map_err(|_| bad())?,
     );
     if a == 0 || a > b {
-        return Err(format!(
-            "port range '{s}' is empty or starts at 0; use LOW-HIGH with 1 <= LOW <= HIGH"
-        ));
+        return Err(SyntaxError::EmptyPortRange(s.to_owned()));
     }
     Ok((a, b))
 }
@@ -373,9 +393,95 @@ pub enum Error {
         /// What is wrong, with its position.
         msg: String,
     },
-    /// A value is wrong.
+    /// A key of the file has the wrong syntax.
+    #[error("{key}: {source}")]
+    Value {
+        /// The key: `service vip`, `snat_ports`, `tun_addr`.
+        key: &'static str,
+        /// What is wrong with its value.
+        source: SyntaxError,
+    },
+    /// A backend of a `[[service]]` has the wrong syntax.
+    #[error("service {vip}: backend {source}")]
+    Backend {
+        /// The service.
+        vip: SocketAddrV4,
+        /// What is wrong with the backend.
+        source: SyntaxError,
+    },
+    /// A `snat` address of a `[[service]]` is not an IPv4 address.
+    #[error("service {vip}: snat '{addr}' is not an IPv4 address")]
+    Snat {
+        /// The service.
+        vip: SocketAddrV4,
+        /// The value given.
+        addr: String,
+    },
+    /// Service flags without `--vip`.
+    #[error("--backend, --mode and --snat describe the service of --vip: add --vip ADDR:PORT")]
+    NoVip,
+    /// `--busy-poll` above [`MAX_BUSY_POLL_US`].
+    #[error("--busy-poll {0} is out of range: use 0 (off) to {max} microseconds, e.g. 50", max = MAX_BUSY_POLL_US)]
+    BusyPoll(u32),
+    /// A number outside its range.
+    #[error("{flag} {value} is out of range: use {low} to {high}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// The least value accepted.
+        low: String,
+        /// The greatest value accepted.
+        high: String,
+    },
+    /// `--hash-key ""`.
+    #[error("--hash-key is empty: give a secret string shared by the instances that must agree")]
+    EmptyHashKey,
+    /// `--state-interval` alone.
+    #[error("--state-interval without --state-file: give --state-file FILE too")]
+    StateIntervalWithoutFile,
+    /// `--pcap-limit` alone.
+    #[error("--pcap-limit without --pcap: give --pcap FILE too")]
+    PcapLimitWithoutPcap,
+    /// `--pcap-limit` has the wrong syntax (the message is `pcap`'s).
     #[error("{0}")]
-    Invalid(String),
+    PcapLimit(String),
+    /// A TUN datapath without `--tun`.
+    #[error("no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)")]
+    NoTun,
+    /// A TUN name the kernel refuses.
+    #[error("'{0}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0")]
+    TunName(String),
+    /// `--tun-addr` is a VIP or SNAT address, which the kernel would answer
+    /// itself.
+    #[error("the {role} {host} is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr {other}/{prefix})")]
+    TunAddrClash {
+        /// `VIP` or `SNAT address`.
+        role: &'static str,
+        /// The `--tun-addr` host address.
+        host: Ipv4Addr,
+        /// Another host address of the prefix to suggest.
+        other: Ipv4Addr,
+        /// The prefix length.
+        prefix: u8,
+    },
+    /// A duration of `[health]` out of range.
+    #[error("health {name} = {value}: use seconds from 0.05 to 3600")]
+    HealthSeconds {
+        /// The key.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A count of `[health]` out of range.
+    #[error("health {name} = {value}: use 1 to 100")]
+    HealthCount {
+        /// The key.
+        name: &'static str,
+        /// The value given.
+        value: u32,
+    },
     /// The engine refuses the services.
     #[error(transparent)]
     Engine(#[from] ConfigError),
@@ -406,20 +512,23 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<File>)
     let mut run = None;
     if let Some(mut f) = file {
         for s in std::mem::take(&mut f.service) {
-            let vip =
-                parse_socket(&s.vip).map_err(|e| Error::Invalid(format!("service vip: {e}")))?;
+            let vip = parse_socket(&s.vip).map_err(|source| Error::Value {
+                key: "service vip",
+                source,
+            })?;
             let backends = s
                 .backends
                 .iter()
                 .map(|b| parse_backend(b))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::Invalid(format!("service {vip}: backend {e}")))?;
+                .map_err(|source| Error::Backend { vip, source })?;
             let snat = s
                 .snat
                 .iter()
                 .map(|a| {
-                    Ipv4Addr::from_str(a).map_err(|_| {
-                        Error::Invalid(format!("service {vip}: snat '{a}' is not an IPv4 address"))
+                    Ipv4Addr::from_str(a).map_err(|_| Error::Snat {
+                        vip,
+                        addr: a.clone(),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -434,8 +543,10 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<File>)
             cfg.max_flows = m;
         }
         if let Some(r) = &f.snat_ports {
-            let (a, b) =
-                parse_port_range(r).map_err(|e| Error::Invalid(format!("snat_ports: {e}")))?;
+            let (a, b) = parse_port_range(r).map_err(|source| Error::Value {
+                key: "snat_ports",
+                source,
+            })?;
             cfg.snat_ports = a..=b;
         }
         apply_timeouts(&mut cfg.timeouts, &f.timeouts);
@@ -449,10 +560,7 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<File>)
             snat: flags.snat.clone(),
         }),
         None if !flags.backends.is_empty() || flags.mode.is_some() || !flags.snat.is_empty() => {
-            return Err(Error::Invalid(
-                "--backend, --mode and --snat describe the service of --vip: add --vip ADDR:PORT"
-                    .into(),
-            ))
+            return Err(Error::NoVip)
         }
         None => {}
     }
@@ -502,9 +610,7 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         .or(file.busy_poll)
         .unwrap_or(DEFAULT_BUSY_POLL_US);
     if busy_poll > MAX_BUSY_POLL_US {
-        return Err(Error::Invalid(format!(
-            "--busy-poll {busy_poll} is out of range: use 0 (off) to {MAX_BUSY_POLL_US} microseconds, e.g. 50"
-        )));
+        return Err(Error::BusyPoll(busy_poll));
     }
     let tun_addr = tun_addr(run, &file, &engine)?;
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
@@ -548,10 +654,7 @@ fn conntrack_settings(engine: &mut EngineConfig, run: &FlagRun, file: &File) -> 
     engine.pickup = run.pickup || file.pickup.unwrap_or(false);
     if let Some(secret) = run.hash_key.as_ref().or(file.hash_key.as_ref()) {
         if secret.is_empty() {
-            return Err(Error::Invalid(
-                "--hash-key is empty: give a secret string shared by the instances that must agree"
-                    .into(),
-            ));
+            return Err(Error::EmptyHashKey);
         }
         engine.hash_key = Some(HashKey::from_secret(secret));
     }
@@ -565,11 +668,7 @@ fn state_settings(
 ) -> Result<(Option<PathBuf>, Option<Duration>), Error> {
     let state_file = run.state_file.clone().or(file.state_file.clone());
     let interval = match run.state_interval.or(file.state_interval) {
-        Some(_) if state_file.is_none() => {
-            return Err(Error::Invalid(
-                "--state-interval without --state-file: give --state-file FILE too".into(),
-            ))
-        }
+        Some(_) if state_file.is_none() => return Err(Error::StateIntervalWithoutFile),
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(s)),
         None => state_file.as_ref().map(|_| DEFAULT_STATE_INTERVAL),
@@ -584,12 +683,8 @@ fn pcap_settings(
 ) -> Result<(Option<PathBuf>, crate::pcap::Limit), Error> {
     let pcap = run.pcap.clone().or(file.pcap.clone());
     let limit = match run.pcap_limit.as_ref().or(file.pcap_limit.as_ref()) {
-        Some(_) if pcap.is_none() => {
-            return Err(Error::Invalid(
-                "--pcap-limit without --pcap: give --pcap FILE too".into(),
-            ))
-        }
-        Some(l) => crate::pcap::Limit::parse(l).map_err(Error::Invalid)?,
+        Some(_) if pcap.is_none() => return Err(Error::PcapLimitWithoutPcap),
+        Some(l) => crate::pcap::Limit::parse(l).map_err(Error::PcapLimit)?,
         None => crate::pcap::Limit::DEFAULT,
     };
     Ok((pcap, limit))
@@ -604,34 +699,28 @@ fn device_name(io: IoKind, run: &FlagRun, file: &File) -> Result<String, Error> 
         .clone()
         .or(file.tun.clone())
         .or(default_tun)
-        .ok_or_else(|| {
-            Error::Invalid(
-                "no TUN device named: give --tun NAME (or tun = \"NAME\" in the config file)"
-                    .into(),
-            )
-        })?;
+        .ok_or(Error::NoTun)?;
     if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
-        return Err(Error::Invalid(format!(
-            "'{tun}' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0"
-        )));
+        return Err(Error::TunName(tun));
     }
     Ok(tun)
 }
 
 /// `value` of `flag` if it lies in `range`; otherwise the error names the
 /// range.
-fn in_range<T>(flag: &str, value: T, range: RangeInclusive<T>) -> Result<T, Error>
+fn in_range<T>(flag: &'static str, value: T, range: RangeInclusive<T>) -> Result<T, Error>
 where
     T: PartialOrd + std::fmt::Display,
 {
     if range.contains(&value) {
         return Ok(value);
     }
-    Err(Error::Invalid(format!(
-        "{flag} {value} is out of range: use {} to {}",
-        range.start(),
-        range.end()
-    )))
+    Err(Error::OutOfRange {
+        flag,
+        value: value.to_string(),
+        low: range.start().to_string(),
+        high: range.end().to_string(),
+    })
 }
 
 /// `--tun-addr`, refused when it is a VIP or SNAT address (the kernel would
@@ -642,7 +731,10 @@ fn tun_addr(
     engine: &EngineConfig,
 ) -> Result<Option<(Ipv4Addr, u8)>, Error> {
     let file_tun_addr = match &file.tun_addr {
-        Some(c) => Some(parse_cidr(c).map_err(|e| Error::Invalid(format!("tun_addr: {e}")))?),
+        Some(c) => Some(parse_cidr(c).map_err(|source| Error::Value {
+            key: "tun_addr",
+            source,
+        })?),
         None => None,
     };
     let tun_addr = run.tun_addr.or(file_tun_addr);
@@ -660,9 +752,12 @@ fn tun_addr(
                 .then_some("VIP")
                 .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
             if let Some(role) = clash {
-                return Err(Error::Invalid(format!(
-                    "the {role} {host} is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr {other}/{prefix})"
-                )));
+                return Err(Error::TunAddrClash {
+                    role,
+                    host,
+                    other,
+                    prefix,
+                });
             }
         }
     }
@@ -671,17 +766,15 @@ fn tun_addr(
 
 fn health_config(f: FileHealth) -> Result<HealthConfig, Error> {
     let d = HealthConfig::default();
-    let secs = |v: Option<f64>, dflt: Duration, name: &str| match v {
+    let secs = |v: Option<f64>, dflt: Duration, name: &'static str| match v {
         None => Ok(dflt),
         Some(s) if s.is_finite() && (0.05..=3600.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
-        Some(s) => Err(Error::Invalid(format!(
-            "health {name} = {s}: use seconds from 0.05 to 3600"
-        ))),
+        Some(value) => Err(Error::HealthSeconds { name, value }),
     };
-    let count = |v: Option<u32>, dflt: u32, name: &str| match v {
+    let count = |v: Option<u32>, dflt: u32, name: &'static str| match v {
         None => Ok(dflt),
         Some(n) if (1..=100).contains(&n) => Ok(n),
-        Some(n) => Err(Error::Invalid(format!("health {name} = {n}: use 1 to 100"))),
+        Some(value) => Err(Error::HealthCount { name, value }),
     };
     Ok(HealthConfig {
         interval: secs(f.interval, d.interval, "interval")?,
@@ -724,17 +817,32 @@ mod tests {
         assert_eq!(parse_backend("198.18.2.3:80,weight=3").unwrap().weight, 3);
         assert_eq!(parse_backend("198.18.2.3:80,weight=0").unwrap().weight, 0);
         let e = parse_backend("198.18.2.3").unwrap_err();
-        assert!(
-            e.contains("'198.18.2.3' is not an IPv4 address with a port")
-                && e.contains("IP:PORT[,weight=N]"),
-            "{e}"
+        assert_eq!(
+            e,
+            SyntaxError::BackendAddr(Box::new(SyntaxError::NotSocket("198.18.2.3".into())))
+        );
+        assert_eq!(
+            e.to_string(),
+            "'198.18.2.3' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80); expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2"
         );
         let e = parse_backend("198.18.2.3:80,weight=x").unwrap_err();
-        assert!(e.contains("weight 'x' is not a whole number"), "{e}");
+        assert_eq!(e, SyntaxError::Weight("x".into()));
+        assert!(
+            e.to_string()
+                .starts_with("weight 'x' is not a whole number"),
+            "{e}"
+        );
         let e = parse_backend("198.18.2.3:80,wieght=2").unwrap_err();
-        assert!(e.contains("unknown backend option 'wieght=2'"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "unknown backend option 'wieght=2'; the only option is weight=N"
+        );
         let e = parse_backend("198.18.2.3:0").unwrap_err();
-        assert!(e.contains("port 0"), "{e}");
+        assert_eq!(
+            e,
+            SyntaxError::BackendAddr(Box::new(SyntaxError::PortZero("198.18.2.3:0".into())))
+        );
+        assert!(e.to_string().contains("has port 0"), "{e}");
     }
 
     #[test]
@@ -743,17 +851,113 @@ mod tests {
             parse_cidr("198.18.0.254/24").unwrap(),
             (Ipv4Addr::new(198, 18, 0, 254), 24)
         );
+        for (bad, want) in [
+            ("198.18.0.254", SyntaxError::NotCidr("198.18.0.254".into())),
+            ("x/24", SyntaxError::NotCidr("x/24".into())),
+            (
+                "198.18.0.254/32",
+                SyntaxError::Prefix("198.18.0.254/32".into()),
+            ),
+            (
+                "198.18.0.254/x",
+                SyntaxError::Prefix("198.18.0.254/x".into()),
+            ),
+        ] {
+            assert_eq!(parse_cidr(bad).unwrap_err(), want, "{bad}");
+        }
         assert!(parse_cidr("198.18.0.254")
             .unwrap_err()
+            .to_string()
             .contains("use ADDR/PREFIX"));
         assert!(parse_cidr("198.18.0.254/32")
             .unwrap_err()
+            .to_string()
             .contains("must be 1 to 30"));
         assert_eq!(parse_port_range("1024-2047").unwrap(), (1024, 2047));
+        assert_eq!(
+            parse_port_range("2047-1024").unwrap_err(),
+            SyntaxError::EmptyPortRange("2047-1024".into())
+        );
+        assert_eq!(
+            parse_port_range("0-10").unwrap_err(),
+            SyntaxError::EmptyPortRange("0-10".into())
+        );
         assert!(parse_port_range("2047-1024")
             .unwrap_err()
+            .to_string()
             .contains("is empty"));
-        assert!(parse_port_range("x").unwrap_err().contains("use LOW-HIGH"));
+        assert_eq!(
+            parse_port_range("x").unwrap_err().to_string(),
+            "'x' is not a port range; use LOW-HIGH, e.g. 1024-65535"
+        );
+    }
+
+    #[test]
+    fn each_error_is_one_line_naming_the_value_and_the_fix() {
+        let vip = parse_socket("198.18.0.1:80").unwrap();
+        let cases = [
+            (
+                Error::Value {
+                    key: "snat_ports",
+                    source: SyntaxError::NotPortRange("x".into()),
+                },
+                "snat_ports: 'x' is not a port range; use LOW-HIGH, e.g. 1024-65535",
+            ),
+            (
+                Error::Backend {
+                    vip,
+                    source: SyntaxError::Weight("-1".into()),
+                },
+                "service 198.18.0.1:80: backend weight '-1' is not a whole number; use weight=N with N from 0 to 4294967295",
+            ),
+            (
+                Error::Snat {
+                    vip,
+                    addr: "x".into(),
+                },
+                "service 198.18.0.1:80: snat 'x' is not an IPv4 address",
+            ),
+            (
+                in_range("--mtu", 100u16, 576..=65535).unwrap_err(),
+                "--mtu 100 is out of range: use 576 to 65535",
+            ),
+            (
+                Error::TunName("a b".into()),
+                "'a b' is not a valid interface name: use 1 to 15 characters without '/' or spaces, e.g. tl0",
+            ),
+            (
+                Error::HealthSeconds {
+                    name: "interval",
+                    value: 0.01,
+                },
+                "health interval = 0.01: use seconds from 0.05 to 3600",
+            ),
+            (
+                Error::HealthCount {
+                    name: "rise",
+                    value: 0,
+                },
+                "health rise = 0: use 1 to 100",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
+        let health = |f: FileHealth| health_config(f).unwrap_err().to_string();
+        assert_eq!(
+            health(FileHealth {
+                timeout: Some(5000.0),
+                ..Default::default()
+            }),
+            "health timeout = 5000: use seconds from 0.05 to 3600"
+        );
+        assert_eq!(
+            health(FileHealth {
+                fall: Some(101),
+                ..Default::default()
+            }),
+            "health fall = 101: use 1 to 100"
+        );
     }
 
     #[test]
