@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::datapath::{Clock, Device, POLL};
+use crate::datapath::{Clock, Device, DeviceTotals, POLL};
 use crate::engine::Engine;
-use crate::stats::{DropReason, Snapshot};
+use crate::stats::{BackendSnapshot, DropReason, Snapshot};
 use crate::time::Timestamp;
 
 /// How many clients a listener serves at once, and for how long.
@@ -728,135 +728,188 @@ pub fn metrics_text(engine: &Engine, device: &Device) -> String {
     snapshot_metrics(&engine.stats(), device)
 }
 
-/// The counters `s` and those of `device` in Prometheus text format.
+/// The counters `s` and those of `device` in Prometheus text format: the
+/// engine's families, then one per backend counter, then the device's.
 fn snapshot_metrics(s: &Snapshot, device: &Device) -> String {
-    let d = device.totals();
-    let mut o = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    let mut o = Exposition::default();
+    engine_metrics(&mut o, s);
+    backend_metrics(&mut o, &s.backends);
+    device_metrics(&mut o, device);
+    o.0
+}
+
+/// Prometheus text being written, one metric family at a time.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// Write the family `name` of type `kind` ("gauge", "counter"): its
+    /// HELP and TYPE lines, then one sample per (labels, value) row.
+    fn family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (String, u64)>,
+    ) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in rows {
-            let _ = writeln!(o, "{name}{labels} {v}");
+            let _ = writeln!(self.0, "{name}{labels} {v}");
         }
-    };
-    put(
+    }
+
+    /// Write a family of one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help, [(String::new(), value)]);
+    }
+}
+
+/// The engine's families: the flow gauge, the event counters, with the
+/// forwarded and dropped packets after `evicted`.
+fn engine_metrics(o: &mut Exposition, s: &Snapshot) {
+    o.single(
         "tunlb_flows",
         "gauge",
         "Flows in the connection table.",
-        vec![(String::new(), s.flows as u64)],
+        s.flows as u64,
     );
-    // Drops and the ORIGINAL and REPLY counts follow `evicted`.
     let (flows, rest) = Snapshot::EVENTS.split_at(3);
     for e in flows {
-        put(
-            e.metric,
-            "counter",
-            e.help,
-            vec![(String::new(), (e.get)(s))],
-        );
+        o.single(e.metric, "counter", e.help, (e.get)(s));
     }
-    put(
+    o.family(
         "tunlb_packets_forwarded_total",
         "counter",
         "Packets translated and forwarded, by conntrack direction.",
-        vec![
+        [
             ("{direction=\"original\"}".into(), s.forwarded[0]),
             ("{direction=\"reply\"}".into(), s.forwarded[1]),
         ],
     );
-    put(
+    o.family(
         "tunlb_packets_dropped_total",
         "counter",
         "Packets dropped, by reason.",
         DropReason::ALL
             .iter()
-            .map(|r| (format!("{{reason=\"{}\"}}", r.name()), s.dropped(*r)))
-            .collect(),
+            .map(|r| (format!("{{reason=\"{}\"}}", r.name()), s.dropped(*r))),
     );
     for e in rest {
-        put(
-            e.metric,
-            "counter",
-            e.help,
-            vec![(String::new(), (e.get)(s))],
-        );
+        o.single(e.metric, "counter", e.help, (e.get)(s));
     }
-    let label = |b: &crate::stats::BackendSnapshot| {
-        format!("{{service=\"{}\",backend=\"{}\"}}", b.service, b.backend)
-    };
-    put(
-        "tunlb_backend_up",
-        "gauge",
-        "1 if health checks consider the backend up.",
-        s.backends
-            .iter()
-            .map(|b| (label(b), u64::from(b.up)))
-            .collect(),
-    );
-    put(
-        "tunlb_backend_active_flows",
-        "gauge",
-        "Flows in the table using the backend.",
-        s.backends.iter().map(|b| (label(b), b.active)).collect(),
-    );
-    put(
-        "tunlb_backend_connections_total",
-        "counter",
-        "Connections sent to the backend.",
-        s.backends
-            .iter()
-            .map(|b| (label(b), b.connections))
-            .collect(),
-    );
-    put(
-        "tunlb_backend_packets_total",
-        "counter",
-        "Packets forwarded to and from the backend.",
-        s.backends.iter().map(|b| (label(b), b.packets)).collect(),
-    );
-    put(
-        "tunlb_backend_bytes_total",
-        "counter",
-        "IP bytes forwarded to and from the backend.",
-        s.backends.iter().map(|b| (label(b), b.bytes)).collect(),
-    );
-    let dev = format!("{{device=\"{}\"}}", label_value(&device.name));
-    put(
-        "tunlb_device_queues",
-        "gauge",
-        "TUN queues open (one per packet thread when the device allows).",
-        vec![(dev.clone(), device.queues as u64)],
-    );
-    put(
-        "tunlb_device_offload",
-        "gauge",
-        "1 if the TUN has TSO/checksum offloads on.",
-        vec![(dev.clone(), u64::from(device.offload))],
-    );
-    put(
-        "tunlb_device_packets_read_total",
-        "counter",
-        "Packets read from the TUN.",
-        vec![(dev.clone(), d.packets)],
-    );
-    put(
-        "tunlb_device_super_packets_read_total",
-        "counter",
-        "TCP super-packets (GSO) read from the TUN, among its packets.",
-        vec![(dev.clone(), d.super_packets)],
-    );
-    put(
-        "tunlb_device_bytes_read_total",
-        "counter",
-        "IP bytes read from the TUN.",
-        vec![(dev.clone(), d.bytes)],
-    );
-    put(
-        "tunlb_device_write_errors_total",
-        "counter",
-        "Writes the TUN refused (those packets are lost).",
-        vec![(dev, d.write_errors)],
-    );
-    o
+}
+
+/// A metric family with one sample per row of a table, the value read by
+/// `get`.
+struct Family<G> {
+    /// The metric's name.
+    name: &'static str,
+    /// "gauge" or "counter".
+    kind: &'static str,
+    /// The HELP line.
+    help: &'static str,
+    /// How to read the value of a row.
+    get: G,
+}
+
+/// How a per-backend family reads its value.
+type BackendGet = fn(&BackendSnapshot) -> u64;
+
+/// The per-backend families.
+const BACKEND_METRICS: [Family<BackendGet>; 5] = [
+    Family {
+        name: "tunlb_backend_up",
+        kind: "gauge",
+        help: "1 if health checks consider the backend up.",
+        get: |b| u64::from(b.up),
+    },
+    Family {
+        name: "tunlb_backend_active_flows",
+        kind: "gauge",
+        help: "Flows in the table using the backend.",
+        get: |b| b.active,
+    },
+    Family {
+        name: "tunlb_backend_connections_total",
+        kind: "counter",
+        help: "Connections sent to the backend.",
+        get: |b| b.connections,
+    },
+    Family {
+        name: "tunlb_backend_packets_total",
+        kind: "counter",
+        help: "Packets forwarded to and from the backend.",
+        get: |b| b.packets,
+    },
+    Family {
+        name: "tunlb_backend_bytes_total",
+        kind: "counter",
+        help: "IP bytes forwarded to and from the backend.",
+        get: |b| b.bytes,
+    },
+];
+
+/// [`BACKEND_METRICS`], each labelled by service and backend.
+fn backend_metrics(o: &mut Exposition, backends: &[BackendSnapshot]) {
+    let label =
+        |b: &BackendSnapshot| format!("{{service=\"{}\",backend=\"{}\"}}", b.service, b.backend);
+    for f in BACKEND_METRICS {
+        let rows = backends.iter().map(|b| (label(b), (f.get)(b)));
+        o.family(f.name, f.kind, f.help, rows);
+    }
+}
+
+/// How a device family reads its value: from the device or its totals.
+type DeviceGet = fn(&Device, &DeviceTotals) -> u64;
+
+/// The device's families.
+const DEVICE_METRICS: [Family<DeviceGet>; 6] = [
+    Family {
+        name: "tunlb_device_queues",
+        kind: "gauge",
+        help: "TUN queues open (one per packet thread when the device allows).",
+        get: |dev, _| dev.queues as u64,
+    },
+    Family {
+        name: "tunlb_device_offload",
+        kind: "gauge",
+        help: "1 if the TUN has TSO/checksum offloads on.",
+        get: |dev, _| u64::from(dev.offload),
+    },
+    Family {
+        name: "tunlb_device_packets_read_total",
+        kind: "counter",
+        help: "Packets read from the TUN.",
+        get: |_, t| t.packets,
+    },
+    Family {
+        name: "tunlb_device_super_packets_read_total",
+        kind: "counter",
+        help: "TCP super-packets (GSO) read from the TUN, among its packets.",
+        get: |_, t| t.super_packets,
+    },
+    Family {
+        name: "tunlb_device_bytes_read_total",
+        kind: "counter",
+        help: "IP bytes read from the TUN.",
+        get: |_, t| t.bytes,
+    },
+    Family {
+        name: "tunlb_device_write_errors_total",
+        kind: "counter",
+        help: "Writes the TUN refused (those packets are lost).",
+        get: |_, t| t.write_errors,
+    },
+];
+
+/// [`DEVICE_METRICS`], each labelled by the device's name.
+fn device_metrics(o: &mut Exposition, device: &Device) {
+    let totals = device.totals();
+    let label = format!("{{device=\"{}\"}}", label_value(&device.name));
+    for f in DEVICE_METRICS {
+        let value = (f.get)(device, &totals);
+        o.family(f.name, f.kind, f.help, [(label.clone(), value)]);
+    }
 }
 
 /// A tiny HTTP/1.0 responder for `GET /metrics`.
