@@ -46,10 +46,9 @@ use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
 
 use crate::conntrack::ports::{self, HashKey};
-use crate::conntrack::table::Lookup;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::window::{self, Check, RstCheck};
-use crate::conntrack::{ConnTable, Direction, Flow, FlowGuard, Tuple};
+use crate::conntrack::{ConnTable, Direction, Flow, Tuple};
 use crate::nat;
 pub use crate::nat::L4Checksum;
 use crate::service::{ConfigError, EngineConfig, Service};
@@ -360,27 +359,22 @@ impl Engine {
         // The established path reads no configuration: a hit in the table
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
-        match self
-            .table
-            .lookup(&p.tuple, self.is_vip_port(p.tuple.dst.port()))
-        {
-            Lookup::Found(flow, dir) => self.known_flow(pkt, p, now, l4, flow, dir),
-            Lookup::Missing => self.unknown_flow(pkt, p, now, l4),
+        let original_first = self.is_vip_port(p.tuple.dst.port());
+        let known = self.table.with_flow(&p.tuple, original_first, |flow, dir| {
+            self.known_flow(p, now, flow, dir)
+        });
+        match known {
+            Some(next) => self.after_known_flow(pkt, p, now, l4, next),
+            None => self.unknown_flow(pkt, p, now, l4),
         }
     }
 
-    /// A segment of a flow in the table, in direction `dir`: track it and
-    /// translate it (or restart the flow, for a SYN that reopens it).
+    /// A segment of a flow in the table, in direction `dir`, the flow locked:
+    /// track it and say what comes next (forward it translated, or restart
+    /// the flow, for a SYN that reopens it), for
+    /// [`Engine::after_known_flow`] to do once the lock is released.
     #[inline]
-    fn known_flow(
-        &self,
-        pkt: &mut [u8],
-        p: &TcpRepr,
-        now: Timestamp,
-        l4: L4Checksum,
-        mut flow: FlowGuard<'_>,
-        dir: Direction,
-    ) -> Result<Verdict, DropReason> {
+    fn known_flow(&self, p: &TcpRepr, now: Timestamp, flow: &mut Flow, dir: Direction) -> Known {
         let (tuple, class) = (&p.tuple, p.class);
         if dir == Direction::Original && class == FlagClass::Syn {
             // A SYN reusing the tuple of a closed flow starts over
@@ -397,29 +391,69 @@ impl Engine {
                 None
             };
             if let Some(why) = restart {
-                let replace = Replace {
+                return Known::Restart(Replace {
                     state: flow.state,
                     backend: Arc::as_ptr(&flow.backend),
                     why,
-                };
-                drop(flow);
-                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)));
+                });
             }
         }
-        let (had_reply, flow_key) = (flow.seen_reply, flow.original);
-        let tracked = self.track(&mut flow, dir, class, &p.segment, now, p.len)?;
-        let (src, dst) = translate(&flow, dir);
+        let had_reply = flow.seen_reply;
+        let tracked = match self.track(flow, dir, class, &p.segment, now, p.len) {
+            Ok(tracked) => tracked,
+            Err(reason) => return Known::Drop(reason),
+        };
+        let (src, dst) = translate(flow, dir);
         // "If only reply is a RST, we can consider ourselves not to
         // have an established connection" (Linux): an RST either way
         // before any other reply ends the entry at once.
         let remove =
             tracked && flow.state == TcpState::Close && class == FlagClass::Rst && !had_reply;
-        drop(flow);
+        Known::Forward {
+            dir,
+            src,
+            dst,
+            tracked,
+            remove,
+        }
+    }
+
+    /// Do what [`Engine::known_flow`] decided for a segment, the flow's lock
+    /// released: translate and forward it (removing the flow first if it was
+    /// reset before any reply), or admit it as a new connection.
+    #[inline]
+    fn after_known_flow(
+        &self,
+        pkt: &mut [u8],
+        p: &TcpRepr,
+        now: Timestamp,
+        l4: L4Checksum,
+        next: Known,
+    ) -> Result<Verdict, DropReason> {
+        let (dir, src, dst, tracked, remove) = match next {
+            Known::Restart(replace) => {
+                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)))
+            }
+            Known::Drop(reason) => return Err(reason),
+            Known::Forward {
+                dir,
+                src,
+                dst,
+                tracked,
+                remove,
+            } => (dir, src, dst, tracked, remove),
+        };
         if !tracked {
             self.counters.untracked.fetch_add(1, Relaxed);
             self.counters.forward(dir.index());
         }
         if remove {
+            // The flow's ORIGINAL tuple: the packet's, or the inverse of
+            // where a REPLY packet is translated to (see `translate`).
+            let flow_key = match dir {
+                Direction::Original => p.tuple,
+                Direction::Reply => Tuple { src: dst, dst: src },
+            };
             if let Some(old) = self
                 .table
                 .remove_if(&flow_key, |f| f.state == TcpState::Close)
@@ -772,11 +806,12 @@ impl Engine {
         // The error travels against the quoted packet: look up its inverse.
         let t = icmp.quoted.invert();
         let is_vip = self.runtime.load().service_at(t.dst).is_some();
-        let Lookup::Found(flow, dir) = self.table.lookup(&t, is_vip) else {
+        let found = self
+            .table
+            .with_flow(&t, is_vip, |flow, dir| (translate(flow, dir), dir));
+        let Some(((src, dst), dir)) = found else {
             return Err(DropReason::IcmpUntracked);
         };
-        let (src, dst) = translate(&flow, dir);
-        drop(flow);
         // The outer header is translated like any packet of the flow in this
         // direction; the quoted one is the inverse, as the receiver sent it.
         nat::rewrite_icmp_error(pkt, icmp.quote, (*src.ip(), *dst.ip()), dst, src);
@@ -920,10 +955,10 @@ impl Engine {
     /// flow's decision and state around [`Engine::handle_packet`]), not for the
     /// packet path.
     pub fn flow_of(&self, t: &Tuple) -> Option<(Flow, Direction)> {
-        match self.table.lookup(t, self.is_vip_port(t.dst.port())) {
-            Lookup::Found(flow, dir) => Some((flow.clone(), dir)),
-            Lookup::Missing => None,
-        }
+        self.table
+            .with_flow(t, self.is_vip_port(t.dst.port()), |flow, dir| {
+                (flow.clone(), dir)
+            })
     }
 
     /// Return the hub where flow events are reported (`tunlb events`).
@@ -993,6 +1028,31 @@ enum Admit {
     Syn(Option<Replace>),
     /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`).
     Pickup,
+}
+
+/// What comes next for a segment of a known flow, decided with the flow
+/// locked ([`Engine::known_flow`]) and done with it released
+/// ([`Engine::after_known_flow`]).
+enum Known {
+    /// Forward the segment translated from `src` to `dst`.
+    Forward {
+        /// The segment's direction.
+        dir: Direction,
+        /// The translated source.
+        src: SocketAddrV4,
+        /// The translated destination.
+        dst: SocketAddrV4,
+        /// Whether the flow was updated (else counted as untracked).
+        tracked: bool,
+        /// Remove the flow first (reset before any reply), if it is still
+        /// in CLOSE. Its ORIGINAL tuple follows from `dir`, `src` and `dst`
+        /// (derived rather than carried: a tuple here slows the packet path).
+        remove: bool,
+    },
+    /// Admit the segment (a SYN) as a new connection replacing the flow.
+    Restart(Replace),
+    /// Drop it.
+    Drop(DropReason),
 }
 
 /// The flow a SYN replaces: one in TIME_WAIT or CLOSE that it reopens, or

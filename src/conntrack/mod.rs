@@ -12,6 +12,6 @@ pub mod tcp;
 pub mod tuple;
 pub mod window;
 
-pub use table::{ConnTable, Flow, FlowGuard, Lookup};
+pub use table::{ConnTable, Flow};
 pub use tcp::{TcpState, Timeouts};
 pub use tuple::{Direction, Tuple};

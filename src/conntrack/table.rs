@@ -10,10 +10,20 @@
 //! reply tuple is *claimed* by inserting it (see [`super::ports`]).
 //!
 //! # Locking rules
-//! - No dashmap guard is held across a call on the same map (dashmap
-//!   deadlocks, even across shards), and none across a call on the other
-//!   map either: every function here releases one map's guard before
-//!   touching the other.
+//! - A flow is reached only through [`ConnTable::with_flow`], which runs a
+//!   closure on it while its shard is locked and releases the lock when the
+//!   closure returns: no guard leaves the table, so none can be held by
+//!   mistake across a later call. The closure does the per-packet work on
+//!   the flow and returns a small value saying what comes next (forward,
+//!   remove the flow, admit a new connection in its place); the caller does
+//!   that after `with_flow` has returned, with the lock released.
+//! - Inside that closure the only table method allowed is
+//!   [`ConnTable::set_deadline`] (it takes the heap's leaf lock only): any
+//!   other call may touch a map, and dashmap deadlocks on a second guard in
+//!   the same thread, even on another shard.
+//! - Within this module, no dashmap guard is held across a call on the same
+//!   map, nor across a call on the other map: every function here releases
+//!   one map's guard before touching the other.
 //! - The mutexes of the expiry heap and of the eviction queue are leaves:
 //!   while one is held, no map and no other lock is touched. The packet path
 //!   may take them while holding a `flows` guard.
@@ -99,17 +109,9 @@ pub struct Totals {
     pub live_by_backend: HashMap<usize, (u64, u64)>,
 }
 
-/// A flow locked for one packet: its shard of the table stays locked until
-/// the guard is dropped, so drop it before any other call on the table.
-pub type FlowGuard<'a> = RefMut<'a, Tuple, Flow>;
-
-/// The result of looking a packet's tuple up.
-pub enum Lookup<'a> {
-    /// The tuple is the ORIGINAL or REPLY tuple of this flow.
-    Found(FlowGuard<'a>, Direction),
-    /// No flow has this tuple.
-    Missing,
-}
+/// A flow locked in its shard, and the direction its tuple was found in
+/// (private: see [`ConnTable::with_flow`]).
+type Found<'a> = (RefMut<'a, Tuple, Flow>, Direction);
 
 /// How many heap entries one call of [`ConnTable::expire`] examines.
 pub const EXPIRE_BUDGET: usize = 256;
@@ -219,35 +221,48 @@ impl ConnTable {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    /// Find the flow a packet with tuple `t` belongs to, and its direction.
+    /// Run `f` on the flow a packet with tuple `t` belongs to, with the
+    /// packet's direction; `None` when no flow has this tuple.
+    ///
+    /// The flow's shard stays locked while `f` runs and only then: `f` must
+    /// not call the table, but [`ConnTable::set_deadline`] (see the module's
+    /// locking rules). What needs the table afterwards (removing the flow,
+    /// replacing it) is for `f` to return and the caller to do.
     ///
     /// `original_first` says which map to try first: the caller knows whether
     /// the destination is a service address (likely ORIGINAL) or not.
-    pub fn lookup(&self, t: &Tuple, original_first: bool) -> Lookup<'_> {
+    #[inline]
+    pub fn with_flow<R>(
+        &self,
+        t: &Tuple,
+        original_first: bool,
+        f: impl FnOnce(&mut Flow, Direction) -> R,
+    ) -> Option<R> {
+        let (mut flow, dir) = self.find(t, original_first)?;
+        Some(f(&mut flow, dir))
+    }
+
+    /// Find and lock the flow of tuple `t` (see [`ConnTable::with_flow`]).
+    fn find(&self, t: &Tuple, original_first: bool) -> Option<Found<'_>> {
         if original_first {
             if let Some(f) = self.flows.get_mut(t) {
-                return Lookup::Found(f, Direction::Original);
+                return Some((f, Direction::Original));
             }
-            self.lookup_reply(t)
+            self.find_reply(t)
         } else {
-            match self.lookup_reply(t) {
-                Lookup::Missing => match self.flows.get_mut(t) {
-                    Some(f) => Lookup::Found(f, Direction::Original),
-                    None => Lookup::Missing,
-                },
+            match self.find_reply(t) {
+                None => self.flows.get_mut(t).map(|f| (f, Direction::Original)),
                 found => found,
             }
         }
     }
 
-    fn lookup_reply(&self, t: &Tuple) -> Lookup<'_> {
-        let Some(original) = self.replies.get(t).map(|r| *r) else {
-            return Lookup::Missing;
-        };
+    fn find_reply(&self, t: &Tuple) -> Option<Found<'_>> {
+        let original = self.replies.get(t).map(|r| *r)?;
         match self.flows.get_mut(&original) {
             // The flow may have been replaced between the two lookups.
-            Some(f) if f.reply == *t => Lookup::Found(f, Direction::Reply),
-            _ => Lookup::Missing,
+            Some(f) if f.reply == *t => Some((f, Direction::Reply)),
+            _ => None,
         }
     }
 
@@ -349,7 +364,8 @@ impl ConnTable {
     }
 
     /// Set `flow`'s deadline, queueing a new heap entry when it moved
-    /// earlier than the live one (a state with a shorter timeout).
+    /// earlier than the live one (a state with a shorter timeout). Takes
+    /// only the heap's leaf lock: callable inside [`ConnTable::with_flow`].
     pub fn set_deadline(&self, flow: &mut Flow, deadline: Timestamp) {
         flow.deadline = deadline;
         if deadline < flow.queued {
