@@ -51,10 +51,10 @@ const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
 fn engine(max_flows: usize) -> Engine {
     Engine::new(EngineConfig {
         services: vec![ServiceConfig {
-            vip: VIP,
+            vip: VIP.into(),
             backends: (3..7)
                 .map(|i| BackendConfig {
-                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80),
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80).into(),
                     weight: 1,
                 })
                 .collect(),
@@ -62,7 +62,7 @@ fn engine(max_flows: usize) -> Engine {
             // About 64 k flows fit per (SNAT address, backend): a pool of 16
             // addresses lets 1 M flows through 4 backends.
             snat: (1..=16)
-                .map(|i| Ipv4Addr::new(198, 18, 0, 100 + i))
+                .map(|i| Ipv4Addr::new(198, 18, 0, 100 + i).into())
                 .collect(),
         }],
         max_flows,

@@ -22,10 +22,10 @@ fn main() {
     let n: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let e = Engine::new(EngineConfig {
         services: vec![ServiceConfig {
-            vip: VIP,
+            vip: VIP.into(),
             backends: (3..7)
                 .map(|i| BackendConfig {
-                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80),
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80).into(),
                     weight: 1,
                 })
                 .collect(),
@@ -62,7 +62,7 @@ fn main() {
     }
     let c = client(0);
     run(&Segment::new(c, VIP, SYN).build(), 1);
-    let reply = e.flows()[0].reply;
+    let reply = e.flows_of::<Ipv4Addr>()[0].reply;
     run(&Segment::new(reply.src, reply.dst, SYN | ACK).build(), 1);
     run(&Segment::new(c, VIP, ACK).build(), 1);
     let payload = vec![0x5a; if mode == "big" { 1400 } else { 64 }];

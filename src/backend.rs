@@ -6,7 +6,7 @@
 //! sits below both [`crate::select`] (which reads health to choose) and
 //! [`crate::conntrack`] (whose flows point at it), and imports neither.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of one backend. Packets and bytes are those of its flows that
@@ -27,7 +27,7 @@ pub struct BackendCounters {
 #[derive(Debug)]
 pub struct Backend {
     /// The backend's address and port.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Traffic counters.
     pub counters: BackendCounters,
     active: AtomicU64,
@@ -37,7 +37,7 @@ pub struct Backend {
 
 impl Backend {
     /// A backend with zeroed counters, considered up.
-    pub fn new(addr: SocketAddrV4) -> Self {
+    pub fn new(addr: SocketAddr) -> Self {
         Backend {
             addr,
             counters: BackendCounters::default(),

@@ -14,6 +14,12 @@
 //! checksum for both. Eqn. 3 (unlike eqn. 2 of RFC 1141) never produces the
 //! forbidden `0xFFFF`-for-zero result and handles `HC = 0x0000/0xFFFF` correctly;
 //! the property tests compare it against a full recomputation.
+//!
+//! IPv6 has no header checksum; its TCP and ICMPv6 checksums cover a
+//! pseudo-header with the 128-bit addresses, so an address change is eight
+//! word changes ([`Delta::addr`]) and nothing else differs.
+
+use crate::conntrack::tuple::IpAddress;
 
 /// Fold a 64-bit one's-complement accumulator into 16 bits.
 #[inline]
@@ -69,6 +75,20 @@ impl Delta {
             + (new & 0xffff) as u64;
     }
 
+    /// Add an address changing from `old` to `new`: two 16-bit words for
+    /// IPv4, eight for IPv6 (the pseudo-header of RFC 8200 section 8.1
+    /// holds the 128-bit addresses; RFC 1624 applies word by word).
+    #[inline(always)]
+    pub fn addr<A: IpAddress>(&mut self, old: A, new: A) {
+        let (o, n) = (old.octets(), new.octets());
+        for (o, n) in o.as_ref().chunks_exact(2).zip(n.as_ref().chunks_exact(2)) {
+            self.u16(
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([n[0], n[1]]),
+            );
+        }
+    }
+
     /// Return the changes of `self` and `other` together.
     #[inline]
     pub const fn plus(self, other: Delta) -> Delta {
@@ -115,12 +135,49 @@ pub fn sum(data: &[u8]) -> u16 {
     u16::from_be(fold(acc))
 }
 
-/// Return whether a TCP segment's checksum verifies, with the IPv4
-/// pseudo-header of `src`, `dst` (addresses as `u32::from_be_bytes`).
+/// The IP protocol number of TCP, in the pseudo-header.
+pub const TCP: u8 = 6;
+/// The IP protocol number of ICMPv6, in its pseudo-header.
+pub const ICMPV6: u8 = 58;
+
+/// Return the one's-complement sum (unfolded) of the pseudo-header of a
+/// `len`-byte upper-layer message of `protocol` from `src` to `dst`: RFC 793's
+/// for IPv4, RFC 8200 section 8.1's for IPv6 (the same words summed: the
+/// 32-bit length's high half is zero for anything tunlb forwards).
+#[inline(always)]
+pub fn pseudo_header<A: IpAddress>(src: A, dst: A, protocol: u8, len: usize) -> u64 {
+    let words = |a: A| -> u64 {
+        a.octets()
+            .as_ref()
+            .chunks_exact(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum()
+    };
+    words(src) + words(dst) + u64::from(protocol) + (len as u64 & 0xffff) + (len as u64 >> 16)
+}
+
+/// Return whether a TCP segment's checksum verifies, with the pseudo-header
+/// of `src`, `dst` (either family).
 #[inline]
-pub fn verify_tcp(src: u32, dst: u32, segment: &[u8]) -> bool {
-    let pseudo = u64::from(src) + u64::from(dst) + 6 + segment.len() as u64;
-    fold(pseudo + u64::from(sum(segment))) == 0xffff
+pub fn verify_tcp<A: IpAddress>(src: A, dst: A, segment: &[u8]) -> bool {
+    verify_l4(src, dst, TCP, segment)
+}
+
+/// Return whether an upper-layer message of `protocol` (TCP, ICMPv6) verifies
+/// with the pseudo-header of `src`, `dst`.
+#[inline]
+pub fn verify_l4<A: IpAddress>(src: A, dst: A, protocol: u8, message: &[u8]) -> bool {
+    let pseudo = pseudo_header(src, dst, protocol, message.len());
+    fold(pseudo + u64::from(sum(message))) == 0xffff
+}
+
+/// Compute the complemented checksum of an upper-layer message of
+/// `protocol` whose checksum field holds zero, pseudo-header included
+/// (ICMPv6 messages tunlb translates or builds).
+#[must_use]
+pub fn full_l4<A: IpAddress>(src: A, dst: A, protocol: u8, message: &[u8]) -> u16 {
+    let pseudo = pseudo_header(src, dst, protocol, message.len());
+    !fold(pseudo + u64::from(sum(message)))
 }
 
 /// Read the big-endian checksum stored at `at..at + 2` in `buf`.
@@ -188,11 +245,49 @@ mod tests {
             let mut seg = data.clone();
             seg[12] = 0x50;
             TcpPacket::new_unchecked(&mut seg[..]).fill_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d));
-            proptest::prop_assert!(verify_tcp(src, dst, &seg));
+            proptest::prop_assert!(verify_tcp(std::net::Ipv4Addr::from_bits(src), std::net::Ipv4Addr::from_bits(dst), &seg));
             let last = seg.len() - 1;
             seg[last] ^= 0x01;
             let smol = TcpPacket::new_unchecked(&seg[..]).verify_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d));
-            proptest::prop_assert_eq!(verify_tcp(src, dst, &seg), smol);
+            proptest::prop_assert_eq!(verify_tcp(std::net::Ipv4Addr::from_bits(src), std::net::Ipv4Addr::from_bits(dst), &seg), smol);
+        }
+
+        #[test]
+        fn ipv6_tcp_verification_equals_smoltcp(data in proptest::collection::vec(proptest::num::u8::ANY, 20..200),
+                                                src in proptest::num::u128::ANY, dst in proptest::num::u128::ANY) {
+            use smoltcp::wire::{IpAddress, Ipv6Address, TcpPacket};
+            let (s, d) = (Ipv6Address::from_bits(src), Ipv6Address::from_bits(dst));
+            let (ss, dd) = (std::net::Ipv6Addr::from_bits(src), std::net::Ipv6Addr::from_bits(dst));
+            let mut seg = data.clone();
+            seg[12] = 0x50;
+            TcpPacket::new_unchecked(&mut seg[..]).fill_checksum(&IpAddress::Ipv6(s), &IpAddress::Ipv6(d));
+            proptest::prop_assert!(verify_tcp(ss, dd, &seg));
+            let last = seg.len() - 1;
+            seg[last] ^= 0x01;
+            let smol = TcpPacket::new_unchecked(&seg[..]).verify_checksum(&IpAddress::Ipv6(s), &IpAddress::Ipv6(d));
+            proptest::prop_assert_eq!(verify_tcp(ss, dd, &seg), smol);
+        }
+
+        #[test]
+        fn ipv6_address_change_equals_recomputation(data in proptest::collection::vec(proptest::num::u8::ANY, 20..200),
+                                                    src in proptest::num::u128::ANY, dst in proptest::num::u128::ANY,
+                                                    new_src in proptest::num::u128::ANY, new_dst in proptest::num::u128::ANY) {
+            // A TCP checksum moved by the two address changes (RFC 1624 over
+            // the 128-bit pseudo-header words) verifies with the new addresses.
+            use std::net::Ipv6Addr as A;
+            let (s, d, ns, nd) = (A::from_bits(src), A::from_bits(dst), A::from_bits(new_src), A::from_bits(new_dst));
+            let mut seg = data.clone();
+            seg[12] = 0x50;
+            put(&mut seg, 16, 0);
+            let c = full_l4(s, d, TCP, &seg);
+            put(&mut seg, 16, c);
+            proptest::prop_assert!(verify_tcp(s, d, &seg));
+            let mut delta = Delta::new();
+            delta.addr(s, ns);
+            delta.addr(d, nd);
+            let moved = delta.apply(get(&seg, 16));
+            put(&mut seg, 16, moved);
+            proptest::prop_assert!(verify_tcp(ns, nd, &seg));
         }
 
         #[test]

@@ -340,7 +340,7 @@ mod tests {
         let cases: [(&[&str], &str); 5] = [
             (
                 &["tunlb", "run", "--vip", "nonsense"],
-                "'nonsense' is not an IPv4 address with a port",
+                "'nonsense' is not an IP address with a port",
             ),
             (
                 &["tunlb", "run", "--backend", "198.18.2.3"],

@@ -26,7 +26,7 @@
 //! backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -57,8 +57,10 @@ pub const DEFAULT_STATE_INTERVAL: Duration = Duration::from_secs(5);
 /// with the syntax expected and an example. `clap` prints it after the flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyntaxError {
-    /// Not `IP:PORT` with an IPv4 address.
-    #[error("'{0}' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80)")]
+    /// Not `IP:PORT` (IPv4) or `[IP]:PORT` (IPv6).
+    #[error(
+        "'{0}' is not an IP address with a port (IP:PORT, e.g. 198.18.0.1:80 or [2001:2::1]:80)"
+    )]
     NotSocket(String),
     /// `IP:0`.
     #[error("'{0}' has port 0; give a port from 1 to 65535")]
@@ -105,9 +107,9 @@ pub fn parse_backend(s: &str) -> Result<BackendConfig, SyntaxError> {
     Ok(BackendConfig { addr, weight })
 }
 
-/// Parse `IP:PORT` with an IPv4 address and a non-zero port.
-pub fn parse_socket(s: &str) -> Result<SocketAddrV4, SyntaxError> {
-    let a = SocketAddrV4::from_str(s).map_err(|_| SyntaxError::NotSocket(s.to_owned()))?;
+/// Parse `IP:PORT` (IPv4) or `[IP]:PORT` (IPv6) with a non-zero port.
+pub fn parse_socket(s: &str) -> Result<SocketAddr, SyntaxError> {
+    let a = SocketAddr::from_str(s).map_err(|_| SyntaxError::NotSocket(s.to_owned()))?;
     if a.port() == 0 {
         return Err(SyntaxError::PortZero(s.to_owned()));
     }
@@ -224,7 +226,7 @@ pub struct File {
 pub struct FlagService {
     /// The virtual IP and port clients connect to.
     #[arg(long, value_name = "IP:PORT", value_parser = parse_socket)]
-    pub vip: Option<SocketAddrV4>,
+    pub vip: Option<SocketAddr>,
     /// A backend; repeat for each. weight defaults to 1; 0 takes no new connections.
     #[arg(long = "backend", value_name = "IP:PORT[,weight=N]", value_parser = parse_backend)]
     pub backends: Vec<BackendConfig>,
@@ -233,7 +235,7 @@ pub struct FlagService {
     pub mode: Option<Mode>,
     /// MASQUERADE source address (default: the VIP's address); repeat for a pool.
     #[arg(long, value_name = "IP")]
-    pub snat: Vec<Ipv4Addr>,
+    pub snat: Vec<IpAddr>,
     /// The most flows tracked at once (default 262144).
     #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
     pub max_flows: Option<usize>,
@@ -405,15 +407,15 @@ pub enum Error {
     #[error("service {vip}: backend {source}")]
     Backend {
         /// The service.
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         /// What is wrong with the backend.
         source: SyntaxError,
     },
-    /// A `snat` address of a `[[service]]` is not an IPv4 address.
-    #[error("service {vip}: snat '{addr}' is not an IPv4 address")]
+    /// A `snat` address of a `[[service]]` is not an IP address.
+    #[error("service {vip}: snat '{addr}' is not an IP address")]
     Snat {
         /// The service.
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         /// The value given.
         addr: String,
     },
@@ -526,7 +528,7 @@ pub fn engine_config(flags: &FlagService) -> Result<(EngineConfig, Option<File>)
                 .snat
                 .iter()
                 .map(|a| {
-                    Ipv4Addr::from_str(a).map_err(|_| Error::Snat {
+                    IpAddr::from_str(a).map_err(|_| Error::Snat {
                         vip,
                         addr: a.clone(),
                     })
@@ -748,9 +750,9 @@ fn tun_addr(
             last
         });
         for s in &engine.services {
-            let clash = (*s.vip.ip() == host)
+            let clash = (s.vip.ip() == IpAddr::V4(host))
                 .then_some("VIP")
-                .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
+                .or_else(|| s.snat.contains(&IpAddr::V4(host)).then_some("SNAT address"));
             if let Some(role) = clash {
                 return Err(Error::TunAddrClash {
                     role,
@@ -823,7 +825,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "'198.18.2.3' is not an IPv4 address with a port (IP:PORT, e.g. 198.18.0.1:80); expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2"
+            "'198.18.2.3' is not an IP address with a port (IP:PORT, e.g. 198.18.0.1:80 or [2001:2::1]:80); expected IP:PORT[,weight=N], e.g. 198.18.2.3:80,weight=2"
         );
         let e = parse_backend("198.18.2.3:80,weight=x").unwrap_err();
         assert_eq!(e, SyntaxError::Weight("x".into()));
@@ -915,7 +917,7 @@ mod tests {
                     vip,
                     addr: "x".into(),
                 },
-                "service 198.18.0.1:80: snat 'x' is not an IPv4 address",
+                "service 198.18.0.1:80: snat 'x' is not an IP address",
             ),
             (
                 in_range("--mtu", 100u16, 576..=65535).unwrap_err(),
@@ -1072,7 +1074,7 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             ..Default::default()
         };
         let e = engine_config(&f).unwrap_err().to_string();
-        assert!(e.contains("backend 'x' is not an IPv4 address"), "{e}");
+        assert!(e.contains("backend 'x' is not an IP address"), "{e}");
         std::fs::write(&p, "bogus = 1\n").unwrap();
         let e = engine_config(&f).unwrap_err().to_string();
         assert!(
@@ -1099,7 +1101,7 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "{e}"
         );
         let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
-        f.snat = vec![Ipv4Addr::new(198, 18, 0, 254)];
+        f.snat = vec![Ipv4Addr::new(198, 18, 0, 254).into()];
         let e = run_config(&f, &r).unwrap_err().to_string();
         assert!(
             e.starts_with("the SNAT address 198.18.0.254 is the --tun-addr host address"),

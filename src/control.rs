@@ -1036,8 +1036,8 @@ mod tests {
         };
         let (mut text, mut json) = (listen(false), listen(true));
         assert_eq!(engine.events().listeners(), 2);
-        let client = "198.18.1.2:40000".parse().unwrap();
-        let vip = "198.18.0.1:80".parse().unwrap();
+        let client: std::net::SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        let vip: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
         let mut syn = crate::craft::Segment::new(client, vip, 0x02).build();
         assert!(matches!(
             engine.handle_packet(&mut syn, Timestamp::ZERO),
@@ -1285,7 +1285,7 @@ mod tests {
     }
 
     /// `tunlb stats --json` of [`Snapshot::sample`], byte for byte.
-    const STATS_JSON_PINNED: &str = r#"{"backends":[{"active":21,"backend":"198.18.2.3:8080","bytes":24,"connections":22,"packets":23,"service":"198.18.0.1:80","up":true,"weight":2}],"device":{"bytes_read":0,"name":"mem0","offload":false,"packets_read":0,"queues":1,"super_packets_read":0,"threads":[{"bytes_read":0,"packets_read":0,"super_packets_read":0,"write_errors":0}],"write_errors":0},"dropped":{"bad_checksum":103,"bad_flags":107,"bad_header":102,"fragment":104,"icmp_not_error":116,"icmp_untracked":117,"ignored":112,"invalid_no_flow":108,"invalid_state":109,"no_backend":113,"no_service":106,"not_ipv4":100,"not_tcp":105,"out_of_window":110,"ports_exhausted":114,"rst_out_of_window":111,"table_full":115,"truncated":101},"evicted":3,"expired":2,"flows":9,"forwarded":{"original":11,"reply":12},"icmp_translated":4,"new_flows":1,"picked_up":8,"pickup_remapped":10,"redispatched":7,"resets_sent":5,"restored":11,"untracked":6}"#;
+    const STATS_JSON_PINNED: &str = r#"{"backends":[{"active":21,"backend":"198.18.2.3:8080","bytes":24,"connections":22,"packets":23,"service":"198.18.0.1:80","up":true,"weight":2}],"device":{"bytes_read":0,"name":"mem0","offload":false,"packets_read":0,"queues":1,"super_packets_read":0,"threads":[{"bytes_read":0,"packets_read":0,"super_packets_read":0,"write_errors":0}],"write_errors":0},"dropped":{"bad_checksum":104,"bad_flags":108,"bad_header":103,"fragment":105,"icmp_not_error":117,"icmp_untracked":118,"ignored":113,"invalid_no_flow":109,"invalid_state":110,"ipv6_control":101,"no_backend":114,"no_service":107,"not_ip":100,"not_tcp":106,"out_of_window":111,"ports_exhausted":115,"rst_out_of_window":112,"table_full":116,"truncated":102},"evicted":3,"expired":2,"flows":9,"forwarded":{"original":11,"reply":12},"icmp_translated":4,"new_flows":1,"picked_up":8,"pickup_remapped":10,"redispatched":7,"resets_sent":5,"restored":11,"untracked":6}"#;
 
     /// `/metrics` of [`Snapshot::sample`], byte for byte.
     const METRICS_PINNED: &str = r#"# HELP tunlb_flows Flows in the connection table.
@@ -1306,24 +1306,25 @@ tunlb_packets_forwarded_total{direction="original"} 11
 tunlb_packets_forwarded_total{direction="reply"} 12
 # HELP tunlb_packets_dropped_total Packets dropped, by reason.
 # TYPE tunlb_packets_dropped_total counter
-tunlb_packets_dropped_total{reason="not_ipv4"} 100
-tunlb_packets_dropped_total{reason="truncated"} 101
-tunlb_packets_dropped_total{reason="bad_header"} 102
-tunlb_packets_dropped_total{reason="bad_checksum"} 103
-tunlb_packets_dropped_total{reason="fragment"} 104
-tunlb_packets_dropped_total{reason="not_tcp"} 105
-tunlb_packets_dropped_total{reason="no_service"} 106
-tunlb_packets_dropped_total{reason="bad_flags"} 107
-tunlb_packets_dropped_total{reason="invalid_no_flow"} 108
-tunlb_packets_dropped_total{reason="invalid_state"} 109
-tunlb_packets_dropped_total{reason="out_of_window"} 110
-tunlb_packets_dropped_total{reason="rst_out_of_window"} 111
-tunlb_packets_dropped_total{reason="ignored"} 112
-tunlb_packets_dropped_total{reason="no_backend"} 113
-tunlb_packets_dropped_total{reason="ports_exhausted"} 114
-tunlb_packets_dropped_total{reason="table_full"} 115
-tunlb_packets_dropped_total{reason="icmp_not_error"} 116
-tunlb_packets_dropped_total{reason="icmp_untracked"} 117
+tunlb_packets_dropped_total{reason="not_ip"} 100
+tunlb_packets_dropped_total{reason="ipv6_control"} 101
+tunlb_packets_dropped_total{reason="truncated"} 102
+tunlb_packets_dropped_total{reason="bad_header"} 103
+tunlb_packets_dropped_total{reason="bad_checksum"} 104
+tunlb_packets_dropped_total{reason="fragment"} 105
+tunlb_packets_dropped_total{reason="not_tcp"} 106
+tunlb_packets_dropped_total{reason="no_service"} 107
+tunlb_packets_dropped_total{reason="bad_flags"} 108
+tunlb_packets_dropped_total{reason="invalid_no_flow"} 109
+tunlb_packets_dropped_total{reason="invalid_state"} 110
+tunlb_packets_dropped_total{reason="out_of_window"} 111
+tunlb_packets_dropped_total{reason="rst_out_of_window"} 112
+tunlb_packets_dropped_total{reason="ignored"} 113
+tunlb_packets_dropped_total{reason="no_backend"} 114
+tunlb_packets_dropped_total{reason="ports_exhausted"} 115
+tunlb_packets_dropped_total{reason="table_full"} 116
+tunlb_packets_dropped_total{reason="icmp_not_error"} 117
+tunlb_packets_dropped_total{reason="icmp_untracked"} 118
 # HELP tunlb_icmp_translated_total ICMP errors translated (RELATED).
 # TYPE tunlb_icmp_translated_total counter
 tunlb_icmp_translated_total 4

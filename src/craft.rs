@@ -1,4 +1,4 @@
-//! Building well-formed IPv4/TCP segments: the resets tunlb sends, and the packets of tests, benches and fuzzing.
+//! Building well-formed IPv4 or IPv6 TCP segments: the resets tunlb sends, and the packets of tests, benches and fuzzing.
 //!
 //! tunlb never builds forwarded packets (it rewrites them in place). This
 //! builds the packets it writes itself (a reset to a client when every
@@ -8,17 +8,19 @@
 //! any flags, sequence numbers and payload, with correct checksums, through
 //! smoltcp's field setters.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
-/// A TCP segment to build.
+/// A TCP segment to build, from `S` to `S`: [`SocketAddrV4`] (the
+/// default), [`std::net::SocketAddrV6`], or [`SocketAddr`] with both ends of
+/// one family.
 #[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
+pub struct Segment<'a, S = SocketAddrV4> {
     /// Source address and port.
-    pub src: SocketAddrV4,
+    pub src: S,
     /// Destination address and port.
-    pub dst: SocketAddrV4,
+    pub dst: S,
     /// The flag byte (see [`crate::conntrack::tcp::flags`]).
     pub flags: u8,
     /// Sequence number.
@@ -29,9 +31,18 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
-impl<'a> Segment<'a> {
-    /// A segment with these endpoints and flags, sequence numbers 0 and no payload.
-    pub fn new(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+impl Segment<'_, SocketAddrV4> {
+    /// An IPv4 segment with these endpoints and flags, sequence numbers 0
+    /// and no payload.
+    pub fn new(src: impl Into<SocketAddrV4>, dst: impl Into<SocketAddrV4>, flags: u8) -> Self {
+        Segment::between(src.into(), dst.into(), flags)
+    }
+}
+
+impl<'a, S: Into<SocketAddr> + Copy> Segment<'a, S> {
+    /// A segment of either family with these endpoints and flags, sequence
+    /// numbers 0 and no payload.
+    pub fn between(src: S, dst: S, flags: u8) -> Self {
         Segment {
             src,
             dst,
@@ -42,37 +53,64 @@ impl<'a> Segment<'a> {
         }
     }
 
-    /// Return the segment as an IPv4 packet with valid checksums.
+    /// The IP header's length: 20 bytes for IPv4, 40 for IPv6.
+    fn ip_header_len(&self) -> usize {
+        match self.src.into() {
+            SocketAddr::V4(_) => 20,
+            SocketAddr::V6(_) => 40,
+        }
+    }
+
+    /// Return the segment as an IP packet with valid checksums.
     pub fn build(&self) -> Vec<u8> {
-        let mut b = vec![0u8; 40 + self.payload.len()];
+        let mut b = vec![0u8; self.ip_header_len() + 20 + self.payload.len()];
         self.emit(&mut b);
         b
     }
 
-    /// Write the segment as an IPv4 packet with valid checksums (a 20-byte
-    /// IPv4 header, DF set, TTL 64; a 20-byte TCP header, window 65535, or 0
-    /// for a reset, which advertises none) at the start of `buf`, and return
-    /// its length.
+    /// Write the segment as an IP packet with valid checksums (a 20-byte
+    /// IPv4 header, DF set, TTL 64, or a 40-byte IPv6 header, hop limit 64;
+    /// a 20-byte TCP header, window 65535, or 0 for a reset, which
+    /// advertises none) at the start of `buf`, and return its length.
     ///
     /// # Panics
-    /// If `buf` is shorter than 40 bytes plus the payload.
+    /// If `buf` is shorter than the headers plus the payload, or if the two
+    /// ends are of different families.
     pub fn emit(&self, buf: &mut [u8]) -> usize {
-        let len = 40 + self.payload.len();
+        let ihl = self.ip_header_len();
+        let len = ihl + 20 + self.payload.len();
         let buf = &mut buf[..len];
         buf.fill(0);
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(len as u16);
-        ip.set_dont_frag(true);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(*self.src.ip());
-        ip.set_dst_addr(*self.dst.ip());
-        ip.fill_checksum();
-        let mut t = TcpPacket::new_unchecked(ip.payload_mut());
-        t.set_src_port(self.src.port());
-        t.set_dst_port(self.dst.port());
+        let (src, dst): (SocketAddr, SocketAddr) = (self.src.into(), self.dst.into());
+        let (src_ip, dst_ip) = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+                ip.set_version(4);
+                ip.set_header_len(20);
+                ip.set_total_len(len as u16);
+                ip.set_dont_frag(true);
+                ip.set_hop_limit(64);
+                ip.set_next_header(IpProtocol::Tcp);
+                ip.set_src_addr(s);
+                ip.set_dst_addr(d);
+                ip.fill_checksum();
+                (IpAddress::Ipv4(s), IpAddress::Ipv4(d))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
+                ip.set_version(6);
+                ip.set_payload_len((len - ihl) as u16);
+                ip.set_hop_limit(64);
+                ip.set_next_header(IpProtocol::Tcp);
+                ip.set_src_addr(s);
+                ip.set_dst_addr(d);
+                (IpAddress::Ipv6(s), IpAddress::Ipv6(d))
+            }
+            _ => panic!("a segment from {src} to {dst} mixes families"),
+        };
+        let mut t = TcpPacket::new_unchecked(&mut buf[ihl..]);
+        t.set_src_port(src.port());
+        t.set_dst_port(dst.port());
         t.set_seq_number(smoltcp::wire::TcpSeqNumber(self.seq as i32));
         t.set_ack_number(smoltcp::wire::TcpSeqNumber(self.ack as i32));
         t.set_header_len(20);
@@ -83,10 +121,7 @@ impl<'a> Segment<'a> {
         let raw = t.into_inner();
         raw[13] = self.flags;
         let mut t = TcpPacket::new_unchecked(raw);
-        t.fill_checksum(
-            &IpAddress::Ipv4(*self.src.ip()),
-            &IpAddress::Ipv4(*self.dst.ip()),
-        );
+        t.fill_checksum(&src_ip, &dst_ip);
         len
     }
 }
@@ -175,8 +210,8 @@ mod tests {
     #[test]
     fn an_icmp_error_quotes_the_packet_and_checks_out() {
         let syn = Segment::new(
-            "198.18.0.1:40000".parse().unwrap(),
-            "198.18.2.5:80".parse().unwrap(),
+            "198.18.0.1:40000".parse::<SocketAddrV4>().unwrap(),
+            "198.18.2.5:80".parse::<SocketAddrV4>().unwrap(),
             SYN,
         )
         .build();
@@ -212,8 +247,8 @@ mod tests {
     fn a_big_packet_is_quoted_up_to_576_bytes_as_it_is() {
         let payload = vec![7u8; 1400];
         let mut seg = Segment::new(
-            "198.18.1.2:40000".parse().unwrap(),
-            "198.18.2.5:80".parse().unwrap(),
+            "198.18.1.2:40000".parse::<SocketAddrV4>().unwrap(),
+            "198.18.2.5:80".parse::<SocketAddrV4>().unwrap(),
             0x10,
         );
         seg.payload = &payload;

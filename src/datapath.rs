@@ -447,8 +447,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn syn() -> Vec<u8> {
-        let vip = "198.18.0.1:80".parse().unwrap();
-        crate::craft::Segment::new("198.18.1.2:40000".parse().unwrap(), vip, 0x02).build()
+        let vip: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
+        let client: std::net::SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        crate::craft::Segment::new(client, vip, 0x02).build()
     }
 
     #[test]
@@ -494,7 +495,7 @@ mod tests {
         let engine = Arc::new(crate::testing::engine());
         let io = Arc::new(MemoryIo::new());
         io.inject(&syn());
-        io.inject(&[0x60, 0, 0, 0]); // IPv6: counted and dropped
+        io.inject(&[0x60, 0, 0, 0]); // a cut IPv6 header: counted and dropped
         let stop = Arc::new(AtomicBool::new(false));
         let device = Arc::new(Device::new("mem0", 1, false, 2));
         let h = {
@@ -526,7 +527,7 @@ mod tests {
         assert_eq!(sent.len(), 1);
         let ip = Ipv4Packet::new_checked(&sent[0][..]).unwrap();
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 2, 3));
-        assert_eq!(engine.stats().dropped(crate::DropReason::NotIpv4), 1);
+        assert_eq!(engine.stats().dropped(crate::DropReason::Truncated), 1);
         assert_eq!(engine.flow_count(), 1);
         // Both reads counted, whichever thread made them; no super-packet.
         assert_eq!(

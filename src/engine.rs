@@ -36,7 +36,7 @@
 //! the engine an input (a packet, the passing of time), `poll_*` asks it
 //! when it next needs the caller.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -47,6 +47,7 @@ use smoltcp::wire::IpProtocol;
 
 use crate::conntrack::ports::{self, HashKey};
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
+use crate::conntrack::tuple::{Endpoint, IpAddress};
 use crate::conntrack::window::{self, Check, RstCheck};
 use crate::conntrack::{ConnTable, Direction, Flow, Tuple};
 use crate::nat;
@@ -56,7 +57,7 @@ use crate::state::SavedFlow;
 use crate::stats::{BackendSnapshot, Counters, DropReason, Response, Snapshot};
 use crate::time::Timestamp;
 use crate::trace;
-use crate::wire::{IcmpErrorRepr, Ipv4Repr, TcpRepr};
+use crate::wire::{IcmpErrorRepr, IpRepr, TcpRepr};
 
 /// What the caller does with the packet after [`Engine::handle_packet`].
 #[must_use]
@@ -136,7 +137,11 @@ pub struct Engine {
     /// A bit per TCP port: set for the ports of the services' VIPs. Only a
     /// hint of which map to search first; a wrong guess costs one lookup.
     vip_ports: Box<[AtomicU64; 1024]>,
-    table: ConnTable,
+    /// The IPv4 flows.
+    v4: ConnTable<Ipv4Addr>,
+    /// The IPv6 flows, in a table of their own so an IPv4 flow costs what it
+    /// did before IPv6 existed; both are held to one limit.
+    v6: ConnTable<Ipv6Addr>,
     counters: Counters,
     verify_checksums: bool,
     /// `nf_conntrack_tcp_be_liberal`: out-of-window segments (but RSTs) pass.
@@ -239,7 +244,7 @@ impl Runtime {
 
     /// Return the index of the service at `vip`, if any.
     #[inline]
-    pub fn service_at(&self, vip: SocketAddrV4) -> Option<usize> {
+    pub fn service_at(&self, vip: SocketAddr) -> Option<usize> {
         self.services.iter().position(|s| s.vip == vip)
     }
 }
@@ -248,13 +253,15 @@ impl Engine {
     /// Build an engine from a configuration, refusing an invalid one.
     pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let limit = crate::conntrack::table::Limit::new(cfg.max_flows);
         Ok(Engine {
             runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
             vip_ports: Box::new(port_set(&cfg)),
             timeouts_ms: std::array::from_fn(|i| {
                 AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
             }),
-            table: ConnTable::with_hash_seed(cfg.max_flows, cfg.hash_seed),
+            v4: ConnTable::with_limit(limit.clone(), cfg.hash_seed),
+            v6: ConnTable::with_limit(limit, cfg.hash_seed.map(|s| s ^ 0x6)),
             counters: Counters::default(),
             verify_checksums: cfg.verify_checksums,
             liberal: AtomicBool::new(cfg.tcp_liberal),
@@ -285,7 +292,8 @@ impl Engine {
         let old = self.runtime.load_full();
         self.runtime
             .store(Arc::new(Runtime::build(cfg, Some(&old))));
-        self.table.set_max(cfg.max_flows);
+        // One limit for both families' tables (they share it).
+        self.v4.set_max(cfg.max_flows);
         self.liberal.store(cfg.tcp_liberal, Relaxed);
         self.pickup.store(cfg.pickup, Relaxed);
         for (word, new) in self.vip_ports.iter().zip(port_set(cfg)) {
@@ -333,26 +341,47 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
-        let ip = Ipv4Repr::parse(pkt, self.verify_checksums)?;
-        match ip.protocol {
-            IpProtocol::Tcp => {
-                let verify = self.verify_checksums && l4 == L4Checksum::Complete;
-                let p = TcpRepr::parse(pkt, &ip, verify)?;
-                self.process_tcp(pkt, &p, now, l4)
+        match IpRepr::version(pkt) {
+            Some(4) | None => {
+                let ip = IpRepr::parse_ipv4(pkt, self.verify_checksums)?;
+                self.process_ip::<Ipv4Addr>(pkt, &ip, IpProtocol::Icmp, now, l4)
             }
-            IpProtocol::Icmp => {
-                let icmp = IcmpErrorRepr::parse(pkt, &ip, self.verify_checksums)?;
-                self.process_icmp(pkt, &icmp)
+            Some(6) => {
+                let ip = IpRepr::parse_ipv6(pkt)?;
+                self.process_ip::<Ipv6Addr>(pkt, &ip, IpProtocol::Icmpv6, now, l4)
             }
-            _ => Err(DropReason::NotTcp),
+            Some(_) => Err(DropReason::NotIp),
+        }
+    }
+
+    /// Dispatch a checked IP packet of `A`'s family on its protocol: TCP,
+    /// the family's ICMP (`icmp`), or anything else (not translated).
+    #[inline]
+    fn process_ip<A: Family>(
+        &self,
+        pkt: &mut [u8],
+        ip: &IpRepr,
+        icmp: IpProtocol,
+        now: Timestamp,
+        l4: L4Checksum,
+    ) -> Result<Verdict, DropReason> {
+        if ip.protocol == IpProtocol::Tcp {
+            let verify = self.verify_checksums && l4 == L4Checksum::Complete;
+            let p = TcpRepr::<A>::parse(pkt, ip, verify)?;
+            self.process_tcp(pkt, &p, now, l4)
+        } else if ip.protocol == icmp {
+            let icmp = IcmpErrorRepr::<A>::parse(pkt, ip, self.verify_checksums)?;
+            self.process_icmp(pkt, &icmp)
+        } else {
+            Err(DropReason::NotTcp)
         }
     }
 
     /// Conntrack and NAT for a parsed TCP segment.
-    fn process_tcp(
+    fn process_tcp<A: Family>(
         &self,
         pkt: &mut [u8],
-        p: &TcpRepr,
+        p: &TcpRepr<A>,
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
@@ -360,7 +389,7 @@ impl Engine {
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
         let original_first = self.is_vip_port(p.tuple.dst.port());
-        let known = self.table.with_flow(&p.tuple, original_first, |flow, dir| {
+        let known = A::table(self).with_flow(&p.tuple, original_first, |flow, dir| {
             self.known_flow(p, now, flow, dir)
         });
         match known {
@@ -374,7 +403,13 @@ impl Engine {
     /// the flow, for a SYN that reopens it), for
     /// [`Engine::after_known_flow`] to do once the lock is released.
     #[inline]
-    fn known_flow(&self, p: &TcpRepr, now: Timestamp, flow: &mut Flow, dir: Direction) -> Known {
+    fn known_flow<A: Family>(
+        &self,
+        p: &TcpRepr<A>,
+        now: Timestamp,
+        flow: &mut Flow<A>,
+        dir: Direction,
+    ) -> Known<A> {
         let (tuple, class) = (&p.tuple, p.class);
         if dir == Direction::Original && class == FlagClass::Syn {
             // A SYN reusing the tuple of a closed flow starts over
@@ -422,13 +457,13 @@ impl Engine {
     /// released: translate and forward it (removing the flow first if it was
     /// reset before any reply), or admit it as a new connection.
     #[inline]
-    fn after_known_flow(
+    fn after_known_flow<A: Family>(
         &self,
         pkt: &mut [u8],
-        p: &TcpRepr,
+        p: &TcpRepr<A>,
         now: Timestamp,
         l4: L4Checksum,
-        next: Known,
+        next: Known<A>,
     ) -> Result<Verdict, DropReason> {
         let (dir, src, dst, tracked, remove) = match next {
             Known::Restart(replace) => {
@@ -452,12 +487,9 @@ impl Engine {
             // where a REPLY packet is translated to (see `translate`).
             let flow_key = match dir {
                 Direction::Original => p.tuple,
-                Direction::Reply => Tuple { src: dst, dst: src },
+                Direction::Reply => Tuple::<A> { src: dst, dst: src },
             };
-            if let Some(old) = self
-                .table
-                .remove_if(&flow_key, |f| f.state == TcpState::Close)
-            {
+            if let Some(old) = A::table(self).remove_if(&flow_key, |f| f.state == TcpState::Close) {
                 trace::destroy(&self.events, &old, "reset before any reply");
             }
         }
@@ -467,23 +499,24 @@ impl Engine {
 
     /// A segment of no flow in the table: a NEW connection (a SYN to a
     /// service), a pickup (`--pickup`), or INVALID.
-    fn unknown_flow(
+    fn unknown_flow<A: Family>(
         &self,
         pkt: &mut [u8],
-        p: &TcpRepr,
+        p: &TcpRepr<A>,
         now: Timestamp,
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
         let (tuple, class) = (&p.tuple, p.class);
         let rt = self.runtime.load();
-        if rt.service_at(tuple.dst).is_none() {
+        if rt.service_at(tuple.dst.to_socket()).is_none() {
             // To a VIP or MASQUERADE address but no flow: a packet of
             // a connection tunlb does not know (INVALID), e.g. one
             // that was in flight when it restarted.
+            let dst: IpAddr = (*tuple.dst.ip()).into();
             let ours = rt
                 .services
                 .iter()
-                .any(|s| s.vip.ip() == tuple.dst.ip() || s.snat.contains(tuple.dst.ip()));
+                .any(|s| s.vip.ip() == dst || s.snat.contains(&dst));
             return Err(if ours {
                 DropReason::NoFlowNotSyn
             } else {
@@ -502,12 +535,16 @@ impl Engine {
 
     /// Return whether `backend` may still take new connections for the
     /// service at `original.dst`: it is up, still configured, with weight > 0.
-    fn backend_takes_new(&self, original: &Tuple, backend: &Arc<crate::backend::Backend>) -> bool {
+    fn backend_takes_new<A: Family>(
+        &self,
+        original: &Tuple<A>,
+        backend: &Arc<crate::backend::Backend>,
+    ) -> bool {
         if !backend.is_up() {
             return false;
         }
         let rt = self.runtime.load();
-        let Some(si) = rt.service_at(original.dst) else {
+        let Some(si) = rt.service_at(original.dst.to_socket()) else {
             return false;
         };
         let svc = &rt.services[si];
@@ -537,9 +574,9 @@ impl Engine {
     /// be forwarded without touching the flow, and `Err` when it is INVALID.
     /// Whatever the outcome other than `Ok(true)`, the flow is as it was
     /// (but for `seen_reply` and `stray_ack`, see below).
-    fn track(
+    fn track<A: Family>(
         &self,
-        flow: &mut Flow,
+        flow: &mut Flow<A>,
         dir: Direction,
         class: FlagClass,
         seg: &window::Segment,
@@ -630,7 +667,7 @@ impl Engine {
             } else {
                 new
             };
-            self.table.set_deadline(flow, now + self.timeout(timer));
+            A::table(self).set_deadline(flow, now + self.timeout(timer));
         }
         if new != old {
             trace::state(&self.events, flow, dir, class, old);
@@ -653,40 +690,45 @@ impl Engine {
     /// is still that flow, so two threads handling copies of the SYN replace
     /// it once) or an ACK picked up mid-stream. A pickup goes through the
     /// same limit, eviction and refusals as a SYN.
-    fn new_connection(
+    fn new_connection<A: Family>(
         &self,
         pkt: &mut [u8],
-        p: &TcpRepr,
+        p: &TcpRepr<A>,
         now: Timestamp,
         l4: L4Checksum,
         how: Admit,
     ) -> Result<Verdict, DropReason> {
         let original = p.tuple;
         let rt = self.runtime.load();
-        let si = rt.service_at(original.dst).ok_or(DropReason::NoService)?;
+        let si = rt
+            .service_at(original.dst.to_socket())
+            .ok_or(DropReason::NoService)?;
         let svc = &rt.services[si];
-        let admission = self.table.admission();
+        let admission = A::table(self).admission();
         let pickup = matches!(how, Admit::Pickup);
         if let Admit::Syn(Some(r)) = how {
-            let still = |f: &Flow| {
+            let still = |f: &Flow<A>| {
                 f.state == r.state
                     && Arc::as_ptr(&f.backend) == r.backend
                     && (r.state != TcpState::SynSent || !f.seen_reply)
             };
-            if let Some(old) = self.table.remove_if(&original, still) {
+            if let Some(old) = A::table(self).remove_if(&original, still) {
                 if r.state == TcpState::SynSent {
                     self.counters.redispatched.fetch_add(1, Relaxed);
                 }
                 trace::destroy(&self.events, &old, r.why);
             }
         }
-        if self.table.contains(&original) {
+        if A::table(self).contains(&original) {
             // Another thread admitted the same SYN first: this copy is a
             // retransmission of that flow's SYN.
             drop(admission);
             return self.process_tcp(pkt, p, now, l4);
         }
-        let Some(bi) = svc.selector.select(&svc.backends, &original) else {
+        let Some(bi) = svc
+            .selector
+            .select(&svc.backends, (*original.src.ip()).into())
+        else {
             drop(admission);
             if pickup {
                 // No reset for an ACK: the client's own retransmissions
@@ -700,17 +742,24 @@ impl Engine {
                     self.counters.resets_sent.fetch_add(1, Relaxed);
                     trace::no_backend(&original);
                     Ok(Verdict::Respond {
-                        len: nat::syn_to_reset(pkt, p, svc.vip),
+                        // From the VIP: the SYN's own destination.
+                        len: nat::syn_to_reset(pkt, p, original.dst),
                     })
                 }
             };
         };
         let backend = &svc.backends[bi];
+        // A service's backends are of its VIP's family (validated), so
+        // this always converts.
+        let Some(to) = Endpoint::<A>::from_socket(backend.addr) else {
+            drop(admission);
+            return Err(DropReason::NoBackend);
+        };
         let Some(reply) = ports::allocate(
-            &self.table,
+            A::table(self),
             &original,
-            backend.addr,
-            &svc.snat,
+            to,
+            A::pool(svc),
             &rt.snat_ports,
             &self.port_key,
         ) else {
@@ -725,23 +774,18 @@ impl Engine {
             });
             return Err(DropReason::PortsExhausted);
         };
-        let len = self.table.len();
-        let max = self.table.max();
+        // The limit counts the flows of both families.
+        let len = A::table(self).total();
+        let max = A::table(self).max();
         if len >= max {
             // Room for one more only when exactly at the limit: above a
-            // lowered limit, new flows wait for old ones to end.
-            let victim = if len == max {
-                self.table.evict_one()
-            } else {
-                None
-            };
-            match victim {
-                Some(victim) => {
-                    self.counters.evicted.fetch_add(1, Relaxed);
-                    trace::destroy(&self.events, &victim, "evicted: table full");
-                }
-                None => {
-                    self.table.release(&reply, &original);
+            // lowered limit, new flows wait for old ones to end. A victim
+            // of the new flow's family first, else of the other.
+            let evicted = len == max && (self.evict_in::<A>() || A::evict_in_other(self));
+            match evicted {
+                true => {}
+                false => {
+                    A::table(self).release(&reply, &original);
                     drop(admission);
                     self.refusals[0].hit(now, |n| {
                         tracing::warn!(
@@ -767,16 +811,16 @@ impl Engine {
         }
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&self.events, &flow, svc, bi, pickup);
-        let inserted = self.table.insert(flow);
+        let inserted = A::table(self).insert(flow);
         drop(admission);
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {
-            self.table.release(&reply, &original);
+            A::table(self).release(&reply, &original);
             return self.process_tcp(pkt, p, now, l4);
         }
         if pickup {
             self.counters.picked_up.fetch_add(1, Relaxed);
-            if reply.dst != self.preferred_source(&original, &svc.snat, &rt.snat_ports) {
+            if reply.dst != self.preferred_source(&original, A::pool(svc), &rt.snat_ports) {
                 self.counters.pickup_remapped.fetch_add(1, Relaxed);
             }
         } else {
@@ -790,31 +834,46 @@ impl Engine {
     /// Return the MASQUERADE source a connection gets when nothing clashes:
     /// its pool address and its own port (or port 0 when its port is outside
     /// the range and so never kept).
-    fn preferred_source(
+    fn preferred_source<A: Family>(
         &self,
-        original: &Tuple,
-        pool: &[std::net::Ipv4Addr],
+        original: &Tuple<A>,
+        pool: &[A],
         range: &RangeInclusive<u16>,
-    ) -> SocketAddrV4 {
+    ) -> Endpoint<A> {
         let ip = pool[self.port_key.pool_start(*original.src.ip(), pool.len())];
         let port = original.src.port();
-        SocketAddrV4::new(ip, if range.contains(&port) { port } else { 0 })
+        Endpoint::new(ip, if range.contains(&port) { port } else { 0 })
+    }
+
+    /// Evict one flow of `A`'s table to make room (see
+    /// [`ConnTable::evict_one`]); return whether one was.
+    fn evict_in<A: Family>(&self) -> bool {
+        match A::table(self).evict_one() {
+            Some(victim) => {
+                self.counters.evicted.fetch_add(1, Relaxed);
+                trace::destroy(&self.events, &victim, "evicted: table full");
+                true
+            }
+            None => false,
+        }
     }
 
     /// Translate an ICMP error quoting a tracked flow (RELATED traffic).
-    fn process_icmp(&self, pkt: &mut [u8], icmp: &IcmpErrorRepr) -> Result<Verdict, DropReason> {
+    fn process_icmp<A: Family>(
+        &self,
+        pkt: &mut [u8],
+        icmp: &IcmpErrorRepr<A>,
+    ) -> Result<Verdict, DropReason> {
         // The error travels against the quoted packet: look up its inverse.
         let t = icmp.quoted.invert();
-        let is_vip = self.runtime.load().service_at(t.dst).is_some();
-        let found = self
-            .table
-            .with_flow(&t, is_vip, |flow, dir| (translate(flow, dir), dir));
+        let is_vip = self.runtime.load().service_at(t.dst.to_socket()).is_some();
+        let found = A::table(self).with_flow(&t, is_vip, |flow, dir| (translate(flow, dir), dir));
         let Some(((src, dst), dir)) = found else {
             return Err(DropReason::IcmpUntracked);
         };
         // The outer header is translated like any packet of the flow in this
         // direction; the quoted one is the inverse, as the receiver sent it.
-        nat::rewrite_icmp_error(pkt, icmp.quote, (*src.ip(), *dst.ip()), dst, src);
+        nat::rewrite_icmp_error(pkt, icmp.len, icmp.quote, (*src.ip(), *dst.ip()), dst, src);
         self.counters
             .icmp_translated
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -825,14 +884,14 @@ impl Engine {
     /// Return every flow as the state file keeps it ([`crate::state`]), with
     /// the time each has left at `now`.
     pub fn export_flows(&self, now: Timestamp) -> Vec<SavedFlow> {
-        self.table
-            .snapshot()
-            .into_iter()
+        let v4 = self.v4.snapshot().into_iter().map(|f| f.widen());
+        let v6 = self.v6.snapshot().into_iter().map(|f| f.widen());
+        v4.chain(v6)
             .map(|f| SavedFlow {
-                client: f.original.src,
-                vip: f.original.dst,
-                backend: f.reply.src,
-                snat: f.reply.dst,
+                client: f.original.src.to_socket(),
+                vip: f.original.dst.to_socket(),
+                backend: f.reply.src.to_socket(),
+                snat: f.reply.dst.to_socket(),
                 state: f.state as u8,
                 seen_reply: f.seen_reply,
                 assured: f.assured,
@@ -868,7 +927,7 @@ impl Engine {
         let unanswered = self.timeout(TcpState::SynSent);
         let rt = self.runtime.load();
         let mut report = RestoreReport::default();
-        let _admission = self.table.admission();
+        let _admission = self.v4.admission();
         for s in saved {
             let state = TcpState::ALL.get(usize::from(s.state)).copied();
             let Some(state) = state.filter(|&t| t != TcpState::None) else {
@@ -888,39 +947,19 @@ impl Engine {
                 report.expired += 1;
                 continue;
             };
-            if self.table.len() >= self.table.max() {
+            if self.v4.total() >= self.v4.max() {
                 report.no_room += 1;
                 continue;
             }
-            let original = Tuple {
-                src: s.client,
-                dst: s.vip,
-            };
-            let reply = Tuple {
-                src: s.backend,
-                dst: s.snat,
-            };
-            if self.table.contains(&original) || !self.table.claim_reply(reply, original) {
-                report.clash += 1;
-                continue;
-            }
             let left = if exact { left } else { left.min(unanswered) };
-            let mut flow = Flow::new(original, reply, backend.clone(), now + left);
-            flow.state = state;
-            flow.seen_reply = s.seen_reply;
-            flow.assured = s.assured;
-            flow.packets = s.packets;
-            flow.bytes = s.bytes;
-            flow.window = s.window;
-            if !exact {
-                window::resync(&mut flow.window);
-            }
-            flow.stray_ack = s.stray_ack;
-            if self.table.insert(flow) {
-                report.restored += 1;
+            let restored = if s.vip.is_ipv4() {
+                self.restore_one::<Ipv4Addr>(s, state, backend, now + left, exact)
             } else {
-                self.table.release(&reply, &original);
-                report.clash += 1;
+                self.restore_one::<Ipv6Addr>(s, state, backend, now + left, exact)
+            };
+            match restored {
+                true => report.restored += 1,
+                false => report.clash += 1,
             }
         }
         self.counters
@@ -929,14 +968,67 @@ impl Engine {
         report
     }
 
+    /// Put one saved flow of `A`'s family back (its service and backend
+    /// found, its time left computed); `false` when its tuples clash with
+    /// a flow already there.
+    fn restore_one<A: Family>(
+        &self,
+        s: &SavedFlow,
+        state: TcpState,
+        backend: &Arc<crate::backend::Backend>,
+        deadline: Timestamp,
+        exact: bool,
+    ) -> bool {
+        let endpoint = Endpoint::<A>::from_socket;
+        let (Some(client), Some(vip), Some(at), Some(snat)) = (
+            endpoint(s.client),
+            endpoint(s.vip),
+            endpoint(s.backend),
+            endpoint(s.snat),
+        ) else {
+            return false;
+        };
+        let original = Tuple {
+            src: client,
+            dst: vip,
+        };
+        let reply = Tuple { src: at, dst: snat };
+        let table = A::table(self);
+        if table.contains(&original) || !table.claim_reply(reply, original) {
+            return false;
+        }
+        let mut flow = Flow::new(original, reply, backend.clone(), deadline);
+        flow.state = state;
+        flow.seen_reply = s.seen_reply;
+        flow.assured = s.assured;
+        flow.packets = s.packets;
+        flow.bytes = s.bytes;
+        flow.window = s.window;
+        if !exact {
+            window::resync(&mut flow.window);
+        }
+        flow.stray_ack = s.stray_ack;
+        if table.insert(flow) {
+            true
+        } else {
+            table.release(&reply, &original);
+            false
+        }
+    }
+
     /// Handle the passing of time to `now`: remove expired flows, doing
     /// bounded work. Returns `true` if more are already due (call again
     /// before sleeping).
     pub fn handle_timeout(&self, now: Timestamp) -> bool {
-        self.table.expire(now, |flow| {
-            self.counters
-                .expired
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let v4 = self.expire_in::<Ipv4Addr>(now);
+        let v6 = self.expire_in::<Ipv6Addr>(now);
+        v4 || v6
+    }
+
+    /// [`Engine::handle_timeout`] for `A`'s table.
+    fn expire_in<A: Family>(&self, now: Timestamp) -> bool {
+        A::table(self).expire(now, |flow| {
+            self.counters.expired.fetch_add(1, Relaxed);
             if flow.state == TcpState::SynSent && !flow.seen_reply {
                 // The backend never answered the SYN: a passive health signal.
                 flow.backend.syn_failed();
@@ -947,18 +1039,42 @@ impl Engine {
 
     /// Return when [`Engine::handle_timeout`] should next be called, if any flow exists.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.table.next_expiry()
+        match (self.v4.next_expiry(), self.v6.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Return a copy of the flow a packet with tuple `t` belongs to, and the
-    /// packet's direction: for observers in the shell (the capture reads a
-    /// flow's decision and state around [`Engine::handle_packet`]), not for the
-    /// packet path.
-    pub fn flow_of(&self, t: &Tuple) -> Option<(Flow, Direction)> {
-        self.table
-            .with_flow(t, self.is_vip_port(t.dst.port()), |flow, dir| {
-                (flow.clone(), dir)
-            })
+    /// packet's direction: for observers in the shell and tests, not for
+    /// the packet path.
+    pub fn flow_of<A: Family>(&self, t: &Tuple<A>) -> Option<(Flow<A>, Direction)> {
+        A::table(self).with_flow(t, self.is_vip_port(t.dst.port()), |flow, dir| {
+            (flow.clone(), dir)
+        })
+    }
+
+    /// [`Engine::flow_of`] for a tuple of either family (the capture reads
+    /// a flow's decision and state around [`Engine::handle_packet`]).
+    pub fn flow_of_any(&self, t: &Tuple<IpAddr>) -> Option<(Flow<IpAddr>, Direction)> {
+        let (src, dst) = (t.src.to_socket(), t.dst.to_socket());
+        match (src, dst) {
+            (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                let t = Tuple::<Ipv4Addr> {
+                    src: s.into(),
+                    dst: d.into(),
+                };
+                self.flow_of(&t).map(|(f, d)| (f.widen(), d))
+            }
+            (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                let t = Tuple::<Ipv6Addr> {
+                    src: s.into(),
+                    dst: d.into(),
+                };
+                self.flow_of(&t).map(|(f, d)| (f.widen(), d))
+            }
+            _ => None,
+        }
     }
 
     /// Return the hub where flow events are reported (`tunlb events`).
@@ -966,9 +1082,9 @@ impl Engine {
         &self.events
     }
 
-    /// Return the number of tracked flows.
+    /// Return the number of tracked flows, both families.
     pub fn flow_count(&self) -> usize {
-        self.table.len()
+        self.v4.total()
     }
 
     /// Return the size of the table's bookkeeping, live and stale entries
@@ -977,26 +1093,37 @@ impl Engine {
     /// [`crate::conntrack::table::COMPACT_SLACK`] after each expiry pass).
     pub fn bookkeeping(&self) -> Bookkeeping {
         Bookkeeping {
-            expiry_entries: self.table.heap_len(),
-            eviction_entries: self.table.queue_len(),
+            expiry_entries: self.v4.heap_len() + self.v6.heap_len(),
+            eviction_entries: self.v4.queue_len() + self.v6.queue_len(),
         }
     }
 
-    /// Copy every tracked flow, like `conntrack -L` (not for the packet path).
-    pub fn flows(&self) -> Vec<Flow> {
-        self.table.snapshot()
+    /// Copy every tracked flow of both families, like `conntrack -L` (not
+    /// for the packet path).
+    pub fn flows(&self) -> Vec<Flow<IpAddr>> {
+        let v4 = self.v4.snapshot().into_iter().map(|f| f.widen());
+        v4.chain(self.v6.snapshot().iter().map(Flow::widen))
+            .collect()
+    }
+
+    /// Copy every tracked flow of `A`'s family.
+    pub fn flows_of<A: Family>(&self) -> Vec<Flow<A>> {
+        A::table(self).snapshot()
     }
 
     /// Read the counters, with per-backend figures.
     pub fn stats(&self) -> Snapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let mut s = self.counters.snapshot();
-        s.flows = self.table.len();
+        s.flows = self.flow_count();
         // TCP packets are counted in their flow only; add them up here.
-        let totals = self.table.totals();
+        let mut totals = self.v4.totals();
+        let v6 = self.v6.totals();
         for d in 0..2 {
+            totals.packets[d] += v6.packets[d];
             s.forwarded[d] += totals.packets[d];
         }
+        totals.live_by_backend.extend(v6.live_by_backend);
         for svc in &self.runtime.load().services {
             for (b, &weight) in svc.backends.iter().zip(&svc.weights) {
                 let c = &b.counters;
@@ -1033,15 +1160,15 @@ enum Admit {
 /// What comes next for a segment of a known flow, decided with the flow
 /// locked ([`Engine::known_flow`]) and done with it released
 /// ([`Engine::after_known_flow`]).
-enum Known {
+enum Known<A> {
     /// Forward the segment translated from `src` to `dst`.
     Forward {
         /// The segment's direction.
         dir: Direction,
         /// The translated source.
-        src: SocketAddrV4,
+        src: Endpoint<A>,
         /// The translated destination.
-        dst: SocketAddrV4,
+        dst: Endpoint<A>,
         /// Whether the flow was updated (else counted as untracked).
         tracked: bool,
         /// Remove the flow first (reset before any reply), if it is still
@@ -1079,10 +1206,54 @@ fn port_set(cfg: &EngineConfig) -> [AtomicU64; 1024] {
 /// gets after NAT: ORIGINAL becomes `SNAT -> backend`, REPLY becomes
 /// `VIP -> client`. Both are read off the *other* direction's tuple.
 #[inline]
-fn translate(flow: &Flow, dir: Direction) -> (SocketAddrV4, SocketAddrV4) {
+fn translate<A: IpAddress>(flow: &Flow<A>, dir: Direction) -> (Endpoint<A>, Endpoint<A>) {
     match dir {
         Direction::Original => (flow.reply.dst, flow.reply.src),
         Direction::Reply => (flow.original.dst, flow.original.src),
+    }
+}
+
+/// An address family the engine translates: what differs between IPv4
+/// and IPv6 at the engine's level (which table holds the flows, which
+/// MASQUERADE pool a service uses). Implemented for [`Ipv4Addr`] and
+/// [`Ipv6Addr`]; every other piece of the engine is written once, generic
+/// over it.
+pub trait Family: IpAddress {
+    /// The table of this family's flows.
+    fn table(e: &Engine) -> &ConnTable<Self>;
+    /// The service's MASQUERADE pool, if the service is of this family
+    /// (empty otherwise).
+    fn pool(s: &Service) -> &[Self];
+    /// Evict a flow of the *other* family to make room (the limit is
+    /// shared); return whether one was.
+    fn evict_in_other(e: &Engine) -> bool;
+}
+
+impl Family for Ipv4Addr {
+    #[inline(always)]
+    fn table(e: &Engine) -> &ConnTable<Self> {
+        &e.v4
+    }
+    #[inline(always)]
+    fn pool(s: &Service) -> &[Self] {
+        &s.snat_v4
+    }
+    fn evict_in_other(e: &Engine) -> bool {
+        e.evict_in::<Ipv6Addr>()
+    }
+}
+
+impl Family for Ipv6Addr {
+    #[inline(always)]
+    fn table(e: &Engine) -> &ConnTable<Self> {
+        &e.v6
+    }
+    #[inline(always)]
+    fn pool(s: &Service) -> &[Self] {
+        &s.snat_v6
+    }
+    fn evict_in_other(e: &Engine) -> bool {
+        e.evict_in::<Ipv4Addr>()
     }
 }
 
@@ -1094,7 +1265,7 @@ mod tests {
     use crate::select::Mode;
     use crate::service::{BackendConfig, ServiceConfig};
     use smoltcp::wire::{Ipv4Packet, TcpPacket};
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
 
@@ -1105,10 +1276,13 @@ mod tests {
     fn cfg(backends: &[(u8, u32)], mode: Mode) -> EngineConfig {
         EngineConfig {
             services: vec![ServiceConfig {
-                vip: VIP,
+                vip: VIP.into(),
                 backends: backends
                     .iter()
-                    .map(|&(i, weight)| BackendConfig { addr: b(i), weight })
+                    .map(|&(i, weight)| BackendConfig {
+                        addr: b(i).into(),
+                        weight,
+                    })
                     .collect(),
                 mode,
                 snat: vec![],
@@ -1140,7 +1314,7 @@ mod tests {
         assert_eq!(syn(&e, 1002), b(3));
         // b3 answers the first connection (SYN-ACK, ISN 0).
         let reply = e
-            .flows()
+            .flows_of::<Ipv4Addr>()
             .into_iter()
             .find(|f| f.original.src == client(1000))
             .unwrap()
@@ -1178,7 +1352,11 @@ mod tests {
         assert_eq!(e.stats().redispatched, 1);
         // The kept backend kept its counters across the reload.
         let s = e.stats();
-        let b4 = s.backends.iter().find(|x| x.backend == b(4)).unwrap();
+        let b4 = s
+            .backends
+            .iter()
+            .find(|x| x.backend == SocketAddr::V4(b(4)))
+            .unwrap();
         assert_eq!(b4.connections, 4);
         // An invalid configuration is refused and changes nothing.
         assert!(e.reconfigure(&cfg(&[], Mode::Nth)).is_err());
@@ -1246,7 +1424,7 @@ mod tests {
     fn a_backend_reset_to_a_syn_is_a_passive_health_signal() {
         let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
         let backend = syn(&e, 6000);
-        let reply = e.flows()[0].reply;
+        let reply = e.flows_of::<Ipv4Addr>()[0].reply;
         // A blind RST (not acknowledging the SYN) is refused...
         let mut blind = Segment {
             ack: 12345,
@@ -1268,7 +1446,7 @@ mod tests {
             Verdict::Forward { .. }
         ));
         let be = &e.runtime().services[0].backends[0];
-        assert_eq!(be.addr, backend);
+        assert_eq!(be.addr, SocketAddr::V4(backend));
         assert_eq!(be.syn_failures(), 1);
         // The backend's RST was the only reply: the entry dies at once (Linux).
         assert_eq!(e.flow_count(), 0);
@@ -1282,7 +1460,7 @@ mod tests {
 
     /// The flow of a client's SYN from `port`, as the table holds it.
     fn flow(e: &Engine, port: u16) -> Flow {
-        e.flows()
+        e.flows_of::<Ipv4Addr>()
             .into_iter()
             .find(|f| f.original.src == client(port))
             .expect("the flow exists")
@@ -1358,7 +1536,7 @@ mod tests {
             (1, 2, 1),
             "{s}"
         );
-        assert_eq!(flow(&e, 8000).backend.addr, b(4));
+        assert_eq!(flow(&e, 8000).backend.addr, SocketAddr::V4(b(4)));
         // Once it answered, a flow is never moved, even if its backend goes down.
         let reply = flow(&e, 8000).reply;
         let mut synack = Segment {
@@ -1384,7 +1562,7 @@ mod tests {
             e.handle_packet(&mut other, Timestamp::ZERO),
             Verdict::Drop(DropReason::Ignored)
         );
-        assert_eq!(flow(&e, 8000).backend.addr, b(4));
+        assert_eq!(flow(&e, 8000).backend.addr, SocketAddr::V4(b(4)));
         assert_eq!(flow(&e, 8000).state, TcpState::SynRecv);
     }
 

@@ -22,7 +22,7 @@
 //! [`Subscription::take_lost`] tells the reader how many. At most
 //! [`MAX_LISTENERS`] listen at once.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::json;
 
+use crate::conntrack::tuple::IpAddress;
 use crate::conntrack::{Flow, TcpState, Tuple};
 use crate::time::Timestamp;
 
@@ -65,13 +66,13 @@ pub struct Event {
     /// What happened.
     pub kind: Kind,
     /// The ORIGINAL tuple.
-    pub original: Tuple,
+    pub original: Tuple<IpAddr>,
     /// The REPLY tuple.
-    pub reply: Tuple,
+    pub reply: Tuple<IpAddr>,
     /// The state after the event.
     pub state: TcpState,
     /// The backend.
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// `IPS_SEEN_REPLY`.
     pub seen_reply: bool,
     /// `IPS_ASSURED`.
@@ -89,11 +90,11 @@ pub struct Event {
 
 impl Event {
     /// Copy what an event shows of `flow`.
-    pub fn of(flow: &Flow, kind: Kind) -> Self {
+    pub fn of<A: IpAddress>(flow: &Flow<A>, kind: Kind) -> Self {
         Event {
             kind,
-            original: flow.original,
-            reply: flow.reply,
+            original: flow.original.widen(),
+            reply: flow.reply.widen(),
             state: flow.state,
             backend: flow.backend.addr,
             seen_reply: flow.seen_reply,

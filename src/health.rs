@@ -11,7 +11,7 @@
 //! checked from the next round on; a new backend starts up.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,8 +70,8 @@ fn fold(track: &mut Track, up: bool, ok: bool, cfg: &HealthConfig) -> Option<boo
 
 /// Run checks until `stop` is set.
 pub fn run(engine: Arc<Engine>, cfg: HealthConfig, stop: Arc<AtomicBool>) {
-    let mut tracks: HashMap<(SocketAddrV4, SocketAddrV4), Track> = HashMap::new();
-    let mut all_down_logged: HashMap<SocketAddrV4, bool> = HashMap::new();
+    let mut tracks: HashMap<(SocketAddr, SocketAddr), Track> = HashMap::new();
+    let mut all_down_logged: HashMap<SocketAddr, bool> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
         let rt = engine.runtime();
@@ -84,8 +84,7 @@ pub fn run(engine: Arc<Engine>, cfg: HealthConfig, stop: Arc<AtomicBool>) {
                 let passive = b.syn_failures();
                 let passive_failed = passive > t.passive;
                 t.passive = passive;
-                let connected =
-                    TcpStream::connect_timeout(&SocketAddr::V4(b.addr), cfg.timeout).is_ok();
+                let connected = TcpStream::connect_timeout(&b.addr, cfg.timeout).is_ok();
                 let ok = connected && !passive_failed;
                 if let Some(up) = fold(t, b.is_up(), ok, &cfg) {
                     b.set_up(up);

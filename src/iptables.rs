@@ -10,7 +10,8 @@
 //! and makes the last rule unconditional. kube-proxy builds exactly this.
 //!
 //! tunlb has one counter and one draw per NEW connection, so it cannot fall
-//! into the trap; this printer shows what iptables would need.
+//! into the trap; this printer shows what iptables would need. An IPv6
+//! service gets the same rules for `ip6tables` (NAT66 with conntrack).
 
 use std::fmt::Write;
 
@@ -21,11 +22,25 @@ use crate::service::{EngineConfig, ServiceConfig};
 pub fn ruleset(cfg: &EngineConfig) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Equivalent iptables ruleset, printed by tunlb.");
-    let _ = writeln!(out, "sysctl -w net.ipv4.ip_forward=1");
+    if cfg.services.iter().any(|s| s.vip.is_ipv4()) {
+        let _ = writeln!(out, "sysctl -w net.ipv4.ip_forward=1");
+    }
+    if cfg.services.iter().any(|s| s.vip.is_ipv6()) {
+        let _ = writeln!(out, "sysctl -w net.ipv6.conf.all.forwarding=1");
+    }
     for s in &cfg.services {
         service(&mut out, s);
     }
     out
+}
+
+/// The command of the service's family: `iptables` or `ip6tables`.
+fn command(s: &ServiceConfig) -> &'static str {
+    if s.vip.is_ipv4() {
+        "iptables"
+    } else {
+        "ip6tables"
+    }
 }
 
 /// One DNAT target per unit of weight, in backend order (nth), or one per
@@ -67,7 +82,8 @@ fn ipvs_rules(out: &mut String, s: &ServiceConfig, scheduler: &str) {
     }
     let _ = writeln!(
         out,
-        "iptables -t nat -A POSTROUTING -p tcp -m ipvs --vaddr {vip} --vport {port} -j MASQUERADE"
+        "{} -t nat -A POSTROUTING -p tcp -m ipvs --vaddr {vip} --vport {port} -j MASQUERADE",
+        command(s)
     );
 }
 
@@ -94,7 +110,8 @@ fn dnat_rules(out: &mut String, s: &ServiceConfig) {
         100.0 * (1.0 - 1.0 / naive_n as f64).powi(naive_n as i32)
     );
     let prefix = format!(
-        "iptables -t nat -A PREROUTING -p tcp -d {vip} --dport {port} -m conntrack --ctstate NEW"
+        "{} -t nat -A PREROUTING -p tcp -d {vip} --dport {port} -m conntrack --ctstate NEW",
+        command(s)
     );
     match s.mode {
         Mode::Nth => {
@@ -162,7 +179,8 @@ fn masquerade_rule(out: &mut String, s: &ServiceConfig) {
     );
     let _ = writeln!(
         out,
-        "iptables -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctorigdst {vip} --ctorigdstport {port} -j {source}"
+        "{} -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctorigdst {vip} --ctorigdstport {port} -j {source}",
+        command(s)
     );
 }
 
@@ -244,5 +262,31 @@ mod tests {
         assert!(dnat[0].contains("--every 3 --packet 0") && dnat[0].ends_with("198.18.2.3:80"));
         assert!(dnat[1].contains("--every 2 --packet 0") && dnat[1].ends_with("198.18.2.4:80"));
         assert!(dnat[2].ends_with("198.18.2.4:80"));
+    }
+
+    #[test]
+    fn an_ipv6_service_gets_ip6tables_rules() {
+        let mut c = cfg(Mode::Nth, &[1, 1]);
+        let s = &mut c.services[0];
+        s.vip = "[2001:2::1]:80".parse().unwrap();
+        for (i, b) in s.backends.iter_mut().enumerate() {
+            b.addr = format!("[2001:2:0:2::{}]:80", i + 3).parse().unwrap();
+        }
+        let r = ruleset(&c);
+        assert!(
+            r.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
+            "{r}"
+        );
+        assert!(!r.contains("net.ipv4"), "{r}");
+        assert!(
+            r.contains(
+                "ip6tables -t nat -A PREROUTING -p tcp -d 2001:2::1 --dport 80 -m conntrack \
+                 --ctstate NEW -m statistic --mode nth --every 2 --packet 0 -j DNAT \
+                 --to-destination [2001:2:0:2::3]:80"
+            ),
+            "{r}"
+        );
+        assert!(r.contains("-j SNAT --to-source 2001:2::1"), "{r}");
+        assert!(!r.contains("\niptables"), "{r}");
     }
 }

@@ -17,20 +17,26 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
-use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
+use crate::conntrack::tuple::Endpoint;
 use crate::conntrack::{Direction, Tuple};
 use crate::pcap::{Capture, AFTER, BEFORE};
+
+/// The endpoint of a socket address, either family.
+fn endpoint(s: SocketAddr) -> Endpoint<IpAddr> {
+    Endpoint::new(s.ip(), s.port())
+}
 
 /// A TCP segment as the ladder shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seg {
     /// Source address and port.
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     /// Destination address and port.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// The TCP flags byte.
     pub flags: u8,
     /// Sequence number.
@@ -42,17 +48,33 @@ pub struct Seg {
 }
 
 impl Seg {
-    /// Parse an IPv4 TCP packet; `None` for anything else.
+    /// Parse an IPv4 or IPv6 TCP packet (IPv6 without extension headers);
+    /// `None` for anything else.
     pub fn parse(data: &[u8]) -> Option<Seg> {
-        let ip = Ipv4Packet::new_checked(data).ok()?;
-        if ip.next_header() != IpProtocol::Tcp {
-            return None;
-        }
-        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        let (src, dst, payload): (IpAddr, IpAddr, &[u8]) = match data.first()? >> 4 {
+            4 => {
+                let ip = Ipv4Packet::new_checked(data).ok()?;
+                if ip.next_header() != IpProtocol::Tcp {
+                    return None;
+                }
+                let payload = &data[usize::from(ip.header_len())..usize::from(ip.total_len())];
+                (ip.src_addr().into(), ip.dst_addr().into(), payload)
+            }
+            6 => {
+                let ip = Ipv6Packet::new_checked(data).ok()?;
+                if ip.next_header() != IpProtocol::Tcp {
+                    return None;
+                }
+                let payload = &data[40..ip.total_len()];
+                (ip.src_addr().into(), ip.dst_addr().into(), payload)
+            }
+            _ => return None,
+        };
+        let tcp = TcpPacket::new_checked(payload).ok()?;
         Some(Seg {
-            src: SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
-            dst: SocketAddrV4::new(ip.dst_addr(), tcp.dst_port()),
-            flags: ip.payload()[13],
+            src: SocketAddr::new(src, tcp.src_port()),
+            dst: SocketAddr::new(dst, tcp.dst_port()),
+            flags: payload[13],
             seq: tcp.seq_number().0 as u32,
             ack: tcp.ack_number().0 as u32,
             len: tcp.payload().len(),
@@ -60,10 +82,10 @@ impl Seg {
     }
 
     /// The segment's tuple.
-    pub fn tuple(&self) -> Tuple {
+    pub fn tuple(&self) -> Tuple<IpAddr> {
         Tuple {
-            src: self.src,
-            dst: self.dst,
+            src: endpoint(self.src),
+            dst: endpoint(self.dst),
         }
     }
 
@@ -109,9 +131,9 @@ pub struct Packet {
 #[derive(Debug, Clone)]
 pub struct Flow {
     /// The ORIGINAL tuple (client -> VIP).
-    pub original: Tuple,
+    pub original: Tuple<IpAddr>,
     /// The REPLY tuple (backend -> MASQUERADE address).
-    pub reply: Tuple,
+    pub reply: Tuple<IpAddr>,
     /// The NAT decision comment, when the capture holds the flow's start.
     pub decision: Option<String>,
     /// Its packets, in capture order.
@@ -119,12 +141,17 @@ pub struct Flow {
 }
 
 /// Parse `NEW C -> V => DNAT B, MASQ S (...)` into (original, reply).
-fn parse_decision(c: &str) -> Option<(Tuple, Tuple)> {
+fn parse_decision(c: &str) -> Option<(Tuple<IpAddr>, Tuple<IpAddr>)> {
     let w: Vec<&str> = c.split_whitespace().collect();
     if !matches!(w.first(), Some(&"NEW" | &"PICKUP")) || w.len() < 9 {
         return None;
     }
-    let addr = |s: &str| s.trim_end_matches(',').parse::<SocketAddrV4>().ok();
+    let addr = |s: &str| {
+        s.trim_end_matches(',')
+            .parse::<SocketAddr>()
+            .ok()
+            .map(endpoint)
+    };
     let original = Tuple {
         src: addr(w[1])?,
         dst: addr(w[3])?,
@@ -139,7 +166,7 @@ fn parse_decision(c: &str) -> Option<(Tuple, Tuple)> {
 /// Find the TCP connections of a capture written by `--pcap`.
 pub fn flows(cap: &Capture) -> Vec<Flow> {
     let mut flows: Vec<Flow> = Vec::new();
-    let mut index: HashMap<Tuple, (usize, Direction)> = HashMap::new();
+    let mut index: HashMap<Tuple<IpAddr>, (usize, Direction)> = HashMap::new();
     let recs = &cap.records;
     for (i, rec) in recs.iter().enumerate() {
         if rec.iface != BEFORE {
@@ -273,10 +300,10 @@ pub fn svg(flow: &Flow) -> String {
     let (isn_c, isn_b) = (isn(Direction::Original), isn(Direction::Reply));
     let rel = |v: u32, base: Option<u32>| base.map_or(v, |b| v.wrapping_sub(b));
     let t0 = flow.packets.first().map_or(0, |p| p.ts_us);
-    let column = |a: SocketAddrV4, fallback: i32| {
-        if a == flow.original.src {
+    let column = |a: SocketAddr, fallback: i32| {
+        if endpoint(a) == flow.original.src {
             X_CLIENT
-        } else if a == flow.reply.src {
+        } else if endpoint(a) == flow.reply.src {
             X_BACKEND
         } else {
             fallback
@@ -492,8 +519,8 @@ mod tests {
         let e = crate::testing::engine();
         let path = std::env::temp_dir().join(format!("tunlb-{}-ladder.pcapng", std::process::id()));
         let rec = Recorder::create(&path, Limit::DEFAULT).unwrap();
-        let c: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
-        let v: SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
+        let c: std::net::SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        let v: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
         let send = |mut p: Vec<u8>| {
             let verdict =
                 rec.handle_packet(&e, &mut p, Timestamp::ZERO, L4Checksum::Complete, false);
@@ -510,18 +537,26 @@ mod tests {
         };
         assert!(send(seg(c, v, 0x02, 1000, 0, b"")));
         let (b, s) = {
-            let (f, _) = e.flow_of(&Tuple { src: c, dst: v }).unwrap();
-            (f.reply.src, f.reply.dst)
+            let (f, _) = e
+                .flow_of(&Tuple {
+                    src: c.into(),
+                    dst: v.into(),
+                })
+                .unwrap();
+            (
+                std::net::SocketAddrV4::from(f.reply.src),
+                std::net::SocketAddrV4::from(f.reply.dst),
+            )
         };
         assert!(send(seg(b, s, 0x12, 5000, 1001, b"")));
         assert!(send(seg(c, v, 0x10, 1001, 5001, b"")));
-        let stray = "198.18.1.9:9".parse().unwrap();
+        let stray: std::net::SocketAddrV4 = "198.18.1.9:9".parse().unwrap();
         assert!(!send(seg(stray, v, 0x10, 0, 0, b"")));
         assert!(send(seg(c, v, 0x18, 1001, 5001, b"GET / HTTP/1.0\r\n\r\n")));
         assert!(send(seg(b, s, 0x11, 5001, 1019, b"")));
         assert!(send(seg(c, v, 0x11, 1019, 5002, b"")));
         assert!(send(seg(b, s, 0x10, 5002, 1020, b"")));
-        let other = "198.18.1.2:40001".parse().unwrap();
+        let other: std::net::SocketAddrV4 = "198.18.1.2:40001".parse().unwrap();
         assert!(send(seg(other, v, 0x02, 0, 0, b"")));
         rec.finish();
         let cap = crate::pcap::read(std::fs::File::open(&path).unwrap()).unwrap();
@@ -547,7 +582,7 @@ mod tests {
         assert!(f.packets.iter().all(|p| p.after.is_some()));
         assert_eq!(
             f.packets[1].after.unwrap().dst,
-            f.original.src,
+            f.original.src.to_socket(),
             "the SYN-ACK goes to the client"
         );
         assert!(f

@@ -525,8 +525,12 @@ fn save_periodically(
 fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::Ipv4Addr, &'static str)> {
     let mut addrs = Vec::new();
     for s in &cfg.engine.services {
-        addrs.push((*s.vip.ip(), "VIP"));
-        addrs.extend(s.snat.iter().map(|a| (*a, "SNAT")));
+        let v4 = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        };
+        addrs.extend(v4(s.vip.ip()).map(|a| (a, "VIP")));
+        addrs.extend(s.snat.iter().filter_map(|&a| v4(a)).map(|a| (a, "SNAT")));
     }
     addrs
 }
@@ -545,7 +549,11 @@ fn open_packet(
     let (dev, opened) = AfPacket::open(&spec)?;
     let holes = Blackholes::install(&spec.addrs)?;
     let backends: Vec<_> = (cfg.engine.services.iter())
-        .flat_map(|s| s.backends.iter().map(|b| *b.addr.ip()))
+        .flat_map(|s| s.backends.iter())
+        .filter_map(|b| match b.addr {
+            std::net::SocketAddr::V4(a) => Some(*a.ip()),
+            std::net::SocketAddr::V6(_) => None,
+        })
         .collect();
     dev.warm(&backends);
     let names: Vec<&str> = opened.ifaces.iter().map(|i| i.name.as_str()).collect();

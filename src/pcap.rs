@@ -46,16 +46,17 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::conntrack::{Direction, Flow, Tuple};
+use crate::conntrack::{Direction, Flow};
 use crate::engine::{Engine, Verdict};
 use crate::nat::L4Checksum;
 use crate::time::Timestamp;
-use crate::wire::{Ipv4Repr, TcpRepr};
+use crate::wire::tcp_tuple;
 
 /// `LINKTYPE_RAW`: each record is one IP packet, no link header.
 pub const LINKTYPE_RAW: u16 = 101;
@@ -410,9 +411,9 @@ impl Recorder {
         }
         let before = pkt.to_vec();
         let tuple = tcp_tuple(pkt);
-        let old = tuple.and_then(|t| engine.flow_of(&t));
+        let old = tuple.and_then(|t| engine.flow_of_any(&t));
         let verdict = engine.handle_offloaded_packet(pkt, now, l4);
-        let new = tuple.and_then(|t| engine.flow_of(&t));
+        let new = tuple.and_then(|t| engine.flow_of_any(&t));
         let mut notes = Vec::new();
         let mut sent_notes = Vec::new();
         let sent = match verdict {
@@ -536,21 +537,12 @@ impl Recorder {
     }
 }
 
-/// The tuple of a TCP packet, if it parses (checksums not checked).
-fn tcp_tuple(pkt: &[u8]) -> Option<Tuple> {
-    let ip = Ipv4Repr::parse(pkt, false).ok()?;
-    if ip.protocol != smoltcp::wire::IpProtocol::Tcp {
-        return None;
-    }
-    TcpRepr::parse(pkt, &ip, false).ok().map(|p| p.tuple)
-}
-
 /// The comments for a forwarded packet of a flow that was `old` before it
 /// and is `new` after it.
 fn flow_notes(
     engine: &Engine,
-    old: Option<&(Flow, Direction)>,
-    new: Option<&(Flow, Direction)>,
+    old: Option<&(Flow<IpAddr>, Direction)>,
+    new: Option<&(Flow<IpAddr>, Direction)>,
 ) -> Vec<String> {
     match (old, new) {
         (Some((o, _)), Some((n, _))) if o.id == n.id => {
@@ -580,7 +572,7 @@ fn flow_notes(
 }
 
 /// The NAT decision of a new flow, as `--trace` words it.
-fn decision(engine: &Engine, flow: &Flow) -> String {
+fn decision(engine: &Engine, flow: &Flow<IpAddr>) -> String {
     let rt = engine.runtime();
     let found = rt.services.iter().find_map(|svc| {
         let bi = svc
@@ -692,16 +684,16 @@ mod tests {
         let e = engine();
         let path = temp("sides");
         let rec = Recorder::create(&path, Limit::DEFAULT).unwrap();
-        let client = "198.18.1.2:40000".parse().unwrap();
-        let vip = "198.18.0.1:80".parse().unwrap();
+        let client: std::net::SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        let vip: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
         let mut syn = Segment::new(client, vip, 0x02).build();
         let v = rec.handle_packet(&e, &mut syn, Timestamp::ZERO, L4Checksum::Complete, false);
         assert!(matches!(v, Verdict::Forward { .. }));
         // The SYN-ACK from the backend to the MASQUERADE address.
         let (flow, _) = e
-            .flow_of(&Tuple {
-                src: client,
-                dst: vip,
+            .flow_of(&crate::conntrack::Tuple {
+                src: client.into(),
+                dst: vip.into(),
             })
             .unwrap();
         let mut synack = Segment::new(flow.reply.src, flow.reply.dst, 0x12).build();
@@ -714,7 +706,12 @@ mod tests {
         );
         assert!(matches!(v, Verdict::Forward { .. }));
         // A stray ACK to the VIP: dropped.
-        let mut stray = Segment::new("198.18.1.9:1234".parse().unwrap(), vip, 0x10).build();
+        let mut stray = Segment::new(
+            "198.18.1.9:1234".parse::<std::net::SocketAddrV4>().unwrap(),
+            vip,
+            0x10,
+        )
+        .build();
         let v = rec.handle_packet(&e, &mut stray, Timestamp::ZERO, L4Checksum::Complete, false);
         assert_eq!(v, Verdict::Drop(crate::DropReason::NoFlowNotSyn));
         assert_eq!(rec.finish().0, 5);
@@ -723,11 +720,17 @@ mod tests {
         let ifaces: Vec<u32> = cap.records.iter().map(|r| r.iface).collect();
         assert_eq!(ifaces, [BEFORE, AFTER, BEFORE, AFTER, BEFORE]);
         assert_eq!(cap.records[0].data, Segment::new(client, vip, 0x02).build());
-        let dst =
-            |r: &Record| Ipv4Repr::parse(&r.data, true).map(|_| tcp_tuple(&r.data).unwrap().dst);
-        assert_eq!(dst(&cap.records[0]), Ok(vip));
-        assert_eq!(dst(&cap.records[1]), Ok(flow.reply.src), "the backend");
-        assert_eq!(dst(&cap.records[3]), Ok(client));
+        let dst = |r: &Record| {
+            crate::wire::IpRepr::parse_ipv4(&r.data, true).map(|_| tcp_tuple(&r.data).unwrap().dst)
+        };
+        let v4 = |e: crate::conntrack::tuple::Endpoint<IpAddr>| e.to_socket();
+        assert_eq!(dst(&cap.records[0]).map(v4), Ok(vip.into()));
+        assert_eq!(
+            dst(&cap.records[1]).map(v4),
+            Ok(flow.reply.src.to_socket()),
+            "the backend"
+        );
+        assert_eq!(dst(&cap.records[3]).map(v4), Ok(client.into()));
         assert_eq!(
             cap.records[0].comments,
             [format!(
@@ -748,10 +751,12 @@ mod tests {
         let e = engine();
         let path = temp("limit");
         let rec = Recorder::create(&path, Limit::Packets(5)).unwrap();
-        let vip = "198.18.0.1:80".parse().unwrap();
+        let vip: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
         for i in 0..10u16 {
             let mut syn = Segment::new(
-                format!("198.18.1.2:{}", 40000 + i).parse().unwrap(),
+                format!("198.18.1.2:{}", 40000 + i)
+                    .parse::<std::net::SocketAddrV4>()
+                    .unwrap(),
                 vip,
                 0x02,
             )

@@ -5,13 +5,18 @@
 //! is the plain data the CLI and the config file produce; [`EngineConfig::validate`]
 //! refuses anything the engine could not honour, with a message that names the
 //! problem and the fix.
+//!
+//! A service is of one family: its VIP, its backends and its MASQUERADE
+//! addresses are all IPv4 or all IPv6 (NAT66 as ip6tables does it; NAT46
+//! and NAT64 are another job). One engine serves services of both families.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::conntrack::ports::HashKey;
+use crate::conntrack::tuple::IpAddress;
 use crate::conntrack::Timeouts;
 use crate::select::{self, Mode, Selector};
 
@@ -19,7 +24,7 @@ use crate::select::{self, Mode, Selector};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     /// The backend's address and port.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Relative weight; 0 takes no new connections (drained).
     pub weight: u32,
 }
@@ -28,13 +33,13 @@ pub struct BackendConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     /// The virtual address and port clients connect to.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// The backends, in order (nth walks them in this order).
     pub backends: Vec<BackendConfig>,
     /// The selection mode.
     pub mode: Mode,
     /// MASQUERADE source addresses; empty means the VIP's own address.
-    pub snat: Vec<Ipv4Addr>,
+    pub snat: Vec<IpAddr>,
 }
 
 /// Everything the engine needs to run.
@@ -96,16 +101,32 @@ pub enum ConfigError {
     NoServices,
     /// A service without backends.
     #[error("service {0} has no backend: add --backend ADDR:PORT")]
-    NoBackends(SocketAddrV4),
+    NoBackends(SocketAddr),
     /// Two services with the same VIP:port.
     #[error("service {0} is configured twice: give each --vip once")]
-    DuplicateService(SocketAddrV4),
+    DuplicateService(SocketAddr),
     /// A backend listed twice in one service.
     #[error("backend {1} appears twice in service {0}: list it once and use weight=N")]
-    DuplicateBackend(SocketAddrV4, SocketAddrV4),
-    /// Port 0 or address 0.0.0.0 somewhere.
-    #[error("{0} is not a usable address: use a real IPv4 address and a port from 1 to 65535")]
-    Unspecified(SocketAddrV4),
+    DuplicateBackend(SocketAddr, SocketAddr),
+    /// Port 0 or address 0.0.0.0 (or `::`) somewhere.
+    #[error("{0} is not a usable address: use a real IP address and a port from 1 to 65535")]
+    Unspecified(SocketAddr),
+    /// A service whose backends or MASQUERADE addresses are of another
+    /// family than its VIP.
+    #[error(
+        "service {vip} is IPv{vip_family} but its {flag} {addr} is IPv{other}: give every \
+         --backend and --snat of a service in the VIP's family (NAT46/64 is not supported)",
+        vip_family = if vip.is_ipv4() { 4 } else { 6 },
+        other = if addr.is_ipv4() { 4 } else { 6 }
+    )]
+    MixedFamilies {
+        /// The service.
+        vip: SocketAddr,
+        /// The flag that names the other address: `--backend` or `--snat`.
+        flag: &'static str,
+        /// The address of the other family.
+        addr: IpAddr,
+    },
     /// `max_flows` of 0.
     #[error("max-flows must be at least 1")]
     ZeroMaxFlows,
@@ -114,14 +135,14 @@ pub enum ConfigError {
     EmptyPortRange(u16, u16),
     /// A backend equal to the VIP would loop packets back into tunlb.
     #[error("backend {0} is the service address itself: backends must be other hosts")]
-    BackendIsVip(SocketAddrV4),
+    BackendIsVip(SocketAddr),
     /// `--pickup` with a selection that depends on order or chance.
     #[error(
         "--pickup needs a backend choice that is a function of the connection, but service {0} \
          uses --mode {1}: use --mode maglev (nth, random, wrr and lc depend on order, \
          chance or load, so a picked-up flow would land on another backend)"
     )]
-    PickupNeedsHash(SocketAddrV4, &'static str),
+    PickupNeedsHash(SocketAddr, &'static str),
 }
 
 impl EngineConfig {
@@ -150,6 +171,13 @@ impl EngineConfig {
                 return Err(ConfigError::NoBackends(s.vip));
             }
             for (j, b) in s.backends.iter().enumerate() {
+                if b.addr.is_ipv4() != s.vip.is_ipv4() {
+                    return Err(ConfigError::MixedFamilies {
+                        vip: s.vip,
+                        flag: "--backend",
+                        addr: b.addr.ip(),
+                    });
+                }
                 if b.addr.ip().is_unspecified() || b.addr.port() == 0 {
                     return Err(ConfigError::Unspecified(b.addr));
                 }
@@ -159,6 +187,13 @@ impl EngineConfig {
                 if s.backends[..j].iter().any(|o| o.addr == b.addr) {
                     return Err(ConfigError::DuplicateBackend(s.vip, b.addr));
                 }
+            }
+            if let Some(&addr) = s.snat.iter().find(|a| a.is_ipv4() != s.vip.is_ipv4()) {
+                return Err(ConfigError::MixedFamilies {
+                    vip: s.vip,
+                    flag: "--snat",
+                    addr,
+                });
             }
             if self.pickup && !s.mode.is_function_of_tuple() {
                 return Err(ConfigError::PickupNeedsHash(s.vip, s.mode.name()));
@@ -172,13 +207,18 @@ impl EngineConfig {
 #[derive(Debug)]
 pub struct Service {
     /// The virtual address and port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// The backends, in configuration order.
     pub backends: Vec<Arc<Backend>>,
     /// Their weights, same order.
     pub weights: Vec<u32>,
-    /// The MASQUERADE pool (never empty).
-    pub snat: Vec<Ipv4Addr>,
+    /// The MASQUERADE pool (never empty), in the VIP's family.
+    pub snat: Vec<IpAddr>,
+    /// The pool again, typed, when the service is IPv4 (else empty): what
+    /// the port allocator reads.
+    pub snat_v4: Vec<Ipv4Addr>,
+    /// The pool again, typed, when the service is IPv6 (else empty).
+    pub snat_v6: Vec<Ipv6Addr>,
     /// The mode the selector implements.
     pub mode: Mode,
     /// Picks a backend for each NEW connection; shared with the previous
@@ -198,10 +238,12 @@ impl Service {
     pub fn new(cfg: &ServiceConfig, seed: u64, previous: Option<&Service>) -> Self {
         let weights: Vec<u32> = cfg.backends.iter().map(|b| b.weight).collect();
         let snat = if cfg.snat.is_empty() {
-            vec![*cfg.vip.ip()]
+            vec![cfg.vip.ip()]
         } else {
             cfg.snat.clone()
         };
+        let snat_v4 = snat.iter().filter_map(|&a| Ipv4Addr::from_ip(a)).collect();
+        let snat_v6 = snat.iter().filter_map(|&a| Ipv6Addr::from_ip(a)).collect();
         let backends = cfg
             .backends
             .iter()
@@ -224,7 +266,7 @@ impl Service {
         let selector = match previous.filter(unchanged) {
             Some(p) => Arc::clone(&p.selector),
             None => {
-                let list: Vec<(SocketAddrV4, u32)> =
+                let list: Vec<(SocketAddr, u32)> =
                     cfg.backends.iter().map(|b| (b.addr, b.weight)).collect();
                 select::build(cfg.mode, &list, seed)
             }
@@ -233,6 +275,8 @@ impl Service {
             vip: cfg.vip,
             backends,
             snat,
+            snat_v4,
+            snat_v6,
             mode: cfg.mode,
             selector,
             weights,
@@ -243,15 +287,14 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::Tuple;
 
     fn cfg(mode: Mode, weights: &[u32]) -> ServiceConfig {
         ServiceConfig {
-            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80),
+            vip: SocketAddr::new(Ipv4Addr::new(198, 18, 0, 1).into(), 80),
             backends: (3u8..)
                 .zip(weights)
                 .map(|(i, &weight)| BackendConfig {
-                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80),
+                    addr: SocketAddr::new(Ipv4Addr::new(198, 18, 2, i).into(), 80),
                     weight,
                 })
                 .collect(),
@@ -261,13 +304,8 @@ mod tests {
     }
 
     fn pick(s: &Service) -> usize {
-        let t = Tuple::new(
-            Ipv4Addr::new(198, 18, 1, 2),
-            1,
-            Ipv4Addr::new(198, 18, 0, 1),
-            80,
-        );
-        s.selector.select(&s.backends, &t).unwrap()
+        let client = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+        s.selector.select(&s.backends, client).unwrap()
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! first packet after the restart is the backend's, a REPLY packet, and
 //! nothing in a REPLY tuple says which client it belongs to.
 //!
-//! # Format (version [`FORMAT`])
+//! # Format (version [`FORMAT`]; version 1, IPv4 only, is still read)
 //! ```text
 //! "TUNLBST\n"  8 bytes, the magic
 //! format       u32 little-endian
@@ -33,7 +33,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,8 +43,11 @@ use crate::conntrack::window::Window;
 
 /// The first bytes of every state file.
 pub const MAGIC: &[u8; 8] = b"TUNLBST\n";
-/// The format version this build writes and reads.
-pub const FORMAT: u32 = 1;
+/// The format version this build writes (and reads, with [`FORMAT_V1`]).
+pub const FORMAT: u32 = 2;
+/// The format of the builds before IPv6: the same fields, IPv4 socket
+/// addresses. Read, so an upgrade keeps its flows; never written.
+pub const FORMAT_V1: u32 = 1;
 /// Magic, format, body length and checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 /// The largest body accepted (a table of millions of flows fits many times).
@@ -54,13 +57,13 @@ const MAX_BODY: u64 = 4 << 30;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedFlow {
     /// The ORIGINAL tuple's source: the client.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// The ORIGINAL tuple's destination: the service's VIP.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     /// The REPLY tuple's source: the backend.
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     /// The REPLY tuple's destination: the SNAT address and port.
-    pub snat: SocketAddrV4,
+    pub snat: SocketAddr,
     /// The conntrack TCP state, as its index in [`crate::conntrack::TcpState::ALL`].
     pub state: u8,
     /// `IPS_SEEN_REPLY`.
@@ -116,6 +119,61 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Format 1's flow: [`SavedFlow`] with IPv4 socket addresses.
+#[derive(Deserialize)]
+struct SavedFlowV1 {
+    client: SocketAddrV4,
+    vip: SocketAddrV4,
+    backend: SocketAddrV4,
+    snat: SocketAddrV4,
+    state: u8,
+    seen_reply: bool,
+    assured: bool,
+    remaining_ms: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    window: [Window; 2],
+    stray_ack: Option<u32>,
+}
+
+/// Format 1's table.
+#[derive(Deserialize)]
+struct SavedV1 {
+    saved_at_ms: u64,
+    writer: String,
+    exact: bool,
+    flows: Vec<SavedFlowV1>,
+}
+
+impl From<SavedV1> for Saved {
+    fn from(v1: SavedV1) -> Self {
+        let flows = v1
+            .flows
+            .into_iter()
+            .map(|f| SavedFlow {
+                client: f.client.into(),
+                vip: f.vip.into(),
+                backend: f.backend.into(),
+                snat: f.snat.into(),
+                state: f.state,
+                seen_reply: f.seen_reply,
+                assured: f.assured,
+                remaining_ms: f.remaining_ms,
+                packets: f.packets,
+                bytes: f.bytes,
+                window: f.window,
+                stray_ack: f.stray_ack,
+            })
+            .collect();
+        Saved {
+            saved_at_ms: v1.saved_at_ms,
+            writer: v1.writer,
+            exact: v1.exact,
+            flows,
+        }
+    }
+}
+
 /// Why a state file was refused. Each says what tunlb does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -132,8 +190,8 @@ pub enum Error {
     Magic(PathBuf),
     /// Another format version.
     #[error(
-        "state file {0} has format version {1}, this tunlb reads version {FORMAT}: \
-         starting with no flows"
+        "state file {0} has format version {1}, this tunlb reads versions {FORMAT_V1} and \
+         {FORMAT}: starting with no flows"
     )]
     Version(PathBuf, u32),
     /// Truncated, or the checksum does not match, or the body does not decode.
@@ -161,8 +219,9 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Saved, Error> {
     }
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     // The version first: another version may lay out the rest otherwise.
-    if bytes.len() >= 12 && word(8) != FORMAT {
-        return Err(Error::Version(path.to_owned(), word(8)));
+    let format = if bytes.len() >= 12 { word(8) } else { FORMAT };
+    if format != FORMAT && format != FORMAT_V1 {
+        return Err(Error::Version(path.to_owned(), format));
     }
     if bytes.len() < HEADER_LEN {
         return Err(damaged("truncated header"));
@@ -175,7 +234,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Saved, Error> {
     if crc32fast::hash(body) != word(20) {
         return Err(damaged("checksum mismatch"));
     }
-    postcard::from_bytes(body).map_err(|_| damaged("the flows do not decode"))
+    let undecodable = |_| damaged("the flows do not decode");
+    if format == FORMAT_V1 {
+        return postcard::from_bytes::<SavedV1>(body)
+            .map(Saved::from)
+            .map_err(undecodable);
+    }
+    postcard::from_bytes(body).map_err(undecodable)
 }
 
 /// Write `saved` to `path` atomically: whole to `path.tmp`, synced, renamed.
@@ -229,7 +294,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Saved {
-        let a = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         Saved {
             saved_at_ms: 1_764_500_000_000,
             writer: "0.1.0".into(),
@@ -258,16 +323,90 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_flow_comes_back_too() {
+        let mut s = sample();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        s.flows.push(SavedFlow {
+            client: a("[2001:2:0:1::2]:40000"),
+            vip: a("[2001:2::1]:80"),
+            backend: a("[2001:2:0:2::3]:80"),
+            snat: a("[2001:2::1]:40000"),
+            ..s.flows[0].clone()
+        });
+        assert_eq!(decode(&encode(&s), Path::new("f")).unwrap(), s);
+    }
+
+    #[test]
+    fn a_file_of_format_1_is_read() {
+        // Format 1 as the builds before IPv6 wrote it: the same layout with
+        // IPv4 socket addresses (postcard: four address bytes, a varint port).
+        #[derive(Serialize)]
+        struct FlowV1 {
+            client: SocketAddrV4,
+            vip: SocketAddrV4,
+            backend: SocketAddrV4,
+            snat: SocketAddrV4,
+            state: u8,
+            seen_reply: bool,
+            assured: bool,
+            remaining_ms: u64,
+            packets: [u64; 2],
+            bytes: [u64; 2],
+            window: [Window; 2],
+            stray_ack: Option<u32>,
+        }
+        #[derive(Serialize)]
+        struct V1 {
+            saved_at_ms: u64,
+            writer: String,
+            exact: bool,
+            flows: Vec<FlowV1>,
+        }
+        let want = sample();
+        let f = &want.flows[0];
+        let v4 = |s: SocketAddr| match s {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("the sample is IPv4"),
+        };
+        let body = postcard::to_stdvec(&V1 {
+            saved_at_ms: want.saved_at_ms,
+            writer: want.writer.clone(),
+            exact: want.exact,
+            flows: vec![FlowV1 {
+                client: v4(f.client),
+                vip: v4(f.vip),
+                backend: v4(f.backend),
+                snat: v4(f.snat),
+                state: f.state,
+                seen_reply: f.seen_reply,
+                assured: f.assured,
+                remaining_ms: f.remaining_ms,
+                packets: f.packets,
+                bytes: f.bytes,
+                window: f.window,
+                stray_ack: f.stray_ack,
+            }],
+        })
+        .unwrap();
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&FORMAT_V1.to_le_bytes());
+        file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        file.extend_from_slice(&body);
+        assert_eq!(decode(&file, Path::new("f")).unwrap(), want);
+    }
+
+    #[test]
     fn every_damage_is_refused_with_its_reason() {
         let p = Path::new("f");
         let good = encode(&sample());
         assert!(matches!(decode(b"hello", p), Err(Error::Magic(_))));
         assert!(matches!(decode(&good[..10], p), Err(Error::Damaged(_, _))));
-        let mut v2 = good.clone();
-        v2[8] = 2;
-        assert!(matches!(decode(&v2, p), Err(Error::Version(_, 2))));
+        let mut v3 = good.clone();
+        v3[8] = 3;
+        assert!(matches!(decode(&v3, p), Err(Error::Version(_, 3))));
         assert!(
-            matches!(decode(&v2[..13], p), Err(Error::Version(_, 2))),
+            matches!(decode(&v3[..13], p), Err(Error::Version(_, 3))),
             "whatever follows"
         );
         assert!(matches!(

@@ -46,15 +46,21 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
-    /// Not an IPv4 packet (IPv6 router solicitations on a fresh TUN, ...).
-    NotIpv4 => "not_ipv4",
+    /// Neither an IPv4 nor an IPv6 packet (the version nibble is neither 4 nor 6).
+    NotIp => "not_ip",
+    /// IPv6 neighbour discovery, MLD or a router solicitation: what a host's
+    /// stack sends on any fresh interface, the TUN included. Not an error,
+    /// ignored quietly (no log).
+    Ipv6Control => "ipv6_control",
     /// Shorter than its headers or its own total length.
     Truncated => "truncated",
-    /// IPv4 header length below 20 bytes, or a TCP data offset below 5.
+    /// IPv4 header length below 20 bytes, a TCP data offset below 5, an IPv6
+    /// jumbogram or a malformed extension-header chain.
     BadHeader => "bad_header",
     /// An IPv4, TCP or ICMP checksum does not verify.
     BadChecksum => "bad_checksum",
-    /// An IPv4 fragment: tunlb does not reassemble (conntrack does).
+    /// An IPv4 fragment or an IPv6 packet with a fragment header: tunlb does
+    /// not reassemble (conntrack does).
     Fragment => "fragment",
     /// Neither TCP nor an ICMP error.
     NotTcp => "not_tcp",
@@ -241,9 +247,9 @@ impl Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSnapshot {
     /// The service's VIP:port.
-    pub service: std::net::SocketAddrV4,
+    pub service: std::net::SocketAddr,
     /// The backend's address:port.
-    pub backend: std::net::SocketAddrV4,
+    pub backend: std::net::SocketAddr,
     /// Its configured weight.
     pub weight: u32,
     /// Whether health checks consider it up.
@@ -373,7 +379,7 @@ mod tests {
         );
         assert_eq!(
             Snapshot::sample().to_string(),
-            "flows=9 new=1 fwd_orig=11 fwd_reply=12 expired=2 evicted=3 icmp=4 rst=5 untracked=6 redispatched=7 pickup=8 pickup_remapped=10 restored=11 drop_not_ipv4=100 drop_truncated=101 drop_bad_header=102 drop_bad_checksum=103 drop_fragment=104 drop_not_tcp=105 drop_no_service=106 drop_bad_flags=107 drop_invalid_no_flow=108 drop_invalid_state=109 drop_out_of_window=110 drop_rst_out_of_window=111 drop_ignored=112 drop_no_backend=113 drop_ports_exhausted=114 drop_table_full=115 drop_icmp_not_error=116 drop_icmp_untracked=117"
+            "flows=9 new=1 fwd_orig=11 fwd_reply=12 expired=2 evicted=3 icmp=4 rst=5 untracked=6 redispatched=7 pickup=8 pickup_remapped=10 restored=11 drop_not_ip=100 drop_ipv6_control=101 drop_truncated=102 drop_bad_header=103 drop_bad_checksum=104 drop_fragment=105 drop_not_tcp=106 drop_no_service=107 drop_bad_flags=108 drop_invalid_no_flow=109 drop_invalid_state=110 drop_out_of_window=111 drop_rst_out_of_window=112 drop_ignored=113 drop_no_backend=114 drop_ports_exhausted=115 drop_table_full=116 drop_icmp_not_error=117 drop_icmp_untracked=118"
         );
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 
 use crate::conntrack::tcp::FlagClass;
+use crate::conntrack::tuple::IpAddress;
 use crate::conntrack::{Direction, Flow, TcpState, Tuple};
 use crate::events::{Event, Hub, Kind};
 use crate::service::Service;
@@ -22,7 +23,13 @@ pub const TARGET: &str = "tunlb::trace";
 
 /// A NEW connection and the NAT decision made for it; `PICKUP` instead of
 /// `NEW` for a flow picked up mid-stream. Also reported to `events`.
-pub fn new_flow(events: &Hub, flow: &Flow, svc: &Service, backend: usize, pickup: bool) {
+pub fn new_flow<A: IpAddress>(
+    events: &Hub,
+    flow: &Flow<A>,
+    svc: &Service,
+    backend: usize,
+    pickup: bool,
+) {
     events.publish(|| Event {
         decision: Some((svc.mode.name(), backend + 1, svc.backends.len())),
         ..Event::of(flow, Kind::New { pickup })
@@ -32,7 +39,12 @@ pub fn new_flow(events: &Hub, flow: &Flow, svc: &Service, backend: usize, pickup
 
 /// Return the NAT decision for a new flow, as the trace line words it:
 /// `NEW C -> VIP => DNAT B, MASQ S (nth: backend 1 of 4)`.
-pub fn decision(flow: &Flow, svc: &Service, backend: usize, pickup: bool) -> String {
+pub fn decision<A: Copy + Into<std::net::IpAddr>>(
+    flow: &Flow<A>,
+    svc: &Service,
+    backend: usize,
+    pickup: bool,
+) -> String {
     format!(
         "{} {} => DNAT {}, MASQ {} ({}: backend {} of {})",
         if pickup { "PICKUP" } else { "NEW" },
@@ -46,7 +58,13 @@ pub fn decision(flow: &Flow, svc: &Service, backend: usize, pickup: bool) -> Str
 }
 
 /// A state change of a flow. Also reported to `events`.
-pub fn state(events: &Hub, flow: &Flow, dir: Direction, class: FlagClass, old: TcpState) {
+pub fn state<A: IpAddress>(
+    events: &Hub,
+    flow: &Flow<A>,
+    dir: Direction,
+    class: FlagClass,
+    old: TcpState,
+) {
     events.publish(|| Event::of(flow, Kind::Update { old }));
     let what = match class {
         FlagClass::Syn => "SYN",
@@ -69,7 +87,7 @@ pub fn state(events: &Hub, flow: &Flow, dir: Direction, class: FlagClass, old: T
 
 /// A segment of a tracked flow dropped as INVALID, and why (what Linux logs
 /// with `nf_conntrack_log_invalid`).
-pub fn invalid(flow: &Flow, dir: Direction, seq: u32, ack: u32, why: &str) {
+pub fn invalid<A: IpAddress>(flow: &Flow<A>, dir: Direction, seq: u32, ack: u32, why: &str) {
     tracing::debug!(
         target: TARGET,
         "INVALID {} in {} ({} seq {} ack {}): {}",
@@ -83,12 +101,12 @@ pub fn invalid(flow: &Flow, dir: Direction, seq: u32, ack: u32, why: &str) {
 }
 
 /// A flow leaving the table. Also reported to `events`.
-pub fn destroy(events: &Hub, flow: &Flow, why: &'static str) {
+pub fn destroy<A: IpAddress>(events: &Hub, flow: &Flow<A>, why: &'static str) {
     events.publish(|| Event::of(flow, Kind::Destroy { why }));
     tracing::debug!(target: TARGET, "DESTROY {} in {} ({})", flow.original, flow.state, why);
 }
 
 /// A SYN refused because every backend is drained.
-pub fn no_backend(original: &Tuple) {
+pub fn no_backend<A: IpAddress>(original: &Tuple<A>) {
     tracing::debug!(target: TARGET, "REJECT {} (no backend takes new connections: RST sent)", original);
 }

@@ -2,14 +2,15 @@
 //! smoltcp's `wire` does it.
 //!
 //! A packet read from the TUN is untrusted. It enters through
-//! [`Ipv4Repr::parse`], then [`TcpRepr::parse`] or [`IcmpErrorRepr::parse`];
+//! [`IpRepr::parse_ipv4`] or [`IpRepr::parse_ipv6`], then [`TcpRepr::parse`]
+//! or [`IcmpErrorRepr::parse`] (both generic over the address family);
 //! each checks the lengths before reading a field and answers either a small
 //! summary of the packet or the [`DropReason`] it is counted under. Once a
 //! packet is parsed, the offsets the summary holds are in bounds, so
 //! [`crate::nat`] rewrites it by plain indexing.
 //!
-//! The byte offsets of RFC 791 (IPv4), RFC 793 (TCP) and RFC 792 (ICMP)
-//! live in one place, the `field` module (private to the crate: only
+//! The byte offsets of RFC 791 (IPv4), RFC 8200 (IPv6), RFC 793 (TCP),
+//! RFC 792 (ICMP) and RFC 4443 (ICMPv6) live in one place, the `field` module (private to the crate: only
 //! [`crate::nat`] reads it besides this module).
 //!
 //! Every check answers one reason, in this order:
@@ -34,13 +35,33 @@
 //! | ICMP: quote shorter than its IHL plus 8 bytes | `Truncated` |
 //! | ICMP: the quoted packet is not TCP | `IcmpUntracked` |
 //!
-//! The protocol dispatch (TCP, ICMP, anything else `NotTcp`) is the
-//! engine's, on [`Ipv4Repr::protocol`].
+//! IPv6 ([`IpRepr::parse_ipv6`]) has no header checksum and no IHL; its
+//! extension headers (hop-by-hop, routing, destination options) are walked
+//! to the upper-layer header:
+//!
+//! | packet | reason |
+//! |---|---|
+//! | shorter than 40 bytes or than 40 + its payload length | `Truncated` |
+//! | payload length 0 (a jumbogram) | `BadHeader` |
+//! | an extension header cut by the payload's end | `Truncated` |
+//! | hop-by-hop not first, or more than 8 extension headers | `BadHeader` |
+//! | a fragment header | `Fragment` |
+//! | ICMPv6: neighbour discovery, MLD, router solicitation (types 130-143) | `Ipv6Control` |
+//! | ICMPv6: not an error (types 1-4) | `IcmpNotError` |
+//! | ICMPv6: quote shorter than 40 bytes, its extension headers and 8 bytes, or not IPv6 | `Truncated` |
+//!
+//! then as for IPv4 (TCP checks, `BadChecksum` with the IPv6 pseudo-header).
+//!
+//! The protocol dispatch (TCP, ICMP or ICMPv6, anything else `NotTcp`) is
+//! the engine's, on [`IpRepr::protocol`].
+
+use std::net::Ipv4Addr;
 
 use smoltcp::wire::IpProtocol;
 
 use crate::checksum;
 use crate::conntrack::tcp::{flags, FlagClass};
+use crate::conntrack::tuple::IpAddress;
 use crate::conntrack::window;
 use crate::conntrack::Tuple;
 use crate::stats::DropReason;
@@ -73,6 +94,43 @@ pub(crate) mod field {
         pub const MF_OR_OFFSET: u16 = 0x3fff;
     }
 
+    /// The IPv6 header (RFC 8200 section 3).
+    pub mod ipv6 {
+        use super::Field;
+        /// Version (high nibble), traffic class, flow label.
+        pub const VER_TC_FL: usize = 0;
+        /// Payload length: what follows the 40-byte header.
+        pub const PAYLOAD_LEN: Field = 4..6;
+        /// The type of the header that follows.
+        pub const NEXT_HEADER: usize = 6;
+        /// Source address.
+        pub const SRC_ADDR: Field = 8..24;
+        /// Destination address.
+        pub const DST_ADDR: Field = 24..40;
+        /// The length of the fixed header.
+        pub const HEADER_LEN: usize = DST_ADDR.end;
+    }
+
+    /// An IPv6 extension header's first two bytes (RFC 8200 section 4):
+    /// hop-by-hop, routing and destination options share them.
+    pub mod ext {
+        /// The type of the header that follows.
+        pub const NEXT_HEADER: usize = 0;
+        /// The length in 8-byte units, not counting the first 8 bytes.
+        pub const LENGTH: usize = 1;
+        /// The length of the shortest extension header.
+        pub const MIN_LEN: usize = 8;
+    }
+
+    /// Where a header's addresses are, by IP version.
+    pub const fn addrs(version: u8) -> (Field, Field) {
+        if version == 6 {
+            (ipv6::SRC_ADDR, ipv6::DST_ADDR)
+        } else {
+            (ipv4::SRC_ADDR, ipv4::DST_ADDR)
+        }
+    }
+
     /// The TCP header (RFC 793).
     pub mod tcp {
         use super::Field;
@@ -103,7 +161,8 @@ pub(crate) mod field {
         }
     }
 
-    /// The ICMP header (RFC 792).
+    /// The ICMP header (RFC 792), and ICMPv6's, which has the same shape
+    /// (RFC 4443 section 2.1).
     pub mod icmp {
         use super::Field;
         /// Type.
@@ -115,7 +174,7 @@ pub(crate) mod field {
     }
 }
 
-use field::{icmp as icmp_f, ipv4 as ip_f, tcp as tcp_f};
+use field::{ext as ext_f, icmp as icmp_f, ipv4 as ip_f, ipv6 as ip6_f, tcp as tcp_f};
 
 /// Read the big-endian `u16` at `f`.
 #[inline(always)]
@@ -129,10 +188,12 @@ fn read_u32(b: &[u8], f: field::Field) -> u32 {
     u32::from_be_bytes([b[f.start], b[f.start + 1], b[f.start + 2], b[f.start + 3]])
 }
 
-/// Read the IPv4 address at `f`.
+/// Read the source and destination addresses of the IP header at the start
+/// of `pkt` (of `A`'s family, long enough: checked by the caller).
 #[inline(always)]
-fn read_addr(b: &[u8], f: field::Field) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from_bits(read_u32(b, f))
+fn read_addrs<A: IpAddress>(pkt: &[u8]) -> (A, A) {
+    let (src, dst) = field::addrs(A::VERSION);
+    (A::read(&pkt[src]), A::read(&pkt[dst]))
 }
 
 /// ICMP types whose message quotes the offending packet and that tunlb
@@ -140,26 +201,112 @@ fn read_addr(b: &[u8], f: field::Field) -> std::net::Ipv4Addr {
 /// parameter problem.
 const ICMP_ERRORS: [u8; 4] = [3, 4, 11, 12];
 
-/// A checked IPv4 header: the packet holds `total_len` bytes (maybe more,
-/// which are not part of it) and `header_len <= total_len`.
+/// ICMPv6 error types (RFC 4443): destination unreachable, packet too big,
+/// time exceeded, parameter problem. All quote the offending packet.
+const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
+
+/// ICMPv6 types a host's own stack sends on any interface, the TUN
+/// included: MLD (130-132, 143) and neighbour discovery (133-137: router
+/// solicitation and advertisement, neighbour solicitation and
+/// advertisement, redirect). Not errors: ignored quietly.
+const ICMPV6_CONTROL: std::ops::RangeInclusive<u8> = 130..=143;
+
+/// IPv6 next-header values tunlb walks past: hop-by-hop options, routing,
+/// destination options (RFC 8200 section 4.1).
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST_OPTIONS: u8 = 60;
+
+/// The most extension headers walked before a packet is refused: RFC 8200
+/// recommends at most one of each, plus destination options twice.
+const MAX_EXT_HEADERS: usize = 8;
+
+/// Walk the IPv6 extension headers of `pkt` (an IPv6 header of at least 40
+/// bytes, whose payload ends at `end <= pkt.len()`): return the offset of
+/// the upper-layer header and its protocol number.
+fn walk_ipv6(pkt: &[u8], end: usize) -> Result<(usize, u8), DropReason> {
+    let mut next = pkt[ip6_f::NEXT_HEADER];
+    let mut at = ip6_f::HEADER_LEN;
+    for i in 0..=MAX_EXT_HEADERS {
+        match next {
+            FRAGMENT => return Err(DropReason::Fragment),
+            HOP_BY_HOP if i > 0 => return Err(DropReason::BadHeader),
+            HOP_BY_HOP | ROUTING | DEST_OPTIONS if i < MAX_EXT_HEADERS => {
+                if end < at + ext_f::MIN_LEN {
+                    return Err(DropReason::Truncated);
+                }
+                let len = (usize::from(pkt[at + ext_f::LENGTH]) + 1) * 8;
+                if end < at + len {
+                    return Err(DropReason::Truncated);
+                }
+                next = pkt[at + ext_f::NEXT_HEADER];
+                at += len;
+            }
+            HOP_BY_HOP | ROUTING | DEST_OPTIONS => return Err(DropReason::BadHeader),
+            upper => return Ok((at, upper)),
+        }
+    }
+    Err(DropReason::BadHeader)
+}
+
+/// A checked IP header, either family: the packet holds `total_len` bytes
+/// (maybe more, which are not part of it), the upper-layer header starts at
+/// `header_len <= total_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Repr {
-    /// The header length in bytes (IHL times 4), at least 20.
+pub struct IpRepr {
+    /// Where the upper-layer header starts: the IPv4 IHL times 4 (at least
+    /// 20), or 40 plus the IPv6 extension headers.
     pub header_len: usize,
     /// The total length in bytes.
     pub total_len: usize,
-    /// The protocol of the payload.
+    /// The protocol of the payload (for IPv6, after the extension headers).
     pub protocol: IpProtocol,
 }
 
-impl Ipv4Repr {
+impl IpRepr {
+    /// Return the IP version of `pkt` (its first nibble), or `None` for an
+    /// empty buffer.
+    #[inline(always)]
+    pub fn version(pkt: &[u8]) -> Option<u8> {
+        pkt.first().map(|b| b >> 4)
+    }
+
+    /// Check the IPv6 header of `pkt` and walk its extension headers;
+    /// refuse fragments and jumbograms.
+    #[inline]
+    pub fn parse_ipv6(pkt: &[u8]) -> Result<Self, DropReason> {
+        match pkt.first() {
+            None => return Err(DropReason::Truncated),
+            Some(b) if b >> 4 != 6 => return Err(DropReason::NotIp),
+            Some(_) => {}
+        }
+        if pkt.len() < ip6_f::HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let payload = usize::from(read_u16(pkt, ip6_f::PAYLOAD_LEN));
+        if payload == 0 {
+            return Err(DropReason::BadHeader);
+        }
+        let total_len = ip6_f::HEADER_LEN + payload;
+        if pkt.len() < total_len {
+            return Err(DropReason::Truncated);
+        }
+        let (header_len, next) = walk_ipv6(pkt, total_len)?;
+        Ok(IpRepr {
+            header_len,
+            total_len,
+            protocol: IpProtocol::from(next),
+        })
+    }
+
     /// Check the IPv4 header of `pkt` (and its checksum when
     /// `verify_checksum`); refuse fragments.
     #[inline]
-    pub fn parse(pkt: &[u8], verify_checksum: bool) -> Result<Self, DropReason> {
+    pub fn parse_ipv4(pkt: &[u8], verify_checksum: bool) -> Result<Self, DropReason> {
         match pkt.first() {
             None => return Err(DropReason::Truncated),
-            Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
+            Some(b) if b >> 4 != 4 => return Err(DropReason::NotIp),
             Some(_) => {}
         }
         if pkt.len() < ip_f::MIN_HEADER_LEN {
@@ -179,7 +326,7 @@ impl Ipv4Repr {
         if read_u16(pkt, ip_f::FLG_OFF) & ip_f::MF_OR_OFFSET != 0 {
             return Err(DropReason::Fragment);
         }
-        Ok(Ipv4Repr {
+        Ok(IpRepr {
             header_len,
             total_len,
             protocol: IpProtocol::from(pkt[ip_f::PROTOCOL]),
@@ -187,28 +334,30 @@ impl Ipv4Repr {
     }
 }
 
-/// A checked IPv4 TCP segment: what conntrack and NAT read of it.
+/// A checked TCP segment of either family: what conntrack and NAT read of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpRepr {
+pub struct TcpRepr<A = Ipv4Addr> {
     /// Its addresses and ports.
-    pub tuple: Tuple,
+    pub tuple: Tuple<A>,
     /// Its flags, classified for the state table.
     pub class: FlagClass,
     /// What the window check reads.
     pub segment: window::Segment,
-    /// The IPv4 header length in bytes: the TCP header's offset.
+    /// The IP header length in bytes (IPv6: with its extension headers):
+    /// the TCP header's offset.
     pub ip_header_len: usize,
     /// The TCP header length in bytes (data offset times 4).
     pub tcp_header_len: usize,
-    /// The packet's length (its IPv4 total length).
+    /// The packet's length (its IP total length).
     pub len: usize,
 }
 
-impl TcpRepr {
-    /// Check the TCP segment of `pkt`, whose IPv4 header `ip` describes
-    /// (`ip.protocol` is TCP), and its checksum when `verify_checksum`.
+impl<A: IpAddress> TcpRepr<A> {
+    /// Check the TCP segment of `pkt`, whose IP header `ip` of `A`'s family
+    /// describes (`ip.protocol` is TCP), and its checksum when
+    /// `verify_checksum`.
     #[inline]
-    pub fn parse(pkt: &[u8], ip: &Ipv4Repr, verify_checksum: bool) -> Result<Self, DropReason> {
+    pub fn parse(pkt: &[u8], ip: &IpRepr, verify_checksum: bool) -> Result<Self, DropReason> {
         let pkt = &pkt[..ip.total_len];
         let seg = &pkt[ip.header_len..];
         if seg.len() > tcp_f::DATA_OFF && seg[tcp_f::DATA_OFF] >> 4 < 5 {
@@ -223,11 +372,8 @@ impl TcpRepr {
         }
         let flag_byte = seg[tcp_f::FLAGS];
         let class = FlagClass::of(flag_byte).ok_or(DropReason::BadFlags)?;
-        let (src, dst) = (
-            read_addr(pkt, ip_f::SRC_ADDR),
-            read_addr(pkt, ip_f::DST_ADDR),
-        );
-        if verify_checksum && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg) {
+        let (src, dst) = read_addrs::<A>(pkt);
+        if verify_checksum && !checksum::verify_tcp(src, dst, seg) {
             return Err(DropReason::BadChecksum);
         }
         let tuple = Tuple::new(
@@ -267,9 +413,9 @@ impl TcpRepr {
 /// Where the parts of an ICMP error's quoted packet sit in the outer packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IcmpQuote {
-    /// Offset of the ICMP header.
+    /// Offset of the ICMP (or ICMPv6) header.
     pub icmp: usize,
-    /// Offset of the quoted IPv4 header.
+    /// Offset of the quoted IP header.
     pub inner_ip: usize,
     /// Offset of the quoted TCP header (at least its ports are quoted).
     pub inner_tcp: usize,
@@ -277,29 +423,46 @@ pub struct IcmpQuote {
     pub has_tcp_csum: bool,
 }
 
-/// A checked ICMP error quoting a TCP segment.
+/// A checked ICMP or ICMPv6 error quoting a TCP segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpErrorRepr {
+pub struct IcmpErrorRepr<A = Ipv4Addr> {
     /// The quoted segment's tuple, as its sender sent it.
-    pub quoted: Tuple,
+    pub quoted: Tuple<A>,
     /// Where the quote's parts are.
     pub quote: IcmpQuote,
-    /// The packet's length (its IPv4 total length).
+    /// The packet's length (its IP total length).
     pub len: usize,
 }
 
-impl IcmpErrorRepr {
-    /// Check the ICMP message of `pkt`, whose IPv4 header `ip` describes
-    /// (`ip.protocol` is ICMP), and its checksum when `verify_checksum`:
-    /// an error whose quote holds an IPv4 header and the first 8 bytes of
-    /// a TCP header (RFC 792).
+impl<A: IpAddress> IcmpErrorRepr<A> {
+    /// Check the ICMP (IPv4) or ICMPv6 (IPv6) message of `pkt`, whose IP
+    /// header `ip` of `A`'s family describes, and its checksum when
+    /// `verify_checksum`: an error whose quote holds an IP header (IPv6:
+    /// and its extension headers) and the first 8 bytes of a TCP header
+    /// (RFC 792, RFC 4443).
     #[inline]
-    pub fn parse(pkt: &[u8], ip: &Ipv4Repr, verify_checksum: bool) -> Result<Self, DropReason> {
+    pub fn parse(pkt: &[u8], ip: &IpRepr, verify_checksum: bool) -> Result<Self, DropReason> {
         let icmp = &pkt[ip.header_len..ip.total_len];
         if icmp.len() < icmp_f::HEADER_LEN {
             return Err(DropReason::Truncated);
         }
-        if !ICMP_ERRORS.contains(&icmp[icmp_f::TYPE]) {
+        let kind = icmp[icmp_f::TYPE];
+        if A::VERSION == 6 {
+            if ICMPV6_CONTROL.contains(&kind) {
+                return Err(DropReason::Ipv6Control);
+            }
+            if !ICMPV6_ERRORS.contains(&kind) {
+                return Err(DropReason::IcmpNotError);
+            }
+            if verify_checksum {
+                let (src, dst) = read_addrs::<A>(pkt);
+                if !checksum::verify_l4(src, dst, checksum::ICMPV6, icmp) {
+                    return Err(DropReason::BadChecksum);
+                }
+            }
+            return Self::parse_quote_v6(icmp, ip);
+        }
+        if !ICMP_ERRORS.contains(&kind) {
             return Err(DropReason::IcmpNotError);
         }
         if verify_checksum && checksum::sum(icmp) != 0xffff {
@@ -321,24 +484,76 @@ impl IcmpErrorRepr {
         if inner[ip_f::PROTOCOL] != u8::from(IpProtocol::Tcp) {
             return Err(DropReason::IcmpUntracked);
         }
-        let tcp = &inner[inner_ihl..];
+        Ok(Self::quoting(inner, inner_ihl, ip))
+    }
+
+    /// The quote of an ICMPv6 error (`icmp` is the message): an IPv6 header,
+    /// its extension headers, at least 8 bytes of TCP.
+    fn parse_quote_v6(icmp: &[u8], ip: &IpRepr) -> Result<Self, DropReason> {
+        let inner = &icmp[icmp_f::HEADER_LEN..];
+        if inner.len() < ip6_f::HEADER_LEN || inner[ip6_f::VER_TC_FL] >> 4 != 6 {
+            return Err(DropReason::Truncated);
+        }
+        // The quote is cut (at 1280 bytes for the whole error): walk the
+        // extension headers within what was quoted.
+        let (inner_hl, next) = walk_ipv6(inner, inner.len())?;
+        if inner.len() < inner_hl + 8 {
+            return Err(DropReason::Truncated);
+        }
+        if next != u8::from(IpProtocol::Tcp) {
+            return Err(DropReason::IcmpUntracked);
+        }
+        Ok(Self::quoting(inner, inner_hl, ip))
+    }
+
+    /// The error whose quoted IP header `inner` (checked) carries a TCP
+    /// header at `inner_hl`, with at least its first 8 bytes.
+    #[inline]
+    fn quoting(inner: &[u8], inner_hl: usize, ip: &IpRepr) -> Self {
+        let tcp = &inner[inner_hl..];
+        let (src, dst) = read_addrs::<A>(inner);
         let quoted = Tuple::new(
-            read_addr(inner, ip_f::SRC_ADDR),
+            src,
             read_u16(tcp, tcp_f::SRC_PORT),
-            read_addr(inner, ip_f::DST_ADDR),
+            dst,
             read_u16(tcp, tcp_f::DST_PORT),
         );
         let inner_ip = ip.header_len + icmp_f::HEADER_LEN;
-        Ok(IcmpErrorRepr {
+        IcmpErrorRepr {
             quoted,
             quote: IcmpQuote {
                 icmp: ip.header_len,
                 inner_ip,
-                inner_tcp: inner_ip + inner_ihl,
+                inner_tcp: inner_ip + inner_hl,
                 has_tcp_csum: tcp.len() >= tcp_f::CHECKSUM.end,
             },
             len: ip.total_len,
-        })
+        }
+    }
+}
+
+/// Return the tuple of a TCP packet of either family, if it parses
+/// (checksums not checked): for observers such as the capture, not for the
+/// packet path.
+pub fn tcp_tuple(pkt: &[u8]) -> Option<Tuple<std::net::IpAddr>> {
+    match IpRepr::version(pkt)? {
+        4 => {
+            let ip = IpRepr::parse_ipv4(pkt, false).ok()?;
+            (ip.protocol == IpProtocol::Tcp)
+                .then(|| TcpRepr::<Ipv4Addr>::parse(pkt, &ip, false).ok())??
+                .tuple
+                .widen()
+                .into()
+        }
+        6 => {
+            let ip = IpRepr::parse_ipv6(pkt).ok()?;
+            (ip.protocol == IpProtocol::Tcp)
+                .then(|| TcpRepr::<std::net::Ipv6Addr>::parse(pkt, &ip, false).ok())??
+                .tuple
+                .widen()
+                .into()
+        }
+        _ => None,
     }
 }
 
@@ -396,24 +611,24 @@ mod tests {
         0x50, 0x10, 0x01, 0xf6, 0xbd, 0x14, 0x00, 0x00,
     ];
 
-    fn sa(a: [u8; 4], port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::from(a), port)
+    fn sa(a: [u8; 4], port: u16) -> crate::conntrack::tuple::Endpoint<Ipv4Addr> {
+        SocketAddrV4::new(Ipv4Addr::from(a), port).into()
     }
 
-    fn ipv4(pkt: &[u8]) -> Result<Ipv4Repr, DropReason> {
-        Ipv4Repr::parse(pkt, true)
+    fn ipv4(pkt: &[u8]) -> Result<IpRepr, DropReason> {
+        IpRepr::parse_ipv4(pkt, true)
     }
 
     /// Parse `pkt` as an IPv4 TCP segment, verifying both checksums when `verify`.
     fn tcp(pkt: &[u8], verify: bool) -> Result<TcpRepr, DropReason> {
-        let ip = Ipv4Repr::parse(pkt, verify)?;
+        let ip = IpRepr::parse_ipv4(pkt, verify)?;
         assert_eq!(ip.protocol, IpProtocol::Tcp);
         TcpRepr::parse(pkt, &ip, verify)
     }
 
     /// Parse `pkt` as an ICMP error, verifying both checksums when `verify`.
     fn icmp(pkt: &[u8], verify: bool) -> Result<IcmpErrorRepr, DropReason> {
-        let ip = Ipv4Repr::parse(pkt, verify)?;
+        let ip = IpRepr::parse_ipv4(pkt, verify)?;
         assert_eq!(ip.protocol, IpProtocol::Icmp);
         IcmpErrorRepr::parse(pkt, &ip, verify)
     }
@@ -439,7 +654,7 @@ mod tests {
         let ip = ipv4(&SYN_BYTES).unwrap();
         assert_eq!(
             ip,
-            Ipv4Repr {
+            IpRepr {
                 header_len: 20,
                 total_len: 60,
                 protocol: IpProtocol::Tcp
@@ -634,8 +849,8 @@ mod tests {
         assert_eq!(ipv4(&[]), Err(DropReason::Truncated));
         let mut v6 = DATA_BYTES;
         v6[0] = 0x60;
-        assert_eq!(ipv4(&v6), Err(DropReason::NotIpv4));
-        assert_eq!(ipv4(&v6[..1]), Err(DropReason::NotIpv4));
+        assert_eq!(ipv4(&v6), Err(DropReason::NotIp));
+        assert_eq!(ipv4(&v6[..1]), Err(DropReason::NotIp));
         // More fragments; an offset (of 8 bytes, and the highest); both.
         for flg_off in [0x2000u16, 0x0001, 0x1fff, 0x4001, 0x2001] {
             let mut p = DATA_BYTES;
@@ -664,7 +879,7 @@ mod tests {
         let mut ttl = DATA_BYTES;
         ttl[8] -= 1;
         assert_eq!(ipv4(&ttl), Err(DropReason::BadChecksum));
-        assert!(Ipv4Repr::parse(&ttl, false).is_ok());
+        assert!(IpRepr::parse_ipv4(&ttl, false).is_ok());
         let mut data = DATA_BYTES;
         data[43] ^= 0x20;
         assert_eq!(tcp(&data, true), Err(DropReason::BadChecksum));
@@ -825,7 +1040,7 @@ mod tests {
         fn check_ipv4(pkt: &[u8], verify: bool) -> Result<(usize, usize, IpProtocol), DropReason> {
             match pkt.first() {
                 None => return Err(DropReason::Truncated),
-                Some(b) if b >> 4 != 4 => return Err(DropReason::NotIpv4),
+                Some(b) if b >> 4 != 4 => return Err(DropReason::NotIp),
                 Some(_) => {}
             }
             if pkt.len() >= 20 && pkt[0] & 0x0f < 5 {
@@ -854,7 +1069,7 @@ mod tests {
             let tcp = TcpPacket::new_checked(seg).map_err(|_| DropReason::Truncated)?;
             let class = FlagClass::of(seg[13]).ok_or(DropReason::BadFlags)?;
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            if verify && !checksum::verify_tcp(src.to_bits(), dst.to_bits(), seg) {
+            if verify && !checksum::verify_tcp(src, dst, seg) {
                 return Err(DropReason::BadChecksum);
             }
             let tuple = Tuple::new(src, tcp.src_port(), dst, tcp.dst_port());
@@ -920,7 +1135,7 @@ mod tests {
 
     /// What the engine makes of a packet with this module.
     fn parsed(pkt: &[u8], verify: bool) -> Result<reference::Parsed, DropReason> {
-        let ip = Ipv4Repr::parse(pkt, verify)?;
+        let ip = IpRepr::parse_ipv4(pkt, verify)?;
         match ip.protocol {
             IpProtocol::Tcp => {
                 let p = TcpRepr::parse(pkt, &ip, verify)?;

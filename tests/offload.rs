@@ -24,9 +24,9 @@ const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 400
 fn engine() -> Engine {
     Engine::new(EngineConfig {
         services: vec![ServiceConfig {
-            vip: VIP,
+            vip: VIP.into(),
             backends: vec![BackendConfig {
-                addr: BACKEND,
+                addr: BACKEND.into(),
                 weight: 1,
             }],
             mode: Default::default(),
@@ -49,7 +49,7 @@ fn open(e: &Engine) -> (SocketAddrV4, SocketAddrV4) {
         e.handle_packet(&mut p, t),
         Verdict::Forward { .. }
     ));
-    let r = e.flows()[0].reply;
+    let r = e.flows_of::<std::net::Ipv4Addr>()[0].reply;
     let mut p = Segment {
         seq: 499,
         ack: 100,
@@ -70,7 +70,7 @@ fn open(e: &Engine) -> (SocketAddrV4, SocketAddrV4) {
         e.handle_packet(&mut p, t),
         Verdict::Forward { .. }
     ));
-    (r.src, r.dst)
+    (r.src.into(), r.dst.into())
 }
 
 /// The folded, uncomplemented pseudo-header sum a sender leaves in the TCP

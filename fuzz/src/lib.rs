@@ -337,7 +337,7 @@ impl Harness {
     fn flows(&self) -> Vec<(Tuple, Tuple)> {
         let mut v: Vec<(Tuple, Tuple)> = self
             .engine
-            .flows()
+            .flows_of::<std::net::Ipv4Addr>()
             .into_iter()
             .map(|f| (f.original, f.reply))
             .collect();
@@ -367,7 +367,7 @@ impl Harness {
         if pkt.len() < 20 {
             return;
         }
-        let flows = self.flows();
+        let flows = self.flows_of::<std::net::Ipv4Addr>();
         let t = usize::from(target);
         let (src, dst) = match flows.get(t) {
             Some((_, r)) if reply => (r.src, r.dst),
@@ -425,12 +425,12 @@ impl Harness {
     fn process_checked(&mut self, pkt: &mut [u8]) -> Verdict {
         let input = pkt.to_vec();
         let input_valid = checksums_valid(&input);
-        let before = self.flows();
+        let before = self.flows_of::<std::net::Ipv4Addr>();
         let verdict = self
             .engine
             .handle_packet(pkt, Timestamp::from_millis(self.now));
         self.processed += 1;
-        let after = self.flows();
+        let after = self.flows_of::<std::net::Ipv4Addr>();
         match verdict {
             Verdict::Drop(_) => {}
             Verdict::Forward { len } => {

@@ -22,13 +22,12 @@
 //! unless the table held a clash on one side and not on the other.
 
 use std::hash::Hasher;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 
 use siphasher::sip::SipHasher13;
 
 use super::table::ConnTable;
-use super::tuple::Tuple;
+use super::tuple::{Endpoint, IpAddress, Tuple};
 
 /// The key of the hashes that choose an SNAT address and a port search's
 /// starting point (SipHash-1-3, whose output is fixed by its specification:
@@ -57,21 +56,23 @@ impl HashKey {
 
     /// Return the index in a pool of `n` addresses (`n > 0`) where `client`
     /// starts.
-    pub fn pool_start(&self, client: Ipv4Addr, n: usize) -> usize {
-        (self.hash(&client.octets()) % n as u64) as usize
+    pub fn pool_start<A: IpAddress>(&self, client: A, n: usize) -> usize {
+        (self.hash(client.octets().as_ref()) % n as u64) as usize
     }
 
     /// Return the port search's starting point for `original` towards
     /// `backend`.
-    fn port_offset(&self, original: &Tuple, backend: SocketAddrV4) -> u64 {
-        let mut b = [0u8; 18];
-        b[..4].copy_from_slice(&original.src.ip().octets());
-        b[4..6].copy_from_slice(&original.src.port().to_be_bytes());
-        b[6..10].copy_from_slice(&original.dst.ip().octets());
-        b[10..12].copy_from_slice(&original.dst.port().to_be_bytes());
-        b[12..16].copy_from_slice(&backend.ip().octets());
-        b[16..].copy_from_slice(&backend.port().to_be_bytes());
-        self.hash(&b)
+    /// The bytes hashed are the three endpoints in network order (address
+    /// then port): 18 bytes for IPv4, 54 for IPv6.
+    fn port_offset<A: IpAddress>(&self, original: &Tuple<A>, backend: Endpoint<A>) -> u64 {
+        let mut b = [0u8; 54];
+        let mut at = 0;
+        for e in [original.src, original.dst, backend] {
+            b[at..at + A::LEN].copy_from_slice(e.ip().octets().as_ref());
+            b[at + A::LEN..at + A::LEN + 2].copy_from_slice(&e.port().to_be_bytes());
+            at += A::LEN + 2;
+        }
+        self.hash(&b[..at])
     }
 }
 
@@ -81,14 +82,14 @@ pub const MAX_TRIES: u32 = 2048;
 /// Find and claim a REPLY tuple for the connection `original` going to
 /// `backend`, with a source from `pool` and a port preserved or from `range`.
 /// Returns the claimed reply tuple (already reserved in `table`).
-pub fn allocate(
-    table: &ConnTable,
-    original: &Tuple,
-    backend: SocketAddrV4,
-    pool: &[Ipv4Addr],
+pub fn allocate<A: IpAddress>(
+    table: &ConnTable<A>,
+    original: &Tuple<A>,
+    backend: Endpoint<A>,
+    pool: &[A],
     range: &RangeInclusive<u16>,
     key: &HashKey,
-) -> Option<Tuple> {
+) -> Option<Tuple<A>> {
     let client_port = original.src.port();
     let start = if pool.len() > 1 {
         key.pool_start(*original.src.ip(), pool.len())
@@ -103,7 +104,7 @@ pub fn allocate(
     for snat in pool().filter(|_| preserve) {
         let reply = Tuple {
             src: backend,
-            dst: SocketAddrV4::new(snat, client_port),
+            dst: Endpoint::new(snat, client_port),
         };
         if table.claim_reply(reply, *original) {
             return Some(reply);
@@ -120,7 +121,7 @@ pub fn allocate(
             let port = (lo + (offset + i) % size) as u16;
             let reply = Tuple {
                 src: backend,
-                dst: SocketAddrV4::new(snat, port),
+                dst: Endpoint::new(snat, port),
             };
             if table.claim_reply(reply, *original) {
                 return Some(reply);
@@ -133,6 +134,7 @@ pub fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn orig(port: u16) -> Tuple {
         Tuple::new(
@@ -142,7 +144,7 @@ mod tests {
             80,
         )
     }
-    const B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 3), 80);
+    const B: Endpoint<Ipv4Addr> = Endpoint::new(Ipv4Addr::new(198, 18, 2, 3), 80);
     const S: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
     #[test]
@@ -173,7 +175,7 @@ mod tests {
     fn preserves_the_client_port_when_free() {
         let t = ConnTable::new(10);
         let r = allocate(&t, &orig(40000), B, &[S], &(1024..=65535), &HashKey([7, 0])).unwrap();
-        assert_eq!(r.dst, SocketAddrV4::new(S, 40000));
+        assert_eq!(r.dst, Endpoint::new(S, 40000));
         assert_eq!(r.src, B);
     }
 

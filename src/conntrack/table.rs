@@ -47,6 +47,7 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -59,18 +60,18 @@ use foldhash::fast::SeedableRandomState as RandomState;
 use foldhash::SharedSeed;
 
 use super::tcp::TcpState;
-use super::tuple::{Direction, Tuple};
+use super::tuple::{Direction, IpAddress, Tuple};
 use super::window::Window;
 use crate::backend::Backend;
 use crate::time::Timestamp;
 
 /// One tracked connection (`struct nf_conn`).
 #[derive(Debug, Clone)]
-pub struct Flow {
+pub struct Flow<A = Ipv4Addr> {
     /// The ORIGINAL tuple: `client -> VIP`, as the client sent it.
-    pub original: Tuple,
+    pub original: Tuple<A>,
     /// The REPLY tuple: `backend -> SNAT`, as the backend answers.
-    pub reply: Tuple,
+    pub reply: Tuple<A>,
     /// The backend DNAT sends this flow to (its counters and health).
     pub backend: Arc<Backend>,
     /// The conntrack TCP state.
@@ -111,7 +112,7 @@ pub struct Totals {
 
 /// A flow locked in its shard, and the direction its tuple was found in
 /// (private: see [`ConnTable::with_flow`]).
-type Found<'a> = (RefMut<'a, Tuple, Flow>, Direction);
+type Found<'a, A> = (RefMut<'a, Tuple<A>, Flow<A>>, Direction);
 
 /// How many heap entries one call of [`ConnTable::expire`] examines.
 pub const EXPIRE_BUDGET: usize = 256;
@@ -120,31 +121,56 @@ pub const EVICT_CANDIDATES: usize = 8;
 /// How many heap entries one eviction examines at most to find its candidates.
 pub const EVICT_SCAN: usize = 64;
 
+/// The expiry heap: `(time, ORIGINAL tuple)`, soonest first (see the module docs).
+type ExpiryHeap<A> = BinaryHeap<Reverse<(Timestamp, Tuple<A>)>>;
+
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
-pub struct ConnTable {
-    flows: DashMap<Tuple, Flow, RandomState>,
-    replies: DashMap<Tuple, Tuple, RandomState>,
+pub struct ConnTable<A: IpAddress = Ipv4Addr> {
+    flows: DashMap<Tuple<A>, Flow<A>, RandomState>,
+    replies: DashMap<Tuple<A>, Tuple<A>, RandomState>,
+    /// Flows in this table.
     count: AtomicUsize,
-    max: AtomicUsize,
+    /// The limit, shared with the other family's table.
+    limit: Arc<Limit>,
     /// Packets per direction of flows already removed.
     retired: [AtomicU64; 2],
     /// ORIGINAL tuples of flows in creation order, for eviction: the front
     /// is the oldest flow that may still be unreplied. Entries of flows that
     /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
-    unreplied: Mutex<VecDeque<(u64, Tuple)>>,
+    unreplied: Mutex<VecDeque<(u64, Tuple<A>)>>,
     /// The id the next inserted flow gets (see [`Flow::id`]).
     next_id: AtomicU64,
-    heap: Mutex<BinaryHeap<Reverse<(Timestamp, Tuple)>>>,
+    heap: Mutex<ExpiryHeap<A>>,
+}
+
+/// What the tables of the two families share: one limit on the flows of
+/// both (`--max-flows` counts connections, whatever their family), the
+/// count held against it, and the lock that admits NEW connections.
+#[derive(Debug)]
+pub struct Limit {
+    count: AtomicUsize,
+    max: AtomicUsize,
     /// Held while a NEW connection is admitted (see [`ConnTable::admission`]).
     admission: Mutex<()>,
+}
+
+impl Limit {
+    /// A limit of `max` flows, none counted yet.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Limit {
+            count: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+            admission: Mutex::new(()),
+        })
+    }
 }
 
 /// Stale entries the expiry heap and the eviction queue may hold beyond
 /// one per live flow before they are compacted.
 pub const COMPACT_SLACK: usize = 1024;
 
-impl ConnTable {
+impl<A: IpAddress> ConnTable<A> {
     /// Create an empty table that holds at most `max` flows, its hash keys
     /// drawn at random (flow keys come from the network).
     pub fn new(max: usize) -> Self {
@@ -154,6 +180,12 @@ impl ConnTable {
     /// Create an empty table; `seed` fixes the hash keys (for tests that
     /// must grow the same way every run), `None` draws them at random.
     pub fn with_hash_seed(max: usize, seed: Option<u64>) -> Self {
+        Self::with_limit(Limit::new(max), seed)
+    }
+
+    /// Create an empty table held to `limit` with the other tables that
+    /// share it (the other family's); `seed` as in [`ConnTable::with_hash_seed`].
+    pub fn with_limit(limit: Arc<Limit>, seed: Option<u64>) -> Self {
         let hasher = |salt: u64| match seed {
             Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
             None => RandomState::random(),
@@ -162,12 +194,11 @@ impl ConnTable {
             flows: DashMap::with_hasher(hasher(0)),
             replies: DashMap::with_hasher(hasher(0x0072_6570_6c69_6573)),
             count: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
+            limit,
             retired: Default::default(),
             unreplied: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
             heap: Mutex::new(BinaryHeap::new()),
-            admission: Mutex::new(()),
         }
     }
 
@@ -177,13 +208,22 @@ impl ConnTable {
     /// (a duplicate SYN handled by another thread changes nothing), selects,
     /// claims a port, makes room and inserts: so the table never holds more
     /// than [`ConnTable::max`] flows, and a refused SYN evicts nothing. Only
-    /// admitters take it; no map guard is held while waiting for it.
+    /// admitters take it; no map guard is held while waiting for it. The
+    /// lock is the [`Limit`]'s: one for the tables that share it.
     pub fn admission(&self) -> MutexGuard<'_, ()> {
-        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+        self.limit
+            .admission
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Return the limit this table shares.
+    pub fn limit(&self) -> &Arc<Limit> {
+        &self.limit
     }
 
     /// Return whether a flow has this ORIGINAL tuple.
-    pub fn contains(&self, original: &Tuple) -> bool {
+    pub fn contains(&self, original: &Tuple<A>) -> bool {
         self.flows.contains_key(original)
     }
 
@@ -200,9 +240,15 @@ impl ConnTable {
             .len()
     }
 
-    /// Return the number of tracked flows.
+    /// Return the number of flows in this table.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Return the number of flows held against the limit: this table's and
+    /// those of the tables sharing its [`Limit`].
+    pub fn total(&self) -> usize {
+        self.limit.count.load(Ordering::Relaxed)
     }
 
     /// Return whether no flow is tracked.
@@ -212,13 +258,13 @@ impl ConnTable {
 
     /// Return the configured limit.
     pub fn max(&self) -> usize {
-        self.max.load(Ordering::Relaxed)
+        self.limit.max.load(Ordering::Relaxed)
     }
 
     /// Change the limit (a reload). Flows above a lowered limit stay until
     /// they end; new ones wait for room.
     pub fn set_max(&self, max: usize) {
-        self.max.store(max, Ordering::Relaxed);
+        self.limit.max.store(max, Ordering::Relaxed);
     }
 
     /// Run `f` on the flow a packet with tuple `t` belongs to, with the
@@ -234,16 +280,16 @@ impl ConnTable {
     #[inline]
     pub fn with_flow<R>(
         &self,
-        t: &Tuple,
+        t: &Tuple<A>,
         original_first: bool,
-        f: impl FnOnce(&mut Flow, Direction) -> R,
+        f: impl FnOnce(&mut Flow<A>, Direction) -> R,
     ) -> Option<R> {
         let (mut flow, dir) = self.find(t, original_first)?;
         Some(f(&mut flow, dir))
     }
 
     /// Find and lock the flow of tuple `t` (see [`ConnTable::with_flow`]).
-    fn find(&self, t: &Tuple, original_first: bool) -> Option<Found<'_>> {
+    fn find(&self, t: &Tuple<A>, original_first: bool) -> Option<Found<'_, A>> {
         if original_first {
             if let Some(f) = self.flows.get_mut(t) {
                 return Some((f, Direction::Original));
@@ -257,7 +303,7 @@ impl ConnTable {
         }
     }
 
-    fn find_reply(&self, t: &Tuple) -> Option<Found<'_>> {
+    fn find_reply(&self, t: &Tuple<A>) -> Option<Found<'_, A>> {
         let original = self.replies.get(t).map(|r| *r)?;
         match self.flows.get_mut(&original) {
             // The flow may have been replaced between the two lookups.
@@ -269,7 +315,7 @@ impl ConnTable {
     /// Claim `reply` for the flow `original`: succeeds only if no flow uses
     /// this reply tuple. A claim is undone by [`ConnTable::release`] or made
     /// permanent by [`ConnTable::insert`].
-    pub fn claim_reply(&self, reply: Tuple, original: Tuple) -> bool {
+    pub fn claim_reply(&self, reply: Tuple<A>, original: Tuple<A>) -> bool {
         match self.replies.entry(reply) {
             Entry::Occupied(_) => false,
             Entry::Vacant(v) => {
@@ -280,19 +326,19 @@ impl ConnTable {
     }
 
     /// Undo a claim made by [`ConnTable::claim_reply`].
-    pub fn release(&self, reply: &Tuple, original: &Tuple) {
+    pub fn release(&self, reply: &Tuple<A>, original: &Tuple<A>) {
         self.replies.remove_if(reply, |_, o| o == original);
     }
 
-    /// Return whether the table is at its limit.
+    /// Return whether the tables sharing the limit are at it.
     pub fn is_full(&self) -> bool {
-        self.len() >= self.max()
+        self.total() >= self.max()
     }
 
     /// Insert `flow`, whose reply tuple the caller has claimed. Returns
     /// `false` (and inserts nothing) if a flow with the same ORIGINAL tuple
     /// appeared meanwhile, i.e. another thread handled the same SYN.
-    pub fn insert(&self, mut flow: Flow) -> bool {
+    pub fn insert(&self, mut flow: Flow<A>) -> bool {
         let original = flow.original;
         let deadline = flow.deadline;
         flow.queued = deadline;
@@ -306,6 +352,7 @@ impl ConnTable {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.limit.count.fetch_add(1, Ordering::Relaxed);
         self.queue(deadline, original);
         self.unreplied
             .lock()
@@ -315,7 +362,7 @@ impl ConnTable {
     }
 
     /// Pop the front of the creation-order queue.
-    fn pop_unreplied(&self) -> Option<(u64, Tuple)> {
+    fn pop_unreplied(&self) -> Option<(u64, Tuple<A>)> {
         self.unreplied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -325,7 +372,7 @@ impl ConnTable {
     /// Return whether an eviction-queue entry stands for a live flow that
     /// is not ASSURED: the flow with this tuple is the one that was queued
     /// (same id: not a later flow on a reused tuple) and was never answered.
-    fn unreplied_entry_live(&self, (id, original): (u64, Tuple)) -> bool {
+    fn unreplied_entry_live(&self, (id, original): (u64, Tuple<A>)) -> bool {
         self.flows
             .get(&original)
             .is_some_and(|f| f.id == id && !f.assured)
@@ -356,7 +403,7 @@ impl ConnTable {
     }
 
     /// Push an expiry-heap entry. The flow's `queued` must be set to `at`.
-    pub(crate) fn queue(&self, at: Timestamp, original: Tuple) {
+    pub(crate) fn queue(&self, at: Timestamp, original: Tuple<A>) {
         self.heap
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -366,7 +413,7 @@ impl ConnTable {
     /// Set `flow`'s deadline, queueing a new heap entry when it moved
     /// earlier than the live one (a state with a shorter timeout). Takes
     /// only the heap's leaf lock: callable inside [`ConnTable::with_flow`].
-    pub fn set_deadline(&self, flow: &mut Flow, deadline: Timestamp) {
+    pub fn set_deadline(&self, flow: &mut Flow<A>, deadline: Timestamp) {
         flow.deadline = deadline;
         if deadline < flow.queued {
             flow.queued = deadline;
@@ -376,17 +423,22 @@ impl ConnTable {
 
     /// Remove the flow with this ORIGINAL tuple if `pred` holds for it.
     /// Returns the removed flow.
-    pub fn remove_if(&self, original: &Tuple, pred: impl FnOnce(&Flow) -> bool) -> Option<Flow> {
+    pub fn remove_if(
+        &self,
+        original: &Tuple<A>,
+        pred: impl FnOnce(&Flow<A>) -> bool,
+    ) -> Option<Flow<A>> {
         let (_, flow) = self.flows.remove_if(original, |_, f| pred(f))?;
         self.replies.remove_if(&flow.reply, |_, o| o == original);
         self.count.fetch_sub(1, Ordering::Relaxed);
+        self.limit.count.fetch_sub(1, Ordering::Relaxed);
         self.retire(&flow);
         Some(flow)
     }
 
     /// Pop up to `n` heap entries due at or before `before`, without holding
     /// the heap lock afterwards.
-    fn pop_due(&self, before: Option<Timestamp>, out: &mut [(Timestamp, Tuple)]) -> usize {
+    fn pop_due(&self, before: Option<Timestamp>, out: &mut [(Timestamp, Tuple<A>)]) -> usize {
         let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
         while n < out.len() {
@@ -405,8 +457,11 @@ impl ConnTable {
     /// Remove flows whose deadline has passed, examining at most
     /// [`EXPIRE_BUDGET`] heap entries. `on_expire` sees each removed flow.
     /// Returns `true` when more entries are due (call again).
-    pub fn expire(&self, now: Timestamp, mut on_expire: impl FnMut(Flow)) -> bool {
-        let mut due = [(Timestamp::ZERO, ZERO_TUPLE); EXPIRE_BUDGET];
+    pub fn expire(&self, now: Timestamp, mut on_expire: impl FnMut(Flow<A>)) -> bool {
+        let mut due = [(
+            Timestamp::ZERO,
+            Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
+        ); EXPIRE_BUDGET];
         let n = self.pop_due(Some(now), &mut due);
         for &(at, original) in &due[..n] {
             if let Some(flow) = self.remove_if(&original, |f| f.queued == at && f.deadline <= now) {
@@ -454,7 +509,7 @@ impl ConnTable {
         let lock_queue = || self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
         if lock_queue().len() > bound {
             let taken = std::mem::take(&mut *lock_queue());
-            let mut kept: VecDeque<(u64, Tuple)> = taken
+            let mut kept: VecDeque<(u64, Tuple<A>)> = taken
                 .into_iter()
                 .filter(|&e| self.unreplied_entry_live(e))
                 .collect();
@@ -492,16 +547,22 @@ impl ConnTable {
     /// search goes on, examining at most [`EVICT_SCAN`] entries. Otherwise a
     /// few recently established flows at the front of the heap hide every
     /// unreplied SYN behind them and the new SYN is refused as "table full".
-    pub fn evict_one(&self) -> Option<Flow> {
+    pub fn evict_one(&self) -> Option<Flow<A>> {
         while let Some((id, original)) = self.pop_unreplied() {
             if let Some(victim) = self.remove_if(&original, |f| f.id == id && !f.assured) {
                 return Some(victim);
             }
         }
-        let mut cands = [(Timestamp::ZERO, ZERO_TUPLE); EVICT_CANDIDATES];
+        let mut cands = [(
+            Timestamp::ZERO,
+            Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
+        ); EVICT_CANDIDATES];
         let mut n = 0;
         for _ in 0..EVICT_SCAN {
-            let mut entry = [(Timestamp::ZERO, ZERO_TUPLE)];
+            let mut entry = [(
+                Timestamp::ZERO,
+                Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
+            )];
             if n == EVICT_CANDIDATES || self.pop_due(None, &mut entry) == 0 {
                 break;
             }
@@ -541,7 +602,7 @@ impl ConnTable {
 
     /// Fold a removed flow's counters into the totals: the packet path
     /// counts only in the flow itself, so it touches no shared counter.
-    fn retire(&self, flow: &Flow) {
+    fn retire(&self, flow: &Flow<A>) {
         let b = &flow.backend;
         b.add_active(-1);
         for d in 0..2 {
@@ -579,21 +640,39 @@ impl ConnTable {
     }
 
     /// Copy every flow (for listings; not for the packet path).
-    pub fn snapshot(&self) -> Vec<Flow> {
+    pub fn snapshot(&self) -> Vec<Flow<A>> {
         self.flows.iter().map(|r| r.value().clone()).collect()
     }
 }
 
-const ZERO_TUPLE: Tuple = Tuple::new(
-    std::net::Ipv4Addr::UNSPECIFIED,
-    0,
-    std::net::Ipv4Addr::UNSPECIFIED,
-    0,
-);
+impl<A: IpAddress> Flow<A> {
+    /// Return a copy with the tuples' addresses of either family: what
+    /// listings of both families hold.
+    pub fn widen(&self) -> Flow<IpAddr> {
+        Flow {
+            original: self.original.widen(),
+            reply: self.reply.widen(),
+            backend: self.backend.clone(),
+            state: self.state,
+            seen_reply: self.seen_reply,
+            assured: self.assured,
+            deadline: self.deadline,
+            queued: self.queued,
+            packets: self.packets,
+            bytes: self.bytes,
+            window: self.window,
+            id: self.id,
+            stray_ack: self.stray_ack,
+        }
+    }
 
-impl Flow {
     /// Build a fresh flow in state NONE; the engine moves it to SYN_SENT.
-    pub fn new(original: Tuple, reply: Tuple, backend: Arc<Backend>, deadline: Timestamp) -> Self {
+    pub fn new(
+        original: Tuple<A>,
+        reply: Tuple<A>,
+        backend: Arc<Backend>,
+        deadline: Timestamp,
+    ) -> Self {
         Flow {
             original,
             reply,

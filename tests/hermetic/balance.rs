@@ -72,7 +72,7 @@ fn is_round_robin(order: &[usize], cycle: &[usize]) -> bool {
 fn assert_engine_counts(net: &Net, want: [usize; 4]) {
     let stats = net.engine.stats();
     for (b, bs) in stats.backends.iter().enumerate() {
-        assert_eq!(bs.backend.ip(), &BACKENDS[b]);
+        assert_eq!(bs.backend.ip(), BACKENDS[b]);
         assert_eq!(bs.connections, want[b] as u64, "backend {b}: {stats}");
     }
 }

@@ -44,7 +44,7 @@ fn churn_and_drain(n: u64) {
     );
 
     assert_eq!(engine.flow_count(), 0);
-    assert!(engine.flows().is_empty());
+    assert!(engine.flows_of::<std::net::Ipv4Addr>().is_empty());
     assert_eq!(
         engine.poll_timeout(),
         None,
@@ -172,7 +172,7 @@ fn a_never_assured_flow_does_not_pin_the_eviction_queue() {
         let conn = cycle::handshake(&engine, now, cycle::client(k), vip());
         conn.close(&engine, now);
     }
-    let flows = engine.flows();
+    let flows = engine.flows_of::<std::net::Ipv4Addr>();
     let pinned = flows.iter().find(|f| f.original.src == pin.client).unwrap();
     assert!(!pinned.assured, "the pinning flow is never assured");
     println!("eviction queue: at most {most} entries over {N} connections");

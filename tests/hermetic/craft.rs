@@ -152,8 +152,14 @@ impl Tcp {
 }
 
 /// A sane TCP packet from `src` to `dst` with these flags and numbers and no payload.
-pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    Tcp::new(src, dst, flags, seq, ack).packet()
+pub fn tcp(
+    src: impl Into<SocketAddrV4>,
+    dst: impl Into<SocketAddrV4>,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
+    Tcp::new(src.into(), dst.into(), flags, seq, ack).packet()
 }
 
 /// An ICMP message body: type, code, the four "rest of header" bytes (the

@@ -103,8 +103,8 @@ pub fn checked_tuple(pkt: &[u8; LEN]) -> Result<Tuple, String> {
         )
     };
     Ok(Tuple {
-        src: sock(12, 20),
-        dst: sock(16, 22),
+        src: sock(12, 20).into(),
+        dst: sock(16, 22).into(),
     })
 }
 
@@ -113,14 +113,14 @@ pub fn checked_tuple(pkt: &[u8; LEN]) -> Result<Tuple, String> {
 pub fn process(
     engine: &Engine,
     now: Timestamp,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: impl Into<SocketAddrV4>,
+    dst: impl Into<SocketAddrV4>,
     flags: u8,
     seq: u32,
     ack: u32,
 ) -> (Verdict, [u8; LEN]) {
     let mut buf = [0u8; LEN];
-    segment(&mut buf, src, dst, flags, seq, ack);
+    segment(&mut buf, src.into(), dst.into(), flags, seq, ack);
     let verdict = engine.handle_packet(&mut buf, now);
     (verdict, buf)
 }
@@ -156,7 +156,7 @@ pub struct Conn {
 impl Conn {
     /// Return the backend the engine chose.
     pub fn backend(&self) -> SocketAddrV4 {
-        self.reply.src
+        self.reply.src.into()
     }
 
     /// Return the tuple a client packet leaves the engine with (SNAT -> backend).
@@ -167,8 +167,8 @@ impl Conn {
     /// Return the tuple a backend packet leaves the engine with (VIP -> client).
     pub fn forwarded_reply(&self) -> Tuple {
         Tuple {
-            src: self.vip,
-            dst: self.client,
+            src: self.vip.into(),
+            dst: self.client.into(),
         }
     }
 
@@ -235,13 +235,13 @@ pub fn open(
     let s = check::valid_packet(&out).unwrap_or_else(|e| panic!("forwarded SYN: {e}"));
     assert!(s.is_syn());
     let t = checked_tuple(&out).expect("smoltcp and the plain sums agree");
-    assert_eq!((t.src, t.dst), (s.src_sock(), s.dst_sock()));
+    assert_eq!((t.src, t.dst), (s.src_sock().into(), s.dst_sock().into()));
     Ok(Conn {
         client,
         vip,
         reply: Tuple {
-            src: s.dst_sock(),
-            dst: s.src_sock(),
+            src: s.dst_sock().into(),
+            dst: s.src_sock().into(),
         },
     })
 }

@@ -32,7 +32,7 @@ const POOL: [Ipv4Addr; 3] = [
 /// addresses of [`POOL`], searching `ports`.
 fn config(pool: usize, ports: std::ops::RangeInclusive<u16>) -> EngineConfig {
     let mut cfg = net::config(Mode::Nth, &[1]);
-    cfg.services[0].snat = POOL[..pool].to_vec();
+    cfg.services[0].snat = POOL[..pool].iter().map(|&a| a.into()).collect();
     cfg.snat_ports = ports;
     cfg
 }
@@ -163,7 +163,7 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
     assert!(ok, "{}", net.report("four clients on a pool of two", &ids));
     let snat: BTreeSet<(Ipv4Addr, u16)> = net
         .engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .iter()
         .map(|f| (*f.reply.dst.ip(), f.reply.dst.port()))
         .collect();
@@ -209,7 +209,7 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
     // client's next retransmitted SYN takes its address and port.
     let freed = net
         .engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .find(|f| f.original.src == net.stream(ids[1]).local)
         .unwrap()
@@ -220,7 +220,7 @@ fn a_pool_of_two_holds_twice_the_flows_and_exhaustion_breaks_nothing_established
         net.run_until(Duration::from_secs(300), |n| n.stream(late).received
             == greeting(0))
     );
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     let got: Tuple = flows
         .iter()
         .find(|f| f.original.src == net.stream(late).local)

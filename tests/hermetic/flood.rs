@@ -55,7 +55,7 @@ fn backend_of(net: &Net, id: StreamId) -> usize {
     let client = net.stream(id).local;
     let flow = net
         .engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .find(|f| f.original.src == client)
         .unwrap_or_else(|| panic!("no flow for {client}"));
@@ -112,8 +112,8 @@ const CLIENT_HOSTS: usize = net::CLIENTS.len();
 /// The ORIGINAL tuple of flood source `i`.
 fn flood_tuple(i: u64) -> Tuple {
     Tuple {
-        src: cycle::client(i),
-        dst: vip(),
+        src: cycle::client(i).into(),
+        dst: vip().into(),
     }
 }
 
@@ -157,7 +157,7 @@ fn a_syn_flood_at_ten_times_the_table_evicts_only_its_own_entries() {
     // The table is at its limit: the real flows, and the newest flood SYNs.
     assert_eq!(net.engine.flow_count(), MAX_FLOWS);
     let kept = MAX_FLOWS - real.len();
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     let mut flood_left: Vec<Tuple> = flows
         .iter()
         .filter(|f| !f.assured)
@@ -205,7 +205,11 @@ fn a_syn_flood_at_ten_times_the_table_evicts_only_its_own_entries() {
     assert_eq!(net.engine.flow_count(), MAX_FLOWS - 1);
     net.advance_to(last_syn + syn_sent);
     assert_eq!(net.engine.flow_count(), real.len());
-    assert!(net.engine.flows().iter().all(|f| f.assured));
+    assert!(net
+        .engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .iter()
+        .all(|f| f.assured));
     let s = net.engine.stats();
     assert_eq!(s.expired, kept as u64, "{s}");
     assert_eq!(
@@ -240,7 +244,7 @@ fn retransmitted_flood_syns_never_extend_their_entries() {
         }
         // ...without a new flow and without a later deadline.
         assert_eq!(engine.stats().new_flows, 32);
-        for f in engine.flows() {
+        for f in engine.flows_of::<std::net::Ipv4Addr>() {
             assert_eq!(f.state, TcpState::SynSent);
             assert_eq!(
                 f.deadline, deadline,
@@ -271,7 +275,11 @@ fn a_flood_against_a_table_of_established_flows_is_refused_and_counted() {
     let mut net = network(8);
     let real = open_real(&mut net, 8, 30000);
     let backends: Vec<usize> = real.iter().map(|&id| backend_of(&net, id)).collect();
-    assert!(net.engine.flows().iter().all(|f| f.assured));
+    assert!(net
+        .engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .iter()
+        .all(|f| f.assured));
 
     for i in 0..80 {
         net.advance_to(Timestamp::from_millis(net.now().as_millis() + 1));
@@ -326,7 +334,11 @@ fn a_million_spoofed_syns_against_a_full_table_keep_every_established_flow() {
     assert_eq!(s.new_flows, ESTABLISHED + SYNS);
     assert_eq!(s.evicted, ESTABLISHED + SYNS - TABLE as u64);
     assert_eq!(s.total_dropped(), 0, "{s}");
-    let assured = engine.flows().iter().filter(|f| f.assured).count();
+    let assured = engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .iter()
+        .filter(|f| f.assured)
+        .count();
     assert_eq!(assured as u64, ESTABLISHED, "every established flow kept");
     for c in &real {
         let v = c.orig(

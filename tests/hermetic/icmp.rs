@@ -33,7 +33,7 @@ type FlowView = (
 fn flow_views(net: &Net) -> Vec<FlowView> {
     let mut v: Vec<FlowView> = net
         .engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .map(|i| {
             let f = i;

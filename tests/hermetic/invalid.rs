@@ -52,7 +52,7 @@ fn live() -> (Net, Live) {
         net.run_until(Duration::from_secs(5), |n| n.stream(id).received
             == greeting(0))
     );
-    let flow = net.engine.flows()[0].clone();
+    let flow = net.engine.flows_of::<std::net::Ipv4Addr>()[0].clone();
     assert_eq!(flow.state, TcpState::Established);
     let live = Live {
         id,
@@ -92,8 +92,8 @@ fn assert_nothing_untranslated(net: &Net, tuples: &[Tuple]) {
         }
         let s = check::valid_packet(p).unwrap();
         let t = Tuple {
-            src: s.src_sock(),
-            dst: s.dst_sock(),
+            src: s.src_sock().into(),
+            dst: s.dst_sock().into(),
         };
         assert!(
             !tuples.contains(&t),
@@ -129,7 +129,7 @@ fn still_works(net: &mut Net, live: &Live, round: u64) {
 /// The state of the connection's flow.
 fn state(net: &Net, live: &Live) -> TcpState {
     net.engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .find(|f| f.original == live.original)
         .expect("the flow exists")
@@ -156,8 +156,13 @@ fn invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directio
     for (name, flags) in BAD_FLAGS {
         for (src, dst, seq, ack) in [
             (stranger, vip(), 1, 0),
-            (live.original.src, live.original.dst, cseq, bseq),
-            (live.reply.src, live.reply.dst, bseq, cseq),
+            (
+                live.original.src.into(),
+                live.original.dst.into(),
+                cseq,
+                bseq,
+            ),
+            (live.reply.src.into(), live.reply.dst.into(), bseq, cseq),
         ] {
             let v = inject(&mut net, src, dst, flags, seq, ack);
             assert_eq!(
@@ -178,8 +183,8 @@ fn invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directio
     assert_eq!(state(&net, &live), TcpState::Established);
     still_works(&mut net, &live, 1);
     let stranger_tuple = Tuple {
-        src: stranger,
-        dst: vip(),
+        src: stranger.into(),
+        dst: vip().into(),
     };
     assert_nothing_untranslated(&net, &[live.original, live.reply, stranger_tuple]);
 }
@@ -200,11 +205,11 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
     // A backend's segment to a SNAT port no flow holds (a flow lost in a
     // restart, say): INVALID too, since the address is tunlb's own.
     let unused = SocketAddrV4::new(*live.reply.dst.ip(), 50999);
-    let v = inject(&mut net, live.reply.src, unused, ACK, 7, 7);
+    let v = inject(&mut net, live.reply.src.into(), unused, ACK, 7, 7);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     // Only an address that is neither a VIP nor a SNAT address is no service.
     let elsewhere = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 77), 80);
-    let v = inject(&mut net, live.reply.src, elsewhere, ACK, 7, 7);
+    let v = inject(&mut net, live.reply.src.into(), elsewhere, ACK, 7, 7);
     assert_eq!(v, Verdict::Drop(DropReason::NoService));
     let s = net.engine.stats();
     assert_eq!(s.dropped(DropReason::NoFlowNotSyn), 7, "{s}");
@@ -219,9 +224,16 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
     net.advance_to(net.now() + time_wait);
     assert_eq!(net.engine.flow_count(), 0);
     let (cseq, bseq) = next_seqs(&net, live.original, live.reply);
-    let v = inject(&mut net, live.original.src, vip(), ACK, cseq, bseq);
+    let v = inject(&mut net, live.original.src.into(), vip(), ACK, cseq, bseq);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
-    let v = inject(&mut net, live.reply.src, live.reply.dst, ACK, bseq, cseq);
+    let v = inject(
+        &mut net,
+        live.reply.src.into(),
+        live.reply.dst.into(),
+        ACK,
+        bseq,
+        cseq,
+    );
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     assert_nothing_untranslated(
         &net,
@@ -229,8 +241,8 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
             live.original,
             live.reply,
             Tuple {
-                src: stranger,
-                dst: vip(),
+                src: stranger.into(),
+                dst: vip().into(),
             },
         ],
     );
@@ -241,7 +253,7 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     let engine = Engine::new(net::config(Mode::Nth, &[1])).unwrap();
     let t0 = Timestamp::from_secs(1);
     let conn = cycle::open(&engine, t0, cycle::client(0), vip()).unwrap();
-    let before = engine.flows()[0].clone();
+    let before = engine.flows_of::<std::net::Ipv4Addr>()[0].clone();
     let t1 = t0 + Duration::from_secs(30);
     for flags in [ACK, ACK | PSH, FIN | ACK] {
         let v = conn.orig(&engine, t1, flags, CLIENT_ISN + 1, SERVER_ISN + 1);
@@ -251,7 +263,7 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
             "flags {flags:#04x}"
         );
     }
-    let after = engine.flows()[0].clone();
+    let after = engine.flows_of::<std::net::Ipv4Addr>()[0].clone();
     assert_eq!(after.state, TcpState::SynSent);
     assert_eq!(
         after.deadline, before.deadline,
@@ -264,7 +276,10 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     assert_eq!(engine.stats().dropped(DropReason::InvalidTransition), 3);
     // The handshake still completes normally.
     conn.establish(&engine, t1);
-    assert_eq!(engine.flows()[0].state, TcpState::Established);
+    assert_eq!(
+        engine.flows_of::<std::net::Ipv4Addr>()[0].state,
+        TcpState::Established
+    );
 }
 
 #[test]
@@ -272,7 +287,14 @@ fn a_syn_from_the_backend_on_an_established_flow_is_invalid() {
     let (mut net, live) = live();
     let (_, bseq) = live.next_seq;
     for seq in [bseq, bseq.wrapping_add(100_000), 0] {
-        let v = inject(&mut net, live.reply.src, live.reply.dst, SYN, seq, 0);
+        let v = inject(
+            &mut net,
+            live.reply.src.into(),
+            live.reply.dst.into(),
+            SYN,
+            seq,
+            0,
+        );
         assert_eq!(v, Verdict::Drop(DropReason::InvalidTransition));
     }
     let s = net.engine.stats();
@@ -325,7 +347,7 @@ fn an_in_window_rst_is_forwarded_and_closes_the_flow() {
     let out = check::valid_packet(&out.unwrap()).unwrap();
     assert_eq!(
         (out.src_sock(), out.dst_sock()),
-        (live.reply.dst, live.reply.src),
+        (live.reply.dst.into(), live.reply.src.into()),
         "translated"
     );
     assert_eq!(state(&net, &live), TcpState::Close);
@@ -361,7 +383,7 @@ fn blind_rst(net: &mut Net, live: &Live, dir: Direction) -> (Verdict, Option<Vec
 /// deadline and the flow's counters (the whole flow, compared field by field).
 fn flow_of(net: &Net, live: &Live) -> tunlb::conntrack::Flow {
     net.engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .find(|f| f.original == live.original)
         .expect("the flow exists")
@@ -406,7 +428,14 @@ fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
     let (mut net, live) = live();
     let before = flow_of(&net, &live);
     let x = 0x1234_5678u32;
-    let v = inject(&mut net, live.original.src, live.original.dst, SYN, x, 0);
+    let v = inject(
+        &mut net,
+        live.original.src.into(),
+        live.original.dst.into(),
+        SYN,
+        x,
+        0,
+    );
     assert_eq!(v, Verdict::Drop(DropReason::Ignored));
     assert!(
         same_flow(&flow_of(&net, &live), &before),
@@ -414,8 +443,8 @@ fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
     );
     let v = inject(
         &mut net,
-        live.original.src,
-        live.original.dst,
+        live.original.src.into(),
+        live.original.dst.into(),
         RST,
         x.wrapping_add(1),
         0,
@@ -447,8 +476,8 @@ fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
     let v_ack = 0x7654_3210u32;
     let v = inject(
         &mut net,
-        live.original.src,
-        live.original.dst,
+        live.original.src.into(),
+        live.original.dst.into(),
         ACK,
         cseq,
         v_ack,
@@ -458,7 +487,14 @@ fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
         same_flow(&flow_of(&net, &live), &before),
         "the ACK changed the flow"
     );
-    let v = inject(&mut net, live.reply.src, live.reply.dst, RST, v_ack, 0);
+    let v = inject(
+        &mut net,
+        live.reply.src.into(),
+        live.reply.dst.into(),
+        RST,
+        v_ack,
+        0,
+    );
     assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow));
     assert!(
         same_flow(&flow_of(&net, &live), &before),
@@ -478,8 +514,8 @@ fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
         let seq = cseq.wrapping_add(far);
         let v = inject(
             &mut net,
-            live.original.src,
-            live.original.dst,
+            live.original.src.into(),
+            live.original.dst.into(),
             ACK,
             seq,
             bseq,
@@ -495,8 +531,8 @@ fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
         for rst_seq in [seq.wrapping_add(1), seq.wrapping_add(100)] {
             let v = inject(
                 &mut net,
-                live.original.src,
-                live.original.dst,
+                live.original.src.into(),
+                live.original.dst.into(),
                 RST,
                 rst_seq,
                 0,
@@ -523,8 +559,8 @@ fn an_inexact_in_window_rst_is_passed_and_keeps_the_flow() {
     let before = flow_of(&net, &live);
     let v = inject(
         &mut net,
-        live.original.src,
-        live.original.dst,
+        live.original.src.into(),
+        live.original.dst.into(),
         RST,
         cseq.wrapping_add(10),
         0,

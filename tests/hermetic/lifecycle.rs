@@ -14,7 +14,7 @@ use crate::wire::{Fate, Leg};
 
 /// The single flow in the table.
 fn only_flow(net: &Net) -> tunlb::conntrack::Flow {
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     assert_eq!(flows.len(), 1, "{}", net.report("expected one flow", &[]));
     flows[0].clone()
 }
@@ -192,7 +192,7 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
             check::valid_packet(&syn[..len]).unwrap().dst_sock(),
             backend(0)
         );
-        let flows = engine.flows();
+        let flows = engine.flows_of::<std::net::Ipv4Addr>();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].state, TcpState::SynSent);
         assert_eq!(

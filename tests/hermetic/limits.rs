@@ -31,15 +31,19 @@ fn greeted(net: &Net, id: StreamId) -> bool {
 
 /// The ORIGINAL tuples in the table, sorted.
 fn originals(engine: &Engine) -> Vec<Tuple> {
-    let mut v: Vec<Tuple> = engine.flows().into_iter().map(|f| f.original).collect();
+    let mut v: Vec<Tuple> = engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .into_iter()
+        .map(|f| f.original)
+        .collect();
     v.sort();
     v
 }
 
 fn original(client: usize, port: u16) -> Tuple {
     Tuple {
-        src: SocketAddrV4::new(CLIENTS[client], port),
-        dst: vip(),
+        src: SocketAddrV4::new(CLIENTS[client], port).into(),
+        dst: vip().into(),
     }
 }
 
@@ -79,7 +83,11 @@ fn a_full_table_evicts_unreplied_syns_but_never_assured_flows() {
         want,
         "the unreplied SYNs went, the assured flows stayed"
     );
-    assert!(net.engine.flows().iter().all(|f| f.assured));
+    assert!(net
+        .engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .iter()
+        .all(|f| f.assured));
 
     // A table full of ASSURED flows admits nobody: the SYN is dropped (and
     // retransmitted by the client), nothing is evicted.
@@ -92,7 +100,7 @@ fn a_full_table_evicts_unreplied_syns_but_never_assured_flows() {
     assert_eq!(stats.evicted, 2);
     assert_eq!(originals(&net.engine), want);
     assert!(!net.stream(e).established);
-    for f in net.engine.flows() {
+    for f in net.engine.flows_of::<std::net::Ipv4Addr>() {
         assert_eq!(f.state, TcpState::Established);
     }
 
@@ -121,7 +129,7 @@ fn handshake(engine: &Engine, port: u16, now: Timestamp) -> Tuple {
         Verdict::Forward { .. }
     ));
     let reply = engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .find(|f| f.original.src == client)
         .unwrap()
@@ -148,7 +156,10 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
     for port in 0..10 {
         handshake(&engine, 30000 + port, t0);
     }
-    assert!(engine.flows().iter().all(|f| f.assured));
+    assert!(engine
+        .flows_of::<std::net::Ipv4Addr>()
+        .iter()
+        .all(|f| f.assured));
     let t1 = Timestamp::from_secs(2);
     for port in [31001, 31002] {
         let mut syn = craft::tcp(SocketAddrV4::new(CLIENTS[1], port), vip(), flags::SYN, 1, 0);
@@ -173,7 +184,14 @@ fn eviction_finds_an_unreplied_syn_behind_many_assured_flows() {
         engine.stats()
     );
     assert_eq!(engine.stats().evicted, 1);
-    assert_eq!(engine.flows().iter().filter(|f| f.assured).count(), 10);
+    assert_eq!(
+        engine
+            .flows_of::<std::net::Ipv4Addr>()
+            .iter()
+            .filter(|f| f.assured)
+            .count(),
+        10
+    );
 }
 
 #[test]
@@ -194,7 +212,7 @@ fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
         .all(|&i| greeted(n, i))));
     let mut ports: Vec<u16> = net
         .engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .iter()
         .map(|f| f.reply.dst.port())
         .collect();
@@ -231,7 +249,7 @@ fn port_exhaustion_drops_extra_syns_until_expiry_returns_the_ports() {
     assert!(stats.expired >= 3, "{stats}");
     let all_syns = syns_from(&net, SocketAddrV4::new(CLIENTS[3], 50000));
     assert_eq!(stats.dropped(DropReason::PortsExhausted), all_syns - 1);
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     let f = flows
         .iter()
         .find(|f| f.original.src.ip() == &CLIENTS[3])

@@ -32,7 +32,7 @@ const LIVE_PORTS: [u16; 4] = [1000, 1001, 1002, 1003];
 /// one half-open (port 1003), a tiny SNAT range and a drained second service.
 fn engine_with_flows() -> (Engine, Vec<Tuple>) {
     let mut drained = net::service(Mode::Nth, &[0, 0]);
-    drained.vip = SocketAddrV4::new(DRAINED_VIP, 80);
+    drained.vip = SocketAddrV4::new(DRAINED_VIP, 80).into();
     let cfg = EngineConfig {
         services: vec![net::service(Mode::Nth, &[1, 1, 1, 1]), drained],
         max_flows: MAX_FLOWS,
@@ -50,7 +50,7 @@ fn engine_with_flows() -> (Engine, Vec<Tuple>) {
             engine.handle_packet(&mut syn, t),
             Verdict::Forward { .. }
         ));
-        let flows = engine.flows();
+        let flows = engine.flows_of::<std::net::Ipv4Addr>();
         let reply = flows
             .iter()
             .find(|f| f.original.src == client)
@@ -324,7 +324,13 @@ fn build(input: &Input, replies: &[Tuple]) -> Vec<u8> {
         } => {
             let r = replies[*flow];
             let mut t = if *reply {
-                Tcp::new(r.src, r.dst, flags::ACK | flags::PSH, 501, 101)
+                Tcp::new(
+                    r.src.into(),
+                    r.dst.into(),
+                    flags::ACK | flags::PSH,
+                    501,
+                    101,
+                )
             } else {
                 Tcp::new(
                     SocketAddrV4::new(CLIENTS[0], LIVE_PORTS[*flow]),
@@ -373,9 +379,9 @@ fn judge(
     }
     if s.tcp.is_some() {
         let (src, dst) = (s.src_sock(), s.dst_sock());
-        let tracked = flows
-            .iter()
-            .any(|(o, r)| (src, dst) == (r.dst, r.src) || (src, dst) == (o.dst, o.src));
+        let tracked = flows.iter().any(|(o, r)| {
+            (src, dst) == (r.dst.into(), r.src.into()) || (src, dst) == (o.dst.into(), o.src.into())
+        });
         prop_assert!(
             tracked,
             "TCP forwarded outside any flow: {}",
@@ -396,7 +402,7 @@ fn judge(
 
 fn tuples(engine: &Engine) -> Vec<(Tuple, Tuple)> {
     engine
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .map(|f| (f.original, f.reply))
         .collect()
@@ -425,7 +431,7 @@ proptest! {
             flows.extend(tuples(&engine));
             judge(&bytes, verdict, &buf, &flows)?;
             prop_assert!(engine.flow_count() <= MAX_FLOWS);
-            prop_assert_eq!(engine.flows().len(), engine.flow_count());
+            prop_assert_eq!(engine.flows_of::<std::net::Ipv4Addr>().len(), engine.flow_count());
             let stats = engine.stats();
             prop_assert_eq!(accounted(&stats) - accounted(&base), processed, "one counter per packet: {}", stats);
         }

@@ -92,12 +92,12 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// The service `VIP:80` over backends `0..weights.len()` with these weights.
 pub fn service(mode: Mode, weights: &[u32]) -> ServiceConfig {
     ServiceConfig {
-        vip: vip(),
+        vip: vip().into(),
         backends: weights
             .iter()
             .enumerate()
             .map(|(i, &weight)| BackendConfig {
-                addr: backend(i),
+                addr: backend(i).into(),
                 weight,
             })
             .collect(),
@@ -300,7 +300,9 @@ fn new_socket() -> tcp::Socket<'static> {
 
 /// An IPv4 smoltcp endpoint as a std socket address.
 fn sock_v4(ep: IpEndpoint) -> SocketAddrV4 {
-    let IpAddress::Ipv4(ip) = ep.addr;
+    let IpAddress::Ipv4(ip) = ep.addr else {
+        panic!("{ep} is not an IPv4 endpoint");
+    };
     SocketAddrV4::new(ip, ep.port)
 }
 
@@ -334,8 +336,12 @@ impl Net {
     pub fn new(cfg: EngineConfig) -> Self {
         let mut nat_addrs = Vec::new();
         for s in &cfg.services {
-            nat_addrs.push(*s.vip.ip());
-            nat_addrs.extend(s.snat.iter().copied());
+            let v4 = |a: std::net::IpAddr| match a {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            };
+            nat_addrs.extend(v4(s.vip.ip()));
+            nat_addrs.extend(s.snat.iter().filter_map(|&a| v4(a)));
         }
         let seed = cfg.seed;
         let engine = Engine::new(cfg).expect("valid engine configuration");
@@ -458,7 +464,7 @@ impl Net {
         let client = self.stream(id).local;
         let reply = self
             .engine
-            .flows()
+            .flows_of::<std::net::Ipv4Addr>()
             .into_iter()
             .find(|f| f.original.src == client)?
             .reply;
@@ -772,7 +778,7 @@ impl Net {
                 s.received.len()
             );
         }
-        for f in self.engine.flows() {
+        for f in self.engine.flows_of::<std::net::Ipv4Addr>() {
             out += &format!("  flow {} / {} {}\n", f.original, f.reply, f.state);
         }
         for (t, r, p) in self.drops.iter().rev().take(10) {

@@ -225,7 +225,7 @@ fn a_periodic_save_restores_flows_that_moved_on_since() {
     let s = net.engine.stats();
     assert_eq!(s.dropped(DropReason::OutOfWindow), 0, "{s}");
     // The flow's windows were learnt again: an RST far off is refused.
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     assert!(flows
         .iter()
         .all(|f| !f.window[0].liberal() && !f.window[1].liberal()));
@@ -273,11 +273,11 @@ fn restored_flows_need_their_service_and_backend_and_time() {
     assert_eq!((r.restored, r.no_room), (3, 1), "{r}");
     // Restored flows keep their translation: the backend's reply goes
     // back to the client through the new engine.
-    for f in e2.flows() {
+    for f in e2.flows_of::<std::net::Ipv4Addr>() {
         let t = f.reply;
         let (v, out) = cycle::process(&e2, now, t.src, t.dst, ACK, SERVER_ISN + 1, CLIENT_ISN + 1);
         let want = Tuple {
-            src: vip(),
+            src: vip().into(),
             dst: f.original.src,
         };
         assert!(cycle::expect_translated(v, &out, want), "{v:?}");
@@ -293,7 +293,7 @@ fn pickup_needs_a_mode_that_is_a_function_of_the_tuple() {
         };
         assert_eq!(
             cfg.validate(),
-            Err(ConfigError::PickupNeedsHash(vip(), mode.name()))
+            Err(ConfigError::PickupNeedsHash(vip().into(), mode.name()))
         );
     }
     assert!(pickup_config().validate().is_ok());

@@ -151,7 +151,7 @@ type Fingerprint = (TcpState, Timestamp, [u64; 2], [u64; 2], bool, bool);
 /// Every flow's fingerprint, in ORIGINAL-tuple order.
 fn snapshot(e: &Engine) -> Vec<(Tuple, Fingerprint)> {
     let mut v: Vec<_> = e
-        .flows()
+        .flows_of::<std::net::Ipv4Addr>()
         .into_iter()
         .map(|f| (f.original, fingerprint(&f)))
         .collect();
@@ -216,7 +216,7 @@ proptest! {
             prop_assert_eq!(engine.flow_count(), flows.len());
             for m in &flows {
                 let f = engine
-                    .flows()
+                    .flows_of::<std::net::Ipv4Addr>()
                     .into_iter()
                     .find(|f| f.original.src == m.conn.client)
                     .expect("the flow is tracked");

@@ -161,7 +161,7 @@ fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
     });
     assert!(ok, "{}", net.report("transfers did not finish", &[a, b]));
 
-    let flows = net.engine.flows();
+    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
     assert_eq!(flows.len(), 2);
     let reply_of = |id: StreamId| {
         let local = net.stream(id).local;
