@@ -80,13 +80,8 @@ impl Delta {
     /// holds the 128-bit addresses; RFC 1624 applies word by word).
     #[inline(always)]
     pub fn addr<A: IpAddress>(&mut self, old: A, new: A) {
-        let (o, n) = (old.octets(), new.octets());
-        for (o, n) in o.as_ref().chunks_exact(2).zip(n.as_ref().chunks_exact(2)) {
-            self.u16(
-                u16::from_be_bytes([o[0], o[1]]),
-                u16::from_be_bytes([n[0], n[1]]),
-            );
-        }
+        // The sum over the words of `!old_w + new_w`, with `!w = 0xffff - w`.
+        self.0 += A::WORDS * 0xffff - old.word_sum() + new.word_sum();
     }
 
     /// Return the changes of `self` and `other` together.
@@ -146,14 +141,11 @@ pub const ICMPV6: u8 = 58;
 /// 32-bit length's high half is zero for anything tunlb forwards).
 #[inline(always)]
 pub fn pseudo_header<A: IpAddress>(src: A, dst: A, protocol: u8, len: usize) -> u64 {
-    let words = |a: A| -> u64 {
-        a.octets()
-            .as_ref()
-            .chunks_exact(2)
-            .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum()
-    };
-    words(src) + words(dst) + u64::from(protocol) + (len as u64 & 0xffff) + (len as u64 >> 16)
+    src.word_sum()
+        + dst.word_sum()
+        + u64::from(protocol)
+        + (len as u64 & 0xffff)
+        + (len as u64 >> 16)
 }
 
 /// Return whether a TCP segment's checksum verifies, with the pseudo-header

@@ -356,7 +356,7 @@ impl Engine {
 
     /// Dispatch a checked IP packet of `A`'s family on its protocol: TCP,
     /// the family's ICMP (`icmp`), or anything else (not translated).
-    #[inline]
+    #[inline(always)]
     fn process_ip<A: Family>(
         &self,
         pkt: &mut [u8],

@@ -50,18 +50,11 @@ fn replace_u16(buf: &mut [u8], at: usize, new: u16, csums: &[usize]) {
 /// Write the address `new` at `at`; return the checksum change.
 #[inline(always)]
 fn write_addr<A: IpAddress>(buf: &mut [u8], at: usize, new: A) -> Delta {
+    let field = &mut buf[at..at + A::LEN];
+    let old = A::read(field);
+    field.copy_from_slice(new.octets().as_ref());
     let mut d = Delta::new();
-    if A::VERSION == 4 {
-        // One 32-bit word: the IPv4 path as it always was.
-        let old = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-        let new = u32::from_be_bytes(new.octets().as_ref().try_into().unwrap_or_default());
-        buf[at..at + 4].copy_from_slice(&new.to_be_bytes());
-        d.u32(old, new);
-    } else {
-        let old = A::read(&buf[at..]);
-        buf[at..at + A::LEN].copy_from_slice(new.octets().as_ref());
-        d.addr(old, new);
-    }
+    d.addr(old, new);
     d
 }
 

@@ -302,7 +302,7 @@ impl IpRepr {
 
     /// Check the IPv4 header of `pkt` (and its checksum when
     /// `verify_checksum`); refuse fragments.
-    #[inline]
+    #[inline(always)]
     pub fn parse_ipv4(pkt: &[u8], verify_checksum: bool) -> Result<Self, DropReason> {
         match pkt.first() {
             None => return Err(DropReason::Truncated),
@@ -356,7 +356,7 @@ impl<A: IpAddress> TcpRepr<A> {
     /// Check the TCP segment of `pkt`, whose IP header `ip` of `A`'s family
     /// describes (`ip.protocol` is TCP), and its checksum when
     /// `verify_checksum`.
-    #[inline]
+    #[inline(always)]
     pub fn parse(pkt: &[u8], ip: &IpRepr, verify_checksum: bool) -> Result<Self, DropReason> {
         let pkt = &pkt[..ip.total_len];
         let seg = &pkt[ip.header_len..];

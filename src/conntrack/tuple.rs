@@ -51,6 +51,13 @@ pub trait IpAddress:
     /// Feed the address to a hasher in one or two word writes (the flow
     /// table hashes every packet's tuple).
     fn hash_words<H: Hasher>(self, other: Self, ports: u32, state: &mut H);
+
+    /// The sum of the address's 16-bit words (network order), not folded:
+    /// what the address adds to a checksum's pseudo-header.
+    fn word_sum(self) -> u64;
+
+    /// The number of 16-bit words in an address: 2 or 8.
+    const WORDS: u64 = Self::LEN as u64 / 2;
 }
 
 impl IpAddress for Ipv4Addr {
@@ -61,7 +68,14 @@ impl IpAddress for Ipv4Addr {
 
     #[inline(always)]
     fn read(b: &[u8]) -> Self {
-        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+        let a: [u8; 4] = b[..4].try_into().unwrap_or_default();
+        Ipv4Addr::from(a)
+    }
+
+    #[inline(always)]
+    fn word_sum(self) -> u64 {
+        let bits = self.to_bits();
+        u64::from(bits >> 16) + u64::from(bits & 0xffff)
     }
 
     #[inline(always)]
@@ -92,9 +106,13 @@ impl IpAddress for Ipv6Addr {
 
     #[inline(always)]
     fn read(b: &[u8]) -> Self {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&b[..16]);
+        let a: [u8; 16] = b[..16].try_into().unwrap_or_default();
         Ipv6Addr::from(a)
+    }
+
+    #[inline(always)]
+    fn word_sum(self) -> u64 {
+        self.segments().iter().map(|&w| u64::from(w)).sum()
     }
 
     #[inline(always)]
