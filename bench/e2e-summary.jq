@@ -1,7 +1,8 @@
 # bench/e2e-summary.jq: turn bench/e2e.sh's raw run lines (slurped, one object
 # per configuration x round x test) into latest.json: meta, runs (raw, with
 # per-unit CPU added), medians per configuration and test, and the ratios
-# (tunlb, and the --alt variant if any, against each other configuration).
+# (tunlb, and the --alt variant if any, against each other configuration;
+# tunlb6 against the IPv6 row and against tunlb over IPv4).
 # CPU per unit: microseconds per request for the wrk tests, milliseconds per
 # gigabit for the iperf3 tests.
 
@@ -54,7 +55,8 @@ map(derive) as $runs
    medians: $med,
    ratios: (reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
                     ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
-                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"]) as [$s, $o] ({};
+                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"],
+                    ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"]) as [$s, $o] ({};
      if $med[$o] == null or $med[$s] == null then . else
        .[$s + "/" + $o] = (reduce tests[] as $t ({};
          .[$t] = ({rate: ratio(val($s; $t); val($o; $t)),

@@ -5,11 +5,13 @@ def i: if . == null then dash else round | tostring end;
 def f(n): if . == null then dash else (. * pow(10; n) | round) / pow(10; n) | tostring end;
 def x: if . == null then dash else ((. * 100 | round) / 100 | tostring) + "x" end;
 def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
-           haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)"}[.] // .;
+           haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)",
+           tunlb6: "IPv6: tunlb (nth)", kernel6: "IPv6: kernel NAT66 (ip6tables nth cascade + MASQUERADE)",
+           haproxy6: "IPv6: HAProxy `mode tcp` roundrobin", direct6: "IPv6: direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "packet", "alt", "kernel", "haproxy", "direct"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "packet", "alt", "kernel", "haproxy", "direct", "tunlb6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -65,6 +67,10 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, multi-queue TUN with offloads, busy polling while bulk data flows)" end) + (if ($m.alt_extra_args // "") != "" then "; alt: the same plus `\($m.alt_extra_args)`" else "" end) + "; nothing local on the VIP in lb.",
   "- kernel NAT: the rules `tunlb iptables` prints for the same services, SNAT replaced by MASQUERADE:",
   ($m.kernel_nat_rules[] | "  - `" + . + "`"),
+  (if ($cfgs | any(endswith("6"))) then
+     "- IPv6 rows: the same topology with the IPv6 twin of every address from 2001:2::/48 (client 2001:2:0:1::2, lb 2001:2:0:1::1 and 2001:2:0:2::1, b1..b4 2001:2:0:2::3-6), VIP 2001:2::1 (a /128 on lb's lo for HAProxy; for tunlb a second `--tun-addr 2001:2::fe/64`, `--vip '[2001:2::1]:80' --backend '[2001:2:0:2::3]:80' ...`, SNAT the VIP's address). Kernel NAT66 (ip6tables, conntrack):\n" +
+     ($m.kernel_nat66_rules // [] | map("  - `" + . + "`") | join("\n"))
+   else empty end),
   "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
   "- HAProxy: `mode tcp`, `balance roundrobin`, bound to the VIP (a /32 on lb's loopback in that configuration only), default threads.",
   "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; light load: `wrk -t1 -c1 -d\($m.duration_s)s --latency -H 'Connection: close'` (one connection at a time); `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",
@@ -77,7 +83,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
     row([$c, .key, (.value.n | tostring), (.value.failed | tostring), (.value.socket_errors | i), (.value.retransmits | i)])),
   "",
   (.runs | map(select(.test == "sanity")) | group_by(.config)[] | "- \(.[0].config) sanity (8 requests, round 1): \(.[0].answered_by | join(" "))"),
-  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "packet" or .config == "alt")) |
+  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "packet" or .config == "alt" or .config == "tunlb6")) |
     "- \(.config) round \(.round): " +
     (if .tunlb_died then "DIED (log tail in the JSON)" else "" end) +
     (if .tunlb_stats then
@@ -85,8 +91,8 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
        (.tunlb_stats.dropped | to_entries | map(select(.value > 0) | "\(.key) \(.value)") | if length > 0 then " (" + join(", ") + ")" else "" end)
      else "" end) +
     (if .tl0_link_stats then "; tl0 tx dropped \(.tl0_link_stats.tx.dropped) (packets the kernel could not queue to tunlb: its TUN queue was full), tl0 rx dropped \(.tl0_link_stats.rx.dropped)" else "" end)),
-  (.runs[] | select(.test == "after" and .config == "kernel") |
-    "- kernel NAT round \(.round): DNAT rule hits (first packets of NEW connections) " +
+  (.runs[] | select(.test == "after" and (.config == "kernel" or .config == "kernel6")) |
+    "- \(if .config == "kernel6" then "kernel NAT66" else "kernel NAT" end) round \(.round): DNAT rule hits (first packets of NEW connections) " +
     ([.nat_prerouting[2:][] | split(" ") | map(select(length > 0)) | .[0]] | join(" / ")) +
     "; conntrack entries afterwards \(.conntrack_count_after)"),
   (.runs[] | select(.error) | "- FAILED: round \(.round) \(.config) \(.test): \(.error)")

@@ -10,6 +10,8 @@
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
 #   --configs LIST  comma-separated subset of tunlb,packet,alt,kernel,haproxy,direct
+#                   and of the IPv6 ones, tunlb6,kernel6,haproxy6,direct6 (never
+#                   in the default list; e.g. --configs kernel6,haproxy6)
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
 #                   (e.g. "--threads 2"), in the same rounds, for an A/B choice;
 #                   split on spaces, and not flags tunlb already gets (--mode,
@@ -38,6 +40,19 @@
 #   C haproxy  HAProxy `mode tcp`, roundrobin, listening on the VIP (which is
 #              then a local address of lb, in that configuration only);
 #   D direct   the client talks to b1 itself, routed through lb, no balancer.
+# The IPv6 row (issue 15; only when --configs names them): the same four on
+# a dual-stack topology with the IPv6 twins of the addresses (2001:2::/48,
+# VIP 2001:2::1, b1..b4 2001:2:0:2::3..6, see bench/lib-e2e.sh):
+#   tunlb6     `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --tun-addr
+#              2001:2::fe/64 --vip '[2001:2::1]:80' --backend
+#              '[2001:2:0:2::3]:80' ... --mode nth` (SNAT: the VIP's address,
+#              tunlb's default), the 5201 service in a config file;
+#   kernel6    ip6tables NAT66 in lb, conntrack: the same DNAT nth cascade and
+#              MASQUERADE, as `tunlb iptables` prints it for the IPv6 services
+#              (ip6tables lines), or when this tunlb cannot print them yet,
+#              the same rules written here;
+#   haproxy6   HAProxy as in C, bound to the IPv6 VIP (a /128 on lb's lo);
+#   direct6    the client to b1's IPv6 address, routed through lb.
 # Every configuration of every round gets a fresh topology (new namespaces,
 # new backends), so no run inherits TIME_WAIT sockets, conntrack entries or
 # a balancer's leftovers from another. Per configuration and round:
@@ -121,9 +136,9 @@ fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
-    tunlb | packet | kernel | haproxy | direct) ;;
+    tunlb | packet | kernel | haproxy | direct | tunlb6 | kernel6 | haproxy6 | direct6) ;;
     alt) [ -n "$ALT" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags)" ;;
-    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, tunlb6, kernel6, haproxy6, direct6)" ;;
   esac
 done
 
@@ -134,7 +149,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 need_pkgs() {
   local missing=() pair cmd pkg created=
   for pair in ip:iproute2 ss:iproute2 wrk:wrk haproxy:haproxy nginx:nginx-light iperf3:iperf3 \
-    iptables:iptables jq:jq timeout:coreutils; do
+    iptables:iptables ip6tables:iptables jq:jq timeout:coreutils; do
     cmd=${pair%%:*} pkg=${pair#*:}
     command -v "$cmd" >/dev/null || missing+=("$pkg")
   done
@@ -181,7 +196,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if contains tunlb || contains packet || contains alt || contains kernel; then
+if contains tunlb || contains packet || contains alt || contains kernel || contains tunlb6 || contains kernel6; then
   if [ -z "$BIN" ]; then
     BIN="$ROOT/target/release/tunlb"
     if [ -z "$NO_BUILD" ]; then
@@ -209,22 +224,39 @@ vip = "$E2E_VIP:5201"
 mode = "nth"
 backends = ["$BACKEND5201"]
 EOF
+# The same services over IPv6 (tunlb6, kernel6).
+BACKENDS80_6=() BACKEND5201_6="[$(e2e_baddr6 1)]:5201"
+for i in $(seq 1 "$E2E_NB"); do BACKENDS80_6+=("[$(e2e_baddr6 "$i")]:80"); done
+TUNLB_FLAGS6=(--vip "[$E2E_VIP6]:80" --mode nth)
+for b in "${BACKENDS80_6[@]}"; do TUNLB_FLAGS6+=(--backend "$b"); done
+cat >"$E2E_WORK/tunlb-iperf6.toml" <<EOF
+[[service]]
+vip = "[$E2E_VIP6]:5201"
+mode = "nth"
+backends = ["$BACKEND5201_6"]
+EOF
 
 read -ra TUNLB_EXTRA <<<"${TUNLB_ARGS-}"
 read -ra ALT_EXTRA <<<"$ALT"
 CLK_TCK=$(getconf CLK_TCK)
 BAL_PID='' BAL_NS='' TARGET=''
 
-# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb, packet or alt) with FLAGS
-# added; CFG packet runs the packet datapath instead of the TUN.
+# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb, packet, alt or tunlb6) with
+# FLAGS added; CFG packet runs the packet datapath instead of the TUN; CFG
+# tunlb6 the IPv6 services, with an IPv6 prefix on the TUN too.
 start_tunlb() {
   local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=() io=(--tun tl0 --tun-addr 198.18.0.254/24)
+  local svc=("${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml")
   shift 2
   [ "$cfg" != packet ] || io=(--io packet)
+  if [ "$cfg" = tunlb6 ]; then
+    io+=(--tun-addr 2001:2::fe/64)
+    svc=("${TUNLB_FLAGS6[@]}" --config "$E2E_WORK/tunlb-iperf6.toml")
+  fi
   # Its own control socket, so it never meets another tunlb's default one.
   [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}$cfg.sock")
   e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run "${io[@]}" \
-    "${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
+    "${svc[@]}" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   local k
   for ((k = 0; k < 200; k++)); do
@@ -253,13 +285,54 @@ start_kernel() {
   BAL_PID='' BAL_NS=''
 }
 
+# start_kernel6 P: the IPv6 twin of start_kernel, with ip6tables (NAT66,
+# conntrack). The rules are those `tunlb iptables` prints for the IPv6
+# services (its ip6tables lines) when it can; else the same cascade written
+# here: DNAT nth --every 4/3/2 then unconditional, MASQUERADE out of lb (br0's
+# 2001:2:0:2::1).
+start_kernel6() {
+  local p=$1 line args i n=$E2E_NB out="$E2E_WORK/ip6tables-rules.txt"
+  if "$BIN" iptables "${TUNLB_FLAGS6[@]}" --config "$E2E_WORK/tunlb-iperf6.toml" >"$E2E_WORK/ip6tables-printed.txt" 2>&1 &&
+    grep -q '^ip6tables .*--every 4 --packet 0' "$E2E_WORK/ip6tables-printed.txt"; then
+    grep '^ip6tables ' "$E2E_WORK/ip6tables-printed.txt" |
+      sed -E 's/-j SNAT --to-source [0-9a-fA-F:.]+$/-j MASQUERADE/' >"$out"
+  else
+    e2e_log "kernel6: tunlb iptables printed no IPv6 rules ($(head -c 200 "$E2E_WORK/ip6tables-printed.txt" | tr '\n' ' ')); using the same cascade written by bench/e2e.sh"
+    : >"$out"
+    for ((i = 1; i <= n; i++)); do
+      line="ip6tables -t nat -A PREROUTING -p tcp -d $E2E_VIP6 --dport 80 -m conntrack --ctstate NEW"
+      [ "$i" -eq "$n" ] || line+=" -m statistic --mode nth --every $((n - i + 1)) --packet 0"
+      printf '%s -j DNAT --to-destination %s\n' "$line" "${BACKENDS80_6[$((i - 1))]}" >>"$out"
+    done
+    printf '%s\n' "ip6tables -t nat -A PREROUTING -p tcp -d $E2E_VIP6 --dport 5201 -m conntrack --ctstate NEW -j DNAT --to-destination $BACKEND5201_6" \
+      "ip6tables -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctorigdst $E2E_VIP6 --ctorigdstport 80 -j MASQUERADE" \
+      "ip6tables -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT --ctorigdst $E2E_VIP6 --ctorigdstport 5201 -j MASQUERADE" >>"$out"
+  fi
+  while read -r line; do
+    read -ra args <<<"$line"
+    ip netns exec "${p}lb" "${args[@]}" || { e2e_log "failed: $line"; return 1; }
+  done <"$out"
+  BAL_PID='' BAL_NS=''
+}
+
+# start_haproxy P [6]: HAProxy on the VIP (with 6: the IPv6 VIP and backends).
 start_haproxy() {
-  local p=$1 cfg="$E2E_WORK/${1}haproxy.cfg" web='' i
-  for i in $(seq 1 "$E2E_NB"); do web+="    server b$i $(e2e_baddr "$i"):80"$'\n'; done
-  awk -v vip="$E2E_VIP" -v web="${web%$'\n'}" -v ip="    server b1 $BACKEND5201" '
+  local p=$1 fam=${2:-4} cfg="$E2E_WORK/${1}haproxy.cfg" web='' i vip=$E2E_VIP one=$BACKEND5201
+  if [ "$fam" = 6 ]; then
+    # HAProxy reads an IPv6 address's port after its last colon.
+    vip=$E2E_VIP6 one="$(e2e_baddr6 1):5201"
+    for i in $(seq 1 "$E2E_NB"); do web+="    server b$i $(e2e_baddr6 "$i"):80"$'\n'; done
+  else
+    for i in $(seq 1 "$E2E_NB"); do web+="    server b$i $(e2e_baddr "$i"):80"$'\n'; done
+  fi
+  awk -v vip="$vip" -v web="${web%$'\n'}" -v ip="    server b1 $one" '
     { gsub(/@VIP@/, vip) } /@WEB_SERVERS@/ { print web; next } /@IPERF_SERVERS@/ { print ip; next } { print }
   ' "$BENCH/haproxy.cfg.in" >"$cfg"
-  ip -n "${p}lb" addr add "$E2E_VIP/32" dev lo
+  if [ "$fam" = 6 ]; then
+    ip -n "${p}lb" addr add "$vip/128" dev lo nodad
+  else
+    ip -n "${p}lb" addr add "$vip/32" dev lo
+  fi
   e2e_bg "${p}lb" haproxy "$E2E_WORK/${p}haproxy.log" haproxy -db -f "$cfg"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   e2e_wait_listen "${p}lb" 80 "$BAL_PID" && e2e_wait_listen "${p}lb" 5201 "$BAL_PID" && return 0
@@ -286,7 +359,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | tunlb6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
@@ -302,7 +375,7 @@ run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
   before=$(snap)
   timeout --kill-after=5 $((DUR + 30)) ip netns exec "${p}client" \
     wrk -t"$threads" -c"$conns" -d"${DUR}s" --latency -s "$BENCH/wrk-report.lua" "${hdr[@]}" \
-    "http://$TARGET/" >"$out" 2>&1 || true
+    "http://$(url_host "$TARGET")/" >"$out" 2>&1 || true
   after=$(snap)
   line=$(sed -n 's/^WRKJSON //p' "$out")
   if [ -z "$line" ]; then
@@ -321,8 +394,7 @@ run_iperf() { # P ROUND CFG TEST STREAMS [-R]
   local p=$1 round=$2 cfg=$3 test=$4 n=$5 before after out line
   local rev=()
   [ -z "${6-}" ] || rev=("$6")
-  local host=$E2E_VIP
-  [ "$cfg" = direct ] && host=$(e2e_baddr 1)
+  local host=$TARGET
   out="$E2E_WORK/${p}iperf-$test.json"
   before=$(snap)
   timeout --kill-after=5 $((DUR + 30)) ip netns exec "${p}client" \
@@ -352,6 +424,9 @@ sanity() {
   printf '%s\n' "${got[*]}"
 }
 
+# url_host ADDR: ADDR as a URL's host ([...] around an IPv6 address).
+url_host() { case $1 in *:*) printf '[%s]\n' "$1" ;; *) printf '%s\n' "$1" ;; esac; }
+
 balancer_alive() {
   [ -z "$BAL_PID" ] && return 0
   e2e_pid_in_ns "$BAL_PID" "$BAL_NS"
@@ -361,8 +436,11 @@ balancer_alive() {
 one_config() {
   local round=$1 cfg=$2 p="${RUNID}$3-" seen t ok=1 extra=null stats tun
   e2e_log "round $round/$ROUNDS: $cfg (namespaces ${p}*)"
-  e2e_up "$p"
+  local fam=4
+  case $cfg in *6) fam=6 ;; esac
+  e2e_up "$p" "$fam"
   BAL_PID='' BAL_NS='' TARGET=$E2E_VIP
+  [ "$fam" != 6 ] || TARGET=$E2E_VIP6
   case $cfg in
     tunlb) start_tunlb "$p" tunlb || ok= ;;
     packet) start_tunlb "$p" packet || ok= ;;
@@ -370,6 +448,10 @@ one_config() {
     kernel) start_kernel "$p" || ok= ;;
     haproxy) start_haproxy "$p" || ok= ;;
     direct) TARGET=$(e2e_baddr 1) ;;
+    tunlb6) start_tunlb "$p" tunlb6 || ok= ;;
+    kernel6) start_kernel6 "$p" || ok= ;;
+    haproxy6) start_haproxy "$p" 6 || ok= ;;
+    direct6) TARGET=$(e2e_baddr6 1) ;;
   esac
   if [ -z "$ok" ]; then
     record "$p" "$round" "$cfg" start '{"error":"the balancer did not start"}' "0 0 0" "0 0 0"
@@ -401,7 +483,7 @@ one_config() {
 
   # What the balancer says about itself afterwards.
   case $cfg in
-    tunlb | packet | alt)
+    tunlb | packet | alt | tunlb6)
       if balancer_alive; then
         # Its counters (drop reasons), and the TUN's own queue drops.
         stats=null
@@ -418,11 +500,13 @@ one_config() {
       else
         extra=$(jq -Rs '{tunlb_died: true, tunlb_log_tail: (split("\n") | .[-30:])}' "$E2E_WORK/${p}$cfg.log")
       fi ;;
-    kernel)
-      extra=$(ip netns exec "${p}lb" iptables -t nat -L PREROUTING -nvx |
+    kernel | kernel6)
+      local ipt=iptables
+      [ "$cfg" = kernel ] || ipt=ip6tables
+      extra=$(ip netns exec "${p}lb" "$ipt" -t nat -L PREROUTING -nvx |
         jq -Rs --arg ct "$(ip netns exec "${p}lb" cat /proc/sys/net/netfilter/nf_conntrack_count)" \
           '{nat_prerouting: (split("\n") | map(select(length > 0))), conntrack_count_after: ($ct | tonumber)}') ;;
-    haproxy)
+    haproxy | haproxy6)
       balancer_alive || extra='{"haproxy_died": true}' ;;
   esac
   record "$p" "$round" "$cfg" after "$extra" "0 0 0" "0 0 0"
@@ -455,6 +539,7 @@ meta=$(jq -n --arg t0 "$START" --arg t1 "$END" --arg nproc "$(nproc)" --arg kern
   --arg wrk "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)" --arg haproxy "$(haproxy -v | head -n1 | cut -d' ' -f1-3)" \
   --arg nginx "$(nginx -v 2>&1 | sed 's/.*: //')" --arg iperf3 "$(iperf3 -v | head -n1 | cut -d' ' -f1-2)" \
   --arg tunlb_args "${TUNLB_ARGS-}" --arg alt_args "$ALT" --arg iptables "$(iptables -V)" --arg rules "$(cat "$E2E_WORK/iptables-rules.txt" 2>/dev/null || true)" \
+  --arg rules6 "$(cat "$E2E_WORK/ip6tables-rules.txt" 2>/dev/null || true)" \
   '{started: $t0, finished: $t1, nproc: ($nproc | tonumber), kernel: $kernel, cpu_model: $model,
     tunlb_commit: $rev, tunlb_extra_args: $tunlb_args, alt_extra_args: $alt_args, tunlb_src_files_modified: $dirty, tunlb_binary_sha256_16: $bin_sha,
     rounds: $rounds, duration_s: $dur, quick: $quick, order: ($cfgs | split(" ")),
@@ -462,6 +547,7 @@ meta=$(jq -n --arg t0 "$START" --arg t1 "$END" --arg nproc "$(nproc)" --arg kern
     other_build_procs_start: $others0, other_build_procs_end: $others1,
     tools: {wrk: $wrk, haproxy: $haproxy, nginx: $nginx, iperf3: $iperf3, iptables: $iptables},
     kernel_nat_rules: ($rules | split("\n") | map(select(length > 0))),
+    kernel_nat66_rules: ($rules6 | split("\n") | map(select(length > 0))),
     note: "absolute numbers on a shared 2-core machine are noisy; the ratios are the result"}')
 
 mkdir -p "$(dirname "$OUT")"

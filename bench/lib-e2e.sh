@@ -12,6 +12,13 @@
 #                              b1..b4: 198.18.2.3 .. 198.18.2.6 (eth0)
 #   VIP 198.18.0.1: port 80 (4 backends), port 5201 (b1 only, for iperf3)
 #
+# With family 6 (e2e_up PREFIX 6, the IPv6 configurations), every node also
+# gets the IPv6 twin of its address from 2001:2::/48 (RFC 5180), as in
+# scripts/lib.sh: 198.18.X.Y <-> 2001:2:0:X::Y (client 2001:2:0:1::2, lb
+# 2001:2:0:1::1 and 2001:2:0:2::1, b1..b4 2001:2:0:2::3..6, VIP 2001:2::1),
+# nginx and iperf3 listen on the IPv6 address too, lb forwards IPv6. Family 4
+# (the default) keeps IPv6 disabled everywhere, as before.
+#
 # Every name carries the prefix given to e2e_up (e.g. "e2e1234-7-"); every
 # interface is made inside those namespaces (veth pairs created in the lb
 # namespace with their peer moved at creation); nothing touches the root
@@ -27,6 +34,10 @@ E2E_CLIENT=198.18.1.2
 E2E_LB_C=198.18.1.1
 E2E_LB_B=198.18.2.1
 E2E_NB=4
+E2E_VIP6=2001:2::1
+E2E_CLIENT6=2001:2:0:1::2
+E2E_LB_C6=2001:2:0:1::1
+E2E_LB_B6=2001:2:0:2::1
 E2E_LIB_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 
 e2e_log() { printf '[e2e] %s\n' "$*" >&2; }
@@ -35,6 +46,7 @@ e2e_die() {
   exit 1
 }
 e2e_baddr() { printf '198.18.2.%d\n' "$(($1 + 2))"; }
+e2e_baddr6() { printf '2001:2:0:2::%d\n' "$(($1 + 2))"; }
 
 # e2e_sysctl NS KEY VALUE: write a sysctl inside namespace NS only.
 e2e_sysctl() {
@@ -105,11 +117,13 @@ e2e_down() {
   done
 }
 
-# e2e_nginx_conf I DIR: write bI's nginx config into DIR/nginx.conf.
+# e2e_nginx_conf I DIR [FAMILY]: write bI's nginx config into DIR/nginx.conf
+# (FAMILY 6: it listens on bI's IPv6 address too).
 e2e_nginx_conf() {
-  local i=$1 dir=$2
+  local i=$1 dir=$2 listen6=''
+  [ "${3:-4}" != 6 ] || listen6="listen [$(e2e_baddr6 "$i")]:80 backlog=4096;"
   sed -e "s|@DIR@|$dir|g" -e "s|@ADDR@|$(e2e_baddr "$i")|g" -e "s|@NAME@|b$i|g" \
-    "$E2E_LIB_DIR/nginx.conf.in" >"$dir/nginx.conf"
+    -e "s|@LISTEN6@|$listen6|" "$E2E_LIB_DIR/nginx.conf.in" >"$dir/nginx.conf"
 }
 
 # e2e_wait_listen NS PORT PID [SECONDS]: wait until something listens on PORT.
@@ -123,22 +137,37 @@ e2e_wait_listen() {
   return 1
 }
 
-# e2e_up PREFIX: client, lb (a router, ip_forward=1), b1..b4 with nginx on :80
-# and an iperf3 server on b1:5201. Offloads stay at the kernel's defaults.
+# e2e_up PREFIX [FAMILY]: client, lb (a router, ip_forward=1), b1..b4 with
+# nginx on :80 and an iperf3 server on b1:5201. Offloads stay at the kernel's
+# defaults. FAMILY 6: dual stack, the servers on the IPv6 addresses too
+# (iperf3 on b1's IPv6 address only: one test at a time either way).
 e2e_up() {
-  local p=$1 ns i b dir c="${1}client" lb="${1}lb"
+  local p=$1 fam=${2:-4} ns i b dir k c="${1}client" lb="${1}lb"
   e2e_down "$p"
   for ns in "$c" "$lb" $(seq 1 "$E2E_NB" | sed "s/^/${p}b/"); do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
-    e2e_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
-    e2e_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
+    if [ "$fam" = 6 ]; then
+      # Quiet IPv6: no router advertisements, no autoconfiguration, no
+      # duplicate address detection (addresses usable at once).
+      for k in accept_ra autoconf accept_dad; do
+        e2e_sysctl "$ns" "net.ipv6.conf.all.$k" 0
+        e2e_sysctl "$ns" "net.ipv6.conf.default.$k" 0
+      done
+    else
+      e2e_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
+      e2e_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
+    fi
   done
   # lb is a router; rp_filter off before any interface exists, so the TUN
   # tunlb creates later inherits 0 too.
   e2e_sysctl "$lb" net.ipv4.conf.all.rp_filter 0
   e2e_sysctl "$lb" net.ipv4.conf.default.rp_filter 0
   e2e_sysctl "$lb" net.ipv4.ip_forward 1
+  if [ "$fam" = 6 ]; then
+    e2e_sysctl "$lb" net.ipv6.conf.all.forwarding 1
+    e2e_sysctl "$lb" net.ipv6.conf.default.forwarding 1
+  fi
   # The client opens tens of thousands of connections per run; HAProxy in
   # lb is a client of the backends in the same way.
   e2e_sysctl "$c" net.ipv4.tcp_tw_reuse 1
@@ -153,9 +182,16 @@ e2e_up() {
   # The VIP's prefix is reached through the lb (the default route says the
   # same; this line says it on purpose).
   ip -n "$c" route add 198.18.0.0/24 via "$E2E_LB_C"
+  if [ "$fam" = 6 ]; then
+    ip -n "$lb" addr add "$E2E_LB_C6/64" dev c0 nodad
+    ip -n "$c" addr add "$E2E_CLIENT6/64" dev eth0 nodad
+    ip -n "$c" -6 route add default via "$E2E_LB_C6"
+    ip -n "$c" -6 route add 2001:2::/64 via "$E2E_LB_C6"
+  fi
 
   ip -n "$lb" link add br0 type bridge
   ip -n "$lb" addr add "$E2E_LB_B/24" dev br0
+  [ "$fam" != 6 ] || ip -n "$lb" addr add "$E2E_LB_B6/64" dev br0 nodad
   ip -n "$lb" link set br0 up
   for i in $(seq 1 "$E2E_NB"); do
     b="${p}b$i"
@@ -165,18 +201,25 @@ e2e_up() {
     ip -n "$b" addr add "$(e2e_baddr "$i")/24" dev eth0
     ip -n "$b" link set eth0 up
     ip -n "$b" route add default via "$E2E_LB_B"
+    if [ "$fam" = 6 ]; then
+      ip -n "$b" addr add "$(e2e_baddr6 "$i")/64" dev eth0 nodad
+      ip -n "$b" -6 route add default via "$E2E_LB_B6"
+    fi
   done
 
   for i in $(seq 1 "$E2E_NB"); do
     b="${p}b$i"
     dir="$E2E_WORK/${p}nginx-b$i"
     mkdir -p "$dir"
-    e2e_nginx_conf "$i" "$dir"
+    e2e_nginx_conf "$i" "$dir" "$fam"
     e2e_bg "$b" "nginx-b$i" "$dir/stderr.log" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
     e2e_wait_listen "$b" 80 "$E2E_PID" ||
       { cat "$dir/stderr.log" "$dir/error.log" >&2 2>/dev/null || true; e2e_die "nginx in $b did not listen on :80"; }
   done
-  e2e_bg "${p}b1" iperf3-b1 "$E2E_WORK/${p}iperf3-server.log" iperf3 -s -B "$(e2e_baddr 1)" -p 5201
+  local ib
+  ib=$(e2e_baddr 1)
+  [ "$fam" != 6 ] || ib=$(e2e_baddr6 1)
+  e2e_bg "${p}b1" iperf3-b1 "$E2E_WORK/${p}iperf3-server.log" iperf3 -s -B "$ib" -p 5201
   e2e_wait_listen "${p}b1" 5201 "$E2E_PID" ||
     { cat "$E2E_WORK/${p}iperf3-server.log" >&2; e2e_die "iperf3 -s in ${p}b1 did not listen on :5201"; }
 }

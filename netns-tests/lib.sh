@@ -25,6 +25,10 @@ TUNLB_LOG=$T_DIR/tunlb.log
 TUNLB_PID=
 VIP=$TL_VIP
 VIP_URL="http://$TL_VIP"
+# IPv6 (the topology is dual stack, scripts/lib.sh): the VIP's twin.
+VIP6=$TL_VIP6
+# shellcheck disable=SC2034  # for the tests
+VIP6_URL="http://[$TL_VIP6]"
 mkdir -p "$T_DIR"
 
 note() { printf '  .. %s\n' "$*"; }
@@ -106,6 +110,61 @@ t_backend_flags() {
     done
   fi
 }
+
+# t_backend_flags6 [W1 W2 ...]: the same over b1..bN's IPv6 addresses
+# ('--backend [2001:2:0:2::3]:80').
+# shellcheck disable=SC2120  # weights are optional
+t_backend_flags6() {
+  local i w
+  if [ $# -eq 0 ]; then
+    for i in $(tl_backends); do printf -- '--backend\n[%s]:80\n' "$(tl_backend_addr6 "$i")"; done
+  else
+    i=0
+    for w in "$@"; do
+      i=$((i + 1))
+      printf -- '--backend\n[%s]:80,weight=%s\n' "$(tl_backend_addr6 "$i")" "$w"
+    done
+  fi
+}
+
+# t6_start ARGS...: the IPv6 service [VIP6]:80 over b1..b4 in the middle,
+# ready. Normally tunlb, with both prefixes on its TUN (--tun-addr IPv4 and
+# IPv6) and ARGS added. With TL_NAT66=kernel, the kernel instead: ip6tables
+# NAT66 in lb, the nth cascade over b1..b4 and SNAT to the VIP's address
+# (what tunlb does by default), ARGS ignored: the same checks run against
+# the kernel, which validates a test itself while tunlb cannot serve IPv6.
+t6_start() {
+  if [ "${TL_NAT66:-}" = kernel ]; then
+    local i n=$TL_NBACKENDS st
+    for ((i = 1; i <= n; i++)); do
+      st=()
+      [ "$i" -eq "$n" ] || st=(-m statistic --mode nth --every $((n - i + 1)) --packet 0)
+      tl_exec "$P" lb ip6tables -t nat -A PREROUTING -p tcp -d "$VIP6" --dport 80 -m conntrack --ctstate NEW \
+        "${st[@]}" -j DNAT --to-destination "[$(tl_backend_addr6 "$i")]:80"
+    done
+    tl_exec "$P" lb ip6tables -t nat -A POSTROUTING -p tcp -m conntrack --ctstate DNAT \
+      --ctorigdst "$VIP6" --ctorigdstport 80 -j SNAT --to-source "$VIP6"
+    # The TUN's IPv6 prefix on a device, as tl0 would hold it (one end of a
+    # veth pair inside lb: no dummy driver here): lb's kernel can then route
+    # an ICMPv6 error about a reply (toward the VIP) before NAT rewrites it
+    # toward the backend.
+    ip -n "${P}lb" link add v6vip type veth peer name v6vip-peer
+    ip -n "${P}lb" addr add "$TL_TUN_ADDR6" dev v6vip nodad
+    ip -n "${P}lb" link set v6vip-peer up
+    ip -n "${P}lb" link set v6vip up
+    note "TL_NAT66=kernel: ip6tables NAT66 in the middle instead of tunlb"
+    return 0
+  fi
+  local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --tun-addr "$TL_TUN_ADDR6")
+  if [[ " $* " != *" --vip "* ]]; then
+    args+=(--vip "[$VIP6]:$TL_VIP_PORT")
+    mapfile -t -O "${#args[@]}" args < <(t_backend_flags6)
+  fi
+  t_tunlb_start_cmd "$TUNLB_BIN" "${args[@]}" "$@"
+}
+# t6_alive: what is in the middle still runs (always true for the kernel).
+t6_alive() { [ "${TL_NAT66:-}" = kernel ] || tl_pid_alive "$TUNLB_PID"; }
+t6_kernel() { [ "${TL_NAT66:-}" = kernel ]; }
 
 # t_stop_and_time SIGNAL: send SIGNAL to tunlb; sets RC (its exit status, 999
 # when it still runs after 3 s, then it is killed) and MS. Runs in this shell:
@@ -192,13 +251,14 @@ if [ "${TL_IO:-}" = packet ]; then T_ADDED="the blackhole route it added"; else 
 # t_client CMD...: run CMD in the client namespace.
 t_client() { tl_exec "$P" client "$@"; }
 
-# t_tally N [URL_SUFFIX]: N sequential connections (one curl, URL globbing, each
-# answer closes its connection); prints "bK COUNT" lines, a "fail COUNT" line and
-# a "connects COUNT" line (TCP connections curl opened).
+# t_tally N [URL_SUFFIX [BASE_URL]]: N sequential connections (one curl, URL
+# globbing, each answer closes its connection) to BASE_URL (default VIP_URL;
+# VIP6_URL for IPv6); prints "bK COUNT" lines, a "fail COUNT" line and a
+# "connects COUNT" line (TCP connections curl opened).
 t_tally() {
-  local n=$1 suffix=${2-}
+  local n=$1 suffix=${2-} base=${3:-$VIP_URL}
   timeout 180 ip netns exec "${P}client" curl -s --max-time 10 -w 'connects=%{num_connects}\n' \
-    "$VIP_URL/?n=[1-$n]$suffix" 2>/dev/null |
+    "$base/?n=[1-$n]$suffix" 2>/dev/null |
     awk -v n="$n" '
       /^b[0-9]+$/ { c[$1]++; got++ }
       /^connects=/ { sub("connects=", ""); conn += $0 }
@@ -306,7 +366,9 @@ t_sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 
 # t_checksum_judge FILE SRC DST: read capture FILE once with IP and TCP
 # checksum validation on; print "PACKETS BAD GOOD FFFF": packets, packets with
-# a bad IP/TCP/ICMP checksum (inner headers of ICMP errors included), packets
+# a bad IP/TCP/ICMP/ICMPv6 checksum (inner headers of ICMP errors included,
+# but not the TCP checksum of a segment an ICMPv6 error quotes, cut short;
+# SRC and DST may be IPv4 or IPv6 addresses, as tshark prints them), packets
 # SRC -> DST whose TCP checksum was verified good, and packets SRC -> DST
 # whose TCP checksum is 0xffff where a full computation gives 0x0000. tshark
 # marks that last case "bad" (its RFC 1624 note), but both encode the same sum
@@ -315,13 +377,20 @@ t_sha() { sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }
 t_checksum_judge() {
   tshark -n -r "$1" -o tcp.check_checksum:TRUE -o ip.check_checksum:TRUE -T fields -E occurrence=a \
     -E aggregator=, -e ip.src -e ip.dst -e ip.checksum.status -e tcp.checksum.status \
-    -e icmp.checksum.status -e tcp.checksum -e tcp.checksum_calculated 2>/dev/null |
+    -e icmp.checksum.status -e tcp.checksum -e tcp.checksum_calculated \
+    -e ipv6.src -e ipv6.dst -e icmpv6.checksum.status -e icmpv6.type 2>/dev/null |
     awk -F '\t' -v src="$2" -v dst="$3" '
       { n++; bad_here = 0; ffff_here = 0
-        split($1, s, ","); split($2, d, ",")
-        mine = (s[1] == src && d[1] == dst)
-        for (i = 3; i <= 5; i += 2) { k = split($i, v, ","); for (j = 1; j <= k; j++) if (v[j] == "0") bad_here = 1 }
+        split($1, s, ","); split($2, d, ","); split($8, s6, ","); split($9, d6, ",")
+        mine = (s[1] == src && d[1] == dst) || ($1 == "" && s6[1] == src && d6[1] == dst)
+        # ip, icmp and icmpv6 checksum status (the TCP one just below)
+        split("3 5 10", cols, " ")
+        for (c in cols) { k = split($(cols[c]), v, ","); for (j = 1; j <= k; j++) if (v[j] == "0") bad_here = 1 }
         k = split($4, st, ","); split($6, ck, ","); split($7, calc, ",")
+        # An ICMPv6 error quotes its packet cut at 1280 bytes: tshark sums the
+        # quoted TCP segment over what is there and calls it bad. Its ICMPv6
+        # checksum (above) is what such a packet is judged by.
+        split($11, t6, ","); if ($11 != "" && t6[1] + 0 < 128) k = 0
         for (j = 1; j <= k; j++) {
           if (st[j] != "0") continue
           if (ck[j] == "0xffff" && calc[j] == "0x0000") ffff_here = 1; else bad_here = 1
@@ -339,5 +408,5 @@ t_check_checksums() {
   read -r total bad good ffff < <(t_checksum_judge "$2" "$3" "$4")
   note "$1 capture: $total packets; $3 -> $4: $good with a verified good TCP checksum, $ffff with 0xffff for 0x0000"
   check_range "$1: packets $3 -> $4 captured and judged good" "$good" "$5" 100000000
-  check_eq "$1: bad IP/TCP/ICMP checksums" "$bad" 0
+  check_eq "$1: bad IP/TCP/ICMP/ICMPv6 checksums" "$bad" 0
 }

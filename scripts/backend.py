@@ -13,6 +13,10 @@ Runs inside one backend namespace (started by scripts/lib.sh) and answers:
   POST /sha256           reads the body (Content-Length) and answers
                          "<sha256 hex> <name>\n", for upload integrity checks
 
+With --bind6 ADDR it also listens on IPv6 (ADDR, e.g. "::"), on a second,
+IPv6-only socket with the same answers: IPv4 connections stay on their own
+AF_INET socket (so `ss` shows them with their IPv4 addresses, not mapped).
+
 Every answer carries "X-Backend: <name>" and closes the connection
 (HTTP/1.0), so each request is one TCP connection through the balancer.
 With --keep-alive it speaks HTTP/1.1 and keeps each connection open for the
@@ -22,7 +26,9 @@ next request instead (as long as the client wants, no idle timeout).
 import argparse
 import hashlib
 import os
+import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +39,16 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     # The default listen backlog (5) drops SYNs under the concurrency test.
     request_queue_size = 1024
+
+
+class Server6(Server):
+    """The same server on an IPv6-only socket."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
 
 
 def make_handler(name, data_dir, keep_alive=False):
@@ -135,11 +151,21 @@ def main():
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", required=True, help="directory with the files served under /file/")
     ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--bind6", default=None,
+                    help="also listen on this IPv6 address (IPv6-only socket), e.g. ::")
     ap.add_argument("--port", type=int, default=80)
     ap.add_argument("--keep-alive", action="store_true",
                     help="HTTP/1.1: keep connections open between requests")
     args = ap.parse_args()
-    server = Server((args.bind, args.port), make_handler(args.name, args.data, args.keep_alive))
+    handler = make_handler(args.name, args.data, args.keep_alive)
+    # Both sockets listen from their constructor on (scripts/lib.sh waits
+    # until ss shows the IPv4 one and, with --bind6, the IPv6 one).
+    server = Server((args.bind, args.port), handler)
+    if args.bind6 is not None:
+        server6 = Server6((args.bind6, args.port), handler)
+        threading.Thread(target=server6.serve_forever, daemon=True).start()
+        print("backend %s listening on [%s]:%d" % (args.name, args.bind6, args.port),
+              file=sys.stderr, flush=True)
     print("backend %s listening on %s:%d" % (args.name, args.bind, args.port), file=sys.stderr, flush=True)
     try:
         server.serve_forever()

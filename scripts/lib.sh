@@ -5,13 +5,25 @@
 # netns-tests/. Everything it creates lives in network namespaces named
 # "${PREFIX}client", "${PREFIX}lb", "${PREFIX}b1".."${PREFIX}b4", joined by veth
 # pairs created directly inside those namespaces; nothing is added to the
-# root namespace. Addresses come from 198.18.0.0/15 only:
+# root namespace. Addresses come from 198.18.0.0/15 only, and for IPv6 from
+# the benchmarking range 2001:2::/48 (RFC 5180) only:
 #
 #   client 198.18.1.2/24 (eth0) --- c0 198.18.1.1/24  [lb]  br0 198.18.2.1/24
 #                                   tl0 198.18.0.254/24 (made by tunlb)  |
 #           VIP 198.18.0.1:80 is routed into tl0        vb1..vb4 ports of br0
 #                                                          |
 #                           b1..b4: 198.18.2.3 .. 198.18.2.6 (eth0), HTTP :80
+#
+# Dual stack (unless TL_IPV6=0): every node also has the IPv6 twin of each
+# IPv4 address, 198.18.X.Y <-> 2001:2:0:X::Y (/64 for a /24), with the same
+# routes: client 2001:2:0:1::2 (default via lb's c0 2001:2:0:1::1), lb's br0
+# 2001:2:0:2::1, b1..b4 2001:2:0:2::3 .. ::6 (default via 2001:2:0:2::1); the
+# IPv6 VIP is 2001:2::1 and tunlb's TUN takes 2001:2::fe/64 (TL_TUN_ADDR6,
+# a second --tun-addr), so the VIP routes into it. Addresses are added with
+# nodad (usable at once), router advertisements and autoconfiguration are off
+# everywhere, lb forwards IPv6 as it forwards IPv4. The backends listen on
+# both families (a second, IPv6-only socket: IPv4 connections stay on an
+# AF_INET socket, so `ss` shows them as before).
 #
 # State (PID files, logs, the served files) lives in $(tl_state PREFIX), by
 # default /run/tunlb-PREFIX. Processes are started with tl_bg, which records
@@ -39,10 +51,18 @@
 #   tl_isolate_backend PREFIX I LB_MTU BACKEND_MTU
 #                                 take bI off the bridge onto its own routed veth
 #   tl_sha256 PREFIX FILE         the known sha256 of a served file (big.bin, small.bin)
+#   tl_backend_addr I / tl_backend_addr6 I
+#                                 bI's IPv4 / IPv6 address
+#
+# IPv6 names: TL_VIP6, TL_TUN_ADDR6, TL_CLIENT_ADDR6, TL_LB_CLIENT_ADDR6,
+# TL_LB_BACKEND_ADDR6, the twins of the IPv4 ones; tl_has_ipv6 PREFIX NODE says
+# whether a node of a topology has IPv6 (TL_IPV6 when it was built).
 #
 # Environment: TUNLB_STATE_ROOT (default /run), TUNLB_DATA (a directory holding
 # big.bin and small.bin and SHA256SUMS; made on first use when missing; default:
-# inside the state directory), TUNLB_PYTHON (default /usr/bin/python3).
+# inside the state directory), TUNLB_PYTHON (default /usr/bin/python3),
+# TL_IPV6 (default 1: dual stack; 0: IPv4 only, IPv6 disabled on the client
+# and the backends as before dual stack existed).
 
 # Constants for the scripts that source this file.
 # shellcheck disable=SC2034
@@ -56,6 +76,13 @@ TL_LB_CLIENT_ADDR=198.18.1.1
 TL_LB_BACKEND_ADDR=198.18.2.1
 TL_NBACKENDS=4
 TL_BIG_MIB=64
+# The IPv6 twins (2001:2::/48 only): 198.18.X.Y <-> 2001:2:0:X::Y.
+TL_VIP6=2001:2::1
+TL_TUN_ADDR6=2001:2::fe/64
+TL_CLIENT_ADDR6=2001:2:0:1::2
+TL_LB_CLIENT_ADDR6=2001:2:0:1::1
+TL_LB_BACKEND_ADDR6=2001:2:0:2::1
+TL_IPV6=${TL_IPV6:-1}
 
 tl_log() { printf '[topology] %s\n' "$*" >&2; }
 tl_die() { printf '[topology] error: %s\n' "$*" >&2; exit 1; }
@@ -74,6 +101,13 @@ tl_check_prefix() {
 tl_state() { printf '%s/tunlb-%s\n' "${TUNLB_STATE_ROOT:-/run}" "$1"; }
 tl_data() { printf '%s\n' "${TUNLB_DATA:-$(tl_state "$1")/data}"; }
 tl_backend_addr() { printf '198.18.2.%d\n' "$(($1 + 2))"; }
+# The address's last group is the IPv4 one's last byte written as it is
+# (198.18.2.3 <-> 2001:2:0:2::3): the plan stays readable for I <= 7.
+tl_backend_addr6() { printf '2001:2:0:2::%d\n' "$(($1 + 2))"; }
+# tl_has_ipv6 PREFIX NODE: true when IPv6 is enabled in PREFIX+NODE.
+tl_has_ipv6() {
+  [ "$(ip netns exec "$1$2" cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null)" = 0 ]
+}
 tl_backends() { seq 1 "$TL_NBACKENDS"; }
 tl_nodes() { printf '%s\n' client lb; local i; for i in $(tl_backends); do printf 'b%d\n' "$i"; done; }
 tl_python() {
@@ -194,16 +228,22 @@ tl_sha256() {
 
 # Start bI's HTTP server and wait until it listens.
 tl_backend_start() {
-  local p=$1 i=$2 st py k
+  local p=$1 i=$2 st py k v6=()
   st=$(tl_state "$p")
   py=$(tl_python)
   mkdir -p "$st/logs"
+  # With IPv6, a second listener on [::]:80; both must listen.
+  local fams=(inet)
+  if tl_has_ipv6 "$p" "b$i"; then v6=(--bind6 ::) fams+=(inet6); fi
   tl_bg "$p" "b$i" "server-b$i" "$st/logs/b$i.log" \
-    "$py" "$TL_LIB_DIR/backend.py" --name "b$i" --data "$(tl_data "$p")" --port 80
+    "$py" "$TL_LIB_DIR/backend.py" --name "b$i" --data "$(tl_data "$p")" --port 80 "${v6[@]}"
+  local f n
   for ((k = 0; k < 100; k++)); do
-    if [ -n "$(ip netns exec "${p}b$i" ss -Hltn 'sport = :80' 2>/dev/null)" ]; then
-      return 0
-    fi
+    n=0
+    for f in "${fams[@]}"; do
+      [ -n "$(ip netns exec "${p}b$i" ss -Hltn -f "$f" 'sport = :80' 2>/dev/null)" ] && n=$((n + 1))
+    done
+    [ "$n" -eq "${#fams[@]}" ] && return 0
     tl_pid_alive "$TL_PID" || break
     sleep 0.1
   done
@@ -225,7 +265,7 @@ tl_tx_off() {
 }
 
 tl_up() {
-  local p=$1 st c lb ns i b
+  local p=$1 st c lb ns i b k
   tl_need_root
   tl_check_prefix "$p"
   command -v ip >/dev/null || tl_die "ip is missing (apt-get install iproute2)"
@@ -244,11 +284,23 @@ tl_up() {
   # interface (the TUN tunlb creates later too) inherits 0 from "default".
   tl_sysctl "$lb" net.ipv4.conf.all.rp_filter 0
   tl_sysctl "$lb" net.ipv4.conf.default.rp_filter 0
-  # client and backends: IPv4 only, so captures hold only the traffic judged.
-  for ns in "$c" $(tl_backends | sed "s/^/${p}b/"); do
-    tl_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
-    tl_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
-  done
+  if [ "$TL_IPV6" = 1 ]; then
+    # Dual stack, quiet: no router advertisements accepted, no
+    # autoconfiguration, no duplicate address detection (link-local
+    # addresses usable at once too), before any interface exists.
+    for ns in $(tl_nodes | sed "s/^/$p/"); do
+      for k in accept_ra autoconf accept_dad; do
+        tl_sysctl "$ns" "net.ipv6.conf.all.$k" 0
+        tl_sysctl "$ns" "net.ipv6.conf.default.$k" 0
+      done
+    done
+  else
+    # client and backends: IPv4 only.
+    for ns in "$c" $(tl_backends | sed "s/^/${p}b/"); do
+      tl_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
+      tl_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
+    done
+  fi
   tl_sysctl "$c" net.ipv4.tcp_tw_reuse 1
 
   # client <-> lb
@@ -258,12 +310,18 @@ tl_up() {
   ip -n "$c" addr add "$TL_CLIENT_ADDR/24" dev eth0
   ip -n "$c" link set eth0 up
   ip -n "$c" route add default via "$TL_LB_CLIENT_ADDR"
+  if [ "$TL_IPV6" = 1 ]; then
+    ip -n "$lb" addr add "$TL_LB_CLIENT_ADDR6/64" dev c0 nodad
+    ip -n "$c" addr add "$TL_CLIENT_ADDR6/64" dev eth0 nodad
+    ip -n "$c" -6 route add default via "$TL_LB_CLIENT_ADDR6"
+  fi
   tl_tx_off "$c" eth0
   tl_tx_off "$lb" c0
 
   # lb's backend bridge (inside lb) and one veth per backend.
   ip -n "$lb" link add br0 type bridge
   ip -n "$lb" addr add "$TL_LB_BACKEND_ADDR/24" dev br0
+  if [ "$TL_IPV6" = 1 ]; then ip -n "$lb" addr add "$TL_LB_BACKEND_ADDR6/64" dev br0 nodad; fi
   ip -n "$lb" link set br0 up
   for i in $(tl_backends); do
     b="${p}b$i"
@@ -273,11 +331,19 @@ tl_up() {
     ip -n "$b" addr add "$(tl_backend_addr "$i")/24" dev eth0
     ip -n "$b" link set eth0 up
     ip -n "$b" route add default via "$TL_LB_BACKEND_ADDR"
+    if [ "$TL_IPV6" = 1 ]; then
+      ip -n "$b" addr add "$(tl_backend_addr6 "$i")/64" dev eth0 nodad
+      ip -n "$b" -6 route add default via "$TL_LB_BACKEND_ADDR6"
+    fi
     tl_tx_off "$b" eth0
     tl_tx_off "$lb" "vb$i"
   done
 
   tl_sysctl "$lb" net.ipv4.ip_forward 1
+  if [ "$TL_IPV6" = 1 ]; then
+    tl_sysctl "$lb" net.ipv6.conf.all.forwarding 1
+    tl_sysctl "$lb" net.ipv6.conf.default.forwarding 1
+  fi
 
   for i in $(tl_backends); do tl_backend_start "$p" "$i"; done
   tl_log "up: namespaces $(tl_list_ns "$p" | tr '\n' ' ')(state in $st)"
@@ -341,6 +407,11 @@ tl_wait_ready() {
 # the backend end. With LB_MTU < BACKEND_MTU the lb kernel, forwarding a
 # full-size packet from the TUN toward bI, answers "fragmentation needed"
 # toward the packet's source (the SNAT address, which routes into the TUN).
+# With IPv6 (both ends at least 1280, the IPv6 minimum), the same for bI's
+# IPv6 address: lb answers "packet too big" instead (routers never fragment
+# IPv6). IPv6 answers neighbour solicitations only for an address of the
+# receiving interface, so the veth's lb end gets the link-local fe80::1 and
+# bI's default route goes via fe80::1 on it.
 tl_isolate_backend() {
   local p=$1 i=$2 lbmtu=$3 bmtu=$4 lb="${1}lb" addr
   addr=$(tl_backend_addr "$i")
@@ -350,4 +421,11 @@ tl_isolate_backend() {
   ip -n "$lb" route add "$addr/32" dev "vb$i" src "$TL_LB_BACKEND_ADDR"
   ip -n "$lb" neigh flush dev br0 to "$addr" 2>/dev/null || true
   ip -n "${p}b$i" neigh flush dev eth0 2>/dev/null || true
+  if tl_has_ipv6 "$p" "b$i"; then
+    addr=$(tl_backend_addr6 "$i")
+    ip -n "$lb" addr add fe80::1/64 dev "vb$i" nodad
+    ip -n "$lb" -6 route add "$addr/128" dev "vb$i" src "$TL_LB_BACKEND_ADDR6"
+    ip -n "$lb" -6 neigh flush dev br0 to "$addr" 2>/dev/null || true
+    ip -n "${p}b$i" -6 route replace default via fe80::1 dev eth0
+  fi
 }

@@ -3,7 +3,8 @@
 # ambient capability) creates and addresses its TUN and balances. (2) On a
 # TUN pre-created for nobody (ip tuntap add ... user nobody), tunlb runs as
 # nobody with no capability at all, attaches, and balances; it leaves the
-# device it did not create in place.
+# device it did not create in place. (3) The same as (1) for an IPv6
+# service (issue 15).
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -59,3 +60,17 @@ check_eq "no capability, pre-created TUN: requests flow" "$(four)" "b1 b2 b3 b4 
 t_tunlb_stop
 check "the pre-created TUN is left in place" test -n "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
 ip -n "${P}lb" tuntap del dev "$TL_TUN" mode tun
+
+# (3) IPv6 (issue 15), CAP_NET_ADMIN only: tunlb as nobody puts both
+# prefixes on the TUN it creates and balances the IPv6 VIP.
+mapfile -t backends6 < <(t_backend_flags6)
+t_tunlb_start_cmd "${NOBODY[@]}" --inh-caps=-all,+net_admin --ambient-caps=+net_admin \
+  --bounding-set=-all,+net_admin "$BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" \
+  --tun-addr "$TL_TUN_ADDR6" --vip "[$VIP6]:80" "${backends6[@]}" --mode nth
+check_eq "IPv6, runs as nobody with exactly CAP_NET_ADMIN" "$(caps_of "$TUNLB_PID")" \
+  "uid=65534,65534,65534,65534 eff=0000000000001000 prm=0000000000001000"
+four6=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP6_URL/" || echo fail; done | tr '\n' ' ')
+check_eq "IPv6, CAP_NET_ADMIN only: requests flow" "$four6" "b1 b2 b3 b4 "
+check "IPv6: the TUN holds the IPv6 prefix" grep -q "inet6 $TL_TUN_ADDR6" \
+  <<<"$(ip -n "${P}lb" -6 addr show dev "$TL_TUN" 2>/dev/null)"
+t_tunlb_stop
