@@ -4,19 +4,22 @@
 //! - `established/original` and `established/reply`: one ACK with 64 bytes of
 //!   payload on a tracked flow (lookup, state machine, rewrite, checksums);
 //! - `established_1M/...`: the same with 1 M flows in the table;
+//! - `established_ipv6/...`: the same for a flow of an IPv6 service
+//!   (40-byte header, 128-bit addresses in the pseudo-header);
 //! - `new_connection`: a SYN for a new tuple (miss, selection, port
 //!   allocation, two inserts);
 //! - `two_threads`: both directions of many flows processed by 2 threads
 //!   sharing the table, ns per packet per thread;
 //! - before the criterion runs: bytes of heap per tracked flow (a counting
-//!   allocator around 1 M inserts) and the expiry cost per flow.
+//!   allocator around 1 M inserts; and 450 k IPv6 flows) and the expiry
+//!   cost per flow.
 //!
 //! Each iteration copies a 104-byte template into the buffer first (the
 //! engine rewrites in place); that copy is part of every figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -69,6 +72,83 @@ fn engine(max_flows: usize) -> Engine {
         ..Default::default()
     })
     .expect("valid config")
+}
+
+/// The IPv6 service's VIP.
+fn vip6() -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1), 80, 0, 0)
+}
+
+/// An engine with one IPv6 service (NAT66), as [`engine`] for IPv4.
+fn engine6(max_flows: usize) -> Engine {
+    Engine::new(EngineConfig {
+        services: vec![ServiceConfig {
+            vip: vip6().into(),
+            backends: (3..7)
+                .map(|i| BackendConfig {
+                    addr: SocketAddr::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, i).into(), 80),
+                    weight: 1,
+                })
+                .collect(),
+            mode: Default::default(),
+            snat: (1..=16)
+                .map(|i| Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 1, i).into())
+                .collect(),
+        }],
+        max_flows,
+        ..Default::default()
+    })
+    .expect("valid config")
+}
+
+/// The i-th distinct IPv6 client endpoint (in 2001:2:0:64::/64).
+fn client6(i: u32) -> SocketAddrV6 {
+    let host = 1 + i / 60000;
+    SocketAddrV6::new(
+        Ipv6Addr::new(0x2001, 2, 0, 0x64, 0, 0, 0, host as u16),
+        1024 + (i % 60000) as u16,
+        0,
+        0,
+    )
+}
+
+/// [`open`] for an IPv6 flow of [`engine6`].
+fn open6(e: &Engine, i: u32, now: Timestamp) -> (Vec<u8>, Vec<u8>) {
+    let c = client6(i);
+    let mut syn = Segment::between(c, vip6(), SYN).build();
+    let (b, s) = match e.handle_packet(&mut syn, now) {
+        Verdict::Forward { len } => {
+            let ip = smoltcp::wire::Ipv6Packet::new_checked(&syn[..len]).unwrap();
+            let t = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
+            (
+                SocketAddrV6::new(ip.dst_addr(), t.dst_port(), 0, 0),
+                SocketAddrV6::new(ip.src_addr(), t.src_port(), 0, 0),
+            )
+        }
+        v => panic!("SYN: {v:?}"),
+    };
+    let mut synack = Segment::between(b, s, SYN | ACK).build();
+    assert!(matches!(
+        e.handle_packet(&mut synack, now),
+        Verdict::Forward { .. }
+    ));
+    let mut ack = Segment::between(c, vip6(), ACK).build();
+    assert!(matches!(
+        e.handle_packet(&mut ack, now),
+        Verdict::Forward { .. }
+    ));
+    let payload = [0x5au8; 64];
+    let orig = Segment {
+        payload: &payload,
+        ..Segment::between(c, vip6(), ACK)
+    }
+    .build();
+    let reply = Segment {
+        payload: &payload,
+        ..Segment::between(b, s, ACK)
+    }
+    .build();
+    (orig, reply)
 }
 
 /// The i-th distinct client endpoint (addresses in 198.18.64.0/18).
@@ -150,6 +230,17 @@ fn established(c: &mut Criterion) {
     g.finish();
 }
 
+fn established_ipv6(c: &mut Criterion) {
+    let e = engine6(100_000);
+    let (orig, reply) = open6(&e, 0, Timestamp::ZERO);
+    let mut buf = vec![0u8; 2048];
+    let mut g = c.benchmark_group("established_ipv6");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("original", |b| b.iter(|| per_packet(&e, &orig, &mut buf)));
+    g.bench_function("reply", |b| b.iter(|| per_packet(&e, &reply, &mut buf)));
+    g.finish();
+}
+
 fn new_connection(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..200_000)
         .map(|i| Segment::new(client(i), VIP, SYN).build())
@@ -222,6 +313,23 @@ fn report_memory_and_expiry() {
             bytes as f64 / f64::from(n)
         );
     }
+    {
+        const N6: u32 = 450_000;
+        let syns: Vec<Vec<u8>> = (0..N6)
+            .map(|i| Segment::between(client6(i), vip6(), SYN).build())
+            .collect();
+        let before = LIVE.load(Ordering::Relaxed);
+        let e = engine6(N6 as usize);
+        for s in &syns {
+            per_packet(&e, s, &mut buf);
+        }
+        let bytes = LIVE.load(Ordering::Relaxed) - before;
+        assert_eq!(e.flow_count(), N6 as usize);
+        println!(
+            "memory: {N6} IPv6 flows: {:.0} bytes per flow",
+            bytes as f64 / f64::from(N6)
+        );
+    }
     let before = LIVE.load(Ordering::Relaxed);
     let e = engine(N as usize);
     let t0 = Instant::now();
@@ -253,7 +361,13 @@ fn report_memory_and_expiry() {
     );
 }
 
-criterion_group!(benches, established, new_connection, two_threads);
+criterion_group!(
+    benches,
+    established,
+    established_ipv6,
+    new_connection,
+    two_threads
+);
 
 fn main() {
     // `cargo test --benches` runs this binary with --test (or a filter): skip

@@ -1608,4 +1608,183 @@ mod tests {
             "{moved} of {others} clients of the other backends moved"
         );
     }
+
+    /// IPv6: the same engine, a service of the other family.
+    mod ipv6 {
+        use super::*;
+        use smoltcp::wire::{Icmpv6Packet, IpAddress, Ipv6Packet};
+        use std::net::{Ipv6Addr, SocketAddrV6};
+
+        fn sa(a: &str, port: u16) -> SocketAddrV6 {
+            SocketAddrV6::new(a.parse().unwrap(), port, 0, 0)
+        }
+
+        fn vip6() -> SocketAddrV6 {
+            sa("2001:2::1", 80)
+        }
+
+        fn service6(backends: &[&str]) -> ServiceConfig {
+            ServiceConfig {
+                vip: vip6().into(),
+                backends: backends
+                    .iter()
+                    .map(|b| BackendConfig {
+                        addr: sa(b, 80).into(),
+                        weight: 1,
+                    })
+                    .collect(),
+                mode: Mode::Nth,
+                snat: vec![],
+            }
+        }
+
+        /// A dual-stack engine: the IPv4 service of `cfg` and an IPv6 one.
+        fn dual(max_flows: usize) -> Engine {
+            let mut c = cfg(&[(3, 1), (4, 1)], Mode::Nth);
+            c.services
+                .push(service6(&["2001:2:0:2::3", "2001:2:0:2::4"]));
+            c.max_flows = max_flows;
+            Engine::new(c).unwrap()
+        }
+
+        /// Send `seg`; return the forwarded packet.
+        fn send(e: &Engine, mut p: Vec<u8>) -> Result<Vec<u8>, Verdict> {
+            match e.handle_packet(&mut p, Timestamp::ZERO) {
+                Verdict::Forward { len } => Ok(p[..len].to_vec()),
+                v => Err(v),
+            }
+        }
+
+        fn addrs(p: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+            let ip = Ipv6Packet::new_checked(p).unwrap();
+            (ip.src_addr(), ip.dst_addr())
+        }
+
+        #[test]
+        fn an_ipv6_connection_is_translated_both_ways_next_to_an_ipv4_one() {
+            let e = dual(100);
+            let client = sa("2001:2:0:1::2", 40000);
+            let out = send(&e, Segment::between(client, vip6(), SYN).build()).unwrap();
+            // DNAT to the first backend, MASQUERADE to the VIP's address.
+            let b3: Ipv6Addr = "2001:2:0:2::3".parse().unwrap();
+            assert_eq!(addrs(&out), (*vip6().ip(), b3));
+            assert!(crate::wire::IpRepr::parse_ipv6(&out).is_ok());
+            let f = e.flows_of::<Ipv6Addr>().pop().unwrap();
+            assert_eq!(f.original.src, client.into());
+            assert_eq!(f.state, TcpState::SynSent);
+            // The SYN-ACK comes back as from the VIP, to the client.
+            let synack = Segment {
+                ack: 1,
+                ..Segment::between(f.reply.src, f.reply.dst, SYN | ACK)
+            }
+            .build();
+            let back = send(&e, synack).unwrap();
+            assert_eq!(addrs(&back), (*vip6().ip(), *client.ip()));
+            let t = TcpPacket::new_checked(&back[40..]).unwrap();
+            assert!(t.verify_checksum(
+                &IpAddress::Ipv6(*vip6().ip()),
+                &IpAddress::Ipv6(*client.ip())
+            ));
+            assert_eq!(t.dst_port(), 40000);
+            // The IPv4 service runs beside it, its own nth rotation.
+            assert_eq!(syn(&e, 1000), b(3));
+            assert_eq!(e.flow_count(), 2);
+            assert_eq!(e.flows().len(), 2);
+            assert_eq!(e.flows_of::<Ipv4Addr>().len(), 1);
+            assert_eq!(e.stats().flows, 2);
+        }
+
+        #[test]
+        fn the_flow_limit_counts_both_families() {
+            let e = dual(2);
+            let c6 = |port| sa("2001:2:0:1::2", port);
+            assert!(send(&e, Segment::between(c6(1), vip6(), SYN).build()).is_ok());
+            assert_eq!(syn(&e, 1000), b(3));
+            // Full: a third SYN of either family evicts an unanswered flow
+            // (the oldest), never grows the table past 2.
+            assert!(send(&e, Segment::between(c6(2), vip6(), SYN).build()).is_ok());
+            assert_eq!(e.flow_count(), 2);
+            assert_eq!(e.stats().evicted, 1);
+            // The evicted one was the IPv6 flow of port 1 (the oldest):
+            // the IPv4 table now holds one flow, the IPv6 table one.
+            assert_eq!(e.flows_of::<Ipv6Addr>().len(), 1);
+            assert_eq!(e.flows_of::<Ipv6Addr>()[0].original.src.port(), 2);
+            syn(&e, 1001);
+            assert_eq!(e.flow_count(), 2);
+            // The IPv4 SYN evicted the oldest of its own family first.
+            assert_eq!(e.flows_of::<Ipv6Addr>().len(), 1);
+        }
+
+        #[test]
+        fn a_packet_too_big_about_a_flow_is_translated_to_the_client() {
+            let e = dual(100);
+            let client = sa("2001:2:0:1::2", 40000);
+            let fwd = send(&e, Segment::between(client, vip6(), SYN).build()).unwrap();
+            // A router between tunlb and the backend cannot forward the SYN
+            // (say it was a large segment): Packet Too Big, MTU 1280, to the
+            // MASQUERADE address, quoting the translated packet.
+            let router: Ipv6Addr = "2001:2:0:9::9".parse().unwrap();
+            let (snat, _backend) = addrs(&fwd);
+            let mut msg = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            msg.extend_from_slice(&fwd);
+            let c = crate::checksum::full_l4(router, snat, crate::checksum::ICMPV6, &msg);
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut ptb = vec![0x60, 0, 0, 0];
+            ptb.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            ptb.extend_from_slice(&[58, 64]);
+            ptb.extend_from_slice(&router.octets());
+            ptb.extend_from_slice(&snat.octets());
+            ptb.extend_from_slice(&msg);
+            let back = send(&e, ptb).unwrap();
+            // Outer: from the VIP (as every reply) to the client; the quote
+            // is the client's own SYN, as it sent it.
+            assert_eq!(addrs(&back), (*vip6().ip(), *client.ip()));
+            let icmp = Icmpv6Packet::new_checked(&back[40..]).unwrap();
+            assert!(icmp.verify_checksum(vip6().ip(), client.ip()));
+            assert_eq!(icmp.msg_type(), smoltcp::wire::Icmpv6Message::PktTooBig);
+            assert_eq!(&back[44..48], &[0, 0, 5, 0], "the MTU is kept");
+            let quoted = &back[48..];
+            assert_eq!(addrs(quoted), (*client.ip(), *vip6().ip()));
+            let qt = TcpPacket::new_checked(&quoted[40..]).unwrap();
+            assert_eq!((qt.src_port(), qt.dst_port()), (40000, 80));
+            assert!(qt.verify_checksum(
+                &IpAddress::Ipv6(*client.ip()),
+                &IpAddress::Ipv6(*vip6().ip())
+            ));
+            assert_eq!(e.stats().icmp_translated, 1);
+        }
+
+        #[test]
+        fn neighbour_discovery_is_counted_quietly() {
+            let e = dual(100);
+            // A neighbour solicitation from the TUN's host side.
+            let from: Ipv6Addr = "2001:2::fe".parse().unwrap();
+            let to: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+            let mut msg = vec![135, 0, 0, 0, 0, 0, 0, 0];
+            msg.extend_from_slice(&vip6().ip().octets());
+            let c = crate::checksum::full_l4(from, to, crate::checksum::ICMPV6, &msg);
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut ns = vec![0x60, 0, 0, 0];
+            ns.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            ns.extend_from_slice(&[58, 255]);
+            ns.extend_from_slice(&from.octets());
+            ns.extend_from_slice(&to.octets());
+            ns.extend_from_slice(&msg);
+            assert_eq!(send(&e, ns), Err(Verdict::Drop(DropReason::Ipv6Control)));
+            assert_eq!(e.stats().dropped(DropReason::Ipv6Control), 1);
+            // An IPv6 SYN to no service.
+            let other = Segment::between(sa("2001:2:0:1::2", 1), sa("2001:2::7", 80), SYN);
+            assert_eq!(
+                send(&e, other.build()),
+                Err(Verdict::Drop(DropReason::NoService))
+            );
+        }
+
+        #[test]
+        fn an_ipv4_flow_costs_what_it_did_before_ipv6() {
+            // Flow = tuples + backend + state + timers + counters + windows.
+            assert_eq!(std::mem::size_of::<Flow<Ipv4Addr>>(), 144);
+            assert_eq!(std::mem::size_of::<Flow<Ipv6Addr>>(), 192);
+        }
+    }
 }

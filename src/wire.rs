@@ -1015,6 +1015,294 @@ mod tests {
         }
     }
 
+    // IPv6 fixtures: built from a segment by `craft` (checksums right),
+    // extension headers spliced in by hand. Client 2001:2:0:1::2, VIP
+    // 2001:2::1, backend 2001:2:0:2::3, router 2001:2:0:9::9.
+
+    mod v6 {
+        use super::*;
+        use crate::craft::Segment;
+        use std::net::{Ipv6Addr, SocketAddrV6};
+
+        pub fn sa(a: &str, port: u16) -> SocketAddrV6 {
+            SocketAddrV6::new(a.parse().unwrap(), port, 0, 0)
+        }
+
+        /// The client's SYN to the VIP (40 + 20 bytes).
+        pub fn syn() -> Vec<u8> {
+            Segment {
+                seq: 0x0102_0304,
+                ..Segment::between(sa("2001:2:0:1::2", 40000), sa("2001:2::1", 80), SYN)
+            }
+            .build()
+        }
+
+        /// `pkt` with extension headers `(type, total length)` inserted after
+        /// the fixed header, in order, each pointing to the next (the last to
+        /// what the fixed header pointed to), payload length fixed.
+        pub fn with_ext(pkt: &[u8], exts: &[(u8, usize)]) -> Vec<u8> {
+            let upper = pkt[6];
+            let mut out = pkt[..40].to_vec();
+            out[6] = exts.first().map_or(upper, |e| e.0);
+            for (i, &(_, len)) in exts.iter().enumerate() {
+                let next = exts.get(i + 1).map_or(upper, |e| e.0);
+                let mut h = vec![0u8; len];
+                h[0] = next;
+                h[1] = (len / 8 - 1) as u8;
+                if len > 2 {
+                    // A PadN option filling the rest (valid in HBH/dest opts).
+                    h[2] = 1;
+                    h[3] = (len - 4) as u8;
+                }
+                out.extend_from_slice(&h);
+            }
+            out.extend_from_slice(&pkt[40..]);
+            let payload = (out.len() - 40) as u16;
+            out[4..6].copy_from_slice(&payload.to_be_bytes());
+            out
+        }
+
+        /// An ICMPv6 error of `ty` from the router to the MASQUERADE address
+        /// quoting `quote` (its first bytes), checksum right.
+        pub fn icmp_error(ty: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
+            let from: Ipv6Addr = "2001:2:0:9::9".parse().unwrap();
+            let to: Ipv6Addr = "2001:2::1".parse().unwrap();
+            let mut msg = vec![ty, 0, 0, 0];
+            msg.extend_from_slice(&rest.to_be_bytes());
+            msg.extend_from_slice(quote);
+            let c = checksum::full_l4(from, to, checksum::ICMPV6, &msg);
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut p = vec![0x60, 0, 0, 0];
+            p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[58, 64]);
+            p.extend_from_slice(&from.octets());
+            p.extend_from_slice(&to.octets());
+            p.extend_from_slice(&msg);
+            p
+        }
+
+        pub fn ip(pkt: &[u8]) -> Result<IpRepr, DropReason> {
+            IpRepr::parse_ipv6(pkt)
+        }
+
+        pub fn tcp(pkt: &[u8]) -> Result<TcpRepr<Ipv6Addr>, DropReason> {
+            let ip = ip(pkt)?;
+            assert_eq!(ip.protocol, IpProtocol::Tcp);
+            TcpRepr::parse(pkt, &ip, true)
+        }
+
+        pub fn icmp(pkt: &[u8]) -> Result<IcmpErrorRepr<Ipv6Addr>, DropReason> {
+            let ip = ip(pkt)?;
+            assert_eq!(ip.protocol, IpProtocol::Icmpv6);
+            IcmpErrorRepr::parse(pkt, &ip, true)
+        }
+    }
+
+    #[test]
+    fn an_ipv6_syn_deconstructs() {
+        let p = v6::syn();
+        assert_eq!(
+            v6::ip(&p),
+            Ok(IpRepr {
+                header_len: 40,
+                total_len: 60,
+                protocol: IpProtocol::Tcp
+            })
+        );
+        let t = v6::tcp(&p).unwrap();
+        assert_eq!(t.tuple.src, v6::sa("2001:2:0:1::2", 40000).into());
+        assert_eq!(t.tuple.dst, v6::sa("2001:2::1", 80).into());
+        assert_eq!(
+            (t.class, t.segment.seq, t.segment.len),
+            (FlagClass::Syn, 0x0102_0304, 1)
+        );
+        assert_eq!((t.ip_header_len, t.tcp_header_len, t.len), (40, 20, 60));
+        // Bytes past the payload length are not part of the packet.
+        let mut padded = p.clone();
+        padded.extend_from_slice(&[0xa5; 7]);
+        assert_eq!(v6::tcp(&padded), Ok(t));
+        // A flipped payload bit fails the pseudo-header checksum.
+        let mut bad = p.clone();
+        bad[59] ^= 1;
+        assert_eq!(v6::tcp(&bad), Err(DropReason::BadChecksum));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_tcp() {
+        let chain = v6::with_ext(&v6::syn(), &[(0, 8), (60, 16), (43, 8)]);
+        let ip = v6::ip(&chain).unwrap();
+        assert_eq!(
+            (ip.header_len, ip.total_len, ip.protocol),
+            (72, 92, IpProtocol::Tcp)
+        );
+        let t = v6::tcp(&chain).unwrap();
+        assert_eq!(t.ip_header_len, 72);
+        assert_eq!(t.tuple, v6::tcp(&v6::syn()).unwrap().tuple);
+        // Every cut inside the chain or the TCP header is truncated (the
+        // payload length says more than there is).
+        for n in 0..chain.len() {
+            let r = v6::ip(&chain[..n])
+                .and_then(|ip| TcpRepr::<std::net::Ipv6Addr>::parse(&chain[..n], &ip, false));
+            assert_eq!(r, Err(DropReason::Truncated), "cut at {n}");
+        }
+        // An extension header longer than the payload says.
+        let mut long = chain.clone();
+        long[41] = 200;
+        assert_eq!(v6::ip(&long), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn ipv6_headers_tunlb_does_not_translate_are_refused_with_a_reason() {
+        let syn = v6::syn();
+        // A fragment header, first or after options.
+        assert_eq!(
+            v6::ip(&v6::with_ext(&syn, &[(44, 8)])),
+            Err(DropReason::Fragment)
+        );
+        assert_eq!(
+            v6::ip(&v6::with_ext(&syn, &[(60, 8), (44, 8)])),
+            Err(DropReason::Fragment)
+        );
+        // Hop-by-hop anywhere but first.
+        assert_eq!(
+            v6::ip(&v6::with_ext(&syn, &[(60, 8), (0, 8)])),
+            Err(DropReason::BadHeader)
+        );
+        // Eight extension headers pass, nine do not.
+        assert!(v6::ip(&v6::with_ext(&syn, &[(60, 8); 8])).is_ok());
+        assert_eq!(
+            v6::ip(&v6::with_ext(&syn, &[(60, 8); 9])),
+            Err(DropReason::BadHeader)
+        );
+        // A jumbogram (payload length 0).
+        let mut jumbo = syn.clone();
+        jumbo[4..6].fill(0);
+        assert_eq!(v6::ip(&jumbo), Err(DropReason::BadHeader));
+        // Not TCP after the chain: the engine's dispatch says not_tcp.
+        let mut udp = v6::with_ext(&syn, &[(60, 8)]);
+        udp[40] = 17;
+        assert_eq!(v6::ip(&udp).map(|ip| ip.protocol), Ok(IpProtocol::Udp));
+        // Version 6 asked of a version 4 packet, and the reverse.
+        assert_eq!(v6::ip(&SYN_BYTES), Err(DropReason::NotIp));
+        assert_eq!(ipv4(&syn), Err(DropReason::NotIp));
+    }
+
+    #[test]
+    fn an_icmpv6_packet_too_big_gives_the_quoted_tuple() {
+        // The backend-bound segment as the router saw it: MASQUERADE -> backend.
+        let seg = crate::craft::Segment {
+            seq: 5,
+            ack: 7,
+            payload: &[0x5a; 1300],
+            ..crate::craft::Segment::between(
+                v6::sa("2001:2::1", 61000),
+                v6::sa("2001:2:0:2::3", 80),
+                ACK,
+            )
+        }
+        .build();
+        // RFC 4443: as much of the packet as fits in 1280 bytes.
+        let pkt = v6::icmp_error(2, 1280, &seg[..1280 - 48]);
+        let e = v6::icmp(&pkt).unwrap();
+        assert_eq!(e.quoted.src, v6::sa("2001:2::1", 61000).into());
+        assert_eq!(e.quoted.dst, v6::sa("2001:2:0:2::3", 80).into());
+        assert_eq!(
+            e.quote,
+            IcmpQuote {
+                icmp: 40,
+                inner_ip: 48,
+                inner_tcp: 88,
+                has_tcp_csum: true
+            }
+        );
+        assert_eq!(e.len, 1280);
+        // A quote with an extension header is walked; one cut inside it is not.
+        let ext = v6::with_ext(&seg[..100], &[(60, 16)]);
+        let e = v6::icmp(&v6::icmp_error(1, 0, &ext)).unwrap();
+        assert_eq!(e.quote.inner_tcp, 48 + 40 + 16);
+        assert_eq!(
+            v6::icmp(&v6::icmp_error(1, 0, &ext[..50])),
+            Err(DropReason::Truncated)
+        );
+        // Only the ports and sequence number quoted: enough.
+        assert!(v6::icmp(&v6::icmp_error(3, 0, &seg[..48])).is_ok());
+        assert_eq!(
+            v6::icmp(&v6::icmp_error(3, 0, &seg[..47])),
+            Err(DropReason::Truncated)
+        );
+        // A bad checksum.
+        let mut bad = pkt.clone();
+        bad[100] ^= 1;
+        assert_eq!(v6::icmp(&bad), Err(DropReason::BadChecksum));
+    }
+
+    #[test]
+    fn neighbour_discovery_and_echo_are_not_errors() {
+        let quote = &v6::syn()[..48];
+        // Router solicitation, neighbour solicitation, MLDv2 report.
+        for ty in [133, 135, 143] {
+            assert_eq!(
+                v6::icmp(&v6::icmp_error(ty, 0, quote)),
+                Err(DropReason::Ipv6Control),
+                "type {ty}"
+            );
+        }
+        // Echo request and reply.
+        for ty in [128, 129] {
+            assert_eq!(
+                v6::icmp(&v6::icmp_error(ty, 0, quote)),
+                Err(DropReason::IcmpNotError)
+            );
+        }
+        // An MLD report behind a hop-by-hop header (router alert), as the
+        // kernel sends it: still control traffic.
+        let mld = v6::with_ext(&v6::icmp_error(143, 0, &[]), &[(0, 8)]);
+        let ip = v6::ip(&mld).unwrap();
+        assert_eq!(ip.protocol, IpProtocol::Icmpv6);
+        assert_eq!(
+            IcmpErrorRepr::<std::net::Ipv6Addr>::parse(&mld, &ip, false),
+            Err(DropReason::Ipv6Control)
+        );
+    }
+
+    #[test]
+    fn ipv6_nat_keeps_the_tcp_checksum_right() {
+        use smoltcp::wire::{IpAddress, Ipv6Packet, TcpPacket};
+        let chain = v6::with_ext(&v6::syn(), &[(60, 8)]);
+        let mut pkt = chain.clone();
+        let p = v6::tcp(&pkt).unwrap();
+        let src = v6::sa("2001:2::2", 40000).into();
+        let dst = v6::sa("2001:2:0:2::3", 8080).into();
+        crate::nat::rewrite_tcp(
+            &mut pkt,
+            p.ip_header_len,
+            src,
+            dst,
+            crate::nat::L4Checksum::Complete,
+        );
+        let ip = Ipv6Packet::new_checked(&pkt[..]).unwrap();
+        assert_eq!(
+            ip.src_addr(),
+            "2001:2::2".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ip.dst_addr(),
+            "2001:2:0:2::3".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let t = TcpPacket::new_checked(&pkt[48..]).unwrap();
+        assert_eq!((t.src_port(), t.dst_port()), (40000, 8080));
+        assert!(t.verify_checksum(
+            &IpAddress::Ipv6(ip.src_addr()),
+            &IpAddress::Ipv6(ip.dst_addr())
+        ));
+        // Everything but the addresses, ports and checksum is as it was.
+        let same = |r: std::ops::Range<usize>| assert_eq!(pkt[r.clone()], chain[r]);
+        same(0..8);
+        same(40..48);
+        same(52..64);
+        same(66..pkt.len());
+    }
+
     /// What the engine made of a packet before this module existed, on
     /// smoltcp's views (its `check_ipv4`, `process_tcp` and `process_icmp`,
     /// verbatim but for the returns): the oracle of the test below.
