@@ -206,7 +206,11 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     preflight::not_local(&addrs)?;
     let opened = open_device(&cfg, &addrs)?;
     if !packet {
-        if cfg.tun_addr.is_some() {
+        // Without IPv6, the kernel's own IPv6 chatter (router solicitations,
+        // MLD) has no business in the TUN; with it, the engine counts that
+        // chatter quietly (`ipv6_control`).
+        let ipv6 = cfg.engine.services.iter().any(|s| s.vip.is_ipv6());
+        if !cfg.tun_addr.is_empty() && cfg.tun_addr.v6.is_none() && !ipv6 {
             preflight::disable_ipv6(&cfg.tun);
         }
         // Once the TUN exists its own addresses are local too: check again.
@@ -434,7 +438,7 @@ fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine) {
         device.name,
         if packet {
             "blackhole routes added"
-        } else if cfg.tun_addr.is_some() {
+        } else if !cfg.tun_addr.is_empty() {
             "created"
         } else {
             "attached"

@@ -69,13 +69,13 @@ pub fn ioctl_value(fd: &File, request: libc::Ioctl, value: libc::c_ulong) -> io:
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request, value) })
 }
 
-/// Give interface `name` the address `addr/prefix` and `mtu`, and bring it up.
-/// `sock` is any AF_INET socket (the ioctls are addressed by name).
+/// Give interface `name` the IPv4 address `addr/prefix` (if any) and `mtu`,
+/// and bring it up. `sock` is any AF_INET socket (the ioctls are addressed
+/// by name).
 pub fn configure(
     sock: &impl AsRawFd,
     name: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
+    v4: Option<(Ipv4Addr, u8)>,
     mtu: u16,
 ) -> io::Result<()> {
     let fd = sock.as_raw_fd();
@@ -89,15 +89,17 @@ pub fn configure(
         }
         sa
     };
-    let mask = crate::config::netmask(prefix);
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_addr = sockaddr(addr);
     // SAFETY (this and the following ioctls): each SIOC* request reads or
     // writes one `struct ifreq`, which `req` is, valid for the call.
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut req as *mut libc::ifreq) })?;
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr(mask);
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut req as *mut libc::ifreq) })?;
+    if let Some((addr, prefix)) = v4 {
+        let mask = crate::config::netmask(prefix);
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_addr = sockaddr(addr);
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut req as *mut libc::ifreq) })?;
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_netmask = sockaddr(mask);
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut req as *mut libc::ifreq) })?;
+    }
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_mtu = c_int::from(mtu);
     check(unsafe { libc::ioctl(fd, libc::SIOCSIFMTU, &mut req as *mut libc::ifreq) })?;
@@ -107,6 +109,20 @@ pub fn configure(
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req as *mut libc::ifreq) })
+}
+
+/// Return the index of interface `name` (`if_nametoindex`).
+pub fn if_index(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: `c` is a NUL-terminated string, live for the call; the
+    // function only reads it.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(index)
+    }
 }
 
 /// Wait until `fd` is readable or `timeout` passes. Returns whether it is.
