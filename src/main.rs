@@ -199,8 +199,15 @@ struct Opened {
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
+    let services = &cfg.engine.services;
+    let ipv6 = services.iter().any(|s| s.vip.is_ipv6());
     if !packet {
-        preflight::forwarding(args.run.set_sysctls)?;
+        if services.iter().any(|s| s.vip.is_ipv4()) {
+            preflight::forwarding(args.run.set_sysctls)?;
+        }
+        if ipv6 {
+            preflight::forwarding6(args.run.set_sysctls)?;
+        }
     }
     let addrs = service_addrs(&cfg);
     preflight::not_local(&addrs)?;
@@ -209,7 +216,6 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
         // Without IPv6, the kernel's own IPv6 chatter (router solicitations,
         // MLD) has no business in the TUN; with it, the engine counts that
         // chatter quietly (`ipv6_control`).
-        let ipv6 = cfg.engine.services.iter().any(|s| s.vip.is_ipv6());
         if !cfg.tun_addr.is_empty() && cfg.tun_addr.v6.is_none() && !ipv6 {
             preflight::disable_ipv6(&cfg.tun);
         }
@@ -325,7 +331,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
 /// packet sockets and their blackhole routes (`--io packet`).
 fn open_device(
     cfg: &RunConfig,
-    addrs: &[(std::net::Ipv4Addr, &'static str)],
+    addrs: &[(std::net::IpAddr, &'static str)],
 ) -> Result<Opened, RunError> {
     let spec = TunSpec {
         name: cfg.tun.clone(),
@@ -525,30 +531,32 @@ fn save_periodically(
     }
 }
 
-/// The VIP and SNAT addresses, with what each is for.
-fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::Ipv4Addr, &'static str)> {
+/// The VIP and SNAT addresses of both families, with what each is for.
+fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::IpAddr, &'static str)> {
     let mut addrs = Vec::new();
     for s in &cfg.engine.services {
-        let v4 = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(a) => Some(a),
-            std::net::IpAddr::V6(_) => None,
-        };
-        addrs.extend(v4(s.vip.ip()).map(|a| (a, "VIP")));
-        addrs.extend(s.snat.iter().filter_map(|&a| v4(a)).map(|a| (a, "SNAT")));
+        addrs.push((s.vip.ip(), "VIP"));
+        addrs.extend(s.snat.iter().map(|&a| (a, "SNAT")));
     }
     addrs
 }
 
 /// `--io packet`: the sockets, the device as reports show it, and the
 /// blackhole routes that keep the kernel from forwarding or answering.
+/// IPv4 only: the configuration refuses IPv6 services with `--io packet`.
 fn open_packet(
     cfg: &RunConfig,
-    addrs: &[(std::net::Ipv4Addr, &'static str)],
+    addrs: &[(std::net::IpAddr, &'static str)],
 ) -> Result<(Arc<AfPacket>, Device, Blackholes), RunError> {
     let spec = PacketSpec {
         ifaces: cfg.ifaces.clone(),
         queues: cfg.threads,
-        addrs: addrs.iter().map(|a| a.0).collect(),
+        addrs: (addrs.iter())
+            .filter_map(|a| match a.0 {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
     };
     let (dev, opened) = AfPacket::open(&spec)?;
     let holes = Blackholes::install(&spec.addrs)?;
