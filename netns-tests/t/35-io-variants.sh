@@ -8,6 +8,9 @@
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
+# lacks WORD TEXT: TEXT does not contain WORD.
+lacks() { ! grep -q -- "$1" <<<"$2"; }
+
 t_setup
 help=$("$TUNLB_BIN" run --help)
 check "run --help lists --io" grep -q -- '--io <IO>' <<<"$help"
@@ -31,8 +34,10 @@ done
 
 # --io tun for IPv6: the crate sets the IPv4 address, tunlb the IPv6 one.
 t6_start --mode nth --threads 2 --io tun || exit 1
-check "--io tun, IPv6: the TUN holds the IPv6 prefix" grep -q "inet6 $TL_TUN_ADDR6" \
-  <<<"$(ip -n "${P}lb" -6 addr show dev "$TL_TUN" 2>/dev/null)"
+addr6=$(ip -n "${P}lb" -6 addr show dev "$TL_TUN" 2>/dev/null)
+note "$TL_TUN: $(tr -s ' \n' ' ' <<<"$addr6")"
+check "--io tun, IPv6: the TUN holds the IPv6 prefix" grep -q "inet6 $TL_TUN_ADDR6 scope global" <<<"$addr6"
+check "--io tun, IPv6: usable at once (no duplicate address detection on a TUN)" lacks tentative "$addr6"
 rr=$(for _ in 1 2 3 4 5 6 7 8; do t_client curl -s --max-time 5 "$VIP6_URL/" || echo fail; done | tr '\n' ' ')
 check_eq "--io tun, IPv6: round robin" "$rr" "b1 b2 b3 b4 b1 b2 b3 b4 "
 got=$(t_client curl -s --max-time 60 "$VIP6_URL/file/big.bin" | sha256sum | cut -d' ' -f1)

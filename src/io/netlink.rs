@@ -2,16 +2,14 @@
 //! of the kernel. Interfaces (`RTM_GETLINK`), the route and the neighbour
 //! for a destination (`RTM_GETROUTE`, `RTM_GETNEIGH`), and tunlb's own
 //! blackhole routes (`RTM_NEWROUTE` / `RTM_DELROUTE`, tagged with
-//! [`PROTO`]); and for a TUN tunlb creates, its IPv6 address
-//! (`RTM_NEWADDR`), which no ioctl can add without duplicate address
-//! detection.
+//! [`PROTO`]).
 //!
 //! Messages are built and parsed by hand (`struct nlmsghdr`, `rtmsg`,
 //! `ndmsg`, `ifinfomsg` and `rtattr`s, native byte order); the socket calls
 //! go through `io::sys`.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use super::sys;
@@ -37,9 +35,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
 const IFA_F_SECONDARY: u8 = 0x01;
-const IFA_F_NODAD: u8 = 0x02;
 const RT_SCOPE_HOST: u8 = 254;
 const RT_TABLE_MAIN: u8 = 254;
 /// `RTN_UNICAST`: a route packets are sent along.
@@ -348,27 +344,6 @@ impl Netlink {
             }
         }
         Ok(None)
-    }
-
-    /// Give interface `index` the IPv6 address `addr/prefix` without
-    /// duplicate address detection (`ip addr add ADDR/PREFIX dev DEV
-    /// nodad`); the kernel adds the prefix route once the interface is up.
-    /// Fails with `EEXIST` when the interface has it already, `EACCES` when
-    /// IPv6 is disabled on it.
-    pub fn addr_add_ipv6_nodad(
-        &mut self,
-        index: u32,
-        addr: Ipv6Addr,
-        prefix: u8,
-    ) -> io::Result<()> {
-        // struct ifaddrmsg: family, prefixlen, flags, scope (universe), index.
-        let mut body = vec![libc::AF_INET6 as u8, prefix, IFA_F_NODAD, 0];
-        body.extend_from_slice(&index.to_ne_bytes());
-        push_attr(&mut body, IFA_LOCAL, &addr.octets());
-        push_attr(&mut body, IFA_ADDRESS, &addr.octets());
-        push_attr(&mut body, IFA_FLAGS, &u32::from(IFA_F_NODAD).to_ne_bytes());
-        let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-        self.request(libc::RTM_NEWADDR, flags, &body).map(drop)
     }
 
     /// Ask the kernel how it would route a packet to `dst` (`ip route get`).

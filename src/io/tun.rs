@@ -3,9 +3,8 @@
 //! Two ways in:
 //! - **create**: tunlb creates the TUN (CAP_NET_ADMIN), gives the host side its
 //!   addresses (an IPv4 and an IPv6 prefix, either or both) and brings it up;
-//!   the device disappears when tunlb exits. The IPv4 address goes on by
-//!   ioctl; the IPv6 one by rtnetlink ([`give_ipv6`]), without duplicate
-//!   address detection, so it is usable at once.
+//!   the device disappears when tunlb exits. The `tun` crate sets the IPv4
+//!   address; tunlb adds the IPv6 one ([`give_ipv6`]), as for `--io vnet`.
 //! - **attach**: the TUN already exists, persistent and owned by the user
 //!   (`ip tuntap add dev tl0 mode tun user alice`); tunlb only opens it and
 //!   needs no privilege at all. Addressing is the owner's business.
@@ -113,19 +112,19 @@ pub(crate) fn classify(name: &str, e: ::tun::Error) -> TunError {
 
 /// Give the TUN `name` (created by tunlb, up) the IPv6 host address
 /// `addr/prefix`; the kernel adds the prefix route with it. IPv6 is turned
-/// on for the device first if the namespace's default turned it off. The
-/// address skips duplicate address detection (`IFA_F_NODAD`, as `ip addr add
-/// ... nodad`): a tentative address would refuse to be used for a second or
-/// more, and nothing else answers on a TUN.
+/// on for the device first if the namespace's default turned it off. An
+/// ioctl on an AF_INET6 socket, like the IPv4 address's on an AF_INET one
+/// (no netlink socket: the systemd units allow AF_UNIX, AF_INET and
+/// AF_INET6 only). The kernel runs no duplicate address detection on a TUN
+/// (`IFF_NOARP`), so the address is usable at once.
 pub fn give_ipv6(name: &str, addr: Ipv6Addr, prefix: u8) -> Result<(), TunError> {
     let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
     if std::fs::read_to_string(&sysctl).is_ok_and(|v| v.trim() == "1") {
         // Best effort: if this fails, adding the address says why.
         let _ = std::fs::write(&sysctl, "0");
     }
-    let result = super::sys::if_index(name).and_then(|index| {
-        super::netlink::Netlink::open()?.addr_add_ipv6_nodad(index, addr, prefix)
-    });
+    let result = super::sys::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)
+        .and_then(|sock| super::sys::add_ipv6(&sock, name, addr, prefix));
     result.map_err(|source| TunError::Ipv6 {
         name: name.to_string(),
         addr: format!("{addr}/{prefix}"),
