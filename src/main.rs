@@ -199,13 +199,12 @@ struct Opened {
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
-    let services = &cfg.engine.services;
-    let ipv6 = services.iter().any(|s| s.vip.is_ipv6());
     if !packet {
+        let services = &cfg.engine.services;
         if services.iter().any(|s| s.vip.is_ipv4()) {
             preflight::forwarding(args.run.set_sysctls)?;
         }
-        if ipv6 {
+        if has_ipv6(&cfg) {
             preflight::forwarding6(args.run.set_sysctls)?;
         }
     }
@@ -213,10 +212,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     preflight::not_local(&addrs)?;
     let opened = open_device(&cfg, &addrs)?;
     if !packet {
-        // Without IPv6, the kernel's own IPv6 chatter (router solicitations,
-        // MLD) has no business in the TUN; with it, the engine counts that
-        // chatter quietly (`ipv6_control`).
-        if !cfg.tun_addr.is_empty() && cfg.tun_addr.v6.is_none() && !ipv6 {
+        if ipv6_turned_off(&cfg) {
             preflight::disable_ipv6(&cfg.tun);
         }
         // Once the TUN exists its own addresses are local too: check again.
@@ -531,6 +527,22 @@ fn save_periodically(
     }
 }
 
+/// Whether any service is IPv6.
+fn has_ipv6(cfg: &RunConfig) -> bool {
+    cfg.engine.services.iter().any(|s| s.vip.is_ipv6())
+}
+
+/// Whether `run` turns IPv6 off on the TUN: one it creates, when no IPv6
+/// prefix and no IPv6 service is configured. The kernel's own IPv6 chatter
+/// (router solicitations, MLD) then has no business in the TUN; with IPv6
+/// on, the engine counts that chatter quietly (`ipv6_control`).
+fn ipv6_turned_off(cfg: &RunConfig) -> bool {
+    cfg.io != IoKind::Packet
+        && !cfg.tun_addr.is_empty()
+        && cfg.tun_addr.v6.is_none()
+        && !has_ipv6(cfg)
+}
+
 /// The VIP and SNAT addresses of both families, with what each is for.
 fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::IpAddr, &'static str)> {
     let mut addrs = Vec::new();
@@ -587,6 +599,9 @@ fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
     if new.tun != running.tun || new.tun_addr != running.tun_addr || new.threads != running.threads
     {
         tracing::warn!("reload: the TUN device and thread count change only on restart");
+    }
+    if ipv6_turned_off(running) && has_ipv6(&new) {
+        tracing::warn!("reload: tunlb turned IPv6 off on TUN {} at start (no IPv6 was configured), so the new IPv6 service(s) receive nothing until a restart", running.tun);
     }
     if running.io == IoKind::Packet && service_addrs(&new) != service_addrs(running) {
         tracing::warn!("reload: with --io packet, new VIP or SNAT addresses are received only after a restart (the socket filter and blackhole routes are set at start)");
