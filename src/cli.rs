@@ -5,6 +5,9 @@
 //!           --backend 198.18.2.3:80 --backend 198.18.2.4:80,weight=3 \
 //!           [--mode nth|random|wrr|lc|maglev] [--snat 198.18.0.2] [--max-flows N]
 //!           [--threads N] [--io vnet|tun] [--config FILE] [...]
+//! tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --tun-addr 2001:2::fe/64 \
+//!           --vip '[2001:2::1]:80' --backend '[2001:2:0:2::3]:80,weight=2' \
+//!           [--snat 2001:2::2] [...]
 //! tunlb iptables <same service flags>
 //! tunlb flows|stats|events [--tun NAME | --control PATH] [--json]
 //! tunlb ladder CAPTURE [--flow N]
@@ -460,6 +463,53 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains('\n'), "{m}");
+    }
+
+    #[test]
+    fn the_ipv6_contract_parses() {
+        let c = Cli::try_parse_from([
+            "tunlb",
+            "run",
+            "--tun",
+            "tl0",
+            "--tun-addr",
+            "198.18.0.254/24",
+            "--tun-addr",
+            "2001:2::fe/64",
+            "--vip",
+            "[2001:2::1]:80",
+            "--backend",
+            "[2001:2:0:2::3]:80,weight=2",
+            "--snat",
+            "2001:2::2",
+        ])
+        .unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("run")
+        };
+        let cfg = r.config().unwrap();
+        assert_eq!(
+            cfg.tun_addr.v6,
+            Some(("2001:2::fe".parse().unwrap(), 64)),
+            "{:?}",
+            cfg.tun_addr
+        );
+        assert!(cfg.tun_addr.v4.is_some());
+        let s = &cfg.engine.services[0];
+        assert_eq!(s.vip, "[2001:2::1]:80".parse().unwrap());
+        assert_eq!(s.backends[0].weight, 2);
+        assert_eq!(
+            s.snat,
+            vec!["2001:2::2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // A prefix length an IPv6 TUN cannot use: one line naming the flag.
+        let m = err(&["tunlb", "run", "--tun-addr", "2001:2::fe/128"]);
+        assert!(
+            m.contains("'--tun-addr <CIDR>'")
+                && m.contains("must be 1 to 126")
+                && !m.contains('\n'),
+            "{m}"
+        );
     }
 
     #[test]

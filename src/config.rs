@@ -3,7 +3,8 @@
 //!
 //! # How flags and the file combine
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
-//!   tables, plus `tun`, `tun_addr`, `threads`, `max_flows`, `snat_ports`,
+//!   tables, plus `tun`, `tun_addr` (one prefix, or a list of one IPv4 and
+//!   one IPv6 prefix), `threads`, `max_flows`, `snat_ports`,
 //!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal`, `pickup`,
 //!   `hash_key`, `state_file`, `state_interval`, `io`, `ifaces`, `pcap`,
 //!   `pcap_limit` and a
@@ -26,7 +27,7 @@
 //! backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -74,12 +75,15 @@ pub enum SyntaxError {
     /// A backend option other than `weight=N`.
     #[error("unknown backend option '{0}'; the only option is weight=N")]
     BackendOption(String),
-    /// Not `ADDR/PREFIX` with an IPv4 address.
-    #[error("'{0}' is not an IPv4 CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24")]
+    /// Not `ADDR/PREFIX` with an IPv4 or IPv6 address.
+    #[error("'{0}' is not a CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24 or 2001:2::fe/64")]
     NotCidr(String),
-    /// The prefix length of a CIDR is not 1 to 30.
+    /// The prefix length of an IPv4 CIDR is not 1 to 30.
     #[error("prefix length in '{0}' must be 1 to 30, so the TUN's prefix holds the VIP")]
     Prefix(String),
+    /// The prefix length of an IPv6 CIDR is not 1 to 126.
+    #[error("prefix length in '{0}' must be 1 to 126, so the TUN's prefix holds the VIP")]
+    Prefix6(String),
     /// Not `LOW-HIGH` with two ports.
     #[error("'{0}' is not a port range; use LOW-HIGH, e.g. 1024-65535")]
     NotPortRange(String),
@@ -116,17 +120,61 @@ pub fn parse_socket(s: &str) -> Result<SocketAddr, SyntaxError> {
     Ok(a)
 }
 
-/// Parse `ADDR/PREFIX`, the syntax of `--tun-addr`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), SyntaxError> {
+/// Parse `ADDR/PREFIX`, the syntax of `--tun-addr`: an IPv4 address with a
+/// prefix of 1 to 30, or an IPv6 address with a prefix of 1 to 126 (so the
+/// prefix holds the host address and at least one other).
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), SyntaxError> {
     let bad = || SyntaxError::NotCidr(s.to_owned());
     let (a, p) = s.split_once('/').ok_or_else(bad)?;
-    let a = Ipv4Addr::from_str(a).map_err(|_| bad())?;
+    let a = IpAddr::from_str(a).map_err(|_| bad())?;
+    let (longest, err): (u8, fn(String) -> SyntaxError) = match a {
+        IpAddr::V4(_) => (30, SyntaxError::Prefix),
+        IpAddr::V6(_) => (126, SyntaxError::Prefix6),
+    };
     let p = p
         .parse::<u8>()
         .ok()
-        .filter(|p| (1..=30).contains(p))
-        .ok_or_else(|| SyntaxError::Prefix(s.to_owned()))?;
+        .filter(|p| (1..=longest).contains(p))
+        .ok_or_else(|| err(s.to_owned()))?;
     Ok((a, p))
+}
+
+/// The TUN's host-side prefixes (`--tun-addr`, repeatable): at most one
+/// IPv4 and one IPv6 prefix. Any prefix means tunlb creates the TUN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunAddrs {
+    /// The IPv4 host address and prefix length.
+    pub v4: Option<(Ipv4Addr, u8)>,
+    /// The IPv6 host address and prefix length.
+    pub v6: Option<(Ipv6Addr, u8)>,
+}
+
+impl TunAddrs {
+    /// Return whether no prefix is given (tunlb attaches to the TUN).
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    /// Sort `prefixes` by family; two of one family are refused, naming
+    /// `flag` (`--tun-addr` or `tun_addr`).
+    pub fn from_prefixes(flag: &'static str, prefixes: &[(IpAddr, u8)]) -> Result<Self, Error> {
+        let mut t = TunAddrs::default();
+        for &(a, p) in prefixes {
+            let (slot, family) = match a {
+                IpAddr::V4(a) => (t.v4.replace((a, p)).map(|(o, q)| (IpAddr::V4(o), q)), 4),
+                IpAddr::V6(a) => (t.v6.replace((a, p)).map(|(o, q)| (IpAddr::V6(o), q)), 6),
+            };
+            if let Some((first, first_prefix)) = slot {
+                return Err(Error::TunAddrTwice {
+                    flag,
+                    family,
+                    first: format!("{first}/{first_prefix}"),
+                    second: format!("{a}/{p}"),
+                });
+            }
+        }
+        Ok(t)
+    }
 }
 
 /// Return the netmask of a prefix length: 24 gives 255.255.255.0, 0 gives
@@ -193,7 +241,8 @@ struct FileHealth {
 #[serde(deny_unknown_fields)]
 pub struct File {
     tun: Option<String>,
-    tun_addr: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    tun_addr: Vec<String>,
     threads: Option<usize>,
     max_flows: Option<usize>,
     snat_ports: Option<String>,
@@ -217,6 +266,32 @@ pub struct File {
     timeouts: FileTimeouts,
     #[serde(default)]
     service: Vec<FileService>,
+}
+
+/// Read a string or a list of strings (`tun_addr = "198.18.0.254/24"` or
+/// `tun_addr = ["198.18.0.254/24", "2001:2::fe/64"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a CIDR string or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<String>()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// What the command line says about services and limits: the service flags,
@@ -251,9 +326,9 @@ pub struct FlagRun {
     /// The TUN device: created if --tun-addr is given, else attached (it must exist).
     #[arg(long, value_name = "NAME")]
     pub tun: Option<String>,
-    /// Create the TUN with this host-side address; the rest of the prefix routes into it.
+    /// Create the TUN with this host-side address; the rest of the prefix routes into it. Repeat for one IPv4 and one IPv6 prefix.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub tun_addr: Option<(Ipv4Addr, u8)>,
+    pub tun_addr: Vec<(IpAddr, u8)>,
     /// Packet threads sharing the flow table (default 1).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -269,7 +344,7 @@ pub struct FlagRun {
     /// Print every NAT decision and state change, in netfilter's words.
     #[arg(long)]
     pub trace: bool,
-    /// Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start.
+    /// Set net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1 for IPv6 services) in this namespace instead of refusing to start.
     #[arg(long)]
     pub set_sysctls: bool,
     /// Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock).
@@ -342,8 +417,8 @@ pub struct RunConfig {
     pub engine: EngineConfig,
     /// The TUN's name.
     pub tun: String,
-    /// The TUN's host-side address, when tunlb creates it.
-    pub tun_addr: Option<(Ipv4Addr, u8)>,
+    /// The TUN's host-side prefixes, when tunlb creates it (empty: attach).
+    pub tun_addr: TunAddrs,
     /// Packet threads.
     pub threads: usize,
     /// The TUN's MTU when created.
@@ -462,12 +537,31 @@ pub enum Error {
         /// `VIP` or `SNAT address`.
         role: &'static str,
         /// The `--tun-addr` host address.
-        host: Ipv4Addr,
+        host: IpAddr,
         /// Another host address of the prefix to suggest.
-        other: Ipv4Addr,
+        other: IpAddr,
         /// The prefix length.
         prefix: u8,
     },
+    /// Two `--tun-addr` prefixes of one family.
+    #[error("{flag} {first} and {second} are both IPv{family}: give at most one IPv4 and one IPv6 prefix")]
+    TunAddrTwice {
+        /// `--tun-addr` or `tun_addr`.
+        flag: &'static str,
+        /// 4 or 6.
+        family: u8,
+        /// The first prefix of that family.
+        first: String,
+        /// The second one.
+        second: String,
+    },
+    /// An IPv6 `--tun-addr` on a TUN whose MTU is below the IPv6 minimum
+    /// (the kernel turns IPv6 off on such a device).
+    #[error("--mtu {0} is below 1280, the IPv6 minimum, so the TUN could not hold the IPv6 --tun-addr: use --mtu 1280 or more")]
+    MtuBelowIpv6(u16),
+    /// An IPv6 service with `--io packet`.
+    #[error("service {0} is IPv6, which --io packet does not serve (its socket filter, blackhole routes and neighbour lookups are IPv4-only): use --io vnet (the default)")]
+    PacketIpv6(SocketAddr),
     /// A duration of `[health]` out of range.
     #[error("health {name} = {value}: use seconds from 0.05 to 3600")]
     HealthSeconds {
@@ -615,6 +709,14 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         return Err(Error::BusyPoll(busy_poll));
     }
     let tun_addr = tun_addr(run, &file, &engine)?;
+    if tun_addr.v6.is_some() && mtu < 1280 {
+        return Err(Error::MtuBelowIpv6(mtu));
+    }
+    if io == IoKind::Packet {
+        if let Some(s) = engine.services.iter().find(|s| s.vip.is_ipv6()) {
+            return Err(Error::PacketIpv6(s.vip));
+        }
+    }
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
     let health = match (&file.health, run.health_check) {
         (None, false) => None,
@@ -725,34 +827,45 @@ where
     })
 }
 
-/// `--tun-addr`, refused when it is a VIP or SNAT address (the kernel would
+/// `--tun-addr` (the flags' prefixes, else the file's), at most one per
+/// family, each refused when it is a VIP or SNAT address (the kernel would
 /// answer those itself); the error suggests another host address.
-fn tun_addr(
-    run: &FlagRun,
-    file: &File,
-    engine: &EngineConfig,
-) -> Result<Option<(Ipv4Addr, u8)>, Error> {
-    let file_tun_addr = match &file.tun_addr {
-        Some(c) => Some(parse_cidr(c).map_err(|source| Error::Value {
-            key: "tun_addr",
-            source,
-        })?),
-        None => None,
+fn tun_addr(run: &FlagRun, file: &File, engine: &EngineConfig) -> Result<TunAddrs, Error> {
+    let tun_addr = if run.tun_addr.is_empty() {
+        let prefixes = (file.tun_addr.iter())
+            .map(|c| parse_cidr(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Value {
+                key: "tun_addr",
+                source,
+            })?;
+        TunAddrs::from_prefixes("tun_addr", &prefixes)?
+    } else {
+        TunAddrs::from_prefixes("--tun-addr", &run.tun_addr)?
     };
-    let tun_addr = run.tun_addr.or(file_tun_addr);
-    if let Some((host, prefix)) = tun_addr {
-        // Suggest the last usable address of the prefix (or the one before).
+    let v4 = tun_addr.v4.map(|(host, prefix)| {
         let mask = netmask(prefix).to_bits();
-        let last = (host.to_bits() | !mask) - 1;
-        let other = Ipv4Addr::from_bits(if last == host.to_bits() {
-            last - 1
-        } else {
-            last
-        });
+        let other = other_host(host.to_bits(), mask);
+        (
+            IpAddr::V4(host),
+            IpAddr::V4(Ipv4Addr::from_bits(other)),
+            prefix,
+        )
+    });
+    let v6 = tun_addr.v6.map(|(host, prefix)| {
+        let mask = u128::MAX << (128 - u32::from(prefix));
+        let other = other_host(host.to_bits(), mask);
+        (
+            IpAddr::V6(host),
+            IpAddr::V6(Ipv6Addr::from_bits(other)),
+            prefix,
+        )
+    });
+    for (host, other, prefix) in v4.into_iter().chain(v6) {
         for s in &engine.services {
-            let clash = (s.vip.ip() == IpAddr::V4(host))
+            let clash = (s.vip.ip() == host)
                 .then_some("VIP")
-                .or_else(|| s.snat.contains(&IpAddr::V4(host)).then_some("SNAT address"));
+                .or_else(|| s.snat.contains(&host).then_some("SNAT address"));
             if let Some(role) = clash {
                 return Err(Error::TunAddrClash {
                     role,
@@ -764,6 +877,26 @@ fn tun_addr(
         }
     }
     Ok(tun_addr)
+}
+
+/// Another host address of `host`'s prefix (`mask`) to suggest: the last
+/// usable one (below the IPv4 broadcast address), or the one before when
+/// that is `host` itself.
+fn other_host<T>(host: T, mask: T) -> T
+where
+    T: Copy
+        + PartialEq
+        + std::ops::BitOr<Output = T>
+        + std::ops::Not<Output = T>
+        + std::ops::Sub<Output = T>
+        + From<u8>,
+{
+    let last = (host | !mask) - T::from(1);
+    if last == host {
+        last - T::from(1)
+    } else {
+        last
+    }
 }
 
 fn health_config(f: FileHealth) -> Result<HealthConfig, Error> {
@@ -851,7 +984,24 @@ mod tests {
     fn cidr_and_range_syntax() {
         assert_eq!(
             parse_cidr("198.18.0.254/24").unwrap(),
-            (Ipv4Addr::new(198, 18, 0, 254), 24)
+            (Ipv4Addr::new(198, 18, 0, 254).into(), 24)
+        );
+        assert_eq!(
+            parse_cidr("2001:2::fe/64").unwrap(),
+            ("2001:2::fe".parse::<IpAddr>().unwrap(), 64)
+        );
+        assert_eq!(parse_cidr("2001:2::fe/126").unwrap().1, 126);
+        assert_eq!(
+            parse_cidr("2001:2::fe/127").unwrap_err().to_string(),
+            "prefix length in '2001:2::fe/127' must be 1 to 126, so the TUN's prefix holds the VIP"
+        );
+        assert_eq!(
+            parse_cidr("2001:2::fe/0").unwrap_err(),
+            SyntaxError::Prefix6("2001:2::fe/0".into())
+        );
+        assert_eq!(
+            parse_cidr("[2001:2::fe]/64").unwrap_err().to_string(),
+            "'[2001:2::fe]/64' is not a CIDR; use ADDR/PREFIX, e.g. 198.18.0.254/24 or 2001:2::fe/64"
         );
         for (bad, want) in [
             ("198.18.0.254", SyntaxError::NotCidr("198.18.0.254".into())),
@@ -1087,18 +1237,149 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
     }
 
     #[test]
+    fn one_tun_prefix_per_family_from_the_flags_or_the_file() {
+        let v4 = parse_cidr("198.18.0.254/24").unwrap();
+        let v6 = parse_cidr("2001:2::fe/64").unwrap();
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let run = |prefixes: &[(IpAddr, u8)]| FlagRun {
+            tun: Some("tl0".into()),
+            tun_addr: prefixes.to_vec(),
+            ..Default::default()
+        };
+        let r = run_config(&f, &run(&[v6, v4])).unwrap();
+        assert_eq!(
+            r.tun_addr,
+            TunAddrs {
+                v4: Some((Ipv4Addr::new(198, 18, 0, 254), 24)),
+                v6: Some(("2001:2::fe".parse().unwrap(), 64)),
+            }
+        );
+        assert!(run_config(&f, &run(&[])).unwrap().tun_addr.is_empty());
+        let e = run_config(&f, &run(&[v4, parse_cidr("198.18.9.1/24").unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--tun-addr 198.18.0.254/24 and 198.18.9.1/24 are both IPv4: give at most one IPv4 and one IPv6 prefix"
+        );
+        let e = run_config(&f, &run(&[v6, v4, parse_cidr("2001:2::1:fe/112").unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--tun-addr 2001:2::fe/64 and 2001:2::1:fe/112 are both IPv6"),
+            "{e}"
+        );
+        // IPv6 needs an MTU of 1280 or more on the device.
+        let e = run_config(
+            &f,
+            &FlagRun {
+                mtu: Some(1000),
+                ..run(&[v6])
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--mtu 1000 is below 1280"), "{e}");
+        // The file: a string or a list; the flags replace it entirely.
+        for (text, want) in [
+            ("tun_addr = \"2001:2::fe/64\"\n", (false, true)),
+            (
+                "tun_addr = [\"198.18.0.254/24\", \"2001:2::fe/64\"]\n",
+                (true, true),
+            ),
+        ] {
+            let p = write("tun-addr", text);
+            let fc = FlagService {
+                config: Some(p.clone()),
+                ..f.clone()
+            };
+            let t = run_config(&fc, &run(&[])).unwrap().tun_addr;
+            assert_eq!((t.v4.is_some(), t.v6.is_some()), want, "{text}");
+            let t = run_config(&fc, &run(&[v4])).unwrap().tun_addr;
+            assert_eq!((t.v4.is_some(), t.v6.is_some()), (true, false), "flags win");
+            std::fs::remove_file(p).unwrap();
+        }
+        let p = write(
+            "tun-addr-bad",
+            "tun_addr = [\"2001:2::fe/64\", \"2001:2::fd/64\"]\n",
+        );
+        let fc = FlagService {
+            config: Some(p.clone()),
+            ..f.clone()
+        };
+        let e = run_config(&fc, &run(&[])).unwrap_err().to_string();
+        assert!(
+            e.starts_with("tun_addr 2001:2::fe/64 and 2001:2::fd/64 are both IPv6"),
+            "{e}"
+        );
+        std::fs::write(&p, "tun_addr = 5\n").unwrap();
+        let e = run_config(&fc, &run(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("expected a CIDR string or a list of them") && !e.contains('\n'),
+            "{e}"
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_service_is_refused_with_the_packet_datapath() {
+        let f = flags("[2001:2::1]:80", &["[2001:2:0:2::3]:80"]);
+        let run = FlagRun {
+            io: Some(IoKind::Packet),
+            ..Default::default()
+        };
+        let e = run_config(&f, &run).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "service [2001:2::1]:80 is IPv6, which --io packet does not serve (its socket filter, blackhole routes and neighbour lookups are IPv4-only): use --io vnet (the default)"
+        );
+        let tun = FlagRun {
+            tun: Some("tl0".into()),
+            ..Default::default()
+        };
+        assert!(run_config(&f, &tun).is_ok());
+    }
+
+    #[test]
+    fn the_ipv6_vip_cannot_be_the_tun_host_address() {
+        let r = FlagRun {
+            tun: Some("tl0".into()),
+            tun_addr: vec![
+                parse_cidr("198.18.0.254/24").unwrap(),
+                parse_cidr("2001:2::fe/64").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let e = run_config(&flags("[2001:2::fe]:80", &["[2001:2:0:2::3]:80"]), &r)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "the VIP 2001:2::fe is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr 2001:2::ffff:ffff:ffff:fffe/64)"
+        );
+        let mut f = flags("[2001:2::1]:80", &["[2001:2:0:2::3]:80"]);
+        f.snat = vec!["2001:2::fe".parse().unwrap()];
+        let e = run_config(&f, &r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the SNAT address 2001:2::fe is the --tun-addr host address"),
+            "{e}"
+        );
+        assert!(run_config(&flags("[2001:2::1]:80", &["[2001:2:0:2::3]:80"]), &r).is_ok());
+    }
+
+    #[test]
     fn the_vip_cannot_be_the_tun_host_address() {
         let r = FlagRun {
             tun: Some("tl0".into()),
-            tun_addr: Some((Ipv4Addr::new(198, 18, 0, 254), 24)),
+            tun_addr: vec![(Ipv4Addr::new(198, 18, 0, 254).into(), 24)],
             ..Default::default()
         };
         let e = run_config(&flags("198.18.0.254:80", &["198.18.2.3:80"]), &r)
             .unwrap_err()
             .to_string();
-        assert!(
-            e.starts_with("the VIP 198.18.0.254 is the --tun-addr host address"),
-            "{e}"
+        assert_eq!(
+            e,
+            "the VIP 198.18.0.254 is the --tun-addr host address, which the kernel answers itself: give the TUN's host side another address of the prefix (e.g. --tun-addr 198.18.0.253/24)"
         );
         let mut f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
         f.snat = vec![Ipv4Addr::new(198, 18, 0, 254).into()];

@@ -200,13 +200,19 @@ struct Opened {
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
     if !packet {
-        preflight::forwarding(args.run.set_sysctls)?;
+        let services = &cfg.engine.services;
+        if services.iter().any(|s| s.vip.is_ipv4()) {
+            preflight::forwarding(args.run.set_sysctls)?;
+        }
+        if has_ipv6(&cfg) {
+            preflight::forwarding6(args.run.set_sysctls)?;
+        }
     }
     let addrs = service_addrs(&cfg);
     preflight::not_local(&addrs)?;
     let opened = open_device(&cfg, &addrs)?;
     if !packet {
-        if cfg.tun_addr.is_some() {
+        if ipv6_turned_off(&cfg) {
             preflight::disable_ipv6(&cfg.tun);
         }
         // Once the TUN exists its own addresses are local too: check again.
@@ -321,7 +327,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
 /// packet sockets and their blackhole routes (`--io packet`).
 fn open_device(
     cfg: &RunConfig,
-    addrs: &[(std::net::Ipv4Addr, &'static str)],
+    addrs: &[(std::net::IpAddr, &'static str)],
 ) -> Result<Opened, RunError> {
     let spec = TunSpec {
         name: cfg.tun.clone(),
@@ -434,7 +440,7 @@ fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine) {
         device.name,
         if packet {
             "blackhole routes added"
-        } else if cfg.tun_addr.is_some() {
+        } else if !cfg.tun_addr.is_empty() {
             "created"
         } else {
             "attached"
@@ -521,30 +527,48 @@ fn save_periodically(
     }
 }
 
-/// The VIP and SNAT addresses, with what each is for.
-fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::Ipv4Addr, &'static str)> {
+/// Whether any service is IPv6.
+fn has_ipv6(cfg: &RunConfig) -> bool {
+    cfg.engine.services.iter().any(|s| s.vip.is_ipv6())
+}
+
+/// Whether `run` turns IPv6 off on the TUN: one it creates, when no IPv6
+/// prefix and no IPv6 service is configured. The kernel's own IPv6 chatter
+/// (router solicitations, MLD) then has no business in the TUN; with IPv6
+/// on, the engine counts that chatter quietly (`ipv6_control`).
+fn ipv6_turned_off(cfg: &RunConfig) -> bool {
+    cfg.io != IoKind::Packet
+        && !cfg.tun_addr.is_empty()
+        && cfg.tun_addr.v6.is_none()
+        && !has_ipv6(cfg)
+}
+
+/// The VIP and SNAT addresses of both families, with what each is for.
+fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::IpAddr, &'static str)> {
     let mut addrs = Vec::new();
     for s in &cfg.engine.services {
-        let v4 = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(a) => Some(a),
-            std::net::IpAddr::V6(_) => None,
-        };
-        addrs.extend(v4(s.vip.ip()).map(|a| (a, "VIP")));
-        addrs.extend(s.snat.iter().filter_map(|&a| v4(a)).map(|a| (a, "SNAT")));
+        addrs.push((s.vip.ip(), "VIP"));
+        addrs.extend(s.snat.iter().map(|&a| (a, "SNAT")));
     }
     addrs
 }
 
 /// `--io packet`: the sockets, the device as reports show it, and the
 /// blackhole routes that keep the kernel from forwarding or answering.
+/// IPv4 only: the configuration refuses IPv6 services with `--io packet`.
 fn open_packet(
     cfg: &RunConfig,
-    addrs: &[(std::net::Ipv4Addr, &'static str)],
+    addrs: &[(std::net::IpAddr, &'static str)],
 ) -> Result<(Arc<AfPacket>, Device, Blackholes), RunError> {
     let spec = PacketSpec {
         ifaces: cfg.ifaces.clone(),
         queues: cfg.threads,
-        addrs: addrs.iter().map(|a| a.0).collect(),
+        addrs: (addrs.iter())
+            .filter_map(|a| match a.0 {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
     };
     let (dev, opened) = AfPacket::open(&spec)?;
     let holes = Blackholes::install(&spec.addrs)?;
@@ -575,6 +599,9 @@ fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
     if new.tun != running.tun || new.tun_addr != running.tun_addr || new.threads != running.threads
     {
         tracing::warn!("reload: the TUN device and thread count change only on restart");
+    }
+    if ipv6_turned_off(running) && has_ipv6(&new) {
+        tracing::warn!("reload: tunlb turned IPv6 off on TUN {} at start (no IPv6 was configured), so the new IPv6 service(s) receive nothing until a restart", running.tun);
     }
     if running.io == IoKind::Packet && service_addrs(&new) != service_addrs(running) {
         tracing::warn!("reload: with --io packet, new VIP or SNAT addresses are received only after a restart (the socket filter and blackhole routes are set at start)");

@@ -46,7 +46,7 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l snat -d 'MASQUERADE 
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l max-flows -d 'The most flows tracked at once (default 262144)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l config -d 'A TOML file with services, timeouts and limits (flags override it)' -r -F
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l tun -d 'The TUN device: created if --tun-addr is given, else attached (it must exist)' -r
-complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l tun-addr -d 'Create the TUN with this host-side address; the rest of the prefix routes into it' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l tun-addr -d 'Create the TUN with this host-side address; the rest of the prefix routes into it. Repeat for one IPv4 and one IPv6 prefix' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l threads -d 'Packet threads sharing the flow table (default 1)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l mtu -d 'MTU of a TUN tunlb creates (default 1500)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l busy-poll -d 'While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off)' -r
@@ -63,7 +63,7 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l iface -d 'With --io 
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap -d 'Record every packet as received (before NAT) and as sent (after NAT) in a pcapng file for Wireshark' -r -F
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pcap-limit -d 'Stop recording --pcap after N packets, or a size such as 10MiB [default: 64MiB]' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l trace -d 'Print every NAT decision and state change, in netfilter\'s words'
-complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 in this namespace instead of refusing to start'
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l set-sysctls -d 'Set net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1 for IPv6 services) in this namespace instead of refusing to start'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l health-check -d 'Check backends by TCP connect (every 2 s, rise 2, fall 3; tune in [health] of the config)'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l pickup -d 'Pick up flows already under way (an ACK with no entry), like nf_conntrack_tcp_loose=1; needs --mode maglev'
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l no-offload -d 'Do not ask the TUN for TSO/checksum offloads (one packet per read and write)'

@@ -3,8 +3,13 @@
 # other test): --io tun (the tun crate, one packet per read and write),
 # --no-offload and --busy-poll 0 (off). Each: listed by `run --help`, then
 # round robin, a 64 MiB download and a 64 MiB upload intact, with 2 threads.
+# And --io tun with an IPv6 service (issue 15): the tun crate makes the TUN,
+# tunlb adds its IPv6 prefix; the same checks over the IPv6 VIP.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
+
+# lacks WORD TEXT: TEXT does not contain WORD.
+lacks() { ! grep -q -- "$1" <<<"$2"; }
 
 t_setup
 help=$("$TUNLB_BIN" run --help)
@@ -26,6 +31,21 @@ for v in "${variants[@]}"; do
   check "$v: tunlb still running" tl_pid_alive "$TUNLB_PID"
   t_tunlb_stop
 done
+
+# --io tun for IPv6: the crate sets the IPv4 address, tunlb the IPv6 one.
+t6_start --mode nth --threads 2 --io tun || exit 1
+addr6=$(ip -n "${P}lb" -6 addr show dev "$TL_TUN" 2>/dev/null)
+note "$TL_TUN: $(tr -s ' \n' ' ' <<<"$addr6")"
+check "--io tun, IPv6: the TUN holds the IPv6 prefix" grep -q "inet6 $TL_TUN_ADDR6 scope global" <<<"$addr6"
+check "--io tun, IPv6: usable at once (no duplicate address detection on a TUN)" lacks tentative "$addr6"
+rr=$(for _ in 1 2 3 4 5 6 7 8; do t_client curl -s --max-time 5 "$VIP6_URL/" || echo fail; done | tr '\n' ' ')
+check_eq "--io tun, IPv6: round robin" "$rr" "b1 b2 b3 b4 b1 b2 b3 b4 "
+got=$(t_client curl -s --max-time 60 "$VIP6_URL/file/big.bin" | sha256sum | cut -d' ' -f1)
+check_eq "--io tun, IPv6: 64 MiB download intact" "$got" "$big"
+got=$(t_client curl -s --max-time 60 -H 'Expect:' --data-binary "@$(tl_data "$P")/big.bin" "$VIP6_URL/sha256" | cut -d' ' -f1)
+check_eq "--io tun, IPv6: 64 MiB upload intact" "$got" "$big"
+check "--io tun, IPv6: tunlb still running" tl_pid_alive "$TUNLB_PID"
+t_tunlb_stop
 
 # Two threads on the default device (two queues): one connection's packets,
 # both directions, are read by one thread. The TUN steers a packet to the

@@ -4,7 +4,10 @@
 # shell for `completions` too). `completions bash` prints a script bash
 # parses, `man` prints roff. Runtime refusals: net.ipv4.ip_forward=0 (exit 1
 # naming the sysctl; --set-sysctls sets it), a VIP or SNAT address the kernel
-# would answer itself.
+# would answer itself. The same for IPv6 (issue 15): two --tun-addr of one
+# family, an IPv6 prefix too long, an IPv6 service with --io packet (exit 2);
+# an IPv6 VIP that is local or routes elsewhere, IPv6 forwarding off (exit 1,
+# naming net.ipv6.conf.all.forwarding; --set-sysctls sets it).
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -94,4 +97,29 @@ fi
 t_tunlb_start --mode nth --set-sysctls
 check_eq "--set-sysctls turned ip_forward on" "$(tl_exec "$P" lb cat /proc/sys/net/ipv4/ip_forward)" 1
 check_eq "and the service works" "$(t_client curl -s --max-time 5 "$VIP_URL/")" b1
+t_tunlb_stop
+
+# IPv6 (issue 15).
+TUN6=(--tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --tun-addr "$TL_TUN_ADDR6")
+V6="[$VIP6]:80"
+B6="[$(tl_backend_addr6 1)]:80"
+bad "are both IPv4" run "${TUN[@]}" --tun-addr 198.18.9.254/24 --vip "$V" --backend "$B1"
+bad "are both IPv6" run "${TUN6[@]}" --tun-addr 2001:2:0:9::fe/64 --vip "$V6" --backend "$B6"
+bad "must be 1 to 126" run --tun "$TL_TUN" --tun-addr 2001:2::fe/127 --vip "$V6" --backend "$B6"
+bad "use --io vnet" run --io packet --vip "$V6" --backend "$B6"
+bad "is IPv6 but its --backend" run "${TUN6[@]}" --vip "$V6" --backend "$B1"
+refused 'local address' "${TUN6[@]}" --vip "[$TL_LB_BACKEND_ADDR6]:80" --backend "$B6"
+refused 'routes via c0, not into' "${TUN6[@]}" --vip "[2001:2:0:1::9]:80" --backend "$B6"
+refused 'local address|tun-addr' "${TUN6[@]}" --vip "[${TL_TUN_ADDR6%/*}]:80" --backend "$B6"
+tl_sysctl "${P}lb" net.ipv6.conf.all.forwarding 0
+rc=0
+tl_exec "$P" lb timeout 5 "$TUNLB_BIN" run "${TUN6[@]}" --vip "$V6" --backend "$B6" 2>"$T_DIR/err" || rc=$?
+if [ "$rc" -eq 1 ] && grep -q 'net.ipv6.conf.all.forwarding' "$T_DIR/err" && [ "$(wc -l <"$T_DIR/err")" -eq 1 ]; then
+  ok "IPv6 forwarding off: exit 1, one line naming net.ipv6.conf.all.forwarding"
+else
+  not_ok "IPv6 forwarding off: want exit 1 naming net.ipv6.conf.all.forwarding; got exit $rc: $(head -c 400 "$T_DIR/err")"
+fi
+t6_start --mode nth --set-sysctls || exit 1
+check_eq "--set-sysctls turned IPv6 forwarding on" "$(tl_exec "$P" lb cat /proc/sys/net/ipv6/conf/all/forwarding)" 1
+check_eq "and the IPv6 service works" "$(t_client curl -s --max-time 5 "$VIP6_URL/")" b1
 t_tunlb_stop

@@ -111,10 +111,15 @@ impl MqTun {
                 false
             }
         };
-        if let Some((addr, prefix)) = spec.addr {
+        if !spec.addr.is_empty() {
+            // Any socket addresses the ioctls (by name); an IPv4 one exists
+            // even where IPv6 is off.
             let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| tun_error(name, e))?;
-            super::sys::configure(&sock, name, addr, prefix, spec.mtu)
+            super::sys::configure(&sock, name, spec.addr.v4, spec.mtu)
                 .map_err(|e| tun_error(name, e))?;
+        }
+        if let Some((addr, prefix)) = spec.addr.v6 {
+            super::tun::give_ipv6(name, addr, prefix)?;
         }
         let opened = Opened {
             queues: files.len(),

@@ -1,5 +1,6 @@
 //! The few system calls `std` and the `tun` crate do not offer: multi-queue
-//! TUN attach, the virtio-net header and offloads, interface addressing,
+//! TUN attach, the virtio-net header and offloads, interface addressing
+//! (IPv4 and IPv6),
 //! poll; and for the packet datapath, packet and netlink sockets, their
 //! options, the socket filter and the shared memory of a receive ring.
 //!
@@ -11,7 +12,7 @@
 use std::ffi::c_int;
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -69,13 +70,13 @@ pub fn ioctl_value(fd: &File, request: libc::Ioctl, value: libc::c_ulong) -> io:
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request, value) })
 }
 
-/// Give interface `name` the address `addr/prefix` and `mtu`, and bring it up.
-/// `sock` is any AF_INET socket (the ioctls are addressed by name).
+/// Give interface `name` the IPv4 address `addr/prefix` (if any) and `mtu`,
+/// and bring it up. `sock` is any AF_INET socket (the ioctls are addressed
+/// by name).
 pub fn configure(
     sock: &impl AsRawFd,
     name: &str,
-    addr: Ipv4Addr,
-    prefix: u8,
+    v4: Option<(Ipv4Addr, u8)>,
     mtu: u16,
 ) -> io::Result<()> {
     let fd = sock.as_raw_fd();
@@ -89,15 +90,17 @@ pub fn configure(
         }
         sa
     };
-    let mask = crate::config::netmask(prefix);
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_addr = sockaddr(addr);
     // SAFETY (this and the following ioctls): each SIOC* request reads or
     // writes one `struct ifreq`, which `req` is, valid for the call.
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut req as *mut libc::ifreq) })?;
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr(mask);
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut req as *mut libc::ifreq) })?;
+    if let Some((addr, prefix)) = v4 {
+        let mask = crate::config::netmask(prefix);
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_addr = sockaddr(addr);
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut req as *mut libc::ifreq) })?;
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_netmask = sockaddr(mask);
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &mut req as *mut libc::ifreq) })?;
+    }
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_mtu = c_int::from(mtu);
     check(unsafe { libc::ioctl(fd, libc::SIOCSIFMTU, &mut req as *mut libc::ifreq) })?;
@@ -107,6 +110,31 @@ pub fn configure(
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req as *mut libc::ifreq) })
+}
+
+/// Give interface `name` the IPv6 address `addr/prefix` (`SIOCSIFADDR` with
+/// an `in6_ifreq`; the kernel adds the prefix route with it). `sock` is an
+/// AF_INET6 socket. No duplicate address detection runs on a TUN (the
+/// kernel skips it on `IFF_NOARP` devices), so the address is usable at
+/// once. Fails with `EEXIST` when the interface has it already, `EACCES`
+/// when IPv6 is disabled on it.
+pub fn add_ipv6(sock: &impl AsRawFd, name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFINDEX reads the name and writes the index of one
+    // `struct ifreq`, which `req` is, valid for the call.
+    check(unsafe { libc::ioctl(fd, libc::SIOCGIFINDEX, &mut req as *mut libc::ifreq) })?;
+    let mut in6 = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: u32::from(prefix),
+        // SAFETY: SIOCGIFINDEX just filled the index member of the union.
+        ifr6_ifindex: unsafe { req.ifr_ifru.ifru_ifindex },
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one `struct
+    // in6_ifreq`, which `in6` is, valid for the call.
+    check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &mut in6 as *mut libc::in6_ifreq) })
 }
 
 /// Wait until `fd` is readable or `timeout` passes. Returns whether it is.
