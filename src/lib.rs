@@ -16,8 +16,9 @@
 // allows it module-wide with a SAFETY comment on each call.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod backend;
+mod backend;
 pub mod checksum;
 pub mod config;
 pub mod conntrack;
@@ -35,16 +36,20 @@ pub mod notify;
 pub mod pcap;
 pub mod preflight;
 pub mod select;
-pub mod service;
+mod service;
 pub mod state;
-pub mod stats;
+mod stats;
 #[cfg(test)]
 mod testing;
-pub mod time;
+mod time;
 pub mod trace;
 pub mod wire;
 
-pub use engine::{Engine, Verdict};
-pub use service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
-pub use stats::{DropReason, Snapshot};
+// The modules above that are private are reached through these: what a
+// user of the engine names (configuration, verdicts, counters, time).
+pub use backend::{Backend, BackendCounters};
+pub use engine::{Engine, Family, Verdict};
+pub use nat::L4Checksum;
+pub use service::{BackendConfig, ConfigError, EngineConfig, Service, ServiceConfig};
+pub use stats::{BackendSnapshot, DropReason, Response, Snapshot};
 pub use time::Timestamp;

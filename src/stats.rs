@@ -132,15 +132,15 @@ macro_rules! event_counters {
     ($($(#[$doc:meta])* $field:ident: $short:literal, $metric:literal, $help:literal;)*) => {
         /// The engine's counters.
         #[derive(Debug, Default)]
-        pub struct Counters {
+        pub(crate) struct Counters {
             drops: [AtomicU64; DropReason::COUNT],
             forwarded: [AtomicU64; 2],
-            $($(#[$doc])* pub $field: AtomicU64,)*
+            $($(#[$doc])* pub(crate) $field: AtomicU64,)*
         }
 
         impl Counters {
             /// Read the counters.
-            pub fn snapshot(&self) -> Snapshot {
+            pub(crate) fn snapshot(&self) -> Snapshot {
                 let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
                 Snapshot {
                     drops: std::array::from_fn(|i| get(&self.drops[i])),
@@ -231,14 +231,14 @@ pub struct Event {
 impl Counters {
     /// Count one packet dropped for `reason`.
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub(crate) fn drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count one ICMP error forwarded in direction `dir` (0 ORIGINAL, 1
     /// REPLY). TCP packets are counted in their flows instead.
     #[inline]
-    pub fn forward(&self, dir: usize) {
+    pub(crate) fn forward(&self, dir: usize) {
         self.forwarded[dir].fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -69,61 +69,61 @@ use crate::stats::DropReason;
 /// The byte offsets of the headers' fields (smoltcp's `field` modules).
 pub(crate) mod field {
     /// A run of bytes in a header.
-    pub type Field = core::ops::Range<usize>;
+    pub(crate) type Field = core::ops::Range<usize>;
 
     /// The IPv4 header (RFC 791).
-    pub mod ipv4 {
+    pub(crate) mod ipv4 {
         use super::Field;
         /// Version (high nibble) and header length in words (low nibble).
-        pub const VER_IHL: usize = 0;
+        pub(crate) const VER_IHL: usize = 0;
         /// Total length.
-        pub const LENGTH: Field = 2..4;
+        pub(crate) const LENGTH: Field = 2..4;
         /// Flags (high 3 bits) and fragment offset.
-        pub const FLG_OFF: Field = 6..8;
+        pub(crate) const FLG_OFF: Field = 6..8;
         /// Protocol of the payload.
-        pub const PROTOCOL: usize = 9;
+        pub(crate) const PROTOCOL: usize = 9;
         /// Header checksum.
-        pub const CHECKSUM: Field = 10..12;
+        pub(crate) const CHECKSUM: Field = 10..12;
         /// Source address.
-        pub const SRC_ADDR: Field = 12..16;
+        pub(crate) const SRC_ADDR: Field = 12..16;
         /// Destination address.
-        pub const DST_ADDR: Field = 16..20;
+        pub(crate) const DST_ADDR: Field = 16..20;
         /// The length of a header without options.
-        pub const MIN_HEADER_LEN: usize = DST_ADDR.end;
+        pub(crate) const MIN_HEADER_LEN: usize = DST_ADDR.end;
         /// The more-fragments flag and the fragment offset, in [`FLG_OFF`].
-        pub const MF_OR_OFFSET: u16 = 0x3fff;
+        pub(crate) const MF_OR_OFFSET: u16 = 0x3fff;
     }
 
     /// The IPv6 header (RFC 8200 section 3).
-    pub mod ipv6 {
+    pub(crate) mod ipv6 {
         use super::Field;
         /// Version (high nibble), traffic class, flow label.
-        pub const VER_TC_FL: usize = 0;
+        pub(crate) const VER_TC_FL: usize = 0;
         /// Payload length: what follows the 40-byte header.
-        pub const PAYLOAD_LEN: Field = 4..6;
+        pub(crate) const PAYLOAD_LEN: Field = 4..6;
         /// The type of the header that follows.
-        pub const NEXT_HEADER: usize = 6;
+        pub(crate) const NEXT_HEADER: usize = 6;
         /// Source address.
-        pub const SRC_ADDR: Field = 8..24;
+        pub(crate) const SRC_ADDR: Field = 8..24;
         /// Destination address.
-        pub const DST_ADDR: Field = 24..40;
+        pub(crate) const DST_ADDR: Field = 24..40;
         /// The length of the fixed header.
-        pub const HEADER_LEN: usize = DST_ADDR.end;
+        pub(crate) const HEADER_LEN: usize = DST_ADDR.end;
     }
 
     /// An IPv6 extension header's first two bytes (RFC 8200 section 4):
     /// hop-by-hop, routing and destination options share them.
-    pub mod ext {
+    pub(crate) mod ext {
         /// The type of the header that follows.
-        pub const NEXT_HEADER: usize = 0;
+        pub(crate) const NEXT_HEADER: usize = 0;
         /// The length in 8-byte units, not counting the first 8 bytes.
-        pub const LENGTH: usize = 1;
+        pub(crate) const LENGTH: usize = 1;
         /// The length of the shortest extension header.
-        pub const MIN_LEN: usize = 8;
+        pub(crate) const MIN_LEN: usize = 8;
     }
 
     /// Where a header's addresses are, by IP version.
-    pub const fn addrs(version: u8) -> (Field, Field) {
+    pub(crate) const fn addrs(version: u8) -> (Field, Field) {
         if version == 6 {
             (ipv6::SRC_ADDR, ipv6::DST_ADDR)
         } else {
@@ -132,45 +132,45 @@ pub(crate) mod field {
     }
 
     /// The TCP header (RFC 793).
-    pub mod tcp {
+    pub(crate) mod tcp {
         use super::Field;
         /// Source port.
-        pub const SRC_PORT: Field = 0..2;
+        pub(crate) const SRC_PORT: Field = 0..2;
         /// Destination port.
-        pub const DST_PORT: Field = 2..4;
+        pub(crate) const DST_PORT: Field = 2..4;
         /// Sequence number.
-        pub const SEQ_NUM: Field = 4..8;
+        pub(crate) const SEQ_NUM: Field = 4..8;
         /// Acknowledgment number.
-        pub const ACK_NUM: Field = 8..12;
+        pub(crate) const ACK_NUM: Field = 8..12;
         /// Data offset in words (high nibble).
-        pub const DATA_OFF: usize = 12;
+        pub(crate) const DATA_OFF: usize = 12;
         /// The flag byte (CWR ... FIN).
-        pub const FLAGS: usize = 13;
+        pub(crate) const FLAGS: usize = 13;
         /// Window.
-        pub const WIN_SIZE: Field = 14..16;
+        pub(crate) const WIN_SIZE: Field = 14..16;
         /// Checksum.
-        pub const CHECKSUM: Field = 16..18;
+        pub(crate) const CHECKSUM: Field = 16..18;
         /// Urgent pointer.
-        pub const URGENT: Field = 18..20;
+        pub(crate) const URGENT: Field = 18..20;
         /// The length of a header without options.
-        pub const MIN_HEADER_LEN: usize = URGENT.end;
+        pub(crate) const MIN_HEADER_LEN: usize = URGENT.end;
 
         /// The options of a header `header_len` bytes long.
-        pub const fn options(header_len: usize) -> Field {
+        pub(crate) const fn options(header_len: usize) -> Field {
             MIN_HEADER_LEN..header_len
         }
     }
 
     /// The ICMP header (RFC 792), and ICMPv6's, which has the same shape
     /// (RFC 4443 section 2.1).
-    pub mod icmp {
+    pub(crate) mod icmp {
         use super::Field;
         /// Type.
-        pub const TYPE: usize = 0;
+        pub(crate) const TYPE: usize = 0;
         /// Checksum.
-        pub const CHECKSUM: Field = 2..4;
+        pub(crate) const CHECKSUM: Field = 2..4;
         /// The length of the header; an error's quote follows it.
-        pub const HEADER_LEN: usize = 8;
+        pub(crate) const HEADER_LEN: usize = 8;
     }
 }
 
@@ -1024,12 +1024,12 @@ mod tests {
         use crate::craft::Segment;
         use std::net::{Ipv6Addr, SocketAddrV6};
 
-        pub fn sa(a: &str, port: u16) -> SocketAddrV6 {
+        pub(super) fn sa(a: &str, port: u16) -> SocketAddrV6 {
             SocketAddrV6::new(a.parse().unwrap(), port, 0, 0)
         }
 
         /// The client's SYN to the VIP (40 + 20 bytes).
-        pub fn syn() -> Vec<u8> {
+        pub(super) fn syn() -> Vec<u8> {
             Segment {
                 seq: 0x0102_0304,
                 ..Segment::between(sa("2001:2:0:1::2", 40000), sa("2001:2::1", 80), SYN)
@@ -1040,7 +1040,7 @@ mod tests {
         /// `pkt` with extension headers `(type, total length)` inserted after
         /// the fixed header, in order, each pointing to the next (the last to
         /// what the fixed header pointed to), payload length fixed.
-        pub fn with_ext(pkt: &[u8], exts: &[(u8, usize)]) -> Vec<u8> {
+        pub(super) fn with_ext(pkt: &[u8], exts: &[(u8, usize)]) -> Vec<u8> {
             let upper = pkt[6];
             let mut out = pkt[..40].to_vec();
             out[6] = exts.first().map_or(upper, |e| e.0);
@@ -1064,7 +1064,7 @@ mod tests {
 
         /// An ICMPv6 error of `ty` from the router to the MASQUERADE address
         /// quoting `quote` (its first bytes), checksum right.
-        pub fn icmp_error(ty: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
+        pub(super) fn icmp_error(ty: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
             let from: Ipv6Addr = "2001:2:0:9::9".parse().unwrap();
             let to: Ipv6Addr = "2001:2::1".parse().unwrap();
             let mut msg = vec![ty, 0, 0, 0];
@@ -1081,17 +1081,17 @@ mod tests {
             p
         }
 
-        pub fn ip(pkt: &[u8]) -> Result<IpRepr, DropReason> {
+        pub(super) fn ip(pkt: &[u8]) -> Result<IpRepr, DropReason> {
             IpRepr::parse_ipv6(pkt)
         }
 
-        pub fn tcp(pkt: &[u8]) -> Result<TcpRepr<Ipv6Addr>, DropReason> {
+        pub(super) fn tcp(pkt: &[u8]) -> Result<TcpRepr<Ipv6Addr>, DropReason> {
             let ip = ip(pkt)?;
             assert_eq!(ip.protocol, IpProtocol::Tcp);
             TcpRepr::parse(pkt, &ip, true)
         }
 
-        pub fn icmp(pkt: &[u8]) -> Result<IcmpErrorRepr<Ipv6Addr>, DropReason> {
+        pub(super) fn icmp(pkt: &[u8]) -> Result<IcmpErrorRepr<Ipv6Addr>, DropReason> {
             let ip = ip(pkt)?;
             assert_eq!(ip.protocol, IpProtocol::Icmpv6);
             IcmpErrorRepr::parse(pkt, &ip, true)
@@ -1311,12 +1311,12 @@ mod tests {
         use smoltcp::wire::{Ipv4Packet, TcpPacket};
 
         #[derive(Debug, PartialEq, Eq)]
-        pub enum Parsed {
+        pub(super) enum Parsed {
             Tcp(Tuple, FlagClass, window::Segment, usize, usize),
             Icmp(Tuple, IcmpQuote, usize),
         }
 
-        pub fn parse(pkt: &[u8], verify: bool) -> Result<Parsed, DropReason> {
+        pub(super) fn parse(pkt: &[u8], verify: bool) -> Result<Parsed, DropReason> {
             let (ihl, total, proto) = check_ipv4(pkt, verify)?;
             match proto {
                 IpProtocol::Tcp => tcp(pkt, ihl, total, verify),

@@ -43,15 +43,15 @@ const MAX_ACK_WIN_CONST: u32 = 66_000;
 /// Per-direction flags (`IP_CT_TCP_FLAG_*`).
 mod flag {
     /// The SYN carried a window-scale option.
-    pub const WINDOW_SCALE: u8 = 0x01;
+    pub(super) const WINDOW_SCALE: u8 = 0x01;
     /// The SYN allowed SACK.
-    pub const SACK_PERM: u8 = 0x02;
+    pub(super) const SACK_PERM: u8 = 0x02;
     /// Window checks on this direction let everything through but RSTs
     /// (`IP_CT_TCP_FLAG_BE_LIBERAL`): a flow picked up mid-stream, until
     /// both directions have been seen.
-    pub const BE_LIBERAL: u8 = 0x08;
+    pub(super) const BE_LIBERAL: u8 = 0x08;
     /// `maxack` holds a value.
-    pub const MAXACK_SET: u8 = 0x20;
+    pub(super) const MAXACK_SET: u8 = 0x20;
 }
 
 /// The window scale a flow picked up mid-stream is assumed to use: the

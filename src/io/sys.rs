@@ -43,7 +43,7 @@ fn check(ret: c_int) -> io::Result<()> {
 
 /// `TUNSETIFF`: attach `fd` (an open `/dev/net/tun`) to the TUN `name`,
 /// creating it if it does not exist, with these `IFF_*` flags.
-pub fn tun_set_iff(fd: &File, name: &str, flags: c_int) -> io::Result<()> {
+pub(crate) fn tun_set_iff(fd: &File, name: &str, flags: c_int) -> io::Result<()> {
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is,
@@ -58,14 +58,14 @@ pub fn tun_set_iff(fd: &File, name: &str, flags: c_int) -> io::Result<()> {
 }
 
 /// An ioctl that takes an `int` argument by pointer (`TUNSETVNETHDRSZ`).
-pub fn ioctl_int_ptr(fd: &File, request: libc::Ioctl, value: c_int) -> io::Result<()> {
+pub(crate) fn ioctl_int_ptr(fd: &File, request: libc::Ioctl, value: c_int) -> io::Result<()> {
     let mut v = value;
     // SAFETY: the request reads one `int` through the pointer, valid for the call.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut v as *mut c_int) })
 }
 
 /// An ioctl that takes an integer argument by value (`TUNSETOFFLOAD`).
-pub fn ioctl_value(fd: &File, request: libc::Ioctl, value: libc::c_ulong) -> io::Result<()> {
+pub(crate) fn ioctl_value(fd: &File, request: libc::Ioctl, value: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the request takes its argument by value; no memory is passed.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), request, value) })
 }
@@ -73,7 +73,7 @@ pub fn ioctl_value(fd: &File, request: libc::Ioctl, value: libc::c_ulong) -> io:
 /// Give interface `name` the IPv4 address `addr/prefix` (if any) and `mtu`,
 /// and bring it up. `sock` is any AF_INET socket (the ioctls are addressed
 /// by name).
-pub fn configure(
+pub(crate) fn configure(
     sock: &impl AsRawFd,
     name: &str,
     v4: Option<(Ipv4Addr, u8)>,
@@ -118,7 +118,12 @@ pub fn configure(
 /// kernel skips it on `IFF_NOARP` devices), so the address is usable at
 /// once. Fails with `EEXIST` when the interface has it already, `EACCES`
 /// when IPv6 is disabled on it.
-pub fn add_ipv6(sock: &impl AsRawFd, name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+pub(crate) fn add_ipv6(
+    sock: &impl AsRawFd,
+    name: &str,
+    addr: Ipv6Addr,
+    prefix: u8,
+) -> io::Result<()> {
     let fd = sock.as_raw_fd();
     let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFINDEX reads the name and writes the index of one
@@ -138,7 +143,7 @@ pub fn add_ipv6(sock: &impl AsRawFd, name: &str, addr: Ipv6Addr, prefix: u8) -> 
 }
 
 /// Wait until `fd` is readable or `timeout` passes. Returns whether it is.
-pub fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -161,7 +166,7 @@ pub fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<bool> {
 // ---- sockets: packet sockets and netlink (for `io::packet`, `io::netlink`) ----
 
 /// `socket(domain, ty | SOCK_CLOEXEC, protocol)`.
-pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
+pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket takes no pointers.
     let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
@@ -173,7 +178,7 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> 
 
 /// `setsockopt(fd, level, name, &value, sizeof value)`. `T` must be the
 /// plain C struct or integer the option expects.
-pub fn setsockopt<T: Copy>(
+pub(crate) fn setsockopt<T: Copy>(
     fd: &impl AsRawFd,
     level: c_int,
     name: c_int,
@@ -193,7 +198,7 @@ pub fn setsockopt<T: Copy>(
 }
 
 /// `getsockopt` of an `int`-sized option.
-pub fn getsockopt_u32(fd: &impl AsRawFd, level: c_int, name: c_int) -> io::Result<u32> {
+pub(crate) fn getsockopt_u32(fd: &impl AsRawFd, level: c_int, name: c_int) -> io::Result<u32> {
     let mut v: u32 = 0;
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` (4) bytes into `v` and the
@@ -212,7 +217,7 @@ pub fn getsockopt_u32(fd: &impl AsRawFd, level: c_int, name: c_int) -> io::Resul
 
 /// `getsockopt(PACKET_STATISTICS)`: frames received and dropped (ring
 /// full) since the last call, which resets them.
-pub fn packet_statistics(fd: &impl AsRawFd) -> io::Result<(u32, u32)> {
+pub(crate) fn packet_statistics(fd: &impl AsRawFd) -> io::Result<(u32, u32)> {
     let mut st = [0u32; 2];
     let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
     // SAFETY: `struct tpacket_stats` is two u32 (packets, drops); the kernel
@@ -231,7 +236,7 @@ pub fn packet_statistics(fd: &impl AsRawFd) -> io::Result<(u32, u32)> {
 
 /// Bind a packet socket to interface `ifindex` for frames of `protocol`
 /// (host order, e.g. `ETH_P_IP`).
-pub fn bind_packet(fd: &impl AsRawFd, ifindex: u32, protocol: u16) -> io::Result<()> {
+pub(crate) fn bind_packet(fd: &impl AsRawFd, ifindex: u32, protocol: u16) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain data; zero is valid.
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sa.sll_family = libc::AF_PACKET as u16;
@@ -248,7 +253,7 @@ pub fn bind_packet(fd: &impl AsRawFd, ifindex: u32, protocol: u16) -> io::Result
 }
 
 /// `send(fd, buf, flags)`: the bytes the kernel took.
-pub fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<usize> {
+pub(crate) fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<usize> {
     // SAFETY: the kernel reads at most buf.len() bytes from buf.
     let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
     if n < 0 {
@@ -261,7 +266,7 @@ pub fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<usize> {
 /// `sendmmsg(fd, bufs, flags)`: send each buffer as one datagram in one
 /// system call; returns how many the kernel took (in order; the first one
 /// it did not take failed, with the error if none was taken).
-pub fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<usize> {
+pub(crate) fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<usize> {
     let mut iov: Vec<libc::iovec> = bufs
         .iter()
         .map(|b| libc::iovec {
@@ -302,7 +307,7 @@ pub fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<u
 
 /// `recv(fd, buf, flags)`: the bytes received (or, with `MSG_TRUNC` on a
 /// datagram socket, the datagram's full length).
-pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Result<usize> {
+pub(crate) fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Result<usize> {
     // SAFETY: the kernel writes at most buf.len() bytes into buf.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
     if n < 0 {
@@ -314,7 +319,7 @@ pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Result<usize
 
 /// Wait until one of `fds` is readable or `timeout` passes. Returns whether
 /// one is.
-pub fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
+pub(crate) fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
     let mut ps: Vec<libc::pollfd> = fds
         .iter()
         .map(|f| libc::pollfd {
@@ -341,7 +346,7 @@ pub fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
 /// read and written through the bounds-checked accessors below; the status
 /// word that hands a frame between kernel and user is accessed atomically.
 #[derive(Debug)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
@@ -352,7 +357,7 @@ unsafe impl Send for Mapping {}
 
 impl Mapping {
     /// Map `len` bytes of the ring of `fd` (after `PACKET_RX_RING`).
-    pub fn ring(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
+    pub(crate) fn ring(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
         // SAFETY: a fresh shared mapping chosen by the kernel (no fixed
         // address), so no existing memory is affected.
         let p = unsafe {
@@ -383,19 +388,19 @@ impl Mapping {
     }
 
     /// Load the u32 at `off` with acquire ordering (a frame's status).
-    pub fn load_acquire(&self, off: usize) -> u32 {
+    pub(crate) fn load_acquire(&self, off: usize) -> u32 {
         self.atomic(off).load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Store the u32 at `off` with release ordering (a frame's status).
-    pub fn store_release(&self, off: usize, v: u32) {
+    pub(crate) fn store_release(&self, off: usize, v: u32) {
         self.atomic(off)
             .store(v, std::sync::atomic::Ordering::Release)
     }
 
     /// Copy `dst.len()` bytes at `off` out of the mapping. Only for a frame
     /// the kernel handed over (its status, loaded with acquire, said so).
-    pub fn read(&self, off: usize, dst: &mut [u8]) {
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) {
         assert!(
             off.checked_add(dst.len())
                 .is_some_and(|end| end <= self.len),
@@ -421,7 +426,7 @@ impl Drop for Mapping {
 }
 
 /// `SO_ATTACH_FILTER`: attach the classic BPF program `prog` to `fd`.
-pub fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+pub(crate) fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
     let len = u16::try_from(prog.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
     let fprog = libc::sock_fprog {
@@ -443,7 +448,7 @@ pub fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Resul
 }
 
 /// Bind a netlink socket to the multicast `groups` (`RTMGRP_*` bits).
-pub fn bind_netlink(fd: &impl AsRawFd, groups: u32) -> io::Result<()> {
+pub(crate) fn bind_netlink(fd: &impl AsRawFd, groups: u32) -> io::Result<()> {
     // SAFETY: sockaddr_nl is plain data; zero is valid.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
