@@ -19,14 +19,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use tunlb::conntrack::tcp::flags::{ACK, SYN};
 use tunlb::craft::Segment;
-use tunlb::{BackendConfig, Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
+use tunlb::{Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
 
 /// Counts live heap bytes, to measure memory per flow.
 struct Counting;
@@ -52,24 +52,17 @@ static ALLOC: Counting = Counting;
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
 
 fn engine(max_flows: usize) -> Engine {
+    let backends = (3..7).map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80));
     Engine::new(EngineConfig {
-        services: vec![ServiceConfig {
-            vip: VIP.into(),
-            backends: (3..7)
-                .map(|i| BackendConfig {
-                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80).into(),
-                    weight: 1,
-                })
-                .collect(),
-            mode: Default::default(),
+        max_flows,
+        ..EngineConfig::one(ServiceConfig {
             // About 64 k flows fit per (SNAT address, backend): a pool of 16
             // addresses lets 1 M flows through 4 backends.
             snat: (1..=16)
                 .map(|i| Ipv4Addr::new(198, 18, 0, 100 + i).into())
                 .collect(),
-        }],
-        max_flows,
-        ..Default::default()
+            ..ServiceConfig::new(VIP, backends)
+        })
     })
     .expect("valid config")
 }
@@ -81,22 +74,16 @@ fn vip6() -> SocketAddrV6 {
 
 /// An engine with one IPv6 service (NAT66), as [`engine`] for IPv4.
 fn engine6(max_flows: usize) -> Engine {
+    let backends =
+        (3..7).map(|i| SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, i), 80, 0, 0));
     Engine::new(EngineConfig {
-        services: vec![ServiceConfig {
-            vip: vip6().into(),
-            backends: (3..7)
-                .map(|i| BackendConfig {
-                    addr: SocketAddr::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, i).into(), 80),
-                    weight: 1,
-                })
-                .collect(),
-            mode: Default::default(),
+        max_flows,
+        ..EngineConfig::one(ServiceConfig {
             snat: (1..=16)
                 .map(|i| Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 1, i).into())
                 .collect(),
-        }],
-        max_flows,
-        ..Default::default()
+            ..ServiceConfig::new(vip6(), backends)
+        })
     })
     .expect("valid config")
 }

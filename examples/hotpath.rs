@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use tunlb::conntrack::tcp::flags::{ACK, SYN};
 use tunlb::craft::Segment;
-use tunlb::{BackendConfig, Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
+use tunlb::{Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
 
@@ -20,20 +20,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "original".into());
     let n: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let backends = (3..7).map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80));
     let e = Engine::new(EngineConfig {
-        services: vec![ServiceConfig {
-            vip: VIP.into(),
-            backends: (3..7)
-                .map(|i| BackendConfig {
-                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 80).into(),
-                    weight: 1,
-                })
-                .collect(),
-            mode: Default::default(),
-            snat: vec![],
-        }],
         max_flows: 1 << 21,
-        ..Default::default()
+        ..EngineConfig::one(ServiceConfig::new(VIP, backends))
     })
     .expect("valid config");
     let client = |i: u32| {

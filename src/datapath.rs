@@ -682,21 +682,7 @@ mod tests {
 
     #[test]
     fn an_undeliverable_syn_is_answered_to_the_client_as_the_kernel_would() {
-        let engine = Arc::new(
-            Engine::new(EngineConfig {
-                services: vec![ServiceConfig {
-                    vip: "198.18.0.1:80".parse().unwrap(),
-                    backends: vec![BackendConfig {
-                        addr: "198.18.2.3:80".parse().unwrap(),
-                        weight: 1,
-                    }],
-                    mode: Default::default(),
-                    snat: vec![],
-                }],
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let engine = Arc::new(crate::testing::engine());
         let io = Arc::new(Refusing {
             inner: MemoryIo::new(),
             dead: Ipv4Addr::new(198, 18, 2, 3),

@@ -598,25 +598,9 @@ fn decision(engine: &Engine, flow: &Flow<IpAddr>) -> String {
 mod tests {
     use super::*;
     use crate::craft::Segment;
-    use crate::service::{BackendConfig, EngineConfig, ServiceConfig};
 
     fn engine() -> Engine {
-        Engine::new(EngineConfig {
-            services: vec![ServiceConfig {
-                vip: "198.18.0.1:80".parse().unwrap(),
-                backends: ["198.18.2.3:80", "198.18.2.4:80"]
-                    .iter()
-                    .map(|a| BackendConfig {
-                        addr: a.parse().unwrap(),
-                        weight: 1,
-                    })
-                    .collect(),
-                mode: Default::default(),
-                snat: vec![],
-            }],
-            ..Default::default()
-        })
-        .unwrap()
+        Engine::new(crate::testing::config(&["198.18.2.3:80", "198.18.2.4:80"])).unwrap()
     }
 
     #[test]

@@ -76,6 +76,39 @@ pub struct EngineConfig {
     pub hash_key: Option<HashKey>,
 }
 
+impl ServiceConfig {
+    /// The service at `vip` over `backends`, weight 1 each, mode nth,
+    /// MASQUERADE to the VIP's address: what tests, benches and examples
+    /// start from (set the other fields on the result).
+    pub fn new<B: Into<SocketAddr>>(
+        vip: impl Into<SocketAddr>,
+        backends: impl IntoIterator<Item = B>,
+    ) -> Self {
+        ServiceConfig {
+            vip: vip.into(),
+            backends: backends
+                .into_iter()
+                .map(|b| BackendConfig {
+                    addr: b.into(),
+                    weight: 1,
+                })
+                .collect(),
+            mode: Mode::default(),
+            snat: Vec::new(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The defaults with one service.
+    pub fn one(service: ServiceConfig) -> Self {
+        EngineConfig {
+            services: vec![service],
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

@@ -15,26 +15,14 @@ use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
 use tunlb::conntrack::tcp::flags::{ACK, FIN, PSH, SYN};
 use tunlb::craft::Segment;
 use tunlb::engine::L4Checksum;
-use tunlb::{BackendConfig, Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
+use tunlb::{Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
 const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 3), 8080);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 40000);
 
 fn engine() -> Engine {
-    Engine::new(EngineConfig {
-        services: vec![ServiceConfig {
-            vip: VIP.into(),
-            backends: vec![BackendConfig {
-                addr: BACKEND.into(),
-                weight: 1,
-            }],
-            mode: Default::default(),
-            snat: vec![],
-        }],
-        ..Default::default()
-    })
-    .unwrap()
+    Engine::new(EngineConfig::one(ServiceConfig::new(VIP, [BACKEND]))).unwrap()
 }
 
 /// Open the flow; return the REPLY tuple's (source, destination).
