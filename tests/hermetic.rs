@@ -2,7 +2,9 @@
 //! (smoltcp) talk through `Engine::handle_packet` over an in-memory router, on
 //! virtual time. No root, no TUN, no kernel: `cargo test --test hermetic`.
 //!
-//! - `net`, `wire`, `device`: the harness (hosts, router, impairments).
+//! - `net`, `wire`, `device`: the harness (hosts, router, impairments);
+//!   `family`: the address plan of each family (the harness is written once
+//!   for IPv4 and IPv6).
 //! - `check`, `craft`: judging packets with smoltcp, building them with pnet.
 //! - `cycle`: crafted connections straight through the engine, for floods
 //!   and churn (no endpoints).
@@ -16,6 +18,8 @@ mod craft;
 mod cycle;
 #[path = "hermetic/device.rs"]
 mod device;
+#[path = "hermetic/family.rs"]
+mod family;
 #[path = "hermetic/net.rs"]
 mod net;
 #[path = "hermetic/wire.rs"]
