@@ -10,6 +10,23 @@
 //!   and churn (no endpoints).
 //! - the other modules are the specification, one behaviour per test.
 
+/// Run a test body generic over the address plan in each family:
+/// `twins!(ipv4_test_name, ipv6_test_name, body)` makes two tests, one
+/// calling `body::<Ipv4Addr>()`, the other `body::<Ipv6Addr>()`.
+macro_rules! twins {
+    ($v4:ident, $v6:ident, $body:ident) => {
+        #[test]
+        fn $v4() {
+            $body::<std::net::Ipv4Addr>();
+        }
+
+        #[test]
+        fn $v6() {
+            $body::<std::net::Ipv6Addr>();
+        }
+    };
+}
+
 #[path = "hermetic/check.rs"]
 mod check;
 #[path = "hermetic/craft.rs"]

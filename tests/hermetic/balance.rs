@@ -2,7 +2,6 @@
 //! body is generic over the address plan; the `_over_ipv6` twins run it on
 //! 2001:2::/48).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use tunlb::select::Mode;
@@ -84,15 +83,11 @@ fn assert_engine_counts<A: Plan>(net: &Net<A>, want: [usize; 4]) {
     }
 }
 
-#[test]
-fn nth_spreads_400_sequential_connections_exactly_100_per_backend() {
-    nth_400::<Ipv4Addr>();
-}
-
-#[test]
-fn nth_spreads_400_sequential_connections_exactly_100_per_backend_over_ipv6() {
-    nth_400::<Ipv6Addr>();
-}
+twins!(
+    nth_spreads_400_sequential_connections_exactly_100_per_backend,
+    nth_spreads_400_sequential_connections_exactly_100_per_backend_over_ipv6,
+    nth_400
+);
 
 fn nth_400<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
@@ -127,15 +122,11 @@ fn five_sigma_is_the_binomial_range_worked_out_by_hand() {
     assert_eq!(five_sigma(400, 0.75), 257..=343);
 }
 
-#[test]
-fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter() {
-    random_quarters::<Ipv4Addr>();
-}
-
-#[test]
-fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter_over_ipv6() {
-    random_quarters::<Ipv6Addr>();
-}
+twins!(
+    random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter,
+    random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter_over_ipv6,
+    random_quarters
+);
 
 fn random_quarters<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Random, &[1, 1, 1, 1]));
@@ -157,15 +148,11 @@ fn random_quarters<A: Plan>() {
     assert_eq!(net.engine.stats().total_dropped(), 0);
 }
 
-#[test]
-fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
-    random_3_1_0_0::<Ipv4Addr>();
-}
-
-#[test]
-fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0_over_ipv6() {
-    random_3_1_0_0::<Ipv6Addr>();
-}
+twins!(
+    random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0,
+    random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0_over_ipv6,
+    random_3_1_0_0
+);
 
 fn random_3_1_0_0<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Random, &[3, 1, 0, 0]));
@@ -210,15 +197,11 @@ fn choices<A: Plan>(seed: u64, n: u16) -> Vec<usize> {
         .collect()
 }
 
-#[test]
-fn random_selection_is_reproducible_from_the_seed() {
-    reproducible::<Ipv4Addr>();
-}
-
-#[test]
-fn random_selection_is_reproducible_from_the_seed_over_ipv6() {
-    reproducible::<Ipv6Addr>();
-}
+twins!(
+    random_selection_is_reproducible_from_the_seed,
+    random_selection_is_reproducible_from_the_seed_over_ipv6,
+    reproducible
+);
 
 fn reproducible<A: Plan>() {
     assert_eq!(

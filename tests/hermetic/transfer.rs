@@ -2,14 +2,13 @@
 //! wire, in either family (the `_over_ipv6` twins run the same body on
 //! 2001:2::/48).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use tunlb::select::Mode;
 use tunlb::DropReason;
 
 use crate::family::{Plan, SockAddr as _};
-use crate::net::{self, backend_pattern, pattern, vip, Close, Net, Outcome, Serve, StreamId};
+use crate::net::{self, backend_pattern, pattern, Close, Net, Outcome, Serve, StreamId};
 use crate::wire::Leg;
 
 const KIB: usize = 1024;
@@ -88,15 +87,11 @@ fn finish_both_ends<A: Plan>(net: &mut Net<A>, ids: &[StreamId], limit: Duration
     assert!(ok, "{}", net.report("transfers did not finish", ids));
 }
 
-#[test]
-fn one_mebibyte_each_way_arrives_byte_exact() {
-    one_mebibyte::<Ipv4Addr>();
-}
-
-#[test]
-fn one_mebibyte_each_way_arrives_byte_exact_over_ipv6() {
-    one_mebibyte::<Ipv6Addr>();
-}
+twins!(
+    one_mebibyte_each_way_arrives_byte_exact,
+    one_mebibyte_each_way_arrives_byte_exact_over_ipv6,
+    one_mebibyte
+);
 
 fn one_mebibyte<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
@@ -115,15 +110,11 @@ fn one_mebibyte<A: Plan>() {
     println!("{} 1 MiB each way: {:?}", A::NAME, stats.backends[0]);
 }
 
-#[test]
-fn five_percent_loss_duplication_and_reordering_still_completes_every_transfer() {
-    lossy::<Ipv4Addr>();
-}
-
-#[test]
-fn five_percent_loss_duplication_and_reordering_still_completes_every_transfer_over_ipv6() {
-    lossy::<Ipv6Addr>();
-}
+twins!(
+    five_percent_loss_duplication_and_reordering_still_completes_every_transfer,
+    five_percent_loss_duplication_and_reordering_still_completes_every_transfer_over_ipv6,
+    lossy
+);
 
 fn lossy<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
@@ -167,15 +158,11 @@ fn lossy<A: Plan>() {
     println!("{} lossy transfers: {w:?}\n  {stats}", A::NAME);
 }
 
-#[test]
-fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
-    same_source_port::<Ipv4Addr>();
-}
-
-#[test]
-fn two_clients_with_the_same_source_port_get_distinct_reply_tuples_over_ipv6() {
-    same_source_port::<Ipv6Addr>();
-}
+twins!(
+    two_clients_with_the_same_source_port_get_distinct_reply_tuples,
+    two_clients_with_the_same_source_port_get_distinct_reply_tuples_over_ipv6,
+    same_source_port
+);
 
 fn same_source_port<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1]));
@@ -228,15 +215,11 @@ fn same_source_port<A: Plan>() {
     assert_eq!(net.engine.stats().total_dropped(), 0);
 }
 
-#[test]
-fn a_clean_run_drops_nothing_and_accounts_for_every_packet() {
-    clean_run::<Ipv4Addr>();
-}
-
-#[test]
-fn a_clean_run_drops_nothing_and_accounts_for_every_packet_over_ipv6() {
-    clean_run::<Ipv6Addr>();
-}
+twins!(
+    a_clean_run_drops_nothing_and_accounts_for_every_packet,
+    a_clean_run_drops_nothing_and_accounts_for_every_packet_over_ipv6,
+    clean_run
+);
 
 fn clean_run<A: Plan>() {
     let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
