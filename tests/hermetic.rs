@@ -54,6 +54,8 @@ mod flood;
 mod icmp;
 #[path = "hermetic/invalid.rs"]
 mod invalid;
+#[path = "hermetic/ipv6.rs"]
+mod ipv6;
 #[path = "hermetic/lifecycle.rs"]
 mod lifecycle;
 #[path = "hermetic/limits.rs"]

@@ -52,8 +52,6 @@ pub trait Plan: Family {
     const BACKEND_HOP: Self;
     /// The prefix length of each host's subnet.
     const PREFIX_LEN: u8;
-    /// The IP header's length without options or extension headers.
-    const HEADER_LEN: usize;
 
     /// A socket address of this family.
     fn sock(ip: Self, port: u16) -> Self::Sock;
@@ -123,7 +121,6 @@ impl Plan for Ipv4Addr {
     const CLIENT_HOP: Self = net::CLIENT_HOP;
     const BACKEND_HOP: Self = net::BACKEND_HOP;
     const PREFIX_LEN: u8 = 24;
-    const HEADER_LEN: usize = 20;
 
     fn sock(ip: Self, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(ip, port)
@@ -183,7 +180,6 @@ impl Plan for Ipv6Addr {
     const CLIENT_HOP: Self = v6::CLIENT_HOP;
     const BACKEND_HOP: Self = v6::BACKEND_HOP;
     const PREFIX_LEN: u8 = 64;
-    const HEADER_LEN: usize = 40;
 
     fn sock(ip: Self, port: u16) -> SocketAddrV6 {
         SocketAddrV6::new(ip, port, 0, 0)

@@ -301,16 +301,16 @@ fn backend_syn<A: Plan>() {
     assert_nothing_untranslated(&net, &[live.original, live.reply]);
 }
 
-/// A blind attacker knows the tuple but not the sequence numbers: its RST
-/// lands far outside the receiver's window. Like Linux's `tcp_in_window`,
-/// the engine calls it INVALID: dropped, the flow stays ESTABLISHED with its
-/// long timeout, and the connection survives any idle time after it.
 twins!(
     an_out_of_window_rst_is_dropped_and_the_flow_stays_established,
     an_out_of_window_rst_is_dropped_and_the_flow_stays_established_over_ipv6,
     out_of_window_rst
 );
 
+/// A blind attacker knows the tuple but not the sequence numbers: its RST
+/// lands far outside the receiver's window. Like Linux's `tcp_in_window`,
+/// the engine calls it INVALID: dropped, the flow stays ESTABLISHED with its
+/// long timeout, and the connection survives any idle time after it.
 fn out_of_window_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     for dir in [Direction::Original, Direction::Reply] {
@@ -330,15 +330,15 @@ fn out_of_window_rst<A: Plan>() {
     assert_nothing_untranslated(&net, &[live.original, live.reply]);
 }
 
-/// The window check is no stricter than the endpoints: an RST at exactly
-/// the next sequence number is forwarded (translated), ends the backend's
-/// end of the connection and moves the flow to CLOSE.
 twins!(
     an_in_window_rst_is_forwarded_and_closes_the_flow,
     an_in_window_rst_is_forwarded_and_closes_the_flow_over_ipv6,
     in_window_rst
 );
 
+/// The window check is no stricter than the endpoints: an RST at exactly
+/// the next sequence number is forwarded (translated), ends the backend's
+/// end of the connection and moves the flow to CLOSE.
 fn in_window_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     let (cseq, _) = next_seqs(&net, live.original, live.reply);
@@ -432,15 +432,15 @@ fn survives<A: Plan>(net: &mut Net<A>, live: &Live<A>, round: u64) {
     assert_nothing_untranslated(net, &[live.original, live.reply]);
 }
 
-/// A spoofed SYN (any sequence number X) on an ESTABLISHED flow is ignored
-/// by the state table: it must change nothing (before, it replaced the
-/// client's window, and an RST at X+1 then closed the flow).
 twins!(
     a_spoofed_syn_then_rst_cannot_end_a_flow,
     a_spoofed_syn_then_rst_cannot_end_a_flow_over_ipv6,
     spoofed_syn_then_rst
 );
 
+/// A spoofed SYN (any sequence number X) on an ESTABLISHED flow is ignored
+/// by the state table: it must change nothing (before, it replaced the
+/// client's window, and an RST at X+1 then closed the flow).
 fn spoofed_syn_then_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     let before = flow_of(&net, &live);
@@ -476,14 +476,14 @@ fn spoofed_syn_then_rst<A: Plan>() {
     survives(&mut net, &live, 10);
 }
 
-/// A spoofed ACK acknowledging anything (V) must not teach the engine what
-/// the client expects: an RST from the backend side at V is then refused.
 twins!(
     a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow,
     a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow_over_ipv6,
     spoofed_ack_then_rst
 );
 
+/// A spoofed ACK acknowledging anything (V) must not teach the engine what
+/// the client expects: an RST from the backend side at V is then refused.
 fn spoofed_ack_then_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     let (cseq, _) = live.next_seq;
@@ -511,14 +511,14 @@ fn spoofed_ack_then_rst<A: Plan>() {
     survives(&mut net, &live, 11);
 }
 
-/// An ACK far beyond the window must not move the sender's end (which would
-/// open the RST check to anything): dropped, then an RST just past it too.
 twins!(
     a_far_out_of_window_ack_then_rst_cannot_end_a_flow,
     a_far_out_of_window_ack_then_rst_cannot_end_a_flow_over_ipv6,
     far_ack_then_rst
 );
 
+/// An ACK far beyond the window must not move the sender's end (which would
+/// open the RST check to anything): dropped, then an RST just past it too.
 fn far_ack_then_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     let (cseq, bseq) = live.next_seq;
@@ -560,17 +560,17 @@ fn far_ack_then_rst<A: Plan>() {
     survives(&mut net, &live, 12);
 }
 
-/// An RST inside the window but not at the exact next sequence number, on
-/// an ESTABLISHED flow, is passed (a Linux endpoint answers it with a
-/// challenge ACK, RFC 5961) and the flow stays ESTABLISHED, unchanged, as in
-/// Linux. (smoltcp accepts any in-window RST, so the endpoint's side of the
-/// story is not checked here.)
 twins!(
     an_inexact_in_window_rst_is_passed_and_keeps_the_flow,
     an_inexact_in_window_rst_is_passed_and_keeps_the_flow_over_ipv6,
     inexact_rst
 );
 
+/// An RST inside the window but not at the exact next sequence number, on
+/// an ESTABLISHED flow, is passed (a Linux endpoint answers it with a
+/// challenge ACK, RFC 5961) and the flow stays ESTABLISHED, unchanged, as in
+/// Linux. (smoltcp accepts any in-window RST, so the endpoint's side of the
+/// story is not checked here.)
 fn inexact_rst<A: Plan>() {
     let (mut net, live) = live::<A>();
     let (cseq, _) = live.next_seq;
