@@ -8,8 +8,6 @@
 //! in their own modules.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -246,23 +244,34 @@ fn without_packet_too_big_the_same_upload_stalls_in_a_black_hole() {
 // Control traffic: neighbour discovery, MLD, router solicitation
 // ---------------------------------------------------------------------
 
-/// A tracing subscriber that counts every event at every level, for the
-/// thread it is installed on: what "nothing is logged" is measured with.
-struct CountEvents(Arc<AtomicUsize>);
+/// A tracing subscriber that counts the events (any target, any level) of
+/// the threads that asked it to: what "nothing is logged" is measured with.
+///
+/// Installed once as the global default, never replaced. (A scoped one,
+/// `with_default`, misses events now and then: tracing caches each
+/// callsite's interest globally, and the scoped dispatchers of concurrent
+/// tests come and go.) Threads that do not count answer "disabled", so the
+/// other tests pay one thread-local read per log call.
+struct ThreadCounter;
 
-impl tracing::Subscriber for CountEvents {
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static COUNTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl tracing::Subscriber for ThreadCounter {
     fn register_callsite(
         &self,
         _: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        // Ask on every call: other threads run with no subscriber at all.
+        // Ask on every call: whether to count is per thread.
         tracing::subscriber::Interest::sometimes()
     }
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
         Some(tracing::level_filters::LevelFilter::TRACE)
     }
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
+        COUNTING.with(|c| c.get())
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -270,18 +279,25 @@ impl tracing::Subscriber for CountEvents {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, _: &tracing::Event<'_>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        COUNTED.with(|c| c.set(c.get() + 1));
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// Run `f` and return what it returned and how many log events it
-/// produced (any target, any level, `--trace`'s included).
+/// produced on this thread (any target, any level, `--trace`'s included).
 fn counting_logs<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let n = Arc::new(AtomicUsize::new(0));
-    let r = tracing::subscriber::with_default(CountEvents(n.clone()), f);
-    (r, n.load(Ordering::Relaxed))
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(ThreadCounter)
+            .expect("no other global subscriber in the tests")
+    });
+    COUNTED.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, COUNTED.with(|c| c.get()))
 }
 
 /// A link-local address (what a host's stack sends ND and MLD from).
