@@ -49,6 +49,9 @@ mod cycle;
 #[path = "hermetic/device.rs"]
 mod device;
 #[allow(dead_code)]
+#[path = "hermetic/family.rs"]
+mod family;
+#[allow(dead_code)]
 #[path = "hermetic/net.rs"]
 mod net;
 #[allow(dead_code)]

@@ -36,7 +36,7 @@ fn every_corpus_input_replays_clean() {
         run(&std::fs::read(&path).unwrap());
         n += 1;
     }
-    assert!(n >= 8, "only {n} inputs in {}", dir.display());
+    assert!(n >= 11, "only {n} inputs in {}", dir.display());
 }
 
 #[test]
@@ -118,4 +118,44 @@ fn the_expiry_seed_reuses_a_port_and_outlives_timeouts() {
     );
     assert_eq!(r.verdicts[2..], [gone, gone]);
     assert_eq!(r.stats.new_flows, 6, "the TIME_WAIT flow's port was reused");
+}
+
+#[test]
+fn the_ipv6_connection_seed_is_forwarded_behind_extension_headers() {
+    let r = run(&seed("ipv6-connection"));
+    assert_eq!(r.verdicts.len(), 9);
+    assert!(r.verdicts.iter().all(forwarded), "{:?}", r.verdicts);
+    // Five live flows in each family, and the new one.
+    assert_eq!(r.stats.new_flows, 11);
+    assert_eq!(r.stats.total_dropped(), 0, "{}", r.stats);
+}
+
+#[test]
+fn the_ipv6_icmp_seed_is_translated_and_an_untracked_error_dropped() {
+    let r = run(&seed("ipv6-icmp"));
+    assert!(r.verdicts[..5].iter().all(forwarded), "{:?}", r.verdicts);
+    assert_eq!(r.verdicts[5], Verdict::Drop(DropReason::IcmpUntracked));
+    assert_eq!(r.stats.icmp_translated, 4);
+}
+
+#[test]
+fn the_ipv6_dropped_seed_names_each_reason() {
+    let r = run(&seed("ipv6-dropped"));
+    let want = [
+        DropReason::Ipv6Control,
+        DropReason::Ipv6Control,
+        DropReason::Ipv6Control,
+        DropReason::Fragment,
+        DropReason::Truncated,
+        DropReason::Truncated,
+        DropReason::BadHeader,
+        DropReason::IcmpNotError,
+        DropReason::NotTcp,
+    ];
+    assert_eq!(r.verdicts[..9], want.map(Verdict::Drop));
+    assert!(
+        matches!(r.verdicts[9], Verdict::Respond { .. }),
+        "a RST from the drained IPv6 service: {:?}",
+        r.verdicts[9]
+    );
 }

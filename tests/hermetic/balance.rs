@@ -1,12 +1,14 @@
-//! Load balancing: where NEW connections go.
+//! Load balancing: where NEW connections go, in either family (each test
+//! body is generic over the address plan; the `_over_ipv6` twins run it on
+//! 2001:2::/48).
 
 use std::time::Duration;
 
 use tunlb::select::Mode;
 
 use crate::craft::{self, flags};
-use crate::net::{self, greeting, vip, Close, Net, Outcome, BACKENDS, CLIENTS, VIP};
-use std::net::SocketAddrV4;
+use crate::family::{self, Plan, SockAddr as _};
+use crate::net::{self, greeting, Close, Net, Outcome};
 use tunlb::{Engine, Timestamp, Verdict};
 
 /// Open `n` connections from client 0 one after another, each reading the
@@ -16,7 +18,7 @@ use tunlb::{Engine, Timestamp, Verdict};
 /// names the backend that recorded the connection, that the backend saw
 /// the client's port preserved on the SNAT address, and that the backends
 /// accepted these `n` connections and no other.
-fn sequential_greetings(net: &mut Net, n: u16) -> Vec<usize> {
+fn sequential_greetings<A: Plan>(net: &mut Net<A>, n: u16) -> Vec<usize> {
     let mut order = Vec::new();
     for i in 0..n {
         let port = 20000 + i;
@@ -38,7 +40,11 @@ fn sequential_greetings(net: &mut Net, n: u16) -> Vec<usize> {
             "connection {i} greeted by the wrong backend"
         );
         let s = net.accepted(b).find(|s| s.remote.port() == port).unwrap();
-        assert_eq!(*s.remote.ip(), VIP, "the backend sees the SNAT address");
+        assert_eq!(
+            A::sock_ip(s.remote),
+            A::VIP,
+            "the backend sees the SNAT address"
+        );
         order.push(b);
     }
     let accepted: [usize; 4] = std::array::from_fn(|b| net.accepted(b).count());
@@ -69,17 +75,22 @@ fn is_round_robin(order: &[usize], cycle: &[usize]) -> bool {
 }
 
 /// Check that the engine's per-backend connection counters say `want`.
-fn assert_engine_counts(net: &Net, want: [usize; 4]) {
+fn assert_engine_counts<A: Plan>(net: &Net<A>, want: [usize; 4]) {
     let stats = net.engine.stats();
     for (b, bs) in stats.backends.iter().enumerate() {
-        assert_eq!(bs.backend.ip(), BACKENDS[b]);
+        assert_eq!(bs.backend.ip(), family::ip(A::BACKENDS[b]));
         assert_eq!(bs.connections, want[b] as u64, "backend {b}: {stats}");
     }
 }
 
-#[test]
-fn nth_spreads_400_sequential_connections_exactly_100_per_backend() {
-    let mut net = Net::new(crate::net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    nth_spreads_400_sequential_connections_exactly_100_per_backend,
+    nth_spreads_400_sequential_connections_exactly_100_per_backend_over_ipv6,
+    nth_400
+);
+
+fn nth_400<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     let order = sequential_greetings(&mut net, 400);
     let seen = counts(&order);
     assert_eq!(seen, [100; 4]);
@@ -88,6 +99,9 @@ fn nth_spreads_400_sequential_connections_exactly_100_per_backend() {
     let stats = net.engine.stats();
     assert_eq!(stats.new_flows, 400);
     assert_eq!(stats.total_dropped(), 0, "{stats}");
+    // Every packet went through the engine or to a host: the stacks sent
+    // nothing else (no neighbour discovery or MLD on an IP medium).
+    assert!(net.unroutable.is_empty(), "{:?}", net.unroutable.len());
 }
 
 /// The range `n * p +- 5 sigma` for a binomial count (sigma = sqrt(n p (1 - p))):
@@ -108,11 +122,17 @@ fn five_sigma_is_the_binomial_range_worked_out_by_hand() {
     assert_eq!(five_sigma(400, 0.75), 257..=343);
 }
 
-#[test]
-fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter() {
-    let mut net = Net::new(net::config(Mode::Random, &[1, 1, 1, 1]));
+twins!(
+    random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter,
+    random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter_over_ipv6,
+    random_quarters
+);
+
+fn random_quarters<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Random, &[1, 1, 1, 1]));
     let order = sequential_greetings(&mut net, 400);
     let seen = counts(&order);
+    println!("{}: random 1:1:1:1 over 400: {seen:?}", A::NAME);
     // 400 draws at p = 1/4: mean 100, sigma 8.66.
     let bound = five_sigma(400, 0.25);
     for (b, &n) in seen.iter().enumerate() {
@@ -128,11 +148,17 @@ fn random_with_equal_weights_keeps_each_backend_within_five_sigma_of_a_quarter()
     assert_eq!(net.engine.stats().total_dropped(), 0);
 }
 
-#[test]
-fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
-    let mut net = Net::new(net::config(Mode::Random, &[3, 1, 0, 0]));
+twins!(
+    random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0,
+    random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0_over_ipv6,
+    random_3_1_0_0
+);
+
+fn random_3_1_0_0<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Random, &[3, 1, 0, 0]));
     let order = sequential_greetings(&mut net, 400);
     let seen = counts(&order);
+    println!("{}: random 3:1:0:0 over 400: {seen:?}", A::NAME);
     assert_eq!(seen[2], 0, "weight 0 takes no connection: {seen:?}");
     assert_eq!(seen[3], 0, "weight 0 takes no connection: {seen:?}");
     // 400 draws at p = 3/4: mean 300, sigma 8.66.
@@ -151,19 +177,19 @@ fn random_with_weights_3_1_0_0_follows_the_weights_and_never_picks_weight_0() {
 }
 
 /// The backend index each of `n` SYNs from distinct ports is sent to.
-fn choices(seed: u64, n: u16) -> Vec<usize> {
-    let mut cfg = net::config(Mode::Random, &[1, 1, 1, 1]);
+fn choices<A: Plan>(seed: u64, n: u16) -> Vec<usize> {
+    let mut cfg = net::config_of::<A>(Mode::Random, &[1, 1, 1, 1]);
     cfg.seed = seed;
     let engine = Engine::new(cfg).unwrap();
     (0..n)
         .map(|i| {
-            let client = SocketAddrV4::new(CLIENTS[0], 1000 + i);
-            let mut syn = craft::tcp(client, vip(), flags::SYN, 1, 0);
+            let client = A::sock(A::CLIENTS[0], 1000 + i);
+            let mut syn = craft::segment(client, net::vip_of::<A>(), flags::SYN, 1, 0, &[]);
             let Verdict::Forward { len } = engine.handle_packet(&mut syn, Timestamp::ZERO) else {
                 panic!("SYN {i} not forwarded")
             };
-            let dst = crate::check::valid_packet(&syn[..len]).unwrap().dst;
-            BACKENDS
+            let dst = crate::check::valid::<A>(&syn[..len]).unwrap().dst;
+            A::BACKENDS
                 .iter()
                 .position(|&b| b == dst)
                 .expect("sent to a backend")
@@ -171,12 +197,21 @@ fn choices(seed: u64, n: u16) -> Vec<usize> {
         .collect()
 }
 
-#[test]
-fn random_selection_is_reproducible_from_the_seed() {
-    assert_eq!(choices(7, 64), choices(7, 64), "same seed, same choices");
+twins!(
+    random_selection_is_reproducible_from_the_seed,
+    random_selection_is_reproducible_from_the_seed_over_ipv6,
+    reproducible
+);
+
+fn reproducible<A: Plan>() {
+    assert_eq!(
+        choices::<A>(7, 64),
+        choices::<A>(7, 64),
+        "same seed, same choices"
+    );
     assert_ne!(
-        choices(7, 64),
-        choices(8, 64),
+        choices::<A>(7, 64),
+        choices::<A>(8, 64),
         "another seed, other choices"
     );
 }

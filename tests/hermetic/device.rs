@@ -10,16 +10,29 @@ use std::collections::VecDeque;
 use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-/// The IP MTU of every device, as on an Ethernet link.
+/// The IP MTU of every device to begin with, as on an Ethernet link.
 pub const MTU: usize = 1500;
 
 /// A `Medium::Ip` device whose wire is two queues the harness moves packets between.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemDevice {
     /// Packets waiting for the interface to receive them.
     pub rx: VecDeque<Vec<u8>>,
     /// Packets the interface transmitted, waiting for the wire.
     pub tx: VecDeque<Vec<u8>>,
+    /// The IP MTU the device reports ([`MTU`] unless the harness lowers it:
+    /// smoltcp reads it when an interface is made on the device).
+    pub mtu: usize,
+}
+
+impl Default for MemDevice {
+    fn default() -> Self {
+        MemDevice {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu: MTU,
+        }
+    }
 }
 
 impl Device for MemDevice {
@@ -45,7 +58,7 @@ impl Device for MemDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = MTU;
+        caps.max_transmission_unit = self.mtu;
         caps.checksum = ChecksumCapabilities::default();
         caps
     }

@@ -7,17 +7,23 @@
 //! or the backend's `B -> SNAT`), and that the real connection still carries
 //! data both ways in the state it was in.
 
+//!
+//! The tests that do not depend on IPv4 addresses run in both families
+//! (the `_over_ipv6` twins, on 2001:2::/48).
+
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use tunlb::conntrack::{Direction, TcpState, Timeouts, Tuple};
+use tunlb::conntrack::tuple::Endpoint;
+use tunlb::conntrack::{Direction, Flow, TcpState, Timeouts, Tuple};
 use tunlb::select::Mode;
 use tunlb::{DropReason, Engine, Timestamp, Verdict};
 
 use crate::check;
 use crate::craft::{self, flags::*};
 use crate::cycle::{self, CLIENT_ISN, SERVER_ISN};
-use crate::net::{self, greeting, pattern, vip, Close, Net, Serve, StreamId, CLIENTS};
+use crate::family::Plan;
+use crate::net::{self, greeting, pattern, vip, Close, Net, Serve, StreamId};
 use crate::wire::Leg;
 
 /// The flag combinations conntrack calls invalid: NULL, XMAS, SYN|FIN, a
@@ -33,18 +39,18 @@ const BAD_FLAGS: [(&str, u8); 6] = [
 
 /// A real connection through the engine and its two tuples, as the
 /// engine tracks them.
-struct Live {
+struct Live<A: Plan> {
     id: StreamId,
-    original: Tuple,
-    reply: Tuple,
+    original: Tuple<A>,
+    reply: Tuple<A>,
     /// The next sequence number each side will send (client, backend).
     next_seq: (u32, u32),
 }
 
 /// Build a network (one backend that greets and waits) and open one
 /// connection from client 0, port 40000.
-fn live() -> (Net, Live) {
-    let mut net = Net::new(net::config(Mode::Nth, &[1]));
+fn live<A: Plan>() -> (Net<A>, Live<A>) {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1]));
     net.serve(Serve::GreetThenWait);
     net.wire.capture();
     let id = net.connect(0, 40000, Vec::new(), Close::Manual);
@@ -52,7 +58,7 @@ fn live() -> (Net, Live) {
         net.run_until(Duration::from_secs(5), |n| n.stream(id).received
             == greeting(0))
     );
-    let flow = net.engine.flows_of::<std::net::Ipv4Addr>()[0].clone();
+    let flow = net.engine.flows_of::<A>()[0].clone();
     assert_eq!(flow.state, TcpState::Established);
     let live = Live {
         id,
@@ -65,16 +71,16 @@ fn live() -> (Net, Live) {
 
 /// The next sequence numbers of client and backend, read off the last
 /// segment each put on the wire (before NAT).
-fn next_seqs(net: &Net, original: Tuple, reply: Tuple) -> (u32, u32) {
-    let last = |t: Tuple| {
+fn next_seqs<A: Plan>(net: &Net<A>, original: Tuple<A>, reply: Tuple<A>) -> (u32, u32) {
+    let last = |t: Tuple<A>| {
         let s = net
             .wire
             .captured()
             .iter()
             .rev()
             .filter(|(leg, _)| *leg == Leg::Host)
-            .map(|(_, p)| check::valid_packet(p).unwrap())
-            .find(|s| s.src_sock() == t.src && s.dst_sock() == t.dst)
+            .map(|(_, p)| check::valid::<A>(p).unwrap())
+            .find(|s| s.src_sock() == A::ep(t.src) && s.dst_sock() == A::ep(t.dst))
             .expect("the side has sent");
         let t = s.tcp.unwrap();
         let syn_fin = u32::from(t.flags & (SYN | FIN) != 0);
@@ -85,16 +91,14 @@ fn next_seqs(net: &Net, original: Tuple, reply: Tuple) -> (u32, u32) {
 
 /// Assert no packet the engine emitted carries one of `tuples` (source and
 /// destination, ports included): nothing went out untranslated.
-fn assert_nothing_untranslated(net: &Net, tuples: &[Tuple]) {
+fn assert_nothing_untranslated<A: Plan>(net: &Net<A>, tuples: &[Tuple<A>]) {
     for (leg, p) in net.wire.captured() {
         if *leg != Leg::Nat {
             continue;
         }
-        let s = check::valid_packet(p).unwrap();
-        let t = Tuple {
-            src: s.src_sock().into(),
-            dst: s.dst_sock().into(),
-        };
+        let s = check::valid::<A>(p).unwrap();
+        let ports = s.tcp.map_or((0, 0), |t| (t.sport, t.dport));
+        let t = Tuple::new(s.src, ports.0, s.dst, ports.1);
         assert!(
             !tuples.contains(&t),
             "forwarded untranslated: {}",
@@ -104,7 +108,7 @@ fn assert_nothing_untranslated(net: &Net, tuples: &[Tuple]) {
 }
 
 /// Send fresh data both ways over the connection and check it arrives.
-fn still_works(net: &mut Net, live: &Live, round: u64) {
+fn still_works<A: Plan>(net: &mut Net<A>, live: &Live<A>, round: u64) {
     let server = net.server_end(live.id).expect("a backend end");
     let (c0, s0) = (
         net.stream(live.id).received.len(),
@@ -127,9 +131,9 @@ fn still_works(net: &mut Net, live: &Live, round: u64) {
 }
 
 /// The state of the connection's flow.
-fn state(net: &Net, live: &Live) -> TcpState {
+fn state<A: Plan>(net: &Net<A>, live: &Live<A>) -> TcpState {
     net.engine
-        .flows_of::<std::net::Ipv4Addr>()
+        .flows_of::<A>()
         .into_iter()
         .find(|f| f.original == live.original)
         .expect("the flow exists")
@@ -137,32 +141,33 @@ fn state(net: &Net, live: &Live) -> TcpState {
 }
 
 /// Inject a segment `src -> dst`; return the verdict.
-fn inject(
-    net: &mut Net,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+fn inject<A: Plan>(
+    net: &mut Net<A>,
+    src: Endpoint<A>,
+    dst: Endpoint<A>,
     flags: u8,
     seq: u32,
     ack: u32,
 ) -> Verdict {
-    net.inject(craft::tcp(src, dst, flags, seq, ack)).0
+    net.inject(craft::segment(src, dst, flags, seq, ack, &[])).0
 }
 
-#[test]
-fn invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directions() {
-    let (mut net, live) = live();
-    let stranger = SocketAddrV4::new(CLIENTS[1], 45000);
+twins!(
+    invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directions,
+    invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directions_over_ipv6,
+    invalid_flags
+);
+
+fn invalid_flags<A: Plan>() {
+    let (mut net, live) = live::<A>();
+    let stranger = Endpoint::new(A::CLIENTS[1], 45000);
+    let vip = Endpoint::new(A::VIP, net::VIP_PORT);
     let (cseq, bseq) = live.next_seq;
     for (name, flags) in BAD_FLAGS {
         for (src, dst, seq, ack) in [
-            (stranger, vip(), 1, 0),
-            (
-                live.original.src.into(),
-                live.original.dst.into(),
-                cseq,
-                bseq,
-            ),
-            (live.reply.src.into(), live.reply.dst.into(), bseq, cseq),
+            (stranger, vip, 1, 0),
+            (live.original.src, live.original.dst, cseq, bseq),
+            (live.reply.src, live.reply.dst, bseq, cseq),
         ] {
             let v = inject(&mut net, src, dst, flags, seq, ack);
             assert_eq!(
@@ -183,19 +188,19 @@ fn invalid_flag_combinations_are_dropped_with_or_without_a_flow_in_both_directio
     assert_eq!(state(&net, &live), TcpState::Established);
     still_works(&mut net, &live, 1);
     let stranger_tuple = Tuple {
-        src: stranger.into(),
-        dst: vip().into(),
+        src: stranger,
+        dst: vip,
     };
     assert_nothing_untranslated(&net, &[live.original, live.reply, stranger_tuple]);
 }
 
 #[test]
 fn segments_for_no_flow_other_than_a_syn_are_invalid() {
-    let (mut net, live) = live();
-    let stranger = SocketAddrV4::new(CLIENTS[1], 45000);
+    let (mut net, live) = live::<std::net::Ipv4Addr>();
+    let stranger = SocketAddrV4::new(net::CLIENTS[1], 45000);
     // Mid-stream segments from a client the engine never saw: no loose pickup.
     for flags in [ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK] {
-        let v = inject(&mut net, stranger, vip(), flags, 7, 7);
+        let v = inject(&mut net, stranger.into(), vip().into(), flags, 7, 7);
         assert_eq!(
             v,
             Verdict::Drop(DropReason::NoFlowNotSyn),
@@ -205,11 +210,11 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
     // A backend's segment to a SNAT port no flow holds (a flow lost in a
     // restart, say): INVALID too, since the address is tunlb's own.
     let unused = SocketAddrV4::new(*live.reply.dst.ip(), 50999);
-    let v = inject(&mut net, live.reply.src.into(), unused, ACK, 7, 7);
+    let v = inject(&mut net, live.reply.src, unused.into(), ACK, 7, 7);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     // Only an address that is neither a VIP nor a SNAT address is no service.
     let elsewhere = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 77), 80);
-    let v = inject(&mut net, live.reply.src.into(), elsewhere, ACK, 7, 7);
+    let v = inject(&mut net, live.reply.src, elsewhere.into(), ACK, 7, 7);
     assert_eq!(v, Verdict::Drop(DropReason::NoService));
     let s = net.engine.stats();
     assert_eq!(s.dropped(DropReason::NoFlowNotSyn), 7, "{s}");
@@ -224,16 +229,9 @@ fn segments_for_no_flow_other_than_a_syn_are_invalid() {
     net.advance_to(net.now() + time_wait);
     assert_eq!(net.engine.flow_count(), 0);
     let (cseq, bseq) = next_seqs(&net, live.original, live.reply);
-    let v = inject(&mut net, live.original.src.into(), vip(), ACK, cseq, bseq);
+    let v = inject(&mut net, live.original.src, vip().into(), ACK, cseq, bseq);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
-    let v = inject(
-        &mut net,
-        live.reply.src.into(),
-        live.reply.dst.into(),
-        ACK,
-        bseq,
-        cseq,
-    );
+    let v = inject(&mut net, live.reply.src, live.reply.dst, ACK, bseq, cseq);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlowNotSyn));
     assert_nothing_untranslated(
         &net,
@@ -282,19 +280,17 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     );
 }
 
-#[test]
-fn a_syn_from_the_backend_on_an_established_flow_is_invalid() {
-    let (mut net, live) = live();
+twins!(
+    a_syn_from_the_backend_on_an_established_flow_is_invalid,
+    a_syn_from_the_backend_on_an_established_flow_is_invalid_over_ipv6,
+    backend_syn
+);
+
+fn backend_syn<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let (_, bseq) = live.next_seq;
     for seq in [bseq, bseq.wrapping_add(100_000), 0] {
-        let v = inject(
-            &mut net,
-            live.reply.src.into(),
-            live.reply.dst.into(),
-            SYN,
-            seq,
-            0,
-        );
+        let v = inject(&mut net, live.reply.src, live.reply.dst, SYN, seq, 0);
         assert_eq!(v, Verdict::Drop(DropReason::InvalidTransition));
     }
     let s = net.engine.stats();
@@ -305,13 +301,18 @@ fn a_syn_from_the_backend_on_an_established_flow_is_invalid() {
     assert_nothing_untranslated(&net, &[live.original, live.reply]);
 }
 
+twins!(
+    an_out_of_window_rst_is_dropped_and_the_flow_stays_established,
+    an_out_of_window_rst_is_dropped_and_the_flow_stays_established_over_ipv6,
+    out_of_window_rst
+);
+
 /// A blind attacker knows the tuple but not the sequence numbers: its RST
 /// lands far outside the receiver's window. Like Linux's `tcp_in_window`,
 /// the engine calls it INVALID: dropped, the flow stays ESTABLISHED with its
 /// long timeout, and the connection survives any idle time after it.
-#[test]
-fn an_out_of_window_rst_is_dropped_and_the_flow_stays_established() {
-    let (mut net, live) = live();
+fn out_of_window_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     for dir in [Direction::Original, Direction::Reply] {
         let (v, out) = blind_rst(&mut net, &live, dir);
         assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow), "{dir:?}");
@@ -329,25 +330,31 @@ fn an_out_of_window_rst_is_dropped_and_the_flow_stays_established() {
     assert_nothing_untranslated(&net, &[live.original, live.reply]);
 }
 
+twins!(
+    an_in_window_rst_is_forwarded_and_closes_the_flow,
+    an_in_window_rst_is_forwarded_and_closes_the_flow_over_ipv6,
+    in_window_rst
+);
+
 /// The window check is no stricter than the endpoints: an RST at exactly
 /// the next sequence number is forwarded (translated), ends the backend's
 /// end of the connection and moves the flow to CLOSE.
-#[test]
-fn an_in_window_rst_is_forwarded_and_closes_the_flow() {
-    let (mut net, live) = live();
+fn in_window_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let (cseq, _) = next_seqs(&net, live.original, live.reply);
-    let (v, out) = net.inject(craft::tcp(
+    let (v, out) = net.inject(craft::segment(
         live.original.src,
         live.original.dst,
         RST,
         cseq,
         0,
+        &[],
     ));
     assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
-    let out = check::valid_packet(&out.unwrap()).unwrap();
+    let out = check::valid::<A>(&out.unwrap()).unwrap();
     assert_eq!(
         (out.src_sock(), out.dst_sock()),
-        (live.reply.dst.into(), live.reply.src.into()),
+        (A::ep(live.reply.dst), A::ep(live.reply.src)),
         "translated"
     );
     assert_eq!(state(&net, &live), TcpState::Close);
@@ -364,32 +371,37 @@ fn an_in_window_rst_is_forwarded_and_closes_the_flow() {
 /// What a blind attacker sends: a RST for the connection's tuple in
 /// direction `dir`, with a sequence number half the sequence space away
 /// from the sender's next one.
-fn blind_rst(net: &mut Net, live: &Live, dir: Direction) -> (Verdict, Option<Vec<u8>>) {
+fn blind_rst<A: Plan>(
+    net: &mut Net<A>,
+    live: &Live<A>,
+    dir: Direction,
+) -> (Verdict, Option<Vec<u8>>) {
     let (cseq, bseq) = next_seqs(net, live.original, live.reply);
     let (t, seq) = match dir {
         Direction::Original => (live.original, cseq),
         Direction::Reply => (live.reply, bseq),
     };
-    net.inject(craft::tcp(
+    net.inject(craft::segment(
         t.src,
         t.dst,
         RST,
         seq.wrapping_add(0x8000_0000),
         0,
+        &[],
     ))
 }
 
 /// What a spoofed packet must leave alone: the state, both windows, the
 /// deadline and the flow's counters (the whole flow, compared field by field).
-fn flow_of(net: &Net, live: &Live) -> tunlb::conntrack::Flow {
+fn flow_of<A: Plan>(net: &Net<A>, live: &Live<A>) -> Flow<A> {
     net.engine
-        .flows_of::<std::net::Ipv4Addr>()
+        .flows_of::<A>()
         .into_iter()
         .find(|f| f.original == live.original)
         .expect("the flow exists")
 }
 
-fn same_flow(a: &tunlb::conntrack::Flow, b: &tunlb::conntrack::Flow) -> bool {
+fn same_flow<A: Plan>(a: &Flow<A>, b: &Flow<A>) -> bool {
     (
         a.state,
         a.deadline,
@@ -411,7 +423,7 @@ fn same_flow(a: &tunlb::conntrack::Flow, b: &tunlb::conntrack::Flow) -> bool {
 
 /// After an attack: the flow is ESTABLISHED, survives 11 s of virtual idle
 /// (CLOSE's timeout is 10 s), and the connection still carries data.
-fn survives(net: &mut Net, live: &Live, round: u64) {
+fn survives<A: Plan>(net: &mut Net<A>, live: &Live<A>, round: u64) {
     assert_eq!(state(net, live), TcpState::Established);
     net.run_for(Duration::from_secs(11));
     assert_eq!(state(net, live), TcpState::Established);
@@ -420,22 +432,20 @@ fn survives(net: &mut Net, live: &Live, round: u64) {
     assert_nothing_untranslated(net, &[live.original, live.reply]);
 }
 
+twins!(
+    a_spoofed_syn_then_rst_cannot_end_a_flow,
+    a_spoofed_syn_then_rst_cannot_end_a_flow_over_ipv6,
+    spoofed_syn_then_rst
+);
+
 /// A spoofed SYN (any sequence number X) on an ESTABLISHED flow is ignored
 /// by the state table: it must change nothing (before, it replaced the
 /// client's window, and an RST at X+1 then closed the flow).
-#[test]
-fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
-    let (mut net, live) = live();
+fn spoofed_syn_then_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let before = flow_of(&net, &live);
     let x = 0x1234_5678u32;
-    let v = inject(
-        &mut net,
-        live.original.src.into(),
-        live.original.dst.into(),
-        SYN,
-        x,
-        0,
-    );
+    let v = inject(&mut net, live.original.src, live.original.dst, SYN, x, 0);
     assert_eq!(v, Verdict::Drop(DropReason::Ignored));
     assert!(
         same_flow(&flow_of(&net, &live), &before),
@@ -443,8 +453,8 @@ fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
     );
     let v = inject(
         &mut net,
-        live.original.src.into(),
-        live.original.dst.into(),
+        live.original.src,
+        live.original.dst,
         RST,
         x.wrapping_add(1),
         0,
@@ -466,18 +476,23 @@ fn a_spoofed_syn_then_rst_cannot_end_a_flow() {
     survives(&mut net, &live, 10);
 }
 
+twins!(
+    a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow,
+    a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow_over_ipv6,
+    spoofed_ack_then_rst
+);
+
 /// A spoofed ACK acknowledging anything (V) must not teach the engine what
 /// the client expects: an RST from the backend side at V is then refused.
-#[test]
-fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
-    let (mut net, live) = live();
+fn spoofed_ack_then_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let (cseq, _) = live.next_seq;
     let before = flow_of(&net, &live);
     let v_ack = 0x7654_3210u32;
     let v = inject(
         &mut net,
-        live.original.src.into(),
-        live.original.dst.into(),
+        live.original.src,
+        live.original.dst,
         ACK,
         cseq,
         v_ack,
@@ -487,14 +502,7 @@ fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
         same_flow(&flow_of(&net, &live), &before),
         "the ACK changed the flow"
     );
-    let v = inject(
-        &mut net,
-        live.reply.src.into(),
-        live.reply.dst.into(),
-        RST,
-        v_ack,
-        0,
-    );
+    let v = inject(&mut net, live.reply.src, live.reply.dst, RST, v_ack, 0);
     assert_eq!(v, Verdict::Drop(DropReason::RstOutOfWindow));
     assert!(
         same_flow(&flow_of(&net, &live), &before),
@@ -503,19 +511,24 @@ fn a_spoofed_ack_then_rst_from_the_other_side_cannot_end_a_flow() {
     survives(&mut net, &live, 11);
 }
 
+twins!(
+    a_far_out_of_window_ack_then_rst_cannot_end_a_flow,
+    a_far_out_of_window_ack_then_rst_cannot_end_a_flow_over_ipv6,
+    far_ack_then_rst
+);
+
 /// An ACK far beyond the window must not move the sender's end (which would
 /// open the RST check to anything): dropped, then an RST just past it too.
-#[test]
-fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
-    let (mut net, live) = live();
+fn far_ack_then_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let (cseq, bseq) = live.next_seq;
     let before = flow_of(&net, &live);
     for far in [1u32 << 30, 3 << 29, 0x7fff_0000] {
         let seq = cseq.wrapping_add(far);
         let v = inject(
             &mut net,
-            live.original.src.into(),
-            live.original.dst.into(),
+            live.original.src,
+            live.original.dst,
             ACK,
             seq,
             bseq,
@@ -531,8 +544,8 @@ fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
         for rst_seq in [seq.wrapping_add(1), seq.wrapping_add(100)] {
             let v = inject(
                 &mut net,
-                live.original.src.into(),
-                live.original.dst.into(),
+                live.original.src,
+                live.original.dst,
                 RST,
                 rst_seq,
                 0,
@@ -547,20 +560,25 @@ fn a_far_out_of_window_ack_then_rst_cannot_end_a_flow() {
     survives(&mut net, &live, 12);
 }
 
+twins!(
+    an_inexact_in_window_rst_is_passed_and_keeps_the_flow,
+    an_inexact_in_window_rst_is_passed_and_keeps_the_flow_over_ipv6,
+    inexact_rst
+);
+
 /// An RST inside the window but not at the exact next sequence number, on
 /// an ESTABLISHED flow, is passed (a Linux endpoint answers it with a
 /// challenge ACK, RFC 5961) and the flow stays ESTABLISHED, unchanged, as in
 /// Linux. (smoltcp accepts any in-window RST, so the endpoint's side of the
 /// story is not checked here.)
-#[test]
-fn an_inexact_in_window_rst_is_passed_and_keeps_the_flow() {
-    let (mut net, live) = live();
+fn inexact_rst<A: Plan>() {
+    let (mut net, live) = live::<A>();
     let (cseq, _) = live.next_seq;
     let before = flow_of(&net, &live);
     let v = inject(
         &mut net,
-        live.original.src.into(),
-        live.original.dst.into(),
+        live.original.src,
+        live.original.dst,
         RST,
         cseq.wrapping_add(10),
         0,

@@ -1,20 +1,22 @@
-//! Flow lifetimes: teardown states, timeouts on virtual time, SYN retransmission.
+//! Flow lifetimes: teardown states, timeouts on virtual time, SYN
+//! retransmission, in either family (the `_over_ipv6` twins run the same
+//! body on 2001:2::/48).
 
-use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use tunlb::conntrack::{TcpState, Timeouts};
+use tunlb::conntrack::{Flow, TcpState, Timeouts};
 use tunlb::select::Mode;
 use tunlb::{Engine, Timestamp, Verdict};
 
 use crate::check;
 use crate::craft::{self, flags};
-use crate::net::{self, backend, greeting, vip, Close, Net, Outcome, Serve, CLIENTS};
+use crate::family::Plan;
+use crate::net::{self, backend_of, greeting, vip_of, Close, Net, Outcome, Serve};
 use crate::wire::{Fate, Leg};
 
 /// The single flow in the table.
-fn only_flow(net: &Net) -> tunlb::conntrack::Flow {
-    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
+fn only_flow<A: Plan>(net: &Net<A>) -> Flow<A> {
+    let flows = net.engine.flows_of::<A>();
     assert_eq!(flows.len(), 1, "{}", net.report("expected one flow", &[]));
     flows[0].clone()
 }
@@ -26,7 +28,7 @@ fn just_before(t: Timestamp) -> Timestamp {
 
 /// Jump from one `next_expiry()` to the next, expiring as the datapath
 /// would, until the table is empty; return the time it emptied.
-fn expire_until_empty(net: &mut Net) -> Timestamp {
+fn expire_until_empty<A: Plan>(net: &mut Net<A>) -> Timestamp {
     while net.engine.flow_count() > 0 {
         let next = net
             .engine
@@ -37,9 +39,14 @@ fn expire_until_empty(net: &mut Net) -> Timestamp {
     net.now()
 }
 
-#[test]
-fn fin_teardown_reaches_time_wait_then_expires_after_the_time_wait_timeout() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    fin_teardown_reaches_time_wait_then_expires_after_the_time_wait_timeout,
+    fin_teardown_reaches_time_wait_then_expires_after_the_time_wait_timeout_over_ipv6,
+    fin_teardown
+);
+
+fn fin_teardown<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     let id = net.connect(0, 40000, b"hello".to_vec(), Close::AfterSend);
     net.finish(&[id], Duration::from_secs(10));
     assert_eq!(net.stream(id).outcome, Outcome::Done);
@@ -65,9 +72,14 @@ fn fin_teardown_reaches_time_wait_then_expires_after_the_time_wait_timeout() {
     assert_eq!(stats.total_dropped(), 0, "{stats}");
 }
 
-#[test]
-fn rst_teardown_reaches_close_then_expires_after_ten_seconds() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    rst_teardown_reaches_close_then_expires_after_ten_seconds,
+    rst_teardown_reaches_close_then_expires_after_ten_seconds_over_ipv6,
+    rst_teardown
+);
+
+fn rst_teardown<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     net.serve(Serve::GreetThenWait);
     let id = net.connect(0, 40000, Vec::new(), Close::Manual);
     assert!(
@@ -96,12 +108,23 @@ fn rst_teardown_reaches_close_then_expires_after_ten_seconds() {
     assert_eq!(net.engine.stats().expired, 1);
 }
 
-#[test]
-fn an_rst_before_any_reply_removes_the_flow_at_once() {
-    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
-    let client = SocketAddrV4::new(CLIENTS[0], 40000);
+twins!(
+    an_rst_before_any_reply_removes_the_flow_at_once,
+    an_rst_before_any_reply_removes_the_flow_at_once_over_ipv6,
+    rst_before_reply
+);
+
+/// A segment from `src` to `dst` with no payload.
+fn seg<A: Plan>(src: A::Sock, dst: A::Sock, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    craft::segment(src, dst, flags, seq, ack, &[])
+}
+
+fn rst_before_reply<A: Plan>() {
+    let engine = Engine::new(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let client = A::sock(A::CLIENTS[0], 40000);
+    let vip = vip_of::<A>();
     let t = Timestamp::from_secs(1);
-    let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
+    let mut syn = seg::<A>(client, vip, flags::SYN, 1000, 0);
     assert!(matches!(
         engine.handle_packet(&mut syn, t),
         Verdict::Forward { .. }
@@ -109,21 +132,26 @@ fn an_rst_before_any_reply_removes_the_flow_at_once() {
     assert_eq!(engine.flow_count(), 1);
 
     // The client gives up before the backend answered.
-    let mut rst = craft::tcp(client, vip(), flags::RST, 1001, 0);
+    let mut rst = seg::<A>(client, vip, flags::RST, 1001, 0);
     let Verdict::Forward { len } = engine.handle_packet(&mut rst, t) else {
         panic!("the RST is forwarded so the backend forgets the half-open connection")
     };
-    let out = check::valid_packet(&rst[..len]).unwrap();
-    assert_eq!(out.dst_sock(), backend(0));
+    let out = check::valid::<A>(&rst[..len]).unwrap();
+    assert_eq!(out.dst_sock(), backend_of::<A>(0));
     assert_eq!(engine.flow_count(), 0, "gone without waiting for a timeout");
     let stats = engine.stats();
     assert_eq!(stats.expired, 0);
     assert_eq!(stats.total_dropped(), 0);
 }
 
-#[test]
-fn a_retransmitted_syn_keeps_its_backend() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    a_retransmitted_syn_keeps_its_backend,
+    a_retransmitted_syn_keeps_its_backend_over_ipv6,
+    retransmitted_syn
+);
+
+fn retransmitted_syn<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     net.wire.capture();
     // Lose every SYN-ACK until the client has sent its SYN twice, so the
     // second SYN is a real retransmission (smoltcp waits one RTO, 1 s).
@@ -131,7 +159,7 @@ fn a_retransmitted_syn_keeps_its_backend() {
     let lost = std::rc::Rc::new(std::cell::Cell::new(0));
     let (syns, l) = (client_syns.clone(), lost.clone());
     net.wire.set_filter(move |leg, p| {
-        let s = check::valid_packet(p).unwrap();
+        let s = check::valid::<A>(p).unwrap();
         if leg == Leg::Host && s.is_syn() {
             syns.set(syns.get() + 1);
         }
@@ -159,22 +187,28 @@ fn a_retransmitted_syn_keeps_its_backend() {
     assert_eq!(conns, [1, 0, 0, 0]);
     assert_eq!(net.engine.flow_count(), 1);
     // Every SYN went to the same backend.
-    let to_backends: Vec<SocketAddrV4> = net
+    let to_backends: Vec<A::Sock> = net
         .wire
         .captured()
         .iter()
         .filter(|(leg, _)| *leg == Leg::Nat)
-        .map(|(_, p)| check::valid_packet(p).unwrap())
+        .map(|(_, p)| check::valid::<A>(p).unwrap())
         .filter(|s| s.is_syn())
         .map(|s| s.dst_sock())
         .collect();
-    assert_eq!(to_backends, vec![backend(0); client_syns.get()]);
+    assert_eq!(to_backends, vec![backend_of::<A>(0); client_syns.get()]);
 }
 
-#[test]
-fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
-    let engine = Engine::new(net::config(Mode::Nth, &[1, 1, 1, 1])).unwrap();
-    let client = SocketAddrV4::new(CLIENTS[0], 40000);
+twins!(
+    retransmitted_syns_do_not_extend_the_syn_sent_timeout,
+    retransmitted_syns_do_not_extend_the_syn_sent_timeout_over_ipv6,
+    syn_sent_timeout
+);
+
+fn syn_sent_timeout<A: Plan>() {
+    let engine = Engine::new(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1])).unwrap();
+    let client = A::sock(A::CLIENTS[0], 40000);
+    let vip = vip_of::<A>();
     let first = Timestamp::from_secs(5);
     let syn_sent = Timeouts::default().get(TcpState::SynSent);
     assert_eq!(syn_sent, Duration::from_secs(120));
@@ -184,15 +218,15 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
     // the last one a second before the deadline: none gets an answer.
     for at in [0, 1, 3, 7, 15, 31, 63, 119] {
         let now = first + Duration::from_secs(at);
-        let mut syn = craft::tcp(client, vip(), flags::SYN, 1000, 0);
+        let mut syn = seg::<A>(client, vip, flags::SYN, 1000, 0);
         let Verdict::Forward { len } = engine.handle_packet(&mut syn, now) else {
             panic!("SYN at +{at} s dropped")
         };
         assert_eq!(
-            check::valid_packet(&syn[..len]).unwrap().dst_sock(),
-            backend(0)
+            check::valid::<A>(&syn[..len]).unwrap().dst_sock(),
+            backend_of::<A>(0)
         );
-        let flows = engine.flows_of::<std::net::Ipv4Addr>();
+        let flows = engine.flows_of::<A>();
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].state, TcpState::SynSent);
         assert_eq!(
@@ -212,13 +246,13 @@ fn retransmitted_syns_do_not_extend_the_syn_sent_timeout() {
     assert_eq!(engine.stats().expired, 1);
 
     // A later SYN is a new connection: nth moves on to the second backend.
-    let mut syn = craft::tcp(client, vip(), flags::SYN, 5000, 0);
+    let mut syn = seg::<A>(client, vip, flags::SYN, 5000, 0);
     let Verdict::Forward { len } = engine.handle_packet(&mut syn, deadline) else {
         panic!()
     };
     assert_eq!(
-        check::valid_packet(&syn[..len]).unwrap().dst_sock(),
-        backend(1)
+        check::valid::<A>(&syn[..len]).unwrap().dst_sock(),
+        backend_of::<A>(1)
     );
     assert_eq!(engine.stats().new_flows, 2);
 }

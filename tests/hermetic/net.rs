@@ -6,6 +6,10 @@
 //!  [smoltcp] --+-- Wire --> Engine::handle_packet --> Wire --+-- [smoltcp] "b2" ...
 //! ```
 //!
+//! The network is of one family, the address type `A` ([`Plan`]): `Net` is
+//! the IPv4 one above, `Net<Ipv6Addr>` the same with the 2001:2::/48
+//! addresses of [`crate::family::v6`]. Everything below is written once.
+//!
 //! [`Net`] owns everything and a virtual clock. Hosts send into the [`Wire`];
 //! the router delivers each packet by destination: the VIP and the SNAT
 //! addresses belong to the engine, whose rewritten output goes back on the
@@ -18,8 +22,24 @@
 //! port 80 and answers as [`Serve`] says, with its own identity ("b1\n") or
 //! its own byte pattern. Both ends record what they received in a
 //! [`Stream`], so tests compare real outcomes.
+//!
+//! # Hops with a smaller MTU, and path MTU discovery
+//! [`Net::mtu_hop`] puts a router with a smaller MTU on the clients' or
+//! the backends' side: a packet the engine sends that way and that does not
+//! fit is lost, and the hop answers its source with "packet too big"
+//! (ICMPv6 type 2; for IPv4, "fragmentation needed", type 3 code 4) from
+//! its own address ([`Plan::CLIENT_HOP`], [`Plan::BACKEND_HOP`]), like a
+//! router that never fragments. smoltcp 0.14 ignores both errors (its
+//! `process_icmpv6` has no arm for them) and fixes its MTU when the
+//! interface is made, so the harness plays the host's path MTU cache (RFC
+//! 8201, RFC 1191) when [`Net::pmtu_discovery`] is on: an error delivered
+//! to a host that verifies and quotes one of that host's own connections
+//! (source and destination address and port, as Linux's `tcp_v6_err`
+//! looks the socket up) lowers the host's MTU to the one announced, by
+//! remaking its interface; the sockets, kept in their `SocketSet`, live on
+//! and cut their next (re)transmissions to the new MSS.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -27,12 +47,13 @@ use rand::{RngCore, SeedableRng};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{HardwareAddress, IpCidr, IpEndpoint};
 use tunlb::select::Mode;
 use tunlb::{BackendConfig, DropReason, Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
 
 use crate::check;
 use crate::device::MemDevice;
+use crate::family::Plan;
 use crate::wire::{Leg, Wire};
 
 /// The service address clients connect to (and, by default, the SNAT address).
@@ -68,12 +89,22 @@ pub const SEED: u64 = 0x7e57_0001;
 
 /// The service address and port.
 pub fn vip() -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, VIP_PORT)
+    vip_of::<Ipv4Addr>()
 }
 
 /// Backend `i`'s address and port.
 pub fn backend(i: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(BACKENDS[i], BACKEND_PORT)
+    backend_of::<Ipv4Addr>(i)
+}
+
+/// The service address and port in `A`'s plan.
+pub fn vip_of<A: Plan>() -> A::Sock {
+    A::sock(A::VIP, VIP_PORT)
+}
+
+/// Backend `i`'s address and port in `A`'s plan.
+pub fn backend_of<A: Plan>(i: usize) -> A::Sock {
+    A::sock(A::BACKENDS[i], BACKEND_PORT)
 }
 
 /// The identity backend `i` answers with: "b1\n" for backend 0.
@@ -91,13 +122,23 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// The service `VIP:80` over backends `0..weights.len()` with these weights.
 pub fn service(mode: Mode, weights: &[u32]) -> ServiceConfig {
+    service_of::<Ipv4Addr>(mode, weights)
+}
+
+/// An engine configuration with one service, [`SEED`] and defaults otherwise.
+pub fn config(mode: Mode, weights: &[u32]) -> EngineConfig {
+    config_of::<Ipv4Addr>(mode, weights)
+}
+
+/// [`service`] in `A`'s plan.
+pub fn service_of<A: Plan>(mode: Mode, weights: &[u32]) -> ServiceConfig {
     ServiceConfig {
-        vip: vip().into(),
+        vip: vip_of::<A>().into(),
         backends: weights
             .iter()
             .enumerate()
             .map(|(i, &weight)| BackendConfig {
-                addr: backend(i).into(),
+                addr: backend_of::<A>(i).into(),
                 weight,
             })
             .collect(),
@@ -106,10 +147,10 @@ pub fn service(mode: Mode, weights: &[u32]) -> ServiceConfig {
     }
 }
 
-/// An engine configuration with one service, [`SEED`] and defaults otherwise.
-pub fn config(mode: Mode, weights: &[u32]) -> EngineConfig {
+/// [`config`] in `A`'s plan.
+pub fn config_of<A: Plan>(mode: Mode, weights: &[u32]) -> EngineConfig {
     EngineConfig {
-        services: vec![service(mode, weights)],
+        services: vec![service_of::<A>(mode, weights)],
         seed: SEED,
         // The same table growth on every run.
         hash_seed: Some(SEED),
@@ -164,16 +205,16 @@ pub struct StreamId(usize);
 
 /// One end of one TCP connection and what happened to it.
 #[derive(Debug)]
-pub struct Stream {
+pub struct Stream<A: Plan = Ipv4Addr> {
     /// The host it lives on (an index into the network's hosts).
     pub host: usize,
     /// Whether this is a backend's accepted end.
     pub server: bool,
     handle: Option<SocketHandle>,
     /// Local address and port.
-    pub local: SocketAddrV4,
+    pub local: A::Sock,
     /// The peer as this end sees it (after NAT: a backend sees the SNAT address).
-    pub remote: SocketAddrV4,
+    pub remote: A::Sock,
     to_send: Vec<u8>,
     /// Bytes handed to the socket so far.
     pub sent: usize,
@@ -197,7 +238,7 @@ pub struct Stream {
     pub ended_at: Option<u64>,
 }
 
-impl Stream {
+impl<A: Plan> Stream<A> {
     /// Return whether every byte this end meant to send was handed to the socket.
     pub fn sent_all(&self) -> bool {
         self.sent == self.to_send.len()
@@ -211,8 +252,8 @@ impl Stream {
 
 /// One smoltcp host: an interface with one address and a default route,
 /// its device, its sockets and (on a backend) its listeners.
-struct Host {
-    addr: Ipv4Addr,
+struct Host<A: Plan> {
+    addr: A,
     /// Which backend this host is, if it is one.
     backend: Option<usize>,
     iface: Interface,
@@ -221,23 +262,17 @@ struct Host {
     listeners: Vec<SocketHandle>,
     /// Streams with a live socket on this host.
     active: Vec<usize>,
+    /// The stack's random seed.
+    seed: u64,
+    /// How many times the interface was remade (path MTU changes).
+    remade: u64,
 }
 
-impl Host {
-    fn new(addr: Ipv4Addr, backend: Option<usize>, seed: u64) -> Self {
+impl<A: Plan> Host<A> {
+    fn new(addr: A, backend: Option<usize>, seed: u64) -> Self {
         let mut dev = MemDevice::default();
-        let mut cfg = Config::new(HardwareAddress::Ip);
-        cfg.random_seed = seed ^ u64::from(addr.to_bits());
-        let mut iface = Interface::new(cfg, &mut dev, Instant::ZERO);
-        iface.update_ip_addrs(|a| {
-            a.push(IpCidr::new(IpAddress::Ipv4(addr), 24))
-                .expect("one address")
-        });
-        let [a, b, c, _] = addr.octets();
-        iface
-            .routes_mut()
-            .add_default_ipv4_route(Ipv4Addr::new(a, b, c, 1))
-            .expect("one route");
+        let seed = seed ^ addr.seed_bits();
+        let iface = Self::interface(addr, &mut dev, seed, Instant::ZERO);
         let mut host = Host {
             addr,
             backend,
@@ -246,6 +281,8 @@ impl Host {
             sockets: SocketSet::new(Vec::new()),
             listeners: Vec::new(),
             active: Vec::new(),
+            seed,
+            remade: 0,
         };
         if backend.is_some() {
             for _ in 0..LISTENERS {
@@ -253,6 +290,49 @@ impl Host {
             }
         }
         host
+    }
+
+    /// An interface on `dev` with `addr` in its subnet and a default route
+    /// through the subnet's router.
+    fn interface(addr: A, dev: &mut MemDevice, seed: u64, now: Instant) -> Interface {
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = seed;
+        let mut iface = Interface::new(cfg, dev, now);
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(addr.smol(), A::PREFIX_LEN))
+                .expect("one address")
+        });
+        A::add_default_route(&mut iface, addr.gateway());
+        iface
+    }
+
+    /// Lower the host's MTU to `mtu` (never raise it): remake the
+    /// interface on a device with that MTU. smoltcp reads the MTU only when
+    /// an interface is made; the sockets keep their state.
+    fn lower_mtu(&mut self, mtu: usize, now: Instant) -> bool {
+        if mtu >= self.dev.mtu {
+            return false;
+        }
+        self.dev.mtu = mtu;
+        self.remade += 1;
+        // Another seed, so new connections do not repeat sequence numbers.
+        let seed = self.seed ^ self.remade.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.iface = Self::interface(self.addr, &mut self.dev, seed, now);
+        true
+    }
+
+    /// Whether `(local, remote)` is one of this host's connections.
+    fn has_connection(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.sockets.iter().any(|(_, s)| match s {
+            smoltcp::socket::Socket::Tcp(t) => {
+                let sock = |ep: Option<IpEndpoint>| {
+                    ep.and_then(|ep| A::from_smol(ep.addr).map(|a| A::sock(a, ep.port).into()))
+                };
+                sock(t.local_endpoint()) == Some(local) && sock(t.remote_endpoint()) == Some(remote)
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        })
     }
 
     /// Add a socket listening on port 80 after every other socket.
@@ -298,23 +378,39 @@ fn new_socket() -> tcp::Socket<'static> {
     sock
 }
 
-/// An IPv4 smoltcp endpoint as a std socket address.
-fn sock_v4(ep: IpEndpoint) -> SocketAddrV4 {
-    let IpAddress::Ipv4(ip) = ep.addr else {
-        panic!("{ep} is not an IPv4 endpoint");
-    };
-    SocketAddrV4::new(ip, ep.port)
+/// A smoltcp endpoint of `A`'s family as a std socket address.
+fn sock_of<A: Plan>(ep: IpEndpoint) -> A::Sock {
+    let ip = A::from_smol(ep.addr).unwrap_or_else(|| panic!("{ep} is not an {} endpoint", A::NAME));
+    A::sock(ip, ep.port)
+}
+
+/// Which side of the engine a hop is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Between the engine and the clients.
+    Clients,
+    /// Between the engine and the backends.
+    Backends,
 }
 
 /// The whole test network. See the module docs.
-pub struct Net {
+pub struct Net<A: Plan = Ipv4Addr> {
     /// The engine under test.
     pub engine: Engine,
     /// The router's links.
     pub wire: Wire,
-    hosts: Vec<Host>,
-    streams: Vec<Stream>,
-    nat_addrs: Vec<Ipv4Addr>,
+    hosts: Vec<Host<A>>,
+    streams: Vec<Stream<A>>,
+    nat_addrs: Vec<A>,
+    /// The MTU of the hop on each side ([`Net::mtu_hop`]): clients, backends.
+    hop_mtu: [Option<usize>; 2],
+    /// Hosts act on "packet too big" as Linux does (see the module docs).
+    /// Off by default: smoltcp itself ignores it.
+    pub pmtu_discovery: bool,
+    /// The "packet too big" errors the hops sent, in order.
+    pub too_big: Vec<Vec<u8>>,
+    /// The hosts whose MTU a "packet too big" lowered: (host, new MTU, time).
+    pub pmtu_changes: Vec<(A, usize, u64)>,
     now: u64,
     serve: Serve,
     /// Keep TIME_WAIT sockets until smoltcp closes them (so a late FIN is
@@ -329,25 +425,48 @@ pub struct Net {
     pub last_engine_packet: u64,
 }
 
-impl Net {
-    /// Build the network around an engine with configuration `cfg`: four
-    /// clients and four backends (whether the configuration uses them or not),
-    /// each backend answering with [`Serve::Greet`].
+impl Net<Ipv4Addr> {
+    /// Build the IPv4 network around an engine with configuration `cfg`
+    /// (see [`Net::build`]).
     pub fn new(cfg: EngineConfig) -> Self {
+        Self::build(cfg)
+    }
+
+    /// Return the pattern backend `i` sends in [`Serve::Stream`] mode
+    /// (whatever the family: [`backend_pattern`]).
+    pub fn backend_pattern(i: usize, len: usize) -> Vec<u8> {
+        backend_pattern(i, len)
+    }
+}
+
+/// Return the pattern backend `i` sends in [`Serve::Stream`] mode.
+pub fn backend_pattern(i: usize, len: usize) -> Vec<u8> {
+    pattern(0xb0 + i as u64, len)
+}
+
+/// The IPv6 network.
+pub type Net6 = Net<Ipv6Addr>;
+
+impl<A: Plan> Net<A> {
+    /// Build the network of `A`'s family around an engine with
+    /// configuration `cfg`: four clients and four backends (whether the
+    /// configuration uses them or not), each backend answering with
+    /// [`Serve::Greet`]. The engine owns every VIP and SNAT address of
+    /// `A`'s family in `cfg`.
+    pub fn build(cfg: EngineConfig) -> Self {
         let mut nat_addrs = Vec::new();
         for s in &cfg.services {
-            let v4 = |a: std::net::IpAddr| match a {
-                std::net::IpAddr::V4(a) => Some(a),
-                std::net::IpAddr::V6(_) => None,
-            };
-            nat_addrs.extend(v4(s.vip.ip()));
-            nat_addrs.extend(s.snat.iter().filter_map(|&a| v4(a)));
+            nat_addrs.extend(A::from_ip(s.vip.ip()));
+            nat_addrs.extend(s.snat.iter().filter_map(|&a| A::from_ip(a)));
         }
         let seed = cfg.seed;
         let engine = Engine::new(cfg).expect("valid engine configuration");
-        let mut hosts: Vec<Host> = CLIENTS.iter().map(|&a| Host::new(a, None, seed)).collect();
+        let mut hosts: Vec<Host<A>> = A::CLIENTS
+            .iter()
+            .map(|&a| Host::new(a, None, seed))
+            .collect();
         hosts.extend(
-            BACKENDS
+            A::BACKENDS
                 .iter()
                 .enumerate()
                 .map(|(i, &a)| Host::new(a, Some(i), seed)),
@@ -358,6 +477,10 @@ impl Net {
             hosts,
             streams: Vec::new(),
             nat_addrs,
+            hop_mtu: [None; 2],
+            pmtu_discovery: false,
+            too_big: Vec::new(),
+            pmtu_changes: Vec::new(),
             now: 0,
             serve: Serve::Greet,
             keep_time_wait: false,
@@ -372,24 +495,37 @@ impl Net {
         self.serve = serve;
     }
 
-    /// Return the pattern backend `i` sends in [`Serve::Stream`] mode.
-    pub fn backend_pattern(i: usize, len: usize) -> Vec<u8> {
-        pattern(0xb0 + i as u64, len)
-    }
-
     /// Return the virtual time.
     pub fn now(&self) -> Timestamp {
         Timestamp::from_millis(self.now)
     }
 
+    /// Put a router with this MTU between the engine and `side`: what the
+    /// engine sends that way and does not fit is lost and answered with
+    /// "packet too big" (see the module docs).
+    pub fn mtu_hop(&mut self, side: Side, mtu: usize) {
+        self.hop_mtu[side as usize] = Some(mtu);
+    }
+
+    /// Return the MTU of `host`'s device (1500 until a "packet too big"
+    /// lowers it, with [`Net::pmtu_discovery`] on).
+    pub fn host_mtu(&self, host: A) -> usize {
+        self.hosts
+            .iter()
+            .find(|h| h.addr == host)
+            .expect("a host")
+            .dev
+            .mtu
+    }
+
     /// Return a stream.
-    pub fn stream(&self, id: StreamId) -> &Stream {
+    pub fn stream(&self, id: StreamId) -> &Stream<A> {
         &self.streams[id.0]
     }
 
     /// Return the streams backend `i` accepted, in order.
-    pub fn accepted(&self, i: usize) -> impl Iterator<Item = &Stream> {
-        let host = CLIENTS.len() + i;
+    pub fn accepted(&self, i: usize) -> impl Iterator<Item = &Stream<A>> {
+        let host = A::CLIENTS.len() + i;
         self.streams
             .iter()
             .filter(move |s| s.server && s.host == host)
@@ -398,7 +534,7 @@ impl Net {
     /// Open a connection from client `client` (an index into [`CLIENTS`]),
     /// source port `port`, to `VIP:80`, sending `data` and closing as `close` says.
     pub fn connect(&mut self, client: usize, port: u16, data: Vec<u8>, close: Close) -> StreamId {
-        self.connect_to(client, port, vip(), data, close)
+        self.connect_to(client, port, vip_of::<A>(), data, close)
     }
 
     /// Like [`Net::connect`] to any address and port.
@@ -406,18 +542,15 @@ impl Net {
         &mut self,
         client: usize,
         port: u16,
-        to: SocketAddrV4,
+        to: A::Sock,
         data: Vec<u8>,
         close: Close,
     ) -> StreamId {
         let host = &mut self.hosts[client];
         let mut sock = new_socket();
-        sock.connect(
-            host.iface.context(),
-            (IpAddress::Ipv4(*to.ip()), to.port()),
-            port,
-        )
-        .expect("connect");
+        let to_ip = A::sock_ip(to);
+        sock.connect(host.iface.context(), (to_ip.smol(), to.into().port()), port)
+            .expect("connect");
         let handle = host.sockets.add(sock);
         let id = self.streams.len();
         host.active.push(id);
@@ -425,7 +558,7 @@ impl Net {
             host: client,
             server: false,
             handle: Some(handle),
-            local: SocketAddrV4::new(host.addr, port),
+            local: A::sock(host.addr, port),
             remote: to,
             to_send: data,
             sent: 0,
@@ -464,16 +597,16 @@ impl Net {
         let client = self.stream(id).local;
         let reply = self
             .engine
-            .flows_of::<std::net::Ipv4Addr>()
+            .flows_of::<A>()
             .into_iter()
-            .find(|f| f.original.src == client)?
+            .find(|f| A::ep(f.original.src) == client)?
             .reply;
         self.streams
             .iter()
             .rposition(|s| {
                 s.server
-                    && s.local == reply.src
-                    && s.remote == reply.dst
+                    && s.local == A::ep(reply.src)
+                    && s.remote == A::ep(reply.dst)
                     && s.outcome != Outcome::Aborted
             })
             .map(StreamId)
@@ -507,7 +640,7 @@ impl Net {
         match verdict {
             Verdict::Forward { len } | Verdict::Respond { len } => {
                 pkt.truncate(len);
-                if let Err(e) = check::valid_packet(&pkt) {
+                if let Err(e) = check::valid::<A>(&pkt) {
                     panic!("engine emitted an invalid packet: {e}");
                 }
                 self.wire.send(Leg::Nat, pkt.clone());
@@ -543,17 +676,86 @@ impl Net {
     }
 
     fn route(&mut self, leg: Leg, pkt: Vec<u8>) {
-        let dst = match pkt.get(16..20) {
-            Some(d) => Ipv4Addr::new(d[0], d[1], d[2], d[3]),
-            None => return self.unroutable.push(pkt),
+        let version_ok = pkt.first().is_some_and(|b| b >> 4 == A::VERSION);
+        let Some((src, dst)) = A::addrs(&pkt).filter(|_| version_ok) else {
+            return self.unroutable.push(pkt);
         };
         // The engine's own output never loops back into it.
         if leg != Leg::Nat && self.nat_addrs.contains(&dst) {
             let _ = self.inject(pkt);
-        } else if let Some(h) = self.hosts.iter_mut().find(|h| h.addr == dst) {
-            h.dev.rx.push_back(pkt);
+        } else if let Some(h) = self.hosts.iter().position(|h| h.addr == dst) {
+            if leg == Leg::Nat && self.too_big_for_hop(h, src, &pkt) {
+                return;
+            }
+            if self.pmtu_discovery {
+                self.path_mtu(h, &pkt);
+            }
+            self.hosts[h].dev.rx.push_back(pkt);
         } else {
             self.unroutable.push(pkt);
+        }
+    }
+
+    /// If a hop with a smaller MTU sits between the engine and host `h` and
+    /// `pkt` does not fit, lose it and send "packet too big" to its source
+    /// `src` from the hop (through the wire, like any packet): return true.
+    fn too_big_for_hop(&mut self, h: usize, src: A, pkt: &[u8]) -> bool {
+        let (side, hop) = if h < A::CLIENTS.len() {
+            (Side::Clients, A::CLIENT_HOP)
+        } else {
+            (Side::Backends, A::BACKEND_HOP)
+        };
+        match self.hop_mtu[side as usize] {
+            Some(mtu) if pkt.len() > mtu => {
+                let err = crate::craft::too_big(hop, src, mtu as u16, pkt);
+                self.too_big.push(err.clone());
+                self.wire.send(Leg::Host, err);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Play host `h`'s path MTU cache: a "packet too big" (ICMPv6 type 2,
+    /// or ICMP "fragmentation needed") that verifies and quotes one of the
+    /// host's connections lowers its MTU (see the module docs).
+    fn path_mtu(&mut self, h: usize, pkt: &[u8]) {
+        let Ok(s) = check::valid::<A>(pkt) else {
+            return;
+        };
+        let announced = match (A::VERSION, s.icmp) {
+            (6, Some((2, 0))) | (4, Some((3, 4))) => {
+                let at = s.header_len + 4;
+                let m = &pkt[at..at + 4];
+                match A::VERSION {
+                    6 => u32::from_be_bytes([m[0], m[1], m[2], m[3]]) as usize,
+                    _ => usize::from(u16::from_be_bytes([m[2], m[3]])),
+                }
+            }
+            _ => return,
+        };
+        // The quote: an IP header of the family (IPv6: no extension headers
+        // here, the hosts send none) and at least the TCP ports.
+        let quote = &pkt[s.header_len + 8..];
+        let Some((qsrc, qdst)) = A::addrs(quote) else {
+            return;
+        };
+        let tcp_at = match A::VERSION {
+            6 => 40,
+            _ => usize::from(quote[0] & 0x0f) * 4,
+        };
+        let Some(ports) = quote.get(tcp_at..tcp_at + 4) else {
+            return;
+        };
+        let local = A::sock(qsrc, u16::from_be_bytes([ports[0], ports[1]])).into();
+        let remote = A::sock(qdst, u16::from_be_bytes([ports[2], ports[3]])).into();
+        let host = &mut self.hosts[h];
+        if qsrc != host.addr || !host.has_connection(local, remote) {
+            return;
+        }
+        let now = Instant::from_millis(self.now as i64);
+        if host.lower_mtu(announced, now) {
+            self.pmtu_changes.push((host.addr, announced, self.now));
         }
     }
 
@@ -587,7 +789,7 @@ impl Net {
             let (to_send, close, respond) = match self.serve {
                 Serve::Greet => (greeting(b), Close::AfterSend, false),
                 Serve::GreetThenWait => (greeting(b), Close::AfterPeer, false),
-                Serve::Stream(n) => (Self::backend_pattern(b, n), Close::AfterSend, true),
+                Serve::Stream(n) => (backend_pattern(b, n), Close::AfterSend, true),
             };
             let id = self.streams.len();
             host.active.push(id);
@@ -597,10 +799,10 @@ impl Net {
                 handle: Some(handle),
                 local: sock
                     .local_endpoint()
-                    .map_or(SocketAddrV4::new(host.addr, BACKEND_PORT), sock_v4),
+                    .map_or(A::sock(host.addr, BACKEND_PORT), sock_of::<A>),
                 remote: sock
                     .remote_endpoint()
-                    .map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), sock_v4),
+                    .map_or(A::sock(A::UNSPECIFIED, 0), sock_of::<A>),
                 to_send,
                 sent: 0,
                 received: Vec::new(),
@@ -715,7 +917,7 @@ impl Net {
 
     /// Run the network on virtual time until `done` holds, for at most
     /// `limit`. Returns whether `done` held.
-    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let deadline = self.now + limit.as_millis() as u64;
         loop {
             self.pump();
@@ -778,7 +980,7 @@ impl Net {
                 s.received.len()
             );
         }
-        for f in self.engine.flows_of::<std::net::Ipv4Addr>() {
+        for f in self.engine.flows_of::<A>() {
             out += &format!("  flow {} / {} {}\n", f.original, f.reply, f.state);
         }
         for (t, r, p) in self.drops.iter().rev().take(10) {

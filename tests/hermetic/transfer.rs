@@ -1,11 +1,14 @@
-//! Data through the NAT: byte-exact transfers, on a clean and on a lossy wire.
+//! Data through the NAT: byte-exact transfers, on a clean and on a lossy
+//! wire, in either family (the `_over_ipv6` twins run the same body on
+//! 2001:2::/48).
 
 use std::time::Duration;
 
 use tunlb::select::Mode;
 use tunlb::DropReason;
 
-use crate::net::{self, pattern, vip, Close, Net, Outcome, Serve, StreamId, VIP};
+use crate::family::{Plan, SockAddr as _};
+use crate::net::{self, backend_pattern, pattern, Close, Net, Outcome, Serve, StreamId};
 use crate::wire::Leg;
 
 const KIB: usize = 1024;
@@ -26,7 +29,7 @@ fn assert_same(what: &str, got: &[u8], want: &[u8]) {
 
 /// Find the backend end of the connection the client opened from `port`
 /// (ports are preserved, so the backend sees `VIP:port`), and its backend.
-fn server_end_by_port(net: &Net, port: u16) -> (usize, &crate::net::Stream) {
+fn server_end_by_port<A: Plan>(net: &Net<A>, port: u16) -> (usize, &crate::net::Stream<A>) {
     (0..4)
         .find_map(|b| {
             net.accepted(b)
@@ -38,7 +41,7 @@ fn server_end_by_port(net: &Net, port: u16) -> (usize, &crate::net::Stream) {
 
 /// Check both ends of each client stream: an orderly close and every byte
 /// of both directions delivered in order.
-fn assert_transfers_complete(net: &Net, ids: &[StreamId], download: usize) {
+fn assert_transfers_complete<A: Plan>(net: &Net<A>, ids: &[StreamId], download: usize) {
     for &id in ids {
         let c = net.stream(id);
         assert_eq!(
@@ -54,11 +57,11 @@ fn assert_transfers_complete(net: &Net, ids: &[StreamId], download: usize) {
             "{}",
             net.report("backend end", ids)
         );
-        assert_eq!(*s.remote.ip(), VIP);
+        assert_eq!(*s.remote.ip(), A::VIP);
         assert_same(
             &format!("download by {}", c.local),
             &c.received,
-            &Net::backend_pattern(b, download),
+            &backend_pattern(b, download),
         );
         assert_same(
             &format!("upload from {}", c.local),
@@ -69,7 +72,7 @@ fn assert_transfers_complete(net: &Net, ids: &[StreamId], download: usize) {
 }
 
 /// Run until every client stream and its backend end have ended.
-fn finish_both_ends(net: &mut Net, ids: &[StreamId], limit: Duration) {
+fn finish_both_ends<A: Plan>(net: &mut Net<A>, ids: &[StreamId], limit: Duration) {
     let n = ids.len();
     let ok = net.run_until(limit, |net| {
         let servers: Vec<_> = (0..4).flat_map(|b| net.accepted(b)).collect();
@@ -84,9 +87,14 @@ fn finish_both_ends(net: &mut Net, ids: &[StreamId], limit: Duration) {
     assert!(ok, "{}", net.report("transfers did not finish", ids));
 }
 
-#[test]
-fn one_mebibyte_each_way_arrives_byte_exact() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    one_mebibyte_each_way_arrives_byte_exact,
+    one_mebibyte_each_way_arrives_byte_exact_over_ipv6,
+    one_mebibyte
+);
+
+fn one_mebibyte<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     net.serve(Serve::Stream(MIB));
     let id = net.connect(0, 40000, pattern(1, MIB), Close::AfterSend);
     finish_both_ends(&mut net, &[id], Duration::from_secs(120));
@@ -99,11 +107,17 @@ fn one_mebibyte_each_way_arrives_byte_exact() {
         stats.backends[0]
     );
     assert_eq!(stats.total_dropped(), 0, "{stats}");
+    println!("{} 1 MiB each way: {:?}", A::NAME, stats.backends[0]);
 }
 
-#[test]
-fn five_percent_loss_duplication_and_reordering_still_completes_every_transfer() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    five_percent_loss_duplication_and_reordering_still_completes_every_transfer,
+    five_percent_loss_duplication_and_reordering_still_completes_every_transfer_over_ipv6,
+    lossy
+);
+
+fn lossy<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     net.keep_time_wait = true;
     net.serve(Serve::Stream(64 * KIB));
     net.wire.impair(0.05, 0.05, 0.05);
@@ -141,12 +155,17 @@ fn five_percent_loss_duplication_and_reordering_still_completes_every_transfer()
     ] {
         assert_eq!(stats.dropped(r), 0, "{r}: {stats}");
     }
-    println!("lossy transfers: {stats}");
+    println!("{} lossy transfers: {w:?}\n  {stats}", A::NAME);
 }
 
-#[test]
-fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1]));
+twins!(
+    two_clients_with_the_same_source_port_get_distinct_reply_tuples,
+    two_clients_with_the_same_source_port_get_distinct_reply_tuples_over_ipv6,
+    same_source_port
+);
+
+fn same_source_port<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1]));
     net.serve(Serve::Stream(64 * KIB));
     let a = net.connect(0, 33333, pattern(1, 64 * KIB), Close::AfterSend);
     let b = net.connect(1, 33333, pattern(2, 64 * KIB), Close::AfterSend);
@@ -161,24 +180,24 @@ fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
     });
     assert!(ok, "{}", net.report("transfers did not finish", &[a, b]));
 
-    let flows = net.engine.flows_of::<std::net::Ipv4Addr>();
+    let flows = net.engine.flows_of::<A>();
     assert_eq!(flows.len(), 2);
     let reply_of = |id: StreamId| {
         let local = net.stream(id).local;
         flows
             .iter()
-            .find(|f| f.original.src == local)
+            .find(|f| A::ep(f.original.src) == local)
             .unwrap()
             .reply
     };
     let (ra, rb) = (reply_of(a), reply_of(b));
     assert_ne!(ra, rb, "reply tuples must differ");
-    assert_eq!(ra.src, net::backend(0));
-    assert_eq!(rb.src, net::backend(0));
+    assert_eq!(A::ep(ra.src), net::backend_of::<A>(0));
+    assert_eq!(A::ep(rb.src), net::backend_of::<A>(0));
     assert_eq!(ra.dst.port(), 33333, "the first client keeps its port");
     assert_ne!(rb.dst.port(), 33333, "the second is moved to another port");
     for f in &flows {
-        assert_eq!(f.original.dst, vip());
+        assert_eq!(A::ep(f.original.dst), net::vip_of::<A>());
     }
 
     // Each backend end saw its own SNAT port and got the right client's bytes.
@@ -186,19 +205,24 @@ fn two_clients_with_the_same_source_port_get_distinct_reply_tuples() {
         let c = net.stream(id);
         let s = net
             .accepted(0)
-            .find(|s| s.remote == reply.dst)
+            .find(|s| s.remote == A::ep(reply.dst))
             .expect("backend end");
         assert_eq!(c.outcome, Outcome::Done);
         assert_eq!(s.outcome, Outcome::Done);
         assert_same("upload", &s.received, c.to_send());
-        assert_same("download", &c.received, &Net::backend_pattern(0, 64 * KIB));
+        assert_same("download", &c.received, &backend_pattern(0, 64 * KIB));
     }
     assert_eq!(net.engine.stats().total_dropped(), 0);
 }
 
-#[test]
-fn a_clean_run_drops_nothing_and_accounts_for_every_packet() {
-    let mut net = Net::new(net::config(Mode::Nth, &[1, 1, 1, 1]));
+twins!(
+    a_clean_run_drops_nothing_and_accounts_for_every_packet,
+    a_clean_run_drops_nothing_and_accounts_for_every_packet_over_ipv6,
+    clean_run
+);
+
+fn clean_run<A: Plan>() {
+    let mut net = Net::<A>::build(net::config_of::<A>(Mode::Nth, &[1, 1, 1, 1]));
     net.wire.capture();
     let mut ids: Vec<StreamId> = (0..12)
         .map(|i| {
@@ -233,15 +257,17 @@ fn a_clean_run_drops_nothing_and_accounts_for_every_packet() {
     assert_eq!(stats.new_flows, 13);
     // Every packet the hosts sent to the NAT came out of it, in the right
     // direction: ORIGINAL from clients, REPLY from backends.
-    let from_hosts = |prefix: [u8; 3]| {
+    let from_hosts = |hosts: [A; 4]| {
         net.wire
             .captured()
             .iter()
-            .filter(|(leg, p)| *leg == Leg::Host && p[12..15] == prefix)
+            .filter(|(leg, p)| {
+                *leg == Leg::Host && A::addrs(p).is_some_and(|(src, _)| hosts.contains(&src))
+            })
             .count() as u64
     };
-    assert_eq!(stats.forwarded[0], from_hosts([198, 18, 1]));
-    assert_eq!(stats.forwarded[1], from_hosts([198, 18, 2]));
+    assert_eq!(stats.forwarded[0], from_hosts(A::CLIENTS));
+    assert_eq!(stats.forwarded[1], from_hosts(A::BACKENDS));
     let out = net
         .wire
         .captured()
