@@ -199,26 +199,7 @@ struct Opened {
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
-    if !packet {
-        let services = &cfg.engine.services;
-        if services.iter().any(|s| s.vip.is_ipv4()) {
-            preflight::forwarding(args.run.set_sysctls)?;
-        }
-        if has_ipv6(&cfg) {
-            preflight::forwarding6(args.run.set_sysctls)?;
-        }
-    }
-    let addrs = service_addrs(&cfg);
-    preflight::not_local(&addrs)?;
-    let opened = open_device(&cfg, &addrs)?;
-    if !packet {
-        if ipv6_turned_off(&cfg) {
-            preflight::disable_ipv6(&cfg.tun);
-        }
-        // Once the TUN exists its own addresses are local too: check again.
-        preflight::not_local(&addrs)?;
-        preflight::routed_into(&cfg.tun, &addrs)?;
-    }
+    let opened = prepare_host(&cfg, args.run.set_sysctls)?;
     let engine = Arc::new(Engine::new(cfg.engine.clone())?);
     let clock = Clock::start();
     if let Some(path) = &cfg.state_file {
@@ -231,13 +212,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
         clock,
     };
     let (control, metrics) = serve_queries(&cfg, source, &stop)?;
-    let health = cfg.health.map(|h| {
-        let (e, s) = (engine.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("tunlb-health".into())
-            .spawn(move || health::run(e, h, s))
-            .expect("spawning the health thread")
-    });
+    let health = spawn_health(&cfg, &engine, &stop)?;
     log_ready(&cfg, &opened.device, &engine);
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
@@ -263,20 +238,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
             last_status = now;
         }
     };
-    let saver = match (&cfg.state_file, cfg.state_interval) {
-        (Some(path), Some(every)) => {
-            let (e, p, s) = (engine.clone(), path.clone(), stop.clone());
-            let saver = std::thread::Builder::new()
-                .name("tunlb-state".into())
-                .spawn(move || save_periodically(&e, &p, every, &clock, &s))
-                .map_err(|source| RunError::Setup {
-                    what: "start the state-file thread",
-                    source,
-                })?;
-            Some(saver)
-        }
-        _ => None,
-    };
+    let saver = spawn_saver(&cfg, &engine, &stop, clock)?;
     let result = datapath::run(
         engine.clone(),
         opened.io.clone(),
@@ -321,6 +283,75 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
         },
         source,
     })
+}
+
+/// The host side before the engine exists: forwarding on (for the families
+/// served), the service addresses not local, the device opened, and (on
+/// the TUN) the addresses routed into it.
+fn prepare_host(cfg: &RunConfig, set_sysctls: bool) -> Result<Opened, RunError> {
+    let packet = cfg.io == IoKind::Packet;
+    if !packet {
+        if cfg.engine.services.iter().any(|s| s.vip.is_ipv4()) {
+            preflight::forwarding(set_sysctls)?;
+        }
+        if has_ipv6(cfg) {
+            preflight::forwarding6(set_sysctls)?;
+        }
+    }
+    let addrs = service_addrs(cfg);
+    preflight::not_local(&addrs)?;
+    let opened = open_device(cfg, &addrs)?;
+    if !packet {
+        if ipv6_turned_off(cfg) {
+            preflight::disable_ipv6(&cfg.tun);
+        }
+        // Once the TUN exists its own addresses are local too: check again.
+        preflight::not_local(&addrs)?;
+        preflight::routed_into(&cfg.tun, &addrs)?;
+    }
+    Ok(opened)
+}
+
+/// The health-check thread, if checks are enabled.
+fn spawn_health(
+    cfg: &RunConfig,
+    engine: &Arc<Engine>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, RunError> {
+    let Some(h) = cfg.health else {
+        return Ok(None);
+    };
+    let (e, s) = (engine.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("tunlb-health".into())
+        .spawn(move || health::run(e, h, s))
+        .map(Some)
+        .map_err(|source| RunError::Setup {
+            what: "start the health-check thread",
+            source,
+        })
+}
+
+/// The thread that saves the flow table every `--state-interval`, if a
+/// state file is kept and the interval is not 0.
+fn spawn_saver(
+    cfg: &RunConfig,
+    engine: &Arc<Engine>,
+    stop: &Arc<AtomicBool>,
+    clock: Clock,
+) -> Result<Option<std::thread::JoinHandle<()>>, RunError> {
+    let (Some(path), Some(every)) = (&cfg.state_file, cfg.state_interval) else {
+        return Ok(None);
+    };
+    let (e, p, s) = (engine.clone(), path.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("tunlb-state".into())
+        .spawn(move || save_periodically(&e, &p, every, &clock, &s))
+        .map(Some)
+        .map_err(|source| RunError::Setup {
+            what: "start the state-file thread",
+            source,
+        })
 }
 
 /// Open the datapath's device: the TUN (`--io vnet`, `--io tun`) or the

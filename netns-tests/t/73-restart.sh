@@ -111,10 +111,10 @@ check_eq "--trace says PICKUP for each" "$(grep -c ' PICKUP 198.18.1.2:' "$TUNLB
 t_tunlb_stop
 
 # --- a damaged or foreign state file: one line, and tunlb starts empty ----
-printf 'TUNLBST\n\002\000\000\000garbage' >"$STATE"
+printf 'TUNLBST\n\003\000\000\000garbage' >"$STATE"
 t_tunlb_start --mode maglev --control "$CTL" --state-file "$STATE"
 check "a state file of another format version is refused in one line" \
-  grep -q "has format version 2, this tunlb reads version 1: starting with no flows" "$TUNLB_LOG"
+  grep -q "has format version 3, this tunlb reads versions 1 and 2: starting with no flows" "$TUNLB_LOG"
 check_eq "and tunlb starts with no flows" "$(lbstat "d['flows']")" 0
 check "and serves" grep -qx 'b[1-4]' <<<"$(t_client curl -s --max-time 5 "$VIP_URL/")"
 t_tunlb_stop # (saves its empty table)
