@@ -121,6 +121,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// Format 1's flow: [`SavedFlow`] with IPv4 socket addresses.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SavedFlowV1 {
     client: SocketAddrV4,
     vip: SocketAddrV4,
@@ -138,6 +139,7 @@ struct SavedFlowV1 {
 
 /// Format 1's table.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct SavedV1 {
     saved_at_ms: u64,
     writer: String,
@@ -340,39 +342,17 @@ mod tests {
     fn a_file_of_format_1_is_read() {
         // Format 1 as the builds before IPv6 wrote it: the same layout with
         // IPv4 socket addresses (postcard: four address bytes, a varint port).
-        #[derive(Serialize)]
-        struct FlowV1 {
-            client: SocketAddrV4,
-            vip: SocketAddrV4,
-            backend: SocketAddrV4,
-            snat: SocketAddrV4,
-            state: u8,
-            seen_reply: bool,
-            assured: bool,
-            remaining_ms: u64,
-            packets: [u64; 2],
-            bytes: [u64; 2],
-            window: [Window; 2],
-            stray_ack: Option<u32>,
-        }
-        #[derive(Serialize)]
-        struct V1 {
-            saved_at_ms: u64,
-            writer: String,
-            exact: bool,
-            flows: Vec<FlowV1>,
-        }
         let want = sample();
         let f = &want.flows[0];
         let v4 = |s: SocketAddr| match s {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => unreachable!("the sample is IPv4"),
         };
-        let body = postcard::to_stdvec(&V1 {
+        let body = postcard::to_stdvec(&SavedV1 {
             saved_at_ms: want.saved_at_ms,
             writer: want.writer.clone(),
             exact: want.exact,
-            flows: vec![FlowV1 {
+            flows: vec![SavedFlowV1 {
                 client: v4(f.client),
                 vip: v4(f.vip),
                 backend: v4(f.backend),
