@@ -707,17 +707,7 @@ impl Engine {
         let admission = A::table(self).admission();
         let pickup = matches!(how, Admit::Pickup);
         if let Admit::Syn(Some(r)) = how {
-            let still = |f: &Flow<A>| {
-                f.state == r.state
-                    && Arc::as_ptr(&f.backend) == r.backend
-                    && (r.state != TcpState::SynSent || !f.seen_reply)
-            };
-            if let Some(old) = A::table(self).remove_if(&original, still) {
-                if r.state == TcpState::SynSent {
-                    self.counters.redispatched.fetch_add(1, Relaxed);
-                }
-                trace::destroy(&self.events, &old, r.why);
-            }
+            self.replace::<A>(&original, r);
         }
         if A::table(self).contains(&original) {
             // Another thread admitted the same SYN first: this copy is a
@@ -730,23 +720,7 @@ impl Engine {
             .select(&svc.backends, (*original.src.ip()).into())
         else {
             drop(admission);
-            if pickup {
-                // No reset for an ACK: the client's own retransmissions
-                // try again once a backend is up.
-                return Err(DropReason::NoBackend);
-            }
-            return match DropReason::NoBackend.response() {
-                Response::Silence => Err(DropReason::NoBackend),
-                Response::Reset => {
-                    self.counters.drop(DropReason::NoBackend);
-                    self.counters.resets_sent.fetch_add(1, Relaxed);
-                    trace::no_backend(&original);
-                    Ok(Verdict::Respond {
-                        // From the VIP: the SYN's own destination.
-                        len: nat::syn_to_reset(pkt, p, original.dst),
-                    })
-                }
-            };
+            return self.no_backend(pkt, p, pickup);
         };
         let backend = &svc.backends[bi];
         // A service's backends are of its VIP's family (validated), so
@@ -774,41 +748,20 @@ impl Engine {
             });
             return Err(DropReason::PortsExhausted);
         };
-        // The limit counts the flows of both families.
-        let len = A::table(self).total();
-        let max = A::table(self).max();
-        if len >= max {
-            // Room for one more only when exactly at the limit: above a
-            // lowered limit, new flows wait for old ones to end. A victim
-            // of the new flow's family first, else of the other.
-            let evicted = len == max && (self.evict_in::<A>() || A::evict_in_other(self));
-            match evicted {
-                true => {}
-                false => {
-                    A::table(self).release(&reply, &original);
-                    drop(admission);
-                    self.refusals[0].hit(now, |n| {
-                        tracing::warn!(
-                            "conntrack table full ({max} flows), dropping packet: {n} new \
-                             connection(s) refused; raise --max-flows or lower the timeouts"
-                        )
-                    });
-                    return Err(DropReason::TableFull);
-                }
-            }
+        if !self.make_room::<A>() {
+            A::table(self).release(&reply, &original);
+            drop(admission);
+            let max = A::table(self).max();
+            self.refusals[0].hit(now, |n| {
+                tracing::warn!(
+                    "conntrack table full ({max} flows), dropping packet: {n} new \
+                     connection(s) refused; raise --max-flows or lower the timeouts"
+                )
+            });
+            return Err(DropReason::TableFull);
         }
-        let mut flow = Flow::new(original, reply, backend.clone(), now);
-        // Unanswered, either kind lives as long as an unanswered SYN.
-        flow.deadline = now + rt.timeouts.get(TcpState::SynSent);
-        flow.packets[0] = 1;
-        flow.bytes[0] = p.len as u64;
-        if pickup {
-            flow.state = TcpState::Established;
-            window::pickup(&mut flow.window, &p.segment);
-        } else {
-            flow.state = TcpState::SynSent;
-            window::open(&mut flow.window, &p.segment);
-        }
+        let unanswered = rt.timeouts.get(TcpState::SynSent);
+        let flow = fresh_flow(p, reply, backend, now, unanswered, pickup);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&self.events, &flow, svc, bi, pickup);
         let inserted = A::table(self).insert(flow);
@@ -829,6 +782,59 @@ impl Engine {
         backend.counters.connections.fetch_add(1, Relaxed);
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
         Ok(Verdict::Forward { len: p.len })
+    }
+
+    /// Remove the flow a SYN replaces (reopened or redispatched), if it is
+    /// still the flow [`Engine::known_flow`] saw: two threads handling
+    /// copies of the SYN replace it once. Under the admission lock.
+    fn replace<A: Family>(&self, original: &Tuple<A>, r: Replace) {
+        let still = |f: &Flow<A>| {
+            f.state == r.state
+                && Arc::as_ptr(&f.backend) == r.backend
+                && (r.state != TcpState::SynSent || !f.seen_reply)
+        };
+        if let Some(old) = A::table(self).remove_if(original, still) {
+            if r.state == TcpState::SynSent {
+                self.counters.redispatched.fetch_add(1, Relaxed);
+            }
+            trace::destroy(&self.events, &old, r.why);
+        }
+    }
+
+    /// A NEW connection no backend takes: a SYN gets what
+    /// [`DropReason::response`] says (a reset from the VIP, so the client
+    /// does not hang); a picked-up ACK nothing (its retransmissions try
+    /// again once a backend is up).
+    fn no_backend<A: Family>(
+        &self,
+        pkt: &mut [u8],
+        p: &TcpRepr<A>,
+        pickup: bool,
+    ) -> Result<Verdict, DropReason> {
+        if pickup {
+            return Err(DropReason::NoBackend);
+        }
+        match DropReason::NoBackend.response() {
+            Response::Silence => Err(DropReason::NoBackend),
+            Response::Reset => {
+                self.counters.drop(DropReason::NoBackend);
+                self.counters.resets_sent.fetch_add(1, Relaxed);
+                trace::no_backend(&p.tuple);
+                Ok(Verdict::Respond {
+                    // From the VIP: the SYN's own destination.
+                    len: nat::syn_to_reset(pkt, p, p.tuple.dst),
+                })
+            }
+        }
+    }
+
+    /// Make room for one more flow under the limit both families share:
+    /// nothing to do below it; exactly at it, evict a flow of `A`'s family
+    /// or else of the other; above a lowered limit, new flows wait for old
+    /// ones to end. Returns whether there is room. Under the admission lock.
+    fn make_room<A: Family>(&self) -> bool {
+        let (len, max) = (A::table(self).total(), A::table(self).max());
+        len < max || (len == max && (self.evict_in::<A>() || A::evict_in_other(self)))
     }
 
     /// Return the MASQUERADE source a connection gets when nothing clashes:
@@ -1190,6 +1196,31 @@ struct Replace {
     /// The flow's backend, by identity.
     backend: *const crate::backend::Backend,
     why: &'static str,
+}
+
+/// The entry of a NEW flow made by the segment `p` (a SYN, or an ACK picked
+/// up mid-stream) with its claimed `reply` tuple: one packet counted, the
+/// windows opened from the segment, and an unanswered SYN's time to live
+/// (`unanswered`) whichever made it.
+fn fresh_flow<A: IpAddress>(
+    p: &TcpRepr<A>,
+    reply: Tuple<A>,
+    backend: &Arc<crate::backend::Backend>,
+    now: Timestamp,
+    unanswered: std::time::Duration,
+    pickup: bool,
+) -> Flow<A> {
+    let mut flow = Flow::new(p.tuple, reply, backend.clone(), now + unanswered);
+    flow.packets[0] = 1;
+    flow.bytes[0] = p.len as u64;
+    if pickup {
+        flow.state = TcpState::Established;
+        window::pickup(&mut flow.window, &p.segment);
+    } else {
+        flow.state = TcpState::SynSent;
+        window::open(&mut flow.window, &p.segment);
+    }
+    flow
 }
 
 /// The set of the services' VIP ports, a bit per port.
