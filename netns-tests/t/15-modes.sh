@@ -50,17 +50,19 @@ for n in $(seq 10 25); do
   addrs+=("198.18.1.$n")
 done
 # mapping RUN: for each client address, the backends of 5 requests from it,
-# "ADDR bX" when all 5 agree, else "ADDR mixed:...". Each address and run has
-# its own range of client ports: a SNAT tuple (the client's port is kept)
-# that a backend still holds in TIME_WAIT from the other run is not what this
-# test is about (t/64-faults.sh is).
+# "ADDR bX" when all 5 agree, else "ADDR mixed:...". Each request has its own
+# client port (per address and run): a SNAT tuple (the client's port is
+# kept) that a backend still holds in TIME_WAIT from an earlier request is
+# not what this test is about (t/64-faults.sh is).
 mapping() {
-  local a got i=0 lo
+  local a got i=0 lo k
   for a in "${addrs[@]}"; do
     lo=$((20000 + $1 * 2000 + i * 100))
     i=$((i + 1))
-    got=$(t_client curl -s --max-time 5 --interface "$a" --local-port "$lo-$((lo + 99))" "$VIP_URL/?n=[1-5]" 2>/dev/null |
-      sort | uniq -c | awk '{ printf "%s%s:%s", (NR > 1 ? "," : ""), $2, $1 }')
+    got=$(for k in 0 1 2 3 4; do
+      t_client curl -s --max-time 5 --interface "$a" --local-port "$((lo + k))" "$VIP_URL/" 2>/dev/null
+      echo
+    done | grep . | sort | uniq -c | awk '{ printf "%s%s:%s", (NR > 1 ? "," : ""), $2, $1 }')
     if [[ $got =~ ^(b[0-9]+):5$ ]]; then echo "$a ${BASH_REMATCH[1]}"; else echo "$a mixed:$got"; fi
   done
 }
