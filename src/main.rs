@@ -192,14 +192,15 @@ struct Opened {
     device: Arc<Device>,
     /// `--io packet`: the sockets (for their drop counts at exit).
     packet: Option<Arc<AfPacket>>,
-    /// `--io packet`: the blackhole routes, held for their `Drop` (which
-    /// removes them when `run` returns).
-    _blackholes: Option<Blackholes>,
+    /// `--io packet`: the blackhole routes, extended by a reload that adds
+    /// addresses, and held for their `Drop` (which removes them when `run`
+    /// returns).
+    blackholes: Option<Blackholes>,
 }
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
-    let opened = prepare_host(&cfg, args.run.set_sysctls)?;
+    let mut opened = prepare_host(&cfg, args.run.set_sysctls)?;
     let engine = Arc::new(Engine::new(cfg.engine.clone())?);
     let clock = Clock::start();
     if let Some(path) = &cfg.state_file {
@@ -230,7 +231,8 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
         }
         if reload.swap(false, Ordering::Relaxed) {
             notifier.reloading();
-            reconfigure(engine, args, &cfg);
+            let host = opened.packet.as_deref().zip(opened.blackholes.as_mut());
+            reconfigure(engine, args, &cfg, host);
             notifier.ready(&status_line(engine));
             last_status = now;
         } else if notifier.enabled() && last_status.until(now) >= STATUS_INTERVAL {
@@ -386,7 +388,7 @@ fn open_device(
         io,
         device: Arc::new(device),
         packet,
-        _blackholes: blackholes,
+        blackholes,
     })
 }
 
@@ -584,6 +586,35 @@ fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::IpAddr, &'static str)> {
     addrs
 }
 
+/// `--io packet`, after a reload: route the addresses of `wanted` not
+/// received yet to the blackhole and let the sockets receive them, or say
+/// that they receive nothing.
+fn receive_added(dev: &AfPacket, holes: &mut Blackholes, wanted: &[(std::net::IpAddr, &str)]) {
+    let new: Vec<std::net::Ipv4Addr> = (wanted.iter())
+        .filter_map(|(a, _)| match a {
+            std::net::IpAddr::V4(v) if !holes.addrs().contains(v) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let list = new
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match holes
+        .extend(&new)
+        .and_then(|_| dev.receive_for(holes.addrs()))
+    {
+        Ok(_) => tracing::info!("--io packet: now receiving for {list} (blackhole routes added)"),
+        Err(e) => tracing::error!(
+            "reload: the new addresses {list} receive nothing: {e}; restart tunlb to serve them"
+        ),
+    }
+}
+
 /// `--io packet`: the sockets, the device as reports show it, and the
 /// blackhole routes that keep the kernel from forwarding or answering.
 /// IPv4 only: the configuration refuses IPv6 services with `--io packet`.
@@ -618,8 +649,18 @@ fn open_packet(
 
 /// SIGHUP: read the flags' configuration file again and swap it in. A bad
 /// file is refused and the running configuration stays; settings that need a
-/// restart (the device, threads) are reported, not applied.
-fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
+/// restart (the device, threads) are reported, not applied. With `--io
+/// packet` (`packet`: the sockets and the blackhole routes), new VIP and
+/// SNAT addresses are checked as at start (not local, else the reload is
+/// refused) and received once the engine serves them: blackhole routes
+/// first, then the sockets' filter. Addresses the new file no longer names
+/// are still received until exit, for the flows in flight to them.
+fn reconfigure(
+    engine: &Engine,
+    args: &cli::RunArgs,
+    running: &RunConfig,
+    packet: Option<(&AfPacket, &mut Blackholes)>,
+) {
     let new = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -634,11 +675,23 @@ fn reconfigure(engine: &Engine, args: &cli::RunArgs, running: &RunConfig) {
     if ipv6_turned_off(running) && has_ipv6(&new) {
         tracing::warn!("reload: tunlb turned IPv6 off on TUN {} at start (no IPv6 was configured), so the new IPv6 service(s) receive nothing until a restart", running.tun);
     }
-    if running.io == IoKind::Packet && service_addrs(&new) != service_addrs(running) {
-        tracing::warn!("reload: with --io packet, new VIP or SNAT addresses are received only after a restart (the socket filter and blackhole routes are set at start)");
+    // A new VIP or SNAT address must not be local, as at start: the kernel
+    // would answer for it.
+    let old = service_addrs(running);
+    let wanted = service_addrs(&new);
+    let fresh: Vec<_> = (wanted.iter())
+        .filter(|(a, _)| !old.iter().any(|(o, _)| o == a))
+        .copied()
+        .collect();
+    if let Err(e) = preflight::not_local(&fresh) {
+        tracing::error!("reload refused, still running the previous configuration: {e}");
+        return;
     }
     match engine.reconfigure(&new.engine) {
         Ok(()) => {
+            if let Some((dev, holes)) = packet {
+                receive_added(dev, holes, &wanted);
+            }
             tracing::info!(
                 "reloaded: {}; {} flows kept",
                 engine.runtime().describe(),

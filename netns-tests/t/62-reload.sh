@@ -5,7 +5,12 @@
 #     reach b3 at once;
 #  2. two invalid files (a bad backend weight, broken TOML) are refused with
 #     one "reload refused" line each, and the previous configuration serves on;
-#  3. b1 is removed from the file altogether.
+#  3. b1 is removed from the file altogether;
+#  4. a second service on a new VIP (b4) is added: it answers at once, on
+#     either datapath (--io packet extends its blackhole routes and socket
+#     filter), and the first VIP serves on;
+#  5. a third service on an address local to lb is refused (the kernel
+#     would answer for it), as at start, and both VIPs serve on.
 # `tunlb flows` shows the download's flow ESTABLISHED on b1 before and after
 # every reload, and the download arrives intact (the flow was never lost).
 # shellcheck source=netns-tests/lib.sh
@@ -99,6 +104,30 @@ check "reload 3 (b1 removed): 'reloaded' logged" hup 'reloaded:'
 check_eq "reload 3: b1 no longer in stats" "$(t_backend_stat "$CTL" 1 weight)" none
 check_eq "reload 3: new connections to b2 and b3" "$(seq_of 4)" "b2 b3 b2 b3 "
 check_eq "reload 3: flows: the download still ESTABLISHED on b1" "$(dl_flow)" "ESTABLISHED $B1"
+
+# 4. A second service on a new VIP.
+VIP2=198.18.0.2
+write_conf "$B2" "$B3"
+printf '[[service]]\nvip = "%s:80"\nbackends = ["%s"]\n' "$VIP2" "$B4" >>"$CONF"
+check "reload 4 (a second VIP): 'reloaded' logged" hup 'reloaded:'
+check_eq "reload 4: the new VIP answers at once, from b4" \
+  "$(for k in 1 2; do t_client curl -s --max-time 5 "http://$VIP2/" || echo fail; done | tr '\n' ' ')" "b4 b4 "
+check_eq "reload 4: the first VIP still round robin over b2 b3" "$(seq_of 2)" "b2 b3 "
+if [ "${TL_IO:-}" = packet ]; then
+  check "reload 4: --io packet logs the new address it receives for" grep -q "now receiving for $VIP2" "$TUNLB_LOG"
+  check_eq "reload 4: blackhole routes for both VIPs" "$(ip -n "${P}lb" route show proto 213 | awk '{print $1, $2}' | sort | tr '\n' ';')" "blackhole $VIP;blackhole $VIP2;"
+fi
+check_eq "reload 4: flows: the download still ESTABLISHED on b1" "$(dl_flow)" "ESTABLISHED $B1"
+
+# 5. A VIP that is local to lb: refused.
+printf '[[service]]\nvip = "%s:8080"\nbackends = ["%s"]\n' "$TL_LB_CLIENT_ADDR" "$B4" >>"$CONF"
+check "reload 5 (a local VIP): refused, naming the address" hup "reload refused.*$TL_LB_CLIENT_ADDR (VIP) is a local address"
+check_eq "reload 5: both VIPs serve on" \
+  "$(t_client curl -s --max-time 5 "http://$VIP2/" || echo fail) $(seq_of 2)" "b4 b2 b3 "
+if [ "${TL_IO:-}" = packet ]; then
+  check_eq "reload 5: no blackhole route for the local address" \
+    "$(ip -n "${P}lb" route show proto 213 | grep -c "$TL_LB_CLIENT_ADDR" || true)" 0
+fi
 check "the download was still in flight after every reload" tl_pid_alive "$dl"
 
 rc=0

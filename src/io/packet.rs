@@ -788,6 +788,10 @@ pub struct Opened {
 pub struct AfPacket {
     ifaces: Vec<Iface>,
     queues: Vec<Mutex<Queue>>,
+    /// A second descriptor of every ring's socket, to change its filter
+    /// ([`AfPacket::receive_for`]) without waiting for the thread that
+    /// holds the queue's lock while it polls.
+    filter_fds: Vec<OwnedFd>,
     counters: Counters,
     changes: Arc<Changes>,
 }
@@ -841,6 +845,7 @@ impl AfPacket {
         let ifaces = select_ifaces(&links, &spec.ifaces)?;
         let prog = filter(&spec.addrs);
         let queues = spec.queues.max(1);
+        let mut filter_fds = Vec::with_capacity(queues * ifaces.len());
         let mut rings: Vec<Vec<Ring>> = Vec::with_capacity(queues);
         let mut groups: Vec<u32> = Vec::with_capacity(ifaces.len());
         for q in 0..queues {
@@ -862,6 +867,11 @@ impl AfPacket {
                         groups.push(got & 0xffff);
                     }
                 }
+                filter_fds.push(
+                    ring.fd
+                        .try_clone()
+                        .map_err(sys_err("duplicating a packet socket"))?,
+                );
                 mine.push(ring);
             }
             rings.push(mine);
@@ -898,6 +908,7 @@ impl AfPacket {
             AfPacket {
                 ifaces,
                 queues,
+                filter_fds,
                 counters: Counters::default(),
                 changes,
             },
@@ -907,6 +918,18 @@ impl AfPacket {
 
     fn generation(&self) -> u64 {
         self.changes.generation.load(Ordering::Acquire)
+    }
+
+    /// Receive for `addrs` from now on (a reload's VIPs and SNAT
+    /// addresses): every socket gets the new filter, which the kernel swaps
+    /// in at once (a frame meets the old filter or the new one, never
+    /// none). On an error, the sockets already changed keep the new filter.
+    pub fn receive_for(&self, addrs: &[Ipv4Addr]) -> Result<(), PacketError> {
+        let prog = filter(addrs);
+        for fd in &self.filter_fds {
+            sys::attach_filter(fd, &prog).map_err(sys_err("replacing the socket filter"))?;
+        }
+        Ok(())
     }
 
     /// Return the drop counters.
@@ -1176,6 +1199,33 @@ impl Blackholes {
     /// Return the addresses routed to the blackhole.
     pub fn addrs(&self) -> &[Ipv4Addr] {
         &self.addrs
+    }
+
+    /// Add `blackhole ADDR/32 proto 213` for each of `addrs` not routed
+    /// there yet (a reload's new VIPs and SNAT addresses); return those
+    /// added. Addresses a reload no longer names keep theirs until exit:
+    /// flows to them may still be in flight.
+    pub fn extend(&mut self, addrs: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, PacketError> {
+        let mut new: Vec<Ipv4Addr> = (addrs.iter())
+            .filter(|a| !self.addrs.contains(a))
+            .copied()
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(new);
+        }
+        let mut nl = Netlink::open().map_err(sys_err("netlink socket"))?;
+        for &a in &new {
+            match nl.blackhole_add(a) {
+                Ok(()) => self.addrs.push(a),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    return Err(PacketError::RouteExists(a))
+                }
+                Err(e) => return Err(sys_err("adding a blackhole route")(e)),
+            }
+        }
+        Ok(new)
     }
 }
 
