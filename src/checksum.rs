@@ -68,22 +68,34 @@ impl Delta {
         self.0 += (!old) as u64 + new as u64;
     }
 
-    /// Add a 32-bit word changing from `old` to `new`.
+    /// Add a 32-bit word changing from `old` to `new`: its two 16-bit
+    /// halves, added as one (2^16 is 1 modulo 0xffff, and `!old` is the
+    /// complement of each half).
     #[inline]
     pub const fn u32(&mut self, old: u32, new: u32) {
-        self.0 += ((!old) >> 16) as u64
-            + ((!old) & 0xffff) as u64
-            + (new >> 16) as u64
-            + (new & 0xffff) as u64;
+        self.0 += (!old) as u64 + new as u64;
     }
 
     /// Add an address changing from `old` to `new`: two 16-bit words for
     /// IPv4, eight for IPv6 (the pseudo-header of RFC 8200 section 8.1
     /// holds the 128-bit addresses; RFC 1624 applies word by word).
+    ///
+    /// The words are taken as the address's bytes lie in the packet, read
+    /// in native byte order (see [`get_ne`]): apply the result to a
+    /// checksum read the same way.
     #[inline(always)]
     pub fn addr<A: IpAddress>(&mut self, old: A, new: A) {
-        // The sum over the words of `!old_w + new_w`, with `!w = 0xffff - w`.
-        self.0 += A::WORDS * 0xffff - old.word_sum() + new.word_sum();
+        self.octets(old.octets().as_ref(), new.octets().as_ref());
+    }
+
+    /// Add the bytes `old` changing to `new` (of the same length, a multiple
+    /// of 4, starting at an even offset), read as native-endian words.
+    #[inline(always)]
+    pub fn octets(&mut self, old: &[u8], new: &[u8]) {
+        for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
+            let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            self.u32(word(o), word(n));
+        }
     }
 
     /// Return the changes of `self` and `other` together.
@@ -238,6 +250,25 @@ pub fn put(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
+/// Read the 16-bit word at `at..at + 2` in `buf` in native byte order.
+///
+/// One's-complement arithmetic is byte-order independent (RFC 1071 section
+/// 2(B)): a checksum and the words changing under it, all read in native
+/// order, update to the native-order reading of the big-endian result. So
+/// the rewrite reads and writes the packet's bytes as they lie, with no
+/// swap (the words must sit at even offsets, as every header field does).
+#[inline]
+pub fn get_ne(buf: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([buf[at], buf[at + 1]])
+}
+
+/// Store `value` at `at..at + 2` in `buf` in native byte order (the inverse
+/// of [`get_ne`]).
+#[inline]
+pub fn put_ne(buf: &mut [u8], at: usize, value: u16) {
+    buf[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+}
+
 /// Compute a full Internet checksum (RFC 1071) over `data`, complemented,
 /// ready to store. Used only for packets tunlb builds or translates itself
 /// (ICMP errors, resets), never for forwarded TCP segments.
@@ -348,8 +379,8 @@ mod tests {
             let mut delta = Delta::new();
             delta.addr(s, ns);
             delta.addr(d, nd);
-            let moved = delta.apply(get(&seg, 16));
-            put(&mut seg, 16, moved);
+            let moved = delta.apply(get_ne(&seg, 16));
+            put_ne(&mut seg, 16, moved);
             proptest::prop_assert!(verify_tcp(ns, nd, &seg));
         }
 
