@@ -21,14 +21,16 @@
 
 use crate::conntrack::tuple::IpAddress;
 
-/// Fold a 64-bit one's-complement accumulator into 16 bits.
+/// Fold a 64-bit one's-complement accumulator into 16 bits: each half added
+/// to the other with end-around carry (2^32 and 2^16 are 1 modulo 0xffff).
+/// Zero only for zero; otherwise in `1..=0xffff`.
 #[inline]
-const fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
+const fn fold(sum: u64) -> u16 {
+    let (s, c) = (sum as u32).overflowing_add((sum >> 32) as u32);
+    // No overflow: with a carry out, `s` is at most 2^32 - 2.
+    let s = s + c as u32;
+    let (s, c) = (s as u16).overflowing_add((s >> 16) as u16);
+    s + c as u16
 }
 
 /// Return `checksum` updated for one 16-bit word changing from `old` to `new`.
@@ -66,22 +68,34 @@ impl Delta {
         self.0 += (!old) as u64 + new as u64;
     }
 
-    /// Add a 32-bit word changing from `old` to `new`.
+    /// Add a 32-bit word changing from `old` to `new`: its two 16-bit
+    /// halves, added as one (2^16 is 1 modulo 0xffff, and `!old` is the
+    /// complement of each half).
     #[inline]
     pub const fn u32(&mut self, old: u32, new: u32) {
-        self.0 += ((!old) >> 16) as u64
-            + ((!old) & 0xffff) as u64
-            + (new >> 16) as u64
-            + (new & 0xffff) as u64;
+        self.0 += (!old) as u64 + new as u64;
     }
 
     /// Add an address changing from `old` to `new`: two 16-bit words for
     /// IPv4, eight for IPv6 (the pseudo-header of RFC 8200 section 8.1
     /// holds the 128-bit addresses; RFC 1624 applies word by word).
+    ///
+    /// The words are taken as the address's bytes lie in the packet, read
+    /// in native byte order (see [`get_ne`]): apply the result to a
+    /// checksum read the same way.
     #[inline(always)]
     pub fn addr<A: IpAddress>(&mut self, old: A, new: A) {
-        // The sum over the words of `!old_w + new_w`, with `!w = 0xffff - w`.
-        self.0 += A::WORDS * 0xffff - old.word_sum() + new.word_sum();
+        self.octets(old.octets().as_ref(), new.octets().as_ref());
+    }
+
+    /// Add the bytes `old` changing to `new` (of the same length, a multiple
+    /// of 4, starting at an even offset), read as native-endian words.
+    #[inline(always)]
+    pub fn octets(&mut self, old: &[u8], new: &[u8]) {
+        for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
+            let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            self.u32(word(o), word(n));
+        }
     }
 
     /// Return the changes of `self` and `other` together.
@@ -110,24 +124,93 @@ impl Delta {
 /// Return the one's-complement sum of `data` as big-endian 16-bit words
 /// (RFC 1071), folded but not complemented.
 ///
-/// The bytes are added as native-endian 32-bit words into a 64-bit
-/// accumulator (no carry handling in the loop, which the compiler can
-/// vectorise); the one's-complement sum is byte-order independent (RFC 1071
-/// section 2(B)), so one swap at the end gives the big-endian result.
+/// The bytes are added as native-endian 64-bit words with end-around carry
+/// (RFC 1071 section 4.1's "add with carry" on a wider word, as Linux's
+/// `csum_partial`): a carry out of bit 63 is worth 2^64, which is 1 modulo
+/// 0xffff, so it is added back at the bottom (kept in a second word and
+/// added at the end). The one's-complement sum is byte-order independent
+/// (RFC 1071 section 2(B)): every byte keeps the parity of its offset, so
+/// one swap at the end gives the big-endian result.
 #[inline]
 pub fn sum(data: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        acc += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+    u16::from_be(fold(sum_ne(data)))
+}
+
+/// Return whether `data`, checksum included, sums to all ones: whether an
+/// IPv4 header's checksum verifies (RFC 1071 section 1, "the result is
+/// checked by adding up all the bytes, including the checksum"). A header
+/// without options (20 bytes, nearly all of them) is summed in three words,
+/// without a loop.
+#[inline(always)]
+pub fn sums_to_ones(data: &[u8]) -> bool {
+    let s = match data.first_chunk::<20>() {
+        Some(h) if data.len() == 20 => {
+            let (a, rest) = h.split_first_chunk::<8>().expect("20 bytes");
+            let (b, c) = rest.split_first_chunk::<8>().expect("12 bytes");
+            let c: &[u8; 4] = c.try_into().expect("4 bytes");
+            let wide = u128::from(u64::from_ne_bytes(*a))
+                + u128::from(u64::from_ne_bytes(*b))
+                + u128::from(u32::from_ne_bytes(*c));
+            let (low, carries) = (wide as u64, (wide >> 64) as u64);
+            (low & 0xffff_ffff) + (low >> 32) + carries
+        }
+        _ => sum_ne(data),
+    };
+    // All ones is all ones in either byte order.
+    fold(s) == 0xffff
+}
+
+/// The unfolded native-endian sum of [`sum`]: 32 bytes per step, then what
+/// is left (fewer than 32 bytes) by 16, 8, 4, 2 and 1, each at an even
+/// offset, so in its place in a 16-bit word.
+#[inline]
+fn sum_ne(data: &[u8]) -> u64 {
+    // The low word and the carries out of it: a carry is worth 2^64, which
+    // is 1 modulo 0xffff.
+    let mut acc: u128 = 0;
+    let word = |b: &[u8; 8]| u128::from(u64::from_ne_bytes(*b));
+    let mut rest = data;
+    while let Some((block, r)) = rest.split_first_chunk::<32>() {
+        let (a, b) = block.split_at(16);
+        let (a, b) = (split16(a), split16(b));
+        acc += word(a.0) + word(a.1) + word(b.0) + word(b.1);
+        rest = r;
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut tail = [0u8; 4];
-        tail[..rest.len()].copy_from_slice(rest);
-        acc += u64::from(u32::from_ne_bytes(tail));
+    if let Some((sixteen, r)) = rest.split_first_chunk::<16>() {
+        let (a, b) = split16(sixteen);
+        acc += word(a) + word(b);
+        rest = r;
     }
-    u16::from_be(fold(acc))
+    if let Some((eight, r)) = rest.split_first_chunk::<8>() {
+        acc += word(eight);
+        rest = r;
+    }
+    let mut tail: u64 = 0;
+    if let Some((four, r)) = rest.split_first_chunk::<4>() {
+        tail += u64::from(u32::from_ne_bytes(*four));
+        rest = r;
+    }
+    if let Some((two, r)) = rest.split_first_chunk::<2>() {
+        tail += u64::from(u16::from_ne_bytes(*two));
+        rest = r;
+    }
+    if let Some(&last) = rest.first() {
+        tail += u64::from(u16::from_ne_bytes([last, 0]));
+    }
+    acc += u128::from(tail);
+    // The carries (at most one per word) fit beside the halved low word.
+    let (low, carries) = (acc as u64, (acc >> 64) as u64);
+    (low & 0xffff_ffff) + (low >> 32) + carries
+}
+
+/// Split 16 bytes into two 8-byte words.
+#[inline(always)]
+fn split16(b: &[u8]) -> (&[u8; 8], &[u8; 8]) {
+    let (x, y) = b.split_at(8);
+    (
+        x.try_into().expect("8 bytes"),
+        y.try_into().expect("8 bytes"),
+    )
 }
 
 /// The IP protocol number of TCP, in the pseudo-header.
@@ -159,8 +242,15 @@ pub fn verify_tcp<A: IpAddress>(src: A, dst: A, segment: &[u8]) -> bool {
 /// with the pseudo-header of `src`, `dst`.
 #[inline]
 pub fn verify_l4<A: IpAddress>(src: A, dst: A, protocol: u8, message: &[u8]) -> bool {
-    let pseudo = pseudo_header(src, dst, protocol, message.len());
-    fold(pseudo + u64::from(sum(message))) == 0xffff
+    // All in native byte order, folded once: a sum of all ones is all ones
+    // in either byte order.
+    let len = message.len() as u64;
+    let pseudo = sum_ne(src.octets().as_ref())
+        + sum_ne(dst.octets().as_ref())
+        + u64::from(u16::from_ne_bytes([0, protocol]))
+        + u64::from(u16::from_ne_bytes((len as u16).to_be_bytes()))
+        + u64::from(u16::from_ne_bytes(((len >> 16) as u16).to_be_bytes()));
+    fold(pseudo + sum_ne(message)) == 0xffff
 }
 
 /// Compute the complemented checksum of an upper-layer message of
@@ -182,6 +272,25 @@ pub fn get(buf: &[u8], at: usize) -> u16 {
 #[inline]
 pub fn put(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Read the 16-bit word at `at..at + 2` in `buf` in native byte order.
+///
+/// One's-complement arithmetic is byte-order independent (RFC 1071 section
+/// 2(B)): a checksum and the words changing under it, all read in native
+/// order, update to the native-order reading of the big-endian result. So
+/// the rewrite reads and writes the packet's bytes as they lie, with no
+/// swap (the words must sit at even offsets, as every header field does).
+#[inline]
+pub fn get_ne(buf: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([buf[at], buf[at + 1]])
+}
+
+/// Store `value` at `at..at + 2` in `buf` in native byte order (the inverse
+/// of [`get_ne`]).
+#[inline]
+pub fn put_ne(buf: &mut [u8], at: usize, value: u16) {
+    buf[at..at + 2].copy_from_slice(&value.to_ne_bytes());
 }
 
 /// Compute a full Internet checksum (RFC 1071) over `data`, complemented,
@@ -222,6 +331,46 @@ mod tests {
             // 0x0000 verify identically, so compare modulo that equivalence.
             proptest::prop_assert!(inc == after || (inc ^ after == 0xffff && (inc == 0 || after == 0)),
                 "inc {inc:#06x} full {after:#06x}");
+        }
+
+        #[test]
+        fn wide_sum_equals_a_plain_rfc1071_sum(data in proptest::collection::vec(proptest::num::u8::ANY, 0..2100),
+                                               start in 0usize..8, cut in 0usize..2100) {
+            // Any start (alignment) and any length, odd ones included,
+            // against 16-bit big-endian words added one by one with
+            // end-around carry (RFC 1071 section 4.1).
+            let start = start.min(data.len());
+            let end = (start + cut).min(data.len());
+            let d = &data[start..end];
+            let mut plain: u32 = 0;
+            for pair in d.chunks(2) {
+                plain += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+                plain = (plain & 0xffff) + (plain >> 16);
+            }
+            proptest::prop_assert_eq!(sum(d), plain as u16);
+        }
+
+        #[test]
+        fn header_verification_equals_the_sum(mut data in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+                                              fill in proptest::bool::ANY) {
+            // A 20-byte header takes the short way; with its checksum right
+            // (half the time) or not, the answer is the full sum's.
+            if fill && data.len() >= 12 {
+                put(&mut data, 10, 0);
+                let c = full(&data);
+                put(&mut data, 10, c);
+            }
+            proptest::prop_assert_eq!(sums_to_ones(&data), sum(&data) == 0xffff);
+            let mut header = [0u8; 20];
+            let n = data.len().min(20);
+            header[..n].copy_from_slice(&data[..n]);
+            if fill {
+                put(&mut header, 10, 0);
+                let c = full(&header);
+                put(&mut header, 10, c);
+                proptest::prop_assert!(sums_to_ones(&header));
+            }
+            proptest::prop_assert_eq!(sums_to_ones(&header), sum(&header) == 0xffff);
         }
 
         #[test]
@@ -277,8 +426,8 @@ mod tests {
             let mut delta = Delta::new();
             delta.addr(s, ns);
             delta.addr(d, nd);
-            let moved = delta.apply(get(&seg, 16));
-            put(&mut seg, 16, moved);
+            let moved = delta.apply(get_ne(&seg, 16));
+            put_ne(&mut seg, 16, moved);
             proptest::prop_assert!(verify_tcp(ns, nd, &seg));
         }
 

@@ -467,7 +467,12 @@ impl Engine {
     ) -> Result<Verdict, DropReason> {
         let (dir, src, dst, tracked, remove) = match next {
             Known::Restart(replace) => {
-                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)))
+                let rt = self.runtime.load();
+                let si = rt
+                    .service_at(p.tuple.dst.to_socket())
+                    .ok_or(DropReason::NoService)?;
+                let target = ToService { rt: &rt, si };
+                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)), target);
             }
             Known::Drop(reason) => return Err(reason),
             Known::Forward {
@@ -507,8 +512,9 @@ impl Engine {
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
         let (tuple, class) = (&p.tuple, p.class);
+        // Loaded once: a NEW connection goes on with this configuration.
         let rt = self.runtime.load();
-        if rt.service_at(tuple.dst.to_socket()).is_none() {
+        let Some(si) = rt.service_at(tuple.dst.to_socket()) else {
             // To a VIP or MASQUERADE address but no flow: a packet of
             // a connection tunlb does not know (INVALID), e.g. one
             // that was in flight when it restarted.
@@ -522,12 +528,12 @@ impl Engine {
             } else {
                 DropReason::NoService
             });
-        }
-        drop(rt);
+        };
+        let target = ToService { rt: &rt, si };
         if tcp::may_create(class) {
-            self.new_connection(pkt, p, now, l4, Admit::Syn(None))
+            self.new_connection(pkt, p, now, l4, Admit::Syn(None), target)
         } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
-            self.new_connection(pkt, p, now, l4, Admit::Pickup)
+            self.new_connection(pkt, p, now, l4, Admit::Pickup, target)
         } else {
             Err(DropReason::NoFlowNotSyn)
         }
@@ -689,7 +695,8 @@ impl Engine {
     /// reopened or redispatched flow, removed under the same lock only if it
     /// is still that flow, so two threads handling copies of the SYN replace
     /// it once) or an ACK picked up mid-stream. A pickup goes through the
-    /// same limit, eviction and refusals as a SYN.
+    /// same limit, eviction and refusals as a SYN. `target` is the service at
+    /// the segment's destination, in the configuration the caller loaded.
     fn new_connection<A: Family>(
         &self,
         pkt: &mut [u8],
@@ -697,12 +704,10 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
         how: Admit,
+        target: ToService<'_>,
     ) -> Result<Verdict, DropReason> {
         let original = p.tuple;
-        let rt = self.runtime.load();
-        let si = rt
-            .service_at(original.dst.to_socket())
-            .ok_or(DropReason::NoService)?;
+        let (rt, si) = (target.rt, target.si);
         let svc = &rt.services[si];
         let admission = A::table(self).admission();
         let pickup = matches!(how, Admit::Pickup);
@@ -1161,6 +1166,14 @@ enum Admit {
     Syn(Option<Replace>),
     /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`).
     Pickup,
+}
+
+/// The service a NEW connection is for: the running configuration, loaded
+/// once for the packet, and the index of the service at its destination.
+#[derive(Clone, Copy)]
+struct ToService<'a> {
+    rt: &'a Runtime,
+    si: usize,
 }
 
 /// What comes next for a segment of a known flow, decided with the flow

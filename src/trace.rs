@@ -21,9 +21,33 @@ use crate::service::Service;
 /// The tracing target of the teaching line.
 pub const TARGET: &str = "tunlb::trace";
 
+/// Return whether an event goes anywhere: to a listener of `events` or to
+/// the trace. One relaxed load and one cached check: the callers below test
+/// it inline and do the rest out of line, so a packet pays nothing more
+/// when nobody looks (the rest checks both again, as it always did).
+#[inline(always)]
+fn wanted(events: &Hub) -> bool {
+    events.listening() || tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
+}
+
 /// A NEW connection and the NAT decision made for it; `PICKUP` instead of
 /// `NEW` for a flow picked up mid-stream. Also reported to `events`.
+#[inline]
 pub fn new_flow<A: IpAddress>(
+    events: &Hub,
+    flow: &Flow<A>,
+    svc: &Service,
+    backend: usize,
+    pickup: bool,
+) {
+    if wanted(events) {
+        report_new_flow(events, flow, svc, backend, pickup);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn report_new_flow<A: IpAddress>(
     events: &Hub,
     flow: &Flow<A>,
     svc: &Service,
@@ -58,7 +82,22 @@ pub fn decision<A: Copy + Into<std::net::IpAddr>>(
 }
 
 /// A state change of a flow. Also reported to `events`.
+#[inline]
 pub fn state<A: IpAddress>(
+    events: &Hub,
+    flow: &Flow<A>,
+    dir: Direction,
+    class: FlagClass,
+    old: TcpState,
+) {
+    if wanted(events) {
+        report_state(events, flow, dir, class, old);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn report_state<A: IpAddress>(
     events: &Hub,
     flow: &Flow<A>,
     dir: Direction,
@@ -101,7 +140,16 @@ pub fn invalid<A: IpAddress>(flow: &Flow<A>, dir: Direction, seq: u32, ack: u32,
 }
 
 /// A flow leaving the table. Also reported to `events`.
+#[inline]
 pub fn destroy<A: IpAddress>(events: &Hub, flow: &Flow<A>, why: &'static str) {
+    if wanted(events) {
+        report_destroy(events, flow, why);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn report_destroy<A: IpAddress>(events: &Hub, flow: &Flow<A>, why: &'static str) {
     events.publish(|| Event::of(flow, Kind::Destroy { why }));
     tracing::debug!(target: TARGET, "DESTROY {} in {} ({})", flow.original, flow.state, why);
 }

@@ -320,7 +320,7 @@ impl IpRepr {
         if pkt.len() < header_len || header_len > total_len || pkt.len() < total_len {
             return Err(DropReason::Truncated);
         }
-        if verify_checksum && checksum::sum(&pkt[..header_len]) != 0xffff {
+        if verify_checksum && !checksum::sums_to_ones(&pkt[..header_len]) {
             return Err(DropReason::BadChecksum);
         }
         if read_u16(pkt, ip_f::FLG_OFF) & ip_f::MF_OR_OFFSET != 0 {

@@ -32,7 +32,9 @@
 //! checked. The engine decides RST acceptance with [`rst_check`] on top.
 //!
 //! The functions work on a copy of both directions and write it back only on
-//! [`Check::Accept`]: a segment that is not accepted changes nothing.
+//! [`Check::Accept`] (the common case, an in-window ACK, is decided first and
+//! writes in place only once every check has passed): a segment that is not
+//! accepted changes nothing.
 
 use super::tcp::TcpState;
 
@@ -282,14 +284,67 @@ pub fn tcp_in_window(
     seg: &Segment,
     liberal: bool,
 ) -> Check {
-    let mut sender = w[dir];
-    let mut receiver = w[1 - dir];
-    let liberal = liberal || sender.flags & flag::BE_LIBERAL != 0;
-    let mut seq = seg.seq;
-    let mut end = seg.end();
-    let win = u32::from(seg.window);
-    let mut ack = seg.ack;
-    let mut sack = ack;
+    if accept_in_window_ack(w, dir, seg) {
+        return Check::Accept;
+    }
+    tcp_in_window_general(w, dir, state, seg, liberal)
+}
+
+/// The common case of [`tcp_in_window`] in fewer steps: an ACK (no SYN, no
+/// RST) from a direction already seen and not checked liberally, inside the
+/// window. Returns whether it accepted the segment (and learned from it as
+/// the general path does); `false` changes nothing, and the general path
+/// decides.
+///
+/// Why it is the same: under these conditions [`tcp_in_window_general`]
+/// skips its first-segment branch (`maxwin != 0`), the SYN restart (no SYN),
+/// the replacement of a missing ACK and the zero-sequence RST rule (ACK set,
+/// no RST); `liberal` only chooses among out-of-window answers, which are
+/// left to it, as is a segment beyond `maxend` (its overshoot rule). What
+/// remains is the same four bounds on the same values, then [`learn`], and
+/// the BE_LIBERAL flags are not set on the sender, so nothing clears them.
+/// A property test compares the two on random windows and segments.
+#[inline(always)]
+fn accept_in_window_ack(w: &mut [Window; 2], dir: usize, seg: &Segment) -> bool {
+    debug_assert!(dir < 2, "a direction is 0 or 1");
+    // In place: nothing is written before every check has passed.
+    let [first, second] = w;
+    let (sender, receiver) = if dir == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    if sender.maxwin == 0
+        || seg.syn
+        || seg.rst
+        || !seg.ack_flag
+        || sender.flags & flag::BE_LIBERAL != 0
+    {
+        return false;
+    }
+    let (seq, end, ack) = (seg.seq, seg.end(), seg.ack);
+    let sack = sack_or_ack(receiver, seg);
+    let max_ack_win = sender.maxwin.max(MAX_ACK_WIN_CONST);
+    let in_window = before(seq, sender.maxend.wrapping_add(1))
+        && before(sack, receiver.end.wrapping_add(1))
+        && (receiver.maxwin == 0
+            || after(
+                end,
+                sender.end.wrapping_sub(receiver.maxwin).wrapping_sub(1),
+            ))
+        && after(sack, receiver.end.wrapping_sub(max_ack_win).wrapping_sub(1));
+    if !in_window {
+        return false;
+    }
+    learn(sender, receiver, seg, end, ack, sack);
+    true
+}
+
+/// The highest SACK edge of `seg` if it is beyond its ACK and the receiver
+/// allowed SACK, else the ACK.
+#[inline(always)]
+fn sack_or_ack(receiver: &Window, seg: &Segment) -> u32 {
+    let mut sack = seg.ack;
     if receiver.sack_permitted() {
         if let Some(edge) = seg.options.sack {
             if after(edge, sack) {
@@ -297,6 +352,26 @@ pub fn tcp_in_window(
             }
         }
     }
+    sack
+}
+
+/// [`tcp_in_window`], every case (Linux's `tcp_in_window`, step by step).
+#[inline(never)]
+fn tcp_in_window_general(
+    w: &mut [Window; 2],
+    dir: usize,
+    state: TcpState,
+    seg: &Segment,
+    liberal: bool,
+) -> Check {
+    let mut sender = w[dir];
+    let mut receiver = w[1 - dir];
+    let liberal = liberal || sender.flags & flag::BE_LIBERAL != 0;
+    let mut seq = seg.seq;
+    let mut end = seg.end();
+    let win = u32::from(seg.window);
+    let mut ack = seg.ack;
+    let mut sack = sack_or_ack(&receiver, seg);
 
     if sender.maxwin == 0 {
         // The first segment seen from this direction.
@@ -417,6 +492,23 @@ pub fn tcp_in_window(
     }
 
     // In window: learn from it.
+    learn(&mut sender, &mut receiver, seg, end, ack, sack);
+    if sender.flags & flag::BE_LIBERAL != 0 && receiver.maxwin != 0 {
+        // A picked-up flow with both directions seen: checked from now on.
+        sender.flags &= !flag::BE_LIBERAL;
+        receiver.flags &= !flag::BE_LIBERAL;
+    }
+    w[dir] = sender;
+    w[1 - dir] = receiver;
+    Check::Accept
+}
+
+/// Learn from an in-window segment `seg` (ending at `end`, acknowledging
+/// `ack`, or `sack` with a SACK edge beyond it): the sender's window, end
+/// and highest ACK, the receiver's window and how far it may send.
+#[inline(always)]
+fn learn(sender: &mut Window, receiver: &mut Window, seg: &Segment, end: u32, ack: u32, sack: u32) {
+    let win = u32::from(seg.window);
     let win = if seg.syn { win } else { win << sender.scale };
     let swin = win.wrapping_add(sack.wrapping_sub(ack));
     if sender.maxwin < swin {
@@ -444,14 +536,6 @@ pub fn tcp_in_window(
             receiver.maxend = receiver.maxend.wrapping_add(1);
         }
     }
-    if sender.flags & flag::BE_LIBERAL != 0 && receiver.maxwin != 0 {
-        // A picked-up flow with both directions seen: checked from now on.
-        sender.flags &= !flag::BE_LIBERAL;
-        receiver.flags &= !flag::BE_LIBERAL;
-    }
-    w[dir] = sender;
-    w[1 - dir] = receiver;
-    Check::Accept
 }
 
 /// An INVALID segment, unless liberal (never for an RST).
@@ -1056,5 +1140,129 @@ mod tests {
             .iter()
             .all(|d| d.liberal() && d.maxwin == 0 && d.scale == 7));
         assert!(w.iter().all(|d| d.sack_permitted()));
+    }
+
+    #[test]
+    fn the_common_case_takes_the_short_path() {
+        // An in-order data segment and its ACK on an established flow are
+        // decided by `accept_in_window_ack`, and as the general path would.
+        let mut w = established();
+        let data = seg(1001, Some(5001), 100, 502);
+        let mut general = w;
+        assert!(accept_in_window_ack(&mut w, 0, &data));
+        assert_eq!(
+            tcp_in_window_general(&mut general, 0, Established, &data, false),
+            Check::Accept
+        );
+        assert_eq!(w, general);
+        // Out of window: the short path declines and changes nothing.
+        let far = seg(1001 + (1 << 30), Some(5001), 100, 502);
+        assert!(!accept_in_window_ack(&mut w, 0, &far));
+        assert_eq!(w, general);
+    }
+
+    /// A sequence number near `base`: mostly within a few segments, else
+    /// within about two maximal windows, or anywhere.
+    fn near(base: u32) -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => Just(0i32),
+            6 => -3_000i32..3_000,
+            2 => -140_000i32..140_000,
+            1 => any::<i32>(),
+        ]
+        .prop_map(move |d| base.wrapping_add(d as u32))
+    }
+
+    /// A direction's state around `base`: seen or not, any scale, any flags
+    /// (BE_LIBERAL in a quarter).
+    fn window_near(base: u32) -> impl proptest::strategy::Strategy<Value = Window> {
+        use proptest::prelude::*;
+        (
+            near(base),
+            0u32..140_000,
+            prop_oneof![Just(0u32), 1u32..140_000, any::<u32>()],
+            near(base),
+            0u8..=14,
+            0u8..0x40,
+            prop::bool::weighted(0.25),
+        )
+            .prop_map(
+                |(end, ahead, maxwin, maxack, scale, flags, liberal)| Window {
+                    end,
+                    maxend: end.wrapping_add(ahead),
+                    maxwin,
+                    maxack,
+                    scale,
+                    flags: if liberal {
+                        flags
+                    } else {
+                        flags & !flag::BE_LIBERAL
+                    },
+                },
+            )
+    }
+
+    /// Both directions around one random point in sequence space, a
+    /// direction, and a segment in it whose numbers are near where the
+    /// windows stand (its sequence number near the sender's end, its ACK near
+    /// the receiver's, or zero, which RSTs treat apart): mostly ACKs,
+    /// sometimes SYN or RST or no ACK, some with a SACK edge.
+    fn windows_and_segment(
+    ) -> impl proptest::strategy::Strategy<Value = ([Window; 2], usize, Segment)> {
+        use proptest::prelude::*;
+        // Sometimes around zero, where an ACK or sequence number of zero
+        // (which RSTs treat apart) can be in window.
+        (prop_oneof![4 => any::<u32>(), 1 => near(0)], 0usize..2)
+            .prop_flat_map(|(base, dir)| ([window_near(base), window_near(base)], Just(dir)))
+            .prop_flat_map(|(w, dir)| {
+                let (sender, receiver) = (w[dir], w[1 - dir]);
+                let segment = (
+                    (
+                        prop_oneof![9 => near(sender.end), 1 => Just(0)],
+                        prop_oneof![9 => near(receiver.end), 1 => Just(0)],
+                        prop_oneof![Just(0u32), 0u32..70_000],
+                        any::<u16>(),
+                    ),
+                    (
+                        prop::bool::weighted(0.1),
+                        prop::bool::weighted(0.9),
+                        prop::bool::weighted(0.1),
+                    ),
+                    prop::option::of(near(receiver.end)),
+                )
+                    .prop_map(
+                        |((seq, ack, len, window), (syn, ack_flag, rst), sack)| Segment {
+                            seq,
+                            ack,
+                            len,
+                            window,
+                            syn,
+                            ack_flag,
+                            rst,
+                            options: Options {
+                                sack,
+                                ..Options::default()
+                            },
+                        },
+                    );
+                (Just(w), Just(dir), segment)
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_short_path_decides_as_the_general_path(
+            (w, dir, seg) in windows_and_segment(),
+            state in proptest::sample::select(TcpState::ALL.to_vec()),
+            liberal in proptest::bool::ANY,
+        ) {
+            let (mut both, mut general) = (w, w);
+            let a = tcp_in_window(&mut both, dir, state, &seg, liberal);
+            let b = tcp_in_window_general(&mut general, dir, state, &seg, liberal);
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(both, general);
+        }
     }
 }
