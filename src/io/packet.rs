@@ -1184,15 +1184,7 @@ impl Blackholes {
             );
         }
         let mut me = Blackholes { addrs: Vec::new() };
-        for a in want {
-            match nl.blackhole_add(a) {
-                Ok(()) => me.addrs.push(a),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    return Err(PacketError::RouteExists(a))
-                }
-                Err(e) => return Err(sys_err("adding a blackhole route")(e)),
-            }
-        }
+        me.extend(&want)?;
         Ok(me)
     }
 
