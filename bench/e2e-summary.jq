@@ -57,6 +57,7 @@ map(derive) as $runs
                     ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
                     ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "fwd"],
                     ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
+                    ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
                     ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"]) as [$s, $o] ({};
      if $med[$o] == null or $med[$s] == null then . else
        .[$s + "/" + $o] = (reduce tests[] as $t ({};

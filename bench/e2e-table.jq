@@ -7,12 +7,13 @@ def x: if . == null then dash else ((. * 100 | round) / 100 | tostring) + "x" en
 def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)",
            fwd: "minimal TUN forwarder (examples/tunfwd.rs)",
+           pktfwd: "tunlb's packet sockets, static NAT, no engine (examples/pktfwd.rs)",
            tunlb6: "IPv6: tunlb (nth)", kernel6: "IPv6: kernel NAT66 (ip6tables nth cascade + MASQUERADE)",
            haproxy6: "IPv6: HAProxy `mode tcp` roundrobin", direct6: "IPv6: direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "packet", "alt", "fwd", "kernel", "haproxy", "direct", "tunlb6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "packet", "alt", "fwd", "pktfwd", "kernel", "haproxy", "direct", "tunlb6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -73,6 +74,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
      ($m.kernel_nat66_rules // [] | map("  - `" + . + "`") | join("\n"))
    else empty end),
   "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
+  (if $md.pktfwd != null then "- pktfwd: examples/pktfwd.rs in lb: tunlb's own packet sockets (the rings, the filter, the blackhole route for the VIP, the next hops of `--io packet`), one thread, the same static NAT as fwd with tunlb's incremental checksum update, no engine. The floor under tunlb's packet datapath." else empty end),
   (if $md.fwd != null then "- fwd: examples/tunfwd.rs in lb, on a TUN tl0 198.18.0.254/24: one blocking read and one write per packet, static NAT without a table (client port p to backend p/2 mod 4 for port 80, b1 for 5201; source the VIP), no offloads (the kernel segments super-packets before the TUN). The floor under tunlb's TUN datapath." else empty end),
   "- HAProxy: `mode tcp`, `balance roundrobin`, bound to the VIP (a /32 on lb's loopback in that configuration only), default threads.",
   "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; light load: `wrk -t1 -c1 -d\($m.duration_s)s --latency -H 'Connection: close'` (one connection at a time); `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",

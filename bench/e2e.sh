@@ -10,9 +10,9 @@
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
 #   --configs LIST  comma-separated subset of tunlb,packet,alt,kernel,haproxy,direct,
-#                   fwd and of the IPv6 ones, tunlb6,kernel6,haproxy6,direct6 (fwd
-#                   and the IPv6 ones are never in the default list; e.g.
-#                   --configs kernel6,haproxy6, or --configs tunlb,fwd)
+#                   fwd, pktfwd and of the IPv6 ones, tunlb6,kernel6,haproxy6,direct6
+#                   (fwd, pktfwd and the IPv6 ones are never in the default list;
+#                   e.g. --configs kernel6,haproxy6, or --configs tunlb,fwd)
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
 #                   (e.g. "--threads 2", or "--io packet --threads 2": an alt
 #                   with --io packet gets no TUN), in the same rounds, for an A/B choice;
@@ -45,7 +45,11 @@
 #   E fwd      (with --configs ...,fwd only) examples/tunfwd.rs in tunlb's
 #              place: a minimal static-NAT forwarder on a TUN (one blocking
 #              read and one write per packet, no table, no offloads), the
-#              floor under tunlb's TUN datapath (issue 13).
+#              floor under tunlb's TUN datapath (issue 13);
+#   F pktfwd   (with --configs ...,pktfwd only) examples/pktfwd.rs: tunlb's
+#              own packet sockets (--io packet's rings, filter, blackhole
+#              route, next hops) with the same static NAT and no engine, the
+#              floor under tunlb's packet datapath.
 # The IPv6 row (issue 15; only when --configs names them): the same four on
 # a dual-stack topology with the IPv6 twins of the addresses (2001:2::/48,
 # VIP 2001:2::1, b1..b4 2001:2:0:2::3..6, see bench/lib-e2e.sh):
@@ -142,9 +146,9 @@ fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
-    tunlb | packet | kernel | haproxy | direct | fwd | tunlb6 | kernel6 | haproxy6 | direct6) ;;
+    tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | tunlb6 | kernel6 | haproxy6 | direct6) ;;
     alt) [ -n "$ALT" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags)" ;;
-    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, tunlb6, kernel6, haproxy6, direct6)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, tunlb6, kernel6, haproxy6, direct6)" ;;
   esac
 done
 
@@ -216,16 +220,19 @@ if contains tunlb || contains packet || contains alt || contains kernel || conta
   BIN="$E2E_WORK/tunlb"
   if "$BIN" run --help 2>/dev/null | grep -q -- '--control'; then TUNLB_HAS_CONTROL=1; fi
 fi
-FWD_BIN=''
-if contains fwd; then
+# The minimal forwarders (examples/tunfwd.rs, examples/pktfwd.rs), copied
+# like tunlb's binary.
+for fwd_cfg in fwd pktfwd; do
+  contains "$fwd_cfg" || continue
+  fwd_bin=tunfwd
+  [ "$fwd_cfg" = fwd ] || fwd_bin=pktfwd
   if [ -z "$NO_BUILD" ]; then
-    e2e_log "cargo build --release --example tunfwd"
-    (cd "$ROOT" && cargo build --release --quiet --example tunfwd) || e2e_die "cargo build --release --example tunfwd failed"
+    e2e_log "cargo build --release --example $fwd_bin"
+    (cd "$ROOT" && cargo build --release --quiet --example "$fwd_bin") || e2e_die "cargo build --release --example $fwd_bin failed"
   fi
-  [ -x "$ROOT/target/release/examples/tunfwd" ] || e2e_die "no tunfwd at target/release/examples/tunfwd (cargo build --release --example tunfwd)"
-  cp "$ROOT/target/release/examples/tunfwd" "$E2E_WORK/tunfwd"
-  FWD_BIN="$E2E_WORK/tunfwd"
-fi
+  [ -x "$ROOT/target/release/examples/$fwd_bin" ] || e2e_die "no $fwd_bin at target/release/examples/$fwd_bin (cargo build --release --example $fwd_bin)"
+  cp "$ROOT/target/release/examples/$fwd_bin" "$E2E_WORK/$fwd_bin"
+done
 
 # ---- the services -------------------------------------------------------------
 BACKENDS80=() BACKEND5201="$(e2e_baddr 1):5201"
@@ -286,18 +293,24 @@ start_tunlb() {
   return 1
 }
 
-# start_fwd P: the minimal TUN forwarder (examples/tunfwd.rs) in lb.
+# start_fwd P CFG: a minimal forwarder in lb: CFG fwd, the TUN one
+# (examples/tunfwd.rs); CFG pktfwd, the packet-socket one (examples/pktfwd.rs).
 start_fwd() {
-  local p=$1 log="$E2E_WORK/${1}fwd.log" b k backs=()
+  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" b k backs=() cmd
   for b in "${BACKENDS80[@]}"; do backs+=("${b%:*}"); done
-  e2e_bg "${p}lb" fwd "$log" "$FWD_BIN" tl0 198.18.0.254/24 "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}"
+  if [ "$cfg" = fwd ]; then
+    cmd=("$E2E_WORK/tunfwd" tl0 198.18.0.254/24 "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
+  else
+    cmd=("$E2E_WORK/pktfwd" "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
+  fi
+  e2e_bg "${p}lb" "$cfg" "$log" "${cmd[@]}"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   for ((k = 0; k < 200; k++)); do
     grep -qw ready "$log" 2>/dev/null && return 0
     e2e_pid_alive "$BAL_PID" || break
     sleep 0.05
   done
-  sed 's/^/    tunfwd: /' "$log" >&2
+  sed "s/^/    $cfg: /" "$log" >&2
   return 1
 }
 
@@ -392,7 +405,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | tunlb6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | tunlb6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
@@ -481,7 +494,7 @@ one_config() {
     kernel) start_kernel "$p" || ok= ;;
     haproxy) start_haproxy "$p" || ok= ;;
     direct) TARGET=$(e2e_baddr 1) ;;
-    fwd) start_fwd "$p" || ok= ;;
+    fwd | pktfwd) start_fwd "$p" "$cfg" || ok= ;;
     tunlb6) start_tunlb "$p" tunlb6 || ok= ;;
     kernel6) start_kernel6 "$p" || ok= ;;
     haproxy6) start_haproxy "$p" 6 || ok= ;;
@@ -542,8 +555,8 @@ one_config() {
           '{nat_prerouting: (split("\n") | map(select(length > 0))), conntrack_count_after: ($ct | tonumber)}') ;;
     haproxy | haproxy6)
       balancer_alive || extra='{"haproxy_died": true}' ;;
-    fwd)
-      balancer_alive || extra='{"tunfwd_died": true}'
+    fwd | pktfwd)
+      balancer_alive || extra='{"forwarder_died": true}'
       e2e_stop "$BAL_PID" "$BAL_NS" 5 ;;
   esac
   record "$p" "$round" "$cfg" after "$extra" "0 0 0" "0 0 0"
