@@ -236,63 +236,59 @@ fn established_ipv6(c: &mut Criterion) {
     g.finish();
 }
 
-fn new_connection(c: &mut Criterion) {
-    let syns: Vec<Vec<u8>> = (0..200_000)
-        .map(|i| Segment::new(client(i), VIP, SYN).build())
-        .collect();
+/// `iters` NEW connections, in batches of at most 200 k SYNs, each batch
+/// on a fresh engine; `steady`: the batch's flows were tracked once and
+/// expired before the timed run (see [`new_connection_steady`]).
+fn new_connections(syns: &[Vec<u8>], iters: u64, steady: bool) -> Duration {
     let mut buf = vec![0u8; 2048];
-    c.bench_function("new_connection", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let e = engine(1_000_000);
-                let n = left.min(syns.len() as u64);
-                let t0 = Instant::now();
-                for s in &syns[..n as usize] {
-                    per_packet(&e, s, &mut buf);
-                }
-                total += t0.elapsed();
-                left -= n;
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let e = engine(1_000_000);
+        let n = left.min(syns.len() as u64) as usize;
+        let mut now = Timestamp::from_secs(1);
+        if steady {
+            for s in &syns[..n] {
+                per_packet_at(&e, s, &mut buf, Timestamp::ZERO);
             }
-            total
-        })
+            // SYN_SENT times out after 120 s.
+            now = Timestamp::from_secs(1000);
+            while e.flow_count() > 0 {
+                e.handle_timeout(now);
+            }
+        }
+        let t0 = Instant::now();
+        for s in &syns[..n] {
+            per_packet_at(&e, s, &mut buf, now);
+        }
+        total += t0.elapsed();
+        left -= n as u64;
+    }
+    total
+}
+
+fn syns() -> Vec<Vec<u8>> {
+    (0..200_000)
+        .map(|i| Segment::new(client(i), VIP, SYN).build())
+        .collect()
+}
+
+/// A NEW connection in a table growing from empty (it pays for the maps'
+/// growth too).
+fn new_connection(c: &mut Criterion) {
+    let syns = syns();
+    c.bench_function("new_connection", |b| {
+        b.iter_custom(|iters| new_connections(&syns, iters, false))
     });
 }
 
 /// A NEW connection in a table in steady state (as many flows ending as
 /// starting): the table first held as many flows, which expired, so its
-/// maps have the room already, as a running balancer's have. The
-/// `new_connection` figure also pays for the maps' growth from empty.
+/// maps have the room already, as a running balancer's have.
 fn new_connection_steady(c: &mut Criterion) {
-    let syns: Vec<Vec<u8>> = (0..200_000)
-        .map(|i| Segment::new(client(i), VIP, SYN).build())
-        .collect();
-    let mut buf = vec![0u8; 2048];
+    let syns = syns();
     c.bench_function("new_connection_steady", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let e = engine(1_000_000);
-                let n = left.min(syns.len() as u64) as usize;
-                for s in &syns[..n] {
-                    per_packet_at(&e, s, &mut buf, Timestamp::ZERO);
-                }
-                // SYN_SENT times out after 120 s.
-                let later = Timestamp::from_secs(1000);
-                while e.flow_count() > 0 {
-                    e.handle_timeout(later);
-                }
-                let t0 = Instant::now();
-                for s in &syns[..n] {
-                    per_packet_at(&e, s, &mut buf, later);
-                }
-                total += t0.elapsed();
-                left -= n as u64;
-            }
-            total
-        })
+        b.iter_custom(|iters| new_connections(&syns, iters, true))
     });
 }
 
