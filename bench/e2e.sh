@@ -283,20 +283,26 @@ start_tunlb() {
   e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run "${io[@]}" \
     "${svc[@]}" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
-  local k
+  wait_ready "$log" tunlb
+}
+
+# wait_ready LOG NAME: wait (10 s at most) for the balancer just started to
+# log "ready"; if it does not (or dies), show its log, prefixed with NAME.
+wait_ready() {
+  local log=$1 name=$2 k
   for ((k = 0; k < 200; k++)); do
     grep -qw ready "$log" 2>/dev/null && return 0
     e2e_pid_alive "$BAL_PID" || break
     sleep 0.05
   done
-  sed 's/^/    tunlb: /' "$log" >&2
+  sed "s/^/    $name: /" "$log" >&2
   return 1
 }
 
 # start_fwd P CFG: a minimal forwarder in lb: CFG fwd, the TUN one
 # (examples/tunfwd.rs); CFG pktfwd, the packet-socket one (examples/pktfwd.rs).
 start_fwd() {
-  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" b k backs=() cmd
+  local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" b backs=() cmd
   for b in "${BACKENDS80[@]}"; do backs+=("${b%:*}"); done
   if [ "$cfg" = fwd ]; then
     cmd=("$E2E_WORK/tunfwd" tl0 198.18.0.254/24 "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
@@ -305,13 +311,7 @@ start_fwd() {
   fi
   e2e_bg "${p}lb" "$cfg" "$log" "${cmd[@]}"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
-  for ((k = 0; k < 200; k++)); do
-    grep -qw ready "$log" 2>/dev/null && return 0
-    e2e_pid_alive "$BAL_PID" || break
-    sleep 0.05
-  done
-  sed "s/^/    $cfg: /" "$log" >&2
-  return 1
+  wait_ready "$log" "$cfg"
 }
 
 # The ruleset tunlb prints for the same services, with MASQUERADE in place
