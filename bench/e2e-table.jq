@@ -4,7 +4,12 @@ def dash: "-";
 def i: if . == null then dash else round | tostring end;
 def f(n): if . == null then dash else (. * pow(10; n) | round) / pow(10; n) | tostring end;
 def x: if . == null then dash else ((. * 100 | round) / 100 | tostring) + "x" end;
-def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: "tunlb (nth) `\($m.alt_extra_args)`", kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
+# alt: the flags --alt added, and the other build --alt-bin named (its hash).
+def altname($m): "tunlb (nth)"
+  + (if ($m.alt_extra_args // "") != "" then " `\($m.alt_extra_args)`" else "" end)
+  + (if ($m.alt_binary_sha256_16 // "") != "" then ", other build \($m.alt_binary_sha256_16)" else "" end);
+def has_alt($m): (($m.alt_extra_args // "") != "") or (($m.alt_binary_sha256_16 // "") != "");
+def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: altname($m), kernel: "kernel NAT (iptables nth cascade + MASQUERADE)",
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)",
            fwd: "minimal TUN forwarder (examples/tunfwd.rs)",
            pktfwd: "tunlb's packet sockets, static NAT, no engine (examples/pktfwd.rs)",
@@ -37,7 +42,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
          ($v.keepalive.rps | i), ($v.keepalive.p50_ms | f(2)), ($v.keepalive.p99_ms | f(2)), ($v.seq_close.p50_ms | f(3)),
          ($v.iperf_1.gbps | f(2)), ($v.iperf_1R.gbps | f(2)), ($v.iperf_4.gbps | f(2)), ($v.iperf_4R.gbps | f(2))])),
   "",
-  "## Ratios (" + (if ($m.alt_extra_args // "") != "" then "A/B: A's median / B's, alt being tunlb with `\($m.alt_extra_args)`" else "tunlb's median / the other's" end) + "; rates: higher is better for " + (if ($m.alt_extra_args // "") != "" then "A" else "tunlb" end) + ", latency and CPU: lower is)",
+  "## Ratios (" + (if has_alt($m) then "A/B: A's median / B's, alt being \(altname($m))" else "tunlb's median / the other's" end) + "; rates: higher is better for " + (if has_alt($m) then "A" else "tunlb" end) + ", latency and CPU: lower is)",
   "",
   row(["ratio", "new conn/s", "p99 (close)", "keep-alive req/s", "sequential p50", "iperf3 1 c->s", "1 s->c", "4 c->s", "4 s->c",
        "machine CPU per new conn", "per keep-alive req"]),
@@ -66,7 +71,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
   "",
   "- Topology: client 198.18.1.2 -- lb (router, c0 198.18.1.1, bridge br0 198.18.2.1) -- b1..b4 198.18.2.3-6, each a network namespace, veth pairs, kernel default offloads. VIP 198.18.0.1: port 80 over the four backends, port 5201 to b1 only (iperf3's control and data connections must reach the same server).",
   "- Backends: nginx, one per namespace, fixed 3-byte response, keep-alive, no access log. `net.ipv4.tcp_tw_reuse=1` in the client (and lb) namespaces.",
-  "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, multi-queue TUN with offloads, busy polling while bulk data flows)" end) + (if ($m.alt_extra_args // "") != "" then "; alt: the same plus `\($m.alt_extra_args)`" else "" end) + "; nothing local on the VIP in lb.",
+  "- tunlb: `tunlb run --tun tl0 --tun-addr 198.18.0.254/24 --vip 198.18.0.1:80 --backend 198.18.2.3:80 ... --mode nth --config <5201 service>`" + (if ($m.tunlb_extra_args // "") != "" then " plus `\($m.tunlb_extra_args)`" else " (defaults otherwise: one packet thread, multi-queue TUN with offloads, busy polling while bulk data flows)" end) + (if ($m.alt_extra_args // "") != "" then "; alt: the same plus `\($m.alt_extra_args)`" else "" end) + (if ($m.alt_binary_sha256_16 // "") != "" then "; alt runs another build (sha256 \($m.alt_binary_sha256_16)..., `--alt-bin`)" else "" end) + "; nothing local on the VIP in lb.",
   "- kernel NAT: the rules `tunlb iptables` prints for the same services, SNAT replaced by MASQUERADE:",
   ($m.kernel_nat_rules[] | "  - `" + . + "`"),
   (if ($cfgs | any(endswith("6"))) then

@@ -19,6 +19,10 @@
 #                   split on spaces, and not flags tunlb already gets (--mode,
 #                   --vip, --backend, --config, --control, TUNLB_ARGS): tunlb
 #                   refuses a flag given twice
+#   --alt-bin PATH  run configuration "alt" with this tunlb binary (another
+#                   build: measure a change before and after in the same
+#                   rounds, e.g. --alt-bin /tmp/tunlb-before); --alt ARGS may
+#                   then be left out
 #   --bin PATH      use this tunlb binary instead of `cargo build --release`
 #   --no-build      use target/release/tunlb as it is
 #   --no-install    only report missing Debian packages, do not apt-get them
@@ -110,7 +114,7 @@ BENCH="$ROOT/bench"
 # shellcheck source-path=SCRIPTDIR source=lib-e2e.sh
 . "$BENCH/lib-e2e.sh"
 
-ROUNDS='' DUR='' QUICK='' KEEP='' NO_BUILD='' NO_INSTALL='' BIN='' OUT='' ALT=''
+ROUNDS='' DUR='' QUICK='' KEEP='' NO_BUILD='' NO_INSTALL='' BIN='' OUT='' ALT='' ALT_BIN=''
 CONFIGS=tunlb,kernel,haproxy,direct
 WRK_THREADS=2 WRK_CONNS=50 TUNLB_HAS_CONTROL=''
 
@@ -124,6 +128,7 @@ while [ $# -gt 0 ]; do
     --configs) CONFIGS=${2:?--configs needs a list}; shift 2 ;;
     --bin) BIN=${2:?--bin needs a path}; shift 2 ;;
     --alt) ALT=${2:?--alt needs tunlb flags}; shift 2 ;;
+    --alt-bin) ALT_BIN=${2:?--alt-bin needs a path}; shift 2 ;;
     --no-build) NO_BUILD=1; shift ;;
     --no-install) NO_INSTALL=1; shift ;;
     --out) OUT=${2:?--out needs a path}; shift 2 ;;
@@ -140,14 +145,14 @@ ROUNDS=${ROUNDS:-3} DUR=${DUR:-10} OUT=${OUT:-$BENCH/results/latest}
 [[ $DUR =~ ^[1-9][0-9]*$ ]] || e2e_die "--duration wants whole seconds >= 1, got '$DUR'"
 # --alt puts its configuration right after tunlb's (or last, without tunlb),
 # unless --configs placed it.
-if [ -n "$ALT" ] && [[ ,$CONFIGS, != *,alt,* ]]; then
+if [ -n "$ALT$ALT_BIN" ] && [[ ,$CONFIGS, != *,alt,* ]]; then
   if [[ ,$CONFIGS, == *,tunlb,* ]]; then CONFIGS=${CONFIGS/tunlb/tunlb,alt}; else CONFIGS+=,alt; fi
 fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
     tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | tunlb6 | kernel6 | haproxy6 | direct6) ;;
-    alt) [ -n "$ALT" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags)" ;;
+    alt) [ -n "$ALT$ALT_BIN" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags) or --alt-bin PATH (another build)" ;;
     *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, tunlb6, kernel6, haproxy6, direct6)" ;;
   esac
 done
@@ -220,6 +225,13 @@ if contains tunlb || contains packet || contains alt || contains kernel || conta
   BIN="$E2E_WORK/tunlb"
   if "$BIN" run --help 2>/dev/null | grep -q -- '--control'; then TUNLB_HAS_CONTROL=1; fi
 fi
+# --alt-bin: the other build, copied the same way.
+ALT_BIN_SHA=''
+if [ -n "$ALT_BIN" ]; then
+  [ -x "$ALT_BIN" ] || e2e_die "--alt-bin $ALT_BIN: not an executable file"
+  cp "$ALT_BIN" "$E2E_WORK/tunlb-alt"
+  ALT_BIN_SHA=$(sha256sum "$E2E_WORK/tunlb-alt" | cut -c1-16)
+fi
 # The minimal forwarders (examples/tunfwd.rs, examples/pktfwd.rs), copied
 # like tunlb's binary.
 for fwd_cfg in fwd pktfwd; do
@@ -280,7 +292,9 @@ start_tunlb() {
   fi
   # Its own control socket, so it never meets another tunlb's default one.
   [ -z "$TUNLB_HAS_CONTROL" ] || ctl=(--control "$E2E_WORK/${p}$cfg.sock")
-  e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$BIN" run "${io[@]}" \
+  local bin=$BIN
+  [ "$cfg" != alt ] || [ -z "$ALT_BIN" ] || bin=$E2E_WORK/tunlb-alt
+  e2e_bg "${p}lb" "$cfg" "$log" env NO_COLOR=1 "$bin" run "${io[@]}" \
     "${svc[@]}" "${ctl[@]}" "${TUNLB_EXTRA[@]}" "$@"
   BAL_PID=$E2E_PID BAL_NS="${p}lb"
   wait_ready "$log" tunlb
@@ -588,10 +602,10 @@ meta=$(jq -n --arg t0 "$START" --arg t1 "$END" --arg nproc "$(nproc)" --arg kern
   --arg model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg wrk "$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)" --arg haproxy "$(haproxy -v | head -n1 | cut -d' ' -f1-3)" \
   --arg nginx "$(nginx -v 2>&1 | sed 's/.*: //')" --arg iperf3 "$(iperf3 -v | head -n1 | cut -d' ' -f1-2)" \
-  --arg tunlb_args "${TUNLB_ARGS-}" --arg alt_args "$ALT" --arg iptables "$(iptables -V)" --arg rules "$(cat "$E2E_WORK/iptables-rules.txt" 2>/dev/null || true)" \
+  --arg tunlb_args "${TUNLB_ARGS-}" --arg alt_args "$ALT" --arg alt_bin "$ALT_BIN_SHA" --arg iptables "$(iptables -V)" --arg rules "$(cat "$E2E_WORK/iptables-rules.txt" 2>/dev/null || true)" \
   --arg rules6 "$(cat "$E2E_WORK/ip6tables-rules.txt" 2>/dev/null || true)" \
   '{started: $t0, finished: $t1, nproc: ($nproc | tonumber), kernel: $kernel, cpu_model: $model,
-    tunlb_commit: $rev, tunlb_extra_args: $tunlb_args, alt_extra_args: $alt_args, tunlb_src_files_modified: $dirty, tunlb_binary_sha256_16: $bin_sha,
+    tunlb_commit: $rev, tunlb_extra_args: $tunlb_args, alt_extra_args: $alt_args, alt_binary_sha256_16: $alt_bin, tunlb_src_files_modified: $dirty, tunlb_binary_sha256_16: $bin_sha,
     rounds: $rounds, duration_s: $dur, quick: $quick, order: ($cfgs | split(" ")),
     wrk: "-t2 -c50 --latency", loadavg_start: $load0, loadavg_end: $load1,
     other_build_procs_start: $others0, other_build_procs_end: $others1,
