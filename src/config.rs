@@ -5,7 +5,7 @@
 //! - The file (`--config FILE`) may declare any number of `[[service]]`
 //!   tables, plus `tun`, `tun_addr` (one prefix, or a list of one IPv4 and
 //!   one IPv6 prefix), `threads`, `max_flows`, `snat_ports`,
-//!   `mtu`, `busy_poll`, `stats_interval`, `tcp_liberal`, `pickup`,
+//!   `mtu`, `busy_poll`, `nice`, `stats_interval`, `tcp_liberal`, `pickup`,
 //!   `hash_key`, `state_file`, `state_interval`, `io`, `ifaces`, `pcap`,
 //!   `pcap_limit` and a
 //!   `[timeouts]` table (seconds per TCP state).
@@ -45,6 +45,13 @@ use crate::service::{BackendConfig, ConfigError, EngineConfig, ServiceConfig};
 /// `--busy-poll` when not given, in microseconds: what one bulk stream
 /// needed on the benchmark machine (see `datapath`'s module docs).
 pub const DEFAULT_BUSY_POLL_US: u32 = 50;
+
+/// `--nice` when not given: the packet threads' nice value, where the
+/// process may lower it (`CAP_SYS_NICE`). The kernel forwards in softirq,
+/// ahead of every task; a balancer in userspace that runs at the priority of
+/// the endpoints it wakes is preempted by each of them (see `datapath`'s
+/// module docs for the measurement).
+pub const DEFAULT_NICE: i32 = -10;
 
 /// The longest `--busy-poll` accepted, in microseconds: past a millisecond a
 /// spinning thread costs a core for nothing a sleeping one would miss.
@@ -248,6 +255,7 @@ pub struct File {
     snat_ports: Option<String>,
     mtu: Option<u16>,
     busy_poll: Option<u32>,
+    nice: Option<i32>,
     stats_interval: Option<u64>,
     control: Option<PathBuf>,
     metrics: Option<String>,
@@ -338,6 +346,9 @@ pub struct FlagRun {
     /// While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off).
     #[arg(long, value_name = "USECS")]
     pub busy_poll: Option<u32>,
+    /// Nice value of the packet threads, -20 to 19 (default -10 where permitted, i.e. with CAP_SYS_NICE; else they stay at the process's).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub nice: Option<i32>,
     /// Log a one-line counter summary every SECS seconds (default 0: off).
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
@@ -427,6 +438,8 @@ pub struct RunConfig {
     /// sleeps in `poll`, while bulk data flows (`net.core.busy_read` for
     /// the TUN); zero: never.
     pub busy_poll: Duration,
+    /// The packet threads' nice value.
+    pub nice: Nice,
     /// Period of the one-line counter summary; `None`: off.
     pub stats_interval: Option<Duration>,
     /// The control socket's path.
@@ -449,6 +462,17 @@ pub struct RunConfig {
     pub pcap: Option<PathBuf>,
     /// How much `--pcap` may record.
     pub pcap_limit: crate::pcap::Limit,
+}
+
+/// The packet threads' nice value (`--nice`, `nice`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nice {
+    /// The value, -20 to 19.
+    pub value: i32,
+    /// Given by a flag or the file: failing to set it is an error. The
+    /// default ([`DEFAULT_NICE`]) is only tried: without the privilege the
+    /// threads stay at the process's nice value.
+    pub explicit: bool,
 }
 
 /// A configuration problem, reported in one line with the fix.
@@ -708,6 +732,16 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
     if busy_poll > MAX_BUSY_POLL_US {
         return Err(Error::BusyPoll(busy_poll));
     }
+    let nice = match run.nice.or(file.nice) {
+        Some(n) => Nice {
+            value: in_range("--nice", n, -20..=19)?,
+            explicit: true,
+        },
+        None => Nice {
+            value: DEFAULT_NICE,
+            explicit: false,
+        },
+    };
     let tun_addr = tun_addr(run, &file, &engine)?;
     if tun_addr.v6.is_some() && mtu < 1280 {
         return Err(Error::MtuBelowIpv6(mtu));
@@ -734,6 +768,7 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
         threads,
         mtu,
         busy_poll: Duration::from_micros(u64::from(busy_poll)),
+        nice,
         stats_interval: (stats > 0).then(|| Duration::from_secs(stats)),
         metrics: run.metrics.clone().or(file.metrics),
         health,
@@ -1412,6 +1447,49 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
             "--busy-poll 1001 is out of range: use 0 (off) to 1000 microseconds, e.g. 50"
         );
         assert!(run_config(&f, &run(Some(50), Some(IoKind::Tun))).is_ok());
+    }
+
+    #[test]
+    fn nice_default_is_tried_a_given_one_is_required() {
+        let f = flags("198.18.0.1:80", &["198.18.2.3:80"]);
+        let run = |nice| FlagRun {
+            tun: Some("tl0".into()),
+            nice,
+            ..Default::default()
+        };
+        let r = run_config(&f, &run(None)).unwrap();
+        assert_eq!(
+            r.nice,
+            Nice {
+                value: DEFAULT_NICE,
+                explicit: false
+            }
+        );
+        for n in [-20, 0, 19] {
+            let r = run_config(&f, &run(Some(n))).unwrap();
+            assert_eq!(
+                r.nice,
+                Nice {
+                    value: n,
+                    explicit: true
+                }
+            );
+        }
+        let e = run_config(&f, &run(Some(-21))).unwrap_err().to_string();
+        assert_eq!(e, "--nice -21 is out of range: use -20 to 19");
+        // From the file; the flag overrides it.
+        let p = write("nice", "tun = \"tl0\"\nnice = 5\n");
+        let mut ff = f.clone();
+        ff.config = Some(p.clone());
+        assert_eq!(run_config(&ff, &run(None)).unwrap().nice.value, 5);
+        assert_eq!(run_config(&ff, &run(Some(-5))).unwrap().nice.value, -5);
+        std::fs::remove_file(p).unwrap();
+        // A negative value parses as one, not as a flag.
+        let cli = clap::Command::new("t");
+        let m = <FlagRun as clap::Args>::augment_args(cli)
+            .try_get_matches_from(["t", "--nice", "-10"])
+            .unwrap();
+        assert_eq!(m.get_one::<i32>("nice"), Some(&-10));
     }
 
     #[test]

@@ -166,6 +166,14 @@ enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// `--nice` asks for a nice value this process may not give its threads.
+    #[error("--nice {value}: cannot give the packet threads that nice value: {source}; a value below the process's needs CAP_SYS_NICE (or a high enough RLIMIT_NICE): grant it, or leave --nice out (then tunlb tries {default} and otherwise runs at the process's nice value)", default = tunlb::config::DEFAULT_NICE)]
+    Nice {
+        /// The value asked for.
+        value: i32,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The `--pcap` file cannot be created.
     #[error("--pcap {}: cannot create it: {source}", path.display())]
     Pcap {
@@ -200,6 +208,8 @@ struct Opened {
 
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
+    // Before anything is set up: a --nice this process may not give is refused.
+    let nice = packet_nice(cfg.nice)?;
     let mut opened = prepare_host(&cfg, args.run.set_sysctls)?;
     let engine = Arc::new(Engine::new(cfg.engine.clone())?);
     let clock = Clock::start();
@@ -214,7 +224,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     };
     let (control, metrics) = serve_queries(&cfg, source, &stop)?;
     let health = spawn_health(&cfg, &engine, &stop)?;
-    log_ready(&cfg, &opened.device, &engine);
+    log_ready(&cfg, &opened.device, &engine, nice);
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
     let capture = open_capture(&cfg)?;
@@ -223,6 +233,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
         stats_interval: cfg.stats_interval,
         busy_poll: cfg.busy_poll,
         capture: capture.clone(),
+        nice,
     };
     let mut last_status = clock.now();
     let mut on_tick = |engine: &Engine, now: tunlb::Timestamp| {
@@ -465,10 +476,39 @@ fn open_capture(cfg: &RunConfig) -> Result<Option<Arc<tunlb::pcap::Recorder>>, R
 }
 
 /// The `ready` line that scripts wait for.
-fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine) {
+/// The nice value the packet threads will take: `--nice` if this process
+/// may give it (an error if not), else the default if it may (`None` if
+/// not: the threads stay at the process's, as without the privilege).
+fn packet_nice(nice: tunlb::config::Nice) -> Result<Option<i32>, RunError> {
+    match datapath::try_nice(nice.value) {
+        Ok(()) => Ok(Some(nice.value)),
+        Err(source) if nice.explicit => Err(RunError::Nice {
+            value: nice.value,
+            source,
+        }),
+        Err(e) => {
+            tracing::debug!(
+                "packet threads stay at the process's nice value: nice {} needs CAP_SYS_NICE ({e})",
+                nice.value
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine, nice: Option<i32>) {
     let packet = cfg.io == IoKind::Packet;
+    // Without the privilege the threads inherit this thread's (the process's).
+    let nice = match (nice, datapath::current_thread_nice()) {
+        (Some(n), _) => format!("nice {n}"),
+        (None, Ok(n)) => format!(
+            "nice {n} (the process's; {} needs CAP_SYS_NICE)",
+            cfg.nice.value
+        ),
+        (None, Err(_)) => "the process's nice value".into(),
+    };
     tracing::info!(
-        "ready: {} {} ({}, {}), {}; {} thread(s), max {} flows",
+        "ready: {} {} ({}, {}), {}; {} thread(s) at {nice}, max {} flows",
         if packet { "packet on" } else { "tun" },
         device.name,
         if packet {

@@ -366,7 +366,7 @@ _tunlb() {
             return 0
             ;;
         tunlb__subcmd__run)
-            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --pcap --pcap-limit --help --version"
+            opts="-h -V --vip --backend --mode --snat --max-flows --config --tun --tun-addr --threads --mtu --busy-poll --nice --stats-interval --trace --set-sysctls --control --metrics --health-check --pickup --hash-key --state-file --state-interval --no-offload --liberal --io --iface --pcap --pcap-limit --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -413,6 +413,10 @@ _tunlb() {
                     return 0
                     ;;
                 --busy-poll)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nice)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

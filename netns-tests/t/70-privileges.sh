@@ -4,7 +4,10 @@
 # TUN pre-created for nobody (ip tuntap add ... user nobody), tunlb runs as
 # nobody with no capability at all, attaches, and balances; it leaves the
 # device it did not create in place. (3) The same as (1) for an IPv6
-# service (issue 15).
+# service (issue 15). (4) The packet threads' nice value (--nice): -10 by
+# default as root, what --nice says, the process's as nobody without
+# CAP_SYS_NICE, and an explicit --nice -10 there is a one-line error before
+# anything is set up.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -34,6 +37,13 @@ caps_of() {
   awk '/^Uid:/ { u = $2 "," $3 "," $4 "," $5 } /^CapEff:/ { e = $2 } /^CapPrm:/ { p = $2 }
     END { print "uid=" u, "eff=" e, "prm=" p }' "/proc/$1/status"
 }
+# thread_nice PID NAME: the nice value of PID's thread NAME (field 19 of its stat).
+thread_nice() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = "$2" ] && awk '{ print $19 }' "$t/stat"
+  done
+}
 four() { for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' '; }
 
 # (1) CAP_NET_ADMIN only.
@@ -43,6 +53,10 @@ c=$(caps_of "$TUNLB_PID")
 check_eq "runs as nobody with exactly CAP_NET_ADMIN" "$c" \
   "uid=65534,65534,65534,65534 eff=0000000000001000 prm=0000000000001000"
 check_eq "CAP_NET_ADMIN only: requests flow" "$(four)" "b1 b2 b3 b4 "
+check_eq "CAP_NET_ADMIN only: the packet thread stays at the process's nice value" \
+  "$(thread_nice "$TUNLB_PID" tunlb-pkt0)" 0
+check "CAP_NET_ADMIN only: the ready line says so" \
+  grep -q "thread(s) at nice 0 (the process's; -10 needs CAP_SYS_NICE)" "$TUNLB_LOG"
 t_tunlb_stop
 check "CAP_NET_ADMIN only: the TUN it created is gone after SIGTERM" \
   test -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
@@ -74,3 +88,29 @@ check_eq "IPv6, CAP_NET_ADMIN only: requests flow" "$four6" "b1 b2 b3 b4 "
 check "IPv6: the TUN holds the IPv6 prefix" grep -q "inet6 $TL_TUN_ADDR6" \
   <<<"$(ip -n "${P}lb" -6 addr show dev "$TL_TUN" 2>/dev/null)"
 t_tunlb_stop
+
+# (4) Nice values. As root: -10 by default, on every packet thread only.
+t_tunlb_start --threads 2
+check_eq "root: both packet threads at nice -10, the main thread as it was" \
+  "$(thread_nice "$TUNLB_PID" tunlb-pkt0) $(thread_nice "$TUNLB_PID" tunlb-pkt1) $(thread_nice "$TUNLB_PID" tunlb)" \
+  "-10 -10 0"
+check "root: the ready line says nice -10" grep -q "thread(s) at nice -10," "$TUNLB_LOG"
+check_eq "root, nice -10: requests flow" "$(four)" "b1 b2 b3 b4 "
+t_tunlb_stop
+t_tunlb_start --nice 5
+check_eq "--nice 5: the packet thread at 5" "$(thread_nice "$TUNLB_PID" tunlb-pkt0)" 5
+t_tunlb_stop
+# As nobody without CAP_SYS_NICE, asking for -10 is refused before the TUN exists.
+if out=$(ip netns exec "${P}lb" timeout 10 "${NOBODY[@]}" --inh-caps=-all,+net_admin \
+  --ambient-caps=+net_admin --bounding-set=-all,+net_admin "$BIN" run --tun "$TL_TUN" \
+  --tun-addr "$TL_TUN_ADDR" "${service[@]}" --nice -10 --control "$T_DIR/nice.sock" 2>&1); then
+  rc=0
+else
+  rc=$?
+fi
+check_eq "nobody, --nice -10: exit status 1" "$rc" 1
+check_eq "nobody, --nice -10: one line" "$(grep -c . <<<"$out")" 1
+check "nobody, --nice -10: the line names the flag and CAP_SYS_NICE ($out)" \
+  grep -q -- "--nice -10: .*CAP_SYS_NICE" <<<"$out"
+check "nobody, --nice -10: no TUN was created" \
+  test -z "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"

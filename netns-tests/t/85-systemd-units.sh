@@ -13,7 +13,10 @@
 # from its SystemCallFilter=, RestrictAddressFamilies=,
 # MemoryDenyWriteExecute= and SystemCallArchitectures=native, stricter than
 # the unit's too: a syscall outside the list kills tunlb instead of failing
-# with EPERM. It must create its TUN, balance, answer `tunlb stats` on the
+# with EPERM (one the unit's "~" lines deny fails with its
+# SystemCallErrorNumber=, as under systemd: tunlb's setpriority() for its
+# packet threads does), at the unit's Nice=. It must create its TUN, balance,
+# run its packet thread at that nice value, answer `tunlb stats` on the
 # unit's control socket, reload on the unit's ExecReload and stop cleanly;
 # --set-sysctls must fail there (/proc/sys is read-only). Two negative checks
 # show the filter bites. User namespaces, DeviceAllow= and the other
@@ -128,6 +131,10 @@ while read -r line; do
 done < <(setting SystemCallFilter)
 POLICY=$T_DIR/policy
 comm -23 <(sort -u "$allow") <(sort -u "$deny") | sed 's/^/allow /' >"$POLICY"
+# What the "~" lines deny fails with SystemCallErrorNumber=, as under systemd.
+check_eq "the unit's SystemCallErrorNumber=" "$(setting SystemCallErrorNumber)" EPERM
+sort -u "$deny" | sed 's/^/deny /' >>"$POLICY"
+echo "errno 1" >>"$POLICY"
 for fam in $(setting RestrictAddressFamilies); do
   case $fam in
     AF_UNIX) echo "family 1" ;; AF_INET) echo "family 2" ;; AF_INET6) echo "family 10" ;;
@@ -141,7 +148,8 @@ note "seccomp policy: $(grep -c '^allow' "$POLICY") syscalls; socket families $(
 cat >"$T_DIR/seccomp.py" <<'EOF'
 """seccomp.py POLICY CMD ARGS...: exec CMD under a seccomp filter.
 
-POLICY lines: "allow NAME" (a syscall), "family N" (a socket() address family
+POLICY lines: "allow NAME" (a syscall), "deny NAME" (a syscall that fails with
+the errno of an "errno N" line), "family N" (a socket() address family
 allowed), "mdwe" (no writable+executable mapping, no mprotect to executable).
 Native x86-64 syscalls only; any other syscall kills the process."""
 import ctypes
@@ -157,11 +165,15 @@ LD, JEQ, JGE, JSET, AND, RET = 0x20, 0x15, 0x35, 0x45, 0x54, 0x06
 
 with open("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") as f:
     NR = {m[1]: int(m[2]) for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", f.read())}
-allowed, families, mdwe = set(), [], False
+allowed, denied, errno, families, mdwe = set(), set(), None, [], False
 with open(sys.argv[1]) as f:
     for w in map(str.split, f):
         if w[:1] == ["allow"] and w[1] in NR:
             allowed.add(NR[w[1]])
+        elif w[:1] == ["deny"] and w[1] in NR:
+            denied.add(NR[w[1]])
+        elif w[:1] == ["errno"]:
+            errno = int(w[1])
         elif w[:1] == ["family"]:
             families.append(int(w[1]))
         elif w == ["mdwe"]:
@@ -198,6 +210,10 @@ if mdwe:
 for n in sorted(allowed):
     op(JEQ, n, 0, 1)
     op(RET, ALLOW)
+if errno is not None:
+    for n in sorted(denied - allowed):
+        op(JEQ, n, 0, 1)
+        op(RET, ERRNO | errno)
 op(RET, KILL)
 
 class Fprog(ctypes.Structure):
@@ -236,6 +252,10 @@ check_eq "the unit's capabilities (ambient / bounding set)" "$caps / $bound" "ne
 AS_UNIT=(setpriv --reuid=65534 --regid=65534 --clear-groups
   --inh-caps="-all,+$caps" --ambient-caps="+$caps" --bounding-set="-all,+$bound")
 [ "$(setting NoNewPrivileges)" = yes ] && AS_UNIT+=(--no-new-privs)
+# Nice=: systemd sets it (as root) before dropping privileges.
+NICE=$(setting Nice)
+check_eq "the unit's Nice=" "$NICE" -10
+AS_UNIT=(nice -n "$NICE" "${AS_UNIT[@]}")
 
 # A 0666 node for /dev/net/tun where the host's is not (see 70-privileges).
 TUN_NODE=
@@ -281,6 +301,11 @@ t_tunlb_start_cmd env TUN_NODE="$TUN_NODE" TUNLB_BIN="$TUNLB_BIN" RUNTIME="$RUNT
 check_eq "runs as nobody, CAP_NET_ADMIN only, no_new_privs, seccomp filter" "$(caps_of "$TUNLB_PID")" \
   "uid=65534,65534,65534,65534 eff=0000000000001000 nnp=1 seccomp=2"
 check "it created its TUN" test -n "$(ip -n "${P}lb" link show "$TL_TUN" 2>/dev/null)"
+pkt_nice=$(for t in /proc/"$TUNLB_PID"/task/*; do
+  [ "$(cat "$t/comm" 2>/dev/null)" = tunlb-pkt0 ] && awk '{ print $19 }' "$t/stat"; done)
+check_eq "its packet thread runs at the unit's Nice= (its own setpriority failed with EPERM)" \
+  "$pkt_nice" "$NICE"
+check "the ready line gives that nice value" grep -q "thread(s) at nice $NICE (the process's" "$TUNLB_LOG"
 check_eq "requests flow through the VIP" "$(four)" "b1 b2 b3 b4 "
 CONTROL=$(printf '%s\n' "${EXEC[@]}" | sed -n '/^--control$/{n;p}')
 check "tunlb stats answers on the unit's control socket $CONTROL" \

@@ -1,8 +1,8 @@
 //! The few system calls `std` and the `tun` crate do not offer: multi-queue
 //! TUN attach, the virtio-net header and offloads, interface addressing
-//! (IPv4 and IPv6),
-//! poll; and for the packet datapath, packet and netlink sockets, their
-//! options, the socket filter and the shared memory of a receive ring.
+//! (IPv4 and IPv6), poll, a thread's nice value; and for the packet
+//! datapath, packet and netlink sockets, their options, the socket filter
+//! and the shared memory of a receive ring.
 //!
 //! This is the only module of tunlb with `unsafe` code; each call says why it
 //! is sound. Everything else (open, read, write, close) goes through `std`.
@@ -164,6 +164,35 @@ pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<
 }
 
 // ---- sockets: packet sockets and netlink (for `io::packet`, `io::netlink`) ----
+
+/// Set the calling thread's nice value (`setpriority(PRIO_PROCESS, gettid(),
+/// nice)`: on Linux a thread id names one thread, not the process). Lowering
+/// it below the current value needs `CAP_SYS_NICE` or a large enough
+/// `RLIMIT_NICE` (`EACCES` otherwise); raising it needs nothing.
+pub(crate) fn set_thread_nice(nice: c_int) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; `tid` is this thread's id.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) })
+}
+
+/// Return the calling thread's nice value.
+pub(crate) fn thread_nice() -> io::Result<c_int> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // getpriority returns the value itself, and -1 is a valid nice value:
+    // errno, cleared before the call, tells an error apart.
+    // SAFETY: __errno_location returns this thread's errno; getpriority
+    // takes plain integers.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n)
+    }
+}
 
 /// `socket(domain, ty | SOCK_CLOEXEC, protocol)`.
 pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
