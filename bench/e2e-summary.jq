@@ -55,7 +55,7 @@ map(derive) as $runs
    medians: $med,
    ratios: (reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
                     ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
-                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "fwd"],
+                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "packet"], ["alt", "fwd"],
                     ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
                     ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
                     ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"]) as [$s, $o] ({};

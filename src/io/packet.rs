@@ -714,10 +714,13 @@ struct Queue {
     pending: Vec<(usize, Vec<u8>)>,
     /// How many of `pending` are in use.
     npending: usize,
+    /// The rings' sockets, to wait on when they run dry.
+    waiting: sys::PollSet,
 }
 
-/// At most this many frames wait to be sent together.
+/// At most this many frames wait to be sent together (one `sendmmsg`).
 pub const TX_BATCH: usize = 32;
+const _: () = assert!(TX_BATCH <= sys::SENDMMSG_MAX);
 /// Frames up to this size wait; bigger ones (super-packets) go at once.
 const TX_SMALL: usize = 2048;
 
@@ -729,11 +732,17 @@ impl Queue {
             return;
         }
         for pos in 0..self.rings.len() {
-            let bufs: Vec<&[u8]> = self.pending[..self.npending]
-                .iter()
-                .filter(|(p, _)| *p == pos)
-                .map(|(_, b)| b.as_slice())
-                .collect();
+            // This interface's frames, in order (no allocation: TX_BATCH
+            // slices on the stack).
+            let mut bufs: [&[u8]; TX_BATCH] = [&[]; TX_BATCH];
+            let mut n = 0;
+            for (p, b) in &self.pending[..self.npending] {
+                if *p == pos {
+                    bufs[n] = b;
+                    n += 1;
+                }
+            }
+            let bufs = &bufs[..n];
             let mut at = 0;
             // Bounded: each turn sends at least one frame or drops one.
             while at < bufs.len() {
@@ -879,7 +888,10 @@ impl AfPacket {
         let queues = rings
             .into_iter()
             .map(|rings| {
+                let fds: Vec<_> = rings.iter().map(|r: &Ring| r.fd.as_fd()).collect();
+                let waiting = sys::PollSet::new(&fds);
                 Ok(Mutex::new(Queue {
+                    waiting,
                     rings,
                     next: 0,
                     arrived: 0,
@@ -1004,8 +1016,7 @@ impl PacketIo for AfPacket {
         if timeout.is_zero() {
             return Ok(None);
         }
-        let fds: Vec<_> = q.rings.iter().map(|r| r.fd.as_fd()).collect();
-        if !sys::poll_any(&fds, timeout)? {
+        if !q.waiting.wait(timeout)? {
             return Ok(None);
         }
         Ok(q.try_recv(buf, &self.counters))
@@ -1043,27 +1054,22 @@ impl PacketIo for AfPacket {
                         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
                         self.refuse(&mut q, Unreachable::TooBig { mtu }, generation);
                     }
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("{len} bytes for {dst}: larger than the MTU {mtu}"),
-                    ));
+                    // The details at debug level only: a drop allocates nothing.
+                    tracing::debug!("{len} bytes for {dst}: larger than the MTU {mtu}");
+                    return Err(io::ErrorKind::InvalidInput.into());
                 }
                 (pos, mac)
             }
             Next::Wait => {
-                return Err(io::Error::new(
-                    io::ErrorKind::HostUnreachable,
-                    format!("no next hop known for {dst} yet"),
-                ))
+                tracing::debug!("no next hop known for {dst} yet");
+                return Err(io::ErrorKind::HostUnreachable.into());
             }
             Next::Refused(why) => {
                 if let Some(why) = why {
                     self.refuse(&mut q, why, generation);
                 }
-                return Err(io::Error::new(
-                    io::ErrorKind::HostUnreachable,
-                    format!("{dst} is unreachable"),
-                ));
+                tracing::debug!("{dst} is unreachable");
+                return Err(io::ErrorKind::HostUnreachable.into());
             }
         };
         let eth = start - ETH_LEN;

@@ -292,45 +292,39 @@ pub(crate) fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<us
     }
 }
 
+/// At most this many datagrams go in one [`sendmmsg`] call (its headers
+/// live on the stack: nothing is allocated per call).
+pub(crate) const SENDMMSG_MAX: usize = 64;
+
 /// `sendmmsg(fd, bufs, flags)`: send each buffer as one datagram in one
-/// system call; returns how many the kernel took (in order; the first one
-/// it did not take failed, with the error if none was taken).
+/// system call, at most [`SENDMMSG_MAX`] of them; returns how many the
+/// kernel took (in order; the first one it did not take failed, with the
+/// error if none was taken).
 pub(crate) fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<usize> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            // SAFETY: all-zero is a valid msghdr (no name, no control).
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_iov = v;
-            h.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    // SAFETY: msgs holds msgs.len() headers, each pointing at one iovec of
-    // `iov`, each describing a live buffer of `bufs` the kernel only reads;
-    // all of them outlive the call.
-    let n = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            flags,
-        )
-    };
-    if n < 0 {
+    let n = bufs.len().min(SENDMMSG_MAX);
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SENDMMSG_MAX];
+    for (v, b) in iov.iter_mut().zip(&bufs[..n]) {
+        v.iov_base = b.as_ptr() as *mut libc::c_void;
+        v.iov_len = b.len();
+    }
+    // SAFETY: all-zero is a valid mmsghdr (no name, no iovec, no control).
+    let mut msgs: [libc::mmsghdr; SENDMMSG_MAX] = unsafe { std::mem::zeroed() };
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first n headers each point at one iovec of `iov`, each
+    // describing a live buffer of `bufs` the kernel only reads; all of them
+    // outlive the call.
+    let sent =
+        unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, flags) };
+    if sent < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(n as usize)
+        Ok(sent as usize)
     }
 }
 
@@ -346,29 +340,49 @@ pub(crate) fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: c_int) -> io::Resul
     }
 }
 
-/// Wait until one of `fds` is readable or `timeout` passes. Returns whether
-/// one is.
-pub(crate) fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
-    let mut ps: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().min(c_int::MAX as u128) as c_int;
-    // SAFETY: `ps` holds ps.len() valid pollfds for the duration of the call.
-    let n = unsafe { libc::poll(ps.as_mut_ptr(), ps.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+/// The descriptors a thread waits on, prepared once: waiting allocates
+/// nothing. The descriptors must stay open as long as the set is used (its
+/// owner holds them).
+#[derive(Debug)]
+pub(crate) struct PollSet(Vec<libc::pollfd>);
+
+impl PollSet {
+    /// A set of `fds`, each waited on for input.
+    pub(crate) fn new(fds: &[BorrowedFd<'_>]) -> Self {
+        PollSet(
+            fds.iter()
+                .map(|f| libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
+        )
     }
-    Ok(n > 0)
+
+    /// Wait until one descriptor is readable or `timeout` passes. Returns
+    /// whether one is (an interrupted wait is a timeout).
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        let ms = timeout.as_millis().min(c_int::MAX as u128) as c_int;
+        // SAFETY: self.0 holds self.0.len() pollfds for the duration of the
+        // call; the kernel writes only their `revents`.
+        let n = unsafe { libc::poll(self.0.as_mut_ptr(), self.0.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n > 0)
+    }
+}
+
+/// Wait until one of `fds` is readable or `timeout` passes. Returns whether
+/// one is. (Allocates: for waits off the packet path; see [`PollSet`].)
+pub(crate) fn poll_any(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<bool> {
+    PollSet::new(fds).wait(timeout)
 }
 
 /// A shared memory mapping of a packet socket's ring. Frame headers are
