@@ -21,7 +21,8 @@
 # --set-sysctls must fail there (/proc/sys is read-only). Two negative checks
 # show the filter bites. User namespaces, DeviceAllow= and the other
 # cgroup-based settings are not emulated. netns-tests/t/70-privileges.sh
-# covers CAP_NET_ADMIN alone without the rest of the sandbox.
+# covers CAP_NET_ADMIN alone without the rest of the sandbox. (4) The same
+# run on the packet datapath, with tunlb-packet.conf's additions.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -133,8 +134,10 @@ POLICY=$T_DIR/policy
 comm -23 <(sort -u "$allow") <(sort -u "$deny") | sed 's/^/allow /' >"$POLICY"
 # What the "~" lines deny fails with SystemCallErrorNumber=, as under systemd.
 check_eq "the unit's SystemCallErrorNumber=" "$(setting SystemCallErrorNumber)" EPERM
-sort -u "$deny" | sed 's/^/deny /' >>"$POLICY"
-echo "errno 1" >>"$POLICY"
+{
+  sort -u "$deny" | sed 's/^/deny /'
+  echo "errno 1"
+} >>"$POLICY"
 for fam in $(setting RestrictAddressFamilies); do
   case $fam in
     AF_UNIX) echo "family 1" ;; AF_INET) echo "family 2" ;; AF_INET6) echo "family 10" ;;
@@ -363,4 +366,50 @@ if [[ $out == "rc=1 "*"Address family not supported"* ]]; then
   ok "a filter without AF_INET: tunlb cannot configure its TUN (exit 1)"
 else
   not_ok "a filter without AF_INET: want exit 1 naming the address family, got: ${out:0:300}"
+fi
+
+# (4) The packet datapath under the unit plus tunlb-packet.conf: the drop-in's
+# capabilities and address families added to the unit's (as systemd merges
+# them), the config saying io = "packet". It must start, add its blackhole
+# route, balance, and leave nothing behind on SIGTERM.
+DROPIN=$UNITS/tunlb-packet.conf
+dropin() { sed -n "s/^$1=//p" "$DROPIN"; }
+caps_p=$(printf '%s %s\n' "$(setting AmbientCapabilities)" "$(dropin AmbientCapabilities)" |
+  tr 'A-Z ' 'a-z\n' | sed 's/^cap_//' | grep . | paste -sd, -)
+bound_p=$(printf '%s %s\n' "$(setting CapabilityBoundingSet)" "$(dropin CapabilityBoundingSet)" |
+  tr 'A-Z ' 'a-z\n' | sed 's/^cap_//' | grep . | paste -sd, -)
+check_eq "the drop-in's capabilities added (ambient / bounding set)" "$caps_p / $bound_p" \
+  "net_admin,net_raw / net_admin,net_raw"
+cp "$POLICY" "$T_DIR/policy-packet"
+for fam in $(dropin RestrictAddressFamilies); do
+  case $fam in
+    AF_PACKET) echo "family 17" ;; AF_NETLINK) echo "family 16" ;;
+    *) not_ok "tunlb-packet.conf: RestrictAddressFamilies=$fam: unknown to this test" ;;
+  esac
+done >>"$T_DIR/policy-packet"
+AS_UNIT_P=(nice -n "$NICE" setpriv --reuid=65534 --regid=65534 --clear-groups
+  --inh-caps="-all,+${caps_p//,/,+}" --ambient-caps="+${caps_p//,/,+}" --bounding-set="-all,+${bound_p//,/,+}")
+[ "$(setting NoNewPrivileges)" = yes ] && AS_UNIT_P+=(--no-new-privs)
+printf 'io = "packet"\nmetrics = "127.0.0.1:9100"\n\n[[service]]\nvip = "%s:80"\nmode = "nth"\nbackends = [%s]\n' \
+  "$VIP" "$(for i in 1 2 3 4; do printf '"%s:80",' "$(tl_backend_addr "$i")"; done | sed 's/,$//')" \
+  >"$CONF_DIR/$INSTANCE.toml"
+t_tunlb_start_cmd env TUN_NODE="$TUN_NODE" TUNLB_BIN="$TUNLB_BIN" RUNTIME="$RUNTIME" \
+  unshare --mount --propagation private -- sh -c "$SANDBOX" sandbox \
+  "${AS_UNIT_P[@]}" "${AS_SERVICE[@]}" "$T_DIR/policy-packet" "${EXEC[@]}"
+check_eq "packet: runs as nobody, CAP_NET_ADMIN and CAP_NET_RAW, no_new_privs, seccomp filter" \
+  "$(caps_of "$TUNLB_PID")" "uid=65534,65534,65534,65534 eff=0000000000003000 nnp=1 seccomp=2"
+check "packet: the ready line names the packet datapath" grep -q "ready: packet on" "$TUNLB_LOG"
+check "packet: its blackhole route for the VIP" \
+  grep -q "blackhole $VIP " <<<"$(ip -n "${P}lb" route show proto 213)"
+check_eq "packet: requests flow through the VIP" "$(four)" "b1 b2 b3 b4 "
+pid=$TUNLB_PID
+t_tunlb_stop
+rc=0
+wait "$pid" || rc=$?
+check_eq "packet: SIGTERM: exit status" "$rc" 0
+check_eq "packet: the blackhole route is gone" "$(ip -n "${P}lb" route show proto 213)" ""
+if grep -qiw 'error\|panicked' "$TUNLB_LOG"; then
+  not_ok "packet: no error in the log: $(grep -iw 'error\|panicked' "$TUNLB_LOG" | head -3)"
+else
+  ok "packet: no error in the log"
 fi
