@@ -19,6 +19,8 @@
 #    removes it.
 # 4. Without CAP_NET_RAW (nobody with CAP_NET_ADMIN only): exit 1 with one
 #    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
+# 5. An interface tunlb listens on goes down, then up: tunlb does not spin
+#    (its sockets' ENETDOWN is read), and balances throughout.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -139,3 +141,33 @@ check "the line names CAP_NET_RAW and says --io vnet needs only CAP_NET_ADMIN" \
   grep -q 'needs CAP_NET_RAW, which this process lacks.*--io vnet (the TUN, the default) needs only CAP_NET_ADMIN' \
   "$T_DIR/nocap.out"
 check_eq "and it added no route" "$(routes)" ""
+
+# (5) An interface that goes down while tunlb listens on it: its packet
+# socket reports ENETDOWN until the error is read; tunlb reads it and goes
+# back to sleep (before, its thread spun at 100 % of a CPU until exit), and
+# balances on, before and after the interface comes back.
+ip -n "$LB" link add x0 type veth peer name x1
+ip -n "$LB" link set x0 up
+ip -n "$LB" link set x1 up
+start
+check "tunlb listens on x0 too" grep -q "packet on [^ ]*x0" "$TUNLB_LOG"
+ticks() { awk '{ print $14 + $15 }' "/proc/$TUNLB_PID/stat"; }
+four() { for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' '; }
+HZ=$(getconf CLK_TCK)
+ip -n "$LB" link set x0 down
+sleep 0.2
+t0=$(ticks)
+sleep 2
+spent=$(($(ticks) - t0))
+# A spinning thread would take about 2 * HZ ticks here; an idle one about 0.
+check "x0 down: tunlb sleeps (CPU ticks in 2 s: $spent, bound $HZ = half a CPU)" test "$spent" -lt "$HZ"
+check_eq "x0 down: requests flow" "$(four)" "b1 b2 b3 b4 "
+ip -n "$LB" link set x0 up
+sleep 0.2
+t0=$(ticks)
+sleep 2
+spent=$(($(ticks) - t0))
+check "x0 up again: tunlb sleeps (CPU ticks in 2 s: $spent, bound $HZ)" test "$spent" -lt "$HZ"
+check_eq "x0 up again: requests flow" "$(four)" "b1 b2 b3 b4 "
+t_tunlb_stop
+ip -n "$LB" link del x0

@@ -360,8 +360,14 @@ impl PollSet {
         )
     }
 
-    /// Wait until one descriptor is readable or `timeout` passes. Returns
-    /// whether one is (an interrupted wait is a timeout).
+    /// Wait until one descriptor is readable (or has an error) or `timeout`
+    /// passes. Returns whether one is (an interrupted wait is a timeout).
+    ///
+    /// A socket with a pending error (a packet socket's interface went
+    /// down: `ENETDOWN`) is reported by `poll` at once, every time, until
+    /// the error is read: it is read here (`SO_ERROR`, which clears it) and
+    /// logged at debug level, or the thread would spin on it, at 100 % of a
+    /// CPU, until exit.
     pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         let ms = timeout.as_millis().min(c_int::MAX as u128) as c_int;
         // SAFETY: self.0 holds self.0.len() pollfds for the duration of the
@@ -375,8 +381,34 @@ impl PollSet {
                 Err(e)
             };
         }
+        for p in &self.0 {
+            if p.revents & libc::POLLERR != 0 {
+                if let Ok(Some(e)) = take_socket_error(p.fd) {
+                    tracing::debug!("socket {}: {e}", p.fd);
+                }
+            }
+        }
         Ok(n > 0)
     }
+}
+
+/// Read and clear a socket's pending error (`getsockopt(SO_ERROR)`).
+fn take_socket_error(fd: c_int) -> io::Result<Option<io::Error>> {
+    let mut err: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes of the sizes given; an
+    // invalid fd is an error return, not undefined behaviour.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    check(r)?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
 /// Wait until one of `fds` is readable or `timeout` passes. Returns whether
