@@ -228,7 +228,7 @@ fi
 # --alt-bin: the other build, copied the same way.
 ALT_BIN_SHA=''
 if [ -n "$ALT_BIN" ]; then
-  [ -x "$ALT_BIN" ] || e2e_die "--alt-bin $ALT_BIN: not an executable file"
+  if [ ! -f "$ALT_BIN" ] || [ ! -x "$ALT_BIN" ]; then e2e_die "--alt-bin $ALT_BIN: not an executable file"; fi
   cp "$ALT_BIN" "$E2E_WORK/tunlb-alt"
   ALT_BIN_SHA=$(sha256sum "$E2E_WORK/tunlb-alt" | cut -c1-16)
 fi

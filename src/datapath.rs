@@ -29,7 +29,7 @@
 //! Spinning after every packet instead gained one stream 11-16 % and cost
 //! keep-alive requests 5 %.
 //!
-//! # Priority: the packet threads at nice -10
+//! # Priority: `--nice`
 //! Kernel NAT forwards in softirq, which runs before any task. A balancer
 //! in userspace is a task like the endpoints it serves, and each packet it
 //! writes wakes one of them (the receiving namespace's TCP stack runs in
@@ -37,17 +37,27 @@
 //! the same priority the woken endpoint preempts the packet thread in the
 //! middle of its burst: the thread waits on the run queue while packets
 //! pile up in its queue, and every flow through it waits too. So each
-//! packet thread lowers its nice value to [`Options::nice`] when it starts
-//! (`--nice`, default -10 where the process may: `CAP_SYS_NICE`): at
-//! weight 9548 against the endpoints' 1024 it finishes its burst first and
-//! then sleeps as before; it never spins, so nothing starves. Measured side
-//! by side (bench/e2e.sh --alt "--nice 0", see the README's Benchmarks):
-//! on the TUN, new connections/s and keep-alive requests/s about 1.3x, on
-//! packet sockets about 1.15x, and less machine CPU per connection (fewer
-//! context switches). `SCHED_FIFO` was tried too: more connections, but
+//! packet thread can set its nice value to [`Options::nice`] when it starts
+//! (`--nice`; lowering it needs `CAP_SYS_NICE`): at -10, weight 9548
+//! against the endpoints' 1024, it finishes its burst first and then sleeps
+//! as before (it never spins). Measured side
+//! by side (bench/e2e.sh --alt "--nice 0", see the README's "Two
+//! datapaths"): on the TUN 1.11x new connections/s and 1.18x keep-alive
+//! requests/s, on packet sockets 1.22-1.35x new connections/s (keep-alive
+//! 0.86x and 1.11x in two runs), and less machine CPU per connection
+//! (fewer context switches). `SCHED_FIFO` was tried too: more connections, but
 //! keep-alive requests fell and the p99 tripled (the thread then holds its
-//! CPU through every burst, whatever waits). Without the privilege the
-//! threads stay at the process's nice value.
+//! CPU through every burst, whatever waits).
+//!
+//! It is not the default, because it is a trade: where several busy
+//! instances share two CPUs with the endpoints (netns test 69-scaleout:
+//! four instances, hundreds of short connections and twelve rate-limited
+//! downloads at once), at -10 some downloads through the surviving
+//! instances stalled (no byte for 4 s: curl gave up) in 5 runs of 5, never
+//! at the process's nice value (3 runs); the likely cause is the niced
+//! threads' share of the CPUs while the short connections pass (not
+//! verified). On a host that is a balancer first, `--nice -10` is the
+//! setting to use.
 //!
 //! # Errors a router would send
 //! A device that sends packets itself (the packet datapath) may find one it

@@ -166,8 +166,9 @@ enum RunError {
         /// The cause.
         source: std::io::Error,
     },
-    /// `--nice` asks for a nice value this process may not give its threads.
-    #[error("--nice {value}: cannot give the packet threads that nice value: {source}; a value below the process's needs CAP_SYS_NICE (or a high enough RLIMIT_NICE): grant it, or leave --nice out (then tunlb tries {default} and otherwise runs at the process's nice value)", default = tunlb::config::DEFAULT_NICE)]
+    /// `--nice` (or `nice` in the file) asks for a nice value this process
+    /// may not give its threads.
+    #[error("--nice {value}: cannot give the packet threads that nice value: {source}; {hint}, or leave --nice (and the file's nice) out: the threads then run at the process's nice value", hint = nice_hint(source))]
     Nice {
         /// The value asked for.
         value: i32,
@@ -194,6 +195,17 @@ enum RunError {
     },
 }
 
+/// What to do about a refused `--nice`: `EACCES` is the capability (or
+/// `RLIMIT_NICE`); anything else (`EPERM`) a policy such as a seccomp
+/// filter (systemd's `SystemCallFilter=~@resources`).
+fn nice_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EACCES) {
+        "a value below the process's needs CAP_SYS_NICE (or a high enough RLIMIT_NICE): grant it"
+    } else {
+        "setpriority is refused here (a seccomp filter? under systemd, set Nice= in the unit instead)"
+    }
+}
+
 /// The device `run` reads and writes, and what it set up for it.
 struct Opened {
     io: Arc<dyn PacketIo>,
@@ -209,7 +221,7 @@ struct Opened {
 fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     let packet = cfg.io == IoKind::Packet;
     // Before anything is set up: a --nice this process may not give is refused.
-    let nice = packet_nice(cfg.nice)?;
+    let (nice, nice_said) = packet_nice(cfg.nice)?;
     let mut opened = prepare_host(&cfg, args.run.set_sysctls)?;
     let engine = Arc::new(Engine::new(cfg.engine.clone())?);
     let clock = Clock::start();
@@ -224,7 +236,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     };
     let (control, metrics) = serve_queries(&cfg, source, &stop)?;
     let health = spawn_health(&cfg, &engine, &stop)?;
-    log_ready(&cfg, &opened.device, &engine, nice);
+    log_ready(&cfg, &opened.device, &engine, &nice_said);
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
     let capture = open_capture(&cfg)?;
@@ -475,38 +487,26 @@ fn open_capture(cfg: &RunConfig) -> Result<Option<Arc<tunlb::pcap::Recorder>>, R
     Ok(Some(rec))
 }
 
-/// The `ready` line that scripts wait for.
-/// The nice value the packet threads will take: `--nice` if this process
-/// may give it (an error if not), else the default if it may (`None` if
-/// not: the threads stay at the process's, as without the privilege).
-fn packet_nice(nice: tunlb::config::Nice) -> Result<Option<i32>, RunError> {
-    match datapath::try_nice(nice.value) {
-        Ok(()) => Ok(Some(nice.value)),
-        Err(source) if nice.explicit => Err(RunError::Nice {
-            value: nice.value,
-            source,
-        }),
-        Err(e) => {
-            tracing::debug!(
-                "packet threads stay at the process's nice value: nice {} needs CAP_SYS_NICE ({e})",
-                nice.value
-            );
-            Ok(None)
-        }
+/// The nice value the packet threads will take (`None`: the process's,
+/// which they inherit), and how the ready line says it. A `--nice` (or
+/// `nice` in the file) this process may not give its threads is an error.
+fn packet_nice(nice: Option<i32>) -> Result<(Option<i32>, String), RunError> {
+    let Some(value) = nice else {
+        let said = datapath::current_thread_nice().map_or_else(
+            |_| "the process's nice value".into(),
+            |p| format!("nice {p} (the process's)"),
+        );
+        return Ok((None, said));
+    };
+    match datapath::try_nice(value) {
+        Ok(()) => Ok((Some(value), format!("nice {value}"))),
+        Err(source) => Err(RunError::Nice { value, source }),
     }
 }
 
-fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine, nice: Option<i32>) {
+/// The `ready` line that scripts wait for.
+fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine, nice: &str) {
     let packet = cfg.io == IoKind::Packet;
-    // Without the privilege the threads inherit this thread's (the process's).
-    let nice = match (nice, datapath::current_thread_nice()) {
-        (Some(n), _) => format!("nice {n}"),
-        (None, Ok(n)) => format!(
-            "nice {n} (the process's; {} needs CAP_SYS_NICE)",
-            cfg.nice.value
-        ),
-        (None, Err(_)) => "the process's nice value".into(),
-    };
     tracing::info!(
         "ready: {} {} ({}, {}), {}; {} thread(s) at {nice}, max {} flows",
         if packet { "packet on" } else { "tun" },
@@ -689,7 +689,7 @@ fn open_packet(
 
 /// SIGHUP: read the flags' configuration file again and swap it in. A bad
 /// file is refused and the running configuration stays; settings that need a
-/// restart (the device, threads) are reported, not applied. With `--io
+/// restart (the device, threads, their nice value) are reported, not applied. With `--io
 /// packet` (`packet`: the sockets and the blackhole routes), new VIP and
 /// SNAT addresses are checked as at start (not local, else the reload is
 /// refused) and received once the engine serves them: blackhole routes
@@ -711,6 +711,9 @@ fn reconfigure(
     if new.tun != running.tun || new.tun_addr != running.tun_addr || new.threads != running.threads
     {
         tracing::warn!("reload: the TUN device and thread count change only on restart");
+    }
+    if new.nice != running.nice {
+        tracing::warn!("reload: the packet threads' nice value changes only on restart");
     }
     if ipv6_turned_off(running) && has_ipv6(&new) {
         tracing::warn!("reload: tunlb turned IPv6 off on TUN {} at start (no IPv6 was configured), so the new IPv6 service(s) receive nothing until a restart", running.tun);

@@ -50,7 +50,7 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l tun-addr -d 'Create 
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l threads -d 'Packet threads sharing the flow table (default 1)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l mtu -d 'MTU of a TUN tunlb creates (default 1500)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l busy-poll -d 'While bulk data flows, keep reading an empty TUN queue for USECS microseconds before sleeping (default 50; 0: off)' -r
-complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l nice -d 'Nice value of the packet threads, -20 to 19 (default -10 where permitted, i.e. with CAP_SYS_NICE; else they stay at the process\'s)' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l nice -d 'Nice value of the packet threads, -20 to 19 (default: the process\'s); below the process\'s needs CAP_SYS_NICE. -10 is worth 1.1-1.35x new connections/s with one instance per host' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l stats-interval -d 'Log a one-line counter summary every SECS seconds (default 0: off)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l control -d 'Control socket for `tunlb flows` / `tunlb stats` (default /run/tunlb/TUN.NETNS.sock)' -r -F
 complete -c tunlb -n "__fish_tunlb_using_subcommand run" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r

@@ -1120,10 +1120,11 @@ impl AfPacket {
         }
         q.hops.refresh(generation);
         let arrived = self.ifaces[q.arrived.min(self.ifaces.len() - 1)].index;
-        let from = q.hops.iface(arrived).addr.or_else(|| {
-            let all: Vec<u32> = self.ifaces.iter().map(|i| i.index).collect();
-            all.into_iter().find_map(|i| q.hops.iface(i).addr)
-        });
+        let hops = &mut q.hops;
+        let from = hops
+            .iface(arrived)
+            .addr
+            .or_else(|| self.ifaces.iter().find_map(|i| hops.iface(i.index).addr));
         if let Some(from) = from {
             Counters::bump(&self.counters.icmp_errors);
             q.unsent = Some(Unsent { from, why });

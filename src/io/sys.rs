@@ -168,8 +168,13 @@ pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<
 /// Set the calling thread's nice value (`setpriority(PRIO_PROCESS, gettid(),
 /// nice)`: on Linux a thread id names one thread, not the process). Lowering
 /// it below the current value needs `CAP_SYS_NICE` or a large enough
-/// `RLIMIT_NICE` (`EACCES` otherwise); raising it needs nothing.
+/// `RLIMIT_NICE` (`EACCES` otherwise); raising it needs nothing. A thread
+/// already at `nice` makes no system call (so a seccomp filter that refuses
+/// `setpriority` does not refuse what is already so).
 pub(crate) fn set_thread_nice(nice: c_int) -> io::Result<()> {
+    if thread_nice().ok() == Some(nice) {
+        return Ok(());
+    }
     // SAFETY: gettid takes no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     // SAFETY: setpriority takes plain integers; `tid` is this thread's id.
@@ -297,9 +302,9 @@ pub(crate) fn send(fd: &impl AsRawFd, buf: &[u8], flags: c_int) -> io::Result<us
 pub(crate) const SENDMMSG_MAX: usize = 64;
 
 /// `sendmmsg(fd, bufs, flags)`: send each buffer as one datagram in one
-/// system call, at most [`SENDMMSG_MAX`] of them; returns how many the
-/// kernel took (in order; the first one it did not take failed, with the
-/// error if none was taken).
+/// system call, at most [`SENDMMSG_MAX`] of them (the first ones); returns
+/// how many the kernel took, in order: of those sent, the first one it did
+/// not take failed (the error is returned if none was taken).
 pub(crate) fn sendmmsg(fd: &impl AsRawFd, bufs: &[&[u8]], flags: c_int) -> io::Result<usize> {
     let n = bufs.len().min(SENDMMSG_MAX);
     let mut iov = [libc::iovec {
