@@ -154,20 +154,19 @@ check "tunlb listens on x0 too" grep -q "packet on [^ ]*x0" "$TUNLB_LOG"
 ticks() { awk '{ print $14 + $15 }' "/proc/$TUNLB_PID/stat"; }
 four() { for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' '; }
 HZ=$(getconf CLK_TCK)
-ip -n "$LB" link set x0 down
-sleep 0.2
-t0=$(ticks)
-sleep 2
-spent=$(($(ticks) - t0))
-# A spinning thread would take about 2 * HZ ticks here; an idle one about 0.
-check "x0 down: tunlb sleeps (CPU ticks in 2 s: $spent, bound $HZ = half a CPU)" test "$spent" -lt "$HZ"
-check_eq "x0 down: requests flow" "$(four)" "b1 b2 b3 b4 "
-ip -n "$LB" link set x0 up
-sleep 0.2
-t0=$(ticks)
-sleep 2
-spent=$(($(ticks) - t0))
-check "x0 up again: tunlb sleeps (CPU ticks in 2 s: $spent, bound $HZ)" test "$spent" -lt "$HZ"
-check_eq "x0 up again: requests flow" "$(four)" "b1 b2 b3 b4 "
+# x0_then STATE: set x0 STATE; tunlb must then sleep (a spinning thread
+# takes about 2 * HZ ticks in 2 s, an idle one about 0) and balance.
+x0_then() {
+  local t0 spent
+  ip -n "$LB" link set x0 "$1"
+  sleep 0.2
+  t0=$(ticks)
+  sleep 2
+  spent=$(($(ticks) - t0))
+  check "x0 $1: tunlb sleeps (CPU ticks in 2 s: $spent, bound $HZ = half a CPU)" test "$spent" -lt "$HZ"
+  check_eq "x0 $1: requests flow" "$(four)" "b1 b2 b3 b4 "
+}
+x0_then down
+x0_then up
 t_tunlb_stop
 ip -n "$LB" link del x0

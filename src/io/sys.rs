@@ -151,7 +151,12 @@ pub(crate) fn poll_readable(fd: &impl AsRawFd, timeout: Duration) -> io::Result<
     };
     let ms = timeout.as_millis().min(c_int::MAX as u128) as c_int;
     // SAFETY: one valid pollfd, count 1, for the duration of the call.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    polled(unsafe { libc::poll(&mut p, 1, ms) })
+}
+
+/// What `poll` returned: whether a descriptor is ready; an interrupted
+/// wait is a timeout.
+fn polled(n: c_int) -> io::Result<bool> {
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {
@@ -378,14 +383,7 @@ impl PollSet {
         // SAFETY: self.0 holds self.0.len() pollfds for the duration of the
         // call; the kernel writes only their `revents`.
         let n = unsafe { libc::poll(self.0.as_mut_ptr(), self.0.len() as libc::nfds_t, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
+        let ready = polled(n)?;
         for p in &self.0 {
             if p.revents & libc::POLLERR != 0 {
                 if let Ok(Some(e)) = take_socket_error(p.fd) {
@@ -393,7 +391,7 @@ impl PollSet {
                 }
             }
         }
-        Ok(n > 0)
+        Ok(ready)
     }
 }
 
