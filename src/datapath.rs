@@ -53,11 +53,13 @@
 //! instances share two CPUs with the endpoints (netns test 69-scaleout:
 //! four instances, hundreds of short connections and twelve rate-limited
 //! downloads at once), at -10 some downloads through the surviving
-//! instances stalled (no byte for 4 s: curl gave up) in 5 runs of 5, never
-//! at the process's nice value (3 runs); the likely cause is the niced
-//! threads' share of the CPUs while the short connections pass (not
-//! verified). On a host that is a balancer first, `--nice -10` is the
-//! setting to use.
+//! instances stalled (no byte for 4 s: curl gave up) in 6 runs of 6, never
+//! at the process's nice value (7 runs). tunlb forwarded every packet of a
+//! stalled flow (its `--pcap`: the client advertised a zero window, and the
+//! backend's window probes and the client's answers passed both ways until
+//! curl gave up): the client application stopped reading, most likely
+//! starved of CPU while the niced threads carried the short connections. On
+//! a host that is a balancer first, `--nice -10` is the setting to use.
 //!
 //! # Errors a router would send
 //! A device that sends packets itself (the packet datapath) may find one it
