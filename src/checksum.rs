@@ -121,6 +121,26 @@ impl Delta {
     }
 }
 
+/// Decrement the TTL of the IPv4 header at the start of `ip` and update its
+/// header checksum to match, as a router forwarding the packet does (RFC
+/// 1812 5.3.1; Linux's `ip_decrease_ttl`), and return the new TTL. The TTL
+/// is the high byte of the header's fifth 16-bit word, so that word falls
+/// by `0x0100`. A TTL of 0 or 1 is left as it is and `None` returned: a
+/// router drops such a packet (and says so with ICMP "time exceeded").
+///
+/// # Panics
+/// If `ip` is shorter than 12 bytes.
+#[inline]
+pub fn decrement_ttl(ip: &mut [u8]) -> Option<u8> {
+    if ip[8] <= 1 {
+        return None;
+    }
+    let old = u16::from_be_bytes([ip[8], ip[9]]);
+    ip[8] -= 1;
+    put(ip, 10, update_u16(get(ip, 10), old, old - 0x0100));
+    Some(ip[8])
+}
+
 /// Return the one's-complement sum of `data` as big-endian 16-bit words
 /// (RFC 1071), folded but not complemented.
 ///
@@ -371,6 +391,28 @@ mod tests {
                 proptest::prop_assert!(sums_to_ones(&header));
             }
             proptest::prop_assert_eq!(sums_to_ones(&header), sum(&header) == 0xffff);
+        }
+
+        #[test]
+        fn a_decremented_ttl_keeps_the_header_checksum_right(mut header in proptest::array::uniform20(proptest::num::u8::ANY)) {
+            put(&mut header, 10, 0);
+            let c = full(&header);
+            put(&mut header, 10, c);
+            let ttl = header[8];
+            let before = header;
+            match decrement_ttl(&mut header) {
+                None => {
+                    proptest::prop_assert!(ttl <= 1);
+                    proptest::prop_assert_eq!(header, before, "left as it was");
+                }
+                Some(t) => {
+                    proptest::prop_assert_eq!(t, ttl - 1);
+                    proptest::prop_assert_eq!(header[8], ttl - 1);
+                    proptest::prop_assert!(sums_to_ones(&header), "the header still verifies");
+                    proptest::prop_assert_eq!(&header[..8], &before[..8]);
+                    proptest::prop_assert_eq!(&header[12..], &before[12..]);
+                }
+            }
         }
 
         #[test]

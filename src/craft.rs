@@ -126,14 +126,17 @@ impl<'a, S: Into<SocketAddr> + Copy> Segment<'a, S> {
     }
 }
 
-/// An ICMP "destination unreachable" error about a packet (RFC 792), as a
-/// router sends it when it cannot forward the packet (RFC 1812 4.3.2).
+/// An ICMP error about a packet (RFC 792), as a router sends it when it
+/// cannot forward the packet (RFC 1812 4.3.2): "destination unreachable",
+/// or "time exceeded" when its TTL ran out.
 #[derive(Debug, Clone, Copy)]
 pub struct IcmpError<'a> {
     /// The router's address: the source of the error.
     pub from: Ipv4Addr,
-    /// The ICMP code (type 3): 0 net, 1 host, 4 fragmentation needed, 13
-    /// administratively prohibited.
+    /// The ICMP type: [`IcmpError::UNREACHABLE`] or [`IcmpError::TIME_EXCEEDED`].
+    pub msg_type: u8,
+    /// The ICMP code. Of type 3: 0 net, 1 host, 4 fragmentation needed, 13
+    /// administratively prohibited; of type 11: 0, TTL exceeded in transit.
     pub code: u8,
     /// The next-hop MTU of "fragmentation needed" (RFC 1191), else 0.
     pub mtu: u16,
@@ -142,6 +145,10 @@ pub struct IcmpError<'a> {
 }
 
 impl IcmpError<'_> {
+    /// ICMP type 3, "destination unreachable".
+    pub const UNREACHABLE: u8 = 3;
+    /// ICMP type 11, "time exceeded" (code 0: the TTL reached zero in transit).
+    pub const TIME_EXCEEDED: u8 = 11;
     /// The largest error: 576 bytes, as Linux sends (RFC 1812 4.3.2.3: "as
     /// much of the original datagram as possible without the length of
     /// the ICMP datagram exceeding 576 bytes").
@@ -182,7 +189,7 @@ impl IcmpError<'_> {
                 .fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
         }
         let icmp = &mut buf[20..];
-        icmp[0] = 3; // destination unreachable
+        icmp[0] = self.msg_type;
         icmp[1] = self.code;
         icmp[6..8].copy_from_slice(&self.mtu.to_be_bytes());
         let c = crate::checksum::full(icmp);
@@ -221,6 +228,7 @@ mod tests {
         let from = Ipv4Addr::new(198, 18, 1, 1);
         let e = IcmpError {
             from,
+            msg_type: IcmpError::UNREACHABLE,
             code: 4,
             mtu: 1280,
             about: &about,
@@ -244,6 +252,32 @@ mod tests {
     }
 
     #[test]
+    fn a_time_exceeded_error_says_so() {
+        let syn = Segment::new(
+            "198.18.1.2:40000".parse::<SocketAddrV4>().unwrap(),
+            "198.18.0.1:80".parse::<SocketAddrV4>().unwrap(),
+            SYN,
+        )
+        .build();
+        let mut buf = [0u8; IcmpError::MAX_LEN];
+        let e = IcmpError {
+            from: Ipv4Addr::new(198, 18, 1, 1),
+            msg_type: IcmpError::TIME_EXCEEDED,
+            code: 0,
+            mtu: 0,
+            about: &syn,
+        };
+        let n = e.emit(&mut buf).unwrap();
+        let ip = Ipv4Packet::new_checked(&buf[..n]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), Ipv4Addr::new(198, 18, 1, 2), "to the source");
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (11, 0));
+        assert_eq!(&ip.payload()[8..], &syn[..], "the packet quoted whole");
+    }
+
+    #[test]
     fn a_big_packet_is_quoted_up_to_576_bytes_as_it_is() {
         let payload = vec![7u8; 1400];
         let mut seg = Segment::new(
@@ -257,6 +291,7 @@ mod tests {
         let mut buf = [0u8; IcmpError::MAX_LEN];
         let e = IcmpError {
             from: Ipv4Addr::new(198, 18, 2, 1),
+            msg_type: IcmpError::UNREACHABLE,
             code: 1,
             mtu: 0,
             about: &big,

@@ -446,6 +446,7 @@ fn bounce(
     let (code, mtu) = unsent.why.code_and_mtu();
     let error = IcmpError {
         from: unsent.from,
+        msg_type: IcmpError::UNREACHABLE,
         code,
         mtu,
         about: pkt,

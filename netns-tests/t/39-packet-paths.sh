@@ -24,6 +24,14 @@
 #    gets "host unreachable" within seconds instead of curl's timeout. lb's
 #    neighbour timers are short here (reachable 0.5 s, first probe after
 #    1 s, probes 0.5 s apart).
+# 5. One hop, as a router: a second tunlb with b5 (behind rt) as its only
+#    backend. A client SYN with TTL 1 is answered with ICMP "time exceeded"
+#    from lb's client-side address (the client's kernel reports it on the
+#    socket's error queue: EHOSTUNREACH, type 11, the offender) and makes
+#    no flow; with TTL 2, lb forwards it with TTL 1 and rt answers "time
+#    exceeded", which tunlb translates back to the client (from the VIP, as
+#    every reply of the flow: kernel NAT does the same); with TTL 3 the
+#    connection is made. So tunlb decrements the TTL exactly once.
 # The lb kernel forwards none of it (IpForwDatagrams).
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
@@ -154,7 +162,51 @@ note "lb's entry for b4 after its link went down: $(ip -n "$LB" neigh show to "$
 MAXT=30 round "b4's link down, its neighbour entry left" 16000 7
 note "lb's entry for b4 now: $(ip -n "$LB" neigh show to "$B4" | tr '\n' ' ')"
 
-check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded lb) - fwd0))" 0
 check "tunlb still running" tl_pid_alive "$TUNLB_PID"
 t_tunlb_stop
 note "$(grep -o 'packet datapath drops.*' "$TUNLB_LOG" || echo 'no packet datapath drops line')"
+
+# (5) TTLs. ttl_probe TTL: a connect to the VIP with that TTL; prints
+# "connected", or "ERRNO ORIGIN TYPE CODE OFFENDER" from the error queue.
+ttl_probe() {
+  t_client "$(tl_python)" - "$VIP" "$1" <<'PY'
+import socket, struct, sys
+vip, ttl = sys.argv[1], int(sys.argv[2])
+IP_RECVERR = 11
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+s.settimeout(5)
+try:
+    s.connect((vip, 80))
+    print("connected")
+except OSError as e:
+    out = "%s - - - -" % e.errno
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        for level, kind, d in anc:
+            if level == socket.IPPROTO_IP and kind == IP_RECVERR:
+                errno_, origin, etype, code = struct.unpack("=IBBB", d[:7])
+                out = "%d %d %d %d %s" % (errno_, origin, etype, code, socket.inet_ntoa(d[20:24]))
+    except OSError:
+        pass
+    print(out)
+PY
+}
+CTL2=$T_DIR/control2.sock
+t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --control "$CTL2" --vip "$VIP:80" --backend "$FAR:80"
+got=$(ttl_probe 1)
+note "TTL 1: $got"
+check_eq "TTL 1: time exceeded (EHOSTUNREACH, ICMP, type 11 code 0) from lb's $TL_LB_CLIENT_ADDR" \
+  "$got" "113 2 11 0 $TL_LB_CLIENT_ADDR"
+check_eq "TTL 1: no flow made" "$("$TUNLB_BIN" flows --control "$CTL2" | grep -c "$FAR" || true)" 0
+got=$(ttl_probe 2)
+note "TTL 2: $got"
+check_eq "TTL 2: forwarded with TTL 1, rt's time exceeded reaches the client, translated (from the VIP)" \
+  "$got" "113 2 11 0 $VIP"
+check_eq "TTL 3: connected to b5 through lb and rt" "$(ttl_probe 3)" connected
+check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded lb) - fwd0))" 0
+t_tunlb_stop
+drops=$(grep -o 'packet datapath drops.*' "$TUNLB_LOG" || true)
+note "${drops:-no packet datapath drops line}"
+check "the drops line counts the TTL 1 SYN (ttl exceeded 1)" grep -q 'ttl exceeded 1 ' <<<"$drops "

@@ -63,6 +63,18 @@
 //! engine translates it back to the flow's other end (see
 //! [`crate::datapath`]). At most [`ICMP_PER_SEC`] a second per thread. A
 //! `blackhole` route drops silently, as it does for the kernel.
+//!
+//! Like the kernel's forwarding (RFC 1812 5.3.1, `ip_forward`), this
+//! device decrements the TTL of every packet it forwards, once, after the
+//! next hop and the MTU are found good, and updates the header checksum
+//! ([`checksum::decrement_ttl`]); packets tunlb makes itself (resets, ICMP
+//! errors) start at 64. A packet that arrives with a TTL of 0 or 1 is not
+//! handed to the engine at all (so it makes no flow, as conntrack's
+//! unconfirmed entry dies with the packet in `ip_forward`): it is dropped,
+//! counted, and answered with ICMP "time exceeded" quoting it as it
+//! arrived, from the same address and within the same rate limit as the
+//! errors above. So `traceroute` and `tcptraceroute` through tunlb show
+//! it as one hop, as through kernel NAT.
 
 use std::collections::HashMap;
 use std::io;
@@ -76,6 +88,9 @@ use super::netlink::{self, Netlink};
 use super::sys;
 use super::vnet::{self, VnetHdr};
 use super::{Frame, PacketIo, Unreachable, Unsent};
+use crate::checksum;
+use crate::craft::IcmpError;
+use crate::nat::L4Checksum;
 
 /// How long a thread trusts a resolved next hop before asking the kernel
 /// again.
@@ -339,6 +354,8 @@ pub struct Counters {
     pub icmp_errors: AtomicU64,
     /// Frames sent in a batch that the kernel refused.
     pub tx_errors: AtomicU64,
+    /// Packets dropped because their TTL ran out (0 or 1 on arrival).
+    pub ttl_exceeded: AtomicU64,
 }
 
 impl Counters {
@@ -716,6 +733,8 @@ struct Queue {
     npending: usize,
     /// The rings' sockets, to wait on when they run dry.
     waiting: sys::PollSet,
+    /// Room for the ICMP errors this device makes itself (built once).
+    spare: Vec<u8>,
 }
 
 /// At most this many frames wait to be sent together (one `sendmmsg`).
@@ -902,6 +921,7 @@ impl AfPacket {
                         .map(|_| (0, Vec::with_capacity(IP_START + TX_SMALL)))
                         .collect(),
                     npending: 0,
+                    spare: vec![0; IP_START + IcmpError::MAX_LEN],
                 }))
             })
             .collect::<Result<Vec<_>, PacketError>>()?;
@@ -986,6 +1006,7 @@ impl AfPacket {
             ("unreachable", c.unreachable.load(Ordering::Relaxed)),
             ("too big", c.too_big.load(Ordering::Relaxed)),
             ("refused in a batch", c.tx_errors.load(Ordering::Relaxed)),
+            ("ttl exceeded", c.ttl_exceeded.load(Ordering::Relaxed)),
         ];
         v.iter().any(|&(_, n)| n > 0).then(|| {
             let parts: Vec<String> = v.iter().map(|(w, n)| format!("{w} {n}")).collect();
@@ -1008,7 +1029,7 @@ impl PacketIo for AfPacket {
         let mut q = self.queues[queue % self.queues.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = q.try_recv(buf, &self.counters) {
+        if let Some(f) = self.next_frame(&mut q, buf) {
             return Ok(Some(f));
         }
         // The rings ran dry: what waits goes now.
@@ -1019,7 +1040,7 @@ impl PacketIo for AfPacket {
         if !q.waiting.wait(timeout)? {
             return Ok(None);
         }
-        Ok(q.try_recv(buf, &self.counters))
+        Ok(self.next_frame(&mut q, buf))
     }
 
     fn send(
@@ -1037,11 +1058,34 @@ impl PacketIo for AfPacket {
                 "not a frame of the packet datapath",
             ));
         }
-        let d = &buf[start + 16..start + 20];
-        let dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
         let mut q = self.queues[queue % self.queues.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        self.send_locked(&mut q, buf, frame, len, replaced)
+    }
+
+    fn take_unsent(&self, queue: usize) -> Option<Unsent> {
+        self.queues[queue % self.queues.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unsent
+            .take()
+    }
+}
+
+impl AfPacket {
+    /// [`PacketIo::send`] on the thread's queue, locked by the caller.
+    fn send_locked(
+        &self,
+        q: &mut Queue,
+        buf: &mut [u8],
+        frame: &Frame,
+        len: usize,
+        replaced: bool,
+    ) -> io::Result<()> {
+        let start = frame.start;
+        let d = &buf[start + 16..start + 20];
+        let dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
         q.unsent = None;
         let generation = self.generation();
         let (pos, mac) = match q.hops.lookup(dst, &self.ifaces, &self.counters, generation) {
@@ -1052,7 +1096,7 @@ impl PacketIo for AfPacket {
                     let df = buf[start + 6] & 0x40 != 0;
                     if df {
                         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-                        self.refuse(&mut q, Unreachable::TooBig { mtu }, generation);
+                        self.refuse(q, Unreachable::TooBig { mtu }, generation);
                     }
                     // The details at debug level only: a drop allocates nothing.
                     tracing::debug!("{len} bytes for {dst}: larger than the MTU {mtu}");
@@ -1066,12 +1110,18 @@ impl PacketIo for AfPacket {
             }
             Next::Refused(why) => {
                 if let Some(why) = why {
-                    self.refuse(&mut q, why, generation);
+                    self.refuse(q, why, generation);
                 }
                 tracing::debug!("{dst} is unreachable");
                 return Err(io::ErrorKind::HostUnreachable.into());
             }
         };
+        // Forwarded, so one hop less to live (RFC 1812 5.3.1). Every
+        // packet handed out by `recv` had a TTL of 2 or more.
+        if !replaced && checksum::decrement_ttl(&mut buf[start..]).is_none() {
+            Counters::bump(&self.counters.ttl_exceeded);
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
         let eth = start - ETH_LEN;
         buf[eth..eth + 6].copy_from_slice(&mac);
         buf[eth + 6..eth + 12].copy_from_slice(&self.ifaces[pos].mac);
@@ -1100,16 +1150,67 @@ impl PacketIo for AfPacket {
         sys::send(&q.rings[pos].fd, bytes, libc::MSG_DONTWAIT).map(drop)
     }
 
-    fn take_unsent(&self, queue: usize) -> Option<Unsent> {
-        self.queues[queue % self.queues.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unsent
-            .take()
+    /// The next frame for the engine, copied into `buf`, or `None` when the
+    /// rings are empty. A frame whose TTL ran out is answered here (ICMP
+    /// "time exceeded", see the module docs) and not handed out.
+    fn next_frame(&self, q: &mut Queue, buf: &mut [u8]) -> Option<Frame> {
+        // Bounded: each turn takes a frame out of a ring.
+        for _ in 0..FRAMES * q.rings.len() {
+            let f = q.try_recv(buf, &self.counters)?;
+            let ip = &buf[f.start..f.start + f.len];
+            if ip[0] >> 4 != 4 || ip[8] > 1 {
+                return Some(f);
+            }
+            Counters::bump(&self.counters.ttl_exceeded);
+            self.time_exceeded(q, ip);
+        }
+        None
     }
-}
 
-impl AfPacket {
+    /// Tell the source of `about`, an IPv4 packet as it arrived, that its
+    /// TTL ran out here (ICMP type 11 code 0), within the rate limit.
+    fn time_exceeded(&self, q: &mut Queue, about: &[u8]) {
+        if !q.tokens.take(Instant::now()) {
+            return;
+        }
+        let generation = self.generation();
+        let Some(from) = self.router_addr(q, generation) else {
+            return;
+        };
+        let mut spare = std::mem::take(&mut q.spare);
+        let error = IcmpError {
+            from,
+            msg_type: IcmpError::TIME_EXCEEDED,
+            code: 0,
+            mtu: 0,
+            about,
+        };
+        if let Some(n) = error.emit(&mut spare[IP_START..]) {
+            Counters::bump(&self.counters.icmp_errors);
+            let frame = Frame {
+                start: IP_START,
+                len: n,
+                l4: L4Checksum::Complete,
+                gso: false,
+            };
+            if let Err(e) = self.send_locked(q, &mut spare, &frame, n, true) {
+                tracing::debug!("the ICMP time exceeded could not be sent: {e}");
+                q.unsent = None;
+            }
+        }
+        q.spare = spare;
+    }
+
+    /// The source of the ICMP errors this device sends: the host's address
+    /// on the interface the packet arrived on, else on any of tunlb's.
+    fn router_addr(&self, q: &mut Queue, generation: u64) -> Option<Ipv4Addr> {
+        q.hops.refresh(generation);
+        let arrived = self.ifaces[q.arrived.min(self.ifaces.len() - 1)].index;
+        let hops = &mut q.hops;
+        hops.iface(arrived)
+            .addr
+            .or_else(|| self.ifaces.iter().find_map(|i| hops.iface(i.index).addr))
+    }
     /// Record that the packet `q` could not send is to be answered with
     /// `why`, from the host's address on the interface it arrived on (RFC
     /// 1812 4.3.2.4; any of tunlb's interfaces' when that one has none),
@@ -1118,14 +1219,7 @@ impl AfPacket {
         if !q.tokens.take(Instant::now()) {
             return;
         }
-        q.hops.refresh(generation);
-        let arrived = self.ifaces[q.arrived.min(self.ifaces.len() - 1)].index;
-        let hops = &mut q.hops;
-        let from = hops
-            .iface(arrived)
-            .addr
-            .or_else(|| self.ifaces.iter().find_map(|i| hops.iface(i.index).addr));
-        if let Some(from) = from {
+        if let Some(from) = self.router_addr(q, generation) {
             Counters::bump(&self.counters.icmp_errors);
             q.unsent = Some(Unsent { from, why });
         }
