@@ -45,11 +45,12 @@ fn main() {
     let spec = PacketSpec {
         ifaces: Vec::new(),
         queues: 1,
-        addrs: vec![vip],
+        addrs: vec![vip.into()],
     };
     let (dev, _) = AfPacket::open(&spec).expect("open the packet sockets");
-    let holes = Blackholes::install(&[vip]).expect("add the blackhole route");
-    dev.warm(backends);
+    let holes = Blackholes::install(&[vip.into()]).expect("add the blackhole route");
+    let warm: Vec<std::net::IpAddr> = backends.iter().map(|&b| b.into()).collect();
+    dev.warm(&warm);
     // SIGTERM ends the loop, so the blackhole route is removed on the way out.
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())

@@ -156,6 +156,9 @@ t6_start() {
     return 0
   fi
   local -a args=(run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --tun-addr "$TL_TUN_ADDR6")
+  # The packet datapath (TL_IO=packet) needs no TUN: the VIP's packets reach
+  # lb's interfaces as they are, in both families.
+  [ "${TL_IO:-}" != packet ] || args=(run --io packet)
   if [[ " $* " != *" --vip "* ]]; then
     args+=(--vip "[$VIP6]:$TL_VIP_PORT")
     mapfile -t -O "${#args[@]}" args < <(t_backend_flags6)
@@ -224,6 +227,43 @@ t_tunlb_start_cmd() {
 t_io_args() {
   if [ "${TL_IO:-}" = packet ]; then printf -- '--io\npacket\n'
   else printf -- '--tun\n%s\n--tun-addr\n%s\n' "$TL_TUN" "$TL_TUN_ADDR"; fi
+}
+# t_hops_probe ADDR HOPS: from the client, a TCP connect to ADDR port 80
+# (IPv4 or IPv6) with TTL / hop limit HOPS; prints "connected", or what the
+# client's kernel put on the socket's error queue about the ICMP(v6) error
+# that failed it: "ERRNO ORIGIN TYPE CODE OFFENDER" (origin 2 ICMP, 3 ICMPv6).
+t_hops_probe() {
+  t_client "$(tl_python)" - "$1" "$2" <<'PY'
+import socket, struct, sys
+addr, hops = sys.argv[1], int(sys.argv[2])
+v6 = ":" in addr
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+if v6:
+    level, hops_opt, recverr = socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 25
+else:
+    level, hops_opt, recverr = socket.IPPROTO_IP, socket.IP_TTL, 11
+s.setsockopt(level, hops_opt, hops)
+s.setsockopt(level, recverr, 1)
+s.settimeout(5)
+try:
+    s.connect((addr, 80))
+    print("connected")
+except OSError as e:
+    out = "%s - - - -" % e.errno
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        for lvl, kind, d in anc:
+            if lvl == level and kind == recverr:
+                errno_, origin, etype, code = struct.unpack("=IBBB", d[:7])
+                if v6:
+                    who = socket.inet_ntop(socket.AF_INET6, d[24:40])
+                else:
+                    who = socket.inet_ntoa(d[20:24])
+                out = "%d %d %d %d %s" % (errno_, origin, etype, code, who)
+    except OSError:
+        pass
+    print(out)
+PY
 }
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
 # The default service (when ARGS has no --vip): the VIP over b1..b4. The

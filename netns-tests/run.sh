@@ -82,7 +82,8 @@ tl_make_data "$TUNLB_DATA"
 
 # The tests that run a second time on the packet datapath.
 PACKET_TESTS=(10-nth 11-random 30-concurrency 40-checksums 50-pmtu 60-backend-down 61-health
-  62-reload 90-signals)
+  62-reload 77-ipv6 78-ipv6-pmtu
+  79-ipv6-ops 90-signals)
 
 # wanted NAME PATTERN...: NAME contains one of the PATTERNs (or none given).
 wanted() {

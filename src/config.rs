@@ -574,9 +574,6 @@ pub enum Error {
     /// (the kernel turns IPv6 off on such a device).
     #[error("--mtu {0} is below 1280, the IPv6 minimum, so the TUN could not hold the IPv6 --tun-addr: use --mtu 1280 or more")]
     MtuBelowIpv6(u16),
-    /// An IPv6 service with `--io packet`.
-    #[error("service {0} is IPv6, which --io packet does not serve (its socket filter, blackhole routes and neighbour lookups are IPv4-only): use --io vnet (the default)")]
-    PacketIpv6(SocketAddr),
     /// A duration of `[health]` out of range.
     #[error("health {name} = {value}: use seconds from 0.05 to 3600")]
     HealthSeconds {
@@ -730,11 +727,6 @@ pub fn run_config(svc: &FlagService, run: &FlagRun) -> Result<RunConfig, Error> 
     let tun_addr = tun_addr(run, &file, &engine)?;
     if tun_addr.v6.is_some() && mtu < 1280 {
         return Err(Error::MtuBelowIpv6(mtu));
-    }
-    if io == IoKind::Packet {
-        if let Some(s) = engine.services.iter().find(|s| s.vip.is_ipv6()) {
-            return Err(Error::PacketIpv6(s.vip));
-        }
     }
     let stats = run.stats_interval.or(file.stats_interval).unwrap_or(0);
     let health = match (&file.health, run.health_check) {
@@ -1342,17 +1334,13 @@ backends = ["198.18.2.3:80", "198.18.2.4:80,weight=3"]
     }
 
     #[test]
-    fn an_ipv6_service_is_refused_with_the_packet_datapath() {
+    fn an_ipv6_service_is_served_by_either_datapath() {
         let f = flags("[2001:2::1]:80", &["[2001:2:0:2::3]:80"]);
         let run = FlagRun {
             io: Some(IoKind::Packet),
             ..Default::default()
         };
-        let e = run_config(&f, &run).unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "service [2001:2::1]:80 is IPv6, which --io packet does not serve (its socket filter, blackhole routes and neighbour lookups are IPv4-only): use --io vnet (the default)"
-        );
+        assert!(run_config(&f, &run).is_ok());
         let tun = FlagRun {
             tun: Some("tl0".into()),
             ..Default::default()

@@ -8,7 +8,7 @@
 //! any flags, sequence numbers and payload, with correct checksums, through
 //! smoltcp's field setters.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
@@ -208,6 +208,88 @@ impl IcmpError<'_> {
     }
 }
 
+/// An ICMPv6 error about a packet (RFC 4443), as a router sends it when it
+/// cannot forward the packet: "destination unreachable", "packet too big"
+/// (with the MTU) or "time exceeded" (the hop limit ran out).
+#[derive(Debug, Clone, Copy)]
+pub struct Icmpv6Error<'a> {
+    /// The router's address: the source of the error.
+    pub from: Ipv6Addr,
+    /// The ICMPv6 type: [`Icmpv6Error::UNREACHABLE`],
+    /// [`Icmpv6Error::TOO_BIG`] or [`Icmpv6Error::TIME_EXCEEDED`].
+    pub msg_type: u8,
+    /// The code. Of type 1: 0 no route, 1 administratively prohibited, 3
+    /// address unreachable; of types 2 and 3: 0.
+    pub code: u8,
+    /// The 32-bit word after the checksum: the MTU of "packet too big",
+    /// else 0.
+    pub param: u32,
+    /// The packet it is about, from its IPv6 header on.
+    pub about: &'a [u8],
+}
+
+impl Icmpv6Error<'_> {
+    /// ICMPv6 type 1, "destination unreachable".
+    pub const UNREACHABLE: u8 = 1;
+    /// ICMPv6 type 2, "packet too big".
+    pub const TOO_BIG: u8 = 2;
+    /// ICMPv6 type 3, "time exceeded" (code 0: the hop limit reached zero
+    /// in transit).
+    pub const TIME_EXCEEDED: u8 = 3;
+    /// The largest error: the IPv6 minimum MTU (RFC 4443 2.4(c): as much of
+    /// the invoking packet as fits without exceeding it).
+    pub const MAX_LEN: usize = 1280;
+    /// IPv6 and ICMPv6 headers.
+    const HEADERS: usize = 48;
+
+    /// Write the error at the start of `buf` and return its length, or
+    /// `None` when the packet is not an IPv6 packet with a whole header.
+    /// It goes to the packet's source and quotes as much of the packet as
+    /// fits in [`Self::MAX_LEN`]; a TCP segment (right after the IPv6
+    /// header) quoted whole gets a complete checksum in the quote, as in
+    /// [`IcmpError::emit`].
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`Self::MAX_LEN`].
+    pub fn emit(&self, buf: &mut [u8]) -> Option<usize> {
+        let p = self.about;
+        if p.len() < 40 || p[0] >> 4 != 6 {
+            return None;
+        }
+        let addr = |at: usize| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&p[at..at + 16]);
+            Ipv6Addr::from(b)
+        };
+        let (src, dst) = (addr(8), addr(24));
+        let quoted = p.len().min(Self::MAX_LEN - Self::HEADERS);
+        let len = Self::HEADERS + quoted;
+        let buf = &mut buf[..len];
+        buf.fill(0);
+        buf[Self::HEADERS..].copy_from_slice(&p[..quoted]);
+        let whole =
+            quoted == p.len() && 40 + usize::from(u16::from_be_bytes([p[4], p[5]])) == p.len();
+        if whole && p[6] == u8::from(IpProtocol::Tcp) && p.len() >= 60 {
+            TcpPacket::new_unchecked(&mut buf[Self::HEADERS + 40..])
+                .fill_checksum(&IpAddress::Ipv6(src), &IpAddress::Ipv6(dst));
+        }
+        let icmp = &mut buf[40..];
+        icmp[0] = self.msg_type;
+        icmp[1] = self.code;
+        icmp[4..8].copy_from_slice(&self.param.to_be_bytes());
+        let c = crate::checksum::full_l4(self.from, src, crate::checksum::ICMPV6, icmp);
+        crate::checksum::put(icmp, 2, c);
+        let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
+        ip.set_version(6);
+        ip.set_payload_len((len - 40) as u16);
+        ip.set_next_header(IpProtocol::Icmpv6);
+        ip.set_hop_limit(64);
+        ip.set_src_addr(self.from);
+        ip.set_dst_addr(src);
+        Some(len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +330,80 @@ mod tests {
             &ip.payload()[8..],
             &syn[..],
             "the whole SYN, checksum completed"
+        );
+    }
+
+    #[test]
+    fn an_icmpv6_error_quotes_the_packet_and_checks_out() {
+        use smoltcp::wire::{Icmpv6Packet, Ipv6Packet};
+        let client: SocketAddr = "[2001:2:0:1::2]:40000".parse().unwrap();
+        let vip: SocketAddr = "[2001:2::1]:80".parse().unwrap();
+        let syn = Segment::between(client, vip, SYN).build();
+        let mut about = syn.clone();
+        about[56] ^= 0x5a; // a partial checksum, say: completed in the quote
+        let from: Ipv6Addr = "2001:2:0:1::1".parse().unwrap();
+        let mut buf = [0xa5u8; Icmpv6Error::MAX_LEN];
+        for (msg_type, param) in [
+            (Icmpv6Error::TIME_EXCEEDED, 0),
+            (Icmpv6Error::TOO_BIG, 1280),
+        ] {
+            let e = Icmpv6Error {
+                from,
+                msg_type,
+                code: 0,
+                param,
+                about: &about,
+            };
+            let n = e.emit(&mut buf).unwrap();
+            assert_eq!(n, 48 + syn.len());
+            let ip = Ipv6Packet::new_checked(&buf[..n]).unwrap();
+            assert_eq!(ip.src_addr(), from);
+            assert_eq!(
+                ip.dst_addr(),
+                "2001:2:0:1::2".parse::<Ipv6Addr>().unwrap(),
+                "to the source"
+            );
+            assert_eq!(ip.next_header(), IpProtocol::Icmpv6);
+            assert_eq!(usize::from(ip.payload_len()), n - 40);
+            let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+            assert!(icmp.verify_checksum(&from, &ip.dst_addr()));
+            assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (msg_type, 0));
+            assert_eq!(&ip.payload()[4..8], &param.to_be_bytes());
+            assert_eq!(
+                &ip.payload()[8..],
+                &syn[..],
+                "quoted whole, its checksum completed"
+            );
+        }
+        // Quoted up to 1280 bytes in all; not IPv6, or no whole header: none.
+        let mut seg = Segment::between(client, vip, SYN);
+        let payload = vec![7u8; 1400];
+        seg.payload = &payload;
+        let big = seg.build();
+        let e = Icmpv6Error {
+            from,
+            msg_type: Icmpv6Error::UNREACHABLE,
+            code: 3,
+            param: 0,
+            about: &big,
+        };
+        assert_eq!(e.emit(&mut buf), Some(Icmpv6Error::MAX_LEN));
+        assert_eq!(&buf[48..], &big[..1280 - 48]);
+        assert_eq!(
+            Icmpv6Error {
+                about: &[0x45; 40],
+                ..e
+            }
+            .emit(&mut buf),
+            None
+        );
+        assert_eq!(
+            Icmpv6Error {
+                about: &big[..39],
+                ..e
+            }
+            .emit(&mut buf),
+            None
         );
     }
 

@@ -74,12 +74,13 @@
 //!
 //! This is the only module that reads the clock.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::craft::IcmpError;
+use crate::craft::{IcmpError, Icmpv6Error};
 use crate::engine::{Engine, Verdict};
 use crate::io::{Frame, PacketIo, Unsent};
 use crate::nat::L4Checksum;
@@ -437,21 +438,46 @@ fn bounce(
     now: Timestamp,
 ) {
     const TCP: u8 = 6;
-    if pkt.len() < 20 || pkt[9] != TCP {
+    // Only about TCP segments (IPv6: right after the fixed header).
+    let version = pkt.first().map(|b| b >> 4);
+    let tcp = match version {
+        Some(4) => pkt.len() >= 20 && pkt[9] == TCP,
+        Some(6) => pkt.len() >= 40 && pkt[6] == TCP,
+        _ => false,
+    };
+    if !tcp {
         return;
     }
-    if spare.len() < start + IcmpError::MAX_LEN {
-        spare.resize(start + IcmpError::MAX_LEN, 0);
+    let room = IcmpError::MAX_LEN.max(Icmpv6Error::MAX_LEN);
+    if spare.len() < start + room {
+        spare.resize(start + room, 0);
     }
-    let (code, mtu) = unsent.why.code_and_mtu();
-    let error = IcmpError {
-        from: unsent.from,
-        msg_type: IcmpError::UNREACHABLE,
-        code,
-        mtu,
-        about: pkt,
+    let made = match (unsent.from, version) {
+        (IpAddr::V4(from), Some(4)) => {
+            let (code, mtu) = unsent.why.code_and_mtu();
+            IcmpError {
+                from,
+                msg_type: IcmpError::UNREACHABLE,
+                code,
+                mtu,
+                about: pkt,
+            }
+            .emit(&mut spare[start..])
+        }
+        (IpAddr::V6(from), Some(6)) => {
+            let (msg_type, code, param) = unsent.why.icmpv6();
+            Icmpv6Error {
+                from,
+                msg_type,
+                code,
+                param,
+                about: pkt,
+            }
+            .emit(&mut spare[start..])
+        }
+        _ => None,
     };
-    let Some(n) = error.emit(&mut spare[start..]) else {
+    let Some(n) = made else {
         return;
     };
     let len = match engine.handle_offloaded_packet(
@@ -811,7 +837,7 @@ mod tests {
             let ip = Ipv4Packet::new_checked(&buf[frame.start..frame.start + len]).unwrap();
             if ip.dst_addr() == self.dead {
                 *self.unsent.lock().unwrap() = Some(Unsent {
-                    from: Ipv4Addr::new(198, 18, 1, 1),
+                    from: Ipv4Addr::new(198, 18, 1, 1).into(),
                     why: crate::io::Unreachable::Host,
                 });
                 return Err(std::io::ErrorKind::HostUnreachable.into());

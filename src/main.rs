@@ -630,12 +630,12 @@ fn service_addrs(cfg: &RunConfig) -> Vec<(std::net::IpAddr, &'static str)> {
 /// received yet to the blackhole and let the sockets receive them, or say
 /// that they receive nothing.
 fn receive_added(dev: &AfPacket, holes: &mut Blackholes, wanted: &[(std::net::IpAddr, &str)]) {
-    let new: Vec<std::net::Ipv4Addr> = (wanted.iter())
-        .filter_map(|(a, _)| match a {
-            std::net::IpAddr::V4(v) if !holes.addrs().contains(v) => Some(*v),
-            _ => None,
-        })
+    let mut new: Vec<std::net::IpAddr> = (wanted.iter())
+        .map(|&(a, _)| a)
+        .filter(|a| !holes.addrs().contains(a))
         .collect();
+    new.sort_unstable();
+    new.dedup();
     if new.is_empty() {
         return;
     }
@@ -657,7 +657,6 @@ fn receive_added(dev: &AfPacket, holes: &mut Blackholes, wanted: &[(std::net::Ip
 
 /// `--io packet`: the sockets, the device as reports show it, and the
 /// blackhole routes that keep the kernel from forwarding or answering.
-/// IPv4 only: the configuration refuses IPv6 services with `--io packet`.
 fn open_packet(
     cfg: &RunConfig,
     addrs: &[(std::net::IpAddr, &'static str)],
@@ -665,21 +664,13 @@ fn open_packet(
     let spec = PacketSpec {
         ifaces: cfg.ifaces.clone(),
         queues: cfg.threads,
-        addrs: (addrs.iter())
-            .filter_map(|a| match a.0 {
-                std::net::IpAddr::V4(a) => Some(a),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect(),
+        addrs: addrs.iter().map(|a| a.0).collect(),
     };
     let (dev, opened) = AfPacket::open(&spec)?;
     let holes = Blackholes::install(&spec.addrs)?;
     let backends: Vec<_> = (cfg.engine.services.iter())
         .flat_map(|s| s.backends.iter())
-        .filter_map(|b| match b.addr {
-            std::net::SocketAddr::V4(a) => Some(*a.ip()),
-            std::net::SocketAddr::V6(_) => None,
-        })
+        .map(|b| b.addr.ip())
         .collect();
     dev.warm(&backends);
     let names: Vec<&str> = opened.ifaces.iter().map(|i| i.name.as_str()).collect();

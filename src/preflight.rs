@@ -23,7 +23,7 @@ pub enum Problem {
     #[error("net.ipv6.conf.all.forwarding is 0 in this network namespace, so the kernel would not forward the IPv6 packets tunlb writes: run 'sysctl -w net.ipv6.conf.all.forwarding=1' or pass --set-sysctls")]
     Forwarding6Off,
     /// An address tunlb translates to or from is local.
-    #[error("{addr} ({role}) is a local address of this namespace: the kernel would answer for it instead of routing it into the TUN; remove it from the interface ('ip addr del {addr}/PREFIX dev DEV') or choose an address inside the --tun-addr prefix")]
+    #[error("{addr} ({role}) is a local address of this namespace: the kernel would answer for it instead of leaving its packets to tunlb; remove it from the interface ('ip addr del {addr}/PREFIX dev DEV') or choose another address (with the TUN, one inside the --tun-addr prefix)")]
     LocalAddress {
         /// The address.
         addr: IpAddr,

@@ -21,6 +21,15 @@
 #    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
 # 5. An interface tunlb listens on goes down, then up: tunlb does not spin
 #    (its sockets' ENETDOWN is read), and balances throughout.
+# 6. IPv6 on the same sockets, one instance serving an IPv4 and an IPv6
+#    VIP: blackhole routes for both (/32 and /128); the IPv6 VIP round
+#    robin and a 64 MiB download intact; a ping6 to lb's own IPv6 address
+#    still answered; hop limit 1 gets ICMPv6 "time exceeded" from lb's
+#    address and hop limit 2 reaches the (on-link) backend: exactly one
+#    hop; a reload adds a second IPv6 VIP (its route, then the filter);
+#    every route gone after SIGTERM; after kill -9 a restart replaces the
+#    stale IPv6 routes; an IPv6 VIP that is lb's own address is refused at
+#    start with one line naming it.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -170,3 +179,87 @@ x0_then down
 x0_then up
 t_tunlb_stop
 ip -n "$LB" link del x0
+
+# (6) IPv6. ping6 ADDR: 3 ICMPv6 echo requests from the client (the kernel
+# fills in an ICMPv6 raw socket's checksum).
+ping6() {
+  t_client "$(tl_python)" -c '
+import os, socket, struct, sys, time
+dst, ident = sys.argv[1], os.getpid() & 0xffff
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(0.2)
+for seq in range(1, 4):
+    s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq) + b"tunlb-ping", (dst, 0))
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        try:
+            pkt, addr = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        t, _, _, i, q = struct.unpack("!BBHHH", pkt[:8])
+        if addr[0] == dst and t == 129 and i == ident and q == seq:
+            break
+    else:
+        sys.exit("no echo reply to request %d" % seq)
+' "$1"
+}
+routes6() { ip -n "$LB" -6 route show proto 213 | awk '{ print $1, $2 }' | tr '\n' ';'; }
+mapfile -t b6 < <(tl_backends | while read -r i; do printf '"[%s]:80"\n' "$(tl_backend_addr6 "$i")"; done)
+cat >"$T_DIR/v6.toml" <<EOF
+[[service]]
+vip = "[$VIP6]:80"
+mode = "nth"
+backends = [$(IFS=,; echo "${b6[*]}")]
+EOF
+start6() {
+  t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --control "$CTL" \
+    --vip "$VIP:80" "${backends[@]}" --mode nth --config "$T_DIR/v6.toml"
+}
+fwd6() { ip netns exec "$LB" nstat -az Ip6OutForwDatagrams | awk '$1 == "Ip6OutForwDatagrams" { print $2 }'; }
+f60=$(fwd6)
+start6
+check_eq "IPv6: the blackhole routes for both VIPs are there" "$(routes)|$(routes6)" "blackhole $VIP;|blackhole $VIP6;"
+four6=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP6_URL/" || echo fail; done | tr '\n' ' ')
+check_eq "IPv6 VIP round robin on the packet datapath" "$four6" "b1 b2 b3 b4 "
+check_eq "the IPv4 VIP beside it" "$(t_client curl -s --max-time 5 "$VIP_URL/")" b1
+got=$(t_client curl -s --max-time 60 "$VIP6_URL/file/big.bin" | sha256sum | cut -d' ' -f1)
+check_eq "IPv6: 64 MiB download: sha256" "$got" "$big"
+check "a ping6 to lb's own IPv6 address works while tunlb runs" ping6 "$TL_LB_CLIENT_ADDR6"
+got=$(t_hops_probe "$VIP6" 1)
+note "hop limit 1: $got"
+check_eq "hop limit 1: time exceeded (EHOSTUNREACH, ICMPv6, type 3 code 0) from lb's $TL_LB_CLIENT_ADDR6" \
+  "$got" "113 3 3 0 $TL_LB_CLIENT_ADDR6"
+check_eq "hop limit 2: connected (one hop: lb)" "$(t_hops_probe "$VIP6" 2)" connected
+# A reload that adds a second IPv6 VIP: its /128 route, then the filter.
+VIP6B=2001:2::2
+cat >>"$T_DIR/v6.toml" <<EOF
+[[service]]
+vip = "[$VIP6B]:80"
+mode = "nth"
+backends = ["[$(tl_backend_addr6 4)]:80"]
+EOF
+kill -HUP "$TUNLB_PID"
+t_wait_until 5 grep -q "now receiving for $VIP6B" "$TUNLB_LOG" || true
+check "IPv6 reload: the new VIP is received (blackhole route, filter)" grep -q "now receiving for $VIP6B" "$TUNLB_LOG"
+check_eq "IPv6 reload: the new VIP answers" "$(t_client curl -s --max-time 5 "http://[$VIP6B]/")" b4
+check_eq "IPv6 reload: both /128 routes" "$(routes6)" "blackhole $VIP6;blackhole $VIP6B;"
+check_eq "the lb kernel forwarded no IPv6 packet (Ip6OutForwDatagrams)" "$(($(fwd6) - f60))" 0
+t_tunlb_stop
+check_eq "IPv6: no blackhole route of tunlb after SIGTERM" "$(routes)|$(routes6)" "|"
+check "the drops line counts the hop limit 1 SYN" grep -q 'ttl exceeded 1 ' "$TUNLB_LOG"
+start6
+tl_stop "$P" tunlb KILL 5
+wait "$TUNLB_PID" 2>/dev/null || true
+check_eq "IPv6: kill -9 leaves the routes behind" "$(routes6)" "blackhole $VIP6;blackhole $VIP6B;"
+start6
+check "IPv6: the restart removed the stale route" grep -q "removed a stale blackhole route for $VIP6" "$TUNLB_LOG"
+check_eq "IPv6 after the restart" "$(t_client curl -s --max-time 5 "$VIP6_URL/")" b1
+t_tunlb_stop
+check_eq "IPv6: no route after the restart's SIGTERM" "$(routes)|$(routes6)" "|"
+rc=0
+timeout 10 ip netns exec "$LB" "$TUNLB_BIN" run --io packet --control "$T_DIR/local6.sock" \
+  --vip "[$TL_LB_CLIENT_ADDR6]:80" --backend "[$(tl_backend_addr6 1)]:80" >"$T_DIR/local6.out" 2>&1 || rc=$?
+note "an IPv6 VIP on lb's own address: exit $rc: $(cat "$T_DIR/local6.out")"
+check_range "an IPv6 VIP on lb's own address is refused (exit status)" "$rc" 1 2
+check "the line names the address" grep -q "$TL_LB_CLIENT_ADDR6" "$T_DIR/local6.out"
+check_eq "and it added no route" "$(routes6)" ""

@@ -166,45 +166,19 @@ check "tunlb still running" tl_pid_alive "$TUNLB_PID"
 t_tunlb_stop
 note "$(grep -o 'packet datapath drops.*' "$TUNLB_LOG" || echo 'no packet datapath drops line')"
 
-# (5) TTLs. ttl_probe TTL: a connect to the VIP with that TTL; prints
-# "connected", or "ERRNO ORIGIN TYPE CODE OFFENDER" from the error queue.
-ttl_probe() {
-  t_client "$(tl_python)" - "$VIP" "$1" <<'PY'
-import socket, struct, sys
-vip, ttl = sys.argv[1], int(sys.argv[2])
-IP_RECVERR = 11
-s = socket.socket()
-s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-s.settimeout(5)
-try:
-    s.connect((vip, 80))
-    print("connected")
-except OSError as e:
-    out = "%s - - - -" % e.errno
-    try:
-        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-        for level, kind, d in anc:
-            if level == socket.IPPROTO_IP and kind == IP_RECVERR:
-                errno_, origin, etype, code = struct.unpack("=IBBB", d[:7])
-                out = "%d %d %d %d %s" % (errno_, origin, etype, code, socket.inet_ntoa(d[20:24]))
-    except OSError:
-        pass
-    print(out)
-PY
-}
+# (5) TTLs (t_hops_probe: a connect with that TTL, and the error it got).
 CTL2=$T_DIR/control2.sock
 t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --control "$CTL2" --vip "$VIP:80" --backend "$FAR:80"
-got=$(ttl_probe 1)
+got=$(t_hops_probe "$VIP" 1)
 note "TTL 1: $got"
 check_eq "TTL 1: time exceeded (EHOSTUNREACH, ICMP, type 11 code 0) from lb's $TL_LB_CLIENT_ADDR" \
   "$got" "113 2 11 0 $TL_LB_CLIENT_ADDR"
 check_eq "TTL 1: no flow made" "$("$TUNLB_BIN" flows --control "$CTL2" | grep -c "$FAR" || true)" 0
-got=$(ttl_probe 2)
+got=$(t_hops_probe "$VIP" 2)
 note "TTL 2: $got"
 check_eq "TTL 2: forwarded with TTL 1, rt's time exceeded reaches the client, translated (from the VIP)" \
   "$got" "113 2 11 0 $VIP"
-check_eq "TTL 3: connected to b5 through lb and rt" "$(ttl_probe 3)" connected
+check_eq "TTL 3: connected to b5 through lb and rt" "$(t_hops_probe "$VIP" 3)" connected
 check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded lb) - fwd0))" 0
 t_tunlb_stop
 drops=$(grep -o 'packet datapath drops.*' "$TUNLB_LOG" || true)

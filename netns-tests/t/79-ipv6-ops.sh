@@ -83,8 +83,9 @@ write_conf() { # write_conf BACKEND...
 }
 write_conf "${B[@]}"
 METRICS=127.0.0.1:9106
-t_tunlb_start_cmd "$TUNLB_BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" \
-  --tun-addr "$TL_TUN_ADDR6" --config "$CONF" --control "$CTL" --metrics "$METRICS" --trace
+io=(--tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" --tun-addr "$TL_TUN_ADDR6")
+[ "${TL_IO:-}" != packet ] || io=(--io packet)
+t_tunlb_start_cmd "$TUNLB_BIN" run "${io[@]}" --config "$CONF" --control "$CTL" --metrics "$METRICS" --trace
 tally=$(t_tally 8 "" "$VIP6_URL")
 check_eq "IPv6 from the file: 8 connections, 2 each" \
   "$(for i in $(tl_backends); do printf '%s ' "$(t_count "$tally" "b$i")"; done)" "2 2 2 2 "

@@ -5,7 +5,7 @@
 # parses, `man` prints roff. Runtime refusals: net.ipv4.ip_forward=0 (exit 1
 # naming the sysctl; --set-sysctls sets it), a VIP or SNAT address the kernel
 # would answer itself. The same for IPv6 (issue 15): two --tun-addr of one
-# family, an IPv6 prefix too long, an IPv6 service with --io packet (exit 2);
+# family, an IPv6 prefix too long, an IPv6 VIP with an IPv4 backend on --io packet too (exit 2);
 # an IPv6 VIP that is local or routes elsewhere, IPv6 forwarding off (exit 1,
 # naming net.ipv6.conf.all.forwarding; --set-sysctls sets it).
 # shellcheck source=netns-tests/lib.sh
@@ -106,7 +106,8 @@ B6="[$(tl_backend_addr6 1)]:80"
 bad "are both IPv4" run "${TUN[@]}" --tun-addr 198.18.9.254/24 --vip "$V" --backend "$B1"
 bad "are both IPv6" run "${TUN6[@]}" --tun-addr 2001:2:0:9::fe/64 --vip "$V6" --backend "$B6"
 bad "must be 1 to 126" run --tun "$TL_TUN" --tun-addr 2001:2::fe/127 --vip "$V6" --backend "$B6"
-bad "use --io vnet" run --io packet --vip "$V6" --backend "$B6"
+# --io packet serves IPv6 too (38-packet-io), and refuses mixed families the same way.
+bad "is IPv6 but its --backend" run --io packet --vip "$V6" --backend "$B1"
 bad "is IPv6 but its --backend" run "${TUN6[@]}" --vip "$V6" --backend "$B1"
 refused 'local address' "${TUN6[@]}" --vip "[$TL_LB_BACKEND_ADDR6]:80" --backend "$B6"
 refused 'routes via c0, not into' "${TUN6[@]}" --vip "[2001:2:0:1::9]:80" --backend "$B6"

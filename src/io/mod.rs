@@ -18,7 +18,7 @@ pub mod tun;
 pub mod vnet;
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::nat::L4Checksum;
@@ -51,15 +51,16 @@ impl Frame {
 }
 
 /// Why a device could not deliver a packet, when a router would tell the
-/// packet's source (RFC 1812 4.3.2: an ICMP "destination unreachable"). A
+/// packet's source (RFC 1812 4.3.2: an ICMP "destination unreachable";
+/// RFC 4443 for IPv6). A
 /// device that hands packets to the kernel's forwarding (the TUN) leaves
 /// that to the kernel; one that sends them itself (the packet datapath)
 /// says so, and the datapath answers for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsent {
-    /// The address the answer comes from: the host's address on the
-    /// interface the packet arrived on.
-    pub from: Ipv4Addr,
+    /// The address the answer comes from: the host's address of the
+    /// packet's family on the interface the packet arrived on.
+    pub from: IpAddr,
     /// Why.
     pub why: Unreachable,
 }
@@ -92,6 +93,18 @@ impl Unreachable {
             Unreachable::Host => (1, 0),
             Unreachable::Prohibited => (13, 0),
             Unreachable::TooBig { mtu } => (4, mtu),
+        }
+    }
+
+    /// Return the ICMPv6 type, code and parameter (RFC 4443): type 1 "no
+    /// route" (0), "address unreachable" (3), "administratively
+    /// prohibited" (1); type 2 "packet too big" with the MTU.
+    pub fn icmpv6(self) -> (u8, u8, u32) {
+        match self {
+            Unreachable::Net => (1, 0, 0),
+            Unreachable::Host => (1, 3, 0),
+            Unreachable::Prohibited => (1, 1, 0),
+            Unreachable::TooBig { mtu } => (2, 0, u32::from(mtu)),
         }
     }
 }

@@ -2,14 +2,15 @@
 //! of the kernel. Interfaces (`RTM_GETLINK`), the route and the neighbour
 //! for a destination (`RTM_GETROUTE`, `RTM_GETNEIGH`), and tunlb's own
 //! blackhole routes (`RTM_NEWROUTE` / `RTM_DELROUTE`, tagged with
-//! [`PROTO`]).
+//! [`PROTO`]). Both families: a message carries the family of the address
+//! it is about (`AF_INET`, `AF_INET6`), and the address is 4 or 16 bytes.
 //!
 //! Messages are built and parsed by hand (`struct nlmsghdr`, `rtmsg`,
 //! `ndmsg`, `ifinfomsg` and `rtattr`s, native byte order); the socket calls
 //! go through `io::sys`.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use super::sys;
@@ -36,6 +37,7 @@ const IFLA_MASTER: u16 = 10;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_SECONDARY: u8 = 0x01;
+const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_HOST: u8 = 254;
 const RT_TABLE_MAIN: u8 = 254;
 /// `RTN_UNICAST`: a route packets are sent along.
@@ -82,8 +84,9 @@ pub struct Route {
     pub kind: u8,
     /// Output interface.
     pub oif: Option<u32>,
-    /// Gateway, when the destination is not on-link.
-    pub gateway: Option<Ipv4Addr>,
+    /// Gateway, when the destination is not on-link (for IPv6 often a
+    /// link-local address, meaningful on [`Route::oif`] only).
+    pub gateway: Option<IpAddr>,
     /// The route's MTU (`mtu` of `ip route`, or a learned path MTU), when
     /// it has one; otherwise the interface's applies.
     pub mtu: Option<u32>,
@@ -168,6 +171,42 @@ fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
     <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from)
 }
 
+/// An address attribute of either family: 4 or 16 bytes.
+fn ip(data: &[u8]) -> Option<IpAddr> {
+    match data.len() {
+        4 => ipv4(data).map(IpAddr::V4),
+        16 => <[u8; 16]>::try_from(data)
+            .ok()
+            .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+        _ => None,
+    }
+}
+
+/// The address family (`AF_INET`, `AF_INET6`) of `a`, as a message's
+/// family byte.
+fn family(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+/// The prefix length of `a` alone: 32 or 128.
+fn host_len(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// Append `a` as an attribute of type `ty`.
+fn push_addr(out: &mut Vec<u8>, ty: u16, a: IpAddr) {
+    match a {
+        IpAddr::V4(v) => push_attr(out, ty, &v.octets()),
+        IpAddr::V6(v) => push_attr(out, ty, &v.octets()),
+    }
+}
+
 fn mac(data: &[u8]) -> Option<[u8; 6]> {
     <[u8; 6]>::try_from(data).ok()
 }
@@ -205,17 +244,8 @@ fn parse_link(m: &Msg) -> Option<Link> {
 }
 
 /// An `rtmsg` (12 bytes).
-fn rtmsg(dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) -> Vec<u8> {
-    let mut b = vec![
-        libc::AF_INET as u8,
-        dst_len,
-        0,
-        0,
-        table,
-        protocol,
-        scope,
-        kind,
-    ];
+fn rtmsg(family: u8, dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) -> Vec<u8> {
+    let mut b = vec![family, dst_len, 0, 0, table, protocol, scope, kind];
     b.extend_from_slice(&0u32.to_ne_bytes());
     b
 }
@@ -317,16 +347,40 @@ impl Netlink {
     /// Return the primary IPv4 address of interface `index` (the first
     /// one that is not secondary and not host-scoped), if it has one.
     pub fn ipv4_addr(&mut self, index: u32) -> io::Result<Option<Ipv4Addr>> {
+        Ok(
+            match self.if_addr(index, libc::AF_INET as u8, RT_SCOPE_HOST)? {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            },
+        )
+    }
+
+    /// Return the first global IPv6 address of interface `index` (not
+    /// temporary, not link- or host-scoped), if it has one: the source of
+    /// the ICMPv6 errors tunlb sends about packets that arrived on it.
+    pub fn ipv6_addr(&mut self, index: u32) -> io::Result<Option<Ipv6Addr>> {
+        Ok(
+            match self.if_addr(index, libc::AF_INET6 as u8, RT_SCOPE_LINK)? {
+                Some(IpAddr::V6(a)) => Some(a),
+                _ => None,
+            },
+        )
+    }
+
+    /// The first address of `family` on interface `index` whose scope is
+    /// below `scope` and that is not secondary (IPv4) or temporary (IPv6:
+    /// the same flag bit).
+    fn if_addr(&mut self, index: u32, family: u8, scope: u8) -> io::Result<Option<IpAddr>> {
         // struct ifaddrmsg: family, prefixlen, flags, scope, index.
-        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+        let mut body = vec![family, 0, 0, 0];
         body.extend_from_slice(&index.to_ne_bytes());
         let msgs = self.request(libc::RTM_GETADDR, libc::NLM_F_DUMP as u16, &body)?;
         for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWADDR) {
             let b = &m.body;
             if b.len() < 8
-                || b[0] != libc::AF_INET as u8
+                || b[0] != family
                 || b[2] & IFA_F_SECONDARY != 0
-                || b[3] >= RT_SCOPE_HOST
+                || b[3] >= scope
                 || u32::from_ne_bytes([b[4], b[5], b[6], b[7]]) != index
             {
                 continue;
@@ -334,8 +388,8 @@ impl Netlink {
             let (mut local, mut address) = (None, None);
             for (ty, data) in attrs(&b[8..]) {
                 match ty {
-                    IFA_LOCAL => local = ipv4(data),
-                    IFA_ADDRESS => address = ipv4(data),
+                    IFA_LOCAL => local = ip(data),
+                    IFA_ADDRESS => address = ip(data),
                     _ => {}
                 }
             }
@@ -352,9 +406,9 @@ impl Netlink {
     /// route of that kind without an interface (`EHOSTUNREACH`:
     /// [`RTN_UNREACHABLE`], `EACCES`: [`RTN_PROHIBIT`], `EINVAL`:
     /// [`RTN_BLACKHOLE`]).
-    pub fn route_get(&mut self, dst: Ipv4Addr) -> io::Result<Option<Route>> {
-        let mut body = rtmsg(32, 0, 0, 0, 0);
-        push_attr(&mut body, RTA_DST, &dst.octets());
+    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
+        let mut body = rtmsg(family(dst), host_len(dst), 0, 0, 0, 0);
+        push_addr(&mut body, RTA_DST, dst);
         let refused = |kind| {
             Ok(Some(Route {
                 kind,
@@ -392,7 +446,7 @@ impl Netlink {
                 RTA_OIF if data.len() == 4 => {
                     r.oif = Some(u32::from_ne_bytes([data[0], data[1], data[2], data[3]]));
                 }
-                RTA_GATEWAY => r.gateway = ipv4(data),
+                RTA_GATEWAY => r.gateway = ip(data),
                 RTA_METRICS => {
                     r.mtu = attrs(data)
                         .find(|&(t, d)| t == RTAX_MTU && d.len() == 4)
@@ -407,11 +461,11 @@ impl Netlink {
 
     /// Look up the neighbour entry of `addr` on interface `ifindex`.
     /// `None` when the kernel has none.
-    pub fn neigh_get(&mut self, ifindex: u32, addr: Ipv4Addr) -> io::Result<Option<Neigh>> {
-        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+    pub fn neigh_get(&mut self, ifindex: u32, addr: IpAddr) -> io::Result<Option<Neigh>> {
+        let mut body = vec![family(addr), 0, 0, 0];
         body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
         body.extend_from_slice(&[0, 0, 0, 0]); // state, flags, type
-        push_attr(&mut body, NDA_DST, &addr.octets());
+        push_addr(&mut body, NDA_DST, addr);
         let msgs = match self.request(libc::RTM_GETNEIGH, 0, &body) {
             Ok(m) => m,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
@@ -435,21 +489,35 @@ impl Netlink {
         Ok(Some(n))
     }
 
-    /// Add the blackhole route `addr/32` to the main table, tagged
+    /// Add the blackhole route `addr/32` (`/128`) to the main table, tagged
     /// [`PROTO`] (`ip route add blackhole ADDR proto 213`). Fails with
-    /// `EEXIST` when the table already has a route for exactly `addr/32`.
-    pub fn blackhole_add(&mut self, addr: Ipv4Addr) -> io::Result<()> {
-        let mut body = rtmsg(32, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
-        push_attr(&mut body, RTA_DST, &addr.octets());
+    /// `EEXIST` when the table already has a route for exactly that prefix.
+    pub fn blackhole_add(&mut self, addr: IpAddr) -> io::Result<()> {
+        let mut body = rtmsg(
+            family(addr),
+            host_len(addr),
+            RT_TABLE_MAIN,
+            PROTO,
+            0,
+            RTN_BLACKHOLE,
+        );
+        push_addr(&mut body, RTA_DST, addr);
         let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
         self.request(libc::RTM_NEWROUTE, flags, &body).map(drop)
     }
 
-    /// Remove tunlb's blackhole route for `addr/32` (only one tagged
-    /// [`PROTO`]). Returns whether there was one.
-    pub fn blackhole_del(&mut self, addr: Ipv4Addr) -> io::Result<bool> {
-        let mut body = rtmsg(32, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
-        push_attr(&mut body, RTA_DST, &addr.octets());
+    /// Remove tunlb's blackhole route for `addr/32` (`/128`; only one
+    /// tagged [`PROTO`]). Returns whether there was one.
+    pub fn blackhole_del(&mut self, addr: IpAddr) -> io::Result<bool> {
+        let mut body = rtmsg(
+            family(addr),
+            host_len(addr),
+            RT_TABLE_MAIN,
+            PROTO,
+            0,
+            RTN_BLACKHOLE,
+        );
+        push_addr(&mut body, RTA_DST, addr);
         match self.request(libc::RTM_DELROUTE, 0, &body) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
@@ -457,31 +525,32 @@ impl Netlink {
         }
     }
 
-    /// Return the destinations of the blackhole routes tagged [`PROTO`] in
-    /// the main table.
-    pub fn blackholes(&mut self) -> io::Result<Vec<Ipv4Addr>> {
-        let body = rtmsg(0, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
-        let msgs = self.request(libc::RTM_GETROUTE, libc::NLM_F_DUMP as u16, &body)?;
+    /// Return the destinations of the host blackhole routes (`/32`,
+    /// `/128`) tagged [`PROTO`] in the main table, of both families.
+    pub fn blackholes(&mut self) -> io::Result<Vec<IpAddr>> {
         let mut out = Vec::new();
-        for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWROUTE) {
-            let b = &m.body;
-            if b.len() < 12 || b[0] != libc::AF_INET as u8 || b[5] != PROTO || b[7] != RTN_BLACKHOLE
-            {
-                continue;
-            }
-            let mut table = u32::from(b[4]);
-            let mut dst = None;
-            for (ty, data) in attrs(&b[12..]) {
-                match ty {
-                    RTA_DST => dst = ipv4(data),
-                    RTA_TABLE if data.len() == 4 => {
-                        table = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
-                    }
-                    _ => {}
+        for (fam, len) in [(libc::AF_INET as u8, 32), (libc::AF_INET6 as u8, 128)] {
+            let body = rtmsg(fam, 0, RT_TABLE_MAIN, PROTO, 0, RTN_BLACKHOLE);
+            let msgs = self.request(libc::RTM_GETROUTE, libc::NLM_F_DUMP as u16, &body)?;
+            for m in msgs.iter().filter(|m| m.ty == libc::RTM_NEWROUTE) {
+                let b = &m.body;
+                if b.len() < 12 || b[0] != fam || b[5] != PROTO || b[7] != RTN_BLACKHOLE {
+                    continue;
                 }
-            }
-            if let (Some(d), true) = (dst, table == u32::from(RT_TABLE_MAIN) && b[1] == 32) {
-                out.push(d);
+                let mut table = u32::from(b[4]);
+                let mut dst = None;
+                for (ty, data) in attrs(&b[12..]) {
+                    match ty {
+                        RTA_DST => dst = ip(data),
+                        RTA_TABLE if data.len() == 4 => {
+                            table = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(d), true) = (dst, table == u32::from(RT_TABLE_MAIN) && b[1] == len) {
+                    out.push(d);
+                }
             }
         }
         Ok(out)
@@ -489,10 +558,11 @@ impl Netlink {
 }
 
 /// A netlink socket that receives a message whenever an interface, an
-/// IPv4 address or route or a neighbour entry changes (`RTMGRP_LINK |
-/// RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE`).
+/// address or route of either family or a neighbour entry changes
+/// (`RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE |
+/// RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE`).
 pub fn monitor() -> io::Result<OwnedFd> {
-    const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40;
+    const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x100 | 0x400;
     let fd = sys::socket(
         libc::AF_NETLINK,
         libc::SOCK_RAW | libc::SOCK_NONBLOCK,

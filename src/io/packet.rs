@@ -7,9 +7,13 @@
 //! the V3 block ring waits for a timer at light load, milliseconds). The
 //! sockets of one interface form a `PACKET_FANOUT` group in hash mode, so
 //! one direction of a flow always lands on one thread (no reordering). A
-//! classic BPF socket filter copies into the ring only IPv4 TCP and ICMP
-//! addressed to the host (`PACKET_HOST`) and to a VIP or SNAT address:
-//! other traffic on a busy interface costs tunlb nothing.
+//! classic BPF socket filter copies into the ring only IPv4 TCP and ICMP,
+//! and IPv6 (any next header: the engine judges and counts extension
+//! headers), addressed to the host (`PACKET_HOST`) and to a VIP or SNAT
+//! address: other traffic on a busy interface costs tunlb nothing. The
+//! sockets take every protocol (`ETH_P_ALL`, the filter choosing), so one
+//! ring serves both families, and the kernel reads the protocol of what
+//! they send from its Ethernet header.
 //! `PACKET_IGNORE_OUTGOING` keeps tunlb's own transmissions out.
 //!
 //! The kernel still receives its own copy of each frame. Blackhole routes
@@ -64,10 +68,16 @@
 //! [`crate::datapath`]). At most [`ICMP_PER_SEC`] a second per thread. A
 //! `blackhole` route drops silently, as it does for the kernel.
 //!
-//! Like the kernel's forwarding (RFC 1812 5.3.1, `ip_forward`), this
+//! IPv6 gets the same answers as ICMPv6 errors (RFC 4443: "no route",
+//! "address unreachable", "administratively prohibited", "packet too big"
+//! with the egress MTU for every packet too big, since IPv6 routers never
+//! fragment), from the host's global IPv6 address on that interface.
+//!
+//! Like the kernel's forwarding (RFC 1812 5.3.1, `ip_forward`; RFC 8200
+//! for IPv6's hop limit), this
 //! device decrements the TTL of every packet it forwards, once, after the
 //! next hop and the MTU are found good, and updates the header checksum
-//! ([`checksum::decrement_ttl`]); packets tunlb makes itself (resets, ICMP
+//! ([`checksum::decrement_ttl`]; IPv6 has none); packets tunlb makes itself (resets, ICMP
 //! errors) start at 64. A packet that arrives with a TTL of 0 or 1 is not
 //! handed to the engine at all (so it makes no flow, as conntrack's
 //! unconfirmed entry dies with the packet in `ip_forward`): it is dropped,
@@ -78,7 +88,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,7 +99,7 @@ use super::sys;
 use super::vnet::{self, VnetHdr};
 use super::{Frame, PacketIo, Unreachable, Unsent};
 use crate::checksum;
-use crate::craft::IcmpError;
+use crate::craft::{IcmpError, Icmpv6Error};
 use crate::nat::L4Checksum;
 
 /// How long a thread trusts a resolved next hop before asking the kernel
@@ -154,8 +164,8 @@ pub enum PacketError {
     #[error("--io packet: no Ethernet interface is up here (loopback and bridge or bond ports do not count); name them with --iface")]
     NoInterface,
     /// The main table already routes exactly a VIP or SNAT address.
-    #[error("{0}/32 already has a route in the main table; --io packet adds a blackhole route for it (so the kernel neither forwards nor answers it): remove that route ('ip route del {0}/32')")]
-    RouteExists(Ipv4Addr),
+    #[error("{0} already has a host route (/32, /128) in the main table; --io packet adds a blackhole route for it (so the kernel neither forwards nor answers it): remove that route ('ip route del {0}')")]
+    RouteExists(IpAddr),
     /// A system call failed.
     #[error("--io packet: {what}: {err}")]
     Sys {
@@ -217,8 +227,9 @@ pub struct PacketSpec {
     pub ifaces: Vec<String>,
     /// Queues (one per packet thread).
     pub queues: usize,
-    /// The addresses tunlb receives for: VIPs and SNAT addresses.
-    pub addrs: Vec<Ipv4Addr>,
+    /// The addresses tunlb receives for: VIPs and SNAT addresses, of
+    /// either family.
+    pub addrs: Vec<IpAddr>,
 }
 
 /// An interface tunlb listens and sends on.
@@ -279,52 +290,90 @@ pub fn select_ifaces(links: &[netlink::Link], names: &[String]) -> Result<Vec<If
     Ok(out)
 }
 
+/// The most addresses of one family a filter lists; with more, it takes
+/// that family's packets to any destination (the engine drops the rest).
+pub const FILTER_MAX_ADDRS: usize = 240;
+
 /// The classic BPF program of the receive sockets: accept a frame sent to
-/// this host (`PACKET_HOST`) that is IPv4, TCP or ICMP, to one of `addrs`
-/// (any address when there are too many for one program's jumps). The
-/// offsets are those of an Ethernet frame (SOCK_RAW).
-pub fn filter(addrs: &[Ipv4Addr]) -> Vec<libc::sock_filter> {
+/// this host (`PACKET_HOST`) that is IPv4 TCP or ICMP, or IPv6 (any next
+/// header), to one of `addrs` (to any address of a family with more than
+/// [`FILTER_MAX_ADDRS`]; to none of a family without any). The offsets are
+/// those of an Ethernet frame (SOCK_RAW). Every jump is short (the 8-bit
+/// offsets of classic BPF): each family's block ends in its own returns,
+/// and each listed address is followed by its own "accept".
+pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
     const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
     const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let mut list: Vec<u32> = addrs.iter().map(|a| u32::from(*a)).collect();
-    list.sort_unstable();
-    list.dedup();
-    if list.len() > 240 {
-        list.clear(); // any destination: the engine drops the rest
-    }
-    let n = list.len();
+    const ACCEPT: u32 = 0x0004_0000;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    // Layout: 0..=6 checks, 7 load dst (when listing), 8.. one jeq per
-    // address, then DROP, then ACCEPT.
-    let first_dst = if n == 0 { 7 } else { 8 + n };
-    let drop = first_dst;
-    let accept = drop + 1;
-    let to = |from: usize, target: usize| (target - from - 1) as u8;
-    let mut p = vec![
-        ins(LD_W, 0, 0, (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32),
-        ins(JEQ, 0, to(1, drop), libc::PACKET_HOST as u32),
-        ins(LD_H, 0, 0, 12),
-        ins(JEQ, 0, to(3, drop), libc::ETH_P_IP as u32),
+    // Each family's destinations, as the filter loads them (big-endian
+    // words); `None`: too many to list, any destination.
+    let listed = |mut l: Vec<u128>| {
+        l.sort_unstable();
+        l.dedup();
+        (l.len() <= FILTER_MAX_ADDRS).then_some(l)
+    };
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
+    let word = |a: &IpAddr| match a {
+        IpAddr::V4(a) => u128::from(u32::from(*a)),
+        IpAddr::V6(a) => u128::from(*a),
+    };
+    let v4 = listed(v4.iter().map(word).collect());
+    let v6 = listed(v6.iter().map(word).collect());
+
+    // IPv4: TCP or ICMP, then the destination.
+    let mut b4 = vec![
         ins(LD_B, 0, 0, 23),
-        ins(JEQ, to(5, 7), 0, libc::IPPROTO_TCP as u32),
-        ins(JEQ, 0, to(6, drop), libc::IPPROTO_ICMP as u32),
+        ins(JEQ, 2, 0, libc::IPPROTO_TCP as u32),
+        ins(JEQ, 1, 0, libc::IPPROTO_ICMP as u32),
+        ins(RET, 0, 0, 0),
     ];
-    if n == 0 {
-        // 7 is DROP: jump over it when the protocol matched.
-        p[5].jt = to(5, accept);
-        p[6].jt = to(6, accept);
-    } else {
-        p.push(ins(LD_W, 0, 0, 30));
-        for (j, a) in list.iter().enumerate() {
-            p.push(ins(JEQ, to(8 + j, accept), 0, *a));
+    match &v4 {
+        None => b4.push(ins(RET, 0, 0, ACCEPT)),
+        Some(list) => {
+            b4.push(ins(LD_W, 0, 0, 30));
+            for &a in list {
+                b4.push(ins(JEQ, 0, 1, a as u32));
+                b4.push(ins(RET, 0, 0, ACCEPT));
+            }
+            b4.push(ins(RET, 0, 0, 0));
         }
     }
-    p.push(ins(RET, 0, 0, 0));
-    p.push(ins(RET, 0, 0, 0x0004_0000));
-    debug_assert_eq!(p.len(), accept + 1);
+    // IPv6: the destination, four words per address; a mismatch jumps
+    // over the rest of that address's checks and its accept.
+    let mut b6 = Vec::new();
+    match &v6 {
+        None => b6.push(ins(RET, 0, 0, ACCEPT)),
+        Some(list) => {
+            for a in list {
+                let b = a.to_be_bytes();
+                for k in 0..4 {
+                    let w =
+                        u32::from_be_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
+                    b6.push(ins(LD_W, 0, 0, 38 + 4 * k as u32));
+                    b6.push(ins(JEQ, 0, (7 - 2 * k) as u8, w));
+                }
+                b6.push(ins(RET, 0, 0, ACCEPT));
+            }
+            b6.push(ins(RET, 0, 0, 0));
+        }
+    }
+    let mut p = vec![
+        ins(LD_W, 0, 0, (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32),
+        ins(JEQ, 1, 0, libc::PACKET_HOST as u32),
+        ins(RET, 0, 0, 0),
+        ins(LD_H, 0, 0, 12),
+        ins(JEQ, 3, 0, libc::ETH_P_IP as u32), // to the IPv4 block (8)
+        ins(JEQ, 1, 0, libc::ETH_P_IPV6 as u32), // to the jump (7)
+        ins(RET, 0, 0, 0),
+        ins(JA, 0, 0, b4.len() as u32), // over the IPv4 block
+    ];
+    p.extend(b4);
+    p.extend(b6);
     p
 }
 
@@ -404,8 +453,13 @@ impl Ring {
                 .read(off + mac - vnet::LEN, &mut buf[..vnet::LEN + snap]);
             let hdr = VnetHdr::parse(buf);
             let ip_len = snap - ETH_LEN;
-            // Short frames are padded to 60 bytes: the IP length says.
-            let total = usize::from(u16::from_be_bytes([buf[IP_START + 2], buf[IP_START + 3]]));
+            // Short frames are padded to 60 bytes: the IP length says
+            // (IPv6's counts the payload after its 40-byte header).
+            let word = |at: usize| usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
+            let total = match buf[IP_START] >> 4 {
+                6 => 40 + word(IP_START + 4),
+                _ => word(IP_START + 2),
+            };
             Frame {
                 start: IP_START,
                 len: if (20..ip_len).contains(&total) {
@@ -462,12 +516,24 @@ enum Next {
     Refused(Option<Unreachable>),
 }
 
-/// What a thread knows of an interface: its MTU and its address (the
-/// source of the ICMP errors about packets that arrived on it).
+/// What a thread knows of an interface: its MTU and its addresses (the
+/// sources of the ICMP and ICMPv6 errors about packets that arrived on it).
 #[derive(Debug, Clone, Copy, Default)]
 struct IfInfo {
     mtu: Option<usize>,
     addr: Option<Ipv4Addr>,
+    addr6: Option<Ipv6Addr>,
+}
+
+impl IfInfo {
+    /// Its address of the family of `v6`.
+    fn addr_for(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.addr6.map(IpAddr::V6)
+        } else {
+            self.addr.map(IpAddr::V4)
+        }
+    }
 }
 
 /// At most this many ICMP errors a second per thread (as Linux's
@@ -516,7 +582,8 @@ impl Tokens {
 struct Hops {
     nl: Netlink,
     udp: Option<UdpSocket>,
-    cache: HashMap<Ipv4Addr, Hop, foldhash::fast::RandomState>,
+    udp6: Option<UdpSocket>,
+    cache: HashMap<IpAddr, Hop, foldhash::fast::RandomState>,
     /// Interfaces by index.
     ifinfo: HashMap<u32, IfInfo, foldhash::fast::RandomState>,
     /// The [`Changes::generation`] the caches were filled under.
@@ -558,6 +625,7 @@ impl Hops {
         Ok(Hops {
             nl: Netlink::open()?,
             udp: UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok(),
+            udp6: UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok(),
             cache: HashMap::default(),
             ifinfo: HashMap::default(),
             seen: 0,
@@ -574,7 +642,7 @@ impl Hops {
     }
 
     /// Where to send a packet for `dst`.
-    fn lookup(&mut self, dst: Ipv4Addr, ifaces: &[Iface], c: &Counters, generation: u64) -> Next {
+    fn lookup(&mut self, dst: IpAddr, ifaces: &[Iface], c: &Counters, generation: u64) -> Next {
         self.refresh(generation);
         let now = Instant::now();
         match self.cache.get(&dst) {
@@ -624,21 +692,36 @@ impl Hops {
                 tracing::debug!("addresses of link {index}: {e}");
                 None
             }),
+            addr6: self.nl.ipv6_addr(index).unwrap_or_else(|e| {
+                tracing::debug!("IPv6 addresses of link {index}: {e}");
+                None
+            }),
         };
         self.ifinfo.insert(index, info);
         info
     }
 
-    /// Make the kernel resolve `next` (or check a stale entry again): any
-    /// datagram to it does.
-    fn poke(&self, next: Ipv4Addr, c: &Counters) {
+    /// Make the kernel resolve `next` on interface `oif` (or check a stale
+    /// entry again): any datagram to it does (ARP, or IPv6 neighbour
+    /// discovery; a link-local next hop is named with its interface).
+    fn poke(&self, next: IpAddr, oif: u32, c: &Counters) {
         Counters::bump(&c.resolutions);
-        if let Some(u) = &self.udp {
-            let _ = u.send_to(&[], (next, 9));
+        match next {
+            IpAddr::V4(a) => {
+                if let Some(u) = &self.udp {
+                    let _ = u.send_to(&[], (a, 9));
+                }
+            }
+            IpAddr::V6(a) => {
+                if let Some(u) = &self.udp6 {
+                    let scope = if a.is_unicast_link_local() { oif } else { 0 };
+                    let _ = u.send_to(&[], SocketAddrV6::new(a, 9, 0, scope));
+                }
+            }
         }
     }
 
-    fn resolve(&mut self, dst: Ipv4Addr, ifaces: &[Iface], c: &Counters, now: Instant) -> Hop {
+    fn resolve(&mut self, dst: IpAddr, ifaces: &[Iface], c: &Counters, now: Instant) -> Hop {
         let unknown = Hop::Unknown {
             until: now + UNKNOWN_TTL,
         };
@@ -680,7 +763,7 @@ impl Hops {
                 // entry again, and it would be used long after its host
                 // went away.
                 if n.stale() {
-                    self.poke(next, c);
+                    self.poke(next, oif, c);
                 }
                 let link_mtu = self.iface(oif).mtu;
                 Hop::Via {
@@ -697,12 +780,12 @@ impl Hops {
             Ok(Some(n)) if n.failed() => {
                 // The kernel's probes went unanswered: a router says so.
                 // Asking again lets a host that came back be found.
-                self.poke(next, c);
+                self.poke(next, oif, c);
                 refused(Some(Unreachable::Host))
             }
             Ok(_) => {
                 Counters::bump(&c.no_neighbour);
-                self.poke(next, c);
+                self.poke(next, oif, c);
                 unknown
             }
             Err(e) => {
@@ -857,7 +940,9 @@ fn open_ring(iface: &Iface, prog: &[libc::sock_filter]) -> Result<Ring, PacketEr
         .map_err(sys_err(format!("PACKET_RX_RING on {name}")))?;
     let map = sys::Mapping::ring(&fd, BLOCK_SIZE * BLOCKS)
         .map_err(sys_err(format!("mapping the ring of {name}")))?;
-    sys::bind_packet(&fd, iface.index, libc::ETH_P_IP as u16)
+    // Every protocol: the filter chooses (IPv4 and IPv6 in one ring), and
+    // what the socket sends gets its protocol from its Ethernet header.
+    sys::bind_packet(&fd, iface.index, libc::ETH_P_ALL as u16)
         .map_err(sys_err(format!("binding to {name}")))?;
     Ok(Ring { fd, map, head: 0 })
 }
@@ -956,7 +1041,7 @@ impl AfPacket {
     /// addresses): every socket gets the new filter, which the kernel swaps
     /// in at once (a frame meets the old filter or the new one, never
     /// none). On an error, the sockets already changed keep the new filter.
-    pub fn receive_for(&self, addrs: &[Ipv4Addr]) -> Result<(), PacketError> {
+    pub fn receive_for(&self, addrs: &[IpAddr]) -> Result<(), PacketError> {
         let prog = filter(addrs);
         for fd in &self.filter_fds {
             sys::attach_filter(fd, &prog).map_err(sys_err("replacing the socket filter"))?;
@@ -972,7 +1057,7 @@ impl AfPacket {
     /// Ask the kernel to resolve the next hops of `addrs` (the backends)
     /// ahead of the first packet, so a first SYN is not dropped for want
     /// of a MAC. Best effort.
-    pub fn warm(&self, addrs: &[Ipv4Addr]) {
+    pub fn warm(&self, addrs: &[IpAddr]) {
         // Not packets: what this finds missing is not a drop.
         let scratch = Counters::default();
         for q in &self.queues {
@@ -1084,8 +1169,11 @@ impl AfPacket {
         replaced: bool,
     ) -> io::Result<()> {
         let start = frame.start;
-        let d = &buf[start + 16..start + 20];
-        let dst = Ipv4Addr::new(d[0], d[1], d[2], d[3]);
+        let v6 = buf[start] >> 4 == 6;
+        if v6 && len < 40 {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let dst = ip_dst(&buf[start..]);
         q.unsent = None;
         let generation = self.generation();
         let (pos, mac) = match q.hops.lookup(dst, &self.ifaces, &self.counters, generation) {
@@ -1093,10 +1181,11 @@ impl AfPacket {
                 let gso = frame.gso && !replaced;
                 if len > mtu && !(gso && segments_fit(&buf[start - IP_START..], mtu)) {
                     Counters::bump(&self.counters.too_big);
-                    let df = buf[start + 6] & 0x40 != 0;
+                    // IPv6 routers never fragment: always "packet too big".
+                    let df = v6 || buf[start + 6] & 0x40 != 0;
                     if df {
                         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
-                        self.refuse(q, Unreachable::TooBig { mtu }, generation);
+                        self.refuse(q, Unreachable::TooBig { mtu }, generation, v6);
                     }
                     // The details at debug level only: a drop allocates nothing.
                     tracing::debug!("{len} bytes for {dst}: larger than the MTU {mtu}");
@@ -1110,7 +1199,7 @@ impl AfPacket {
             }
             Next::Refused(why) => {
                 if let Some(why) = why {
-                    self.refuse(q, why, generation);
+                    self.refuse(q, why, generation, v6);
                 }
                 tracing::debug!("{dst} is unreachable");
                 return Err(io::ErrorKind::HostUnreachable.into());
@@ -1118,14 +1207,15 @@ impl AfPacket {
         };
         // Forwarded, so one hop less to live (RFC 1812 5.3.1). Every
         // packet handed out by `recv` had a TTL of 2 or more.
-        if !replaced && checksum::decrement_ttl(&mut buf[start..]).is_none() {
+        if !replaced && decrement_hops(&mut buf[start..]).is_none() {
             Counters::bump(&self.counters.ttl_exceeded);
             return Err(io::ErrorKind::InvalidInput.into());
         }
         let eth = start - ETH_LEN;
         buf[eth..eth + 6].copy_from_slice(&mac);
         buf[eth + 6..eth + 12].copy_from_slice(&self.ifaces[pos].mac);
-        buf[eth + 12..eth + 14].copy_from_slice(&(libc::ETH_P_IP as u16).to_be_bytes());
+        let ethertype = if v6 { libc::ETH_P_IPV6 } else { libc::ETH_P_IP };
+        buf[eth + 12..eth + 14].copy_from_slice(&(ethertype as u16).to_be_bytes());
         let v = eth - vnet::LEN;
         if replaced {
             VnetHdr::default().emit(&mut buf[v..eth]);
@@ -1158,7 +1248,7 @@ impl AfPacket {
         for _ in 0..FRAMES * q.rings.len() {
             let f = q.try_recv(buf, &self.counters)?;
             let ip = &buf[f.start..f.start + f.len];
-            if ip[0] >> 4 != 4 || ip[8] > 1 {
+            if hops_left(ip).is_none_or(|h| h > 1) {
                 return Some(f);
             }
             Counters::bump(&self.counters.ttl_exceeded);
@@ -1167,25 +1257,38 @@ impl AfPacket {
         None
     }
 
-    /// Tell the source of `about`, an IPv4 packet as it arrived, that its
-    /// TTL ran out here (ICMP type 11 code 0), within the rate limit.
+    /// Tell the source of `about`, a packet as it arrived, that its TTL
+    /// (hop limit) ran out here: ICMP type 11 code 0, ICMPv6 type 3 code
+    /// 0, within the rate limit.
     fn time_exceeded(&self, q: &mut Queue, about: &[u8]) {
         if !q.tokens.take(Instant::now()) {
             return;
         }
         let generation = self.generation();
-        let Some(from) = self.router_addr(q, generation) else {
+        let v6 = about[0] >> 4 == 6;
+        let Some(from) = self.router_addr(q, generation, v6) else {
             return;
         };
         let mut spare = std::mem::take(&mut q.spare);
-        let error = IcmpError {
-            from,
-            msg_type: IcmpError::TIME_EXCEEDED,
-            code: 0,
-            mtu: 0,
-            about,
+        let made = match from {
+            IpAddr::V4(from) => IcmpError {
+                from,
+                msg_type: IcmpError::TIME_EXCEEDED,
+                code: 0,
+                mtu: 0,
+                about,
+            }
+            .emit(&mut spare[IP_START..]),
+            IpAddr::V6(from) => Icmpv6Error {
+                from,
+                msg_type: Icmpv6Error::TIME_EXCEEDED,
+                code: 0,
+                param: 0,
+                about,
+            }
+            .emit(&mut spare[IP_START..]),
         };
-        if let Some(n) = error.emit(&mut spare[IP_START..]) {
+        if let Some(n) = made {
             Counters::bump(&self.counters.icmp_errors);
             let frame = Frame {
                 start: IP_START,
@@ -1201,25 +1304,26 @@ impl AfPacket {
         q.spare = spare;
     }
 
-    /// The source of the ICMP errors this device sends: the host's address
-    /// on the interface the packet arrived on, else on any of tunlb's.
-    fn router_addr(&self, q: &mut Queue, generation: u64) -> Option<Ipv4Addr> {
+    /// The source of the ICMP (`v6`: ICMPv6) errors this device sends:
+    /// the host's address of that family on the interface the packet
+    /// arrived on, else on any of tunlb's.
+    fn router_addr(&self, q: &mut Queue, generation: u64, v6: bool) -> Option<IpAddr> {
         q.hops.refresh(generation);
         let arrived = self.ifaces[q.arrived.min(self.ifaces.len() - 1)].index;
         let hops = &mut q.hops;
         hops.iface(arrived)
-            .addr
-            .or_else(|| self.ifaces.iter().find_map(|i| hops.iface(i.index).addr))
+            .addr_for(v6)
+            .or_else(|| (self.ifaces.iter()).find_map(|i| hops.iface(i.index).addr_for(v6)))
     }
     /// Record that the packet `q` could not send is to be answered with
     /// `why`, from the host's address on the interface it arrived on (RFC
     /// 1812 4.3.2.4; any of tunlb's interfaces' when that one has none),
     /// within the rate limit.
-    fn refuse(&self, q: &mut Queue, why: Unreachable, generation: u64) {
+    fn refuse(&self, q: &mut Queue, why: Unreachable, generation: u64, v6: bool) {
         if !q.tokens.take(Instant::now()) {
             return;
         }
-        if let Some(from) = self.router_addr(q, generation) {
+        if let Some(from) = self.router_addr(q, generation, v6) {
             Counters::bump(&self.counters.icmp_errors);
             q.unsent = Some(Unsent { from, why });
         }
@@ -1231,6 +1335,42 @@ fn frame_gso(buf: &[u8]) -> bool {
     VnetHdr::parse(buf).is_gso()
 }
 
+/// The destination of the IP packet at the start of `ip` (IPv6 when its
+/// version says so, else IPv4); the caller has checked its length.
+fn ip_dst(ip: &[u8]) -> IpAddr {
+    if ip[0] >> 4 == 6 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&ip[24..40]);
+        IpAddr::V6(Ipv6Addr::from(b))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]))
+    }
+}
+
+/// The TTL (IPv4) or hop limit (IPv6) of the packet at the start of `ip`;
+/// `None` for another version.
+fn hops_left(ip: &[u8]) -> Option<u8> {
+    match ip[0] >> 4 {
+        4 => ip.get(8).copied(),
+        6 => ip.get(7).copied(),
+        _ => None,
+    }
+}
+
+/// Forward the packet at the start of `ip` one hop: decrement its TTL
+/// (with the header checksum) or hop limit. `None`, and nothing changed,
+/// when it had 1 or 0 left (or is neither IPv4 nor IPv6).
+fn decrement_hops(ip: &mut [u8]) -> Option<u8> {
+    match ip[0] >> 4 {
+        4 => checksum::decrement_ttl(ip),
+        6 if ip[7] > 1 => {
+            ip[7] -= 1;
+            Some(ip[7])
+        }
+        _ => None,
+    }
+}
+
 /// Whether the segments of the super-packet at `buf` (virtio-net and
 /// Ethernet headers, then the IP packet) fit in `mtu`: the kernel cuts it into
 /// IP header + TCP header + `gso_size` payload each (as Linux's forwarding
@@ -1238,7 +1378,13 @@ fn frame_gso(buf: &[u8]) -> bool {
 fn segments_fit(buf: &[u8], mtu: usize) -> bool {
     let h = VnetHdr::parse(buf);
     let ip = &buf[IP_START..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    // IPv6: TCP right after the fixed header (a super-packet has no
+    // extension headers; with them the packet does not fit, and is refused).
+    let ihl = match ip[0] >> 4 {
+        6 if ip.get(6) == Some(&6) => 40,
+        6 => return false,
+        _ => usize::from(ip[0] & 0x0f) * 4,
+    };
     let Some(&off) = ip.get(ihl + 12) else {
         return false;
     };
@@ -1253,12 +1399,12 @@ fn segments_fit(buf: &[u8], mtu: usize) -> bool {
 /// them).
 #[derive(Debug)]
 pub struct Blackholes {
-    addrs: Vec<Ipv4Addr>,
+    addrs: Vec<IpAddr>,
 }
 
 impl Blackholes {
-    /// Add `blackhole ADDR/32 proto 213` for each address.
-    pub fn install(addrs: &[Ipv4Addr]) -> Result<Self, PacketError> {
+    /// Add `blackhole ADDR/32 proto 213` (`/128` for IPv6) for each address.
+    pub fn install(addrs: &[IpAddr]) -> Result<Self, PacketError> {
         let mut want = addrs.to_vec();
         want.sort_unstable();
         want.dedup();
@@ -1290,7 +1436,7 @@ impl Blackholes {
     }
 
     /// Return the addresses routed to the blackhole.
-    pub fn addrs(&self) -> &[Ipv4Addr] {
+    pub fn addrs(&self) -> &[IpAddr] {
         &self.addrs
     }
 
@@ -1298,8 +1444,8 @@ impl Blackholes {
     /// there yet (a reload's new VIPs and SNAT addresses); return those
     /// added. Addresses a reload no longer names keep theirs until exit:
     /// flows to them may still be in flight.
-    pub fn extend(&mut self, addrs: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, PacketError> {
-        let mut new: Vec<Ipv4Addr> = (addrs.iter())
+    pub fn extend(&mut self, addrs: &[IpAddr]) -> Result<Vec<IpAddr>, PacketError> {
+        let mut new: Vec<IpAddr> = (addrs.iter())
             .filter(|a| !self.addrs.contains(a))
             .copied()
             .collect();
@@ -1376,6 +1522,10 @@ mod tests {
                     pc += 1 + usize::from(if a == i.k { i.jt } else { i.jf });
                     continue;
                 }
+                c if c == libc::BPF_JMP | libc::BPF_JA => {
+                    pc += 1 + i.k as usize;
+                    continue;
+                }
                 c if c == libc::BPF_RET | libc::BPF_K => return i.k,
                 c => panic!("opcode {c:#x} not in the subset"),
             }
@@ -1393,14 +1543,27 @@ mod tests {
         f
     }
 
+    fn frame6(ethertype: u16, next: u8, dst: Ipv6Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 60];
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14] = 0x60;
+        f[14 + 6] = next;
+        f[14 + 24..14 + 40].copy_from_slice(&dst.octets());
+        f
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn the_filter_takes_tcp_and_icmp_to_our_addresses_only() {
         let vip = Ipv4Addr::new(198, 18, 0, 1);
         let snat = Ipv4Addr::new(198, 18, 0, 2);
         let other = Ipv4Addr::new(198, 18, 1, 1);
-        let p = filter(&[vip, snat, vip]);
+        let p = filter(&[vip.into(), snat.into(), vip.into()]);
         assert!(
-            p.len() <= 12,
+            p.len() <= 20,
             "duplicates are listed once: {} insns",
             p.len()
         );
@@ -1414,28 +1577,113 @@ mod tests {
         );
         assert!(!yes(&frame(0x0800, 1, other), 0), "a ping to the host");
         assert!(!yes(&frame(0x0800, 17, vip), 0), "UDP");
-        assert!(!yes(&frame(0x86dd, 6, vip), 0), "not IPv4");
+        assert!(!yes(&frame(0x86dd, 6, vip), 0), "no IPv6 address listed");
+        assert!(!yes(&frame(0x0806, 6, vip), 0), "ARP");
         assert!(!yes(&frame(0x0800, 6, vip), 3), "PACKET_OTHERHOST");
         assert!(!yes(&frame(0x0800, 6, vip), 4), "PACKET_OUTGOING");
         assert!(!yes(&frame(0x0800, 6, vip)[..20], 0), "truncated");
     }
 
     #[test]
+    fn the_filter_takes_ipv6_to_our_addresses_only() {
+        let vip6 = v6("2001:2::1");
+        let snat6 = v6("2001:2::2");
+        let vip = Ipv4Addr::new(198, 18, 0, 1);
+        let p = filter(&[vip.into(), vip6.into(), snat6.into()]);
+        let yes = |f: &[u8]| run(&p, f, 0) > 0;
+        assert!(yes(&frame6(0x86dd, 6, vip6)));
+        assert!(yes(&frame6(0x86dd, 6, snat6)));
+        assert!(yes(&frame6(0x86dd, 58, vip6)), "ICMPv6 errors for flows");
+        assert!(
+            yes(&frame6(0x86dd, 0, vip6)),
+            "extension headers: the engine judges"
+        );
+        assert!(yes(&frame(0x0800, 6, vip)), "IPv4 still");
+        for other in [
+            "2001:2::3",
+            "2001:2:0:1::1",
+            "2001:3::1",
+            "ff02::1:ff00:1",
+            "fe80::1",
+        ] {
+            assert!(!yes(&frame6(0x86dd, 6, v6(other))), "{other}");
+        }
+        // Each of the four words must match.
+        for k in 0..4 {
+            let mut o = vip6.octets();
+            o[4 * k + 3] ^= 1;
+            assert!(!yes(&frame6(0x86dd, 6, Ipv6Addr::from(o))), "word {k}");
+        }
+        assert!(
+            !yes(&frame6(0x0800, 6, vip6)),
+            "an IPv6 header under IPv4's type"
+        );
+        assert!(!yes(&frame6(0x86dd, 6, vip6)[..50]), "truncated");
+        assert!(!yes(&frame6(0x86dd, 6, vip6)[..30]));
+        assert_eq!(run(&p, &frame6(0x86dd, 6, vip6), 4), 0, "PACKET_OUTGOING");
+        // IPv6 only: IPv4 goes nowhere.
+        let p = filter(&[vip6.into()]);
+        assert_eq!(run(&p, &frame(0x0800, 6, vip), 0), 0);
+        assert!(run(&p, &frame6(0x86dd, 6, vip6), 0) > 0);
+    }
+
+    #[test]
     fn with_too_many_addresses_the_filter_takes_any_destination() {
-        let many: Vec<Ipv4Addr> = (0..300u32)
-            .map(|i| Ipv4Addr::from(0xc612_0000 + i))
+        let many: Vec<IpAddr> = (0..300u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)))
             .collect();
         let p = filter(&many);
         let yes = |f: &[u8]| run(&p, f, 0) > 0;
         assert!(yes(&frame(0x0800, 6, Ipv4Addr::new(10, 0, 0, 1))));
         assert!(yes(&frame(0x0800, 1, Ipv4Addr::new(10, 0, 0, 1))));
-        assert!(!yes(&frame(0x0800, 17, many[0])));
-        // The longest listed program still fits the 8-bit jumps.
-        let list: Vec<Ipv4Addr> = many[..240].to_vec();
+        assert!(!yes(&frame(0x0800, 17, Ipv4Addr::new(198, 18, 0, 0))));
+        // The longest listed programs of both families, in one: every jump
+        // is short, every address found, the next one not.
+        let mut list: Vec<IpAddr> = many[..FILTER_MAX_ADDRS].to_vec();
+        let six: Vec<Ipv6Addr> = (0..FILTER_MAX_ADDRS as u128 + 1)
+            .map(|i| Ipv6Addr::from(0x2001_0002_0000_0000_0000_0000_0000_0000u128 + (i << 64) + i))
+            .collect();
+        list.extend(six[..FILTER_MAX_ADDRS].iter().map(|&a| IpAddr::V6(a)));
         let p = filter(&list);
-        assert!(run(&p, &frame(0x0800, 6, list[0]), 0) > 0);
-        assert!(run(&p, &frame(0x0800, 6, list[239]), 0) > 0);
-        assert_eq!(run(&p, &frame(0x0800, 6, many[299]), 0), 0);
+        assert!(p.len() <= 4096, "BPF_MAXINSNS: {}", p.len());
+        for a in &list {
+            let f = match a {
+                IpAddr::V4(a) => frame(0x0800, 6, *a),
+                IpAddr::V6(a) => frame6(0x86dd, 6, *a),
+            };
+            assert!(run(&p, &f, 0) > 0, "{a}");
+        }
+        assert_eq!(
+            run(&p, &frame(0x0800, 6, Ipv4Addr::from(0xc612_0000 + 299)), 0),
+            0
+        );
+        assert_eq!(run(&p, &frame6(0x86dd, 6, six[FILTER_MAX_ADDRS]), 0), 0);
+        // One IPv6 address more than listable: any IPv6 destination.
+        let p = filter(&six.iter().map(|&a| IpAddr::V6(a)).collect::<Vec<_>>());
+        assert!(run(&p, &frame6(0x86dd, 17, v6("2001:db8::1")), 0) > 0);
+        assert_eq!(run(&p, &frame(0x0800, 6, Ipv4Addr::new(10, 0, 0, 1)), 0), 0);
+    }
+
+    #[test]
+    fn hops_are_decremented_per_family() {
+        let mut p4 = vec![0u8; 20];
+        p4[0] = 0x45;
+        p4[8] = 2;
+        let c = crate::checksum::full(&p4);
+        crate::checksum::put(&mut p4, 10, c);
+        assert_eq!(hops_left(&p4), Some(2));
+        assert_eq!(decrement_hops(&mut p4), Some(1));
+        assert!(crate::checksum::sums_to_ones(&p4));
+        assert_eq!(decrement_hops(&mut p4), None, "a router drops it instead");
+        let mut p6 = frame6(0x86dd, 6, v6("2001:2::1"))[14..].to_vec();
+        p6[7] = 64;
+        assert_eq!(decrement_hops(&mut p6), Some(63));
+        assert_eq!(hops_left(&p6), Some(63));
+        assert_eq!(ip_dst(&p6), IpAddr::V6(v6("2001:2::1")));
+        p6[7] = 1;
+        assert_eq!(decrement_hops(&mut p6), None);
+        assert_eq!(p6[7], 1, "left as it was");
+        assert_eq!(hops_left(&[0x20, 0, 0, 0, 0, 0, 0, 0, 0]), None);
     }
 
     fn link(index: u32, name: &str, up: bool, kind: u16, master: Option<u32>) -> netlink::Link {
