@@ -32,6 +32,12 @@
 #    exceeded", which tunlb translates back to the client (from the VIP, as
 #    every reply of the flow: kernel NAT does the same); with TTL 3 the
 #    connection is made. So tunlb decrements the TTL exactly once.
+# 6. IPv6 behind the router, through a link-local next hop (fe80::2 on r0,
+#    as routes learned from router advertisements are): the IPv6 VIP's one
+#    backend is b5's 2001:2:0:4::2; requests and a 64 MiB download are
+#    served; lb's neighbour table holds rt's fe80::2 on r0 and nothing for
+#    b5; with hop limit 2 rt's ICMPv6 "time exceeded" reaches the client,
+#    translated (from the VIP); with hop limit 3 the connection is made.
 # The lb kernel forwards none of it (IpForwDatagrams).
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
@@ -47,8 +53,12 @@ ip netns add "$RT"
 ip netns add "${P}b5"
 for ns in "$RT" "${P}b5"; do
   ip -n "$ns" link set lo up
-  tl_sysctl "$ns" net.ipv6.conf.all.disable_ipv6 1
-  tl_sysctl "$ns" net.ipv6.conf.default.disable_ipv6 1
+  # Quiet IPv6 (no router advertisements, no autoconfiguration, no DAD),
+  # as on the rest of the topology.
+  for k in accept_ra autoconf accept_dad; do
+    tl_sysctl "$ns" "net.ipv6.conf.all.$k" 0
+    tl_sysctl "$ns" "net.ipv6.conf.default.$k" 0
+  done
 done
 ip -n "$LB" link add r0 type veth peer name eth0 netns "$RT"
 ip -n "$LB" addr add 198.18.3.1/24 dev r0
@@ -64,6 +74,18 @@ ip -n "${P}b5" route add default via 198.18.4.1
 ip -n "$RT" route add 198.18.0.0/24 via 198.18.3.1
 ip -n "$LB" route add 198.18.4.0/24 via 198.18.3.2
 tl_sysctl "$RT" net.ipv4.ip_forward 1
+# IPv6 the way routers are usually reached: through link-local next hops
+# (lb's route to b5's prefix is via rt's fe80::2 on r0, rt's back to the
+# VIP's prefix via lb's fe80::1).
+FAR6=2001:2:0:4::2
+ip -n "$LB" addr add fe80::1/64 dev r0 nodad
+ip -n "$RT" addr add fe80::2/64 dev eth0 nodad
+ip -n "$RT" addr add 2001:2:0:4::1/64 dev eth1 nodad
+ip -n "${P}b5" addr add "$FAR6/64" dev eth0 nodad
+ip -n "${P}b5" -6 route add default via 2001:2:0:4::1
+ip -n "$RT" -6 route add 2001:2::/64 via fe80::1 dev eth0
+ip -n "$LB" -6 route add 2001:2:0:4::/64 via fe80::2 dev r0
+tl_sysctl "$RT" net.ipv6.conf.all.forwarding 1
 for dev in "$LB r0" "$RT eth0" "$RT eth1" "${P}b5 eth0"; do
   # shellcheck disable=SC2086  # namespace and device
   tl_tx_off $dev
@@ -184,3 +206,25 @@ t_tunlb_stop
 drops=$(grep -o 'packet datapath drops.*' "$TUNLB_LOG" || true)
 note "${drops:-no packet datapath drops line}"
 check "the drops line counts the TTL 1 SYN (ttl exceeded 1)" grep -q 'ttl exceeded 1 ' <<<"$drops "
+
+# (6) IPv6 via a link-local next hop.
+cat >"$T_DIR/v6.toml" <<EOF
+[[service]]
+vip = "[$VIP6]:80"
+backends = ["[$FAR6]:80"]
+EOF
+t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --control "$CTL2" --config "$T_DIR/v6.toml"
+check_eq "IPv6 behind the router: served by b5" "$(t_client curl -s --max-time 5 "$VIP6_URL/")" b5
+got=$(t_client curl -s --max-time 60 "$VIP6_URL/file/big.bin" | sha256sum | cut -d' ' -f1)
+check_eq "IPv6 behind the router: 64 MiB download: sha256" "$got" "$big"
+note "lb's IPv6 neighbours on r0: $(ip -n "$LB" -6 neigh show dev r0 | tr '\n' ' ')"
+check "lb resolved rt's link-local next hop fe80::2 on r0" grep -q '^fe80::2 .*lladdr' <(ip -n "$LB" -6 neigh show dev r0)
+check_eq "lb has no neighbour entry for b5's address" "$(ip -n "$LB" -6 neigh show to "$FAR6" | grep -c lladdr || true)" 0
+got=$(t_hops_probe "$VIP6" 2)
+note "hop limit 2: $got"
+check_eq "hop limit 2: rt's ICMPv6 time exceeded reaches the client, translated (from the VIP)" \
+  "$got" "113 3 3 0 $VIP6"
+check_eq "hop limit 3: connected to b5 through lb and rt" "$(t_hops_probe "$VIP6" 3)" connected
+check_eq "the lb kernel forwarded no IPv6 packet (Ip6OutForwDatagrams)" \
+  "$(ip netns exec "$LB" nstat -az Ip6OutForwDatagrams | awk '$1 == "Ip6OutForwDatagrams" { print $2 }')" 0
+t_tunlb_stop
