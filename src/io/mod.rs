@@ -1,6 +1,6 @@
 //! Packet I/O: where IP packets come from and go to.
 //!
-//! The datapath reads and writes whole IPv4 packets through [`PacketIo`] and
+//! The datapath reads and writes whole IP packets (IPv4 and IPv6) through [`PacketIo`] and
 //! knows nothing else of the device. [`tun::TunIo`] is the TUN of the `tun`
 //! crate; [`memory::MemoryIo`] is an in-memory pair of queues for tests and
 //! benches; [`mqtun::MqTun`] is a multi-queue TUN with TCP offloads, through
@@ -65,14 +65,18 @@ pub struct Unsent {
     pub why: Unreachable,
 }
 
-/// The reasons of [`Unsent`], as ICMP "destination unreachable" codes.
+/// The reasons of [`Unsent`], as ICMP "destination unreachable" codes
+/// (and their ICMPv6 twins, [`Unreachable::icmpv6`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreachable {
     /// No route to the destination's network (code 0).
     Net,
-    /// An `unreachable` route, or the next hop does not answer ARP
-    /// (code 1).
+    /// An `unreachable` route (code 1, "host unreachable"; ICMPv6: "no
+    /// route", as Linux answers for such a route).
     Host,
+    /// The next hop does not answer ARP or neighbour discovery (code 1,
+    /// "host unreachable"; ICMPv6: "address unreachable").
+    Neighbour,
     /// A `prohibit` route (code 13, "communication administratively
     /// prohibited").
     Prohibited,
@@ -90,7 +94,7 @@ impl Unreachable {
     pub fn code_and_mtu(self) -> (u8, u16) {
         match self {
             Unreachable::Net => (0, 0),
-            Unreachable::Host => (1, 0),
+            Unreachable::Host | Unreachable::Neighbour => (1, 0),
             Unreachable::Prohibited => (13, 0),
             Unreachable::TooBig { mtu } => (4, mtu),
         }
@@ -101,8 +105,8 @@ impl Unreachable {
     /// prohibited" (1); type 2 "packet too big" with the MTU.
     pub fn icmpv6(self) -> (u8, u8, u32) {
         match self {
-            Unreachable::Net => (1, 0, 0),
-            Unreachable::Host => (1, 3, 0),
+            Unreachable::Net | Unreachable::Host => (1, 0, 0),
+            Unreachable::Neighbour => (1, 3, 0),
             Unreachable::Prohibited => (1, 1, 0),
             Unreachable::TooBig { mtu } => (2, 0, u32::from(mtu)),
         }

@@ -37,6 +37,9 @@ const IFLA_MASTER: u16 = 10;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_F_SECONDARY: u8 = 0x01;
+const IFA_F_DADFAILED: u8 = 0x08;
+const IFA_F_DEPRECATED: u8 = 0x20;
+const IFA_F_TENTATIVE: u8 = 0x40;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_HOST: u8 = 254;
 const RT_TABLE_MAIN: u8 = 254;
@@ -356,8 +359,9 @@ impl Netlink {
     }
 
     /// Return the first global IPv6 address of interface `index` (not
-    /// temporary, not link- or host-scoped), if it has one: the source of
-    /// the ICMPv6 errors tunlb sends about packets that arrived on it.
+    /// temporary, tentative, failed or deprecated, not link- or
+    /// host-scoped), if it has one: the source of the ICMPv6 errors tunlb
+    /// sends about packets that arrived on it.
     pub fn ipv6_addr(&mut self, index: u32) -> io::Result<Option<Ipv6Addr>> {
         Ok(
             match self.if_addr(index, libc::AF_INET6 as u8, RT_SCOPE_LINK)? {
@@ -369,7 +373,7 @@ impl Netlink {
 
     /// The first address of `family` on interface `index` whose scope is
     /// below `scope` and that is not secondary (IPv4) or temporary (IPv6:
-    /// the same flag bit).
+    /// the same flag bit), nor tentative, failed or deprecated (IPv6).
     fn if_addr(&mut self, index: u32, family: u8, scope: u8) -> io::Result<Option<IpAddr>> {
         // struct ifaddrmsg: family, prefixlen, flags, scope, index.
         let mut body = vec![family, 0, 0, 0];
@@ -379,7 +383,8 @@ impl Netlink {
             let b = &m.body;
             if b.len() < 8
                 || b[0] != family
-                || b[2] & IFA_F_SECONDARY != 0
+                || b[2] & (IFA_F_SECONDARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE)
+                    != 0
                 || b[3] >= scope
                 || u32::from_ne_bytes([b[4], b[5], b[6], b[7]]) != index
             {

@@ -14,7 +14,11 @@
 //! sockets take every protocol (`ETH_P_ALL`, the filter choosing), so one
 //! ring serves both families, and the kernel reads the protocol of what
 //! they send from its Ethernet header.
-//! `PACKET_IGNORE_OUTGOING` keeps tunlb's own transmissions out.
+//! `PACKET_IGNORE_OUTGOING` keeps what the host sends out (with several
+//! threads, `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` for the fanout group, where
+//! the kernel has it). A filter too large for the socket
+//! (`net.core.optmem_max`) gives way to one that takes those packets to any
+//! address, with a warning.
 //!
 //! The kernel still receives its own copy of each frame. Blackhole routes
 //! for the VIPs and SNAT addresses ([`Blackholes`], tagged with
@@ -133,6 +137,7 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TPACKET_V2: libc::c_int = 1;
 const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
@@ -300,16 +305,9 @@ pub const FILTER_MAX_ADDRS: usize = 240;
 /// [`FILTER_MAX_ADDRS`]; to none of a family without any). The offsets are
 /// those of an Ethernet frame (SOCK_RAW). Every jump is short (the 8-bit
 /// offsets of classic BPF): each family's block ends in its own returns,
-/// and each listed address is followed by its own "accept".
+/// each listed address is followed by its own "accept", and IPv6 addresses
+/// sharing their first 96 bits share one check of them.
 pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
-    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
-    const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
-    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    const ACCEPT: u32 = 0x0004_0000;
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     // Each family's destinations, as the filter loads them (big-endian
     // words); `None`: too many to list, any destination.
     let listed = |mut l: Vec<u128>| {
@@ -322,8 +320,33 @@ pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
         IpAddr::V4(a) => u128::from(u32::from(*a)),
         IpAddr::V6(a) => u128::from(*a),
     };
-    let v4 = listed(v4.iter().map(word).collect());
-    let v6 = listed(v6.iter().map(word).collect());
+    program(
+        listed(v4.iter().map(word).collect()),
+        listed(v6.iter().map(word).collect()),
+    )
+}
+
+/// The filter that takes IPv4 TCP and ICMP, and IPv6, to any address (the
+/// fallback when a listing one is too large for the socket, see [`attach`]).
+fn filter_any() -> Vec<libc::sock_filter> {
+    program(None, None)
+}
+
+/// How many IPv6 addresses of one /96 share one prefix check (their jumps
+/// stay within classic BPF's 8-bit offsets).
+const V6_GROUP: usize = 100;
+
+/// The program of [`filter`]: IPv4 destinations `v4` and IPv6 ones `v6`
+/// (sorted, as `u128`s), `None` for any.
+fn program(v4: Option<Vec<u128>>, v6: Option<Vec<u128>>) -> Vec<libc::sock_filter> {
+    const LD_W: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const LD_H: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
+    const LD_B: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const ACCEPT: u32 = 0x0004_0000;
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
 
     // IPv4: TCP or ICMP, then the destination.
     let mut b4 = vec![
@@ -343,21 +366,37 @@ pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
             b4.push(ins(RET, 0, 0, 0));
         }
     }
-    // IPv6: the destination, four words per address; a mismatch jumps
-    // over the rest of that address's checks and its accept.
+    // IPv6: addresses grouped by their first 96 bits (VIPs and SNAT
+    // addresses usually share a prefix): per group, the three prefix words
+    // once (a mismatch jumps to the next group), then the last word of
+    // each address, each followed by its own accept.
     let mut b6 = Vec::new();
     match &v6 {
         None => b6.push(ins(RET, 0, 0, ACCEPT)),
         Some(list) => {
-            for a in list {
-                let b = a.to_be_bytes();
-                for k in 0..4 {
-                    let w =
-                        u32::from_be_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
-                    b6.push(ins(LD_W, 0, 0, 38 + 4 * k as u32));
-                    b6.push(ins(JEQ, 0, (7 - 2 * k) as u8, w));
+            let words = |a: u128| {
+                [
+                    (a >> 96) as u32,
+                    (a >> 64) as u32,
+                    (a >> 32) as u32,
+                    a as u32,
+                ]
+            };
+            for group in list.chunk_by(|a, b| a >> 32 == b >> 32) {
+                for chunk in group.chunks(V6_GROUP) {
+                    let w = words(chunk[0]);
+                    // The group's length: 7 + 2 per address.
+                    let end = 7 + 2 * chunk.len();
+                    for (k, &word) in w[..3].iter().enumerate() {
+                        b6.push(ins(LD_W, 0, 0, 38 + 4 * k as u32));
+                        b6.push(ins(JEQ, 0, (end - 2 * k - 2) as u8, word));
+                    }
+                    b6.push(ins(LD_W, 0, 0, 50));
+                    for &a in chunk {
+                        b6.push(ins(JEQ, 0, 1, words(a)[3]));
+                        b6.push(ins(RET, 0, 0, ACCEPT));
+                    }
                 }
-                b6.push(ins(RET, 0, 0, ACCEPT));
             }
             b6.push(ins(RET, 0, 0, 0));
         }
@@ -460,7 +499,14 @@ impl Ring {
                 6 => 40 + word(IP_START + 4),
                 _ => word(IP_START + 2),
             };
-            Frame {
+            // The version must be the Ethernet type's: the filter read the
+            // addresses where that type puts them.
+            let version = match word(IP_START - 2) as libc::c_int {
+                libc::ETH_P_IP => 4,
+                libc::ETH_P_IPV6 => 6,
+                _ => 0,
+            };
+            (buf[IP_START] >> 4 == version).then_some(Frame {
                 start: IP_START,
                 len: if (20..ip_len).contains(&total) {
                     total
@@ -469,11 +515,11 @@ impl Ring {
                 },
                 l4: hdr.l4_checksum(),
                 gso: hdr.is_gso(),
-            }
+            })
         });
         self.map.store_release(off, TP_STATUS_KERNEL);
         self.head = (self.head + 1) % FRAMES;
-        Some(frame.ok_or(()))
+        Some(frame.flatten().ok_or(()))
     }
 }
 
@@ -781,7 +827,7 @@ impl Hops {
                 // The kernel's probes went unanswered: a router says so.
                 // Asking again lets a host that came back be found.
                 self.poke(next, oif, c);
-                refused(Some(Unreachable::Host))
+                refused(Some(Unreachable::Neighbour))
             }
             Ok(_) => {
                 Counters::bump(&c.no_neighbour);
@@ -818,6 +864,18 @@ struct Queue {
     waiting: sys::PollSet,
     /// Room for the ICMP errors this device makes itself (built once).
     spare: Vec<u8>,
+}
+
+/// Room for the ICMP or ICMPv6 errors a thread makes itself, after the
+/// virtio-net and Ethernet headers.
+const SPARE_LEN: usize = IP_START + max(IcmpError::MAX_LEN, Icmpv6Error::MAX_LEN);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 /// At most this many frames wait to be sent together (one `sendmmsg`).
@@ -903,6 +961,8 @@ pub struct AfPacket {
     /// ([`AfPacket::receive_for`]) without waiting for the thread that
     /// holds the queue's lock while it polls.
     filter_fds: Vec<OwnedFd>,
+    /// The addresses received for (the VIPs and SNAT addresses).
+    addrs: Mutex<Vec<IpAddr>>,
     counters: Counters,
     changes: Arc<Changes>,
 }
@@ -926,7 +986,7 @@ fn open_ring(iface: &Iface, prog: &[libc::sock_filter]) -> Result<Ring, PacketEr
             .map_err(sys_err(format!("{what} on {name}")))
     };
     // The filter first: nothing unwanted is queued between bind and here.
-    sys::attach_filter(&fd, prog).map_err(sys_err(format!("socket filter on {name}")))?;
+    attach(&fd, prog).map_err(sys_err(format!("socket filter on {name}")))?;
     opt("PACKET_VERSION", PACKET_VERSION, TPACKET_V2)?;
     opt("PACKET_VNET_HDR", PACKET_VNET_HDR, 1)?;
     opt("PACKET_IGNORE_OUTGOING", PACKET_IGNORE_OUTGOING, 1)?;
@@ -961,19 +1021,43 @@ impl AfPacket {
         let mut filter_fds = Vec::with_capacity(queues * ifaces.len());
         let mut rings: Vec<Vec<Ring>> = Vec::with_capacity(queues);
         let mut groups: Vec<u32> = Vec::with_capacity(ifaces.len());
+        // A fanout group's hook does not inherit its sockets'
+        // PACKET_IGNORE_OUTGOING: the group takes the flag itself, where
+        // the kernel knows it (else every frame the host sends on the
+        // interface would be cloned to the group and filtered out).
+        let mut ignore = PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
         for q in 0..queues {
             let mut mine = Vec::with_capacity(ifaces.len());
             for (k, iface) in ifaces.iter().enumerate() {
                 let ring = open_ring(iface, &prog)?;
                 if queues > 1 {
                     let what = format!("PACKET_FANOUT on {}", iface.name);
-                    let arg = if q == 0 {
-                        (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16
-                    } else {
-                        groups[k] | (PACKET_FANOUT_HASH << 16)
+                    let arg = |ignore: u32| {
+                        if q == 0 {
+                            (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID | ignore) << 16
+                        } else {
+                            groups[k] | ((PACKET_FANOUT_HASH | ignore) << 16)
+                        }
                     };
-                    sys::setsockopt(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT, &arg)
-                        .map_err(sys_err(what.clone()))?;
+                    let mut set =
+                        sys::setsockopt(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT, &arg(ignore));
+                    if q == 0
+                        && k == 0
+                        && ignore != 0
+                        && set
+                            .as_ref()
+                            .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+                    {
+                        tracing::debug!("this kernel has no PACKET_FANOUT_FLAG_IGNORE_OUTGOING");
+                        ignore = 0;
+                        set = sys::setsockopt(
+                            &ring.fd,
+                            libc::SOL_PACKET,
+                            PACKET_FANOUT,
+                            &arg(ignore),
+                        );
+                    }
+                    set.map_err(sys_err(what.clone()))?;
                     if q == 0 {
                         let got = sys::getsockopt_u32(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT)
                             .map_err(sys_err(what))?;
@@ -1006,7 +1090,7 @@ impl AfPacket {
                         .map(|_| (0, Vec::with_capacity(IP_START + TX_SMALL)))
                         .collect(),
                     npending: 0,
-                    spare: vec![0; IP_START + IcmpError::MAX_LEN],
+                    spare: vec![0; SPARE_LEN],
                 }))
             })
             .collect::<Result<Vec<_>, PacketError>>()?;
@@ -1026,6 +1110,7 @@ impl AfPacket {
                 ifaces,
                 queues,
                 filter_fds,
+                addrs: Mutex::new(spec.addrs.clone()),
                 counters: Counters::default(),
                 changes,
             },
@@ -1044,8 +1129,9 @@ impl AfPacket {
     pub fn receive_for(&self, addrs: &[IpAddr]) -> Result<(), PacketError> {
         let prog = filter(addrs);
         for fd in &self.filter_fds {
-            sys::attach_filter(fd, &prog).map_err(sys_err("replacing the socket filter"))?;
+            attach(fd, &prog).map_err(sys_err("replacing the socket filter"))?;
         }
+        *self.addrs.lock().unwrap_or_else(|p| p.into_inner()) = addrs.to_vec();
         Ok(())
     }
 
@@ -1208,7 +1294,12 @@ impl AfPacket {
         // Forwarded, so one hop less to live (RFC 1812 5.3.1). Every
         // packet handed out by `recv` had a TTL of 2 or more.
         if !replaced && decrement_hops(&mut buf[start..]).is_none() {
-            Counters::bump(&self.counters.ttl_exceeded);
+            let c = &self.counters;
+            Counters::bump(if hops_left(&buf[start..]).is_some() {
+                &c.ttl_exceeded
+            } else {
+                &c.bad_frames
+            });
             return Err(io::ErrorKind::InvalidInput.into());
         }
         let eth = start - ETH_LEN;
@@ -1252,7 +1343,9 @@ impl AfPacket {
                 return Some(f);
             }
             Counters::bump(&self.counters.ttl_exceeded);
-            self.time_exceeded(q, ip);
+            if may_answer(ip) && self.is_ours(ip_dst(ip)) {
+                self.time_exceeded(q, ip);
+            }
         }
         None
     }
@@ -1270,25 +1363,7 @@ impl AfPacket {
             return;
         };
         let mut spare = std::mem::take(&mut q.spare);
-        let made = match from {
-            IpAddr::V4(from) => IcmpError {
-                from,
-                msg_type: IcmpError::TIME_EXCEEDED,
-                code: 0,
-                mtu: 0,
-                about,
-            }
-            .emit(&mut spare[IP_START..]),
-            IpAddr::V6(from) => Icmpv6Error {
-                from,
-                msg_type: Icmpv6Error::TIME_EXCEEDED,
-                code: 0,
-                param: 0,
-                about,
-            }
-            .emit(&mut spare[IP_START..]),
-        };
-        if let Some(n) = made {
+        if let Some(n) = time_exceeded_error(from, about, &mut spare) {
             Counters::bump(&self.counters.icmp_errors);
             let frame = Frame {
                 start: IP_START,
@@ -1302,6 +1377,12 @@ impl AfPacket {
             }
         }
         q.spare = spare;
+    }
+
+    /// Whether `addr` is one tunlb receives for (a VIP or SNAT address):
+    /// the filter also passes others when it cannot list them all.
+    fn is_ours(&self, addr: IpAddr) -> bool {
+        (self.addrs.lock().unwrap_or_else(|p| p.into_inner())).contains(&addr)
     }
 
     /// The source of the ICMP (`v6`: ICMPv6) errors this device sends:
@@ -1354,6 +1435,88 @@ fn hops_left(ip: &[u8]) -> Option<u8> {
         4 => ip.get(8).copied(),
         6 => ip.get(7).copied(),
         _ => None,
+    }
+}
+
+/// Whether a router may answer the packet `ip` (as it arrived) with an
+/// ICMP error: a whole, first-fragment IPv4 header with a good checksum, or
+/// an IPv6 header, from a unicast source, that is not itself an ICMP error
+/// (RFC 1122 3.2.2, RFC 1812 4.3.2.7, RFC 4443 2.4(e)).
+fn may_answer(ip: &[u8]) -> bool {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            if ihl < 20 || ip.len() < ihl || !checksum::sums_to_ones(&ip[..ihl]) {
+                return false;
+            }
+            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let first = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+            let error = ip[9] == 1 && ip.get(ihl).is_none_or(|t| matches!(t, 3 | 4 | 5 | 11 | 12));
+            first
+                && !error
+                && !(src.is_unspecified()
+                    || src.is_loopback()
+                    || src.is_multicast()
+                    || src.is_broadcast())
+        }
+        Some(6) if ip.len() >= 40 => {
+            let src = ip_src6(ip);
+            let error = ip[6] == 58 && ip.get(40).is_none_or(|&t| t < 128);
+            !(error || src.is_unspecified() || src.is_loopback() || src.is_multicast())
+        }
+        _ => false,
+    }
+}
+
+/// The source address of the IPv6 header at the start of `ip` (40 bytes
+/// or more).
+fn ip_src6(ip: &[u8]) -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&ip[8..24]);
+    Ipv6Addr::from(b)
+}
+
+/// Build, after the virtio-net and Ethernet headers of `out` (at
+/// [`IP_START`]), the "time exceeded" a router at `from` sends about
+/// `about` (ICMP type 11 or ICMPv6 type 3, code 0) and return its length;
+/// `None` when `about` is not a packet of `from`'s family with a whole
+/// header. `out` is [`SPARE_LEN`] long or longer.
+fn time_exceeded_error(from: IpAddr, about: &[u8], out: &mut [u8]) -> Option<usize> {
+    match from {
+        IpAddr::V4(from) => IcmpError {
+            from,
+            msg_type: IcmpError::TIME_EXCEEDED,
+            code: 0,
+            mtu: 0,
+            about,
+        }
+        .emit(&mut out[IP_START..]),
+        IpAddr::V6(from) => Icmpv6Error {
+            from,
+            msg_type: Icmpv6Error::TIME_EXCEEDED,
+            code: 0,
+            param: 0,
+            about,
+        }
+        .emit(&mut out[IP_START..]),
+    }
+}
+
+/// Attach the socket filter `prog` to `fd`. A program the kernel cannot
+/// hold (`ENOMEM`: larger than `net.core.optmem_max` lets a socket keep,
+/// the old and new one counted together while one replaces the other)
+/// is replaced by one that takes the packets of both families to any
+/// address: the engine drops what is not for tunlb, at some cost.
+fn attach(fd: &impl std::os::fd::AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    match sys::attach_filter(fd, prog) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+            tracing::warn!(
+                "the socket filter for tunlb's addresses ({} instructions) is larger than net.core.optmem_max lets a socket hold: the packet sockets take TCP and ICMP to any address instead (the engine drops the rest); raise net.core.optmem_max to filter in the kernel",
+                prog.len()
+            );
+            sys::attach_filter(fd, &filter_any())
+        }
+        r => r,
     }
 }
 
@@ -1440,7 +1603,7 @@ impl Blackholes {
         &self.addrs
     }
 
-    /// Add `blackhole ADDR/32 proto 213` for each of `addrs` not routed
+    /// Add `blackhole ADDR/32 proto 213` (`/128`) for each of `addrs` not routed
     /// there yet (a reload's new VIPs and SNAT addresses); return those
     /// added. Addresses a reload no longer names keep theirs until exit:
     /// flows to them may still be in flight.
@@ -1662,6 +1825,207 @@ mod tests {
         let p = filter(&six.iter().map(|&a| IpAddr::V6(a)).collect::<Vec<_>>());
         assert!(run(&p, &frame6(0x86dd, 17, v6("2001:db8::1")), 0) > 0);
         assert_eq!(run(&p, &frame(0x0800, 6, Ipv4Addr::new(10, 0, 0, 1)), 0), 0);
+    }
+
+    #[test]
+    fn the_largest_filters_fit_a_socket_while_one_replaces_another() {
+        // Classic programs are converted and charged to the socket (up to
+        // net.core.optmem_max), the old and the new one together while a
+        // reload replaces one: the usual largest, every address listed
+        // (the IPv6 ones in one /96), goes on twice; the worst (every IPv6
+        // address in its own /96) at least through `attach`'s fallback.
+        // An unbound UDP socket takes filters as a packet socket does.
+        let v4: Vec<IpAddr> = (0..FILTER_MAX_ADDRS as u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)))
+            .collect();
+        let one96 = |i: u128| {
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0002_0000_0000_0000_0000_0000_0000u128 + i,
+            ))
+        };
+        let spread = |i: u128| {
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0002_0000_0000_0000_0000_0000_0000u128 + (i << 40),
+            ))
+        };
+        let usual: Vec<IpAddr> = v4
+            .iter()
+            .copied()
+            .chain((0..FILTER_MAX_ADDRS as u128).map(one96))
+            .collect();
+        let worst: Vec<IpAddr> = v4
+            .iter()
+            .copied()
+            .chain((0..FILTER_MAX_ADDRS as u128).map(spread))
+            .collect();
+        let fd = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).unwrap();
+        let p = filter(&usual);
+        assert!(p.len() < 1100, "{} instructions", p.len());
+        sys::attach_filter(&fd, &p).unwrap();
+        sys::attach_filter(&fd, &p).unwrap();
+        let p = filter(&worst);
+        assert!(p.len() <= 4096, "BPF_MAXINSNS: {}", p.len());
+        attach(&fd, &p).unwrap();
+        attach(&fd, &p).unwrap();
+        // And every address of the usual one is found, grouped.
+        for a in &usual {
+            let f = match a {
+                IpAddr::V4(a) => frame(0x0800, 6, *a),
+                IpAddr::V6(a) => frame6(0x86dd, 6, *a),
+            };
+            assert!(run(&filter(&usual), &f, 0) > 0, "{a}");
+        }
+        assert_eq!(
+            run(
+                &filter(&usual),
+                &frame6(
+                    0x86dd,
+                    6,
+                    Ipv6Addr::from(0x2001_0002_0000_0000_0000_0000_0000_1000u128)
+                ),
+                0
+            ),
+            0
+        );
+        let any = filter_any();
+        assert!(run(&any, &frame6(0x86dd, 6, v6("2001:db8::1")), 0) > 0);
+        assert!(run(&any, &frame(0x0800, 6, Ipv4Addr::new(10, 0, 0, 1)), 0) > 0);
+        assert_eq!(
+            run(&any, &frame(0x0800, 17, Ipv4Addr::new(10, 0, 0, 1)), 0),
+            0
+        );
+    }
+
+    #[test]
+    fn a_router_answers_only_what_it_may() {
+        use crate::conntrack::tcp::flags::SYN;
+        use crate::craft::Segment;
+        let syn4 = Segment::new(
+            "198.18.1.2:40000"
+                .parse::<std::net::SocketAddrV4>()
+                .unwrap(),
+            "198.18.0.1:80".parse::<std::net::SocketAddrV4>().unwrap(),
+            SYN,
+        )
+        .build();
+        assert!(may_answer(&syn4));
+        let mut bad = syn4.clone();
+        bad[10] ^= 1;
+        assert!(!may_answer(&bad), "a bad header checksum");
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = syn4.clone();
+            f(&mut p);
+            crate::checksum::put(&mut p, 10, 0);
+            let c = crate::checksum::full(&p[..20]);
+            crate::checksum::put(&mut p, 10, c);
+            may_answer(&p)
+        };
+        assert!(!with(&|p| p[7] = 8), "a later fragment");
+        assert!(with(&|p| p[6] = 0x20), "a first fragment");
+        assert!(
+            !with(&|p| p[12..16].copy_from_slice(&[224, 0, 0, 1])),
+            "a multicast source"
+        );
+        assert!(
+            !with(&|p| p[12..16].copy_from_slice(&[0, 0, 0, 0])),
+            "no source"
+        );
+        assert!(
+            !with(&|p| p[12..16].copy_from_slice(&[127, 0, 0, 1])),
+            "loopback"
+        );
+        assert!(
+            !with(&|p| p[12..16].copy_from_slice(&[255, 255, 255, 255])),
+            "broadcast"
+        );
+        assert!(
+            !with(&|p| {
+                p[9] = 1;
+                p[20] = 11
+            }),
+            "an ICMP error"
+        );
+        assert!(
+            !with(&|p| {
+                p[9] = 1;
+                p[20] = 3
+            }),
+            "an ICMP error"
+        );
+        assert!(
+            with(&|p| {
+                p[9] = 1;
+                p[20] = 8
+            }),
+            "an echo request"
+        );
+        assert!(!may_answer(&syn4[..12]), "truncated");
+        let syn6 = Segment::between(
+            "[2001:2:0:1::2]:40000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+            "[2001:2::1]:80".parse::<std::net::SocketAddr>().unwrap(),
+            SYN,
+        )
+        .build();
+        assert!(may_answer(&syn6));
+        let mut p = syn6.clone();
+        p[6] = 58;
+        p[40] = 1;
+        assert!(!may_answer(&p), "an ICMPv6 error");
+        p[40] = 128;
+        assert!(may_answer(&p), "an echo request");
+        let mut p = syn6.clone();
+        p[8] = 0xff;
+        assert!(!may_answer(&p), "a multicast source");
+        assert!(!may_answer(&syn6[..39]));
+        assert!(!may_answer(&[]));
+    }
+
+    #[test]
+    fn time_exceeded_fits_the_spare_room_for_any_packet() {
+        use crate::conntrack::tcp::flags::ACK;
+        use crate::craft::Segment;
+        let payload = vec![9u8; 1400];
+        let mut seg = Segment::between(
+            "[2001:2:0:1::2]:40000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+            "[2001:2::1]:80".parse::<std::net::SocketAddr>().unwrap(),
+            ACK,
+        );
+        seg.payload = &payload;
+        let big6 = seg.build();
+        let mut out = vec![0u8; SPARE_LEN];
+        let n = time_exceeded_error(IpAddr::V6(v6("2001:2:0:1::1")), &big6, &mut out).unwrap();
+        assert_eq!(n, Icmpv6Error::MAX_LEN);
+        assert_eq!(
+            (out[IP_START + 40], out[IP_START + 41]),
+            (3, 0),
+            "ICMPv6 time exceeded"
+        );
+        let mut seg4 = Segment::new(
+            "198.18.1.2:40000"
+                .parse::<std::net::SocketAddrV4>()
+                .unwrap(),
+            "198.18.0.1:80".parse::<std::net::SocketAddrV4>().unwrap(),
+            ACK,
+        );
+        seg4.payload = &payload;
+        let big4 = seg4.build();
+        let n =
+            time_exceeded_error(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), &big4, &mut out).unwrap();
+        assert_eq!(n, IcmpError::MAX_LEN);
+        assert_eq!(
+            (out[IP_START + 20], out[IP_START + 21]),
+            (11, 0),
+            "ICMP time exceeded"
+        );
+        assert_eq!(
+            time_exceeded_error(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), &big6, &mut out),
+            None,
+            "families must match"
+        );
     }
 
     #[test]
