@@ -317,6 +317,15 @@ pub fn run(
             thread::Builder::new()
                 .name(format!("tunlb-pkt{i}"))
                 .spawn(move || {
+                    // A thread that panics (a bug) stops the others and
+                    // fails the run: its queue's flows would otherwise go
+                    // unserved while the process looks alive.
+                    let _dead = OnPanic(|| {
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                            std::io::Error::other(format!("packet thread {i} panicked (a bug: please report it with the message above)")),
+                        );
+                        stop.store(true, Ordering::Relaxed);
+                    });
                     if let Some(n) = nice {
                         if let Err(e) = crate::io::sys::set_thread_nice(n) {
                             tracing::debug!("packet thread {i}: nice {n}: {e}");
@@ -356,6 +365,17 @@ pub fn run(
     }
     let failure = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     failure.map_or(Ok(()), Err)
+}
+
+/// Runs its closure when dropped while the thread unwinds from a panic.
+struct OnPanic<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnPanic<F> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            (self.0)();
+        }
+    }
 }
 
 /// One packet thread: receive, process, send, until stopped.
@@ -660,6 +680,60 @@ mod tests {
         ) -> std::io::Result<()> {
             self.inner.send(queue, buf, frame, len, replaced)
         }
+    }
+
+    /// A device whose second queue's reads panic (a bug in a device).
+    struct Panicking;
+
+    impl PacketIo for Panicking {
+        fn queues(&self) -> usize {
+            2
+        }
+        fn recv(&self, queue: usize, _: &mut [u8], t: Duration) -> std::io::Result<Option<Frame>> {
+            assert_eq!(queue, 0, "a bug in queue {queue}'s device");
+            thread::sleep(t.min(Duration::from_millis(5)));
+            Ok(None)
+        }
+        fn send(
+            &self,
+            _: usize,
+            _: &mut [u8],
+            _: &Frame,
+            _: usize,
+            _: bool,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_packet_thread_that_panics_ends_the_run_with_an_error() {
+        let engine = Arc::new(crate::testing::engine());
+        let stop = Arc::new(AtomicBool::new(false));
+        let device = Arc::new(Device::new("mem0", 2, false, 2));
+        let opts = Options {
+            threads: 2,
+            stats_interval: None,
+            busy_poll: Duration::ZERO,
+            capture: None,
+            nice: None,
+        };
+        // Without the stop flag ever set from outside: the panic must end it.
+        let r = run(
+            engine,
+            Arc::new(Panicking),
+            &opts,
+            stop.clone(),
+            device,
+            Clock::start(),
+            &mut |_, _| {},
+        );
+        let e = r.expect_err("the run fails");
+        assert!(e.to_string().contains("packet thread 1 panicked"), "{e}");
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "the other threads were stopped"
+        );
     }
 
     #[test]

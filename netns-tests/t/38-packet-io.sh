@@ -230,6 +230,17 @@ note "hop limit 1: $got"
 check_eq "hop limit 1: time exceeded (EHOSTUNREACH, ICMPv6, type 3 code 0) from lb's $TL_LB_CLIENT_ADDR6" \
   "$got" "113 3 3 0 $TL_LB_CLIENT_ADDR6"
 check_eq "hop limit 2: connected (one hop: lb)" "$(t_hops_probe "$VIP6" 2)" connected
+# A large packet with hop limit 1: its error quotes 1232 bytes of it (the
+# IPv6 minimum MTU in all).
+t_client "$(tl_python)" -c '
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 1)
+s.sendto(bytes([0x9c, 0x40, 0, 80]) + bytes(8) + bytes([0x50, 0x10]) + bytes(6) + b"x" * 1400, (sys.argv[1], 0))
+' "$VIP6"
+sleep 0.5
+check "a 1420-byte IPv6 packet with hop limit 1: tunlb still runs" tl_pid_alive "$TUNLB_PID"
+check "and still serves the IPv6 VIP" grep -qx 'b[1-4]' <<<"$(t_client curl -s --max-time 5 "$VIP6_URL/")"
 # A reload that adds a second IPv6 VIP: its /128 route, then the filter.
 VIP6B=2001:2::2
 cat >>"$T_DIR/v6.toml" <<EOF
@@ -246,7 +257,7 @@ check_eq "IPv6 reload: both /128 routes" "$(routes6)" "blackhole $VIP6;blackhole
 check_eq "the lb kernel forwarded no IPv6 packet (Ip6OutForwDatagrams)" "$(($(fwd6) - f60))" 0
 t_tunlb_stop
 check_eq "IPv6: no blackhole route of tunlb after SIGTERM" "$(routes)|$(routes6)" "|"
-check "the drops line counts the hop limit 1 SYN" grep -q 'ttl exceeded 1 ' "$TUNLB_LOG"
+check "the drops line counts the hop limit 1 SYN and the large packet" grep -q 'ttl exceeded 2 ' "$TUNLB_LOG"
 start6
 tl_stop "$P" tunlb KILL 5
 wait "$TUNLB_PID" 2>/dev/null || true
