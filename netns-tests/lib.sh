@@ -265,6 +265,14 @@ except OSError as e:
     print(out)
 PY
 }
+# t_device: the device name tunlb reports and names its default control
+# socket after: the topology's TUN, or on the packet datapath "packet" (the
+# socket) and "c0,br0" (the device line of `tunlb stats`).
+t_sock_name() { if [ "${TL_IO:-}" = packet ]; then echo packet; else echo "$TL_TUN"; fi; }
+t_device() { if [ "${TL_IO:-}" = packet ]; then echo c0,br0; else echo "$TL_TUN"; fi; }
+# t_default_sock: the instance's default control socket in lb,
+# /run/tunlb/NAME.NETNS.sock (NETNS: the inode of the lb namespace).
+t_default_sock() { echo "/run/tunlb/$(t_sock_name).$(stat -L -c %i "/run/netns/${P}lb").sock"; }
 # t_tunlb_start ARGS...: tunlb run with ARGS in the lb namespace, wait for "ready".
 # The default service (when ARGS has no --vip): the VIP over b1..b4. The
 # datapath: t_io_args (TL_IO=packet: the packet datapath).

@@ -132,9 +132,11 @@ pub struct QueryArgs {
     /// The instance's control socket (default: derived from --tun).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// The instance's TUN name, to find its default control socket.
-    #[arg(long, value_name = "NAME", default_value = "tl0")]
-    pub tun: String,
+    /// The instance's TUN name, to find its default control socket
+    /// (default: tl0's, or if there is none, that of the instance on the
+    /// packet datapath in this namespace).
+    #[arg(long, value_name = "NAME")]
+    pub tun: Option<String>,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
@@ -143,9 +145,21 @@ pub struct QueryArgs {
 impl QueryArgs {
     /// Return the control socket to ask.
     pub fn path(&self) -> PathBuf {
-        self.control
-            .clone()
-            .unwrap_or_else(|| tunlb::control::default_path(&self.tun))
+        use tunlb::control::default_path;
+        if let Some(c) = &self.control {
+            return c.clone();
+        }
+        if let Some(t) = &self.tun {
+            return default_path(t);
+        }
+        // `tunlb run --io packet` names its socket after the datapath.
+        let tl0 = default_path("tl0");
+        let packet = default_path("packet");
+        if !tl0.exists() && packet.exists() {
+            packet
+        } else {
+            tl0
+        }
     }
 }
 

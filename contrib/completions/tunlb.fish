@@ -84,17 +84,17 @@ complete -c tunlb -n "__fish_tunlb_using_subcommand iptables" -l config -d 'A TO
 complete -c tunlb -n "__fish_tunlb_using_subcommand iptables" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tunlb -n "__fish_tunlb_using_subcommand iptables" -s V -l version -d 'Print version'
 complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -l control -d 'The instance\'s control socket (default: derived from --tun)' -r -F
-complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -l tun -d 'The instance\'s TUN name, to find its default control socket' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -l tun -d 'The instance\'s TUN name, to find its default control socket (default: tl0\'s, or if there is none, that of the instance on the packet datapath in this namespace)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -l json -d 'Print JSON for scripts'
 complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -s h -l help -d 'Print help'
 complete -c tunlb -n "__fish_tunlb_using_subcommand flows" -s V -l version -d 'Print version'
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l control -d 'The instance\'s control socket (default: derived from --tun)' -r -F
-complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l tun -d 'The instance\'s TUN name, to find its default control socket' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l tun -d 'The instance\'s TUN name, to find its default control socket (default: tl0\'s, or if there is none, that of the instance on the packet datapath in this namespace)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -l json -d 'Print JSON for scripts'
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -s h -l help -d 'Print help'
 complete -c tunlb -n "__fish_tunlb_using_subcommand stats" -s V -l version -d 'Print version'
 complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l control -d 'The instance\'s control socket (default: derived from --tun)' -r -F
-complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l tun -d 'The instance\'s TUN name, to find its default control socket' -r
+complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l tun -d 'The instance\'s TUN name, to find its default control socket (default: tl0\'s, or if there is none, that of the instance on the packet datapath in this namespace)' -r
 complete -c tunlb -n "__fish_tunlb_using_subcommand events" -l json -d 'Print JSON for scripts'
 complete -c tunlb -n "__fish_tunlb_using_subcommand events" -s h -l help -d 'Print help'
 complete -c tunlb -n "__fish_tunlb_using_subcommand events" -s V -l version -d 'Print version'

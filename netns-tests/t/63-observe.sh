@@ -14,9 +14,9 @@ METRICS=127.0.0.1:9100
 t_tunlb_start --mode nth --metrics "$METRICS"
 B1=$(tl_backend_addr 1):80
 
-# The default control socket: /run/tunlb/TUN.NETNS.sock, NETNS the inode of
-# the lb namespace.
-sock=/run/tunlb/$TL_TUN.$(stat -L -c %i "/run/netns/${P}lb").sock
+# The default control socket: /run/tunlb/TUN.NETNS.sock (packet.NETNS.sock
+# on the packet datapath), NETNS the inode of the lb namespace.
+sock=$(t_default_sock)
 check "the log names the per-namespace default control socket $sock" grep -qF "control socket $sock" "$TUNLB_LOG"
 check_eq "the control socket is a socket of mode 0600" "$(stat -c '%F %a' "$sock" 2>/dev/null)" "socket 600"
 flows() { tl_exec "$P" lb "$TUNLB_BIN" flows "$@"; }
@@ -84,7 +84,7 @@ stats >"$T_DIR/stats.txt"
 sed 's/^/    /' "$T_DIR/stats.txt"
 check "tunlb stats: the service line" grep -qE "^TCP +$VIP:80 nth\$" "$T_DIR/stats.txt"
 check "tunlb stats: the device line (queues, offloads, packets read)" \
-  grep -qE "^device $TL_TUN: 1 queue\(s\), offload on; read [1-9][0-9]* packets \([0-9]+ super-packets\), [1-9][0-9]* bytes; write errors 0\$" "$T_DIR/stats.txt"
+  grep -qE "^device $(t_device): 1 queue\(s\), offload on; read [1-9][0-9]* packets \([0-9]+ super-packets\), [1-9][0-9]* bytes; write errors 0\$" "$T_DIR/stats.txt"
 text_conns=$(for i in $(tl_backends); do
   awk -v b="$(tl_backend_addr "$i"):80" '$1 == "->" && $2 == b { printf "%s/%s/%s/%s ", $3, $4, $5, $6 }' "$T_DIR/stats.txt"
 done)

@@ -136,7 +136,7 @@ for j in 0 1 2 3 4 5 6 7; do ip -n "${P}client" addr add "198.18.1.4$j/24" dev e
 ONE=(--vip "$VIP:80" --backend "$B1" --control "$CTL")
 kill -KILL "$TUNLB_PID"
 wait "$TUNLB_PID" 2>/dev/null || true
-t_tunlb_start_cmd "$TUNLB_BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" "${ONE[@]}"
+t_tunlb_start_cmd "$TUNLB_BIN" run $(t_io_args | tr '\n' ' ') "${ONE[@]}"
 for j in 0 1 2 3 4 5 6 7; do
   # --ignore-content-length: curl reads to b1's FIN, so b1 closes first.
   t_client curl -s --max-time 5 --ignore-content-length --interface "$A" --local-port "4500$j" \
@@ -146,7 +146,7 @@ tw=$(tl_exec "$P" b1 ss -Htn state time-wait "( sport = :80 )" | grep -c "$VIP:4
 check_eq "b1 holds the 8 connections from $A in TIME_WAIT" "$tw" 8
 kill -KILL "$TUNLB_PID"
 wait "$TUNLB_PID" 2>/dev/null || true
-t_tunlb_start_cmd "$TUNLB_BIN" run --tun "$TL_TUN" --tun-addr "$TL_TUN_ADDR" "${ONE[@]}"
+t_tunlb_start_cmd "$TUNLB_BIN" run $(t_io_args | tr '\n' ' ') "${ONE[@]}"
 pids=()
 for j in 0 1 2 3 4 5 6 7; do
   t_client curl -s --max-time 5 --interface "198.18.1.4$j" --local-port "4500$j" \

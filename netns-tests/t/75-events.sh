@@ -10,7 +10,7 @@
 t_setup
 printf '[timeouts]\ntime_wait = 1\n' >"$T_DIR/lb.toml"
 t_tunlb_start --mode nth --config "$T_DIR/lb.toml"
-CTL=/run/tunlb/$TL_TUN.$(stat -L -c %i "/run/netns/${P}lb").sock
+CTL=$(t_default_sock)
 B1=$(tl_backend_addr 1)
 
 listening() { grep -q '^tunlb: listening for events' "$1"; }
