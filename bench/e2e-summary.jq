@@ -58,7 +58,8 @@ map(derive) as $runs
                     ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "packet"], ["alt", "fwd"],
                     ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
                     ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
-                    ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"]) as [$s, $o] ({};
+                    ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"],
+                    ["packet6", "kernel6"], ["packet6", "tunlb6"], ["packet6", "packet"]) as [$s, $o] ({};
      if $med[$o] == null or $med[$s] == null then . else
        .[$s + "/" + $o] = (reduce tests[] as $t ({};
          .[$t] = ({rate: ratio(val($s; $t); val($o; $t)),

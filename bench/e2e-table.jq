@@ -13,12 +13,12 @@ def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: a
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)",
            fwd: "minimal TUN forwarder (examples/tunfwd.rs)",
            pktfwd: "tunlb's packet sockets, static NAT, no engine (examples/pktfwd.rs)",
-           tunlb6: "IPv6: tunlb (nth)", kernel6: "IPv6: kernel NAT66 (ip6tables nth cascade + MASQUERADE)",
+           tunlb6: "IPv6: tunlb (nth)", packet6: "IPv6: tunlb (nth) `--io packet`", kernel6: "IPv6: kernel NAT66 (ip6tables nth cascade + MASQUERADE)",
            haproxy6: "IPv6: HAProxy `mode tcp` roundrobin", direct6: "IPv6: direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "packet", "alt", "fwd", "pktfwd", "kernel", "haproxy", "direct", "tunlb6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "packet", "alt", "fwd", "pktfwd", "kernel", "haproxy", "direct", "tunlb6", "packet6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -92,7 +92,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
     row([$c, .key, (.value.n | tostring), (.value.failed | tostring), (.value.socket_errors | i), (.value.retransmits | i)])),
   "",
   (.runs | map(select(.test == "sanity")) | group_by(.config)[] | "- \(.[0].config) sanity (8 requests, round 1): \(.[0].answered_by | join(" "))"),
-  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "packet" or .config == "alt" or .config == "tunlb6")) |
+  (.runs[] | select(.test == "after" and (.config == "tunlb" or .config == "packet" or .config == "alt" or .config == "tunlb6" or .config == "packet6")) |
     "- \(.config) round \(.round): " +
     (if .tunlb_died then "DIED (log tail in the JSON)" else "" end) +
     (if .tunlb_stats then

@@ -10,7 +10,7 @@
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
 #   --configs LIST  comma-separated subset of tunlb,packet,alt,kernel,haproxy,direct,
-#                   fwd, pktfwd and of the IPv6 ones, tunlb6,kernel6,haproxy6,direct6
+#                   fwd, pktfwd and of the IPv6 ones, tunlb6,packet6,kernel6,haproxy6,direct6
 #                   (fwd, pktfwd and the IPv6 ones are never in the default list;
 #                   e.g. --configs kernel6,haproxy6, or --configs tunlb,fwd)
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
@@ -61,6 +61,8 @@
 #              2001:2::fe/64 --vip '[2001:2::1]:80' --backend
 #              '[2001:2:0:2::3]:80' ... --mode nth` (SNAT: the VIP's address,
 #              tunlb's default), the 5201 service in a config file;
+#   packet6    the same services on the packet datapath (`--io packet`: a
+#              /128 blackhole route for the VIP, no TUN);
 #   kernel6    ip6tables NAT66 in lb, conntrack: the same DNAT nth cascade and
 #              MASQUERADE, as `tunlb iptables` prints it for the IPv6 services
 #              (ip6tables lines), or when this tunlb cannot print them yet,
@@ -151,9 +153,9 @@ fi
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
-    tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | tunlb6 | kernel6 | haproxy6 | direct6) ;;
+    tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | tunlb6 | packet6 | kernel6 | haproxy6 | direct6) ;;
     alt) [ -n "$ALT$ALT_BIN" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags) or --alt-bin PATH (another build)" ;;
-    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, tunlb6, kernel6, haproxy6, direct6)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, tunlb6, packet6, kernel6, haproxy6, direct6)" ;;
   esac
 done
 
@@ -211,7 +213,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if contains tunlb || contains packet || contains alt || contains kernel || contains tunlb6 || contains kernel6; then
+if contains tunlb || contains packet || contains alt || contains kernel || contains tunlb6 || contains packet6 || contains kernel6; then
   if [ -z "$BIN" ]; then
     BIN="$ROOT/target/release/tunlb"
     if [ -z "$NO_BUILD" ]; then
@@ -259,7 +261,7 @@ vip = "$E2E_VIP:5201"
 mode = "nth"
 backends = ["$BACKEND5201"]
 EOF
-# The same services over IPv6 (tunlb6, kernel6).
+# The same services over IPv6 (tunlb6, packet6, kernel6).
 BACKENDS80_6=() BACKEND5201_6="[$(e2e_baddr6 1)]:5201"
 for i in $(seq 1 "$E2E_NB"); do BACKENDS80_6+=("[$(e2e_baddr6 "$i")]:80"); done
 TUNLB_FLAGS6=(--vip "[$E2E_VIP6]:80" --mode nth)
@@ -276,9 +278,10 @@ read -ra ALT_EXTRA <<<"$ALT"
 CLK_TCK=$(getconf CLK_TCK)
 BAL_PID='' BAL_NS='' TARGET=''
 
-# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb, packet, alt or tunlb6) with
-# FLAGS added; CFG packet runs the packet datapath instead of the TUN; CFG
-# tunlb6 the IPv6 services, with an IPv6 prefix on the TUN too.
+# start_tunlb P CFG [FLAGS...]: tunlb (CFG tunlb, packet, alt, tunlb6 or
+# packet6) with FLAGS added; CFG packet runs the packet datapath instead of
+# the TUN; CFG tunlb6 the IPv6 services, with an IPv6 prefix on the TUN too;
+# packet6 the IPv6 services on the packet datapath.
 start_tunlb() {
   local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" ctl=() io=(--tun tl0 --tun-addr 198.18.0.254/24)
   local svc=("${TUNLB_FLAGS[@]}" --config "$E2E_WORK/tunlb-iperf.toml")
@@ -288,6 +291,10 @@ start_tunlb() {
   [ "$cfg" != alt ] || [[ " ${ALT_EXTRA[*]} " != *" --io packet "* ]] || io=()
   if [ "$cfg" = tunlb6 ]; then
     io+=(--tun-addr 2001:2::fe/64)
+    svc=("${TUNLB_FLAGS6[@]}" --config "$E2E_WORK/tunlb-iperf6.toml")
+  fi
+  if [ "$cfg" = packet6 ]; then
+    io=(--io packet)
     svc=("${TUNLB_FLAGS6[@]}" --config "$E2E_WORK/tunlb-iperf6.toml")
   fi
   # Its own control socket, so it never meets another tunlb's default one.
@@ -419,7 +426,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | tunlb6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | tunlb6 | packet6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
@@ -509,7 +516,7 @@ one_config() {
     haproxy) start_haproxy "$p" || ok= ;;
     direct) TARGET=$(e2e_baddr 1) ;;
     fwd | pktfwd) start_fwd "$p" "$cfg" || ok= ;;
-    tunlb6) start_tunlb "$p" tunlb6 || ok= ;;
+    tunlb6 | packet6) start_tunlb "$p" "$cfg" || ok= ;;
     kernel6) start_kernel6 "$p" || ok= ;;
     haproxy6) start_haproxy "$p" 6 || ok= ;;
     direct6) TARGET=$(e2e_baddr6 1) ;;
@@ -544,7 +551,7 @@ one_config() {
 
   # What the balancer says about itself afterwards.
   case $cfg in
-    tunlb | packet | alt | tunlb6)
+    tunlb | packet | alt | tunlb6 | packet6)
       if balancer_alive; then
         # Its counters (drop reasons), and the TUN's own queue drops.
         stats=null
@@ -553,7 +560,7 @@ one_config() {
           [ -n "$stats" ] || stats=null
         fi
         tun=null
-        [ "$cfg" = packet ] || tun=$(ip -n "${p}lb" -s -j link show tl0 | jq -c '.[0].stats64 // null') || tun=null
+        [[ $cfg == packet* ]] || tun=$(ip -n "${p}lb" -s -j link show tl0 | jq -c '.[0].stats64 // null') || tun=null
         e2e_stop "$BAL_PID" "$BAL_NS" 5
         extra=$(jq -Rs --argjson stats "$stats" --argjson tun "$tun" \
           '{tunlb_stats: $stats, tl0_link_stats: $tun, tunlb_log_tail: (split("\n") | map(select(length > 0)) | .[-12:])}' \
