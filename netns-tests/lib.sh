@@ -265,6 +265,13 @@ except OSError as e:
     print(out)
 PY
 }
+# t_v6_conf FILE: write to FILE the IPv6 service [VIP6]:80, nth over b1..b4's
+# IPv6 addresses, as a config file's [[service]].
+t_v6_conf() {
+  local -a b6
+  mapfile -t b6 < <(tl_backends | while read -r i; do printf '"[%s]:80"\n' "$(tl_backend_addr6 "$i")"; done)
+  printf '[[service]]\nvip = "[%s]:80"\nmode = "nth"\nbackends = [%s]\n' "$VIP6" "$(IFS=,; echo "${b6[*]}")" >"$1"
+}
 # t_device: the device name tunlb reports and names its default control
 # socket after: the topology's TUN, or on the packet datapath "packet" (the
 # socket) and "c0,br0" (the device line of `tunlb stats`).

@@ -204,13 +204,7 @@ for seq in range(1, 4):
 ' "$1"
 }
 routes6() { ip -n "$LB" -6 route show proto 213 | awk '{ print $1, $2 }' | tr '\n' ';'; }
-mapfile -t b6 < <(tl_backends | while read -r i; do printf '"[%s]:80"\n' "$(tl_backend_addr6 "$i")"; done)
-cat >"$T_DIR/v6.toml" <<EOF
-[[service]]
-vip = "[$VIP6]:80"
-mode = "nth"
-backends = [$(IFS=,; echo "${b6[*]}")]
-EOF
+t_v6_conf "$T_DIR/v6.toml"
 start6() {
   t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --control "$CTL" \
     --vip "$VIP:80" "${backends[@]}" --mode nth --config "$T_DIR/v6.toml"

@@ -87,13 +87,7 @@ t_tunlb_stop
 
 # One instance, both families: the IPv4 service on the command line, the
 # IPv6 one in the config file.
-mapfile -t b6 < <(tl_backends | while read -r i; do printf '"[%s]:80"\n' "$(tl_backend_addr6 "$i")"; done)
-cat >"$T_DIR/v6.toml" <<EOF
-[[service]]
-vip = "[$VIP6]:80"
-mode = "nth"
-backends = [$(IFS=,; echo "${b6[*]}")]
-EOF
+t_v6_conf "$T_DIR/v6.toml"
 mapfile -t b4 < <(t_backend_flags)
 t6_start --vip "$VIP:80" "${b4[@]}" --mode nth --config "$T_DIR/v6.toml" || exit 1
 four4=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' ')

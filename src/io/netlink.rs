@@ -253,6 +253,21 @@ fn rtmsg(family: u8, dst_len: u8, table: u8, protocol: u8, scope: u8, kind: u8) 
     b
 }
 
+/// The `rtmsg` and destination of tunlb's blackhole route for `addr` alone
+/// (`/32`, `/128`) in the main table, tagged [`PROTO`].
+fn blackhole(addr: IpAddr) -> Vec<u8> {
+    let mut body = rtmsg(
+        family(addr),
+        host_len(addr),
+        RT_TABLE_MAIN,
+        PROTO,
+        0,
+        RTN_BLACKHOLE,
+    );
+    push_addr(&mut body, RTA_DST, addr);
+    body
+}
+
 impl Netlink {
     /// Open a `NETLINK_ROUTE` socket.
     pub fn open() -> io::Result<Self> {
@@ -498,15 +513,7 @@ impl Netlink {
     /// [`PROTO`] (`ip route add blackhole ADDR proto 213`). Fails with
     /// `EEXIST` when the table already has a route for exactly that prefix.
     pub fn blackhole_add(&mut self, addr: IpAddr) -> io::Result<()> {
-        let mut body = rtmsg(
-            family(addr),
-            host_len(addr),
-            RT_TABLE_MAIN,
-            PROTO,
-            0,
-            RTN_BLACKHOLE,
-        );
-        push_addr(&mut body, RTA_DST, addr);
+        let body = blackhole(addr);
         let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
         self.request(libc::RTM_NEWROUTE, flags, &body).map(drop)
     }
@@ -514,15 +521,7 @@ impl Netlink {
     /// Remove tunlb's blackhole route for `addr/32` (`/128`; only one
     /// tagged [`PROTO`]). Returns whether there was one.
     pub fn blackhole_del(&mut self, addr: IpAddr) -> io::Result<bool> {
-        let mut body = rtmsg(
-            family(addr),
-            host_len(addr),
-            RT_TABLE_MAIN,
-            PROTO,
-            0,
-            RTN_BLACKHOLE,
-        );
-        push_addr(&mut body, RTA_DST, addr);
+        let body = blackhole(addr);
         match self.request(libc::RTM_DELROUTE, 0, &body) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),

@@ -1197,9 +1197,7 @@ impl PacketIo for AfPacket {
     }
 
     fn recv(&self, queue: usize, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
-        let mut q = self.queues[queue % self.queues.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = self.queue(queue);
         if let Some(f) = self.next_frame(&mut q, buf) {
             return Ok(Some(f));
         }
@@ -1229,22 +1227,23 @@ impl PacketIo for AfPacket {
                 "not a frame of the packet datapath",
             ));
         }
-        let mut q = self.queues[queue % self.queues.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = self.queue(queue);
         self.send_locked(&mut q, buf, frame, len, replaced)
     }
 
     fn take_unsent(&self, queue: usize) -> Option<Unsent> {
-        self.queues[queue % self.queues.len()]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unsent
-            .take()
+        self.queue(queue).unsent.take()
     }
 }
 
 impl AfPacket {
+    /// Queue `queue` (modulo their number), locked.
+    fn queue(&self, queue: usize) -> std::sync::MutexGuard<'_, Queue> {
+        self.queues[queue % self.queues.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// [`PacketIo::send`] on the thread's queue, locked by the caller.
     fn send_locked(
         &self,
@@ -1896,18 +1895,28 @@ mod tests {
         );
     }
 
+    /// A segment from the client to the VIP, IPv4.
+    fn seg4(flags: u8) -> crate::craft::Segment<'static, std::net::SocketAddr> {
+        let (c, v): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "198.18.1.2:40000".parse().unwrap(),
+            "198.18.0.1:80".parse().unwrap(),
+        );
+        crate::craft::Segment::between(c, v, flags)
+    }
+
+    /// A segment from the client to the VIP, IPv6.
+    fn seg6(flags: u8) -> crate::craft::Segment<'static, std::net::SocketAddr> {
+        let (c, v): (std::net::SocketAddr, std::net::SocketAddr) = (
+            "[2001:2:0:1::2]:40000".parse().unwrap(),
+            "[2001:2::1]:80".parse().unwrap(),
+        );
+        crate::craft::Segment::between(c, v, flags)
+    }
+
     #[test]
     fn a_router_answers_only_what_it_may() {
         use crate::conntrack::tcp::flags::SYN;
-        use crate::craft::Segment;
-        let syn4 = Segment::new(
-            "198.18.1.2:40000"
-                .parse::<std::net::SocketAddrV4>()
-                .unwrap(),
-            "198.18.0.1:80".parse::<std::net::SocketAddrV4>().unwrap(),
-            SYN,
-        )
-        .build();
+        let syn4 = seg4(SYN).build();
         assert!(may_answer(&syn4));
         let mut bad = syn4.clone();
         bad[10] ^= 1;
@@ -1922,52 +1931,23 @@ mod tests {
         };
         assert!(!with(&|p| p[7] = 8), "a later fragment");
         assert!(with(&|p| p[6] = 0x20), "a first fragment");
-        assert!(
-            !with(&|p| p[12..16].copy_from_slice(&[224, 0, 0, 1])),
-            "a multicast source"
-        );
-        assert!(
-            !with(&|p| p[12..16].copy_from_slice(&[0, 0, 0, 0])),
-            "no source"
-        );
-        assert!(
-            !with(&|p| p[12..16].copy_from_slice(&[127, 0, 0, 1])),
-            "loopback"
-        );
-        assert!(
-            !with(&|p| p[12..16].copy_from_slice(&[255, 255, 255, 255])),
-            "broadcast"
-        );
-        assert!(
-            !with(&|p| {
+        for (src, what) in [
+            ([224, 0, 0, 1], "a multicast source"),
+            ([0, 0, 0, 0], "no source"),
+            ([127, 0, 0, 1], "loopback"),
+            ([255, 255, 255, 255], "broadcast"),
+        ] {
+            assert!(!with(&|p| p[12..16].copy_from_slice(&src)), "{what}");
+        }
+        for (icmp_type, answered) in [(11, false), (3, false), (8, true)] {
+            let icmp = |p: &mut Vec<u8>| {
                 p[9] = 1;
-                p[20] = 11
-            }),
-            "an ICMP error"
-        );
-        assert!(
-            !with(&|p| {
-                p[9] = 1;
-                p[20] = 3
-            }),
-            "an ICMP error"
-        );
-        assert!(
-            with(&|p| {
-                p[9] = 1;
-                p[20] = 8
-            }),
-            "an echo request"
-        );
+                p[20] = icmp_type;
+            };
+            assert_eq!(with(&icmp), answered, "ICMP type {icmp_type}");
+        }
         assert!(!may_answer(&syn4[..12]), "truncated");
-        let syn6 = Segment::between(
-            "[2001:2:0:1::2]:40000"
-                .parse::<std::net::SocketAddr>()
-                .unwrap(),
-            "[2001:2::1]:80".parse::<std::net::SocketAddr>().unwrap(),
-            SYN,
-        )
-        .build();
+        let syn6 = seg6(SYN).build();
         assert!(may_answer(&syn6));
         let mut p = syn6.clone();
         p[6] = 58;
@@ -1985,15 +1965,8 @@ mod tests {
     #[test]
     fn time_exceeded_fits_the_spare_room_for_any_packet() {
         use crate::conntrack::tcp::flags::ACK;
-        use crate::craft::Segment;
         let payload = vec![9u8; 1400];
-        let mut seg = Segment::between(
-            "[2001:2:0:1::2]:40000"
-                .parse::<std::net::SocketAddr>()
-                .unwrap(),
-            "[2001:2::1]:80".parse::<std::net::SocketAddr>().unwrap(),
-            ACK,
-        );
+        let mut seg = seg6(ACK);
         seg.payload = &payload;
         let big6 = seg.build();
         let mut out = vec![0u8; SPARE_LEN];
@@ -2004,13 +1977,7 @@ mod tests {
             (3, 0),
             "ICMPv6 time exceeded"
         );
-        let mut seg4 = Segment::new(
-            "198.18.1.2:40000"
-                .parse::<std::net::SocketAddrV4>()
-                .unwrap(),
-            "198.18.0.1:80".parse::<std::net::SocketAddrV4>().unwrap(),
-            ACK,
-        );
+        let mut seg4 = seg4(ACK);
         seg4.payload = &payload;
         let big4 = seg4.build();
         let n =
