@@ -290,6 +290,66 @@ impl Icmpv6Error<'_> {
     }
 }
 
+/// An ICMP error a router sends, in both families: type, code and the
+/// 32-bit word after the checksum (the MTU of "fragmentation needed" or
+/// "packet too big", else 0) as IPv4's ICMP and as ICMPv6 say it. Which
+/// one goes out is the family of the router's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterError {
+    /// ICMP type, code and next-hop MTU ([`IcmpError`]).
+    pub v4: (u8, u8, u16),
+    /// ICMPv6 type, code and parameter ([`Icmpv6Error`]).
+    pub v6: (u8, u8, u32),
+}
+
+impl RouterError {
+    /// The largest error of either family ([`Icmpv6Error::MAX_LEN`]).
+    pub const MAX_LEN: usize = if IcmpError::MAX_LEN > Icmpv6Error::MAX_LEN {
+        IcmpError::MAX_LEN
+    } else {
+        Icmpv6Error::MAX_LEN
+    };
+
+    /// "Time exceeded": the TTL or hop limit reached zero in transit.
+    pub const TIME_EXCEEDED: RouterError = RouterError {
+        v4: (IcmpError::TIME_EXCEEDED, 0, 0),
+        v6: (Icmpv6Error::TIME_EXCEEDED, 0, 0),
+    };
+
+    /// Write at the start of `buf` this error, from `from`, about `about`
+    /// (a packet of `from`'s family) and return its length; `None` when
+    /// `about` is not a packet of that family with a whole header.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than the family's `MAX_LEN`.
+    pub fn emit(self, from: IpAddr, about: &[u8], buf: &mut [u8]) -> Option<usize> {
+        match from {
+            IpAddr::V4(from) => {
+                let (msg_type, code, mtu) = self.v4;
+                IcmpError {
+                    from,
+                    msg_type,
+                    code,
+                    mtu,
+                    about,
+                }
+                .emit(buf)
+            }
+            IpAddr::V6(from) => {
+                let (msg_type, code, param) = self.v6;
+                Icmpv6Error {
+                    from,
+                    msg_type,
+                    code,
+                    param,
+                    about,
+                }
+                .emit(buf)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

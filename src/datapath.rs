@@ -74,13 +74,12 @@
 //!
 //! This is the only module that reads the clock.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::craft::{IcmpError, Icmpv6Error};
+use crate::craft::RouterError;
 use crate::engine::{Engine, Verdict};
 use crate::io::{Frame, PacketIo, Unsent};
 use crate::nat::L4Checksum;
@@ -468,36 +467,10 @@ fn bounce(
     if !tcp {
         return;
     }
-    let room = IcmpError::MAX_LEN.max(Icmpv6Error::MAX_LEN);
-    if spare.len() < start + room {
-        spare.resize(start + room, 0);
+    if spare.len() < start + RouterError::MAX_LEN {
+        spare.resize(start + RouterError::MAX_LEN, 0);
     }
-    let made = match (unsent.from, version) {
-        (IpAddr::V4(from), Some(4)) => {
-            let (code, mtu) = unsent.why.code_and_mtu();
-            IcmpError {
-                from,
-                msg_type: IcmpError::UNREACHABLE,
-                code,
-                mtu,
-                about: pkt,
-            }
-            .emit(&mut spare[start..])
-        }
-        (IpAddr::V6(from), Some(6)) => {
-            let (msg_type, code, param) = unsent.why.icmpv6();
-            Icmpv6Error {
-                from,
-                msg_type,
-                code,
-                param,
-                about: pkt,
-            }
-            .emit(&mut spare[start..])
-        }
-        _ => None,
-    };
-    let Some(n) = made else {
+    let Some(n) = (unsent.why.error()).emit(unsent.from, pkt, &mut spare[start..]) else {
         return;
     };
     let len = match engine.handle_offloaded_packet(

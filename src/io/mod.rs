@@ -21,6 +21,7 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::craft::{IcmpError, RouterError};
 use crate::nat::L4Checksum;
 
 /// Where a received packet sits in the buffer, and what the device said
@@ -89,6 +90,15 @@ pub enum Unreachable {
 }
 
 impl Unreachable {
+    /// Return the error a router sends for it, in both families.
+    pub fn error(self) -> RouterError {
+        let (code, mtu) = self.code_and_mtu();
+        RouterError {
+            v4: (IcmpError::UNREACHABLE, code, mtu),
+            v6: self.icmpv6(),
+        }
+    }
+
     /// Return the ICMP code and the "next-hop MTU" (RFC 1191; zero but
     /// for [`Unreachable::TooBig`]).
     pub fn code_and_mtu(self) -> (u8, u16) {

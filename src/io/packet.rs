@@ -103,7 +103,7 @@ use super::sys;
 use super::vnet::{self, VnetHdr};
 use super::{Frame, PacketIo, Unreachable, Unsent};
 use crate::checksum;
-use crate::craft::{IcmpError, Icmpv6Error};
+use crate::craft::RouterError;
 use crate::nat::L4Checksum;
 
 /// How long a thread trusts a resolved next hop before asking the kernel
@@ -868,15 +868,7 @@ struct Queue {
 
 /// Room for the ICMP or ICMPv6 errors a thread makes itself, after the
 /// virtio-net and Ethernet headers.
-const SPARE_LEN: usize = IP_START + max(IcmpError::MAX_LEN, Icmpv6Error::MAX_LEN);
-
-const fn max(a: usize, b: usize) -> usize {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
+const SPARE_LEN: usize = IP_START + RouterError::MAX_LEN;
 
 /// At most this many frames wait to be sent together (one `sendmmsg`).
 pub const TX_BATCH: usize = 32;
@@ -1362,7 +1354,7 @@ impl AfPacket {
             return;
         };
         let mut spare = std::mem::take(&mut q.spare);
-        if let Some(n) = time_exceeded_error(from, about, &mut spare) {
+        if let Some(n) = RouterError::TIME_EXCEEDED.emit(from, about, &mut spare[IP_START..]) {
             Counters::bump(&self.counters.icmp_errors);
             let frame = Frame {
                 start: IP_START,
@@ -1473,32 +1465,6 @@ fn ip_src6(ip: &[u8]) -> Ipv6Addr {
     let mut b = [0u8; 16];
     b.copy_from_slice(&ip[8..24]);
     Ipv6Addr::from(b)
-}
-
-/// Build, after the virtio-net and Ethernet headers of `out` (at
-/// [`IP_START`]), the "time exceeded" a router at `from` sends about
-/// `about` (ICMP type 11 or ICMPv6 type 3, code 0) and return its length;
-/// `None` when `about` is not a packet of `from`'s family with a whole
-/// header. `out` is [`SPARE_LEN`] long or longer.
-fn time_exceeded_error(from: IpAddr, about: &[u8], out: &mut [u8]) -> Option<usize> {
-    match from {
-        IpAddr::V4(from) => IcmpError {
-            from,
-            msg_type: IcmpError::TIME_EXCEEDED,
-            code: 0,
-            mtu: 0,
-            about,
-        }
-        .emit(&mut out[IP_START..]),
-        IpAddr::V6(from) => Icmpv6Error {
-            from,
-            msg_type: Icmpv6Error::TIME_EXCEEDED,
-            code: 0,
-            param: 0,
-            about,
-        }
-        .emit(&mut out[IP_START..]),
-    }
 }
 
 /// Attach the socket filter `prog` to `fd`. A program the kernel cannot
@@ -1653,6 +1619,7 @@ impl Drop for Blackholes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::craft::{IcmpError, Icmpv6Error};
 
     /// Run the subset of classic BPF that [`filter`] uses over `frame`
     /// with packet type `pkttype`.
@@ -1970,7 +1937,9 @@ mod tests {
         seg.payload = &payload;
         let big6 = seg.build();
         let mut out = vec![0u8; SPARE_LEN];
-        let n = time_exceeded_error(IpAddr::V6(v6("2001:2:0:1::1")), &big6, &mut out).unwrap();
+        let n = RouterError::TIME_EXCEEDED
+            .emit(IpAddr::V6(v6("2001:2:0:1::1")), &big6, &mut out[IP_START..])
+            .unwrap();
         assert_eq!(n, Icmpv6Error::MAX_LEN);
         assert_eq!(
             (out[IP_START + 40], out[IP_START + 41]),
@@ -1980,8 +1949,13 @@ mod tests {
         let mut seg4 = seg4(ACK);
         seg4.payload = &payload;
         let big4 = seg4.build();
-        let n =
-            time_exceeded_error(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), &big4, &mut out).unwrap();
+        let n = RouterError::TIME_EXCEEDED
+            .emit(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+                &big4,
+                &mut out[IP_START..],
+            )
+            .unwrap();
         assert_eq!(n, IcmpError::MAX_LEN);
         assert_eq!(
             (out[IP_START + 20], out[IP_START + 21]),
@@ -1989,7 +1963,11 @@ mod tests {
             "ICMP time exceeded"
         );
         assert_eq!(
-            time_exceeded_error(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)), &big6, &mut out),
+            RouterError::TIME_EXCEEDED.emit(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+                &big6,
+                &mut out[IP_START..]
+            ),
             None,
             "families must match"
         );
