@@ -18,6 +18,13 @@ RATE=$((4 << 20)) # bytes/s per download: about 4 s each
 want=$(head -c "$SIZE" "$(tl_data "$P")/big.bin" | sha256sum | cut -d' ' -f1)
 STATE=$T_DIR/flows.state
 CTL=$T_DIR/control.sock
+# A download that got nothing for about 5 + 1 s gives up (curl -y 1 -Y 6), so
+# that the lost ones of part 3 end soon. Those that must survive a kill -9
+# wait longer: a backend whose segments were dropped while tunlb was down
+# retransmits on its backed-off timer, and after a 1-2 s outage the next try
+# can come 5 s or more after the flow is back (seen: picked up 1 s after the
+# restart, data again 6 s later). curl -y SLOW: give up after SLOW + 5 s.
+SLOW=20
 
 # downloads TAG [CURL FLAGS...]: start N paced downloads of the first SIZE
 # bytes of big.bin in the background; their PIDs in DL_PIDS.
@@ -27,7 +34,7 @@ downloads() {
   DL_PIDS=()
   for ((i = 1; i <= N; i++)); do
     t_client curl -s -o "$T_DIR/$tag.$i" --max-time 40 -y 1 -Y 6 "$@" \
-      -w '%{http_code}\n' "$VIP_URL/file/big.bin?bytes=$SIZE&rate=$RATE" \
+      -w '%{http_code} port %{local_port}\n' "$VIP_URL/file/big.bin?bytes=$SIZE&rate=$RATE" \
       >"$T_DIR/$tag.$i.out" 2>&1 &
     DL_PIDS+=($!)
   done
@@ -35,7 +42,7 @@ downloads() {
 # finished TAG: wait for the downloads (in this shell: they are its
 # children); GOOD is how many ended with status 0 and the right sha256.
 finished() {
-  local tag=$1 i rc
+  local tag=$1 i rc port
   GOOD=0
   for ((i = 1; i <= N; i++)); do
     rc=0
@@ -43,7 +50,11 @@ finished() {
     if [ "$rc" -eq 0 ] && [ "$(t_sha "$T_DIR/$tag.$i")" = "$want" ]; then
       GOOD=$((GOOD + 1))
     else
-      note "$tag $i: curl exit $rc, $(wc -c <"$T_DIR/$tag.$i" 2>/dev/null || echo 0) bytes"
+      # Which connection, and what tunlb said of it: enough to tell a
+      # flow that was never picked up from one that was but stalled.
+      port=$(grep -o 'port [0-9]*' "$T_DIR/$tag.$i.out" | cut -d' ' -f2)
+      note "$tag $i: curl exit $rc, $(wc -c <"$T_DIR/$tag.$i" 2>/dev/null || echo 0) bytes, client port ${port:-?}"
+      [ -z "$port" ] || grep -E "198\.18\.1\.2:$port " "$TUNLB_LOG" | tail -3 | sed 's/^/  ..   /' || true
     fi
   done
 }
@@ -84,7 +95,7 @@ t_tunlb_stop
 rm -f "$STATE"
 cmd=(--mode maglev --control "$CTL" --pickup --hash-key "restart-test" --state-file "$STATE" --state-interval 1)
 t_tunlb_start "${cmd[@]}"
-downloads crash --keepalive-time 1
+downloads crash --keepalive-time 1 -y "$SLOW"
 sleep 2.5
 check "a periodic save exists while running" test -s "$STATE"
 t_stop_and_time KILL
@@ -98,13 +109,14 @@ t_tunlb_stop
 # --- 2b. kill -9 with --pickup alone: the clients' keepalives bring them back
 cmd=(--mode maglev --control "$CTL" --pickup --hash-key "restart-test" --trace)
 t_tunlb_start "${cmd[@]}"
-downloads pickup --keepalive-time 1
+downloads pickup --keepalive-time 1 -y "$SLOW"
 sleep 1.5
 t_stop_and_time KILL
 tun_gone
 t_tunlb_start "${cmd[@]}"
 finished pickup
 check_eq "kill -9 + restart with --pickup alone, keepalive clients: downloads complete" "$GOOD" "$N"
+[ "$GOOD" = "$N" ] || note "stats: $(t_query stats "$CTL" | tail -1)"
 check_eq "every flow was picked up again" "$(lbstat "d['picked_up']")" "$N"
 check_eq "none needed another port" "$(lbstat "d['pickup_remapped']")" 0
 check_eq "--trace says PICKUP for each" "$(grep -c ' PICKUP 198.18.1.2:' "$TUNLB_LOG")" "$N"
