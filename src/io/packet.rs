@@ -29,8 +29,25 @@
 //! # Offloads
 //! `PACKET_VNET_HDR` puts a virtio-net header before each frame, as on the
 //! TUN (see [`super::vnet`]): TCP super-packets up to 64 KiB pass whole
-//! through the ring (frames are sized for them) and partial checksums are
-//! said so, so users' TSO/GRO may stay on.
+//! and partial checksums are said so, so users' TSO/GRO may stay on.
+//!
+//! # Ring geometry
+//! A ring's frames are of one size, and a full ring drops what arrives.
+//! Frames sized for a 64 KiB super-packet (as this ring first had) made
+//! 8 MiB a ring of 120 frames: a burst of small frames (the segments of
+//! eight paced downloads through an interface without offloads, and
+//! their ACKs) overflowed it, 13 % of the packets were lost, and with
+//! them SYN-ACKs (a second each). So a frame holds one Ethernet frame of
+//! a 1500-byte MTU ([`FRAME_SIZE`]: up to [`RING_IP_MAX`] bytes of IP),
+//! and the same 8 MiB hold [`FRAMES`] of them. What is longer (a
+//! super-packet, a jumbo frame) the kernel queues whole on the socket
+//! (`PACKET_COPY_THRESH`; no copy, a reference to the packet) and marks
+//! its truncated frame `TP_STATUS_COPY`: the reader takes it with `recv`,
+//! in ring order. That is one copy of a super-packet's bytes (kernel to
+//! buffer) where the ring made two (kernel to ring, ring to buffer). The
+//! socket's receive buffer is raised ([`RCVBUF`]) to hold a burst of
+//! them; past it the kernel truncates without queueing, and the frame is
+//! counted as lost to a full socket queue.
 //!
 //! # Transmit
 //! The buffer holds `[virtio-net header][Ethernet header][IP packet]`. The
@@ -120,13 +137,25 @@ const ETH_LEN: usize = 14;
 /// Ethernet headers.
 pub const IP_START: usize = vnet::LEN + ETH_LEN;
 
-/// Ring geometry: frames big enough for a 64 KiB super-packet and the
-/// headers before it, 15 to a 1 MiB block, 8 blocks (120 frames).
-const FRAME_SIZE: usize = 65536 + 512;
+/// Ring geometry (see the module docs): 2 KiB frames, 512 to a 1 MiB
+/// block, 8 blocks: 4096 frames in 8 MiB.
+const FRAME_SIZE: usize = 2048;
 const BLOCK_SIZE: usize = 1 << 20;
 const BLOCKS: usize = 8;
 const FRAMES_PER_BLOCK: usize = BLOCK_SIZE / FRAME_SIZE;
-const FRAMES: usize = FRAMES_PER_BLOCK * BLOCKS;
+/// Frames in a ring.
+pub const FRAMES: usize = FRAMES_PER_BLOCK * BLOCKS;
+/// Where the kernel puts a frame's link header in its ring slot: after
+/// the tpacket2 header and `sockaddr_ll` (52 bytes, with room for a
+/// 16-byte link header: `TPACKET_ALIGN(52 + 16)` = 80), then the
+/// virtio-net header, then the 14-byte Ethernet header ends at 80 + 10.
+const RING_MAC: usize = 80 + vnet::LEN - ETH_LEN;
+/// The longest IP packet a ring slot holds; longer ones come by `recv`.
+pub const RING_IP_MAX: usize = FRAME_SIZE - RING_MAC - ETH_LEN;
+/// The receive buffer each socket asks for (`SO_RCVBUFFORCE`, which the
+/// kernel doubles): room for about 200 super-packets queued beside the
+/// ring.
+const RCVBUF: libc::c_int = 8 << 20;
 
 // `linux/if_packet.h`.
 const PACKET_RX_RING: libc::c_int = 5;
@@ -140,7 +169,11 @@ const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+/// The frame is truncated and the whole packet waits on the socket.
+const TP_STATUS_COPY: u32 = 1 << 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+/// `PACKET_COPY_THRESH`: queue on the socket what does not fit a frame.
+const PACKET_COPY_THRESH: libc::c_int = 7;
 /// `sizeof(struct tpacket2_hdr)`.
 const TPACKET2_HDR: usize = 32;
 
@@ -419,9 +452,12 @@ fn program(v4: Option<Vec<u128>>, v6: Option<Vec<u128>>) -> Vec<libc::sock_filte
 /// Drops and other events of the packet datapath, over all threads.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Frames dropped because the ring held only part of them, or they
-    /// carried a VLAN tag or a link header other than Ethernet.
+    /// Frames dropped because they carried a VLAN tag or a link header
+    /// other than Ethernet, or their lengths did not add up.
     pub bad_frames: AtomicU64,
+    /// Packets longer than a ring frame lost because the socket's receive
+    /// buffer was full (the kernel truncates them instead of queueing).
+    pub queue_full: AtomicU64,
     /// Packets dropped because the kernel has no route for their
     /// destination through one of tunlb's interfaces.
     pub no_route: AtomicU64,
@@ -466,9 +502,13 @@ impl Ring {
     }
 
     /// Take the frame at the head, if the kernel has filled it: copy it
-    /// into `buf` (virtio-net header first) and hand it back. `Ok(None)`:
-    /// empty; `Err(())`: a frame that was dropped.
-    fn take(&mut self, buf: &mut [u8]) -> Option<Result<Frame, ()>> {
+    /// into `buf` (virtio-net header first) and hand it back. `None`:
+    /// empty; `Some(Err(why))`: a frame that was dropped. A frame marked
+    /// `TP_STATUS_COPY` is a truncated one whose whole packet waits on the
+    /// socket: it is received from there, so that every such frame takes
+    /// exactly one packet off the socket's queue (which keeps the two in
+    /// step), whatever is wrong with it.
+    fn take(&mut self, buf: &mut [u8]) -> Option<Result<Frame, Lost>> {
         let off = self.frame_offset(self.head);
         let status = self.map.load_acquire(off);
         if status & TP_STATUS_USER == 0 {
@@ -480,47 +520,76 @@ impl Ring {
         let u16_at = |i: usize| usize::from(u16::from_ne_bytes([h[i], h[i + 1]]));
         let (len, snap) = (u32_at(4) as usize, u32_at(8) as usize);
         let (mac, net, vlan) = (u16_at(12), u16_at(14), u16_at(24));
-        let ok = len == snap
-            && net == mac + ETH_LEN
+        let sane = net == mac + ETH_LEN
             && mac >= TPACKET2_HDR + vnet::LEN
-            && mac + snap <= FRAME_SIZE
-            && vnet::LEN + snap <= buf.len()
-            && snap >= ETH_LEN + 20
+            && len >= ETH_LEN + 20
+            && vnet::LEN + len <= buf.len()
             && (status & TP_STATUS_VLAN_VALID == 0 || vlan == 0);
-        let frame = ok.then(|| {
+        let got = if status & TP_STATUS_COPY != 0 {
+            // The whole packet, virtio-net header first, as it would be
+            // in the ring (`MSG_TRUNC`: its full length, to see one that
+            // the buffer cuts short).
+            match sys::recv(&self.fd, buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
+                Ok(n) if sane && n == vnet::LEN + len => Ok(()),
+                _ => Err(Lost::Bad),
+            }
+        } else if len != snap {
+            // Too long for a frame, and the socket's queue was full.
+            Err(Lost::QueueFull)
+        } else if sane && mac + snap <= FRAME_SIZE {
             self.map
                 .read(off + mac - vnet::LEN, &mut buf[..vnet::LEN + snap]);
-            let hdr = VnetHdr::parse(buf);
-            let ip_len = snap - ETH_LEN;
-            // Short frames are padded to 60 bytes: the IP length says
-            // (IPv6's counts the payload after its 40-byte header).
-            let word = |at: usize| usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
-            let total = match buf[IP_START] >> 4 {
-                6 => 40 + word(IP_START + 4),
-                _ => word(IP_START + 2),
-            };
-            // The version must be the Ethernet type's: the filter read the
-            // addresses where that type puts them.
-            let version = match word(IP_START - 2) as libc::c_int {
-                libc::ETH_P_IP => 4,
-                libc::ETH_P_IPV6 => 6,
-                _ => 0,
-            };
-            (buf[IP_START] >> 4 == version).then_some(Frame {
-                start: IP_START,
-                len: if (20..ip_len).contains(&total) {
-                    total
-                } else {
-                    ip_len
-                },
-                l4: hdr.l4_checksum(),
-                gso: hdr.is_gso(),
-            })
-        });
+            Ok(())
+        } else {
+            Err(Lost::Bad)
+        };
         self.map.store_release(off, TP_STATUS_KERNEL);
         self.head = (self.head + 1) % FRAMES;
-        Some(frame.flatten().ok_or(()))
+        Some(got.and_then(|()| parse_frame(buf, len).ok_or(Lost::Bad)))
     }
+}
+
+/// Why [`Ring::take`] dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// A VLAN tag, a link header other than Ethernet, an IP version that
+    /// is not the Ethernet type's, or a length that does not add up.
+    Bad,
+    /// Longer than a ring frame, and the socket's receive buffer was full
+    /// (the kernel truncated it instead of queueing it).
+    QueueFull,
+}
+
+/// The frame in `buf` (`[virtio-net header][Ethernet header][IP]`, `len`
+/// bytes from the Ethernet header on), or `None` when its IP version is
+/// not its Ethernet type's.
+fn parse_frame(buf: &[u8], len: usize) -> Option<Frame> {
+    let hdr = VnetHdr::parse(buf);
+    let ip_len = len - ETH_LEN;
+    // Short frames are padded to 60 bytes: the IP length says (IPv6's
+    // counts the payload after its 40-byte header).
+    let word = |at: usize| usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
+    let total = match buf[IP_START] >> 4 {
+        6 => 40 + word(IP_START + 4),
+        _ => word(IP_START + 2),
+    };
+    // The version must be the Ethernet type's: the filter read the
+    // addresses where that type puts them.
+    let version = match word(IP_START - 2) as libc::c_int {
+        libc::ETH_P_IP => 4,
+        libc::ETH_P_IPV6 => 6,
+        _ => 0,
+    };
+    (buf[IP_START] >> 4 == version).then_some(Frame {
+        start: IP_START,
+        len: if (20..ip_len).contains(&total) {
+            total
+        } else {
+            ip_len
+        },
+        l4: hdr.l4_checksum(),
+        gso: hdr.is_gso(),
+    })
 }
 
 /// A resolved or unresolved next hop, as one thread cached it.
@@ -927,7 +996,8 @@ impl Queue {
                         self.arrived = r;
                         return Some(f);
                     }
-                    Some(Err(())) => Counters::bump(&c.bad_frames),
+                    Some(Err(Lost::Bad)) => Counters::bump(&c.bad_frames),
+                    Some(Err(Lost::QueueFull)) => Counters::bump(&c.queue_full),
                 }
             }
         }
@@ -982,6 +1052,14 @@ fn open_ring(iface: &Iface, prog: &[libc::sock_filter]) -> Result<Ring, PacketEr
     opt("PACKET_VERSION", PACKET_VERSION, TPACKET_V2)?;
     opt("PACKET_VNET_HDR", PACKET_VNET_HDR, 1)?;
     opt("PACKET_IGNORE_OUTGOING", PACKET_IGNORE_OUTGOING, 1)?;
+    // What does not fit a frame waits whole on the socket (module docs).
+    opt("PACKET_COPY_THRESH", PACKET_COPY_THRESH, 1)?;
+    let buffer = |force| sys::setsockopt(&fd, libc::SOL_SOCKET, force, &RCVBUF);
+    // FORCE goes past net.core.rmem_max (CAP_NET_ADMIN, which the routes
+    // need anyway); without it, as much as rmem_max lets.
+    buffer(libc::SO_RCVBUFFORCE)
+        .or_else(|_| buffer(libc::SO_RCVBUF))
+        .map_err(sys_err(format!("SO_RCVBUF on {name}")))?;
     let req: [u32; 4] = [
         BLOCK_SIZE as u32,
         BLOCKS as u32,
@@ -1163,6 +1241,7 @@ impl AfPacket {
             .sum();
         let v = [
             ("ring full", ring_drops),
+            ("socket queue full", c.queue_full.load(Ordering::Relaxed)),
             ("bad frame", c.bad_frames.load(Ordering::Relaxed)),
             ("no route", c.no_route.load(Ordering::Relaxed)),
             ("no neighbour", c.no_neighbour.load(Ordering::Relaxed)),
@@ -2078,14 +2157,17 @@ mod tests {
     }
 
     #[test]
-    fn ring_geometry_fits_a_super_packet_and_the_kernel_rules() {
+    fn ring_geometry_follows_the_kernel_rules() {
         const {
             assert!(FRAME_SIZE.is_multiple_of(16), "TPACKET_ALIGNMENT");
             assert!(BLOCK_SIZE.is_multiple_of(4096), "a block is whole pages");
             assert!(FRAMES_PER_BLOCK >= 1);
-            // The largest IP packet, its link and virtio-net headers, and
-            // the tpacket2 header with the sockaddr_ll after it.
-            assert!(TPACKET2_HDR + 32 + vnet::LEN + ETH_LEN + 65535 <= FRAME_SIZE);
+            // tpacket2_hdr (32) + sockaddr_ll (20), aligned to 16 with
+            // room for a 16-byte link header, then the virtio-net header.
+            assert!(RING_MAC + ETH_LEN == (TPACKET2_HDR + 20 + 16).div_ceil(16) * 16 + vnet::LEN);
+            // An Ethernet frame of a 1500-byte MTU fits a frame.
+            assert!(RING_IP_MAX >= 1500);
+            assert!(FRAMES >= 4096, "room for a burst of small frames");
         }
     }
 }
