@@ -19,6 +19,9 @@
 #                   split on spaces, and not flags tunlb already gets (--mode,
 #                   --vip, --backend, --config, --control, TUNLB_ARGS): tunlb
 #                   refuses a flag given twice
+#   --tests LIST    comma-separated subset of the measurements (default all:
+#                   conn_close,keepalive,seq_close,iperf_1,iperf_1R,iperf_4,iperf_4R),
+#                   e.g. --tests keepalive for a quick A/B of one of them
 #   --alt-bin PATH  run configuration "alt" with this tunlb binary (another
 #                   build: measure a change before and after in the same
 #                   rounds, e.g. --alt-bin /tmp/tunlb-before); --alt ARGS may
@@ -117,6 +120,8 @@ BENCH="$ROOT/bench"
 . "$BENCH/lib-e2e.sh"
 
 ROUNDS='' DUR='' QUICK='' KEEP='' NO_BUILD='' NO_INSTALL='' BIN='' OUT='' ALT='' ALT_BIN=''
+ALL_TESTS="conn_close keepalive seq_close iperf_1 iperf_1R iperf_4 iperf_4R"
+TESTS=$ALL_TESTS
 CONFIGS=tunlb,kernel,haproxy,direct
 WRK_THREADS=2 WRK_CONNS=50 TUNLB_HAS_CONTROL=''
 
@@ -130,6 +135,7 @@ while [ $# -gt 0 ]; do
     --configs) CONFIGS=${2:?--configs needs a list}; shift 2 ;;
     --bin) BIN=${2:?--bin needs a path}; shift 2 ;;
     --alt) ALT=${2:?--alt needs tunlb flags}; shift 2 ;;
+    --tests) TESTS=$(tr ',' ' ' <<<"${2:?--tests needs a list}"); shift 2 ;;
     --alt-bin) ALT_BIN=${2:?--alt-bin needs a path}; shift 2 ;;
     --no-build) NO_BUILD=1; shift ;;
     --no-install) NO_INSTALL=1; shift ;;
@@ -150,6 +156,9 @@ ROUNDS=${ROUNDS:-3} DUR=${DUR:-10} OUT=${OUT:-$BENCH/results/latest}
 if [ -n "$ALT$ALT_BIN" ] && [[ ,$CONFIGS, != *,alt,* ]]; then
   if [[ ,$CONFIGS, == *,tunlb,* ]]; then CONFIGS=${CONFIGS/tunlb/tunlb,alt}; else CONFIGS+=,alt; fi
 fi
+for t in $TESTS; do
+  [[ " $ALL_TESTS " == *" $t "* ]] || e2e_die "unknown test '$t' (${ALL_TESTS// /, })"
+done
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
@@ -530,7 +539,7 @@ one_config() {
   e2e_log "  8 requests answered by: $seen"
   record "$p" "$round" "$cfg" sanity "$(jq -cn --arg s "$seen" '{answered_by: ($s | split(" "))}')" "0 0 0" "0 0 0"
 
-  for t in conn_close keepalive seq_close iperf_1 iperf_1R iperf_4 iperf_4R; do
+  for t in $TESTS; do
     if ! balancer_alive; then
       e2e_log "  $cfg died before $t; its log:"
       tail -n 30 "$E2E_WORK/${p}$cfg.log" | sed 's/^/    /' >&2 || true
