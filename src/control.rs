@@ -676,6 +676,12 @@ pub fn stats_text(engine: &Engine, device: &Device) -> String {
         d.bytes,
         d.write_errors
     );
+    if let Some(src) = &device.drops {
+        let parts: Vec<String> = (src.drops().iter())
+            .map(|d| format!("{} {}", d.label, d.count))
+            .collect();
+        let _ = writeln!(out, "device drops: {}", parts.join(", "));
+    }
     let _ = writeln!(out, "{s}");
     out
 }
@@ -717,6 +723,12 @@ fn snapshot_json(s: &Snapshot, device: &Device) -> serde_json::Value {
                    "packets_read": d.packets, "super_packets_read": d.super_packets,
                    "bytes_read": d.bytes, "write_errors": d.write_errors, "threads": threads},
     });
+    if let Some(src) = &device.drops {
+        let drops: serde_json::Map<String, serde_json::Value> = (src.drops().iter())
+            .map(|d| (d.key.to_string(), json!(d.count)))
+            .collect();
+        out["device"]["drops"] = drops.into();
+    }
     for e in Snapshot::EVENTS {
         out[e.key] = json!((e.get)(s));
     }
@@ -909,6 +921,17 @@ fn device_metrics(o: &mut Exposition, device: &Device) {
     for f in DEVICE_METRICS {
         let value = (f.get)(device, &totals);
         o.family(f.name, f.kind, f.help, [(label.clone(), value)]);
+    }
+    if let Some(src) = &device.drops {
+        let name = label_value(&device.name);
+        o.family(
+            "tunlb_device_dropped_total",
+            "counter",
+            "Packets the device dropped on its own, by reason (the packet datapath: a full ring, no next hop, ...).",
+            src.drops()
+                .iter()
+                .map(|d| (format!("{{device=\"{name}\",reason=\"{}\"}}", d.key), d.count)),
+        );
     }
 }
 
@@ -1393,6 +1416,56 @@ tunlb_device_write_errors_total{device="mem0"} 0
         let device = Device::new("mem0", 1, false, 1);
         let text = snapshot_metrics(&Snapshot::sample(), &device);
         assert_eq!(text, METRICS_PINNED);
+    }
+
+    /// A device with drops of its own, as the packet datapath has.
+    #[derive(Debug)]
+    struct TwoDrops;
+
+    impl crate::datapath::DeviceDrops for TwoDrops {
+        fn drops(&self) -> Vec<crate::io::packet::DropCount> {
+            use crate::io::packet::DropCount;
+            vec![
+                DropCount {
+                    key: "ring_full",
+                    label: "ring full",
+                    count: 7,
+                },
+                DropCount {
+                    key: "no_route",
+                    label: "no route",
+                    count: 0,
+                },
+            ]
+        }
+    }
+
+    #[test]
+    fn a_device_s_own_drops_show_in_text_json_and_metrics() {
+        let mut device = Device::new("c0,br0", 1, true, 1);
+        device.drops = Some(Arc::new(TwoDrops));
+        let s = Snapshot::sample();
+        let json = snapshot_json(&s, &device);
+        assert_eq!(
+            json["device"]["drops"],
+            json!({"ring_full": 7, "no_route": 0})
+        );
+        let metrics = snapshot_metrics(&s, &device);
+        assert!(metrics.contains("# TYPE tunlb_device_dropped_total counter\n"));
+        assert!(metrics
+            .contains("tunlb_device_dropped_total{device=\"c0,br0\",reason=\"ring_full\"} 7\n"));
+        assert!(metrics
+            .contains("tunlb_device_dropped_total{device=\"c0,br0\",reason=\"no_route\"} 0\n"));
+        let engine = crate::testing::engine();
+        let text = stats_text(&engine, &device);
+        assert!(
+            text.contains("\ndevice drops: ring full 7, no route 0\n"),
+            "{text}"
+        );
+        // A device without (the TUN) shows none.
+        let tun = Device::new("tl0", 1, true, 1);
+        assert!(snapshot_json(&s, &tun)["device"].get("drops").is_none());
+        assert!(!snapshot_metrics(&s, &tun).contains("tunlb_device_dropped_total"));
     }
 
     #[test]

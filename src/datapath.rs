@@ -205,7 +205,17 @@ pub struct Device {
     pub offload: bool,
     /// Whether it is the `tun` crate's device (`--io tun`).
     pub tun_crate: bool,
+    /// Where its own drop counters come from, when it has some (the
+    /// packet datapath: frames lost to a full ring, next hops unknown...).
+    pub drops: Option<Arc<dyn DeviceDrops>>,
     slots: Box<[Slot]>,
+}
+
+/// A device that counts drops of its own, before or after the engine
+/// (the packet datapath's [`crate::io::packet::AfPacket`]).
+pub trait DeviceDrops: Send + Sync + std::fmt::Debug {
+    /// Every counter, in a fixed order, zeros included.
+    fn drops(&self) -> Vec<crate::io::packet::DropCount>;
 }
 
 impl Device {
@@ -217,6 +227,7 @@ impl Device {
             queues,
             offload,
             tun_crate: false,
+            drops: None,
             slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
         }
     }

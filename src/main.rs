@@ -674,8 +674,10 @@ fn open_packet(
         .collect();
     dev.warm(&backends);
     let names: Vec<&str> = opened.ifaces.iter().map(|i| i.name.as_str()).collect();
-    let device = Device::new(&names.join(","), opened.queues, true, cfg.threads);
-    Ok((Arc::new(dev), device, holes))
+    let dev = Arc::new(dev);
+    let mut device = Device::new(&names.join(","), opened.queues, true, cfg.threads);
+    device.drops = Some(dev.clone());
+    Ok((dev, device, holes))
 }
 
 /// SIGHUP: read the flags' configuration file again and swap it in. A bad

@@ -449,9 +449,35 @@ fn program(v4: Option<Vec<u128>>, v6: Option<Vec<u128>>) -> Vec<libc::sock_filte
     p
 }
 
+/// One drop counter of the packet datapath, as reports show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropCount {
+    /// Its key in JSON and its `reason` label in metrics (`ring_full`).
+    pub key: &'static str,
+    /// Its words in text (`ring full`).
+    pub label: &'static str,
+    /// Packets dropped so far.
+    pub count: u64,
+}
+
+impl DropCount {
+    fn new(key: &'static str, label: &'static str, count: u64) -> Self {
+        DropCount { key, label, count }
+    }
+}
+
+impl crate::datapath::DeviceDrops for AfPacket {
+    fn drops(&self) -> Vec<DropCount> {
+        self.drop_counts().to_vec()
+    }
+}
+
 /// Drops and other events of the packet datapath, over all threads.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Frames the kernel dropped because the ring was full, as read so far
+    /// from the sockets ([`AfPacket::drop_counts`]).
+    pub ring_full: AtomicU64,
     /// Frames dropped because they carried a VLAN tag or a link header
     /// other than Ethernet, or their lengths did not add up.
     pub bad_frames: AtomicU64,
@@ -1225,33 +1251,40 @@ impl AfPacket {
         }
     }
 
+    /// Every drop counter, in a fixed order: the kernel's count of frames
+    /// lost to a full ring (`PACKET_STATISTICS`, which clears on read: it
+    /// is added to [`Counters::ring_full`] here, so any reader sees the
+    /// running total), then this datapath's own.
+    pub fn drop_counts(&self) -> [DropCount; 9] {
+        let c = &self.counters;
+        for fd in &self.filter_fds {
+            if let Ok((_, lost)) = sys::packet_statistics(fd) {
+                c.ring_full.fetch_add(u64::from(lost), Ordering::Relaxed);
+            }
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            DropCount::new("ring_full", "ring full", n(&c.ring_full)),
+            DropCount::new("socket_queue_full", "socket queue full", n(&c.queue_full)),
+            DropCount::new("bad_frame", "bad frame", n(&c.bad_frames)),
+            DropCount::new("no_route", "no route", n(&c.no_route)),
+            DropCount::new("no_neighbour", "no neighbour", n(&c.no_neighbour)),
+            DropCount::new("unreachable", "unreachable", n(&c.unreachable)),
+            DropCount::new("too_big", "too big", n(&c.too_big)),
+            DropCount::new("refused_in_a_batch", "refused in a batch", n(&c.tx_errors)),
+            DropCount::new("ttl_exceeded", "ttl exceeded", n(&c.ttl_exceeded)),
+        ]
+    }
+
     /// Describe the drops in one line, or `None` when there were none.
     pub fn describe_drops(&self) -> Option<String> {
         let c = &self.counters;
-        let ring_drops: u64 = self
-            .queues
-            .iter()
-            .map(|q| {
-                let q = q.lock().unwrap_or_else(|p| p.into_inner());
-                q.rings
-                    .iter()
-                    .map(|r| sys::packet_statistics(&r.fd).map_or(0, |(_, d)| u64::from(d)))
-                    .sum::<u64>()
-            })
-            .sum();
-        let v = [
-            ("ring full", ring_drops),
-            ("socket queue full", c.queue_full.load(Ordering::Relaxed)),
-            ("bad frame", c.bad_frames.load(Ordering::Relaxed)),
-            ("no route", c.no_route.load(Ordering::Relaxed)),
-            ("no neighbour", c.no_neighbour.load(Ordering::Relaxed)),
-            ("unreachable", c.unreachable.load(Ordering::Relaxed)),
-            ("too big", c.too_big.load(Ordering::Relaxed)),
-            ("refused in a batch", c.tx_errors.load(Ordering::Relaxed)),
-            ("ttl exceeded", c.ttl_exceeded.load(Ordering::Relaxed)),
-        ];
-        v.iter().any(|&(_, n)| n > 0).then(|| {
-            let parts: Vec<String> = v.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        let v = self.drop_counts();
+        v.iter().any(|d| d.count > 0).then(|| {
+            let parts: Vec<String> = v
+                .iter()
+                .map(|d| format!("{} {}", d.label, d.count))
+                .collect();
             format!(
                 "packet datapath drops: {} ({} resolutions asked, {} ICMP errors made)",
                 parts.join(", "),
