@@ -38,14 +38,14 @@
 //! eight paced downloads through an interface without offloads, and
 //! their ACKs) overflowed it, 13 % of the packets were lost, and with
 //! them SYN-ACKs (a second each). So a frame holds one Ethernet frame of
-//! a 1500-byte MTU ([`FRAME_SIZE`]: up to [`RING_IP_MAX`] bytes of IP),
+//! a 1500-byte MTU (2 KiB: up to [`RING_IP_MAX`] bytes of IP),
 //! and the same 8 MiB hold [`FRAMES`] of them. What is longer (a
 //! super-packet, a jumbo frame) the kernel queues whole on the socket
 //! (`PACKET_COPY_THRESH`; no copy, a reference to the packet) and marks
 //! its truncated frame `TP_STATUS_COPY`: the reader takes it with `recv`,
 //! in ring order. That is one copy of a super-packet's bytes (kernel to
 //! buffer) where the ring made two (kernel to ring, ring to buffer). The
-//! socket's receive buffer is raised ([`RCVBUF`]) to hold a burst of
+//! socket's receive buffer is raised (8 MiB, `SO_RCVBUFFORCE`) to hold a burst of
 //! them; past it the kernel truncates without queueing, and the frame is
 //! counted as lost to a full socket queue.
 //!
