@@ -234,6 +234,17 @@ pub fn pickup(w: &mut [Window; 2], seg: &Segment) {
     s.end = seg.end();
     s.maxwin = (u32::from(seg.window) << PICKUP_SCALE).max(1);
     s.maxend = s.end.wrapping_add(s.maxwin);
+    if seg.ack_flag {
+        // What the client acknowledges, the backend has sent (as the
+        // first segment of a direction says of the unseen other one).
+        let sack = seg
+            .options
+            .sack
+            .filter(|&e| after(e, seg.ack))
+            .unwrap_or(seg.ack);
+        w[1].end = sack;
+        w[1].maxend = sack;
+    }
 }
 
 /// Forget where both directions stood, keeping what their SYNs said (window
@@ -390,10 +401,23 @@ fn tcp_in_window_general(
             }
         } else {
             // Picked up mid-stream (the reply to a SYN that was not a SYN-ACK).
-            sender.end = end;
+            // When the peer was seen first, its ACKs already said how far
+            // this side has sent (its end, set from them below, and its
+            // highest ACK): an old segment retransmitted first must not
+            // move that back, or the peer's next ACKs would look like ACKs
+            // of data never sent once both sides are checked (Linux keeps
+            // such flows liberal for good instead).
+            let acked = [
+                (receiver.maxwin != 0).then_some(sender.end),
+                receiver.maxack(),
+            ];
+            sender.end = acked
+                .into_iter()
+                .flatten()
+                .fold(end, |e, a| if after(a, e) { a } else { e });
             let swin = win << sender.scale;
             sender.maxwin = swin.max(1);
-            sender.maxend = end.wrapping_add(sender.maxwin);
+            sender.maxend = sender.end.wrapping_add(sender.maxwin);
             if receiver.maxwin == 0 {
                 receiver.end = sack;
                 receiver.maxend = sack;
@@ -1055,6 +1079,57 @@ mod tests {
             Options::parse(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], false),
             Options::default()
         );
+    }
+
+    /// After a kill -9, a flow restored from an older save (or picked up)
+    /// sees the client first, whose ACK says it has the backend's data up
+    /// to 5_100_000; then the backend's first segment is an old one it
+    /// retransmits (its ACKs from the client were lost in the outage). That
+    /// segment must not pull the backend's end back below what the client
+    /// acknowledged: the client's next ACKs would be "over the upper bound"
+    /// once both directions were seen, dropped, and the backend, hearing
+    /// nothing, would retransmit the same segment until the client's
+    /// keepalive gave up (seen in 72-standby).
+    #[test]
+    fn an_old_retransmission_first_does_not_undo_what_the_peer_acknowledged() {
+        for restored in [true, false] {
+            let mut w = [Window::default(); 2];
+            // A keepalive probe (one byte below the client's next sequence
+            // number) acknowledging 5_100_000, with a SACK block beyond.
+            let mut probe = seg(1_000_099, Some(5_100_000), 0, 500);
+            probe.options.sack = Some(5_150_000);
+            if restored {
+                open(&mut w, &syn(900, None, 1000, Some(7)));
+                resync(&mut w);
+                assert_eq!(
+                    tcp_in_window(&mut w, 0, TcpState::Established, &probe, false),
+                    Check::Accept
+                );
+            } else {
+                pickup(&mut w, &probe);
+            }
+            let old = seg(5_000_000, Some(1_000_100), 1000, 300);
+            assert!(!matches!(
+                tcp_in_window(&mut w, 1, TcpState::Established, &old, false),
+                Check::Invalid(_)
+            ));
+            let dup = Segment {
+                options: probe.options,
+                ..seg(1_000_100, Some(5_100_000), 0, 500)
+            };
+            assert_eq!(
+                tcp_in_window(&mut w, 0, TcpState::Established, &dup, false),
+                Check::Accept,
+                "restored {restored}: the client's ACK of data it has"
+            );
+            // The backend, told, goes on from there.
+            let next = seg(5_150_000, Some(1_000_100), 1000, 300);
+            assert_eq!(
+                tcp_in_window(&mut w, 1, TcpState::Established, &next, false),
+                Check::Accept
+            );
+            assert!(!w[0].liberal() && !w[1].liberal());
+        }
     }
 
     #[test]
