@@ -14,7 +14,7 @@
 #    while tunlb runs and gone after SIGTERM.
 #    A burst of small frames (8 paced downloads, offloads off): at most 2 %
 #    of them lost to a full receive ring (a ring of 120 frames lost 13 %).
-# 2. With GRO on lb's ingress veths (super-packets through the rings, with
+# 2. With GRO on lb's ingress veths (super-packets, by recv beside the rings, with
 #    the virtio-net header): 64 MiB down and up arrive intact, and tunlb
 #    read super-packets.
 # 3. kill -9 leaves the route; a restart replaces it, balances, and SIGTERM
