@@ -677,9 +677,7 @@ pub fn stats_text(engine: &Engine, device: &Device) -> String {
         d.write_errors
     );
     if let Some(src) = &device.drops {
-        let parts: Vec<String> = (src.drops().iter())
-            .map(|d| format!("{} {}", d.label, d.count))
-            .collect();
+        let parts: Vec<String> = src.drops().iter().map(|d| d.to_string()).collect();
         let _ = writeln!(out, "device drops: {}", parts.join(", "));
     }
     let _ = writeln!(out, "{s}");
@@ -1428,12 +1426,10 @@ tunlb_device_write_errors_total{device="mem0"} 0
             vec![
                 DropCount {
                     key: "ring_full",
-                    label: "ring full",
                     count: 7,
                 },
                 DropCount {
                     key: "no_route",
-                    label: "no route",
                     count: 0,
                 },
             ]

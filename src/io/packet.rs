@@ -452,17 +452,23 @@ fn program(v4: Option<Vec<u128>>, v6: Option<Vec<u128>>) -> Vec<libc::sock_filte
 /// One drop counter of the packet datapath, as reports show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DropCount {
-    /// Its key in JSON and its `reason` label in metrics (`ring_full`).
+    /// Its key in JSON and its `reason` label in metrics (`ring_full`);
+    /// text shows it with spaces (`ring full`).
     pub key: &'static str,
-    /// Its words in text (`ring full`).
-    pub label: &'static str,
     /// Packets dropped so far.
     pub count: u64,
 }
 
 impl DropCount {
-    fn new(key: &'static str, label: &'static str, count: u64) -> Self {
-        DropCount { key, label, count }
+    fn new(key: &'static str, count: u64) -> Self {
+        DropCount { key, count }
+    }
+}
+
+impl std::fmt::Display for DropCount {
+    /// `ring full 7`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.key.replace('_', " "), self.count)
     }
 }
 
@@ -1264,15 +1270,15 @@ impl AfPacket {
         }
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
-            DropCount::new("ring_full", "ring full", n(&c.ring_full)),
-            DropCount::new("socket_queue_full", "socket queue full", n(&c.queue_full)),
-            DropCount::new("bad_frame", "bad frame", n(&c.bad_frames)),
-            DropCount::new("no_route", "no route", n(&c.no_route)),
-            DropCount::new("no_neighbour", "no neighbour", n(&c.no_neighbour)),
-            DropCount::new("unreachable", "unreachable", n(&c.unreachable)),
-            DropCount::new("too_big", "too big", n(&c.too_big)),
-            DropCount::new("refused_in_a_batch", "refused in a batch", n(&c.tx_errors)),
-            DropCount::new("ttl_exceeded", "ttl exceeded", n(&c.ttl_exceeded)),
+            DropCount::new("ring_full", n(&c.ring_full)),
+            DropCount::new("socket_queue_full", n(&c.queue_full)),
+            DropCount::new("bad_frame", n(&c.bad_frames)),
+            DropCount::new("no_route", n(&c.no_route)),
+            DropCount::new("no_neighbour", n(&c.no_neighbour)),
+            DropCount::new("unreachable", n(&c.unreachable)),
+            DropCount::new("too_big", n(&c.too_big)),
+            DropCount::new("refused_in_a_batch", n(&c.tx_errors)),
+            DropCount::new("ttl_exceeded", n(&c.ttl_exceeded)),
         ]
     }
 
@@ -1281,10 +1287,7 @@ impl AfPacket {
         let c = &self.counters;
         let v = self.drop_counts();
         v.iter().any(|d| d.count > 0).then(|| {
-            let parts: Vec<String> = v
-                .iter()
-                .map(|d| format!("{} {}", d.label, d.count))
-                .collect();
+            let parts: Vec<String> = v.iter().map(DropCount::to_string).collect();
             format!(
                 "packet datapath drops: {} ({} resolutions asked, {} ICMP errors made)",
                 parts.join(", "),
