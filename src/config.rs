@@ -435,9 +435,10 @@ pub struct RunConfig {
     pub threads: usize,
     /// The TUN's MTU when created.
     pub mtu: u16,
-    /// How long a packet thread keeps reading an empty queue before it
-    /// sleeps in `poll`, while bulk data flows (`net.core.busy_read` for
-    /// the TUN); zero: never.
+    /// The longest a packet thread keeps reading an empty queue before it
+    /// sleeps in `poll` (`net.core.busy_read` for the TUN): while bulk data
+    /// flows, and on the packet datapath after any packet for a window
+    /// that adapts to the traffic; zero: never.
     pub busy_poll: Duration,
     /// The packet threads' nice value (`--nice`); `None`: the process's,
     /// which they inherit.

@@ -12,22 +12,36 @@
 //! served on threads of their own ([`crate::control`]), so no client can
 //! delay expiry or shutdown.
 //!
-//! # Busy polling, while bulk data flows
+//! # Busy polling
 //! A thread that finds its queue empty sleeps in `poll`, and the next packet
-//! pays a wake-up (in a VM, a cross-CPU interrupt and a VM exit). For a bulk
-//! transfer that wait is on the critical path of every super-packet; for
-//! request/response traffic on a busy machine, spinning instead only takes
-//! CPU from the endpoints. So with [`Options::busy_poll`] set, a thread keeps
-//! reading an empty queue for that long only while bulk data flows: when one
-//! of its last [`BULK_WINDOW`] packets was a TCP super-packet (offloads on),
-//! and it has not been idle for a whole [`POLL`] since. A queue that carries
-//! only small packets never spins; with offloads off nothing ever does.
-//! Measured side by side (bench/e2e.sh --alt, 50 us): one iperf3 stream
-//! +35 %; keep-alive requests and new connections carry no super-packet, so
-//! they run the same code as without (0 super-packets read in a
-//! `Connection: close` run; its rates differed within run-to-run noise).
-//! Spinning after every packet instead gained one stream 11-16 % and cost
-//! keep-alive requests 5 %.
+//! pays a wake-up (in a VM, a cross-CPU interrupt and a VM exit). With
+//! [`Options::busy_poll`] set, a thread first keeps reading its empty queue
+//! for a while; how long depends on what an empty read costs.
+//!
+//! **While bulk data flows, on every device.** For a bulk transfer the wait
+//! is on the critical path of every super-packet. So a thread spins the
+//! whole `--busy-poll` while one of its last [`BULK_WINDOW`] packets was a
+//! TCP super-packet (offloads on), and it has not been idle for a whole
+//! [`POLL`] since. Measured side by side on the TUN (bench/e2e.sh --alt,
+//! 50 us): one iperf3 stream +35 %; keep-alive requests and new connections
+//! carry no super-packet, so they ran the same code as without. On the TUN
+//! each empty read is a system call, and spinning after every packet
+//! instead gained one stream 11-16 % and cost keep-alive requests 5 %, so
+//! the TUN spins only then.
+//!
+//! **After any packet, on a ring** ([`PacketIo::cheap_to_poll`], the packet
+//! datapath: an empty read looks at memory). At light load every packet
+//! of a request pays a wake-up, about 9 per `Connection: close` request,
+//! where kernel NAT forwards in the sender's softirq and pays none. So
+//! such a thread spins after any packet, for a window that adapts as
+//! Linux's guest halt-polling (`cpuidle-haltpoll`) does: a packet that came
+//! within `--busy-poll` of the queue running dry doubles it, one that came
+//! later halves it down to zero (sparse traffic costs no spinning), and it
+//! is held at zero through any period after one in which the thread was
+//! preempted often (other tasks wait for its CPU: they run instead). See
+//! `Spinner`. Measured side by side on the packet datapath
+//! (`bench/results/2026-12-01-ab-adaptive-spin`): the light-load median
+//! 0.63x (0.94x kernel NAT's), rates and bulk the same within noise.
 //!
 //! # Priority: `--nice`
 //! Kernel NAT forwards in softirq, which runs before any task. A balancer
@@ -123,6 +137,122 @@ impl Bulk {
     }
 }
 
+/// The adaptive busy-poll window's smallest size, as a fraction of
+/// `--busy-poll`: a window halved below `busy_poll / ADAPTIVE_STEPS` becomes
+/// zero (the thread sleeps at once), and one that grows from zero starts
+/// there.
+const ADAPTIVE_STEPS: u32 = 8;
+
+/// How often an adaptively spinning thread looks at how often it was
+/// preempted.
+const PREEMPTION_PERIOD: Duration = Duration::from_millis(10);
+
+/// More preemptions than this in a [`PREEMPTION_PERIOD`] mean other tasks
+/// wait for the thread's CPU: it stops spinning after small packets until a
+/// quieter period. Measured on the benchmark machine (one packet thread,
+/// 2 CPUs shared with the endpoints): about 7 per 10 ms under sequential
+/// requests, where spinning halves the latency, 40-100 under 50 concurrent
+/// connections, where it took CPU from the endpoints.
+const MAX_PREEMPTIONS: u64 = 20;
+
+/// How long a packet thread reads its empty queue before it sleeps.
+///
+/// Two policies (see the module docs): while bulk data flows ([`Bulk`],
+/// every device), and, on a device whose empty read costs no system call
+/// ([`PacketIo::cheap_to_poll`]: the packet datapath's rings), after any
+/// packet for a window that adapts to the gaps the thread sees, as the
+/// guest halt-polling of Linux's `cpuidle-haltpoll` does: a packet that
+/// came within `--busy-poll` of the queue running dry doubles the window
+/// (spinning that long would have caught it, or did); one that came later
+/// halves it, down to zero; a whole [`POLL`] without a packet empties it.
+/// Spinning takes a CPU other tasks might want, so the adaptive spin is
+/// held at zero through any [`PREEMPTION_PERIOD`] that follows one in which
+/// the thread was preempted more than [`MAX_PREEMPTIONS`] times (it then
+/// sleeps as on the TUN: the endpoints run). Invariant: `window <= max`, and `window` is zero or at least
+/// `max / ADAPTIVE_STEPS`.
+#[derive(Debug, Clone, Copy)]
+struct Spinner {
+    /// `--busy-poll`: the longest spin; zero: never.
+    max: Duration,
+    /// Whether the adaptive policy applies (the device is cheap to poll).
+    adaptive: bool,
+    bulk: Bulk,
+    /// The adaptive policy's spin now.
+    window: Duration,
+    /// Whether other tasks wanted the thread's CPU in the last period.
+    contended: bool,
+    /// When the next period starts, and the preemption count at the start
+    /// of this one.
+    period_ends: Timestamp,
+    preemptions: u64,
+}
+
+impl Spinner {
+    /// A spinner for `--busy-poll max`, adaptive where the device is cheap
+    /// to poll.
+    fn new(max: Duration, cheap_to_poll: bool) -> Spinner {
+        Spinner {
+            max,
+            adaptive: cheap_to_poll && !max.is_zero(),
+            bulk: Bulk::default(),
+            window: Duration::ZERO,
+            contended: false,
+            period_ends: Timestamp::ZERO,
+            preemptions: 0,
+        }
+    }
+
+    /// How long to spin once the queue is empty.
+    fn spin(&self) -> Duration {
+        let window = if self.contended {
+            Duration::ZERO
+        } else {
+            self.window
+        };
+        self.bulk.spin(self.max).max(window)
+    }
+
+    /// At `now`, once per [`PREEMPTION_PERIOD`]: take the thread's
+    /// preemption count from `count` and decide whether the thread is
+    /// contended. Reads nothing on a thread that does not spin adaptively.
+    fn watch(&mut self, now: Timestamp, count: impl FnOnce() -> Option<u64>) {
+        if !self.adaptive || now < self.period_ends {
+            return;
+        }
+        let Some(n) = count() else {
+            return;
+        };
+        // The first period has no count to compare with: not contended.
+        let first = self.period_ends == Timestamp::ZERO;
+        self.contended = !first && n.saturating_sub(self.preemptions) > MAX_PREEMPTIONS;
+        self.preemptions = n;
+        self.period_ends = now + PREEMPTION_PERIOD;
+    }
+
+    /// Account for a received packet that came `idle` after the queue ran
+    /// dry (zero: it was waiting).
+    fn saw(&mut self, gso: bool, idle: Duration) {
+        self.bulk.saw(gso);
+        if !self.adaptive {
+            return;
+        }
+        let floor = self.max / ADAPTIVE_STEPS;
+        self.window = if idle <= self.max {
+            (self.window * 2).max(floor).min(self.max)
+        } else if self.window / 2 < floor {
+            Duration::ZERO
+        } else {
+            self.window / 2
+        };
+    }
+
+    /// A whole [`POLL`] without a packet: whatever flowed has stopped.
+    fn stopped(&mut self) {
+        self.bulk = Bulk::default();
+        self.window = Duration::ZERO;
+    }
+}
+
 /// Options of the datapath.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -130,8 +260,9 @@ pub struct Options {
     pub threads: usize,
     /// Period of the one-line counter summary at info level.
     pub stats_interval: Option<Duration>,
-    /// How long a thread keeps reading its empty queue before it sleeps,
-    /// while bulk data flows (see the module docs); zero: never.
+    /// The longest a thread keeps reading its empty queue before it sleeps:
+    /// while bulk data flows, and on a device cheap to poll after any
+    /// packet for an adaptive window (see the module docs); zero: never.
     pub busy_poll: Duration,
     /// `--pcap`: record every packet before and after NAT.
     pub capture: Option<Arc<Recorder>>,
@@ -403,22 +534,25 @@ fn packet_loop(
     let mut buf = vec![0u8; BUF_LEN];
     let mut spare = Vec::new();
     let mut mine = DeviceTotals::default();
-    let mut bulk = Bulk::default();
+    let mut spinner = Spinner::new(busy_poll, io.cheap_to_poll());
     while !stop.load(Ordering::Relaxed) {
-        let Some(frame) = receive(io, queue, &mut buf, bulk.spin(busy_poll))? else {
+        let got = receive(io, queue, &mut buf, spinner.spin(), spinner.adaptive)?;
+        let Some((frame, idle)) = got else {
             // A whole POLL without a packet: whatever flowed has stopped.
-            bulk = Bulk::default();
+            spinner.stopped();
             continue;
         };
-        bulk.saw(frame.gso);
+        spinner.saw(frame.gso, idle);
+        let now = clock.now();
+        spinner.watch(now, || crate::io::sys::thread_preemptions().ok());
         mine.packets += 1;
         mine.super_packets += u64::from(frame.gso);
         mine.bytes += frame.len as u64;
         slot.publish(&mine);
         let pkt = &mut buf[frame.start..frame.start + frame.len];
         let verdict = match capture {
-            None => engine.handle_offloaded_packet(pkt, clock.now(), frame.l4),
-            Some(c) => c.handle_packet(engine, pkt, clock.now(), frame.l4, frame.gso),
+            None => engine.handle_offloaded_packet(pkt, now, frame.l4),
+            Some(c) => c.handle_packet(engine, pkt, now, frame.l4, frame.gso),
         };
         let (len, replaced) = match verdict {
             Verdict::Forward { len } => (len, false),
@@ -504,27 +638,33 @@ fn bounce(
     }
 }
 
-/// Receive one packet: first by reading for up to `spin` without sleeping,
-/// then waiting up to [`POLL`].
+/// Receive one packet: the one waiting, if any; else by reading for up to
+/// `spin` without sleeping, then waiting up to [`POLL`]. Returns it with how
+/// long the queue had been empty before it came (zero: it was waiting).
+/// That time is measured only where it is used (`timed`, or a spin), so a
+/// device whose empty read is a system call (the TUN) pays no extra read
+/// before it sleeps, and no thread reads the clock for a waiting packet.
 fn receive(
     io: &dyn PacketIo,
     queue: usize,
     buf: &mut [u8],
     spin: Duration,
-) -> std::io::Result<Option<crate::io::Frame>> {
-    if !spin.is_zero() {
-        let start = Instant::now();
-        loop {
-            if let Some(frame) = io.recv(queue, buf, Duration::ZERO)? {
-                return Ok(Some(frame));
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
-            std::hint::spin_loop();
+    timed: bool,
+) -> std::io::Result<Option<(crate::io::Frame, Duration)>> {
+    if spin.is_zero() && !timed {
+        return Ok(io.recv(queue, buf, POLL)?.map(|f| (f, Duration::ZERO)));
+    }
+    if let Some(frame) = io.recv(queue, buf, Duration::ZERO)? {
+        return Ok(Some((frame, Duration::ZERO)));
+    }
+    let dry = Instant::now();
+    while dry.elapsed() < spin {
+        std::hint::spin_loop();
+        if let Some(frame) = io.recv(queue, buf, Duration::ZERO)? {
+            return Ok(Some((frame, dry.elapsed())));
         }
     }
-    io.recv(queue, buf, POLL)
+    Ok(io.recv(queue, buf, POLL)?.map(|f| (f, dry.elapsed())))
 }
 
 #[cfg(test)]
@@ -569,14 +709,118 @@ mod tests {
     fn receive_spins_then_waits_and_reads_a_waiting_packet_at_once() {
         let io = MemoryIo::new();
         let mut buf = [0u8; 64];
-        assert!(receive(&io, 0, &mut buf, Duration::from_micros(20))
-            .unwrap()
-            .is_none());
+        let spin = Duration::from_micros(20);
+        for timed in [false, true] {
+            assert!(receive(&io, 0, &mut buf, spin, timed).unwrap().is_none());
+            io.inject(&syn());
+            let (f, idle) = receive(&io, 0, &mut buf, spin, timed)
+                .unwrap()
+                .expect("a packet waiting is read at once");
+            assert_eq!(f.len, syn().len());
+            assert_eq!(idle, Duration::ZERO, "it was waiting: no idle time");
+        }
+        // Not timed and no spin: straight to the wait, as before.
         io.inject(&syn());
-        let f = receive(&io, 0, &mut buf, Duration::from_micros(20))
+        assert!(receive(&io, 0, &mut buf, Duration::ZERO, false)
             .unwrap()
-            .expect("a packet waiting is read at once");
-        assert_eq!(f.len, syn().len());
+            .is_some());
+    }
+
+    #[test]
+    fn receive_says_how_long_the_queue_was_empty() {
+        let io = Arc::new(MemoryIo::new());
+        let feeder = {
+            let io = io.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                io.inject(&syn());
+            })
+        };
+        let mut buf = [0u8; 64];
+        let (_, idle) = receive(&*io, 0, &mut buf, Duration::from_micros(50), true)
+            .unwrap()
+            .expect("the packet injected while the thread waited");
+        feeder.join().unwrap();
+        assert!(idle >= Duration::from_millis(20), "idle {idle:?}");
+    }
+
+    #[test]
+    fn the_adaptive_window_follows_the_gaps_between_packets() {
+        let max = Duration::from_micros(50);
+        let floor = max / ADAPTIVE_STEPS;
+        let short = Duration::from_micros(10);
+        let long = Duration::from_millis(2);
+        let mut s = Spinner::new(max, true);
+        assert_eq!(s.spin(), Duration::ZERO, "nothing seen yet: sleep at once");
+        s.saw(false, short);
+        assert_eq!(s.spin(), floor, "a short gap: grow from the floor");
+        s.saw(false, Duration::ZERO);
+        assert_eq!(s.spin(), floor * 2, "a packet that waited: grow");
+        for _ in 0..10 {
+            s.saw(false, short);
+        }
+        assert_eq!(s.spin(), max, "never past --busy-poll");
+        s.saw(false, long);
+        assert_eq!(s.spin(), max / 2, "a long gap: halve");
+        for _ in 0..10 {
+            s.saw(false, long);
+        }
+        assert_eq!(s.spin(), Duration::ZERO, "sparse traffic: no spin at all");
+        s.saw(false, short);
+        s.saw(false, short);
+        s.stopped();
+        assert_eq!(s.spin(), Duration::ZERO, "a whole POLL idle: back to zero");
+        // Bulk data still spins the whole --busy-poll.
+        s.saw(true, long);
+        assert_eq!(s.spin(), max);
+    }
+
+    #[test]
+    fn only_cheap_devices_spin_adaptively_and_zero_turns_all_off() {
+        let max = Duration::from_micros(50);
+        let mut tun = Spinner::new(max, false);
+        for _ in 0..10 {
+            tun.saw(false, Duration::from_micros(1));
+        }
+        assert_eq!(tun.spin(), Duration::ZERO, "small packets on a TUN: never");
+        tun.saw(true, Duration::ZERO);
+        assert_eq!(tun.spin(), max, "while bulk data flows, as before");
+        let mut off = Spinner::new(Duration::ZERO, true);
+        off.saw(true, Duration::ZERO);
+        off.saw(false, Duration::ZERO);
+        assert_eq!(off.spin(), Duration::ZERO, "--busy-poll 0: never");
+        assert!(!off.adaptive);
+    }
+
+    #[test]
+    fn a_contended_thread_stops_spinning_after_small_packets() {
+        let max = Duration::from_micros(50);
+        let mut s = Spinner::new(max, true);
+        let t = |ms| Timestamp::from_millis(ms);
+        s.watch(t(1000), || Some(100));
+        for _ in 0..10 {
+            s.saw(false, Duration::ZERO);
+        }
+        assert_eq!(s.spin(), max);
+        s.watch(t(1005), || panic!("read only once per period"));
+        s.watch(t(1010), || Some(100 + MAX_PREEMPTIONS));
+        assert_eq!(s.spin(), max, "at most MAX_PREEMPTIONS: still spins");
+        s.watch(t(1020), || Some(101 + 2 * MAX_PREEMPTIONS));
+        assert_eq!(s.spin(), Duration::ZERO, "preempted often: sleeps");
+        s.saw(true, Duration::ZERO);
+        assert_eq!(s.spin(), max, "bulk data spins as on every device");
+        s.stopped();
+        s.watch(t(1030), || Some(102 + 2 * MAX_PREEMPTIONS));
+        s.saw(false, Duration::ZERO);
+        assert!(!s.spin().is_zero(), "a quiet period: spins again");
+        let mut tun = Spinner::new(max, false);
+        tun.watch(t(1000), || panic!("a TUN thread never reads the count"));
+    }
+
+    #[test]
+    fn a_thread_can_read_its_preemptions() {
+        let n = crate::io::sys::thread_preemptions().unwrap();
+        assert!(crate::io::sys::thread_preemptions().unwrap() >= n);
     }
 
     #[test]

@@ -152,6 +152,14 @@ pub trait PacketIo: Send + Sync {
         replaced: bool,
     ) -> io::Result<()>;
 
+    /// Whether reading an empty queue costs no system call (a memory-mapped
+    /// ring): then a thread may busy-poll after any packet, for a window
+    /// that adapts to the traffic (see `datapath`'s module docs). `false`
+    /// by default: on a TUN each empty read is a system call.
+    fn cheap_to_poll(&self) -> bool {
+        false
+    }
+
     /// After a [`send`](Self::send) on `queue` failed: take why the device
     /// could not deliver that packet, when its source is to be told (the
     /// device decides, and limits the rate). `None` by default: devices

@@ -186,6 +186,20 @@ pub(crate) fn set_thread_nice(nice: c_int) -> io::Result<()> {
     check(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) })
 }
 
+/// Return how many times the calling thread has been preempted: its
+/// involuntary context switches (`getrusage(RUSAGE_THREAD)`, in systemd's
+/// `@process` group). A thread that busy-polls reads it to tell whether
+/// other tasks wait for its CPU.
+pub(crate) fn thread_preemptions() -> io::Result<u64> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the buffer we own and
+    // reads nothing; on success it is initialised.
+    check(unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) })?;
+    // SAFETY: initialised by the successful call above (and zeroed before).
+    let ru = unsafe { ru.assume_init() };
+    Ok(u64::try_from(ru.ru_nivcsw).unwrap_or(0))
+}
+
 /// Return the calling thread's nice value.
 pub(crate) fn thread_nice() -> io::Result<c_int> {
     // SAFETY: gettid takes no arguments and cannot fail.
