@@ -168,8 +168,8 @@ const MAX_PREEMPTIONS: u64 = 20;
 /// Spinning takes a CPU other tasks might want, so the adaptive spin is
 /// held at zero through any [`PREEMPTION_PERIOD`] that follows one in which
 /// the thread was preempted more than [`MAX_PREEMPTIONS`] times (it then
-/// sleeps as on the TUN: the endpoints run). Invariant: `window <= max`, and `window` is zero or at least
-/// `max / ADAPTIVE_STEPS`.
+/// sleeps as on the TUN: the endpoints run). Invariant: `window <= max`,
+/// and `window` is zero or at least `max / ADAPTIVE_STEPS`.
 #[derive(Debug, Clone, Copy)]
 struct Spinner {
     /// `--busy-poll`: the longest spin; zero: never.
@@ -222,9 +222,12 @@ impl Spinner {
         let Some(n) = count() else {
             return;
         };
-        // The first period has no count to compare with: not contended.
-        let first = self.period_ends == Timestamp::ZERO;
-        self.contended = !first && n.saturating_sub(self.preemptions) > MAX_PREEMPTIONS;
+        // Judged only over about one period: the first has no count to
+        // compare with, and a count read long ago (the thread slept) spans
+        // many periods. Either way: not contended.
+        let recent =
+            self.period_ends != Timestamp::ZERO && now <= self.period_ends + PREEMPTION_PERIOD;
+        self.contended = recent && n.saturating_sub(self.preemptions) > MAX_PREEMPTIONS;
         self.preemptions = n;
         self.period_ends = now + PREEMPTION_PERIOD;
     }
@@ -813,6 +816,13 @@ mod tests {
         s.watch(t(1030), || Some(102 + 2 * MAX_PREEMPTIONS));
         s.saw(false, Duration::ZERO);
         assert!(!s.spin().is_zero(), "a quiet period: spins again");
+        s.watch(t(1040), || Some(103 + 3 * MAX_PREEMPTIONS));
+        assert_eq!(s.spin(), Duration::ZERO, "contended again");
+        s.watch(t(5000), || Some(104 + 4 * MAX_PREEMPTIONS));
+        assert!(
+            !s.spin().is_zero(),
+            "a count from long ago (the thread slept) spans many periods: not judged"
+        );
         let mut tun = Spinner::new(max, false);
         tun.watch(t(1000), || panic!("a TUN thread never reads the count"));
     }
