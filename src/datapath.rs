@@ -174,6 +174,9 @@ const MAX_PREEMPTIONS: u64 = 20;
 struct Spinner {
     /// `--busy-poll`: the longest spin; zero: never.
     max: Duration,
+    /// The adaptive window's smallest non-zero size, `max / ADAPTIVE_STEPS`
+    /// (computed once: [`saw`](Self::saw) runs for every packet).
+    floor: Duration,
     /// Whether the adaptive policy applies (the device is cheap to poll).
     adaptive: bool,
     bulk: Bulk,
@@ -193,6 +196,7 @@ impl Spinner {
     fn new(max: Duration, cheap_to_poll: bool) -> Spinner {
         Spinner {
             max,
+            floor: max / ADAPTIVE_STEPS,
             adaptive: cheap_to_poll && !max.is_zero(),
             bulk: Bulk::default(),
             window: Duration::ZERO,
@@ -239,10 +243,9 @@ impl Spinner {
         if !self.adaptive {
             return;
         }
-        let floor = self.max / ADAPTIVE_STEPS;
         self.window = if idle <= self.max {
-            (self.window * 2).max(floor).min(self.max)
-        } else if self.window / 2 < floor {
+            (self.window * 2).max(self.floor).min(self.max)
+        } else if self.window / 2 < self.floor {
             Duration::ZERO
         } else {
             self.window / 2
