@@ -98,13 +98,15 @@ fi
 conn() { t_json "d[$1]['$2']" <"$KA/conns.json"; }
 check_eq "keep-alive client: each first request answered by b1" \
   "$(t_json "' '.join(c['first'].strip() for c in d)" <"$KA/conns.json")" "b1 b1 b1"
-# flow LPORT FIELD: FIELD of the flow whose original source is the client's
-# LPORT ("state", "reply.dst", ...), or "gone".
+# flow LPORT FIELD: FIELD of the flow from the client's LPORT to the VIP's
+# port 80 ("state", "reply.dst", ...), or "gone". The destination counts: an
+# earlier flow from the same client port to iperf3's port 5201 may still be
+# in TIME_WAIT.
 flow() {
   local expr="f['$2']"
   [[ $2 == *.* ]] && expr="f['${2%%.*}']['${2#*.}']"
   t_query flows "$CTL" --json |
-    t_json "next(($expr for f in d['flows'] if f['original']['src'] == '$TL_CLIENT_ADDR:$1'), 'gone')"
+    t_json "next(($expr for f in d['flows'] if f['original']['src'] == '$TL_CLIENT_ADDR:$1' and f['original']['dst'] == '$VIP:80'), 'gone')"
 }
 declare -a LPORT CEND SEND SNAT
 for k in 0 1 2; do
