@@ -47,8 +47,9 @@ fn main() {
         queues: 1,
         addrs: vec![vip.into()],
     };
-    let (dev, _) = AfPacket::open(&spec).expect("open the packet sockets");
-    let holes = Blackholes::install(&[vip.into()]).expect("add the blackhole route");
+    let (dev, opened) = AfPacket::open(&spec).expect("open the packet sockets");
+    let holes =
+        Blackholes::install(&[vip.into()], &opened.ifaces).expect("add the blackhole route");
     let warm: Vec<std::net::IpAddr> = backends.iter().map(|&b| b.into()).collect();
     dev.warm(&warm);
     // SIGTERM ends the loop, so the blackhole route is removed on the way out.

@@ -236,7 +236,7 @@ fn run(cfg: RunConfig, args: &cli::RunArgs) -> Result<(), RunError> {
     };
     let (control, metrics) = serve_queries(&cfg, source, &stop)?;
     let health = spawn_health(&cfg, &engine, &stop)?;
-    log_ready(&cfg, &opened.device, &engine, &nice_said);
+    log_ready(&cfg, &opened, &engine, &nice_said);
     let notifier = Notifier::from_env();
     notifier.ready(&status_line(&engine));
     let capture = open_capture(&cfg)?;
@@ -505,14 +505,15 @@ fn packet_nice(nice: Option<i32>) -> Result<(Option<i32>, String), RunError> {
 }
 
 /// The `ready` line that scripts wait for.
-fn log_ready(cfg: &RunConfig, device: &Device, engine: &Engine, nice: &str) {
-    let packet = cfg.io == IoKind::Packet;
+fn log_ready(cfg: &RunConfig, opened: &Opened, engine: &Engine, nice: &str) {
+    let (packet, device) = (cfg.io == IoKind::Packet, &opened.device);
+    let kept_off = opened.blackholes.as_ref().map(Blackholes::describe);
     tracing::info!(
         "ready: {} {} ({}, {}), {}; {} thread(s) at {nice}, max {} flows",
         if packet { "packet on" } else { "tun" },
         device.name,
-        if packet {
-            "blackhole routes added"
+        if let Some(kept_off) = &kept_off {
+            kept_off
         } else if !cfg.tun_addr.is_empty() {
             "created"
         } else {
@@ -667,7 +668,7 @@ fn open_packet(
         addrs: addrs.iter().map(|a| a.0).collect(),
     };
     let (dev, opened) = AfPacket::open(&spec)?;
-    let holes = Blackholes::install(&spec.addrs)?;
+    let holes = Blackholes::install(&spec.addrs, &opened.ifaces)?;
     let backends: Vec<_> = (cfg.engine.services.iter())
         .flat_map(|s| s.backends.iter())
         .map(|b| b.addr.ip())

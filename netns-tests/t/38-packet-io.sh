@@ -11,14 +11,18 @@
 #    and a TCP connection to lb's own address 198.18.1.1 still work while
 #    tunlb runs (traffic not for tunlb is untouched); the lb kernel forwards
 #    no packet (IpForwDatagrams unchanged); the blackhole route is there
-#    while tunlb runs and gone after SIGTERM.
+#    while tunlb runs and gone after SIGTERM; so is the ingress drop filter
+#    (tc, pref 213, on c0 and br0), which drops frames for the VIP after the
+#    sockets have them (the clsact qdisc's drop count grows), and its
+#    clsact qdisc. A clsact qdisc of the user's, with a filter of theirs,
+#    keeps both when tunlb exits.
 #    A burst of small frames (8 paced downloads, offloads off): at most 2 %
 #    of them lost to a full receive ring (a ring of 120 frames lost 13 %).
 # 2. With GRO on lb's ingress veths (super-packets, by recv beside the rings, with
 #    the virtio-net header): 64 MiB down and up arrive intact, and tunlb
 #    read super-packets.
-# 3. kill -9 leaves the route; a restart replaces it, balances, and SIGTERM
-#    removes it.
+# 3. kill -9 leaves the route and the filter; a restart replaces them,
+#    balances, and SIGTERM removes them.
 # 4. Without CAP_NET_RAW (nobody with CAP_NET_ADMIN only): exit 1 with one
 #    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
 # 5. An interface tunlb listens on goes down, then up: tunlb does not spin
@@ -46,6 +50,23 @@ start() {
     --vip "$VIP:80" "${backends[@]}" --mode nth
 }
 routes() { ip -n "$LB" route show proto 213 | tr -s ' ' | sed 's/ $//' | tr '\n' ';'; }
+# The interfaces with tunlb's ingress drop filter; those with a clsact qdisc;
+# the packets that lb's clsact qdiscs dropped, summed.
+tc_drops_on() {
+  local d
+  for d in c0 br0; do
+    ip netns exec "$LB" tc filter show dev "$d" ingress | grep -q 'pref 213 bpf .*direct-action' && printf '%s;' "$d"
+  done
+}
+clsacts() {
+  local d
+  for d in c0 br0; do
+    ip netns exec "$LB" tc qdisc show dev "$d" | grep -q '^qdisc clsact ' && printf '%s;' "$d"
+  done
+}
+tc_dropped() {
+  ip netns exec "$LB" tc -s qdisc show | awk '/^qdisc clsact/ { c = 1; next } /^qdisc/ { c = 0 } c && /dropped/ { sub(",", "", $7); n += $7 } END { print n + 0 }'
+}
 forwarded() { ip netns exec "$LB" nstat -az IpForwDatagrams | awk '$1 == "IpForwDatagrams" { print $2 }'; }
 dl() { t_client curl -s --max-time 60 "$VIP_URL/file/$1" | sha256sum | cut -d' ' -f1; }
 # ping ADDR: 3 ICMP echo requests from the client (raw socket; no ping(8)
@@ -93,6 +114,8 @@ start
 check_eq "the blackhole route for the VIP is there while tunlb runs" "$(routes)" "blackhole $VIP;"
 check "ready line names the interfaces c0 and br0 (not the bridge ports)" \
   grep -q 'ready: packet on c0,br0 ' "$TUNLB_LOG"
+check_eq "the ingress drop filter (tc, pref 213) is on c0 and br0 while tunlb runs" "$(tc_drops_on)" "c0;br0;"
+check "the ready line says so" grep -q 'ingress drop filter on c0,br0' "$TUNLB_LOG"
 tally=$(t_tally 40)
 note "tally: $(tr '\n' ' ' <<<"$tally")"
 check_eq "40 connections, none failed" "$(t_count "$tally" fail)" 0
@@ -106,8 +129,13 @@ check "a ping to lb's own address works while tunlb runs" \
 code=$(t_client curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$TL_LB_CLIENT_ADDR:8080/")
 check_eq "a TCP connection to lb's own address works while tunlb runs" "$code" 200
 check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded) - fwd0))" 0
+dropped=$(tc_dropped)
+note "frames dropped at lb's ingress hooks: $dropped"
+check_range "the ingress drop filter dropped the VIP's frames (clsact qdisc drop count)" "$dropped" 40 1000000000
 t_tunlb_stop
 check_eq "no blackhole route of tunlb after SIGTERM" "$(routes)" ""
+check_eq "no ingress drop filter after SIGTERM" "$(tc_drops_on)" ""
+check_eq "no clsact qdisc left after SIGTERM" "$(clsacts)" ""
 code=$(t_client curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$VIP_URL/" || true)
 check_eq "with tunlb stopped the VIP does not answer" "$code" 000
 
@@ -115,7 +143,13 @@ check_eq "with tunlb stopped the VIP does not answer" "$code" 000
 # downloads come as one frame per segment (and one per ACK), in bursts every
 # 100 ms. A ring of 120 frames lost 13 % of them (SYN-ACKs too); its 4096
 # frames of 2 KiB hold such a burst whole.
+# Meanwhile c0 has a clsact qdisc of the user's, with an egress filter of
+# theirs (one that passes everything on): tunlb adds its filter beside it
+# and leaves both behind.
+ip netns exec "$LB" tc qdisc add dev c0 clsact
+ip netns exec "$LB" tc filter add dev c0 egress pref 7 bpf da bytecode '1,6 0 0 4294967295'
 start
+check_eq "beside a user's clsact qdisc: the ingress drop filter on c0 and br0" "$(tc_drops_on)" "c0;br0;"
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
   t_client curl -s -o /dev/null --max-time 30 -w '%{http_code}\n' \
@@ -133,6 +167,11 @@ check_range "at most 2 % of the frames lost to a full ring (stats device.drops.r
 check "tunlb stats says the device's own drops in a line" \
   grep -Eq "^device drops: ring full $lost, socket queue full [0-9]+, bad frame" <<<"$(t_query stats "$CTL")"
 t_tunlb_stop
+check_eq "after SIGTERM: the user's clsact qdisc stays (c0), tunlb's is gone (br0)" "$(clsacts)" "c0;"
+check "after SIGTERM: the user's egress filter stays" \
+  grep -q 'pref 7 bpf' <<<"$(ip netns exec "$LB" tc filter show dev c0 egress)"
+check_eq "after SIGTERM: no ingress drop filter of tunlb beside it" "$(tc_drops_on)" ""
+ip netns exec "$LB" tc qdisc del dev c0 clsact
 
 # (2) Super-packets.
 for dev in c0 $(tl_backends | sed 's/^/vb/'); do
@@ -150,13 +189,17 @@ start
 tl_stop "$P" tunlb KILL 5
 wait "$TUNLB_PID" 2>/dev/null || true
 check_eq "kill -9 leaves the blackhole route behind" "$(routes)" "blackhole $VIP;"
+check_eq "kill -9 leaves the ingress drop filters behind" "$(tc_drops_on)" "c0;br0;"
 start
 check "the restart removed the stale route" grep -q "removed a stale blackhole route for $VIP" "$TUNLB_LOG"
+check "the restart replaced the stale filters" grep -q "replaced a stale ingress drop filter on br0" "$TUNLB_LOG"
+check_eq "after the restart: the ingress drop filter on c0 and br0" "$(tc_drops_on)" "c0;br0;"
 check_eq "after the restart: one blackhole route" "$(routes)" "blackhole $VIP;"
 first=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' ')
 check_eq "after the restart requests flow" "$first" "b1 b2 b3 b4 "
 t_tunlb_stop
 check_eq "no blackhole route after the restart's SIGTERM" "$(routes)" ""
+check_eq "no ingress drop filter nor clsact qdisc after the restart's SIGTERM" "$(tc_drops_on)|$(clsacts)" "|"
 
 # (4) No CAP_NET_RAW.
 BIN=$T_DIR/bin/tunlb

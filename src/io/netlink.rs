@@ -1,8 +1,10 @@
 //! A small synchronous rtnetlink client: just what the packet datapath asks
 //! of the kernel. Interfaces (`RTM_GETLINK`), the route and the neighbour
-//! for a destination (`RTM_GETROUTE`, `RTM_GETNEIGH`), and tunlb's own
+//! for a destination (`RTM_GETROUTE`, `RTM_GETNEIGH`), tunlb's own
 //! blackhole routes (`RTM_NEWROUTE` / `RTM_DELROUTE`, tagged with
-//! [`PROTO`]). Both families: a message carries the family of the address
+//! [`PROTO`]) and its ingress drop filter (a `clsact` qdisc and a `bpf`
+//! filter at priority [`TC_PREF`]: `RTM_NEWQDISC`, `RTM_NEWTFILTER` and
+//! their deletes). Both families: a message carries the family of the address
 //! it is about (`AF_INET`, `AF_INET6`), and the address is 4 or 16 bytes.
 //!
 //! Messages are built and parsed by hand (`struct nlmsghdr`, `rtmsg`,
@@ -18,6 +20,11 @@ use super::sys;
 /// The routing protocol number tunlb tags its blackhole routes with
 /// (`ip route show proto 213`), so that only its own are ever removed.
 pub const PROTO: u8 = 213;
+
+/// The priority (`tc filter ... pref 213`) of tunlb's ingress drop filter:
+/// ahead of the filters `tc` numbers itself (from 49152), and only ever
+/// replaced or removed by tunlb.
+pub const TC_PREF: u16 = 213;
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -51,6 +58,24 @@ pub const RTN_BLACKHOLE: u8 = 6;
 pub const RTN_UNREACHABLE: u8 = 7;
 /// `RTN_PROHIBIT`: packets are refused with "administratively prohibited".
 pub const RTN_PROHIBIT: u8 = 8;
+
+/// `TC_H_CLSACT` (= `TC_H_INGRESS`): the parent of a `clsact` or `ingress`
+/// qdisc, whose own handle is `ffff:`.
+const TC_H_CLSACT: u32 = 0xffff_fff1;
+/// The `clsact` qdisc's handle.
+const TC_H_CLSACT_HANDLE: u32 = 0xffff_0000;
+/// The ingress hook of a `clsact` (or `ingress`) qdisc, as a filter's parent
+/// (`tc filter ... ingress`: `ffff:fff2`).
+const TC_PARENT_INGRESS: u32 = 0xffff_fff2;
+/// Its egress hook (`ffff:fff3`).
+const TC_PARENT_EGRESS: u32 = 0xffff_fff3;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_OPS_LEN: u16 = 4;
+const TCA_BPF_OPS: u16 = 5;
+const TCA_BPF_FLAGS: u16 = 8;
+/// The program's return value is the action (`da`): `TC_ACT_SHOT` drops.
+const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 
 /// Neighbour states whose link-layer address may be used
 /// (`NUD_VALID`: permanent, noarp, reachable, probe, stale, delay).
@@ -265,6 +290,30 @@ fn blackhole(addr: IpAddr) -> Vec<u8> {
         RTN_BLACKHOLE,
     );
     push_addr(&mut body, RTA_DST, addr);
+    body
+}
+
+/// A `struct tcmsg` (family unspecified).
+fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
+    let mut b = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    b.extend_from_slice(&ifindex.to_ne_bytes());
+    b.extend_from_slice(&handle.to_ne_bytes());
+    b.extend_from_slice(&parent.to_ne_bytes());
+    b.extend_from_slice(&info.to_ne_bytes());
+    b
+}
+
+/// The `tcm_info` of tunlb's filter: its priority and its protocol (every
+/// protocol, `ETH_P_ALL` in network order).
+fn drop_filter_info() -> u32 {
+    (u32::from(TC_PREF) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be())
+}
+
+/// The `tcmsg` of the `clsact` qdisc of interface `ifindex`, with its kind
+/// (a delete then removes only a `clsact`, never an `ingress` qdisc).
+fn clsact(ifindex: u32) -> Vec<u8> {
+    let mut body = tcmsg(ifindex, TC_H_CLSACT_HANDLE, TC_H_CLSACT, 0);
+    push_attr(&mut body, TCA_KIND, b"clsact\0");
     body
 }
 
@@ -558,6 +607,100 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Add a `clsact` qdisc to interface `ifindex` (`tc qdisc add dev X
+    /// clsact`). Returns whether it was added: `false` when the interface
+    /// already has one (or an `ingress` qdisc, whose ingress hook filters
+    /// attach to the same way).
+    pub fn clsact_add(&mut self, ifindex: u32) -> io::Result<bool> {
+        let flags = (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+        match self.request(libc::RTM_NEWQDISC, flags, &clsact(ifindex)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the `clsact` qdisc of interface `ifindex` (and every filter
+    /// on it). Returns whether there was one.
+    pub fn clsact_del(&mut self, ifindex: u32) -> io::Result<bool> {
+        match self.request(libc::RTM_DELQDISC, 0, &clsact(ifindex)) {
+            Ok(_) => Ok(true),
+            // No such qdisc, or one of another kind.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set tunlb's ingress filter on interface `ifindex` to the classic BPF
+    /// program `prog`, run in direct-action mode (`tc filter add dev X
+    /// ingress pref 213 bpf da bytecode ...`): its return value is the tc
+    /// action. `replace`: change the program of the filter already there
+    /// (the kernel swaps it at once); else add it, failing with `EEXIST`
+    /// when the interface has one at that priority.
+    pub fn drop_filter_set(
+        &mut self,
+        ifindex: u32,
+        prog: &[libc::sock_filter],
+        replace: bool,
+    ) -> io::Result<()> {
+        let mut body = tcmsg(ifindex, 1, TC_PARENT_INGRESS, drop_filter_info());
+        push_attr(&mut body, TCA_KIND, b"bpf\0");
+        let mut opts = Vec::new();
+        push_attr(
+            &mut opts,
+            TCA_BPF_OPS_LEN,
+            &(prog.len() as u16).to_ne_bytes(),
+        );
+        let mut ops = Vec::with_capacity(8 * prog.len());
+        for i in prog {
+            ops.extend_from_slice(&i.code.to_ne_bytes());
+            ops.extend_from_slice(&[i.jt, i.jf]);
+            ops.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        push_attr(&mut opts, TCA_BPF_OPS, &ops);
+        push_attr(
+            &mut opts,
+            TCA_BPF_FLAGS,
+            &TCA_BPF_FLAG_ACT_DIRECT.to_ne_bytes(),
+        );
+        push_attr(&mut body, TCA_OPTIONS, &opts);
+        let flags = libc::NLM_F_CREATE | if replace { 0 } else { libc::NLM_F_EXCL };
+        self.request(libc::RTM_NEWTFILTER, flags as u16, &body)
+            .map(drop)
+    }
+
+    /// Remove tunlb's ingress filter (priority [`TC_PREF`]) from interface
+    /// `ifindex`. Returns whether there was one.
+    pub fn drop_filter_del(&mut self, ifindex: u32) -> io::Result<bool> {
+        let body = tcmsg(ifindex, 0, TC_PARENT_INGRESS, drop_filter_info());
+        match self.request(libc::RTM_DELTFILTER, 0, &body) {
+            Ok(_) => Ok(true),
+            // No such filter, or no qdisc to hold one.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many filters the `clsact` (or `ingress`) qdisc of interface
+    /// `ifindex` holds, on its ingress and egress hooks together.
+    pub fn clsact_filters(&mut self, ifindex: u32) -> io::Result<usize> {
+        let mut n = 0;
+        for parent in [TC_PARENT_INGRESS, TC_PARENT_EGRESS] {
+            let body = tcmsg(ifindex, 0, parent, 0);
+            let msgs = match self.request(libc::RTM_GETTFILTER, libc::NLM_F_DUMP as u16, &body) {
+                Ok(m) => m,
+                // An `ingress` qdisc has no egress hook.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+                Err(e) => return Err(e),
+            };
+            n += (msgs.iter())
+                .filter(|m| m.ty == libc::RTM_NEWTFILTER)
+                .filter(|m| m.body.get(4..8) == Some(&ifindex.to_ne_bytes()[..]))
+                .count();
+        }
+        Ok(n)
     }
 }
 
