@@ -5,8 +5,9 @@
 //! Each packet thread has, on each interface, a packet socket with a
 //! `TPACKET_V2` frame ring (a frame is handed over as soon as it is filled:
 //! the V3 block ring waits for a timer at light load, milliseconds). The
-//! sockets of one interface form a `PACKET_FANOUT` group in hash mode, so
-//! one direction of a flow always lands on one thread (no reordering). A
+//! sockets of one interface form a `PACKET_FANOUT` group whose classic BPF
+//! program (`fanout_program`) sends both directions of a flow to one
+//! thread, and one direction always to the same (no reordering). A
 //! classic BPF socket filter copies into the ring only IPv4 TCP and ICMP,
 //! and IPv6 (any next header: the engine judges and counts extension
 //! headers), addressed to the host (`PACKET_HOST`) and to a VIP or SNAT
@@ -167,7 +168,7 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TPACKET_V2: libc::c_int = 1;
-const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_CBPF: u32 = 6;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 const TP_STATUS_KERNEL: u32 = 0;
@@ -499,6 +500,66 @@ fn program(
     p.extend(b4);
     p.extend(b6);
     p
+}
+
+/// The classic BPF program of the fanout groups (`PACKET_FANOUT_CBPF`):
+/// which thread's socket a packet goes to. Both directions of a flow go to
+/// the same thread (its flow's entry stays in one core's cache, and at light
+/// load one thread serves a whole request and its answer, its busy polling
+/// kept warm by both directions); each direction always to one thread (no
+/// reordering).
+///
+/// It hashes the larger of the packet's two ports: the client's port in
+/// both directions, since it is the source port of the ORIGINAL direction
+/// and MASQUERADE keeps it as the SNAT port, the REPLY direction's
+/// destination, whenever it can (see `conntrack::ports`), and a client's
+/// port is above the service's and the backend's. Where that fails (a port
+/// remapped, a client port below the service's), the two directions may go
+/// to two threads, each to its own: as correct, a little slower.
+///
+/// The fanout hook runs before the frame's link header is pushed back, so
+/// offsets here start at the IP header (the socket filter's start at the
+/// Ethernet header). The kernel takes the result modulo the group's size.
+fn fanout_program() -> Vec<libc::sock_filter> {
+    let ins = |code: u32, jt, jf, k| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    use libc::{
+        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGT, BPF_JMP, BPF_K,
+        BPF_LD, BPF_LDX, BPF_MEM, BPF_MISC, BPF_MSH, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TXA,
+        BPF_W, BPF_X,
+    };
+    vec![
+        // A = the packet's protocol (`skb->protocol`, host order).
+        ins(
+            BPF_LD | BPF_W | BPF_ABS,
+            0,
+            0,
+            (libc::SKF_AD_OFF + libc::SKF_AD_PROTOCOL) as u32,
+        ),
+        ins(BPF_JMP | BPF_JEQ | BPF_K, 5, 0, libc::ETH_P_IPV6 as u32), // to IPv6 (7)
+        // IPv4: X = the header's length; M[0] = source port; A = destination port.
+        ins(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0),
+        ins(BPF_LD | BPF_H | BPF_IND, 0, 0, 0),
+        ins(BPF_ST, 0, 0, 0),
+        ins(BPF_LD | BPF_H | BPF_IND, 0, 0, 2),
+        ins(BPF_JMP | BPF_JA, 0, 0, 3), // to the hash (10)
+        // IPv6 (TCP right after the fixed header).
+        ins(BPF_LD | BPF_H | BPF_ABS, 0, 0, 40),
+        ins(BPF_ST, 0, 0, 0),
+        ins(BPF_LD | BPF_H | BPF_ABS, 0, 0, 42),
+        // A = max(A, M[0]), then a multiplicative hash's high half (ports
+        // that Linux gives connect() are even: their low bit says nothing).
+        ins(BPF_LDX | BPF_W | BPF_MEM, 0, 0, 0),
+        ins(BPF_JMP | BPF_JGT | BPF_X, 1, 0, 0),
+        ins(BPF_MISC | BPF_TXA, 0, 0, 0),
+        ins(BPF_ALU | BPF_MUL | BPF_K, 0, 0, 0x9e37_79b1),
+        ins(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 16),
+        ins(BPF_RET | BPF_A, 0, 0, 0),
+    ]
 }
 
 /// One drop counter of the packet datapath, as reports show it.
@@ -1191,9 +1252,9 @@ impl AfPacket {
                     let what = format!("PACKET_FANOUT on {}", iface.name);
                     let arg = |ignore: u32| {
                         if q == 0 {
-                            (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID | ignore) << 16
+                            (PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID | ignore) << 16
                         } else {
-                            groups[k] | ((PACKET_FANOUT_HASH | ignore) << 16)
+                            groups[k] | ((PACKET_FANOUT_CBPF | ignore) << 16)
                         }
                     };
                     let mut set =
@@ -1216,6 +1277,8 @@ impl AfPacket {
                     }
                     set.map_err(sys_err(what.clone()))?;
                     if q == 0 {
+                        sys::set_fanout_program(&ring.fd, &fanout_program())
+                            .map_err(sys_err(format!("PACKET_FANOUT_DATA on {}", iface.name)))?;
                         let got = sys::getsockopt_u32(&ring.fd, libc::SOL_PACKET, PACKET_FANOUT)
                             .map_err(sys_err(what))?;
                         groups.push(got & 0xffff);
@@ -1963,38 +2026,72 @@ mod tests {
     /// Run the subset of classic BPF that [`filter`] uses over `frame`
     /// with packet type `pkttype`.
     fn run(prog: &[libc::sock_filter], frame: &[u8], pkttype: u32) -> u32 {
-        let mut a: u32 = 0;
+        exec(prog, frame, pkttype, 0)
+    }
+
+    /// Run the subset of classic BPF that tunlb's programs use over `pkt`,
+    /// with packet type `pkttype` and protocol `protocol` (the ancillary
+    /// loads); a load past the end returns 0, as in the kernel.
+    fn exec(prog: &[libc::sock_filter], pkt: &[u8], pkttype: u32, protocol: u32) -> u32 {
+        use libc::*;
+        let (mut a, mut x, mut mem): (u32, u32, [u32; 16]) = (0, 0, [0; 16]);
         let mut pc = 0;
         for _ in 0..prog.len() {
             let i = prog[pc];
             let code = u32::from(i.code);
-            let at = |n: usize| frame.get(i.k as usize..i.k as usize + n);
+            let load = |off: usize, n: usize| {
+                pkt.get(off..off + n)
+                    .map(|b| b.iter().fold(0u32, |v, &byte| v << 8 | u32::from(byte)))
+            };
+            let k = i.k as usize;
             match code {
-                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
-                    if i.k == (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32 {
-                        a = pkttype;
+                c if c == BPF_LD | BPF_W | BPF_ABS
+                    && i.k == (SKF_AD_OFF + SKF_AD_PKTTYPE) as u32 =>
+                {
+                    a = pkttype
+                }
+                c if c == BPF_LD | BPF_W | BPF_ABS
+                    && i.k == (SKF_AD_OFF + SKF_AD_PROTOCOL) as u32 =>
+                {
+                    a = protocol
+                }
+                c if c & 0x07 == BPF_LD && (c & 0xe0 == BPF_ABS || c & 0xe0 == BPF_IND) => {
+                    let n = match c & 0x18 {
+                        s if s == BPF_W => 4,
+                        s if s == BPF_H => 2,
+                        _ => 1,
+                    };
+                    let off = if c & 0xe0 == BPF_IND {
+                        x as usize + k
                     } else {
-                        let Some(b) = at(4) else { return 0 };
-                        a = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                    }
+                        k
+                    };
+                    let Some(v) = load(off, n) else { return 0 };
+                    a = v;
                 }
-                c if c == libc::BPF_LD | libc::BPF_H | libc::BPF_ABS => {
-                    let Some(b) = at(2) else { return 0 };
-                    a = u32::from(u16::from_be_bytes([b[0], b[1]]));
+                c if c == BPF_LDX | BPF_B | BPF_MSH => {
+                    let Some(v) = load(k, 1) else { return 0 };
+                    x = 4 * (v & 0xf);
                 }
-                c if c == libc::BPF_LD | libc::BPF_B | libc::BPF_ABS => {
-                    let Some(b) = at(1) else { return 0 };
-                    a = u32::from(b[0]);
-                }
-                c if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => {
+                c if c == BPF_LDX | BPF_W | BPF_MEM => x = mem[k],
+                c if c == BPF_ST => mem[k] = a,
+                c if c == BPF_MISC | BPF_TXA => a = x,
+                c if c == BPF_ALU | BPF_MUL | BPF_K => a = a.wrapping_mul(i.k),
+                c if c == BPF_ALU | BPF_RSH | BPF_K => a >>= i.k,
+                c if c == BPF_JMP | BPF_JEQ | BPF_K => {
                     pc += 1 + usize::from(if a == i.k { i.jt } else { i.jf });
                     continue;
                 }
-                c if c == libc::BPF_JMP | libc::BPF_JA => {
-                    pc += 1 + i.k as usize;
+                c if c == BPF_JMP | BPF_JGT | BPF_X => {
+                    pc += 1 + usize::from(if a > x { i.jt } else { i.jf });
                     continue;
                 }
-                c if c == libc::BPF_RET | libc::BPF_K => return i.k,
+                c if c == BPF_JMP | BPF_JA => {
+                    pc += 1 + k;
+                    continue;
+                }
+                c if c == BPF_RET | BPF_K => return i.k,
+                c if c == BPF_RET | BPF_A => return a,
                 c => panic!("opcode {c:#x} not in the subset"),
             }
             pc += 1;
@@ -2050,6 +2147,76 @@ mod tests {
         assert!(!yes(&frame(0x0800, 6, vip), 3), "PACKET_OTHERHOST");
         assert!(!yes(&frame(0x0800, 6, vip), 4), "PACKET_OUTGOING");
         assert!(!yes(&frame(0x0800, 6, vip)[..20], 0), "truncated");
+    }
+
+    /// An IP packet (no link header, as the fanout hook sees it) of TCP
+    /// from `src` to `dst`, IPv4 with `options` words of IP options.
+    fn tcp_packet(src: (IpAddr, u16), dst: (IpAddr, u16), options: usize) -> Vec<u8> {
+        let mut p = match (src.0, dst.0) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut p = vec![0u8; 20 + 4 * options];
+                p[0] = 0x40 | (5 + options as u8);
+                p[9] = 6;
+                p[12..16].copy_from_slice(&s.octets());
+                p[16..20].copy_from_slice(&d.octets());
+                p
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut p = vec![0u8; 40];
+                p[0] = 0x60;
+                p[6] = 6;
+                p[8..24].copy_from_slice(&s.octets());
+                p[24..40].copy_from_slice(&d.octets());
+                p
+            }
+            _ => unreachable!(),
+        };
+        p.extend_from_slice(&src.1.to_be_bytes());
+        p.extend_from_slice(&dst.1.to_be_bytes());
+        p.resize(p.len() + 16, 0);
+        p
+    }
+
+    #[test]
+    fn the_fanout_program_sends_both_directions_of_a_flow_to_one_thread() {
+        let prog = fanout_program();
+        let pick = |p: &[u8], v6: bool| {
+            let proto = if v6 { libc::ETH_P_IPV6 } else { libc::ETH_P_IP };
+            exec(&prog, p, 0, proto as u32)
+        };
+        let (client, vip, backend): (IpAddr, IpAddr, IpAddr) = (
+            "198.18.1.2".parse().unwrap(),
+            "198.18.0.1".parse().unwrap(),
+            "198.18.2.3".parse().unwrap(),
+        );
+        let (client6, vip6, backend6): (IpAddr, IpAddr, IpAddr) = (
+            "2001:2:0:1::2".parse().unwrap(),
+            "2001:2::1".parse().unwrap(),
+            "2001:2:0:2::3".parse().unwrap(),
+        );
+        let mut seen = [0usize; 2];
+        // Even ports, as Linux gives connect(); the service's port differs
+        // from the backend's in half of them.
+        for port in (40_000..40_064u16).step_by(2) {
+            let bport = if port % 4 == 0 { 80 } else { 8080 };
+            for (c, v, b, options) in [
+                (client, vip, backend, 0),
+                (client, vip, backend, 3),
+                (client6, vip6, backend6, 0),
+            ] {
+                let v6 = c.is_ipv6();
+                // ORIGINAL client:port -> VIP:80, REPLY backend -> SNAT
+                // (here the VIP's address) at the client's own port.
+                let original = pick(&tcp_packet((c, port), (v, 80), options), v6);
+                let reply = pick(&tcp_packet((b, bport), (v, port), options), v6);
+                assert_eq!(original, reply, "port {port} {c} options {options}");
+                seen[(original % 2) as usize] += 1;
+            }
+        }
+        // And the flows spread over two threads.
+        assert!(seen[0] >= 24 && seen[1] >= 24, "{seen:?}");
+        // Too short to hold ports: socket 0, no panic.
+        assert_eq!(pick(&[0x45, 0, 0, 20], false), 0);
     }
 
     #[test]

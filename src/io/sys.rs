@@ -519,6 +519,24 @@ impl Drop for Mapping {
 
 /// `SO_ATTACH_FILTER`: attach the classic BPF program `prog` to `fd`.
 pub(crate) fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    set_program(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, prog)
+}
+
+/// `PACKET_FANOUT_DATA`: give the fanout group of packet socket `fd` (in
+/// `PACKET_FANOUT_CBPF` mode) the classic BPF program `prog` that chooses
+/// each packet's socket.
+pub(crate) fn set_fanout_program(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    const PACKET_FANOUT_DATA: libc::c_int = 22;
+    set_program(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, prog)
+}
+
+/// Set the socket option `level`/`name` to a `sock_fprog` of `prog`.
+fn set_program(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    prog: &[libc::sock_filter],
+) -> io::Result<()> {
     let len = u16::try_from(prog.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
     let fprog = libc::sock_fprog {
@@ -531,8 +549,8 @@ pub(crate) fn attach_filter(fd: &impl AsRawFd, prog: &[libc::sock_filter]) -> io
     check(unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            level,
+            name,
             (&fprog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
