@@ -7,7 +7,7 @@
 # default SNAT address) so the kernel neither forwards nor answers it.
 #
 # 1. nth over b1..b4, 2 threads (fanout): 40 connections give exactly 10 per
-#    backend; a 64 MiB download and upload arrive with their sha256; a ping
+#    backend, and both threads read packets; a 64 MiB download and upload arrive with their sha256; a ping
 #    and a TCP connection to lb's own address 198.18.1.1 still work while
 #    tunlb runs (traffic not for tunlb is untouched); the lb kernel forwards
 #    no packet (IpForwDatagrams unchanged); the blackhole route is there
@@ -129,6 +129,10 @@ check "a ping to lb's own address works while tunlb runs" \
 code=$(t_client curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$TL_LB_CLIENT_ADDR:8080/")
 check_eq "a TCP connection to lb's own address works while tunlb runs" "$code" 200
 check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded) - fwd0))" 0
+per_thread=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+note "packets read per thread: $per_thread"
+check "both packet threads read packets (the fanout program spreads the flows)" \
+  awk '{ exit !(NF == 2 && $1 > 0 && $2 > 0) }' <<<"$per_thread"
 dropped=$(tc_dropped)
 note "frames dropped at lb's ingress hooks: $dropped"
 check_range "the ingress drop filter dropped the VIP's frames (clsact qdisc drop count)" "$dropped" 40 1000000000
