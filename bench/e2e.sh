@@ -40,7 +40,7 @@
 #              first, so a concurrent rebuild cannot change it mid-run);
 #   A" packet  (with --configs ...,packet only) the same on the packet
 #              datapath, `--io packet` instead of the TUN: packet sockets on
-#              c0 and br0, blackhole routes for the VIP (docs/datapaths.md);
+#              c0 and br0, blackhole routes and ingress drop filters for the VIP (docs/datapaths.md);
 #   A' alt     (with --alt ARGS only) the same binary with ARGS added: a
 #              variant measured side by side, with its own ratios;
 #   B kernel   iptables in the lb namespace: the DNAT nth cascade printed by
@@ -55,7 +55,8 @@
 #              floor under tunlb's TUN datapath (issue 13);
 #   F pktfwd   (with --configs ...,pktfwd only) examples/pktfwd.rs: tunlb's
 #              own packet sockets (--io packet's rings, filter, blackhole
-#              route, next hops) with the same static NAT and no engine, the
+#              route and ingress drop filter, next hops) with the same static
+#              NAT and no engine, the
 #              floor under tunlb's packet datapath.
 # The IPv6 row (issue 15; only when --configs names them): the same four on
 # a dual-stack topology with the IPv6 twins of the addresses (2001:2::/48,

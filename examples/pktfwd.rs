@@ -1,9 +1,9 @@
 //! The floor under tunlb's packet datapath: tunlb's own packet sockets
-//! (`tunlb::io::packet`: the rings, the filter, the blackhole routes, the
-//! next hops) driven by one thread with a static NAT and no engine (no
-//! flow table, no tracking, no selection). `bench/e2e.sh --configs
-//! packet,pktfwd` runs it in tunlb's place, so that what `--io packet`
-//! costs beyond its I/O can be measured side by side, as
+//! (`tunlb::io::packet`: the rings, the filter, the blackhole routes and
+//! ingress drop filters, the next hops) driven by one thread with a static
+//! NAT and no engine (no flow table, no tracking, no selection).
+//! `bench/e2e.sh --configs packet,pktfwd` runs it in tunlb's place, so that
+//! what `--io packet` costs beyond its I/O can be measured side by side, as
 //! `examples/tunfwd.rs` does for the TUN (issue 13).
 //!
 //! ```text
