@@ -32,7 +32,8 @@
 #    robin and a 64 MiB download intact; a ping6 to lb's own IPv6 address
 #    still answered; hop limit 1 gets ICMPv6 "time exceeded" from lb's
 #    address and hop limit 2 reaches the (on-link) backend: exactly one
-#    hop; a reload adds a second IPv6 VIP (its route, then the filter);
+#    hop; a reload adds a second IPv6 VIP (its route, then the filters:
+#    the ingress drop filter drops its frames too);
 #    every route gone after SIGTERM; after kill -9 a restart replaces the
 #    stale IPv6 routes; an IPv6 VIP that is lb's own address is refused at
 #    start with one line naming it.
@@ -318,7 +319,10 @@ EOF
 kill -HUP "$TUNLB_PID"
 t_wait_until 5 grep -q "now receiving for $VIP6B" "$TUNLB_LOG" || true
 check "IPv6 reload: the new VIP is received (blackhole route, filter)" grep -q "now receiving for $VIP6B" "$TUNLB_LOG"
+d0=$(tc_dropped)
 check_eq "IPv6 reload: the new VIP answers" "$(t_client curl -s --max-time 5 "http://[$VIP6B]/")" b4
+check_range "IPv6 reload: the ingress drop filter drops the new VIP's frames too (clsact drop count)" \
+  "$(($(tc_dropped) - d0))" 4 1000000
 check_eq "IPv6 reload: both /128 routes" "$(routes6)" "blackhole $VIP6;blackhole $VIP6B;"
 check_eq "the lb kernel forwarded no IPv6 packet (Ip6OutForwDatagrams)" "$(($(fwd6) - f60))" 0
 t_tunlb_stop

@@ -1999,21 +1999,33 @@ impl Drop for IngressDrop {
         if self.on.is_empty() {
             return;
         }
-        let removed = Netlink::open().and_then(|mut nl| {
-            for (index, _) in &self.on {
-                nl.drop_filter_del(*index)?;
+        let mut nl = match Netlink::open() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot remove the ingress drop filters (netlink socket: {e}): 'tc filter del dev IFACE ingress pref {}' does",
+                    netlink::TC_PREF
+                );
+                return;
+            }
+        };
+        for (index, name) in &self.on {
+            let removed = nl.drop_filter_del(*index).and_then(|_| {
                 // The qdisc too, unless someone else's filters are on it.
                 if nl.clsact_filters(*index)? == 0 {
                     nl.clsact_del(*index)?;
                 }
+                Ok(())
+            });
+            match removed {
+                // The interface is gone, and its qdisc with it.
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) => tracing::warn!(
+                    "cannot remove the ingress drop filter on {name} ({e}): 'tc filter del dev {name} ingress pref {}' does",
+                    netlink::TC_PREF
+                ),
+                Ok(()) => {}
             }
-            Ok(())
-        });
-        if let Err(e) = removed {
-            tracing::warn!(
-                "cannot remove the ingress drop filters ({e}): 'tc filter del dev IFACE ingress pref {}' does",
-                netlink::TC_PREF
-            );
         }
     }
 }
