@@ -14,15 +14,18 @@
 #    while tunlb runs and gone after SIGTERM; so is the ingress drop filter
 #    (tc, pref 213, on c0 and br0), which drops frames for the VIP after the
 #    sockets have them (the clsact qdisc's drop count grows), and its
-#    clsact qdisc. A clsact qdisc of the user's, with a filter of theirs,
-#    keeps both when tunlb exits.
+#    clsact qdisc. Both directions of a download are read by one thread.
+#    Clsact qdiscs of the user's (one empty), with filters of theirs, stay
+#    when tunlb exits, and their ingress filter after tunlb's still sees
+#    the traffic that is not tunlb's.
 #    A burst of small frames (8 paced downloads, offloads off): at most 2 %
 #    of them lost to a full receive ring (a ring of 120 frames lost 13 %).
 # 2. With GRO on lb's ingress veths (super-packets, by recv beside the rings, with
 #    the virtio-net header): 64 MiB down and up arrive intact, and tunlb
 #    read super-packets.
 # 3. kill -9 leaves the route and the filter; a restart replaces them,
-#    balances, and SIGTERM removes them.
+#    balances, and SIGTERM removes them. A restart on one interface of
+#    the two reports the other's stale filter and leaves it.
 # 4. Without CAP_NET_RAW (nobody with CAP_NET_ADMIN only): exit 1 with one
 #    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
 # 5. An interface tunlb listens on goes down, then up: tunlb does not spin
@@ -48,7 +51,7 @@ data=$(tl_data "$P")
 mapfile -t backends < <(t_backend_flags)
 start() {
   t_tunlb_start_cmd "$TUNLB_BIN" run --io packet --threads 2 --control "$CTL" \
-    --vip "$VIP:80" "${backends[@]}" --mode nth
+    --vip "$VIP:80" "${backends[@]}" --mode nth "$@"
 }
 routes() { ip -n "$LB" route show proto 213 | tr -s ' ' | sed 's/ $//' | tr '\n' ';'; }
 # The interfaces with tunlb's ingress drop filter; those with a clsact qdisc;
@@ -99,6 +102,7 @@ for seq in range(1, 4):
         sys.exit("no echo reply to request %d" % seq)
 ' "$1"
 }
+no_ping3() { ! ping3 "$@"; }
 ul() { t_client curl -s --max-time 60 -H 'Expect:' --data-binary "@$data/$1" "$VIP_URL/sha256" | cut -d' ' -f1; }
 
 # A server of lb's own, on its client-side address.
@@ -134,6 +138,18 @@ per_thread=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"
 note "packets read per thread: $per_thread"
 check "both packet threads read packets (the fanout program spreads the flows)" \
   awk '{ exit !(NF == 2 && $1 > 0 && $2 > 0) }' <<<"$per_thread"
+# Both directions of a flow on one thread: each of three 8 MiB downloads
+# (its data and its ACKs, one frame per segment here) read by one thread
+# alone. (Split by direction, a thread would read about two thirds.)
+for k in 1 2 3; do
+  before=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+  t_client curl -s -o /dev/null --max-time 30 "$VIP_URL/file/big.bin?bytes=$((8 << 20))"
+  after=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+  share=$(awk -v b="$before" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " ");
+    d1 = y[1] - x[1]; d2 = y[2] - x[2]; t = d1 + d2; m = d1 > d2 ? d1 : d2;
+    print (t > 1000 ? int(m * 1000 / t) : 0) }')
+  check_range "download $k: one thread read its frames, both directions (per mille of them)" "$share" 990 1000
+done
 dropped=$(tc_dropped)
 note "frames dropped at lb's ingress hooks: $dropped"
 check_range "the ingress drop filter dropped the VIP's frames (clsact qdisc drop count)" "$dropped" 40 1000000000
@@ -149,12 +165,21 @@ check_eq "with tunlb stopped the VIP does not answer" "$code" 000
 # 100 ms. A ring of 120 frames lost 13 % of them (SYN-ACKs too); its 4096
 # frames of 2 KiB hold such a burst whole.
 # Meanwhile c0 has a clsact qdisc of the user's, with an egress filter of
-# theirs (one that passes everything on): tunlb adds its filter beside it
-# and leaves both behind.
+# theirs (one that passes everything on) and an ingress one after tunlb's
+# (pref 49152) that drops pings to lb's own address; br0 has an empty one.
+# tunlb adds its filter beside them, its own drops nothing of that, and it
+# leaves all of it behind.
+IFS=. read -r o1 o2 o3 o4 <<<"$TL_LB_CLIENT_ADDR"
+lb_addr=$((((o1 * 256 + o2) * 256 + o3) * 256 + o4))
 ip netns exec "$LB" tc qdisc add dev c0 clsact
+ip netns exec "$LB" tc qdisc add dev br0 clsact
 ip netns exec "$LB" tc filter add dev c0 egress pref 7 bpf da bytecode '1,6 0 0 4294967295'
+ip netns exec "$LB" tc filter add dev c0 ingress pref 49152 bpf da bytecode \
+  "8,40 0 0 12,21 0 5 2048,48 0 0 23,21 0 3 1,32 0 0 30,21 0 1 $lb_addr,6 0 0 2,6 0 0 4294967295"
 start
-check_eq "beside a user's clsact qdisc: the ingress drop filter on c0 and br0" "$(tc_drops_on)" "c0;br0;"
+check_eq "beside a user's clsact qdiscs: the ingress drop filter on c0 and br0" "$(tc_drops_on)" "c0;br0;"
+check "a user's later ingress filter still sees what is not tunlb's (its drop of pings to lb's address holds)" \
+  no_ping3 "$TL_LB_CLIENT_ADDR"
 pids=()
 for i in 1 2 3 4 5 6 7 8; do
   t_client curl -s -o /dev/null --max-time 30 -w '%{http_code}\n' \
@@ -172,11 +197,14 @@ check_range "at most 2 % of the frames lost to a full ring (stats device.drops.r
 check "tunlb stats says the device's own drops in a line" \
   grep -Eq "^device drops: ring full $lost, socket queue full [0-9]+, bad frame" <<<"$(t_query stats "$CTL")"
 t_tunlb_stop
-check_eq "after SIGTERM: the user's clsact qdisc stays (c0), tunlb's is gone (br0)" "$(clsacts)" "c0;"
+check_eq "after SIGTERM: the user's clsact qdiscs stay, even the empty one" "$(clsacts)" "c0;br0;"
 check "after SIGTERM: the user's egress filter stays" \
   grep -q 'pref 7 bpf' <<<"$(ip netns exec "$LB" tc filter show dev c0 egress)"
-check_eq "after SIGTERM: no ingress drop filter of tunlb beside it" "$(tc_drops_on)" ""
+check "after SIGTERM: the user's ingress filter stays" \
+  grep -q 'pref 49152 bpf' <<<"$(ip netns exec "$LB" tc filter show dev c0 ingress)"
+check_eq "after SIGTERM: no ingress drop filter of tunlb beside them" "$(tc_drops_on)" ""
 ip netns exec "$LB" tc qdisc del dev c0 clsact
+ip netns exec "$LB" tc qdisc del dev br0 clsact
 
 # (2) Super-packets.
 for dev in c0 $(tl_backends | sed 's/^/vb/'); do
@@ -205,6 +233,21 @@ check_eq "after the restart requests flow" "$first" "b1 b2 b3 b4 "
 t_tunlb_stop
 check_eq "no blackhole route after the restart's SIGTERM" "$(routes)" ""
 check_eq "no ingress drop filter nor clsact qdisc after the restart's SIGTERM" "$(tc_drops_on)|$(clsacts)" "|"
+
+# (3b) kill -9, then a restart on c0 only (it serves nothing: the backends
+# answer on br0): br0's stale filter is reported, not touched (another
+# tunlb may own it); a restart on both removes it.
+start
+tl_stop "$P" tunlb KILL 5
+wait "$TUNLB_PID" 2>/dev/null || true
+start --iface c0
+check "a restart on c0 alone names br0's stale ingress drop filter" \
+  grep -q "ingress drop filters of another tunlb or an earlier run left on br0" "$TUNLB_LOG"
+t_tunlb_stop
+check_eq "br0's stale filter stays; c0's is gone" "$(tc_drops_on)" "br0;"
+start
+t_tunlb_stop
+check_eq "a restart on both interfaces, then SIGTERM: no filter, no qdisc" "$(tc_drops_on)|$(clsacts)" "|"
 
 # (4) No CAP_NET_RAW.
 BIN=$T_DIR/bin/tunlb

@@ -671,16 +671,32 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Remove tunlb's ingress filter (priority [`TC_PREF`]) from interface
-    /// `ifindex`. Returns whether there was one.
+    /// Remove tunlb's ingress filter (priority [`TC_PREF`], handle 1, kind
+    /// `bpf`) from interface `ifindex`. Returns whether there was one.
     pub fn drop_filter_del(&mut self, ifindex: u32) -> io::Result<bool> {
-        let body = tcmsg(ifindex, 0, TC_PARENT_INGRESS, drop_filter_info());
+        let mut body = tcmsg(ifindex, 1, TC_PARENT_INGRESS, drop_filter_info());
+        push_attr(&mut body, TCA_KIND, b"bpf\0");
         match self.request(libc::RTM_DELTFILTER, 0, &body) {
             Ok(_) => Ok(true),
             // No such filter, or no qdisc to hold one.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether interface `ifindex` has a `bpf` ingress filter at priority
+    /// [`TC_PREF`] (tunlb's, or a stale one of an earlier tunlb).
+    pub fn drop_filter_present(&mut self, ifindex: u32) -> io::Result<bool> {
+        let body = tcmsg(ifindex, 0, TC_PARENT_INGRESS, 0);
+        let msgs = self.request(libc::RTM_GETTFILTER, libc::NLM_F_DUMP as u16, &body)?;
+        Ok(msgs.iter().any(|m| {
+            let b = &m.body;
+            m.ty == libc::RTM_NEWTFILTER
+                && b.len() >= 20
+                && b[4..8] == ifindex.to_ne_bytes()
+                && u32::from_ne_bytes([b[16], b[17], b[18], b[19]]) >> 16 == u32::from(TC_PREF)
+                && attrs(&b[20..]).any(|(ty, data)| ty == TCA_KIND && data == b"bpf\0")
+        }))
     }
 
     /// How many filters the `clsact` (or `ingress`) qdisc of interface

@@ -370,17 +370,24 @@ fn filter_any() -> Vec<libc::sock_filter> {
     program(None, None, SOCKET_VERDICTS)
 }
 
-/// What a program returns for a frame it matches and for one it does not.
+/// What a program returns for a frame it matches and for one it does not,
+/// and whether a VLAN-tagged frame is one it does not.
 #[derive(Debug, Clone, Copy)]
 struct Verdicts {
     yes: u32,
     no: u32,
+    /// Frames with a VLAN tag get `no`. The socket filter takes them, so
+    /// that the datapath counts them as bad frames; the drop filter must
+    /// not drop them, since the datapath serves none (the kernel hands
+    /// them to the VLAN's interface after the ingress hook).
+    untagged_only: bool,
 }
 
 /// A socket filter's: the bytes to keep (all of them), or none.
 const SOCKET_VERDICTS: Verdicts = Verdicts {
     yes: 0x0004_0000,
     no: 0,
+    untagged_only: false,
 };
 
 /// A direct-action tc filter's: `TC_ACT_SHOT` (drop), or `TC_ACT_UNSPEC`
@@ -388,6 +395,7 @@ const SOCKET_VERDICTS: Verdicts = Verdicts {
 const TC_VERDICTS: Verdicts = Verdicts {
     yes: 2,
     no: u32::MAX,
+    untagged_only: true,
 };
 
 /// The program of the ingress drop filter ([`IngressDrop`]): the same test
@@ -428,14 +436,23 @@ fn program(
     const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
     const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const LD_LEN: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_LEN) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
     let Verdicts {
         yes: accept,
         no: reject,
+        untagged_only,
     } = verdicts;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
 
     // IPv4: TCP or ICMP, then the destination.
+    // Each family's block first checks that the frame holds every byte it
+    // loads: a load past the end would end the program with 0, which a
+    // direct-action tc filter means as "pass, and skip the later filters".
     let mut b4 = vec![
+        ins(LD_LEN, 0, 0, 0),
+        ins(JGE, 1, 0, 34),
+        ins(RET, 0, 0, reject),
         ins(LD_B, 0, 0, 23),
         ins(JEQ, 2, 0, libc::IPPROTO_TCP as u32),
         ins(JEQ, 1, 0, libc::IPPROTO_ICMP as u32),
@@ -456,7 +473,11 @@ fn program(
     // addresses usually share a prefix): per group, the three prefix words
     // once (a mismatch jumps to the next group), then the last word of
     // each address, each followed by its own accept.
-    let mut b6 = Vec::new();
+    let mut b6 = vec![
+        ins(LD_LEN, 0, 0, 0),
+        ins(JGE, 1, 0, 54),
+        ins(RET, 0, 0, reject),
+    ];
     match &v6 {
         None => b6.push(ins(RET, 0, 0, accept)),
         Some(list) => {
@@ -487,7 +508,20 @@ fn program(
             b6.push(ins(RET, 0, 0, reject));
         }
     }
-    let mut p = vec![
+    let mut p = Vec::with_capacity(11 + b4.len() + b6.len());
+    if untagged_only {
+        p.extend([
+            ins(
+                LD_W,
+                0,
+                0,
+                (libc::SKF_AD_OFF + libc::SKF_AD_VLAN_TAG_PRESENT) as u32,
+            ),
+            ins(JEQ, 1, 0, 0),
+            ins(RET, 0, 0, reject),
+        ]);
+    }
+    p.extend([
         ins(LD_W, 0, 0, (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32),
         ins(JEQ, 1, 0, libc::PACKET_HOST as u32),
         ins(RET, 0, 0, reject),
@@ -496,7 +530,7 @@ fn program(
         ins(JEQ, 1, 0, libc::ETH_P_IPV6 as u32), // to the jump (7)
         ins(RET, 0, 0, reject),
         ins(JA, 0, 0, b4.len() as u32), // over the IPv4 block
-    ];
+    ]);
     p.extend(b4);
     p.extend(b6);
     p
@@ -1905,32 +1939,51 @@ impl Drop for Blackholes {
 /// Without it, the kernel's copy of each frame tunlb handles goes through
 /// `ip_rcv` and a route lookup before the blackhole route drops it. Dropped
 /// at the hook instead, it costs a short BPF program run. Measured side by
-/// side (5 interleaved rounds, `bench/e2e.sh`): machine softirq time -9 %
-/// per new connection and -14 % per keep-alive request, keep-alive
-/// requests/s +5 %.
+/// side (5 interleaved rounds of `bench/e2e.sh`, twice): machine softirq
+/// time -5 to -9 % per new connection and -7 to -14 % per keep-alive
+/// request, keep-alive requests/s +3 to +5 %.
+///
+/// What it drops, it drops for every later hook too: tc filters of a
+/// higher `pref` and nftables `netdev` ingress chains no longer see
+/// tunlb's frames (any other frame goes on to them: the program returns
+/// `TC_ACT_UNSPEC`, never `TC_ACT_OK`, even for a frame too short to read).
+/// One tunlb per interface: a second one replaces the first's filter.
 ///
 /// # Lifetime
 /// Best effort: where the kernel has no `clsact` qdisc or `bpf` classifier,
 /// or a family has too many addresses for [`drop_filter`] to list, one
 /// line says so and the blackhole routes alone keep the kernel away (they
 /// stay in every case: the guarantee, where this is the shortcut). Removed
-/// on drop, and the `clsact` qdisc with it when no other filter is left on
-/// it; a start after `kill -9` replaces the stale filter, and its exit
-/// removes the qdisc the same way.
+/// on drop, and the `clsact` qdisc with it if tunlb added it and no other
+/// filter is left on it (a user's qdisc stays, even empty); a start after
+/// `kill -9` replaces the stale filter and takes its qdisc for tunlb's,
+/// and warns of stale filters on interfaces it does not use.
 #[derive(Debug)]
 pub struct IngressDrop {
-    /// The interfaces (index, name) that hold the filter.
-    on: Vec<(u32, String)>,
+    /// The interfaces that hold the filter.
+    on: Vec<Held>,
+}
+
+/// One interface's filter.
+#[derive(Debug)]
+struct Held {
+    index: u32,
+    name: String,
+    /// Its `clsact` qdisc is tunlb's: added by this run, or found holding a
+    /// stale filter of an earlier one. Only then is it removed at exit
+    /// (when no other filter is on it): a user's qdisc stays, even empty.
+    own_qdisc: bool,
 }
 
 impl IngressDrop {
     /// Add the filter for `addrs` on each of `ifaces` (and a `clsact`
-    /// qdisc where there is none).
+    /// qdisc where there is none); report stale filters of an earlier
+    /// tunlb on the host's other interfaces.
     pub fn install(ifaces: &[Iface], addrs: &[IpAddr]) -> Self {
         let mut me = IngressDrop { on: Vec::new() };
         let Some(prog) = drop_filter(addrs) else {
-            tracing::info!(
-                "no ingress drop filter: more than {FILTER_MAX_ADDRS} addresses of one family (the blackhole routes alone keep the kernel off tunlb's packets)"
+            tracing::warn!(
+                "no ingress drop filter: more than {FILTER_MAX_ADDRS} addresses of one family (the blackhole routes alone keep the kernel off tunlb's packets, at some cost per packet)"
             );
             return me;
         };
@@ -1951,7 +2004,8 @@ impl IngressDrop {
                             "replaced a stale ingress drop filter on {name} (pref {}) left by an earlier tunlb",
                             netlink::TC_PREF
                         );
-                        Ok(())
+                        // Its qdisc is most likely that tunlb's too.
+                        Ok(true)
                     }
                     Err(e) => {
                         if created {
@@ -1959,15 +2013,32 @@ impl IngressDrop {
                         }
                         Err(e)
                     }
-                    Ok(()) => Ok(()),
+                    Ok(()) => Ok(created),
                 }
             });
             match added {
-                Ok(()) => me.on.push((index, name.clone())),
-                Err(e) => tracing::info!(
+                Ok(own_qdisc) => me.on.push(Held {
+                    index,
+                    name: name.clone(),
+                    own_qdisc,
+                }),
+                Err(e) => tracing::warn!(
                     "no ingress drop filter on {name} ({e}): the blackhole routes alone keep the kernel off tunlb's packets there, at some cost per packet"
                 ),
             }
+        }
+        // A `kill -9` of a tunlb on other interfaces left its filters there.
+        let stale: Vec<String> = (nl.links().unwrap_or_default().into_iter())
+            .filter(|l| !ifaces.iter().any(|i| i.index == l.index))
+            .filter(|l| nl.drop_filter_present(l.index).unwrap_or(false))
+            .map(|l| l.name)
+            .collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                "ingress drop filters of another tunlb or an earlier run left on {}: they drop frames to its addresses ('tc filter del dev IFACE ingress pref {}' if none runs there)",
+                stale.join(", "),
+                netlink::TC_PREF
+            );
         }
         me
     }
@@ -1977,20 +2048,32 @@ impl IngressDrop {
     /// addresses to list, the old program stays (it drops a part of what
     /// it should; the routes drop the rest).
     pub fn update(&mut self, addrs: &[IpAddr]) {
+        if self.on.is_empty() {
+            return;
+        }
         let Some(prog) = drop_filter(addrs) else {
+            tracing::warn!(
+                "ingress drop filter unchanged: more than {FILTER_MAX_ADDRS} addresses of one family (the blackhole routes drop the new addresses' frames)"
+            );
             return;
         };
-        let Ok(mut nl) = Netlink::open() else { return };
-        for (index, name) in &self.on {
-            if let Err(e) = nl.drop_filter_set(*index, &prog, true) {
-                tracing::warn!("cannot update the ingress drop filter on {name}: {e}");
+        let mut nl = match Netlink::open() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!("ingress drop filter unchanged: netlink socket: {e}");
+                return;
+            }
+        };
+        for h in &self.on {
+            if let Err(e) = nl.drop_filter_set(h.index, &prog, true) {
+                tracing::warn!("cannot update the ingress drop filter on {}: {e}", h.name);
             }
         }
     }
 
     /// The interfaces that hold the filter.
     pub fn ifaces(&self) -> impl Iterator<Item = &str> {
-        self.on.iter().map(|(_, name)| name.as_str())
+        self.on.iter().map(|h| h.name.as_str())
     }
 }
 
@@ -2009,11 +2092,12 @@ impl Drop for IngressDrop {
                 return;
             }
         };
-        for (index, name) in &self.on {
-            let removed = nl.drop_filter_del(*index).and_then(|_| {
-                // The qdisc too, unless someone else's filters are on it.
-                if nl.clsact_filters(*index)? == 0 {
-                    nl.clsact_del(*index)?;
+        for h in &self.on {
+            let removed = nl.drop_filter_del(h.index).and_then(|_| {
+                // The qdisc too, if tunlb added it and no one else's
+                // filter is on it now.
+                if h.own_qdisc && nl.clsact_filters(h.index)? == 0 {
+                    nl.clsact_del(h.index)?;
                 }
                 Ok(())
             });
@@ -2022,7 +2106,8 @@ impl Drop for IngressDrop {
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(e) => tracing::warn!(
                     "cannot remove the ingress drop filter on {name} ({e}): 'tc filter del dev {name} ingress pref {}' does",
-                    netlink::TC_PREF
+                    netlink::TC_PREF,
+                    name = h.name
                 ),
                 Ok(()) => {}
             }
@@ -2038,13 +2123,14 @@ mod tests {
     /// Run the subset of classic BPF that [`filter`] uses over `frame`
     /// with packet type `pkttype`.
     fn run(prog: &[libc::sock_filter], frame: &[u8], pkttype: u32) -> u32 {
-        exec(prog, frame, pkttype, 0)
+        exec(prog, frame, [pkttype, 0, 0])
     }
 
     /// Run the subset of classic BPF that tunlb's programs use over `pkt`,
-    /// with packet type `pkttype` and protocol `protocol` (the ancillary
-    /// loads); a load past the end returns 0, as in the kernel.
-    fn exec(prog: &[libc::sock_filter], pkt: &[u8], pkttype: u32, protocol: u32) -> u32 {
+    /// with `[packet type, protocol, VLAN tag present]` for the ancillary
+    /// loads; a load past the end returns 0, as in the kernel.
+    fn exec(prog: &[libc::sock_filter], pkt: &[u8], anc: [u32; 3]) -> u32 {
+        let [pkttype, protocol, tagged] = anc;
         use libc::*;
         let (mut a, mut x, mut mem): (u32, u32, [u32; 16]) = (0, 0, [0; 16]);
         let mut pc = 0;
@@ -2067,6 +2153,12 @@ mod tests {
                 {
                     a = protocol
                 }
+                c if c == BPF_LD | BPF_W | BPF_ABS
+                    && i.k == (SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT) as u32 =>
+                {
+                    a = tagged
+                }
+                c if c == BPF_LD | BPF_W | BPF_LEN => a = pkt.len() as u32,
                 c if c & 0x07 == BPF_LD && (c & 0xe0 == BPF_ABS || c & 0xe0 == BPF_IND) => {
                     let n = match c & 0x18 {
                         s if s == BPF_W => 4,
@@ -2092,6 +2184,10 @@ mod tests {
                 c if c == BPF_ALU | BPF_RSH | BPF_K => a >>= i.k,
                 c if c == BPF_JMP | BPF_JEQ | BPF_K => {
                     pc += 1 + usize::from(if a == i.k { i.jt } else { i.jf });
+                    continue;
+                }
+                c if c == BPF_JMP | BPF_JGE | BPF_K => {
+                    pc += 1 + usize::from(if a >= i.k { i.jt } else { i.jf });
                     continue;
                 }
                 c if c == BPF_JMP | BPF_JGT | BPF_X => {
@@ -2140,7 +2236,7 @@ mod tests {
         let other = Ipv4Addr::new(198, 18, 1, 1);
         let p = filter(&[vip.into(), snat.into(), vip.into()]);
         assert!(
-            p.len() <= 20,
+            p.len() <= 26,
             "duplicates are listed once: {} insns",
             p.len()
         );
@@ -2194,7 +2290,7 @@ mod tests {
         let prog = fanout_program();
         let pick = |p: &[u8], v6: bool| {
             let proto = if v6 { libc::ETH_P_IPV6 } else { libc::ETH_P_IP };
-            exec(&prog, p, 0, proto as u32)
+            exec(&prog, p, [0, proto as u32, 0])
         };
         let (client, vip, backend): (IpAddr, IpAddr, IpAddr) = (
             "198.18.1.2".parse().unwrap(),
@@ -2262,6 +2358,23 @@ mod tests {
             UNSPEC,
             "PACKET_OUTGOING"
         );
+        // Never 0 (TC_ACT_OK: pass, and skip the later filters), even for a
+        // frame too short for the loads.
+        assert_eq!(
+            run(&drop, &frame(0x0800, 6, vip)[..33], 0),
+            UNSPEC,
+            "truncated"
+        );
+        assert_eq!(
+            run(&drop, &frame6(0x86dd, 6, vip6)[..53], 0),
+            UNSPEC,
+            "truncated"
+        );
+        assert_eq!(run(&drop, &frame(0x0800, 6, vip)[..14], 0), UNSPEC);
+        // A VLAN-tagged frame: the sockets take it (and count it bad), the
+        // drop filter passes it on to the VLAN's interface.
+        assert!(exec(&take, &frame(0x0800, 6, vip), [0, 0, 1]) > 0);
+        assert_eq!(exec(&drop, &frame(0x0800, 6, vip), [0, 0, 1]), UNSPEC);
         // A family with too many addresses to list: no drop filter at all
         // (one for any destination would drop traffic not tunlb's).
         let many: Vec<IpAddr> = (0..FILTER_MAX_ADDRS as u32 + 1)
