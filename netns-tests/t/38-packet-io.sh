@@ -103,6 +103,8 @@ for seq in range(1, 4):
 ' "$1"
 }
 no_ping3() { ! ping3 "$@"; }
+# Packets read so far by each packet thread, in one line.
+thread_reads() { t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])'; }
 ul() { t_client curl -s --max-time 60 -H 'Expect:' --data-binary "@$data/$1" "$VIP_URL/sha256" | cut -d' ' -f1; }
 
 # A server of lb's own, on its client-side address.
@@ -134,7 +136,7 @@ check "a ping to lb's own address works while tunlb runs" \
 code=$(t_client curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://$TL_LB_CLIENT_ADDR:8080/")
 check_eq "a TCP connection to lb's own address works while tunlb runs" "$code" 200
 check_eq "the lb kernel forwarded no packet (IpForwDatagrams)" "$(($(forwarded) - fwd0))" 0
-per_thread=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+per_thread=$(thread_reads)
 note "packets read per thread: $per_thread"
 check "both packet threads read packets (the fanout program spreads the flows)" \
   awk '{ exit !(NF == 2 && $1 > 0 && $2 > 0) }' <<<"$per_thread"
@@ -142,9 +144,9 @@ check "both packet threads read packets (the fanout program spreads the flows)" 
 # (its data and its ACKs, one frame per segment here) read by one thread
 # alone. (Split by direction, a thread would read about two thirds.)
 for k in 1 2 3; do
-  before=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+  before=$(thread_reads)
   t_client curl -s -o /dev/null --max-time 30 "$VIP_URL/file/big.bin?bytes=$((8 << 20))"
-  after=$(t_query stats "$CTL" --json | t_json '" ".join(str(t["packets_read"]) for t in d["device"]["threads"])')
+  after=$(thread_reads)
   share=$(awk -v b="$before" -v a="$after" 'BEGIN { split(b, x, " "); split(a, y, " ");
     d1 = y[1] - x[1]; d2 = y[2] - x[2]; t = d1 + d2; m = d1 > d2 ? d1 : d2;
     print (t > 1000 ? int(m * 1000 / t) : 0) }')

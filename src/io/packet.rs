@@ -345,23 +345,26 @@ pub const FILTER_MAX_ADDRS: usize = 240;
 /// each listed address is followed by its own "accept", and IPv6 addresses
 /// sharing their first 96 bits share one check of them.
 pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
-    // Each family's destinations, as the filter loads them (big-endian
-    // words); `None`: too many to list, any destination.
-    let listed = |mut l: Vec<u128>| {
+    let [v4, v6] = destinations(addrs);
+    program(v4, v6, SOCKET_VERDICTS)
+}
+
+/// Each family's destinations among `addrs`, IPv4 then IPv6, as the
+/// programs load them (big-endian words), sorted and without duplicates;
+/// `None`: too many to list ([`FILTER_MAX_ADDRS`]).
+fn destinations(addrs: &[IpAddr]) -> [Option<Vec<u128>>; 2] {
+    [true, false].map(|four| {
+        let mut l: Vec<u128> = (addrs.iter())
+            .filter(|a| a.is_ipv4() == four)
+            .map(|a| match a {
+                IpAddr::V4(a) => u128::from(u32::from(*a)),
+                IpAddr::V6(a) => u128::from(*a),
+            })
+            .collect();
         l.sort_unstable();
         l.dedup();
         (l.len() <= FILTER_MAX_ADDRS).then_some(l)
-    };
-    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
-    let word = |a: &IpAddr| match a {
-        IpAddr::V4(a) => u128::from(u32::from(*a)),
-        IpAddr::V6(a) => u128::from(*a),
-    };
-    program(
-        listed(v4.iter().map(word).collect()),
-        listed(v6.iter().map(word).collect()),
-        SOCKET_VERDICTS,
-    )
+    })
 }
 
 /// The filter that takes IPv4 TCP and ICMP, and IPv6, to any address (the
@@ -403,19 +406,8 @@ const TC_VERDICTS: Verdicts = Verdicts {
 /// passed on. `None` when a family has too many addresses to list: that
 /// filter would drop traffic that is not tunlb's.
 pub fn drop_filter(addrs: &[IpAddr]) -> Option<Vec<libc::sock_filter>> {
-    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) = addrs.iter().partition(|a| a.is_ipv4());
-    let listed = |l: Vec<IpAddr>| {
-        let mut l: Vec<u128> = (l.iter())
-            .map(|a| match a {
-                IpAddr::V4(a) => u128::from(u32::from(*a)),
-                IpAddr::V6(a) => u128::from(*a),
-            })
-            .collect();
-        l.sort_unstable();
-        l.dedup();
-        (l.len() <= FILTER_MAX_ADDRS).then_some(l)
-    };
-    Some(program(listed(v4)?.into(), listed(v6)?.into(), TC_VERDICTS))
+    let [v4, v6] = destinations(addrs);
+    Some(program(Some(v4?), Some(v6?), TC_VERDICTS))
 }
 
 /// How many IPv6 addresses of one /96 share one prefix check (their jumps
