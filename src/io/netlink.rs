@@ -687,15 +687,11 @@ impl Netlink {
     /// Whether interface `ifindex` has a `bpf` ingress filter at priority
     /// [`TC_PREF`] (tunlb's, or a stale one of an earlier tunlb).
     pub fn drop_filter_present(&mut self, ifindex: u32) -> io::Result<bool> {
-        let body = tcmsg(ifindex, 0, TC_PARENT_INGRESS, 0);
-        let msgs = self.request(libc::RTM_GETTFILTER, libc::NLM_F_DUMP as u16, &body)?;
+        let msgs = self.filters(ifindex, TC_PARENT_INGRESS)?;
         Ok(msgs.iter().any(|m| {
-            let b = &m.body;
-            m.ty == libc::RTM_NEWTFILTER
-                && b.len() >= 20
-                && b[4..8] == ifindex.to_ne_bytes()
-                && u32::from_ne_bytes([b[16], b[17], b[18], b[19]]) >> 16 == u32::from(TC_PREF)
-                && attrs(&b[20..]).any(|(ty, data)| ty == TCA_KIND && data == b"bpf\0")
+            let info = u32::from_ne_bytes([m.body[16], m.body[17], m.body[18], m.body[19]]);
+            info >> 16 == u32::from(TC_PREF)
+                && attrs(&m.body[20..]).any(|(ty, data)| ty == TCA_KIND && data == b"bpf\0")
         }))
     }
 
@@ -704,19 +700,27 @@ impl Netlink {
     pub fn clsact_filters(&mut self, ifindex: u32) -> io::Result<usize> {
         let mut n = 0;
         for parent in [TC_PARENT_INGRESS, TC_PARENT_EGRESS] {
-            let body = tcmsg(ifindex, 0, parent, 0);
-            let msgs = match self.request(libc::RTM_GETTFILTER, libc::NLM_F_DUMP as u16, &body) {
-                Ok(m) => m,
+            n += match self.filters(ifindex, parent) {
+                Ok(m) => m.len(),
                 // An `ingress` qdisc has no egress hook.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => 0,
                 Err(e) => return Err(e),
             };
-            n += (msgs.iter())
-                .filter(|m| m.ty == libc::RTM_NEWTFILTER)
-                .filter(|m| m.body.get(4..8) == Some(&ifindex.to_ne_bytes()[..]))
-                .count();
         }
         Ok(n)
+    }
+
+    /// The filters on hook `parent` of interface `ifindex` (`RTM_GETTFILTER`
+    /// dump): messages whose body holds at least a whole `tcmsg`.
+    fn filters(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<Msg>> {
+        let body = tcmsg(ifindex, 0, parent, 0);
+        let mut msgs = self.request(libc::RTM_GETTFILTER, libc::NLM_F_DUMP as u16, &body)?;
+        msgs.retain(|m| {
+            m.ty == libc::RTM_NEWTFILTER
+                && m.body.len() >= 20
+                && m.body[4..8] == ifindex.to_ne_bytes()
+        });
+        Ok(msgs)
     }
 }
 

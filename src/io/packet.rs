@@ -1797,9 +1797,8 @@ fn segments_fit(buf: &[u8], mtu: usize) -> bool {
 #[derive(Debug)]
 pub struct Blackholes {
     addrs: Vec<IpAddr>,
-    /// Removed before the routes (a field drops after `Drop::drop`'s body,
-    /// so it is taken out there).
-    ingress: Option<IngressDrop>,
+    /// Removed after the routes, as a field (its own `Drop`).
+    ingress: IngressDrop,
 }
 
 impl Blackholes {
@@ -1833,10 +1832,10 @@ impl Blackholes {
         }
         let mut me = Blackholes {
             addrs: Vec::new(),
-            ingress: None,
+            ingress: IngressDrop::default(),
         };
         me.extend(&want)?;
-        me.ingress = Some(IngressDrop::install(ifaces, &me.addrs));
+        me.ingress = IngressDrop::install(ifaces, &me.addrs);
         Ok(me)
     }
 
@@ -1844,7 +1843,7 @@ impl Blackholes {
     /// `blackhole routes added, ingress drop filter on eth0,eth1` (or `no
     /// ingress drop filter`).
     pub fn describe(&self) -> String {
-        let on: Vec<&str> = self.ingress.iter().flat_map(IngressDrop::ifaces).collect();
+        let on: Vec<&str> = self.ingress.ifaces().collect();
         if on.is_empty() {
             "blackhole routes added, no ingress drop filter".into()
         } else {
@@ -1884,16 +1883,13 @@ impl Blackholes {
                 Err(e) => return Err(sys_err("adding a blackhole route")(e)),
             }
         }
-        if let Some(ingress) = &mut self.ingress {
-            ingress.update(&self.addrs);
-        }
+        self.ingress.update(&self.addrs);
         Ok(new)
     }
 }
 
 impl Drop for Blackholes {
     fn drop(&mut self) {
-        drop(self.ingress.take());
         if self.addrs.is_empty() {
             return;
         }
@@ -1950,7 +1946,7 @@ impl Drop for Blackholes {
 /// filter is left on it (a user's qdisc stays, even empty); a start after
 /// `kill -9` replaces the stale filter and takes its qdisc for tunlb's,
 /// and warns of stale filters on interfaces it does not use.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct IngressDrop {
     /// The interfaces that hold the filter.
     on: Vec<Held>,
@@ -1972,7 +1968,7 @@ impl IngressDrop {
     /// qdisc where there is none); report stale filters of an earlier
     /// tunlb on the host's other interfaces.
     pub fn install(ifaces: &[Iface], addrs: &[IpAddr]) -> Self {
-        let mut me = IngressDrop { on: Vec::new() };
+        let mut me = IngressDrop::default();
         let Some(prog) = drop_filter(addrs) else {
             tracing::warn!(
                 "no ingress drop filter: more than {FILTER_MAX_ADDRS} addresses of one family (the blackhole routes alone keep the kernel off tunlb's packets, at some cost per packet)"
