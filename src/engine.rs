@@ -378,6 +378,7 @@ impl Engine {
     }
 
     /// Conntrack and NAT for a parsed TCP segment.
+    #[inline(always)]
     fn process_tcp<A: Family>(
         &self,
         pkt: &mut [u8],
@@ -389,9 +390,15 @@ impl Engine {
         // is all it needs (and the timeouts and VIP ports, kept as plain
         // atomics). A packet to a VIP port is most likely ORIGINAL.
         let original_first = self.is_vip_port(p.tuple.dst.port());
-        let known = A::table(self).with_flow(&p.tuple, original_first, |flow, dir| {
-            self.known_flow(p, now, flow, dir)
-        });
+        // Inlined, so that its result stays in registers (a `Known` returned
+        // through memory was written a field at a time and copied whole: a
+        // store-forwarding stall per packet).
+        let known = A::table(self).with_flow(
+            &p.tuple,
+            original_first,
+            #[inline(always)]
+            |flow, dir| self.known_flow(p, now, flow, dir),
+        );
         match known {
             Some(next) => self.after_known_flow(pkt, p, now, l4, next),
             None => self.unknown_flow(pkt, p, now, l4),
@@ -402,7 +409,7 @@ impl Engine {
     /// track it and say what comes next (forward it translated, or restart
     /// the flow, for a SYN that reopens it), for
     /// [`Engine::after_known_flow`] to do once the lock is released.
-    #[inline]
+    #[inline(always)]
     fn known_flow<A: Family>(
         &self,
         p: &TcpRepr<A>,

@@ -680,11 +680,7 @@ mod tests {
                 syn: true,
                 ack_flag: false,
                 rst: false,
-                options: window::Options {
-                    wscale: Some(7),
-                    sack_perm: true,
-                    sack: None
-                },
+                options: window::Options::new(Some(7), true, None),
             }
         );
     }
@@ -726,11 +722,7 @@ mod tests {
         assert_eq!(p.tcp_header_len, 32);
         assert_eq!(
             p.segment.options,
-            window::Options {
-                wscale: None,
-                sack_perm: false,
-                sack: Some(0xa0b0_c1e0)
-            }
+            window::Options::new(None, false, Some(0xa0b0_c1e0))
         );
         assert_eq!((p.segment.len, p.segment.ack), (0, 0x0102_0305));
         // The same with FIN: one sequence number (checksum not verified).
@@ -742,7 +734,7 @@ mod tests {
         let mut ack = SYN_BYTES;
         ack[33] = ACK;
         let o = tcp(&ack, false).unwrap().segment.options;
-        assert_eq!((o.wscale, o.sack_perm), (None, false));
+        assert_eq!((o.wscale(), o.sack_perm()), (None, false));
     }
 
     #[test]

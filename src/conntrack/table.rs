@@ -52,7 +52,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::mapref::entry::Entry;
-use dashmap::mapref::one::RefMut;
 use dashmap::DashMap;
 // Keyed with a per-process random seed: flow keys come from the network
 // (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
@@ -109,10 +108,6 @@ pub struct Totals {
     /// Live flows' (packets, bytes) per backend, keyed by `Arc::as_ptr` as usize.
     pub live_by_backend: HashMap<usize, (u64, u64)>,
 }
-
-/// A flow locked in its shard, and the direction its tuple was found in
-/// (private: see [`ConnTable::with_flow`]).
-type Found<'a, A> = (RefMut<'a, Tuple<A>, Flow<A>>, Direction);
 
 /// How many heap entries one call of [`ConnTable::expire`] examines.
 pub const EXPIRE_BUDGET: usize = 256;
@@ -277,39 +272,46 @@ impl<A: IpAddress> ConnTable<A> {
     ///
     /// `original_first` says which map to try first: the caller knows whether
     /// the destination is a service address (likely ORIGINAL) or not.
-    #[inline]
+    #[inline(always)]
     pub fn with_flow<R>(
         &self,
         t: &Tuple<A>,
         original_first: bool,
         f: impl FnOnce(&mut Flow<A>, Direction) -> R,
     ) -> Option<R> {
-        let (mut flow, dir) = self.find(t, original_first)?;
+        // One call of `f`, so that it is inlined here (its result then
+        // stays in registers), and the guard written where it stays:
+        // moving either made the compiler copy it through memory with
+        // wider loads than the stores that wrote it, a store-forwarding
+        // stall per packet.
+        let mut dir = Direction::Original;
+        let mut flow = if original_first {
+            self.flows.get_mut(t)
+        } else {
+            None
+        };
+        if flow.is_none() {
+            if let Some(original) = self.reply_of(t) {
+                flow = self.flows.get_mut(&original);
+                dir = Direction::Reply;
+                // The flow may have been replaced between the two lookups.
+                if flow.as_ref().is_some_and(|f| f.reply != *t) {
+                    flow = None;
+                }
+            }
+            if flow.is_none() && !original_first {
+                flow = self.flows.get_mut(t);
+                dir = Direction::Original;
+            }
+        }
+        let mut flow = flow?;
         Some(f(&mut flow, dir))
     }
 
-    /// Find and lock the flow of tuple `t` (see [`ConnTable::with_flow`]).
-    fn find(&self, t: &Tuple<A>, original_first: bool) -> Option<Found<'_, A>> {
-        if original_first {
-            if let Some(f) = self.flows.get_mut(t) {
-                return Some((f, Direction::Original));
-            }
-            self.find_reply(t)
-        } else {
-            match self.find_reply(t) {
-                None => self.flows.get_mut(t).map(|f| (f, Direction::Original)),
-                found => found,
-            }
-        }
-    }
-
-    fn find_reply(&self, t: &Tuple<A>) -> Option<Found<'_, A>> {
-        let original = self.replies.get(t).map(|r| *r)?;
-        match self.flows.get_mut(&original) {
-            // The flow may have been replaced between the two lookups.
-            Some(f) if f.reply == *t => Some((f, Direction::Reply)),
-            _ => None,
-        }
+    /// The ORIGINAL tuple of the flow whose REPLY tuple is `t`, if any.
+    #[inline]
+    fn reply_of(&self, t: &Tuple<A>) -> Option<Tuple<A>> {
+        self.replies.get(t).map(|r| *r)
     }
 
     /// Claim `reply` for the flow `original`: succeeds only if no flow uses
