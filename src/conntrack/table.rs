@@ -279,33 +279,37 @@ impl<A: IpAddress> ConnTable<A> {
         original_first: bool,
         f: impl FnOnce(&mut Flow<A>, Direction) -> R,
     ) -> Option<R> {
-        // One call of `f`, so that it is inlined here (its result then
-        // stays in registers), and the guard written where it stays:
-        // moving either made the compiler copy it through memory with
-        // wider loads than the stores that wrote it, a store-forwarding
-        // stall per packet.
-        let mut dir = Direction::Original;
-        let mut flow = if original_first {
-            self.flows.get_mut(t)
-        } else {
+        // One lookup in `flows` and one call of `f`, each in one place, so
+        // that `f` is inlined here (its result then stays in registers) and
+        // the guard is used where `get_mut` wrote it: moving either made
+        // the compiler copy it through memory with wider loads than the
+        // stores that wrote it, a store-forwarding stall per packet.
+        // `t` is only borrowed: a copy of it, read whole right after the
+        // parser wrote it field by field, stalled too.
+        let mut original = if original_first {
             None
+        } else {
+            self.reply_of(t)
         };
-        if flow.is_none() {
-            if let Some(original) = self.reply_of(t) {
-                flow = self.flows.get_mut(&original);
-                dir = Direction::Reply;
-                // The flow may have been replaced between the two lookups.
-                if flow.as_ref().is_some_and(|f| f.reply != *t) {
-                    flow = None;
+        loop {
+            let (key, dir) = match &original {
+                Some(o) => (o, Direction::Reply),
+                None => (t, Direction::Original),
+            };
+            if let Some(mut flow) = self.flows.get_mut(key) {
+                // A flow found by its REPLY tuple may have been replaced
+                // between the two lookups.
+                if dir == Direction::Original || flow.reply == *t {
+                    return Some(f(&mut flow, dir));
                 }
             }
-            if flow.is_none() && !original_first {
-                flow = self.flows.get_mut(t);
-                dir = Direction::Original;
+            // Then the other direction, if it was not tried yet.
+            match dir {
+                Direction::Original if original_first => original = Some(self.reply_of(t)?),
+                Direction::Reply if !original_first => original = None,
+                _ => return None,
             }
         }
-        let mut flow = flow?;
-        Some(f(&mut flow, dir))
     }
 
     /// The ORIGINAL tuple of the flow whose REPLY tuple is `t`, if any.
