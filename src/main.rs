@@ -390,6 +390,10 @@ fn open_device(
         addr: cfg.tun_addr,
         mtu: cfg.mtu,
     };
+    if cfg.io != IoKind::Packet {
+        let addrs: Vec<_> = addrs.iter().map(|a| a.0).collect();
+        tunlb::io::packet::remove_stale_for_tun(&addrs);
+    }
     let (io, device, packet, blackholes): (Arc<dyn PacketIo>, _, _, _) = match cfg.io {
         IoKind::Tun => (
             Arc::new(TunIo::open(&spec)?),

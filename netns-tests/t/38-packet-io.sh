@@ -25,7 +25,9 @@
 #    read super-packets.
 # 3. kill -9 leaves the route and the filter; a restart replaces them,
 #    balances, and SIGTERM removes them. A restart on one interface of
-#    the two reports the other's stale filter and leaves it.
+#    the two reports the other's stale filter and leaves it. A start on the
+#    TUN after kill -9 removes the route and filters that would drop the
+#    VIP's traffic before the TUN, and balances.
 # 4. Without CAP_NET_RAW (nobody with CAP_NET_ADMIN only): exit 1 with one
 #    line naming CAP_NET_RAW and saying --io vnet needs only CAP_NET_ADMIN.
 # 5. An interface tunlb listens on goes down, then up: tunlb does not spin
@@ -250,6 +252,21 @@ check_eq "br0's stale filter stays; c0's is gone" "$(tc_drops_on)" "br0;"
 start
 t_tunlb_stop
 check_eq "a restart on both interfaces, then SIGTERM: no filter, no qdisc" "$(tc_drops_on)|$(clsacts)" "|"
+
+# (3c) kill -9, then a start on the TUN (--io vnet, the default): the stale
+# route and filters for the VIP would drop its traffic before the TUN sees
+# it; tunlb removes them, and requests flow through the TUN.
+start
+tl_stop "$P" tunlb KILL 5
+wait "$TUNLB_PID" 2>/dev/null || true
+t_tunlb_start --control "$CTL" --mode nth
+check "a start on the TUN removed the stale route for the VIP" \
+  grep -q "removed a stale blackhole route for $VIP (proto 213) left by a tunlb on the packet datapath" "$TUNLB_LOG"
+check "and the stale ingress drop filter on c0" grep -q "removed a stale ingress drop filter on c0" "$TUNLB_LOG"
+check_eq "no route, filter nor clsact qdisc of the packet datapath left" "$(routes)|$(tc_drops_on)|$(clsacts)" "||"
+first=$(for _ in 1 2 3 4; do t_client curl -s --max-time 5 "$VIP_URL/" || echo fail; done | tr '\n' ' ')
+check_eq "requests flow through the TUN" "$first" "b1 b2 b3 b4 "
+t_tunlb_stop
 
 # (4) No CAP_NET_RAW.
 BIN=$T_DIR/bin/tunlb

@@ -74,6 +74,8 @@ const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_OPS_LEN: u16 = 4;
 const TCA_BPF_OPS: u16 = 5;
 const TCA_BPF_FLAGS: u16 = 8;
+/// An attribute's type without its flags (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The program's return value is the action (`da`): `TC_ACT_SHOT` drops.
 const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 
@@ -687,12 +689,38 @@ impl Netlink {
     /// Whether interface `ifindex` has a `bpf` ingress filter at priority
     /// [`TC_PREF`] (tunlb's, or a stale one of an earlier tunlb).
     pub fn drop_filter_present(&mut self, ifindex: u32) -> io::Result<bool> {
-        let msgs = self.filters(ifindex, TC_PARENT_INGRESS)?;
-        Ok(msgs.iter().any(|m| {
+        Ok(self.drop_filter_constants(ifindex)?.is_some())
+    }
+
+    /// The constants that the program of the `bpf` ingress filter at
+    /// priority [`TC_PREF`] on interface `ifindex` compares with (`jeq #k`):
+    /// for tunlb's, the addresses it drops frames for, as 32-bit words in
+    /// network order read into host order. `None` when there is no such
+    /// filter.
+    pub fn drop_filter_constants(&mut self, ifindex: u32) -> io::Result<Option<Vec<u32>>> {
+        const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+        let mut msgs = self.filters(ifindex, TC_PARENT_INGRESS)?;
+        // The dump has a message for the priority's classifier (no
+        // options) and one for each of its filters (the program).
+        msgs.retain(|m| {
             let info = u32::from_ne_bytes([m.body[16], m.body[17], m.body[18], m.body[19]]);
             info >> 16 == u32::from(TC_PREF)
                 && attrs(&m.body[20..]).any(|(ty, data)| ty == TCA_KIND && data == b"bpf\0")
-        }))
+        });
+        if msgs.is_empty() {
+            return Ok(None);
+        }
+        let ops = (msgs.iter())
+            .flat_map(|m| attrs(&m.body[20..]))
+            .filter(|(ty, _)| ty & NLA_TYPE_MASK == TCA_OPTIONS)
+            .flat_map(|(_, opts)| attrs(opts))
+            .filter(|(ty, _)| ty & NLA_TYPE_MASK == TCA_BPF_OPS)
+            .flat_map(|(_, ops)| ops.chunks_exact(8));
+        let constants = ops
+            .filter(|op| u16::from_ne_bytes([op[0], op[1]]) == JEQ_K)
+            .map(|op| u32::from_ne_bytes([op[4], op[5], op[6], op[7]]))
+            .collect();
+        Ok(Some(constants))
     }
 
     /// How many filters the `clsact` (or `ingress`) qdisc of interface

@@ -1785,6 +1785,73 @@ fn segments_fit(buf: &[u8], mtu: usize) -> bool {
     h.is_gso() && h.gso_size > 0 && headers + usize::from(h.gso_size) <= mtu
 }
 
+/// Before a TUN datapath (`--io vnet`, `--io tun`) starts: remove what a
+/// tunlb on the packet datapath, killed with `kill -9`, left for this run's
+/// addresses `addrs`, which would drop their traffic before it reaches the
+/// TUN: tunlb's blackhole routes for them, and tunlb's ingress drop filters
+/// whose program drops frames for one of them (with their `clsact` qdisc
+/// when nothing else is on it, as the packet datapath takes it for its own
+/// after `kill -9`). Routes and filters for other addresses are not
+/// touched (another tunlb may run). Each removal is logged; what cannot be
+/// removed (no CAP_NET_ADMIN) is a warning naming the command that would.
+pub fn remove_stale_for_tun(addrs: &[IpAddr]) {
+    let Ok(mut nl) = Netlink::open() else {
+        return;
+    };
+    let proto = netlink::PROTO;
+    for a in nl.blackholes().unwrap_or_default() {
+        if !addrs.contains(&a) {
+            continue;
+        }
+        match nl.blackhole_del(a) {
+            Ok(_) => tracing::info!(
+                "removed a stale blackhole route for {a} (proto {proto}) left by a tunlb on the packet datapath: it dropped what the TUN is to receive"
+            ),
+            Err(e) => tracing::warn!(
+                "a stale blackhole route for {a} (proto {proto}) drops what the TUN is to receive, and cannot be removed ({e}): 'ip route del blackhole {a} proto {proto}'"
+            ),
+        }
+    }
+    let words = |a: &IpAddr| -> Vec<u32> {
+        match a {
+            IpAddr::V4(v4) => vec![u32::from(*v4)],
+            IpAddr::V6(v6) => {
+                let a = u128::from(*v6);
+                vec![
+                    (a >> 96) as u32,
+                    (a >> 64) as u32,
+                    (a >> 32) as u32,
+                    a as u32,
+                ]
+            }
+        }
+    };
+    for link in nl.links().unwrap_or_default() {
+        let Ok(Some(constants)) = nl.drop_filter_constants(link.index) else {
+            continue;
+        };
+        let ours = |a: &&IpAddr| words(a).iter().all(|w| constants.contains(w));
+        let Some(a) = addrs.iter().find(ours) else {
+            continue;
+        };
+        let name = &link.name;
+        let pref = netlink::TC_PREF;
+        match nl.drop_filter_del(link.index) {
+            Ok(_) => {
+                if nl.clsact_filters(link.index).is_ok_and(|n| n == 0) {
+                    let _ = nl.clsact_del(link.index);
+                }
+                tracing::info!(
+                    "removed a stale ingress drop filter on {name} (pref {pref}) left by a tunlb on the packet datapath: it dropped frames for {a} before the TUN"
+                );
+            }
+            Err(e) => tracing::warn!(
+                "a stale ingress drop filter on {name} (pref {pref}) drops frames for {a} before the TUN, and cannot be removed ({e}): 'tc filter del dev {name} ingress pref {pref}'"
+            ),
+        }
+    }
+}
+
 /// tunlb's blackhole routes for the VIPs and SNAT addresses, removed when
 /// dropped. Installing first removes tunlb's stale routes for the same
 /// addresses (a `kill -9` leaves them); routes tagged [`netlink::PROTO`]
