@@ -11,7 +11,8 @@
 //! - `new_connection_steady`: the same in a table whose maps already have
 //!   the room (its earlier flows expired), as in a balancer's steady state;
 //! - `two_threads`: both directions of 2000 flows, each thread its own
-//!   half, on one pinned thread (`one_thread`) and on two sharing the table
+//!   half (split by their ports' spread, as `--io packet`'s fanout splits
+//!   them), on one pinned thread (`one_thread`) and on two sharing the table
 //!   (`per_packet`): CPU time per packet per thread, so the ratio is what
 //!   sharing costs a thread;
 //! - before the criterion runs: bytes of heap per tracked flow (a counting
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use tunlb::conntrack::tcp::flags::{ACK, SYN};
+use tunlb::conntrack::tuple::spread;
 use tunlb::craft::Segment;
 use tunlb::{Engine, EngineConfig, ServiceConfig, Timestamp, Verdict};
 
@@ -322,16 +324,22 @@ fn thread_cpu_time() -> Duration {
 /// of `flows` (thread t: flows t, t + 2, ...; both directions in turn), as
 /// fanout gives each thread its own flows: the mean of the threads' CPU
 /// times, the cost of `iters` packets on one thread.
-fn run_threads(e: &Engine, flows: &[(Vec<u8>, Vec<u8>)], threads: usize, iters: u64) -> Duration {
+fn run_threads(
+    e: &Engine,
+    halves: &[Vec<(Vec<u8>, Vec<u8>)>; 2],
+    threads: usize,
+    iters: u64,
+) -> Duration {
     let total: Duration = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
+                let flows = &halves[t];
                 s.spawn(move || {
                     pin(t);
                     let mut buf = vec![0u8; 2048];
                     let t0 = thread_cpu_time();
                     for k in 0..iters as usize {
-                        let (o, r) = &flows[(k * 2 + t) % flows.len()];
+                        let (o, r) = &flows[(k / 2) % flows.len()];
                         per_packet(e, if k % 2 == 0 { o } else { r }, &mut buf);
                     }
                     thread_cpu_time() - t0
@@ -344,17 +352,24 @@ fn run_threads(e: &Engine, flows: &[(Vec<u8>, Vec<u8>)], threads: usize, iters: 
 }
 
 /// The same work per thread on one thread and on two, side by side: the
-/// ratio two/one is what sharing the table costs each thread.
+/// ratio two/one is what sharing the table costs each thread. The flows
+/// are split as `--io packet`'s fanout splits them (by
+/// [`tunlb::conntrack::tuple::spread`] of their ports), and one thread
+/// alone does the first thread's half.
 fn two_threads(c: &mut Criterion) {
     let e = engine(100_000);
-    let flows: Vec<_> = (0..2000).map(|i| open(&e, i, Timestamp::ZERO)).collect();
+    let mut halves: [Vec<_>; 2] = Default::default();
+    for i in 0..2000 {
+        let port = client(i).port();
+        halves[(spread(port, VIP.port()) % 2) as usize].push(open(&e, i, Timestamp::ZERO));
+    }
     let mut g = c.benchmark_group("two_threads");
     g.throughput(Throughput::Elements(1));
     g.bench_function("one_thread", |b| {
-        b.iter_custom(|iters| run_threads(&e, &flows, 1, iters))
+        b.iter_custom(|iters| run_threads(&e, &halves, 1, iters))
     });
     g.bench_function("per_packet", |b| {
-        b.iter_custom(|iters| run_threads(&e, &flows, 2, iters))
+        b.iter_custom(|iters| run_threads(&e, &halves, 2, iters))
     });
     g.finish();
 }

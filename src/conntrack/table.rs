@@ -55,11 +55,11 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 // Keyed with a per-process random seed: flow keys come from the network
 // (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
-use foldhash::fast::SeedableRandomState as RandomState;
+use foldhash::fast::{FoldHasher, SeedableRandomState as RandomState};
 use foldhash::SharedSeed;
 
 use super::tcp::TcpState;
-use super::tuple::{Direction, IpAddress, Tuple};
+use super::tuple::{spread, Direction, IpAddress, Tuple};
 use super::window::Window;
 use crate::backend::Backend;
 use crate::time::Timestamp;
@@ -119,11 +119,89 @@ pub const EVICT_SCAN: usize = 64;
 /// The expiry heap: `(time, ORIGINAL tuple)`, soonest first (see the module docs).
 type ExpiryHeap<A> = BinaryHeap<Reverse<(Timestamp, Tuple<A>)>>;
 
+/// How many shards each map has: dashmap's own choice (four per CPU,
+/// rounded up to a power of two), at least 8.
+fn shard_amount() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus * 4).next_power_of_two().max(8)
+}
+
+/// The maps' hashers: foldhash, keyed at random, except for the bits that
+/// dashmap reads the shard from (those right under the top 7, which
+/// hashbrown keeps for its tags), which hold the tuple's [`spread`]. An
+/// entry's shard is then `spread % shards`, where the packet datapath's
+/// fanout sends its packets to thread `spread % threads`: each thread locks
+/// shards of its own, and their cache lines stay on its core (two threads
+/// sharing every shard lock moved them between the cores on every packet).
+/// A flow's two entries are in the same shard when MASQUERADE kept the
+/// client's port. Only the shard is chosen by the ports: the bucket within
+/// it and the tag come from the keyed hash, so crafted ports can crowd a
+/// shard but not collide within it.
+#[derive(Debug, Clone)]
+struct ShardByPorts {
+    keys: RandomState,
+    /// log2 of the shard count.
+    shard_bits: u32,
+}
+
+impl std::hash::BuildHasher for ShardByPorts {
+    type Hasher = PortsHasher;
+
+    #[inline(always)]
+    fn build_hasher(&self) -> PortsHasher {
+        PortsHasher {
+            inner: self.keys.build_hasher(),
+            ports: 0,
+            shard_bits: self.shard_bits,
+        }
+    }
+}
+
+/// The hasher of [`ShardByPorts`]. A [`Tuple`] hashes its addresses, then
+/// its ports as one `u32` (source port high): the last `write_u32` is kept.
+struct PortsHasher {
+    inner: FoldHasher<'static>,
+    ports: u32,
+    shard_bits: u32,
+}
+
+impl std::hash::Hasher for PortsHasher {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) {
+        self.inner.write(bytes);
+    }
+
+    #[inline(always)]
+    fn write_u32(&mut self, i: u32) {
+        self.ports = i;
+        self.inner.write_u32(i);
+    }
+
+    #[inline(always)]
+    fn write_u64(&mut self, i: u64) {
+        self.inner.write_u64(i);
+    }
+
+    #[inline(always)]
+    fn write_u128(&mut self, i: u128) {
+        self.inner.write_u128(i);
+    }
+
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        // dashmap's shard: `(hash << 7) >> (64 - shard_bits)`.
+        let at = 57 - self.shard_bits;
+        let mask = ((1u64 << self.shard_bits) - 1) << at;
+        let shard = u64::from(spread((self.ports >> 16) as u16, self.ports as u16)) << at;
+        (self.inner.finish() & !mask) | (shard & mask)
+    }
+}
+
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
 pub struct ConnTable<A: IpAddress = Ipv4Addr> {
-    flows: DashMap<Tuple<A>, Flow<A>, RandomState>,
-    replies: DashMap<Tuple<A>, Tuple<A>, RandomState>,
+    flows: DashMap<Tuple<A>, Flow<A>, ShardByPorts>,
+    replies: DashMap<Tuple<A>, Tuple<A>, ShardByPorts>,
     /// Flows in this table.
     count: AtomicUsize,
     /// The limit, shared with the other family's table.
@@ -181,13 +259,17 @@ impl<A: IpAddress> ConnTable<A> {
     /// Create an empty table held to `limit` with the other tables that
     /// share it (the other family's); `seed` as in [`ConnTable::with_hash_seed`].
     pub fn with_limit(limit: Arc<Limit>, seed: Option<u64>) -> Self {
-        let hasher = |salt: u64| match seed {
-            Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
-            None => RandomState::random(),
+        let shards = shard_amount();
+        let hasher = |salt: u64| ShardByPorts {
+            keys: match seed {
+                Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
+                None => RandomState::random(),
+            },
+            shard_bits: shards.trailing_zeros(),
         };
         ConnTable {
-            flows: DashMap::with_hasher(hasher(0)),
-            replies: DashMap::with_hasher(hasher(0x0072_6570_6c69_6573)),
+            flows: DashMap::with_hasher_and_shard_amount(hasher(0), shards),
+            replies: DashMap::with_hasher_and_shard_amount(hasher(0x0072_6570_6c69_6573), shards),
             count: AtomicUsize::new(0),
             limit,
             retired: Default::default(),
@@ -694,5 +776,43 @@ impl<A: IpAddress> Flow<A> {
             stray_ack: None,
             id: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_in_the_shard_its_ports_spread_it_to() {
+        use std::hash::BuildHasher;
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let shards = shard_amount();
+        assert!(shards >= 8 && shards.is_power_of_two());
+        let c = Ipv4Addr::new(198, 18, 1, 2);
+        let v = Ipv4Addr::new(198, 18, 0, 1);
+        let mut hits = vec![0; shards];
+        for port in 1024..3072u16 {
+            let original = Tuple::new(c, port, v, 80);
+            let reply = Tuple::new(Ipv4Addr::new(198, 18, 2, 3), 80, v, port);
+            let want = spread(port, 80) as usize % shards;
+            for (map_hash, key) in [
+                (t.flows.hasher().hash_one(original), original),
+                (t.replies.hasher().hash_one(reply), reply),
+            ] {
+                // dashmap's shard of a hash (`determine_shard`).
+                let shard = ((map_hash as usize) << 7) >> (64 - shards.trailing_zeros());
+                assert_eq!(shard, want, "{key:?}");
+            }
+            hits[want] += 1;
+            // The rest of the hash is still the keyed one: the two maps
+            // (salted differently) differ outside the shard bits.
+            assert_ne!(
+                t.flows.hasher().hash_one(original),
+                t.replies.hasher().hash_one(original)
+            );
+        }
+        // Every shard gets some of 2048 consecutive client ports.
+        assert!(hits.iter().all(|&h| h > 2048 / shards / 2), "{hits:?}");
     }
 }

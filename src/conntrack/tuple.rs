@@ -19,6 +19,23 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+/// The multiplier of [`spread`] (2^32 divided by the golden ratio).
+pub const SPREAD_MULTIPLIER: u32 = 0x9e37_79b1;
+
+/// A flow's spread value, 0..65536: a multiplicative hash of the larger of
+/// its two ports (the client's, as a rule: servers listen on low ports),
+/// so the same for both directions of a flow whose port MASQUERADE kept
+/// (its usual case), and the same for every packet of one direction.
+///
+/// Two places spread flows by it and must agree: the packet datapath's
+/// fanout program computes it in the kernel and sends each packet to
+/// thread `spread % threads`; the flow table keeps each entry in shard
+/// `spread % shards`. With a thread count that divides the shard count,
+/// each thread then locks only shards of its own.
+pub fn spread(sport: u16, dport: u16) -> u32 {
+    u32::from(sport.max(dport)).wrapping_mul(SPREAD_MULTIPLIER) >> 16
+}
+
 /// An IP address type the engine translates: [`Ipv4Addr`] or [`Ipv6Addr`].
 ///
 /// What differs between the families is here: how wide an address is,

@@ -124,6 +124,7 @@ use super::sys;
 use super::vnet::{self, VnetHdr};
 use super::{Frame, PacketIo, Unreachable, Unsent};
 use crate::checksum;
+use crate::conntrack::tuple::SPREAD_MULTIPLIER;
 use crate::craft::RouterError;
 use crate::nat::L4Checksum;
 
@@ -582,7 +583,7 @@ fn fanout_program() -> Vec<libc::sock_filter> {
         ins(BPF_LDX | BPF_W | BPF_MEM, 0, 0, 0),
         ins(BPF_JMP | BPF_JGT | BPF_X, 1, 0, 0),
         ins(BPF_MISC | BPF_TXA, 0, 0, 0),
-        ins(BPF_ALU | BPF_MUL | BPF_K, 0, 0, 0x9e37_79b1),
+        ins(BPF_ALU | BPF_MUL | BPF_K, 0, 0, SPREAD_MULTIPLIER),
         ins(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 16),
         ins(BPF_RET | BPF_A, 0, 0, 0),
     ]
@@ -2373,6 +2374,8 @@ mod tests {
                 let original = pick(&tcp_packet((c, port), (v, 80), options), v6);
                 let reply = pick(&tcp_packet((b, bport), (v, port), options), v6);
                 assert_eq!(original, reply, "port {port} {c} options {options}");
+                // The flow table shards by the same value.
+                assert_eq!(original, crate::conntrack::tuple::spread(port, 80));
                 seen[(original % 2) as usize] += 1;
             }
         }
