@@ -9,6 +9,11 @@
 //! REPLY map is also the uniqueness check of MASQUERADE port allocation: a
 //! reply tuple is *claimed* by inserting it (see [`super::ports`]).
 //!
+//! Each map is split in shards, each with its own lock. An entry's shard is
+//! chosen by its ports' [`spread`], the value the packet datapath's fanout
+//! picks a packet's thread by: each thread takes the locks of its own
+//! shards only (see `ShardByPorts`).
+//!
 //! # Locking rules
 //! - A flow is reached only through [`ConnTable::with_flow`], which runs a
 //!   closure on it while its shard is locked and releases the lock when the
