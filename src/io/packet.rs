@@ -350,6 +350,17 @@ pub fn filter(addrs: &[IpAddr]) -> Vec<libc::sock_filter> {
     program(v4, v6, SOCKET_VERDICTS)
 }
 
+/// An IPv6 address (as a `u128`) as the four 32-bit words a classic BPF
+/// program loads and compares, first to last.
+fn words(a: u128) -> [u32; 4] {
+    [
+        (a >> 96) as u32,
+        (a >> 64) as u32,
+        (a >> 32) as u32,
+        a as u32,
+    ]
+}
+
 /// Each family's destinations among `addrs`, IPv4 then IPv6, as the
 /// programs load them (big-endian words), sorted and without duplicates;
 /// `None`: too many to list ([`FILTER_MAX_ADDRS`]).
@@ -474,14 +485,6 @@ fn program(
     match &v6 {
         None => b6.push(ins(RET, 0, 0, accept)),
         Some(list) => {
-            let words = |a: u128| {
-                [
-                    (a >> 96) as u32,
-                    (a >> 64) as u32,
-                    (a >> 32) as u32,
-                    a as u32,
-                ]
-            };
             for group in list.chunk_by(|a, b| a >> 32 == b >> 32) {
                 for chunk in group.chunks(V6_GROUP) {
                     let w = words(chunk[0]);
@@ -1813,25 +1816,15 @@ pub fn remove_stale_for_tun(addrs: &[IpAddr]) {
             ),
         }
     }
-    let words = |a: &IpAddr| -> Vec<u32> {
-        match a {
-            IpAddr::V4(v4) => vec![u32::from(*v4)],
-            IpAddr::V6(v6) => {
-                let a = u128::from(*v6);
-                vec![
-                    (a >> 96) as u32,
-                    (a >> 64) as u32,
-                    (a >> 32) as u32,
-                    a as u32,
-                ]
-            }
-        }
-    };
     for link in nl.links().unwrap_or_default() {
         let Ok(Some(constants)) = nl.drop_filter_constants(link.index) else {
             continue;
         };
-        let ours = |a: &&IpAddr| words(a).iter().all(|w| constants.contains(w));
+        // The words the programs compare an address with (see `program`).
+        let ours = |a: &&IpAddr| match a {
+            IpAddr::V4(v4) => constants.contains(&u32::from(*v4)),
+            IpAddr::V6(v6) => words(u128::from(*v6)).iter().all(|w| constants.contains(w)),
+        };
         let Some(a) = addrs.iter().find(ours) else {
             continue;
         };
