@@ -321,7 +321,7 @@ fn thread_cpu_time() -> Duration {
 }
 
 /// `threads` pinned threads, each sending `iters` packets of its own half
-/// of `flows` (thread t: flows t, t + 2, ...; both directions in turn), as
+/// of the flows (thread t: `halves[t]`, both directions in turn), as
 /// fanout gives each thread its own flows: the mean of the threads' CPU
 /// times, the cost of `iters` packets on one thread.
 fn run_threads(
