@@ -134,9 +134,6 @@ pub struct Engine {
     runtime: ArcSwap<Runtime>,
     /// The runtime's timeouts in milliseconds, readable without loading it.
     timeouts_ms: [AtomicU64; TcpState::COUNT],
-    /// A bit per TCP port: set for the ports of the services' VIPs. Only a
-    /// hint of which map to search first; a wrong guess costs one lookup.
-    vip_ports: Box<[AtomicU64; 1024]>,
     /// The IPv4 flows.
     v4: ConnTable<Ipv4Addr>,
     /// The IPv6 flows, in a table of their own so an IPv4 flow costs what it
@@ -256,7 +253,6 @@ impl Engine {
         let limit = crate::conntrack::table::Limit::new(cfg.max_flows);
         Ok(Engine {
             runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
-            vip_ports: Box::new(port_set(&cfg)),
             timeouts_ms: std::array::from_fn(|i| {
                 AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
             }),
@@ -296,9 +292,6 @@ impl Engine {
         self.v4.set_max(cfg.max_flows);
         self.liberal.store(cfg.tcp_liberal, Relaxed);
         self.pickup.store(cfg.pickup, Relaxed);
-        for (word, new) in self.vip_ports.iter().zip(port_set(cfg)) {
-            word.store(new.into_inner(), Relaxed);
-        }
         for (i, t) in self.timeouts_ms.iter().enumerate() {
             t.store(
                 cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64,
@@ -387,15 +380,12 @@ impl Engine {
         l4: L4Checksum,
     ) -> Result<Verdict, DropReason> {
         // The established path reads no configuration: a hit in the table
-        // is all it needs (and the timeouts and VIP ports, kept as plain
-        // atomics). A packet to a VIP port is most likely ORIGINAL.
-        let original_first = self.is_vip_port(p.tuple.dst.port());
+        // is all it needs (and the timeouts, kept as plain atomics).
         // Inlined, so that its result stays in registers (a `Known` returned
         // through memory was written a field at a time and copied whole: a
         // store-forwarding stall per packet).
         let known = A::table(self).with_flow(
             &p.tuple,
-            original_first,
             #[inline(always)]
             |flow, dir| self.known_flow(p, now, flow, dir),
         );
@@ -567,12 +557,6 @@ impl Engine {
             .any(|(b, &w)| w > 0 && Arc::ptr_eq(b, backend))
     }
 
-    /// Return whether some service listens on TCP port `port`.
-    #[inline]
-    fn is_vip_port(&self, port: u16) -> bool {
-        self.vip_ports[usize::from(port >> 6)].load(Relaxed) & (1 << (port & 63)) != 0
-    }
-
     /// Return the timeout of `state`.
     #[inline]
     fn timeout(&self, state: TcpState) -> std::time::Duration {
@@ -680,7 +664,7 @@ impl Engine {
             } else {
                 new
             };
-            A::table(self).set_deadline(flow, now + self.timeout(timer));
+            flow.set_deadline(now + self.timeout(timer));
         }
         if new != old {
             trace::state(&self.events, flow, dir, class, old);
@@ -761,7 +745,6 @@ impl Engine {
             return Err(DropReason::PortsExhausted);
         };
         if !self.make_room::<A>() {
-            A::table(self).release(&reply, &original);
             drop(admission);
             let max = A::table(self).max();
             self.refusals[0].hit(now, |n| {
@@ -780,7 +763,6 @@ impl Engine {
         drop(admission);
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {
-            A::table(self).release(&reply, &original);
             return self.process_tcp(pkt, p, now, l4);
         }
         if pickup {
@@ -884,8 +866,7 @@ impl Engine {
     ) -> Result<Verdict, DropReason> {
         // The error travels against the quoted packet: look up its inverse.
         let t = icmp.quoted.invert();
-        let is_vip = self.runtime.load().service_at(t.dst.to_socket()).is_some();
-        let found = A::table(self).with_flow(&t, is_vip, |flow, dir| (translate(flow, dir), dir));
+        let found = A::table(self).with_flow(&t, |flow, dir| (translate(flow, dir), dir));
         let Some(((src, dst), dir)) = found else {
             return Err(DropReason::IcmpUntracked);
         };
@@ -1012,7 +993,7 @@ impl Engine {
         };
         let reply = Tuple { src: at, dst: snat };
         let table = A::table(self);
-        if table.contains(&original) || !table.claim_reply(reply, original) {
+        if table.contains(&original) || !table.is_reply_free(&reply) {
             return false;
         }
         let mut flow = Flow::new(original, reply, backend.clone(), deadline);
@@ -1026,12 +1007,7 @@ impl Engine {
             window::resync(&mut flow.window);
         }
         flow.stray_ack = s.stray_ack;
-        if table.insert(flow) {
-            true
-        } else {
-            table.release(&reply, &original);
-            false
-        }
+        table.insert(flow)
     }
 
     /// Handle the passing of time to `now`: remove expired flows, doing
@@ -1067,9 +1043,7 @@ impl Engine {
     /// packet's direction: for observers in the shell and tests, not for
     /// the packet path.
     pub fn flow_of<A: Family>(&self, t: &Tuple<A>) -> Option<(Flow<A>, Direction)> {
-        A::table(self).with_flow(t, self.is_vip_port(t.dst.port()), |flow, dir| {
-            (flow.clone(), dir)
-        })
+        A::table(self).with_flow(t, |flow, dir| (flow.clone(), dir))
     }
 
     /// [`Engine::flow_of`] for a tuple of either family (the capture reads
@@ -1241,16 +1215,6 @@ fn fresh_flow<A: IpAddress>(
         window::open(&mut flow.window, &p.segment);
     }
     flow
-}
-
-/// The set of the services' VIP ports, a bit per port.
-fn port_set(cfg: &EngineConfig) -> [AtomicU64; 1024] {
-    let set: [AtomicU64; 1024] = std::array::from_fn(|_| AtomicU64::new(0));
-    for s in &cfg.services {
-        let p = s.vip.port();
-        set[usize::from(p >> 6)].fetch_or(1 << (p & 63), Relaxed);
-    }
-    set
 }
 
 /// Return the (source, destination) a packet of `flow` travelling in `dir`

@@ -79,9 +79,10 @@ impl HashKey {
 /// How many ports one SNAT address is searched for before giving up.
 pub const MAX_TRIES: u32 = 2048;
 
-/// Find and claim a REPLY tuple for the connection `original` going to
+/// Find a free REPLY tuple for the connection `original` going to
 /// `backend`, with a source from `pool` and a port preserved or from `range`.
-/// Returns the claimed reply tuple (already reserved in `table`).
+/// Call it holding the table's admission lock ([`ConnTable::admission`]):
+/// the tuple returned then stays free until the flow is inserted.
 pub fn allocate<A: IpAddress>(
     table: &ConnTable<A>,
     original: &Tuple<A>,
@@ -106,7 +107,7 @@ pub fn allocate<A: IpAddress>(
             src: backend,
             dst: Endpoint::new(snat, client_port),
         };
-        if table.claim_reply(reply, *original) {
+        if table.is_reply_free(&reply) {
             return Some(reply);
         }
     }
@@ -123,7 +124,7 @@ pub fn allocate<A: IpAddress>(
                 src: backend,
                 dst: Endpoint::new(snat, port),
             };
-            if table.claim_reply(reply, *original) {
+            if table.is_reply_free(&reply) {
                 return Some(reply);
             }
         }
@@ -134,7 +135,11 @@ pub fn allocate<A: IpAddress>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
+    use crate::conntrack::Flow;
+    use crate::time::Timestamp;
     use std::net::Ipv4Addr;
+    use std::sync::Arc;
 
     fn orig(port: u16) -> Tuple {
         Tuple::new(
@@ -151,7 +156,7 @@ mod tests {
     fn a_client_port_outside_the_range_is_not_preserved() {
         let t = ConnTable::new(10);
         for port in [80, 1023, 40000] {
-            let r = allocate(&t, &orig(port), B, &[S], &(20000..=20099), &HashKey([7, 0])).unwrap();
+            let r = take(&t, &orig(port), B, &[S], &(20000..=20099), &HashKey([7, 0])).unwrap();
             assert!(
                 (20000..=20099).contains(&r.dst.port()),
                 "client port {port} -> {}",
@@ -159,7 +164,7 @@ mod tests {
             );
         }
         // Inside the range, it is kept.
-        let r = allocate(
+        let r = take(
             &t,
             &orig(20050),
             B,
@@ -174,7 +179,7 @@ mod tests {
     #[test]
     fn preserves_the_client_port_when_free() {
         let t = ConnTable::new(10);
-        let r = allocate(&t, &orig(40000), B, &[S], &(1024..=65535), &HashKey([7, 0])).unwrap();
+        let r = take(&t, &orig(40000), B, &[S], &(1024..=65535), &HashKey([7, 0])).unwrap();
         assert_eq!(r.dst, Endpoint::new(S, 40000));
         assert_eq!(r.src, B);
     }
@@ -183,7 +188,7 @@ mod tests {
     fn a_clash_moves_to_another_port_and_a_full_range_fails() {
         let t = ConnTable::new(10);
         let other = Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 40000, S, 80);
-        let a = allocate(
+        let a = take(
             &t,
             &orig(40000),
             B,
@@ -192,10 +197,10 @@ mod tests {
             &HashKey([7, 0]),
         )
         .unwrap();
-        let b = allocate(&t, &other, B, &[S], &(39999..=40001), &HashKey([7, 0])).unwrap();
+        let b = take(&t, &other, B, &[S], &(39999..=40001), &HashKey([7, 0])).unwrap();
         assert_eq!(a.dst.port(), 40000);
         assert!([39999, 40001].contains(&b.dst.port()));
-        let c = allocate(
+        let c = take(
             &t,
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 4), 40000, S, 80),
             B,
@@ -205,7 +210,7 @@ mod tests {
         )
         .unwrap();
         assert_ne!(b.dst.port(), c.dst.port());
-        let d = allocate(
+        let d = take(
             &t,
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 5), 40000, S, 80),
             B,
@@ -220,8 +225,8 @@ mod tests {
     fn a_pool_raises_the_ceiling() {
         let t = ConnTable::new(10);
         let pool = [S, Ipv4Addr::new(198, 18, 0, 2)];
-        let a = allocate(&t, &orig(1), B, &pool, &(50000..=50000), &HashKey([1, 0])).unwrap();
-        let b = allocate(
+        let a = take(&t, &orig(1), B, &pool, &(50000..=50000), &HashKey([1, 0])).unwrap();
+        let b = take(
             &t,
             &Tuple::new(Ipv4Addr::new(198, 18, 1, 3), 1, S, 80),
             B,
@@ -231,6 +236,23 @@ mod tests {
         )
         .unwrap();
         assert_ne!(a.dst.ip(), b.dst.ip());
+    }
+
+    /// Allocate as the engine does and insert a flow with the result, so
+    /// that its REPLY tuple is taken for the next allocation.
+    fn take(
+        t: &ConnTable<Ipv4Addr>,
+        original: &Tuple<Ipv4Addr>,
+        backend: Endpoint<Ipv4Addr>,
+        pool: &[Ipv4Addr],
+        range: &RangeInclusive<u16>,
+        key: &HashKey,
+    ) -> Option<Tuple<Ipv4Addr>> {
+        let _admission = t.admission();
+        let reply = allocate(t, original, backend, pool, range, key)?;
+        let b = Arc::new(Backend::new(backend.to_socket()));
+        assert!(t.insert(Flow::new(*original, reply, b, Timestamp::from_secs(9))));
+        Some(reply)
     }
 
     const PINNED_STARTS: [usize; 8] = [2, 1, 0, 3, 0, 3, 1, 0];

@@ -1,18 +1,24 @@
 //! The flow table: every tracked flow, findable in O(1) by either tuple.
 //!
-//! Two `dashmap`s, shared by every packet thread:
-//! - `flows`: ORIGINAL tuple -> [`Flow`] (the whole entry, `nf_conn`);
-//! - `replies`: REPLY tuple -> ORIGINAL tuple (the second hash entry conntrack
-//!   keeps for the reply direction).
+//! Netfilter keeps each `nf_conn` once and hangs both of its tuples in one
+//! hash table (the `tuplehash[2]` nodes inside the conn). This table does
+//! the same with indices instead of pointers:
+//! - a [`Slab`] holds the flows themselves, in fixed-size chunks that never
+//!   move (a growing table copies nothing, and a flow costs its own size,
+//!   not the size of a hash bucket that doubles);
+//! - an index maps each tuple to its flow: its entries are 4 bytes (slot
+//!   number and direction), and a probe compares the packet's tuple with the
+//!   tuple stored in the flow, as `nf_conntrack_find` compares with the
+//!   tuple in its hash node. Either direction is one probe.
 //!
-//! A packet of the ORIGINAL direction costs one lookup, a REPLY one two. The
-//! REPLY map is also the uniqueness check of MASQUERADE port allocation: a
-//! reply tuple is *claimed* by inserting it (see [`super::ports`]).
-//!
-//! Each map is split in shards, each with its own lock. An entry's shard is
-//! chosen by its ports' [`spread`], the value the packet datapath's fanout
-//! picks a packet's thread by: each thread takes the locks of its own
-//! shards only (see `ShardByPorts`).
+//! The table is split in shards, each behind its own lock, each with its
+//! own slab, index, expiry heap and eviction queue. A flow lives in the
+//! shard of its ORIGINAL tuple's [`spread`], the value the packet
+//! datapath's fanout picks a packet's thread by: each thread takes the
+//! locks of its own shards only. Its REPLY tuple has the same spread when
+//! MASQUERADE kept the client's port (the rule); when it did not, the
+//! REPLY tuple's shard holds a *remote* entry naming the flow's shard and
+//! slot, and a REPLY packet takes two locks, one after the other.
 //!
 //! # Locking rules
 //! - A flow is reached only through [`ConnTable::with_flow`], which runs a
@@ -22,46 +28,43 @@
 //!   the flow and returns a small value saying what comes next (forward,
 //!   remove the flow, admit a new connection in its place); the caller does
 //!   that after `with_flow` has returned, with the lock released.
-//! - Inside that closure the only table method allowed is
-//!   [`ConnTable::set_deadline`] (it takes the heap's leaf lock only): any
-//!   other call may touch a map, and dashmap deadlocks on a second guard in
-//!   the same thread, even on another shard.
-//! - Within this module, no dashmap guard is held across a call on the same
-//!   map, nor across a call on the other map: every function here releases
-//!   one map's guard before touching the other.
-//! - The mutexes of the expiry heap and of the eviction queue are leaves:
-//!   while one is held, no map and no other lock is touched. The packet path
-//!   may take them while holding a `flows` guard.
+//! - Inside that closure no table method may be called (the shard's lock is
+//!   not reentrant); [`Flow::set_deadline`] is how it changes a deadline.
+//! - Within this module, at most one shard lock is held at a time.
+//! - Inserting a flow, and the check that its REPLY tuple is free before,
+//!   happen under the admission lock ([`ConnTable::admission`]): nothing
+//!   else adds a tuple, so a tuple found free stays free until the insert.
 //!
 //! # Expiry
-//! Each flow has a `deadline` (last packet + the timeout of its state). The
-//! heap holds `(time, original tuple)` entries; a flow's *live* entry is the
-//! one whose time equals its `queued` field, all others are stale and skipped.
-//! Traffic only pushes the deadline later, which needs no heap work: when the
-//! live entry comes due, [`ConnTable::expire`] either removes the flow or
-//! re-queues it at its current deadline. Only a state change that *shortens*
-//! the deadline (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does
-//! bounded work, so neither the packet path nor the expiry tick ever stalls.
+//! Each flow has a `deadline` (last packet + the timeout of its state). Its
+//! shard's heap holds `(time, slot, tag)` entries; a flow's *live* entry is
+//! the one whose time equals its `queued` field (and whose tag is its id),
+//! all others are stale and skipped. Traffic only pushes the deadline
+//! later, which needs no heap work: when the live entry comes due,
+//! [`ConnTable::expire`] either removes the flow or re-queues it at its
+//! current deadline. Only a state change that *shortens* the deadline
+//! (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does bounded
+//! work, so neither the packet path nor the expiry tick ever stalls.
 //!
 //! # Eviction
 //! When the table is full, a NEW connection takes the place of the oldest
-//! flow that is not ASSURED (found in a creation-order queue whose stale
-//! entries are dropped as they are met), else of a closing flow among those
-//! expiring soonest; otherwise the SYN is refused (`table_full`).
+//! flow that is not ASSURED (the smallest id at the fronts of the shards'
+//! creation-order queues, whose stale entries are dropped as they are met),
+//! else of a closing flow among those expiring soonest; otherwise the SYN
+//! is refused (`table_full`).
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 // Keyed with a per-process random seed: flow keys come from the network
 // (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
-use foldhash::fast::{FoldHasher, SeedableRandomState as RandomState};
+use foldhash::fast::SeedableRandomState as RandomState;
 use foldhash::SharedSeed;
+use hashbrown::HashTable;
 
 use super::tcp::TcpState;
 use super::tuple::{spread, Direction, IpAddress, Tuple};
@@ -95,8 +98,9 @@ pub struct Flow<A = Ipv4Addr> {
     pub bytes: [u64; 2],
     /// Sequence state per direction (`tcp_in_window`).
     pub window: [Window; 2],
-    /// A number unique to this flow in its table, given at insertion: tells
-    /// a flow from a later one on the same tuple (eviction-queue entries).
+    /// A number unique to this flow in its table, given at insertion in
+    /// creation order: tells a flow from a later one in the same slot
+    /// (stale heap and queue entries), and the oldest unanswered flow.
     pub id: u64,
     /// The acknowledgment number of a REPLY ACK that answered the SYN while
     /// the flow was in SYN_SENT (a backend's TIME_WAIT from an older
@@ -116,111 +120,244 @@ pub struct Totals {
 
 /// How many heap entries one call of [`ConnTable::expire`] examines.
 pub const EXPIRE_BUDGET: usize = 256;
-/// How many of the soonest-expiring flows a full table looks at for a victim.
+/// How many of the soonest-expiring flows of a shard a full table looks at
+/// for a victim.
 pub const EVICT_CANDIDATES: usize = 8;
-/// How many heap entries one eviction examines at most to find its candidates.
+/// How many heap entries of a shard one eviction examines at most to find
+/// its candidates.
 pub const EVICT_SCAN: usize = 64;
+/// Stale entries the expiry heaps and the eviction queues may hold beyond
+/// one per live flow (all shards together) before they are compacted.
+pub const COMPACT_SLACK: usize = 1024;
 
-/// The expiry heap: `(time, ORIGINAL tuple)`, soonest first (see the module docs).
-type ExpiryHeap<A> = BinaryHeap<Reverse<(Timestamp, Tuple<A>)>>;
+/// Flows per slab chunk: large enough that the chunk list stays short,
+/// small enough that a table of a few flows stays small.
+const CHUNK: usize = 256;
 
-/// How many shards each map has: dashmap's own choice (four per CPU,
-/// rounded up to a power of two), at least 8.
-fn shard_amount() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    (cpus * 4).next_power_of_two().max(8)
+/// Flows in numbered slots that never move: fixed-size chunks, allocated
+/// as the table grows, and a list of the free slots. A slot number is the
+/// flow's handle within its shard for as long as it lives.
+#[derive(Debug)]
+struct Slab<T> {
+    chunks: Vec<Box<[Option<T>]>>,
+    /// Freed slots, reused last freed first.
+    free: Vec<u32>,
+    /// Slots ever handed out (the next new one).
+    high: u32,
+    /// Slots in use.
+    live: usize,
 }
 
-/// The maps' hashers: foldhash, keyed at random, except for the bits that
-/// dashmap reads the shard from (those right under the top 7, which
-/// hashbrown keeps for its tags), which hold the tuple's [`spread`]. An
-/// entry's shard is then `spread % shards`, where the packet datapath's
-/// fanout sends its packets to thread `spread % threads`: each thread locks
-/// shards of its own, and their cache lines stay on its core (two threads
-/// sharing every shard lock moved them between the cores on every packet).
-/// A flow's two entries are in the same shard when MASQUERADE kept the
-/// client's port. Only the shard is chosen by the ports: the bucket within
-/// it and the tag come from the keyed hash, so crafted ports can crowd a
-/// shard but not collide within it.
-#[derive(Debug, Clone)]
-struct ShardByPorts {
-    keys: RandomState,
-    /// log2 of the shard count.
-    shard_bits: u32,
-}
-
-impl std::hash::BuildHasher for ShardByPorts {
-    type Hasher = PortsHasher;
-
-    #[inline(always)]
-    fn build_hasher(&self) -> PortsHasher {
-        PortsHasher {
-            inner: self.keys.build_hasher(),
-            ports: 0,
-            shard_bits: self.shard_bits,
+impl<T> Slab<T> {
+    const fn new() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            high: 0,
+            live: 0,
         }
     }
+
+    #[inline(always)]
+    fn get(&self, slot: u32) -> Option<&T> {
+        let slot = slot as usize;
+        self.chunks.get(slot / CHUNK)?[slot % CHUNK].as_ref()
+    }
+
+    #[inline(always)]
+    fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        let slot = slot as usize;
+        self.chunks.get_mut(slot / CHUNK)?[slot % CHUNK].as_mut()
+    }
+
+    /// Store `value` in a free slot and return its number.
+    fn insert(&mut self, value: T) -> u32 {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.high += 1;
+            self.high - 1
+        });
+        let (chunk, at) = (slot as usize / CHUNK, slot as usize % CHUNK);
+        if chunk == self.chunks.len() {
+            self.chunks.push((0..CHUNK).map(|_| None).collect());
+        }
+        self.chunks[chunk][at] = Some(value);
+        self.live += 1;
+        slot
+    }
+
+    /// Take the value out of `slot`, freeing it.
+    fn remove(&mut self, slot: u32) -> Option<T> {
+        let value = self.chunks.get_mut(slot as usize / CHUNK)?[slot as usize % CHUNK].take()?;
+        self.free.push(slot);
+        self.live -= 1;
+        Some(value)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
 }
 
-/// The hasher of [`ShardByPorts`]. A [`Tuple`] hashes its addresses, then
-/// its ports as one `u32` (source port high): the last `write_u32` is kept.
-struct PortsHasher {
-    inner: FoldHasher<'static>,
-    ports: u32,
-    shard_bits: u32,
+/// An index entry: a slot number and which of the flow's tuples is meant.
+type Entry = u32;
+
+fn entry(slot: u32, dir: Direction) -> Entry {
+    slot << 1 | (dir == Direction::Reply) as u32
 }
 
-impl std::hash::Hasher for PortsHasher {
+#[inline(always)]
+fn slot_of(e: Entry) -> u32 {
+    e >> 1
+}
+
+#[inline(always)]
+fn dir_of(e: Entry) -> Direction {
+    if e & 1 == 0 {
+        Direction::Original
+    } else {
+        Direction::Reply
+    }
+}
+
+/// Where a flow lives: its shard and slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handle {
+    shard: u32,
+    slot: u32,
+}
+
+/// An expiry-heap entry: due time, slot, and the low bits of the flow's id
+/// (a later flow in the same slot has other ones).
+type Timer = Reverse<(Timestamp, u32, u32)>;
+
+/// The low 32 bits of a flow's id, which heap and queue entries carry.
+fn tag(id: u64) -> u32 {
+    id as u32
+}
+
+/// One shard: its flows and everything that finds them. Behind one lock.
+#[derive(Debug)]
+struct Shard<A: IpAddress> {
+    /// Both tuples of this shard's flows, except REPLY tuples of another
+    /// shard's spread (see `remote`).
+    index: HashTable<Entry>,
+    flows: Slab<Flow<A>>,
+    /// REPLY tuples of this shard's spread whose flows live in another
+    /// shard (MASQUERADE gave them another port). Empty as a rule.
+    remote: HashMap<Tuple<A>, Handle, RandomState>,
+    /// Expiry entries (see the module docs).
+    heap: BinaryHeap<Timer>,
+    /// `(slot, tag)` of flows in creation order, for eviction: the front is
+    /// the oldest flow that may still be unreplied. Entries of flows that
+    /// were answered or are gone are dropped lazily.
+    unreplied: VecDeque<(u32, u32)>,
+}
+
+impl<A: IpAddress> Shard<A> {
+    /// The tuple an index entry stands for.
     #[inline(always)]
-    fn write(&mut self, bytes: &[u8]) {
-        self.inner.write(bytes);
+    fn tuple(&self, e: Entry) -> Option<&Tuple<A>> {
+        let flow = self.flows.get(slot_of(e))?;
+        Some(match dir_of(e) {
+            Direction::Original => &flow.original,
+            Direction::Reply => &flow.reply,
+        })
     }
 
+    /// The index entry of tuple `t` (of either direction), hashed `hash`.
     #[inline(always)]
-    fn write_u32(&mut self, i: u32) {
-        self.ports = i;
-        self.inner.write_u32(i);
+    fn find(&self, hash: u64, t: &Tuple<A>) -> Option<Entry> {
+        self.index
+            .find(hash, |&e| self.tuple(e) == Some(t))
+            .copied()
     }
 
-    #[inline(always)]
-    fn write_u64(&mut self, i: u64) {
-        self.inner.write_u64(i);
+    /// Whether `t` is a tuple of any flow this shard indexes (either
+    /// direction, or a remote REPLY tuple).
+    fn holds(&self, hash: u64, t: &Tuple<A>) -> bool {
+        self.find(hash, t).is_some() || (!self.remote.is_empty() && self.remote.contains_key(t))
     }
 
-    #[inline(always)]
-    fn write_u128(&mut self, i: u128) {
-        self.inner.write_u128(i);
+    /// Whether the flow in `slot` is the one with this tag.
+    fn is(&self, slot: u32, tag_: u32) -> Option<&Flow<A>> {
+        self.flows.get(slot).filter(|f| tag(f.id) == tag_)
     }
 
-    #[inline(always)]
-    fn finish(&self) -> u64 {
-        // dashmap's shard: `(hash << 7) >> (64 - shard_bits)`.
-        let at = 57 - self.shard_bits;
-        let mask = ((1u64 << self.shard_bits) - 1) << at;
-        let shard = u64::from(spread((self.ports >> 16) as u16, self.ports as u16)) << at;
-        (self.inner.finish() & !mask) | (shard & mask)
+    /// Remove the index entry `e` of tuple `t`.
+    fn unindex(&mut self, hash: u64, e: Entry) {
+        if let Ok(found) = self.index.find_entry(hash, |&x| x == e) {
+            found.remove();
+        }
+    }
+
+    /// Whether a heap entry is its flow's live one.
+    fn timer_live(&self, &Reverse((at, slot, t)): &Timer) -> bool {
+        self.is(slot, t).is_some_and(|f| f.queued == at)
+    }
+
+    /// Whether a queue entry stands for a live flow that is not ASSURED.
+    fn unreplied_live(&self, &(slot, t): &(u32, u32)) -> bool {
+        self.is(slot, t).is_some_and(|f| !f.assured)
+    }
+
+    /// Drop the queue entries at the front whose flows no longer need them
+    /// (answered or gone), at most `budget`; return the front's flow id.
+    fn prune_unreplied(&mut self, budget: usize) -> Option<u64> {
+        for _ in 0..budget {
+            let front = *self.unreplied.front()?;
+            if self.unreplied_live(&front) {
+                return self.flows.get(front.0).map(|f| f.id);
+            }
+            self.unreplied.pop_front();
+        }
+        None
+    }
+
+    /// Drop stale heap and queue entries once they outnumber the live flows
+    /// (plus `slack`), and give their memory back: both then stay within a
+    /// constant factor of the live flows, however long those live and
+    /// however their deadlines moved. Linear in the entries, and done only
+    /// after as many stale entries piled up: amortised O(1) per entry.
+    fn compact(&mut self, slack: usize) {
+        let bound = 2 * self.flows.live + slack;
+        if self.heap.len() > bound {
+            let mut heap = std::mem::take(&mut self.heap).into_vec();
+            heap.retain(|t| self.timer_live(t));
+            heap.shrink_to_fit();
+            self.heap = BinaryHeap::from(heap);
+        }
+        if self.unreplied.len() > bound {
+            let mut queue = std::mem::take(&mut self.unreplied);
+            queue.retain(|e| self.unreplied_live(e));
+            queue.shrink_to_fit();
+            self.unreplied = queue;
+        }
     }
 }
 
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
 pub struct ConnTable<A: IpAddress = Ipv4Addr> {
-    flows: DashMap<Tuple<A>, Flow<A>, ShardByPorts>,
-    replies: DashMap<Tuple<A>, Tuple<A>, ShardByPorts>,
+    shards: Box<[Padded<Mutex<Shard<A>>>]>,
+    /// `shards.len() - 1` (a power of two, minus one).
+    shard_mask: usize,
+    /// The index's hash: foldhash, keyed.
+    keys: RandomState,
     /// Flows in this table.
     count: AtomicUsize,
     /// The limit, shared with the other family's table.
     limit: Arc<Limit>,
     /// Packets per direction of flows already removed.
     retired: [AtomicU64; 2],
-    /// ORIGINAL tuples of flows in creation order, for eviction: the front
-    /// is the oldest flow that may still be unreplied. Entries of flows that
-    /// were answered or are gone are dropped lazily (a leaf lock, like the heap).
-    unreplied: Mutex<VecDeque<(u64, Tuple<A>)>>,
     /// The id the next inserted flow gets (see [`Flow::id`]).
     next_id: AtomicU64,
-    heap: Mutex<ExpiryHeap<A>>,
 }
+
+/// A value alone on its cache lines (two, for the adjacent-line
+/// prefetcher): shards locked by different threads share none.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
 
 /// What the tables of the two families share: one limit on the flows of
 /// both (`--max-flows` counts connections, whatever their family), the
@@ -244,9 +381,12 @@ impl Limit {
     }
 }
 
-/// Stale entries the expiry heap and the eviction queue may hold beyond
-/// one per live flow before they are compacted.
-pub const COMPACT_SLACK: usize = 1024;
+/// How many shards the table has: four per CPU, rounded up to a power of
+/// two, at least 8 (dashmap's choice, which the table used before).
+fn shard_amount() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus * 4).next_power_of_two().max(8)
+}
 
 impl<A: IpAddress> ConnTable<A> {
     /// Create an empty table that holds at most `max` flows, its hash keys
@@ -264,34 +404,60 @@ impl<A: IpAddress> ConnTable<A> {
     /// Create an empty table held to `limit` with the other tables that
     /// share it (the other family's); `seed` as in [`ConnTable::with_hash_seed`].
     pub fn with_limit(limit: Arc<Limit>, seed: Option<u64>) -> Self {
-        let shards = shard_amount();
-        let hasher = |salt: u64| ShardByPorts {
-            keys: match seed {
-                Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
-                None => RandomState::random(),
-            },
-            shard_bits: shards.trailing_zeros(),
+        let keys = |salt: u64| match seed {
+            Some(s) => RandomState::with_seed(s ^ salt, SharedSeed::global_fixed()),
+            None => RandomState::random(),
         };
+        let shards = (0..shard_amount())
+            .map(|i| {
+                Padded(Mutex::new(Shard {
+                    index: HashTable::new(),
+                    flows: Slab::new(),
+                    remote: HashMap::with_hasher(keys(0x0072_6570_6c69_6573 ^ i as u64)),
+                    heap: BinaryHeap::new(),
+                    unreplied: VecDeque::new(),
+                }))
+            })
+            .collect::<Box<[_]>>();
         ConnTable {
-            flows: DashMap::with_hasher_and_shard_amount(hasher(0), shards),
-            replies: DashMap::with_hasher_and_shard_amount(hasher(0x0072_6570_6c69_6573), shards),
+            shard_mask: shards.len() - 1,
+            shards,
+            keys: keys(0),
             count: AtomicUsize::new(0),
             limit,
             retired: Default::default(),
-            unreplied: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
-            heap: Mutex::new(BinaryHeap::new()),
         }
+    }
+
+    /// The shard of tuple `t`: its ports' [`spread`], as the fanout's thread.
+    #[inline(always)]
+    fn shard_of(&self, t: &Tuple<A>) -> usize {
+        spread(t.src.port(), t.dst.port()) as usize & self.shard_mask
+    }
+
+    #[inline(always)]
+    fn hash(&self, t: &Tuple<A>) -> u64 {
+        self.keys.hash_one(t)
+    }
+
+    #[inline(always)]
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<A>> {
+        self.shards[shard]
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Serialize the admission of NEW connections.
     ///
     /// Holding the guard, an admitter checks that no flow has the tuple yet
     /// (a duplicate SYN handled by another thread changes nothing), selects,
-    /// claims a port, makes room and inserts: so the table never holds more
-    /// than [`ConnTable::max`] flows, and a refused SYN evicts nothing. Only
-    /// admitters take it; no map guard is held while waiting for it. The
-    /// lock is the [`Limit`]'s: one for the tables that share it.
+    /// finds a free REPLY tuple, makes room and inserts: so the table never
+    /// holds more than [`ConnTable::max`] flows, a refused SYN evicts
+    /// nothing, and a REPLY tuple found free is still free at the insert.
+    /// Only admitters take it; no shard lock is held while waiting for it.
+    /// The lock is the [`Limit`]'s: one for the tables that share it.
     pub fn admission(&self) -> MutexGuard<'_, ()> {
         self.limit
             .admission
@@ -306,20 +472,24 @@ impl<A: IpAddress> ConnTable<A> {
 
     /// Return whether a flow has this ORIGINAL tuple.
     pub fn contains(&self, original: &Tuple<A>) -> bool {
-        self.flows.contains_key(original)
+        let hash = self.hash(original);
+        self.lock(self.shard_of(original))
+            .find(hash, original)
+            .is_some_and(|e| dir_of(e) == Direction::Original)
     }
 
-    /// Return the number of entries in the expiry heap (live and stale).
+    /// Return the number of entries in the expiry heaps (live and stale).
     pub fn heap_len(&self) -> usize {
-        self.heap.lock().unwrap_or_else(|e| e.into_inner()).len()
+        (0..self.shards.len())
+            .map(|s| self.lock(s).heap.len())
+            .sum()
     }
 
-    /// Return the number of entries in the eviction queue (live and stale).
+    /// Return the number of entries in the eviction queues (live and stale).
     pub fn queue_len(&self) -> usize {
-        self.unreplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        (0..self.shards.len())
+            .map(|s| self.lock(s).unreplied.len())
+            .sum()
     }
 
     /// Return the number of flows in this table.
@@ -353,74 +523,53 @@ impl<A: IpAddress> ConnTable<A> {
     /// packet's direction; `None` when no flow has this tuple.
     ///
     /// The flow's shard stays locked while `f` runs and only then: `f` must
-    /// not call the table, but [`ConnTable::set_deadline`] (see the module's
-    /// locking rules). What needs the table afterwards (removing the flow,
-    /// replacing it) is for `f` to return and the caller to do.
-    ///
-    /// `original_first` says which map to try first: the caller knows whether
-    /// the destination is a service address (likely ORIGINAL) or not.
+    /// not call the table (see the module's locking rules). What needs the
+    /// table afterwards (removing the flow, replacing it) is for `f` to
+    /// return and the caller to do.
     #[inline(always)]
     pub fn with_flow<R>(
         &self,
         t: &Tuple<A>,
-        original_first: bool,
         f: impl FnOnce(&mut Flow<A>, Direction) -> R,
     ) -> Option<R> {
-        // One lookup in `flows` and one call of `f`, each in one place, so
-        // that `f` is inlined here (its result then stays in registers) and
-        // the guard is used where `get_mut` wrote it: moving either made
-        // the compiler copy it through memory with wider loads than the
-        // stores that wrote it, a store-forwarding stall per packet.
-        // `t` is only borrowed: a copy of it, read whole right after the
-        // parser wrote it field by field, stalled too.
-        let mut original = if original_first {
-            None
-        } else {
-            self.reply_of(t)
-        };
-        loop {
-            let (key, dir) = match &original {
-                Some(o) => (o, Direction::Reply),
-                None => (t, Direction::Original),
-            };
-            if let Some(mut flow) = self.flows.get_mut(key) {
-                // A flow found by its REPLY tuple may have been replaced
-                // between the two lookups.
-                if dir == Direction::Original || flow.reply == *t {
-                    return Some(f(&mut flow, dir));
+        let hash = self.hash(t);
+        let shard = self.lock(self.shard_of(t));
+        // The common case: the tuple is in its own shard's index, one probe
+        // for either direction. `f` is called in one place only, so that it
+        // is inlined here and its result stays in registers.
+        let (mut shard, slot, dir) = match shard.find(hash, t) {
+            Some(e) => (shard, slot_of(e), dir_of(e)),
+            None => {
+                // A REPLY tuple whose flow lives in another shard.
+                if shard.remote.is_empty() {
+                    return None;
                 }
+                let at = *shard.remote.get(t)?;
+                drop(shard);
+                let home = self.lock(at.shard as usize);
+                if home.flows.get(at.slot)?.reply != *t {
+                    return None; // replaced since
+                }
+                (home, at.slot, Direction::Reply)
             }
-            // Then the other direction, if it was not tried yet.
-            match dir {
-                Direction::Original if original_first => original = Some(self.reply_of(t)?),
-                Direction::Reply if !original_first => original = None,
-                _ => return None,
-            }
+        };
+        let shard = &mut *shard;
+        let flow = shard.flows.get_mut(slot)?;
+        let queued = flow.queued;
+        let r = f(flow, dir);
+        if flow.queued != queued {
+            // `f` moved the deadline earlier (see `Flow::set_deadline`).
+            shard.heap.push(Reverse((flow.queued, slot, tag(flow.id))));
         }
+        Some(r)
     }
 
-    /// The ORIGINAL tuple of the flow whose REPLY tuple is `t`, if any.
-    #[inline]
-    fn reply_of(&self, t: &Tuple<A>) -> Option<Tuple<A>> {
-        self.replies.get(t).map(|r| *r)
-    }
-
-    /// Claim `reply` for the flow `original`: succeeds only if no flow uses
-    /// this reply tuple. A claim is undone by [`ConnTable::release`] or made
-    /// permanent by [`ConnTable::insert`].
-    pub fn claim_reply(&self, reply: Tuple<A>, original: Tuple<A>) -> bool {
-        match self.replies.entry(reply) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(v) => {
-                v.insert(original);
-                true
-            }
-        }
-    }
-
-    /// Undo a claim made by [`ConnTable::claim_reply`].
-    pub fn release(&self, reply: &Tuple<A>, original: &Tuple<A>) {
-        self.replies.remove_if(reply, |_, o| o == original);
+    /// Return whether no flow uses `reply` as a tuple. Call it holding the
+    /// admission lock: then the answer holds until the lock is released,
+    /// as only admitters add tuples.
+    pub fn is_reply_free(&self, reply: &Tuple<A>) -> bool {
+        let hash = self.hash(reply);
+        !self.lock(self.shard_of(reply)).holds(hash, reply)
     }
 
     /// Return whether the tables sharing the limit are at it.
@@ -428,90 +577,112 @@ impl<A: IpAddress> ConnTable<A> {
         self.total() >= self.max()
     }
 
-    /// Insert `flow`, whose reply tuple the caller has claimed. Returns
-    /// `false` (and inserts nothing) if a flow with the same ORIGINAL tuple
-    /// appeared meanwhile, i.e. another thread handled the same SYN.
+    /// Insert `flow`, whose REPLY tuple the caller found free, holding the
+    /// admission lock. Returns `false` (and inserts nothing) if a flow with
+    /// the same ORIGINAL tuple or the same REPLY tuple is in the table.
     pub fn insert(&self, mut flow: Flow<A>) -> bool {
-        let original = flow.original;
-        let deadline = flow.deadline;
-        flow.queued = deadline;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        flow.id = id;
-        match self.flows.entry(original) {
-            Entry::Occupied(_) => return false,
-            Entry::Vacant(v) => {
-                flow.backend.add_active(1);
-                v.insert(flow);
+        let (original, reply) = (flow.original, flow.reply);
+        let (home, there) = (self.shard_of(&original), self.shard_of(&reply));
+        let (oh, rh) = (self.hash(&original), self.hash(&reply));
+        if original == reply || (there != home && !self.is_reply_free(&reply)) {
+            return false;
+        }
+        let slot = {
+            let mut guard = self.lock(home);
+            let shard = &mut *guard;
+            if shard.holds(oh, &original) || (there == home && shard.holds(rh, &reply)) {
+                return false;
             }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            flow.id = id;
+            flow.queued = flow.deadline;
+            let deadline = flow.deadline;
+            flow.backend.add_active(1);
+            let slot = shard.flows.insert(flow);
+            let Shard {
+                index,
+                flows,
+                heap,
+                unreplied,
+                ..
+            } = shard;
+            let rehash = |e: &Entry| {
+                let f = flows.get(slot_of(*e)).expect("indexed flows are live");
+                self.hash(match dir_of(*e) {
+                    Direction::Original => &f.original,
+                    Direction::Reply => &f.reply,
+                })
+            };
+            index.insert_unique(oh, entry(slot, Direction::Original), rehash);
+            if there == home {
+                index.insert_unique(rh, entry(slot, Direction::Reply), rehash);
+            }
+            heap.push(Reverse((deadline, slot, tag(id))));
+            unreplied.push_back((slot, tag(id)));
+            slot
+        };
+        if there != home {
+            let at = Handle {
+                shard: home as u32,
+                slot,
+            };
+            self.lock(there).remote.insert(reply, at);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.limit.count.fetch_add(1, Ordering::Relaxed);
-        self.queue(deadline, original);
-        self.unreplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((id, original));
         true
     }
 
-    /// Pop the front of the creation-order queue.
-    fn pop_unreplied(&self) -> Option<(u64, Tuple<A>)> {
-        self.unreplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+    /// Remove the flow in `slot` of shard `home` if `pred` holds for it.
+    /// Returns the removed flow.
+    fn remove_at(
+        &self,
+        home: usize,
+        slot: u32,
+        pred: impl FnOnce(&Flow<A>) -> bool,
+    ) -> Option<Flow<A>> {
+        let flow = {
+            let mut shard = self.lock(home);
+            if !pred(shard.flows.get(slot)?) {
+                return None;
+            }
+            self.take(&mut shard, home, slot)?
+        };
+        self.forget(home, slot, &flow);
+        Some(flow)
     }
 
-    /// Return whether an eviction-queue entry stands for a live flow that
-    /// is not ASSURED: the flow with this tuple is the one that was queued
-    /// (same id: not a later flow on a reused tuple) and was never answered.
-    fn unreplied_entry_live(&self, (id, original): (u64, Tuple<A>)) -> bool {
-        self.flows
-            .get(&original)
-            .is_some_and(|f| f.id == id && !f.assured)
+    /// Take the flow in `slot` out of `shard` (number `home`), with its
+    /// index entries there; its remote entry, if any, is for
+    /// [`ConnTable::forget`] to remove once the shard is unlocked.
+    fn take(&self, shard: &mut Shard<A>, home: usize, slot: u32) -> Option<Flow<A>> {
+        let flow = shard.flows.get(slot)?;
+        let (oh, rh) = (self.hash(&flow.original), self.hash(&flow.reply));
+        let local_reply = self.shard_of(&flow.reply) == home;
+        shard.unindex(oh, entry(slot, Direction::Original));
+        if local_reply {
+            shard.unindex(rh, entry(slot, Direction::Reply));
+        }
+        shard.flows.remove(slot)
     }
 
-    /// Drop queue entries at the front whose flows no longer need them
-    /// (answered or gone), at most `budget`. Keeps the queue as short as the
-    /// run of recent unanswered flows when the table never fills.
-    fn prune_unreplied(&self, budget: usize) {
-        for _ in 0..budget {
-            let Some(front) = self
-                .unreplied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .front()
-                .copied()
-            else {
-                return;
+    /// Finish removing a flow [`ConnTable::take`] took out of shard `home`:
+    /// its remote entry, the counts, its counters.
+    fn forget(&self, home: usize, slot: u32, flow: &Flow<A>) {
+        let there = self.shard_of(&flow.reply);
+        if there != home {
+            let at = Handle {
+                shard: home as u32,
+                slot,
             };
-            if self.unreplied_entry_live(front) {
-                return;
-            }
-            let mut q = self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
-            if q.front() == Some(&front) {
-                q.pop_front();
+            let mut shard = self.lock(there);
+            if shard.remote.get(&flow.reply) == Some(&at) {
+                shard.remote.remove(&flow.reply);
             }
         }
-    }
-
-    /// Push an expiry-heap entry. The flow's `queued` must be set to `at`.
-    pub(crate) fn queue(&self, at: Timestamp, original: Tuple<A>) {
-        self.heap
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Reverse((at, original)));
-    }
-
-    /// Set `flow`'s deadline, queueing a new heap entry when it moved
-    /// earlier than the live one (a state with a shorter timeout). Takes
-    /// only the heap's leaf lock: callable inside [`ConnTable::with_flow`].
-    pub fn set_deadline(&self, flow: &mut Flow<A>, deadline: Timestamp) {
-        flow.deadline = deadline;
-        if deadline < flow.queued {
-            flow.queued = deadline;
-            self.queue(deadline, flow.original);
-        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.limit.count.fetch_sub(1, Ordering::Relaxed);
+        self.retire(flow);
     }
 
     /// Remove the flow with this ORIGINAL tuple if `pred` holds for it.
@@ -521,176 +692,164 @@ impl<A: IpAddress> ConnTable<A> {
         original: &Tuple<A>,
         pred: impl FnOnce(&Flow<A>) -> bool,
     ) -> Option<Flow<A>> {
-        let (_, flow) = self.flows.remove_if(original, |_, f| pred(f))?;
-        self.replies.remove_if(&flow.reply, |_, o| o == original);
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.limit.count.fetch_sub(1, Ordering::Relaxed);
-        self.retire(&flow);
+        let home = self.shard_of(original);
+        let hash = self.hash(original);
+        let (slot, flow) = {
+            let mut shard = self.lock(home);
+            let e = shard.find(hash, original)?;
+            let slot = slot_of(e);
+            if dir_of(e) != Direction::Original || !pred(shard.flows.get(slot)?) {
+                return None;
+            }
+            (slot, self.take(&mut shard, home, slot)?)
+        };
+        self.forget(home, slot, &flow);
         Some(flow)
     }
 
-    /// Pop up to `n` heap entries due at or before `before`, without holding
-    /// the heap lock afterwards.
-    fn pop_due(&self, before: Option<Timestamp>, out: &mut [(Timestamp, Tuple<A>)]) -> usize {
-        let mut heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = 0;
-        while n < out.len() {
-            match heap.peek() {
-                Some(Reverse((at, _))) if before.is_none_or(|b| *at <= b) => {
-                    let Reverse(entry) = heap.pop().expect("peeked");
-                    out[n] = entry;
-                    n += 1;
-                }
-                _ => break,
-            }
-        }
-        n
-    }
-
     /// Remove flows whose deadline has passed, examining at most
-    /// [`EXPIRE_BUDGET`] heap entries. `on_expire` sees each removed flow.
-    /// Returns `true` when more entries are due (call again).
+    /// [`EXPIRE_BUDGET`] heap entries. `on_expire` sees each removed flow,
+    /// with no lock held. Returns `true` when more entries are due (call
+    /// again).
     pub fn expire(&self, now: Timestamp, mut on_expire: impl FnMut(Flow<A>)) -> bool {
-        let mut due = [(
-            Timestamp::ZERO,
-            Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
-        ); EXPIRE_BUDGET];
-        let n = self.pop_due(Some(now), &mut due);
-        for &(at, original) in &due[..n] {
-            if let Some(flow) = self.remove_if(&original, |f| f.queued == at && f.deadline <= now) {
-                on_expire(flow);
-                continue;
-            }
-            // Still alive: re-queue at its real deadline if this was its live entry.
-            if let Some(mut f) = self.flows.get_mut(&original) {
-                if f.queued == at {
-                    f.queued = f.deadline;
-                    let d = f.deadline;
-                    drop(f);
-                    self.queue(d, original);
+        let mut budget = EXPIRE_BUDGET;
+        let mut more = false;
+        let mut gone = Vec::new();
+        let slack = COMPACT_SLACK / self.shards.len();
+        for home in 0..self.shards.len() {
+            {
+                let mut guard = self.lock(home);
+                let shard = &mut *guard;
+                while let Some(&Reverse((at, slot, t))) = shard.heap.peek() {
+                    if at > now {
+                        break;
+                    }
+                    if budget == 0 {
+                        more = true;
+                        break;
+                    }
+                    budget -= 1;
+                    shard.heap.pop();
+                    let Some(flow) = shard.is(slot, t).filter(|f| f.queued == at) else {
+                        continue; // stale
+                    };
+                    if flow.deadline <= now {
+                        gone.extend(self.take(shard, home, slot).map(|f| (slot, f)));
+                    } else {
+                        // Still alive: re-queue at its real deadline.
+                        let d = flow.deadline;
+                        shard.flows.get_mut(slot).expect("just read").queued = d;
+                        shard.heap.push(Reverse((d, slot, t)));
+                    }
                 }
+                shard.prune_unreplied(EXPIRE_BUDGET);
+                shard.compact(slack);
+            }
+            for (slot, flow) in gone.drain(..) {
+                self.forget(home, slot, &flow);
+                on_expire(flow);
             }
         }
-        self.prune_unreplied(EXPIRE_BUDGET);
-        self.compact();
-        n == EXPIRE_BUDGET
+        more
     }
 
-    /// Drop the stale entries of the expiry heap and the eviction queue once
-    /// they outnumber the live flows (plus [`COMPACT_SLACK`]), and give their
-    /// memory back: both then stay within a constant factor of the live
-    /// flows, however long those live and however their deadlines moved.
-    ///
-    /// Each structure is taken out whole under its lock, filtered with no
-    /// lock held (a map lookup per entry), and put back merged with whatever
-    /// was added meanwhile. The work is linear in the entries, and it happens
-    /// only after as many stale entries piled up: amortised O(1) per entry.
+    /// Drop the stale entries of the expiry heaps and the eviction queues
+    /// once they outnumber the live flows (plus [`COMPACT_SLACK`]) and give
+    /// their memory back (see `Shard::compact`). [`ConnTable::expire`] does
+    /// this on every call.
     pub fn compact(&self) {
-        let bound = 2 * self.len() + COMPACT_SLACK;
-        let lock_heap = || self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        if lock_heap().len() > bound {
-            let taken = std::mem::take(&mut *lock_heap()).into_vec();
-            let mut kept: Vec<_> = taken
-                .into_iter()
-                .filter(|Reverse((at, t))| self.flows.get(t).is_some_and(|f| f.queued == *at))
-                .collect();
-            let mut heap = lock_heap();
-            kept.extend(std::mem::take(&mut *heap).into_vec());
-            kept.shrink_to_fit();
-            *heap = BinaryHeap::from(kept);
-        }
-        let lock_queue = || self.unreplied.lock().unwrap_or_else(|e| e.into_inner());
-        if lock_queue().len() > bound {
-            let taken = std::mem::take(&mut *lock_queue());
-            let mut kept: VecDeque<(u64, Tuple<A>)> = taken
-                .into_iter()
-                .filter(|&e| self.unreplied_entry_live(e))
-                .collect();
-            let mut queue = lock_queue();
-            // Entries added meanwhile are younger: they go after the kept ones.
-            kept.extend(std::mem::take(&mut *queue));
-            kept.shrink_to_fit();
-            *queue = kept;
+        let slack = COMPACT_SLACK / self.shards.len();
+        for s in 0..self.shards.len() {
+            self.lock(s).compact(slack);
         }
     }
 
     /// Return when the earliest heap entry is due. It may be stale (the flow
     /// lived on); an early [`ConnTable::expire`] call is a harmless no-op.
     pub fn next_expiry(&self) -> Option<Timestamp> {
-        let heap = self.heap.lock().unwrap_or_else(|e| e.into_inner());
-        heap.peek().map(|Reverse((at, _))| *at)
+        (0..self.shards.len())
+            .filter_map(|s| self.lock(s).heap.peek().map(|Reverse((at, ..))| *at))
+            .min()
     }
 
     /// Make room for one flow: remove the oldest flow that is not ASSURED
-    /// (never answered, or not yet established) or, failing that, one of the
-    /// [`EVICT_CANDIDATES`] soonest-expiring flows that is closing. Returns
-    /// the evicted flow.
+    /// (never answered, or not yet established) or, failing that, one of
+    /// the soonest-expiring flows that is closing. Returns the evicted flow.
     ///
-    /// The first choice comes from the creation-order queue: entries of
-    /// flows answered since are dropped as they are met, so the search is
-    /// amortised O(1) (every flow enters the queue once) and finds an
-    /// unanswered flow whenever one exists, however many established flows
-    /// were created after it.
+    /// The first choice is the smallest id at the fronts of the shards'
+    /// creation-order queues: entries of flows answered since are dropped
+    /// as they are met, so the search is amortised O(1) per shard (every
+    /// flow enters a queue once) and finds an unanswered flow whenever one
+    /// exists, however many established flows were created after it.
     ///
-    /// The second searches the expiry heap.
-    /// A heap entry earlier than its flow's deadline (traffic moved the
-    /// deadline later without heap work, as for every flow that went from
-    /// SYN_RECV to ESTABLISHED) does not say when the flow expires: it is
-    /// re-filed at the real deadline, as [`ConnTable::expire`] would, and the
-    /// search goes on, examining at most [`EVICT_SCAN`] entries. Otherwise a
-    /// few recently established flows at the front of the heap hide every
-    /// unreplied SYN behind them and the new SYN is refused as "table full".
+    /// The second searches each shard's expiry heap, examining at most
+    /// [`EVICT_SCAN`] entries and keeping [`EVICT_CANDIDATES`]. A heap entry
+    /// earlier than its flow's deadline (traffic moved the deadline later
+    /// without heap work, as for every flow that went from SYN_RECV to
+    /// ESTABLISHED) does not say when the flow expires: it is re-filed at
+    /// the real deadline, as [`ConnTable::expire`] would, and the search
+    /// goes on. Otherwise a few recently established flows at the front of
+    /// the heap hide every closing flow behind them.
     pub fn evict_one(&self) -> Option<Flow<A>> {
-        while let Some((id, original)) = self.pop_unreplied() {
-            if let Some(victim) = self.remove_if(&original, |f| f.id == id && !f.assured) {
+        loop {
+            let mut oldest: Option<(u64, usize, u32)> = None;
+            for s in 0..self.shards.len() {
+                let mut shard = self.lock(s);
+                if let Some(id) = shard.prune_unreplied(usize::MAX) {
+                    let slot = shard.unreplied.front().expect("pruned to a live front").0;
+                    if oldest.is_none_or(|(o, ..)| id < o) {
+                        oldest = Some((id, s, slot));
+                    }
+                }
+            }
+            let Some((id, home, slot)) = oldest else {
+                break;
+            };
+            if let Some(victim) = self.remove_at(home, slot, |f| f.id == id && !f.assured) {
                 return Some(victim);
             }
         }
-        let mut cands = [(
-            Timestamp::ZERO,
-            Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
-        ); EVICT_CANDIDATES];
-        let mut n = 0;
-        for _ in 0..EVICT_SCAN {
-            let mut entry = [(
-                Timestamp::ZERO,
-                Tuple::new(A::UNSPECIFIED, 0, A::UNSPECIFIED, 0),
-            )];
-            if n == EVICT_CANDIDATES || self.pop_due(None, &mut entry) == 0 {
-                break;
+        let mut best: Option<(Timestamp, usize, u32, u32)> = None;
+        for s in 0..self.shards.len() {
+            let mut guard = self.lock(s);
+            let shard = &mut *guard;
+            let mut cands = Vec::with_capacity(EVICT_CANDIDATES);
+            for _ in 0..EVICT_SCAN {
+                if cands.len() == EVICT_CANDIDATES {
+                    break;
+                }
+                let Some(Reverse((at, slot, t))) = shard.heap.pop() else {
+                    break;
+                };
+                let Some(flow) = shard.is(slot, t).filter(|f| f.queued == at) else {
+                    continue; // stale
+                };
+                if flow.deadline > at {
+                    let d = flow.deadline;
+                    shard.flows.get_mut(slot).expect("just read").queued = d;
+                    shard.heap.push(Reverse((d, slot, t)));
+                    continue;
+                }
+                cands.push((at, slot, t));
             }
-            let (at, original) = entry[0];
-            let Some(mut f) = self.flows.get_mut(&original) else {
-                continue; // stale: the flow is gone
-            };
-            if f.queued != at {
-                continue; // stale: the flow has a later live entry
+            for &(at, slot, t) in &cands {
+                let closing = shard.is(slot, t).is_some_and(|f| f.state.is_closing());
+                if closing && best.is_none_or(|(b, ..)| at < b) {
+                    best = Some((at, s, slot, t));
+                    break;
+                }
             }
-            if f.deadline > at {
-                f.queued = f.deadline;
-                let d = f.deadline;
-                drop(f);
-                self.queue(d, original);
-                continue;
-            }
-            cands[n] = (at, original);
-            n += 1;
+            // Put the live entries back: the victim's goes with its flow.
+            shard.heap.extend(
+                cands
+                    .into_iter()
+                    .map(|(at, slot, t)| Reverse((at, slot, t))),
+            );
         }
-        let mut victim = None;
-        for &(at, original) in &cands[..n] {
-            if victim.is_some() {
-                break;
-            }
-            victim = self.remove_if(&original, |f| f.queued == at && f.state.is_closing());
-        }
-        // Put back the live entries of the flows that stay.
-        for &(at, original) in &cands[..n] {
-            let live = self.flows.get(&original).is_some_and(|f| f.queued == at);
-            if live {
-                self.queue(at, original);
-            }
-        }
-        victim
+        let (at, home, slot, t) = best?;
+        self.remove_at(home, slot, |f| {
+            tag(f.id) == t && f.queued == at && f.state.is_closing()
+        })
     }
 
     /// Fold a removed flow's counters into the totals: the packet path
@@ -717,24 +876,29 @@ impl<A: IpAddress> ConnTable<A> {
         for d in 0..2 {
             t.packets[d] = self.retired[d].load(Ordering::Relaxed);
         }
-        for r in self.flows.iter() {
-            let f = r.value();
-            for d in 0..2 {
-                t.packets[d] += f.packets[d];
+        for s in 0..self.shards.len() {
+            for f in self.lock(s).flows.iter() {
+                for d in 0..2 {
+                    t.packets[d] += f.packets[d];
+                }
+                let e = t
+                    .live_by_backend
+                    .entry(Arc::as_ptr(&f.backend) as usize)
+                    .or_default();
+                e.0 += f.packets[0] + f.packets[1];
+                e.1 += f.bytes[0] + f.bytes[1];
             }
-            let e = t
-                .live_by_backend
-                .entry(Arc::as_ptr(&f.backend) as usize)
-                .or_default();
-            e.0 += f.packets[0] + f.packets[1];
-            e.1 += f.bytes[0] + f.bytes[1];
         }
         t
     }
 
     /// Copy every flow (for listings; not for the packet path).
     pub fn snapshot(&self) -> Vec<Flow<A>> {
-        self.flows.iter().map(|r| r.value().clone()).collect()
+        let mut all = Vec::with_capacity(self.len());
+        for s in 0..self.shards.len() {
+            all.extend(self.lock(s).flows.iter().cloned());
+        }
+        all
     }
 }
 
@@ -782,42 +946,153 @@ impl<A: IpAddress> Flow<A> {
             id: 0,
         }
     }
+
+    /// Set the deadline. One earlier than the live expiry entry (a state
+    /// with a shorter timeout) gets an entry of its own, which
+    /// [`ConnTable::with_flow`] queues once the closure that called this
+    /// returns (it sees `queued` change).
+    pub fn set_deadline(&mut self, deadline: Timestamp) {
+        self.deadline = deadline;
+        if deadline < self.queued {
+            self.queued = deadline;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
+
+    fn backend() -> Arc<Backend> {
+        Arc::new(Backend::new("198.18.2.3:80".parse().unwrap()))
+    }
+
+    const C: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    const V: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
+    const S: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
+
+    /// A flow from client port `cport` to the VIP, MASQUERADEd to `sport`.
+    fn flow(cport: u16, sport: u16, deadline: u64) -> Flow {
+        Flow::new(
+            Tuple::new(C, cport, V, 80),
+            Tuple::new(B, 80, S, sport),
+            backend(),
+            Timestamp::from_millis(deadline),
+        )
+    }
 
     #[test]
     fn an_entry_is_in_the_shard_its_ports_spread_it_to() {
-        use std::hash::BuildHasher;
-        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(4096, Some(7));
         let shards = shard_amount();
         assert!(shards >= 8 && shards.is_power_of_two());
-        let c = Ipv4Addr::new(198, 18, 1, 2);
-        let v = Ipv4Addr::new(198, 18, 0, 1);
         let mut hits = vec![0; shards];
         for port in 1024..3072u16 {
-            let original = Tuple::new(c, port, v, 80);
-            let reply = Tuple::new(Ipv4Addr::new(198, 18, 2, 3), 80, v, port);
+            let f = flow(port, port, 1000);
             let want = spread(port, 80) as usize % shards;
-            for (map_hash, key) in [
-                (t.flows.hasher().hash_one(original), original),
-                (t.replies.hasher().hash_one(reply), reply),
-            ] {
-                // dashmap's shard of a hash (`determine_shard`).
-                let shard = ((map_hash as usize) << 7) >> (64 - shards.trailing_zeros());
-                assert_eq!(shard, want, "{key:?}");
-            }
-            hits[want] += 1;
-            // The rest of the hash is still the keyed one: the two maps
-            // (salted differently) differ outside the shard bits.
-            assert_ne!(
-                t.flows.hasher().hash_one(original),
-                t.replies.hasher().hash_one(original)
+            assert_eq!(t.shard_of(&f.original), want);
+            assert_eq!(t.shard_of(&f.reply), want);
+            assert!(t.insert(f));
+            let shard = t.lock(want);
+            let (oh, rh) = (
+                t.hash(&Tuple::new(C, port, V, 80)),
+                t.hash(&Tuple::new(B, 80, S, port)),
             );
+            assert_eq!(
+                shard.find(oh, &Tuple::new(C, port, V, 80)).map(dir_of),
+                Some(Direction::Original)
+            );
+            assert_eq!(
+                shard.find(rh, &Tuple::new(B, 80, S, port)).map(dir_of),
+                Some(Direction::Reply)
+            );
+            assert!(shard.remote.is_empty());
+            hits[want] += 1;
         }
         // Every shard gets some of 2048 consecutive client ports.
         assert!(hits.iter().all(|&h| h > 2048 / shards / 2), "{hits:?}");
+    }
+
+    #[test]
+    fn a_reply_tuple_of_another_shard_finds_its_flow_and_goes_with_it() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        // A reallocated SNAT port whose spread names another shard.
+        let sport = (20000..30000u16)
+            .find(|&p| {
+                spread(p, 80) as usize % shard_amount()
+                    != spread(40000, 80) as usize % shard_amount()
+            })
+            .unwrap();
+        let f = flow(40000, sport, 1000);
+        let (original, reply) = (f.original, f.reply);
+        assert_ne!(t.shard_of(&original), t.shard_of(&reply));
+        assert!(t.is_reply_free(&reply));
+        assert!(t.insert(f));
+        assert!(!t.is_reply_free(&reply));
+        assert!(
+            !t.insert(flow(40001, sport, 1000)),
+            "the REPLY tuple is taken"
+        );
+        assert_eq!(
+            t.with_flow(&original, |f, d| (f.id, d)),
+            Some((1, Direction::Original))
+        );
+        assert_eq!(
+            t.with_flow(&reply, |f, d| (f.id, d)),
+            Some((1, Direction::Reply))
+        );
+        assert_eq!(t.with_flow(&original.invert(), |_, d| d), None);
+        let gone = t.remove_if(&original, |_| true).unwrap();
+        assert_eq!(gone.reply, reply);
+        assert!(t.is_reply_free(&reply));
+        assert_eq!(t.with_flow(&reply, |_, d| d), None);
+        assert!(t.lock(t.shard_of(&reply)).remote.is_empty());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_revive_the_old_flows_timers() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        assert!(t.insert(flow(40000, 40000, 1000)));
+        assert!(t
+            .remove_if(&Tuple::new(C, 40000, V, 80), |_| true)
+            .is_some());
+        // The same slot, a later deadline: the old entry (1000) is stale.
+        assert!(t.insert(flow(40000, 40000, 5000)));
+        let mut expired = 0;
+        t.expire(Timestamp::from_millis(2000), |_| expired += 1);
+        assert_eq!((expired, t.len()), (0, 1));
+        t.expire(Timestamp::from_millis(5000), |_| expired += 1);
+        assert_eq!((expired, t.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_shorter_deadline_set_under_the_lock_is_queued() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        assert!(t.insert(flow(40000, 40000, 100_000)));
+        let o = Tuple::new(C, 40000, V, 80);
+        t.with_flow(&o, |f, _| f.set_deadline(Timestamp::from_millis(10)));
+        assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(10)));
+        let mut expired = 0;
+        t.expire(Timestamp::from_millis(10), |_| expired += 1);
+        assert_eq!(expired, 1);
+    }
+
+    #[test]
+    fn the_oldest_unanswered_flow_is_evicted_whatever_its_shard() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(64, Some(7));
+        let ports: Vec<u16> = (50000..50032).rev().collect();
+        for &p in &ports {
+            assert!(t.insert(flow(p, p, 1000)));
+        }
+        // Answer the first two: the third inserted is the oldest unreplied.
+        for &p in &ports[..2] {
+            t.with_flow(&Tuple::new(C, p, V, 80), |f, _| f.assured = true);
+        }
+        let victim = t.evict_one().unwrap();
+        assert_eq!(victim.original.src.port(), ports[2]);
+        assert_eq!(t.len(), ports.len() - 1);
     }
 }
