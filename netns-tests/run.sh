@@ -38,13 +38,13 @@ if [ ! -x "$TUNLB_BIN" ]; then
 fi
 
 missing=()
-for cmd in ip curl tshark ethtool setpriv ss awk sha256sum timeout; do
+for cmd in ip ip6tables curl tshark ethtool setpriv ss awk sha256sum timeout; do
   command -v "$cmd" >/dev/null || missing+=("$cmd")
 done
 [ -x /usr/bin/python3 ] || command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "netns-tests: missing tools: ${missing[*]}" >&2
-  echo "  Debian: apt-get install iproute2 curl tshark ethtool util-linux python3 coreutils" >&2
+  echo "  Debian: apt-get install iproute2 iptables curl tshark ethtool util-linux python3 coreutils" >&2
   echo "0 passed, 1 failed"
   exit 1
 fi
