@@ -1193,7 +1193,7 @@ struct Replace {
 }
 
 /// The entry of a NEW flow made by the segment `p` (a SYN, or an ACK picked
-/// up mid-stream) with its claimed `reply` tuple: one packet counted, the
+/// up mid-stream) with its `reply` tuple (found free): one packet counted, the
 /// windows opened from the segment, and an unanswered SYN's time to live
 /// (`unanswered`) whichever made it.
 fn fresh_flow<A: IpAddress>(

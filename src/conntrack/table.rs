@@ -470,12 +470,12 @@ impl<A: IpAddress> ConnTable<A> {
         &self.limit
     }
 
-    /// Return whether a flow has this ORIGINAL tuple.
-    pub fn contains(&self, original: &Tuple<A>) -> bool {
-        let hash = self.hash(original);
-        self.lock(self.shard_of(original))
-            .find(hash, original)
-            .is_some_and(|e| dir_of(e) == Direction::Original)
+    /// Return whether a flow has tuple `t`, as its ORIGINAL or its REPLY
+    /// tuple (either way, a packet with this tuple belongs to that flow and
+    /// cannot start another: [`ConnTable::insert`] would refuse it).
+    pub fn contains(&self, t: &Tuple<A>) -> bool {
+        let hash = self.hash(t);
+        self.lock(self.shard_of(t)).holds(hash, t)
     }
 
     /// Return the number of entries in the expiry heaps (live and stale).
@@ -564,12 +564,12 @@ impl<A: IpAddress> ConnTable<A> {
         Some(r)
     }
 
-    /// Return whether no flow uses `reply` as a tuple. Call it holding the
+    /// Return whether no flow uses `reply` as a tuple, of either direction
+    /// (as `nf_nat_used_tuple` checks the whole hash). Call it holding the
     /// admission lock: then the answer holds until the lock is released,
     /// as only admitters add tuples.
     pub fn is_reply_free(&self, reply: &Tuple<A>) -> bool {
-        let hash = self.hash(reply);
-        !self.lock(self.shard_of(reply)).holds(hash, reply)
+        !self.contains(reply)
     }
 
     /// Return whether the tables sharing the limit are at it.
