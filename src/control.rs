@@ -598,7 +598,7 @@ pub fn flows_text(engine: &Engine, now: Timestamp) -> String {
         let _ = writeln!(
             out,
             "tcp      6 {} {} src={} dst={} sport={} dport={} packets={} bytes={} src={} dst={} sport={} dport={} packets={} bytes={}{} backend={}",
-            now.until(f.deadline).as_secs(),
+            now.until(f.deadline()).as_secs(),
             f.state,
             o.src.ip(),
             o.dst.ip(),
@@ -634,7 +634,7 @@ pub fn flows_json(engine: &Engine, now: Timestamp) -> serde_json::Value {
                           "packets": f.packets[1], "bytes": f.bytes[1]},
                 "backend": f.backend.addr.to_string(),
                 "state": f.state.name(),
-                "timeout_secs": now.until(f.deadline).as_secs(),
+                "timeout_secs": now.until(f.deadline()).as_secs(),
                 "assured": f.assured,
                 "seen_reply": f.seen_reply,
             })

@@ -99,7 +99,7 @@ impl Event {
             backend: flow.backend.addr,
             seen_reply: flow.seen_reply,
             assured: flow.assured,
-            deadline: flow.deadline,
+            deadline: flow.deadline(),
             packets: flow.packets,
             bytes: flow.bytes,
             decision: None,

@@ -57,7 +57,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 // Keyed with a per-process random seed: flow keys come from the network
@@ -88,25 +88,28 @@ pub struct Flow<A = Ipv4Addr> {
     /// The flow reached ESTABLISHED with replies (`IPS_ASSURED`): it is not
     /// evicted when the table is full.
     pub assured: bool,
-    /// When the flow expires unless more traffic arrives.
-    pub deadline: Timestamp,
-    /// Time of this flow's live expiry-heap entry (see the module docs).
-    pub(crate) queued: Timestamp,
+    /// When the flow expires unless more traffic arrives (see
+    /// [`Flow::deadline`]; changed only by [`Flow::set_deadline`]).
+    deadline: Timestamp,
+    /// How long before `deadline` this flow's live expiry-heap entry is due,
+    /// in milliseconds: the entry's time is `deadline - lag` (see the module
+    /// docs). Four bytes where a second timestamp would take eight: what
+    /// keeps an IPv4 flow to two cache lines.
+    lag: u32,
     /// Packets seen, per direction.
     pub packets: [u64; 2],
     /// IP bytes seen, per direction.
     pub bytes: [u64; 2],
     /// Sequence state per direction (`tcp_in_window`).
     pub window: [Window; 2],
-    /// A number unique to this flow in its table, given at insertion in
-    /// creation order: tells a flow from a later one in the same slot
+    /// A number unique to this flow among its table's live flows, given at
+    /// insertion in creation order (wrapping after 2^32 flows: compared as
+    /// serial numbers): tells a flow from a later one in the same slot
     /// (stale heap and queue entries), and the oldest unanswered flow.
-    pub id: u64,
-    /// The acknowledgment number of a REPLY ACK that answered the SYN while
-    /// the flow was in SYN_SENT (a backend's TIME_WAIT from an older
-    /// connection on the same tuple): the client's RST to it carries this
-    /// number as its sequence number, in a space tunlb never saw.
-    pub stray_ack: Option<u32>,
+    pub id: u32,
+    /// See [`Flow::stray_ack`]; valid when `has_stray`.
+    stray: u32,
+    has_stray: bool,
 }
 
 /// Traffic totals read off the table (see [`ConnTable::totals`]).
@@ -226,13 +229,19 @@ struct Handle {
     slot: u32,
 }
 
-/// An expiry-heap entry: due time, slot, and the low bits of the flow's id
-/// (a later flow in the same slot has other ones).
+/// An expiry-heap entry: due time, slot, and the flow's id (a later flow
+/// in the same slot has another).
 type Timer = Reverse<(Timestamp, u32, u32)>;
 
-/// The low 32 bits of a flow's id, which heap and queue entries carry.
-fn tag(id: u64) -> u32 {
-    id as u32
+/// The id heap and queue entries carry to tell their flow from a later one.
+fn tag(id: u32) -> u32 {
+    id
+}
+
+/// Whether flow id `a` was given before `b` (serial number arithmetic, RFC
+/// 1982: ids wrap, and live flows span far less than 2^31 of them).
+fn older(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
 }
 
 /// One shard: its flows and everything that finds them. Behind one lock.
@@ -292,7 +301,7 @@ impl<A: IpAddress> Shard<A> {
 
     /// Whether a heap entry is its flow's live one.
     fn timer_live(&self, &Reverse((at, slot, t)): &Timer) -> bool {
-        self.is(slot, t).is_some_and(|f| f.queued == at)
+        self.is(slot, t).is_some_and(|f| f.queued() == at)
     }
 
     /// Whether a queue entry stands for a live flow that is not ASSURED.
@@ -302,7 +311,7 @@ impl<A: IpAddress> Shard<A> {
 
     /// Drop the queue entries at the front whose flows no longer need them
     /// (answered or gone), at most `budget`; return the front's flow id.
-    fn prune_unreplied(&mut self, budget: usize) -> Option<u64> {
+    fn prune_unreplied(&mut self, budget: usize) -> Option<u32> {
         for _ in 0..budget {
             let front = *self.unreplied.front()?;
             if self.unreplied_live(&front) {
@@ -350,7 +359,7 @@ pub struct ConnTable<A: IpAddress = Ipv4Addr> {
     /// Packets per direction of flows already removed.
     retired: [AtomicU64; 2],
     /// The id the next inserted flow gets (see [`Flow::id`]).
-    next_id: AtomicU64,
+    next_id: AtomicU32,
 }
 
 /// A value alone on its cache lines (two, for the adjacent-line
@@ -426,7 +435,7 @@ impl<A: IpAddress> ConnTable<A> {
             count: AtomicUsize::new(0),
             limit,
             retired: Default::default(),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU32::new(1),
         }
     }
 
@@ -555,11 +564,13 @@ impl<A: IpAddress> ConnTable<A> {
         };
         let shard = &mut *shard;
         let flow = shard.flows.get_mut(slot)?;
-        let queued = flow.queued;
+        let queued = flow.queued();
         let r = f(flow, dir);
-        if flow.queued != queued {
+        if flow.queued() != queued {
             // `f` moved the deadline earlier (see `Flow::set_deadline`).
-            shard.heap.push(Reverse((flow.queued, slot, tag(flow.id))));
+            shard
+                .heap
+                .push(Reverse((flow.queued(), slot, tag(flow.id))));
         }
         Some(r)
     }
@@ -595,7 +606,7 @@ impl<A: IpAddress> ConnTable<A> {
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             flow.id = id;
-            flow.queued = flow.deadline;
+            flow.requeue();
             let deadline = flow.deadline;
             flow.backend.add_active(1);
             let slot = shard.flows.insert(flow);
@@ -730,7 +741,7 @@ impl<A: IpAddress> ConnTable<A> {
                     }
                     budget -= 1;
                     shard.heap.pop();
-                    let Some(flow) = shard.is(slot, t).filter(|f| f.queued == at) else {
+                    let Some(flow) = shard.is(slot, t).filter(|f| f.queued() == at) else {
                         continue; // stale
                     };
                     if flow.deadline <= now {
@@ -738,7 +749,7 @@ impl<A: IpAddress> ConnTable<A> {
                     } else {
                         // Still alive: re-queue at its real deadline.
                         let d = flow.deadline;
-                        shard.flows.get_mut(slot).expect("just read").queued = d;
+                        shard.flows.get_mut(slot).expect("just read").requeue();
                         shard.heap.push(Reverse((d, slot, t)));
                     }
                 }
@@ -792,12 +803,12 @@ impl<A: IpAddress> ConnTable<A> {
     /// the heap hide every closing flow behind them.
     pub fn evict_one(&self) -> Option<Flow<A>> {
         loop {
-            let mut oldest: Option<(u64, usize, u32)> = None;
+            let mut oldest: Option<(u32, usize, u32)> = None;
             for s in 0..self.shards.len() {
                 let mut shard = self.lock(s);
                 if let Some(id) = shard.prune_unreplied(usize::MAX) {
                     let slot = shard.unreplied.front().expect("pruned to a live front").0;
-                    if oldest.is_none_or(|(o, ..)| id < o) {
+                    if oldest.is_none_or(|(o, ..)| older(id, o)) {
                         oldest = Some((id, s, slot));
                     }
                 }
@@ -821,12 +832,12 @@ impl<A: IpAddress> ConnTable<A> {
                 let Some(Reverse((at, slot, t))) = shard.heap.pop() else {
                     break;
                 };
-                let Some(flow) = shard.is(slot, t).filter(|f| f.queued == at) else {
+                let Some(flow) = shard.is(slot, t).filter(|f| f.queued() == at) else {
                     continue; // stale
                 };
                 if flow.deadline > at {
                     let d = flow.deadline;
-                    shard.flows.get_mut(slot).expect("just read").queued = d;
+                    shard.flows.get_mut(slot).expect("just read").requeue();
                     shard.heap.push(Reverse((d, slot, t)));
                     continue;
                 }
@@ -848,7 +859,7 @@ impl<A: IpAddress> ConnTable<A> {
         }
         let (at, home, slot, t) = best?;
         self.remove_at(home, slot, |f| {
-            tag(f.id) == t && f.queued == at && f.state.is_closing()
+            tag(f.id) == t && f.queued() == at && f.state.is_closing()
         })
     }
 
@@ -914,12 +925,13 @@ impl<A: IpAddress> Flow<A> {
             seen_reply: self.seen_reply,
             assured: self.assured,
             deadline: self.deadline,
-            queued: self.queued,
+            lag: self.lag,
             packets: self.packets,
             bytes: self.bytes,
             window: self.window,
             id: self.id,
-            stray_ack: self.stray_ack,
+            stray: self.stray,
+            has_stray: self.has_stray,
         }
     }
 
@@ -938,24 +950,62 @@ impl<A: IpAddress> Flow<A> {
             seen_reply: false,
             assured: false,
             deadline,
-            queued: deadline,
+            lag: 0,
             packets: [0; 2],
             bytes: [0; 2],
             window: [Window::default(); 2],
-            stray_ack: None,
+            stray: 0,
+            has_stray: false,
             id: 0,
         }
     }
+}
 
-    /// Set the deadline. One earlier than the live expiry entry (a state
-    /// with a shorter timeout) gets an entry of its own, which
+impl<A> Flow<A> {
+    /// When the flow expires unless more traffic arrives.
+    pub fn deadline(&self) -> Timestamp {
+        self.deadline
+    }
+
+    /// The time of this flow's live expiry-heap entry (see the module docs).
+    pub(crate) fn queued(&self) -> Timestamp {
+        Timestamp::from_millis(self.deadline.as_millis() - u64::from(self.lag))
+    }
+
+    /// Make the live expiry entry the one at the deadline (the caller
+    /// queues it).
+    fn requeue(&mut self) {
+        self.lag = 0;
+    }
+
+    /// Set the deadline. Later than the live expiry entry, nothing else
+    /// changes: the entry finds the flow alive when it comes due and files
+    /// it again (see the module docs). Earlier (a state with a shorter
+    /// timeout), or so much later that the lag would not fit in 32 bits
+    /// (49 days), the flow needs an entry at the new deadline, which
     /// [`ConnTable::with_flow`] queues once the closure that called this
-    /// returns (it sees `queued` change).
+    /// returns (it sees the entry's time change).
     pub fn set_deadline(&mut self, deadline: Timestamp) {
+        let queued = self.queued();
         self.deadline = deadline;
-        if deadline < self.queued {
-            self.queued = deadline;
+        match u32::try_from(deadline.as_millis().wrapping_sub(queued.as_millis())) {
+            Ok(lag) if deadline >= queued => self.lag = lag,
+            _ => self.lag = 0,
         }
+    }
+
+    /// The acknowledgment number of a REPLY ACK that answered the SYN while
+    /// the flow was in SYN_SENT (a backend's TIME_WAIT from an older
+    /// connection on the same tuple): the client's RST to it carries this
+    /// number as its sequence number, in a space tunlb never saw.
+    pub fn stray_ack(&self) -> Option<u32> {
+        self.has_stray.then_some(self.stray)
+    }
+
+    /// Set (or clear) what [`Flow::stray_ack`] returns.
+    pub fn set_stray_ack(&mut self, ack: Option<u32>) {
+        self.has_stray = ack.is_some();
+        self.stray = ack.unwrap_or(0);
     }
 }
 
@@ -1078,6 +1128,30 @@ mod tests {
         let mut expired = 0;
         t.expire(Timestamp::from_millis(10), |_| expired += 1);
         assert_eq!(expired, 1);
+    }
+
+    #[test]
+    fn a_deadline_moved_further_than_the_lag_can_hold_still_expires_there() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        assert!(t.insert(flow(40000, 40000, 1000)));
+        let o = Tuple::new(C, 40000, V, 80);
+        let far = Timestamp::from_secs(60 * 86400); // 60 days: past u32 ms
+        t.with_flow(&o, |f, _| f.set_deadline(far));
+        assert_eq!(
+            t.with_flow(&o, |f, _| (f.deadline(), f.queued())),
+            Some((far, far))
+        );
+        let mut expired = 0;
+        t.expire(Timestamp::from_millis(1000), |_| expired += 1);
+        assert_eq!((expired, t.len()), (0, 1));
+        t.expire(far, |_| expired += 1);
+        assert_eq!((expired, t.len()), (1, 0));
+    }
+
+    #[test]
+    fn ids_compare_as_serial_numbers() {
+        assert!(older(1, 2) && !older(2, 1) && !older(5, 5));
+        assert!(older(u32::MAX, 0), "0 came after the wrap");
     }
 
     #[test]

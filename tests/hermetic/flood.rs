@@ -247,7 +247,8 @@ fn retransmitted_flood_syns_never_extend_their_entries() {
         for f in engine.flows_of::<std::net::Ipv4Addr>() {
             assert_eq!(f.state, TcpState::SynSent);
             assert_eq!(
-                f.deadline, deadline,
+                f.deadline(),
+                deadline,
                 "a retransmitted SYN renewed the timer"
             );
         }

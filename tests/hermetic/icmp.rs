@@ -43,7 +43,7 @@ fn flow_views(net: &Net) -> Vec<FlowView> {
                 f.state,
                 f.seen_reply,
                 f.assured,
-                f.deadline,
+                f.deadline(),
                 f.packets,
                 f.bytes,
             )

@@ -264,7 +264,8 @@ fn an_ack_or_fin_from_the_client_in_syn_sent_is_invalid_and_changes_nothing() {
     let after = engine.flows_of::<std::net::Ipv4Addr>()[0].clone();
     assert_eq!(after.state, TcpState::SynSent);
     assert_eq!(
-        after.deadline, before.deadline,
+        after.deadline(),
+        before.deadline(),
         "an INVALID segment renews nothing"
     );
     assert_eq!(
@@ -404,7 +405,7 @@ fn flow_of<A: Plan>(net: &Net<A>, live: &Live<A>) -> Flow<A> {
 fn same_flow<A: Plan>(a: &Flow<A>, b: &Flow<A>) -> bool {
     (
         a.state,
-        a.deadline,
+        a.deadline(),
         a.packets,
         a.bytes,
         a.window,
@@ -412,7 +413,7 @@ fn same_flow<A: Plan>(a: &Flow<A>, b: &Flow<A>) -> bool {
         a.assured,
     ) == (
         b.state,
-        b.deadline,
+        b.deadline(),
         b.packets,
         b.bytes,
         b.window,

@@ -58,15 +58,15 @@ fn fin_teardown<A: Plan>() {
     let time_wait = Timeouts::default().get(TcpState::TimeWait);
     assert_eq!(time_wait, Duration::from_secs(120));
     assert_eq!(
-        flow.deadline,
+        flow.deadline(),
         Timestamp::from_millis(net.last_engine_packet) + time_wait
     );
 
     // One millisecond before the deadline it is still there...
-    net.advance_to(just_before(flow.deadline));
+    net.advance_to(just_before(flow.deadline()));
     assert_eq!(only_flow(&net).state, TcpState::TimeWait);
     // ...and it leaves exactly at the deadline.
-    assert_eq!(expire_until_empty(&mut net), flow.deadline);
+    assert_eq!(expire_until_empty(&mut net), flow.deadline());
     let stats = net.engine.stats();
     assert_eq!(stats.expired, 1);
     assert_eq!(stats.total_dropped(), 0, "{stats}");
@@ -100,11 +100,11 @@ fn rst_teardown<A: Plan>() {
     assert_eq!(flow.state, TcpState::Close);
     let close = Timeouts::default().get(TcpState::Close);
     assert_eq!(close, Duration::from_secs(10));
-    assert_eq!(flow.deadline, net.now() + close);
+    assert_eq!(flow.deadline(), net.now() + close);
 
-    net.advance_to(just_before(flow.deadline));
+    net.advance_to(just_before(flow.deadline()));
     assert_eq!(only_flow(&net).state, TcpState::Close);
-    assert_eq!(expire_until_empty(&mut net), flow.deadline);
+    assert_eq!(expire_until_empty(&mut net), flow.deadline());
     assert_eq!(net.engine.stats().expired, 1);
 }
 
@@ -230,7 +230,8 @@ fn syn_sent_timeout<A: Plan>() {
         assert_eq!(flows.len(), 1);
         assert_eq!(flows[0].state, TcpState::SynSent);
         assert_eq!(
-            flows[0].deadline, deadline,
+            flows[0].deadline(),
+            deadline,
             "SYN at +{at} s moved the deadline"
         );
         assert!(!engine.handle_timeout(now) && engine.flow_count() == 1);

@@ -137,7 +137,7 @@ impl Model {
 fn fingerprint(f: &Flow) -> Fingerprint {
     (
         f.state,
-        f.deadline,
+        f.deadline(),
         f.packets,
         f.bytes,
         f.seen_reply,
