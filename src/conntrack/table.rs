@@ -37,9 +37,9 @@
 //!
 //! # Expiry
 //! Each flow has a `deadline` (last packet + the timeout of its state). Its
-//! shard's heap holds `(time, slot, tag)` entries; a flow's *live* entry is
-//! the one whose time equals its `queued` field (and whose tag is its id),
-//! all others are stale and skipped. Traffic only pushes the deadline
+//! shard's heap holds `(time, slot, id)` entries; a flow's *live* entry is
+//! the one whose time is its `queued()` time (the deadline minus the flow's
+//! `lag`) and whose id is the flow's, all others are stale and skipped. Traffic only pushes the deadline
 //! later, which needs no heap work: when the live entry comes due,
 //! [`ConnTable::expire`] either removes the flow or re-queues it at its
 //! current deadline. Only a state change that *shortens* the deadline
