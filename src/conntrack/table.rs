@@ -3,7 +3,7 @@
 //! Netfilter keeps each `nf_conn` once and hangs both of its tuples in one
 //! hash table (the `tuplehash[2]` nodes inside the conn). This table does
 //! the same with indices instead of pointers:
-//! - a [`Slab`] holds the flows themselves, in fixed-size chunks that never
+//! - a slab (`Slab`) holds the flows themselves, in fixed-size chunks that never
 //!   move (a growing table copies nothing, and a flow costs its own size,
 //!   not the size of a hash bucket that doubles);
 //! - an index maps each tuple to its flow: its entries are 4 bytes (slot
