@@ -233,11 +233,6 @@ struct Handle {
 /// in the same slot has another).
 type Timer = Reverse<(Timestamp, u32, u32)>;
 
-/// The id heap and queue entries carry to tell their flow from a later one.
-fn tag(id: u32) -> u32 {
-    id
-}
-
 /// Whether flow id `a` was given before `b` (serial number arithmetic, RFC
 /// 1982: ids wrap, and live flows span far less than 2^31 of them).
 fn older(a: u32, b: u32) -> bool {
@@ -256,7 +251,7 @@ struct Shard<A: IpAddress> {
     remote: HashMap<Tuple<A>, Handle, RandomState>,
     /// Expiry entries (see the module docs).
     heap: BinaryHeap<Timer>,
-    /// `(slot, tag)` of flows in creation order, for eviction: the front is
+    /// `(slot, id)` of flows in creation order, for eviction: the front is
     /// the oldest flow that may still be unreplied. Entries of flows that
     /// were answered or are gone are dropped lazily.
     unreplied: VecDeque<(u32, u32)>,
@@ -287,9 +282,9 @@ impl<A: IpAddress> Shard<A> {
         self.find(hash, t).is_some() || (!self.remote.is_empty() && self.remote.contains_key(t))
     }
 
-    /// Whether the flow in `slot` is the one with this tag.
-    fn is(&self, slot: u32, tag_: u32) -> Option<&Flow<A>> {
-        self.flows.get(slot).filter(|f| tag(f.id) == tag_)
+    /// The flow in `slot`, if it is the one with this id.
+    fn is(&self, slot: u32, id: u32) -> Option<&Flow<A>> {
+        self.flows.get(slot).filter(|f| f.id == id)
     }
 
     /// Remove the index entry `e` of tuple `t`.
@@ -568,9 +563,7 @@ impl<A: IpAddress> ConnTable<A> {
         let r = f(flow, dir);
         if flow.queued() != queued {
             // `f` moved the deadline earlier (see `Flow::set_deadline`).
-            shard
-                .heap
-                .push(Reverse((flow.queued(), slot, tag(flow.id))));
+            shard.heap.push(Reverse((flow.queued(), slot, flow.id)));
         }
         Some(r)
     }
@@ -628,8 +621,8 @@ impl<A: IpAddress> ConnTable<A> {
             if there == home {
                 index.insert_unique(rh, entry(slot, Direction::Reply), rehash);
             }
-            heap.push(Reverse((deadline, slot, tag(id))));
-            unreplied.push_back((slot, tag(id)));
+            heap.push(Reverse((deadline, slot, id)));
+            unreplied.push_back((slot, id));
             slot
         };
         if there != home {
@@ -859,7 +852,7 @@ impl<A: IpAddress> ConnTable<A> {
         }
         let (at, home, slot, t) = best?;
         self.remove_at(home, slot, |f| {
-            tag(f.id) == t && f.queued() == at && f.state.is_closing()
+            f.id == t && f.queued() == at && f.state.is_closing()
         })
     }
 
