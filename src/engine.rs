@@ -46,6 +46,7 @@ use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
 
 use crate::conntrack::ports::{self, HashKey};
+use crate::conntrack::table::Absent;
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::tuple::{Endpoint, IpAddress};
 use crate::conntrack::window::{self, Check, RstCheck};
@@ -384,14 +385,14 @@ impl Engine {
         // Inlined, so that its result stays in registers (a `Known` returned
         // through memory was written a field at a time and copied whole: a
         // store-forwarding stall per packet).
-        let known = A::table(self).with_flow(
+        let known = A::table(self).find(
             &p.tuple,
             #[inline(always)]
             |flow, dir| self.known_flow(p, now, flow, dir),
         );
         match known {
-            Some(next) => self.after_known_flow(pkt, p, now, l4, next),
-            None => self.unknown_flow(pkt, p, now, l4),
+            Ok(next) => self.after_known_flow(pkt, p, now, l4, next),
+            Err(absent) => self.unknown_flow(pkt, p, now, l4, absent),
         }
     }
 
@@ -469,7 +470,7 @@ impl Engine {
                     .service_at(p.tuple.dst.to_socket())
                     .ok_or(DropReason::NoService)?;
                 let target = ToService { rt: &rt, si };
-                return self.new_connection(pkt, p, now, l4, Admit::Syn(Some(replace)), target);
+                return self.new_connection(pkt, p, now, l4, Admit::Reopen(replace), target);
             }
             Known::Drop(reason) => return Err(reason),
             Known::Forward {
@@ -507,6 +508,7 @@ impl Engine {
         p: &TcpRepr<A>,
         now: Timestamp,
         l4: L4Checksum,
+        absent: Absent,
     ) -> Result<Verdict, DropReason> {
         let (tuple, class) = (&p.tuple, p.class);
         // Loaded once: a NEW connection goes on with this configuration.
@@ -528,9 +530,9 @@ impl Engine {
         };
         let target = ToService { rt: &rt, si };
         if tcp::may_create(class) {
-            self.new_connection(pkt, p, now, l4, Admit::Syn(None), target)
+            self.new_connection(pkt, p, now, l4, Admit::Syn(absent), target)
         } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
-            self.new_connection(pkt, p, now, l4, Admit::Pickup, target)
+            self.new_connection(pkt, p, now, l4, Admit::Pickup(absent), target)
         } else {
             Err(DropReason::NoFlowNotSyn)
         }
@@ -701,13 +703,22 @@ impl Engine {
         let (rt, si) = (target.rt, target.si);
         let svc = &rt.services[si];
         let admission = A::table(self).admission();
-        let pickup = matches!(how, Admit::Pickup);
-        if let Admit::Syn(Some(r)) = how {
-            self.replace::<A>(&original, r);
-        }
-        if A::table(self).contains(&original) {
-            // Another thread admitted the same SYN first: this copy is a
-            // retransmission of that flow's SYN.
+        let pickup = matches!(how, Admit::Pickup(_));
+        // Another thread may have admitted the same SYN between this
+        // packet's lookup and the admission lock: then this copy is a
+        // retransmission of that flow's SYN. The lookup's miss still holds
+        // if nothing was added to the tuple's shard since (the rule), and
+        // need not be made again.
+        let duplicate = match how {
+            Admit::Syn(absent) | Admit::Pickup(absent) => {
+                !A::table(self).still_absent(&absent) && A::table(self).contains(&original)
+            }
+            Admit::Reopen(r) => {
+                self.replace::<A>(&original, r);
+                A::table(self).contains(&original)
+            }
+        };
+        if duplicate {
             drop(admission);
             return self.process_tcp(pkt, p, now, l4);
         }
@@ -1143,10 +1154,13 @@ impl Engine {
 /// What admits a NEW flow (see [`Engine::new_connection`]).
 #[derive(Debug, Clone, Copy)]
 enum Admit {
-    /// A SYN, maybe replacing a flow on the same tuple.
-    Syn(Option<Replace>),
-    /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`).
-    Pickup,
+    /// A SYN of a tuple the table's lookup missed.
+    Syn(Absent),
+    /// A SYN replacing the flow on its tuple (reopened or redispatched).
+    Reopen(Replace),
+    /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`), whose
+    /// tuple the lookup missed.
+    Pickup(Absent),
 }
 
 /// The service a NEW connection is for: the running configuration, loaded

@@ -34,6 +34,11 @@
 //! - Inserting a flow, and the check that its REPLY tuple is free before,
 //!   happen under the admission lock ([`ConnTable::admission`]): nothing
 //!   else adds a tuple, so a tuple found free stays free until the insert.
+//! - A lookup that misses ([`ConnTable::find`]) returns an [`Absent`]: the
+//!   count of tuples ever added to the tuple's shard, read under its lock.
+//!   An admitter that finds the count unchanged under the admission lock
+//!   knows that no other thread admitted the same tuple meanwhile, without
+//!   a second lookup.
 //!
 //! # Expiry
 //! Each flow has a `deadline` (last packet + the timeout of its state). Its
@@ -342,7 +347,7 @@ impl<A: IpAddress> Shard<A> {
 /// The connection table. See the module docs for its structure and rules.
 #[derive(Debug)]
 pub struct ConnTable<A: IpAddress = Ipv4Addr> {
-    shards: Box<[Padded<Mutex<Shard<A>>>]>,
+    shards: Box<[Padded<Locked<A>>]>,
     /// `shards.len() - 1` (a power of two, minus one).
     shard_mask: usize,
     /// The index's hash: foldhash, keyed.
@@ -362,6 +367,27 @@ pub struct ConnTable<A: IpAddress = Ipv4Addr> {
 #[derive(Debug)]
 #[repr(align(128))]
 struct Padded<T>(T);
+
+/// A shard behind its lock, with the count of tuples ever added to it.
+#[derive(Debug)]
+struct Locked<A: IpAddress> {
+    shard: Mutex<Shard<A>>,
+    /// Incremented, with the shard locked, each time a tuple is added to
+    /// its index or its remote entries: while it has not moved, a tuple
+    /// found absent from the shard is still absent (see [`Absent`]). On
+    /// the lock's cache line, so reading it costs no miss.
+    added: AtomicU64,
+}
+
+/// Proof that no flow had a tuple when [`ConnTable::find`] looked for it:
+/// the count of tuples added to the tuple's shard, read under its lock.
+/// While the count has not moved ([`ConnTable::still_absent`]), nothing
+/// has added the tuple since, so an admitter need not look it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Absent {
+    shard: u32,
+    added: u64,
+}
 
 /// What the tables of the two families share: one limit on the flows of
 /// both (`--max-flows` counts connections, whatever their family), the
@@ -414,13 +440,16 @@ impl<A: IpAddress> ConnTable<A> {
         };
         let shards = (0..shard_amount())
             .map(|i| {
-                Padded(Mutex::new(Shard {
-                    index: HashTable::new(),
-                    flows: Slab::new(),
-                    remote: HashMap::with_hasher(keys(0x0072_6570_6c69_6573 ^ i as u64)),
-                    heap: BinaryHeap::new(),
-                    unreplied: VecDeque::new(),
-                }))
+                Padded(Locked {
+                    shard: Mutex::new(Shard {
+                        index: HashTable::new(),
+                        flows: Slab::new(),
+                        remote: HashMap::with_hasher(keys(0x0072_6570_6c69_6573 ^ i as u64)),
+                        heap: BinaryHeap::new(),
+                        unreplied: VecDeque::new(),
+                    }),
+                    added: AtomicU64::new(0),
+                })
             })
             .collect::<Box<[_]>>();
         ConnTable {
@@ -449,6 +478,7 @@ impl<A: IpAddress> ConnTable<A> {
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard<A>> {
         self.shards[shard]
             .0
+            .shard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -536,8 +566,29 @@ impl<A: IpAddress> ConnTable<A> {
         t: &Tuple<A>,
         f: impl FnOnce(&mut Flow<A>, Direction) -> R,
     ) -> Option<R> {
+        self.find(t, f).ok()
+    }
+
+    /// [`ConnTable::with_flow`], saying on a miss what the lookup proved:
+    /// that no flow had the tuple as its shard stood then ([`Absent`]).
+    #[inline(always)]
+    pub fn find<R>(
+        &self,
+        t: &Tuple<A>,
+        f: impl FnOnce(&mut Flow<A>, Direction) -> R,
+    ) -> Result<R, Absent> {
         let hash = self.hash(t);
-        let shard = self.lock(self.shard_of(t));
+        let at = self.shard_of(t);
+        let shard = self.lock(at);
+        // What a miss proves: the count read under the shard's lock; or,
+        // once the lock was let go before the miss, nothing.
+        let absent = |proven: bool| Absent {
+            shard: at as u32,
+            added: match proven {
+                true => self.shards[at].0.added.load(Ordering::Relaxed),
+                false => u64::MAX,
+            },
+        };
         // The common case: the tuple is in its own shard's index, one probe
         // for either direction. `f` is called in one place only, so that it
         // is inlined here and its result stays in registers.
@@ -545,27 +596,44 @@ impl<A: IpAddress> ConnTable<A> {
             Some(e) => (shard, slot_of(e), dir_of(e)),
             None => {
                 // A REPLY tuple whose flow lives in another shard.
-                if shard.remote.is_empty() {
-                    return None;
-                }
-                let at = *shard.remote.get(t)?;
+                let remote = match shard.remote.is_empty() {
+                    true => None,
+                    false => shard.remote.get(t).copied(),
+                };
+                let Some(there) = remote else {
+                    return Err(absent(true));
+                };
                 drop(shard);
-                let home = self.lock(at.shard as usize);
-                if home.flows.get(at.slot)?.reply != *t {
-                    return None; // replaced since
+                let home = self.lock(there.shard as usize);
+                match home.flows.get(there.slot) {
+                    Some(flow) if flow.reply == *t => (home, there.slot, Direction::Reply),
+                    _ => return Err(absent(false)), // removed or replaced since
                 }
-                (home, at.slot, Direction::Reply)
             }
         };
         let shard = &mut *shard;
-        let flow = shard.flows.get_mut(slot)?;
+        let Some(flow) = shard.flows.get_mut(slot) else {
+            return Err(absent(false));
+        };
         let queued = flow.queued();
         let r = f(flow, dir);
         if flow.queued() != queued {
             // `f` moved the deadline earlier (see `Flow::set_deadline`).
             shard.heap.push(Reverse((flow.queued(), slot, flow.id)));
         }
-        Some(r)
+        Ok(r)
+    }
+
+    /// Return whether the tuple `absent` was missed for is still in no
+    /// flow: nothing was added to its shard since. Call it holding the
+    /// admission lock (only admitters add tuples), with an `absent` from
+    /// a lookup made before taking it.
+    pub fn still_absent(&self, absent: &Absent) -> bool {
+        self.shards[absent.shard as usize]
+            .0
+            .added
+            .load(Ordering::Acquire)
+            == absent.added
     }
 
     /// Return whether no flow uses `reply` as a tuple, of either direction
@@ -623,6 +691,7 @@ impl<A: IpAddress> ConnTable<A> {
             }
             heap.push(Reverse((deadline, slot, id)));
             unreplied.push_back((slot, id));
+            self.shards[home].0.added.fetch_add(1, Ordering::Release);
             slot
         };
         if there != home {
@@ -630,7 +699,9 @@ impl<A: IpAddress> ConnTable<A> {
                 shard: home as u32,
                 slot,
             };
-            self.lock(there).remote.insert(reply, at);
+            let mut shard = self.lock(there);
+            shard.remote.insert(reply, at);
+            self.shards[there].0.added.fetch_add(1, Ordering::Release);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.limit.count.fetch_add(1, Ordering::Relaxed);
@@ -1093,6 +1164,37 @@ mod tests {
         assert_eq!(t.with_flow(&reply, |_, d| d), None);
         assert!(t.lock(t.shard_of(&reply)).remote.is_empty());
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_miss_stays_proven_until_a_tuple_is_added_to_its_shard() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let shards = shard_amount();
+        let home = |p: u16| spread(p, 80) as usize % shards;
+        let wanted = Tuple::new(C, 40000, V, 80);
+        let absent = t.find(&wanted, |_, _| ()).unwrap_err();
+        assert!(t.still_absent(&absent));
+        // A flow in another shard proves nothing about this one.
+        let elsewhere = (41000..50000u16).find(|&p| home(p) != home(40000)).unwrap();
+        assert!(t.insert(flow(elsewhere, elsewhere, 1000)));
+        assert!(t.still_absent(&absent));
+        // Any flow added to the tuple's shard, the tuple's own among them,
+        // ends the proof: the admitter must look again.
+        let same = (41000..50000u16).find(|&p| home(p) == home(40000)).unwrap();
+        assert!(t.insert(flow(same, same, 1000)));
+        assert!(!t.still_absent(&absent));
+        assert!(!t.contains(&wanted), "looked up again: still absent");
+        let absent = t.find(&wanted, |_, _| ()).unwrap_err();
+        assert!(t.insert(flow(40000, 40000, 1000)));
+        assert!(!t.still_absent(&absent));
+        assert!(t.contains(&wanted));
+        // A remote REPLY tuple is added to its own shard, not its flow's.
+        let sport = (20000..30000u16).find(|&p| home(p) != home(40001)).unwrap();
+        let reply = Tuple::new(B, 80, S, sport);
+        let absent = t.find(&reply, |_, _| ()).unwrap_err();
+        assert!(t.insert(flow(40001, sport, 1000)));
+        assert!(!t.still_absent(&absent));
+        assert_eq!(t.find(&reply, |_, d| d), Ok(Direction::Reply));
     }
 
     #[test]
