@@ -584,9 +584,10 @@ impl<A: IpAddress> ConnTable<A> {
         // once the lock was let go before the miss, nothing.
         let absent = |proven: bool| Absent {
             shard: at as u32,
-            added: match proven {
-                true => self.shards[at].0.added.load(Ordering::Relaxed),
-                false => u64::MAX,
+            added: if proven {
+                self.shards[at].0.added.load(Ordering::Relaxed)
+            } else {
+                u64::MAX
             },
         };
         // The common case: the tuple is in its own shard's index, one probe
@@ -596,9 +597,10 @@ impl<A: IpAddress> ConnTable<A> {
             Some(e) => (shard, slot_of(e), dir_of(e)),
             None => {
                 // A REPLY tuple whose flow lives in another shard.
-                let remote = match shard.remote.is_empty() {
-                    true => None,
-                    false => shard.remote.get(t).copied(),
+                let remote = if shard.remote.is_empty() {
+                    None
+                } else {
+                    shard.remote.get(t).copied()
                 };
                 let Some(there) = remote else {
                     return Err(absent(true));
