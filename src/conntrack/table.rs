@@ -44,8 +44,9 @@
 //! Each flow has a `deadline` (last packet + the timeout of its state). Its
 //! shard's heap holds `(time, slot, id)` entries; a flow's *live* entry is
 //! the one whose time is its `queued()` time (the deadline minus the flow's
-//! `lag`) and whose id is the flow's, all others are stale and skipped. Traffic only pushes the deadline
-//! later, which needs no heap work: when the live entry comes due,
+//! `lag`) and whose id is the flow's, all others are stale and skipped.
+//! Traffic only pushes the deadline later, which needs no heap work: when
+//! the live entry comes due,
 //! [`ConnTable::expire`] either removes the flow or re-queues it at its
 //! current deadline. Only a state change that *shortens* the deadline
 //! (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does bounded
@@ -290,6 +291,15 @@ impl<A: IpAddress> Shard<A> {
     /// The flow in `slot`, if it is the one with this id.
     fn is(&self, slot: u32, id: u32) -> Option<&Flow<A>> {
         self.flows.get(slot).filter(|f| f.id == id)
+    }
+
+    /// File the flow in `slot`, whose live entry just came off the heap
+    /// early (traffic moved its deadline later), again at its deadline.
+    fn refile(&mut self, slot: u32) {
+        if let Some(flow) = self.flows.get_mut(slot) {
+            flow.requeue();
+            self.heap.push(Reverse((flow.deadline, slot, flow.id)));
+        }
     }
 
     /// Remove the index entry `e` of tuple `t`.
@@ -813,10 +823,7 @@ impl<A: IpAddress> ConnTable<A> {
                     if flow.deadline <= now {
                         gone.extend(self.take(shard, home, slot).map(|f| (slot, f)));
                     } else {
-                        // Still alive: re-queue at its real deadline.
-                        let d = flow.deadline;
-                        shard.flows.get_mut(slot).expect("just read").requeue();
-                        shard.heap.push(Reverse((d, slot, t)));
+                        shard.refile(slot); // still alive
                     }
                 }
                 shard.prune_unreplied(EXPIRE_BUDGET);
@@ -902,9 +909,7 @@ impl<A: IpAddress> ConnTable<A> {
                     continue; // stale
                 };
                 if flow.deadline > at {
-                    let d = flow.deadline;
-                    shard.flows.get_mut(slot).expect("just read").requeue();
-                    shard.heap.push(Reverse((d, slot, t)));
+                    shard.refile(slot);
                     continue;
                 }
                 cands.push((at, slot, t));
