@@ -123,8 +123,6 @@ impl std::fmt::Display for RestoreReport {
 /// The size of the flow table's bookkeeping (see [`Engine::bookkeeping`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bookkeeping {
-    /// Entries in the expiry heap (one live per flow, plus stale ones).
-    pub expiry_entries: usize,
     /// Entries in the eviction queue of flows that may be unreplied.
     pub eviction_entries: usize,
 }
@@ -408,6 +406,12 @@ impl Engine {
         flow: &mut Flow<A>,
         dir: Direction,
     ) -> Known<A> {
+        if flow.deadline() <= now {
+            // Expired, and not swept yet: gone, as for `nf_ct_is_expired`
+            // at lookup. No packet revives it.
+            let (src, dst) = translate(flow, dir);
+            return Known::Expired { dir, src, dst };
+        }
         let (tuple, class) = (&p.tuple, p.class);
         if dir == Direction::Original && class == FlagClass::Syn {
             // A SYN reusing the tuple of a closed flow starts over
@@ -473,6 +477,9 @@ impl Engine {
                 return self.new_connection(pkt, p, now, l4, Admit::Reopen(replace), target);
             }
             Known::Drop(reason) => return Err(reason),
+            Known::Expired { dir, src, dst } => {
+                return self.expired_flow(pkt, p, now, l4, original_of(p, dir, src, dst));
+            }
             Known::Forward {
                 dir,
                 src,
@@ -486,18 +493,35 @@ impl Engine {
             self.counters.forward(dir.index());
         }
         if remove {
-            // The flow's ORIGINAL tuple: the packet's, or the inverse of
-            // where a REPLY packet is translated to (see `translate`).
-            let flow_key = match dir {
-                Direction::Original => p.tuple,
-                Direction::Reply => Tuple::<A> { src: dst, dst: src },
-            };
+            let flow_key = original_of(p, dir, src, dst);
             if let Some(old) = A::table(self).remove_if(&flow_key, |f| f.state == TcpState::Close) {
                 trace::destroy(&self.events, &old, "reset before any reply");
             }
         }
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
         Ok(Verdict::Forward { len: p.len })
+    }
+
+    /// A segment of a flow whose deadline has passed before a sweep removed
+    /// it (`original` is the flow's ORIGINAL tuple): remove it as the sweep
+    /// would, then handle the segment as the first of no flow (a SYN opens
+    /// a new connection; anything else is INVALID, or picked up).
+    #[cold]
+    #[inline(never)]
+    fn expired_flow<A: Family>(
+        &self,
+        pkt: &mut [u8],
+        p: &TcpRepr<A>,
+        now: Timestamp,
+        l4: L4Checksum,
+        original: Tuple<A>,
+    ) -> Result<Verdict, DropReason> {
+        if let Some(old) = A::table(self).remove_if(&original, |f| f.deadline() <= now) {
+            self.expired(old);
+        }
+        // The flow is gone (removed here or by another thread): this
+        // lookup misses, or finds a flow admitted since, alive.
+        self.process_tcp(pkt, p, now, l4)
     }
 
     /// A segment of no flow in the table: a NEW connection (a SYN to a
@@ -755,7 +779,7 @@ impl Engine {
             });
             return Err(DropReason::PortsExhausted);
         };
-        if !self.make_room::<A>() {
+        if !self.make_room::<A>(now) {
             drop(admission);
             let max = A::table(self).max();
             self.refusals[0].hit(now, |n| {
@@ -837,9 +861,9 @@ impl Engine {
     /// nothing to do below it; exactly at it, evict a flow of `A`'s family
     /// or else of the other; above a lowered limit, new flows wait for old
     /// ones to end. Returns whether there is room. Under the admission lock.
-    fn make_room<A: Family>(&self) -> bool {
+    fn make_room<A: Family>(&self, now: Timestamp) -> bool {
         let (len, max) = (A::table(self).total(), A::table(self).max());
-        len < max || (len == max && (self.evict_in::<A>() || A::evict_in_other(self)))
+        len < max || (len == max && (self.evict_in::<A>(now) || A::evict_in_other(self, now)))
     }
 
     /// Return the MASQUERADE source a connection gets when nothing clashes:
@@ -858,8 +882,8 @@ impl Engine {
 
     /// Evict one flow of `A`'s table to make room (see
     /// [`ConnTable::evict_one`]); return whether one was.
-    fn evict_in<A: Family>(&self) -> bool {
-        match A::table(self).evict_one() {
+    fn evict_in<A: Family>(&self, now: Timestamp) -> bool {
+        match A::table(self).evict_one(now) {
             Some(victim) => {
                 self.counters.evicted.fetch_add(1, Relaxed);
                 trace::destroy(&self.events, &victim, "evicted: table full");
@@ -1021,9 +1045,9 @@ impl Engine {
         table.insert(flow)
     }
 
-    /// Handle the passing of time to `now`: remove expired flows, doing
-    /// bounded work. Returns `true` if more are already due (call again
-    /// before sleeping).
+    /// Handle the passing of time to `now`: sweep the flow table for
+    /// expired flows where it is due, doing bounded work. Returns `true` if
+    /// more is already due (call again before sleeping).
     pub fn handle_timeout(&self, now: Timestamp) -> bool {
         let v4 = self.expire_in::<Ipv4Addr>(now);
         let v6 = self.expire_in::<Ipv6Addr>(now);
@@ -1032,14 +1056,17 @@ impl Engine {
 
     /// [`Engine::handle_timeout`] for `A`'s table.
     fn expire_in<A: Family>(&self, now: Timestamp) -> bool {
-        A::table(self).expire(now, |flow| {
-            self.counters.expired.fetch_add(1, Relaxed);
-            if flow.state == TcpState::SynSent && !flow.seen_reply {
-                // The backend never answered the SYN: a passive health signal.
-                flow.backend.syn_failed();
-            }
-            trace::destroy(&self.events, &flow, "timeout");
-        })
+        A::table(self).expire(now, |flow| self.expired(flow))
+    }
+
+    /// Account for a flow removed because its deadline passed.
+    fn expired<A: IpAddress>(&self, flow: Flow<A>) {
+        self.counters.expired.fetch_add(1, Relaxed);
+        if flow.state == TcpState::SynSent && !flow.seen_reply {
+            // The backend never answered the SYN: a passive health signal.
+            flow.backend.syn_failed();
+        }
+        trace::destroy(&self.events, &flow, "timeout");
     }
 
     /// Return when [`Engine::handle_timeout`] should next be called, if any flow exists.
@@ -1096,7 +1123,6 @@ impl Engine {
     /// [`crate::conntrack::table::COMPACT_SLACK`] after each expiry pass).
     pub fn bookkeeping(&self) -> Bookkeeping {
         Bookkeeping {
-            expiry_entries: self.v4.heap_len() + self.v6.heap_len(),
             eviction_entries: self.v4.queue_len() + self.v6.queue_len(),
         }
     }
@@ -1192,6 +1218,18 @@ enum Known<A> {
     },
     /// Admit the segment (a SYN) as a new connection replacing the flow.
     Restart(Replace),
+    /// The flow's deadline has passed: remove it, then handle the segment
+    /// as the first of no flow. `src` and `dst` are where the segment would
+    /// be translated to, from which its ORIGINAL tuple follows (see
+    /// [`original_of`]).
+    Expired {
+        /// The segment's direction.
+        dir: Direction,
+        /// The translated source.
+        src: Endpoint<A>,
+        /// The translated destination.
+        dst: Endpoint<A>,
+    },
     /// Drop it.
     Drop(DropReason),
 }
@@ -1242,6 +1280,22 @@ fn translate<A: IpAddress>(flow: &Flow<A>, dir: Direction) -> (Endpoint<A>, Endp
     }
 }
 
+/// The ORIGINAL tuple of the flow a segment `p` belongs to, given its
+/// direction and where [`translate`] sends it: the segment's own tuple, or
+/// for a REPLY segment the inverse of where it is translated to.
+#[inline]
+fn original_of<A: IpAddress>(
+    p: &TcpRepr<A>,
+    dir: Direction,
+    src: Endpoint<A>,
+    dst: Endpoint<A>,
+) -> Tuple<A> {
+    match dir {
+        Direction::Original => p.tuple,
+        Direction::Reply => Tuple { src: dst, dst: src },
+    }
+}
+
 /// An address family the engine translates: what differs between IPv4
 /// and IPv6 at the engine's level (which table holds the flows, which
 /// MASQUERADE pool a service uses). Implemented for [`Ipv4Addr`] and
@@ -1255,7 +1309,7 @@ pub trait Family: IpAddress {
     fn pool(s: &Service) -> &[Self];
     /// Evict a flow of the *other* family to make room (the limit is
     /// shared); return whether one was.
-    fn evict_in_other(e: &Engine) -> bool;
+    fn evict_in_other(e: &Engine, now: Timestamp) -> bool;
 }
 
 impl Family for Ipv4Addr {
@@ -1267,8 +1321,8 @@ impl Family for Ipv4Addr {
     fn pool(s: &Service) -> &[Self] {
         &s.snat_v4
     }
-    fn evict_in_other(e: &Engine) -> bool {
-        e.evict_in::<Ipv6Addr>()
+    fn evict_in_other(e: &Engine, now: Timestamp) -> bool {
+        e.evict_in::<Ipv6Addr>(now)
     }
 }
 
@@ -1281,8 +1335,8 @@ impl Family for Ipv6Addr {
     fn pool(s: &Service) -> &[Self] {
         &s.snat_v6
     }
-    fn evict_in_other(e: &Engine) -> bool {
-        e.evict_in::<Ipv4Addr>()
+    fn evict_in_other(e: &Engine, now: Timestamp) -> bool {
+        e.evict_in::<Ipv4Addr>(now)
     }
 }
 
@@ -1333,6 +1387,43 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&p[..len]).unwrap();
         let t = TcpPacket::new_checked(ip.payload()).unwrap();
         SocketAddrV4::new(ip.dst_addr(), t.dst_port())
+    }
+
+    #[test]
+    fn a_packet_of_an_expired_flow_finds_it_gone_before_any_sweep() {
+        let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::Nth)).unwrap();
+        assert_eq!(syn(&e, 7000), b(3));
+        let be = e.runtime().services[0].backends[0].clone();
+        // SYN_SENT's 120 s pass with no sweep: the client's late ACK does
+        // not revive the flow, it is a packet of no flow (INVALID)...
+        let late = Timestamp::from_secs(120);
+        let mut ack = Segment::new(client(7000), VIP, ACK).build();
+        assert_eq!(
+            e.handle_packet(&mut ack, late),
+            Verdict::Drop(DropReason::NoFlowNotSyn)
+        );
+        // ...and the flow left as the sweep would have removed it.
+        assert_eq!((e.flow_count(), e.stats().expired), (0, 1));
+        assert_eq!(be.syn_failures(), 1, "an unanswered SYN timed out");
+        // A SYN on the same tuple then opens a new connection (the next
+        // backend: the old flow is not reopened).
+        let mut syn2 = Segment::new(client(7000), VIP, SYN).build();
+        assert!(matches!(
+            e.handle_packet(&mut syn2, late),
+            Verdict::Forward { .. }
+        ));
+        let flows = e.flows_of::<Ipv4Addr>();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].backend.addr, SocketAddr::V4(b(4)));
+        assert_eq!(flows[0].state, TcpState::SynSent);
+        // A millisecond before the deadline, the flow was still there.
+        assert_eq!(syn(&e, 7001), b(3));
+        let mut ack = Segment::new(client(7001), VIP, ACK).build();
+        assert_ne!(
+            e.handle_packet(&mut ack, Timestamp::from_millis(119_999)),
+            Verdict::Drop(DropReason::NoFlowNotSyn)
+        );
+        assert_eq!(e.flow_count(), 2);
     }
 
     #[test]

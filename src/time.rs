@@ -16,6 +16,9 @@ impl Timestamp {
     /// The origin.
     pub const ZERO: Timestamp = Timestamp(0);
 
+    /// Later than any time the engine is given: "not before the end".
+    pub const NEVER: Timestamp = Timestamp(u64::MAX);
+
     /// Build a timestamp from milliseconds since the origin.
     pub const fn from_millis(ms: u64) -> Self {
         Timestamp(ms)

@@ -12,7 +12,7 @@
 //!   tuple in its hash node. Either direction is one probe.
 //!
 //! The table is split in shards, each behind its own lock, each with its
-//! own slab, index, expiry heap and eviction queue. A flow lives in the
+//! own slab, index, sweep and eviction queue. A flow lives in the
 //! shard of its ORIGINAL tuple's [`spread`], the value the packet
 //! datapath's fanout picks a packet's thread by: each thread takes the
 //! locks of its own shards only. Its REPLY tuple has the same spread when
@@ -41,30 +41,41 @@
 //!   a second lookup.
 //!
 //! # Expiry
-//! Each flow has a `deadline` (last packet + the timeout of its state). Its
-//! shard's heap holds `(time, slot, id)` entries; a flow's *live* entry is
-//! the one whose time is its `queued()` time (the deadline minus the flow's
-//! `lag`) and whose id is the flow's, all others are stale and skipped.
-//! Traffic only pushes the deadline later, which needs no heap work: when
-//! the live entry comes due,
-//! [`ConnTable::expire`] either removes the flow or re-queues it at its
-//! current deadline. Only a state change that *shortens* the deadline
-//! (ESTABLISHED -> FIN_WAIT) pushes a new entry. Each call does bounded
-//! work, so neither the packet path nor the expiry tick ever stalls.
+//! As in netfilter since Linux 4.7 (which dropped the timer every conntrack
+//! had for a garbage collector and expiry at lookup), a flow is in no timer
+//! structure: it has its `deadline` (last packet + the timeout of its
+//! state), which traffic moves with one store, and that is all it costs.
+//! Two things act on it:
+//! - the packet path: a packet whose flow's deadline has passed finds the
+//!   flow gone (the engine removes it and handles the packet as the first
+//!   of no flow), so a sweep that comes late never lets traffic revive an
+//!   expired flow;
+//! - [`ConnTable::expire`], the sweep (`gc_worker`): it walks each shard's
+//!   slab in slot order, a bounded number of slots per call, removes the
+//!   flows whose deadline has passed and notes the earliest deadline among
+//!   those it keeps. A shard is swept again when that deadline comes (a
+//!   lower bound: an insert, or a deadline moved earlier under the lock,
+//!   lowers it at once; traffic moves deadlines only later), but not
+//!   sooner after the last sweep of the shard began than
+//!   [`SWEEP_GAP_PER_FLOW`] times its flows, and never more than
+//!   [`SWEEP_GAP_MAX`] later: a shard of a few flows is swept as each
+//!   comes due, one of a million flows about once a second, however many
+//!   of them expire in between.
 //!
 //! # Eviction
 //! When the table is full, a NEW connection takes the place of the oldest
 //! flow that is not ASSURED (the smallest id at the fronts of the shards'
 //! creation-order queues, whose stale entries are dropped as they are met),
-//! else of a closing flow among those expiring soonest; otherwise the SYN
-//! is refused (`table_full`).
+//! else of the expired or closing flow expiring soonest among a few slots
+//! of each shard (netfilter's `early_drop` samples buckets alike);
+//! otherwise the SYN is refused (`table_full`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 // Keyed with a per-process random seed: flow keys come from the network
 // (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
@@ -97,11 +108,6 @@ pub struct Flow<A = Ipv4Addr> {
     /// When the flow expires unless more traffic arrives (see
     /// [`Flow::deadline`]; changed only by [`Flow::set_deadline`]).
     deadline: Timestamp,
-    /// How long before `deadline` this flow's live expiry-heap entry is due,
-    /// in milliseconds: the entry's time is `deadline - lag` (see the module
-    /// docs). Four bytes where a second timestamp would take eight: what
-    /// keeps an IPv4 flow to two cache lines.
-    lag: u32,
     /// Packets seen, per direction.
     pub packets: [u64; 2],
     /// IP bytes seen, per direction.
@@ -111,7 +117,7 @@ pub struct Flow<A = Ipv4Addr> {
     /// A number unique to this flow among its table's live flows, given at
     /// insertion in creation order (wrapping after 2^32 flows: compared as
     /// serial numbers): tells a flow from a later one in the same slot
-    /// (stale heap and queue entries), and the oldest unanswered flow.
+    /// (stale queue entries), and the oldest unanswered flow.
     pub id: u32,
     /// See [`Flow::stray_ack`]; valid when `has_stray`.
     stray: u32,
@@ -127,16 +133,22 @@ pub struct Totals {
     pub live_by_backend: HashMap<usize, (u64, u64)>,
 }
 
-/// How many heap entries one call of [`ConnTable::expire`] examines.
+/// How many slots one call of [`ConnTable::expire`] examines, all shards
+/// together: a shard stays locked for a few microseconds at most.
 pub const EXPIRE_BUDGET: usize = 256;
-/// How many of the soonest-expiring flows of a shard a full table looks at
-/// for a victim.
-pub const EVICT_CANDIDATES: usize = 8;
-/// How many heap entries of a shard one eviction examines at most to find
-/// its candidates.
+/// How long after the last sweep of a shard began another may begin, per
+/// flow in the shard (see the module docs' Expiry): 8 us a flow, so a
+/// sweep costs the packet threads a few tenths of a percent of a core.
+pub const SWEEP_GAP_PER_FLOW: Duration = Duration::from_micros(8);
+/// The longest a shard waits for its next sweep once a flow is due: how
+/// late, at most, an expired flow leaves the table (and its `destroy`
+/// event is seen) when no packet of it came.
+pub const SWEEP_GAP_MAX: Duration = Duration::from_secs(1);
+/// How many slots of each shard a full table looks at for an expired or
+/// closing flow to evict, when no flow is unanswered.
 pub const EVICT_SCAN: usize = 64;
-/// Stale entries the expiry heaps and the eviction queues may hold beyond
-/// one per live flow (all shards together) before they are compacted.
+/// Stale entries the eviction queues may hold beyond one per live flow
+/// (all shards together) before they are compacted.
 pub const COMPACT_SLACK: usize = 1024;
 
 /// Flows per slab chunk: large enough that the chunk list stays short,
@@ -235,10 +247,6 @@ struct Handle {
     slot: u32,
 }
 
-/// An expiry-heap entry: due time, slot, and the flow's id (a later flow
-/// in the same slot has another).
-type Timer = Reverse<(Timestamp, u32, u32)>;
-
 /// Whether flow id `a` was given before `b` (serial number arithmetic, RFC
 /// 1982: ids wrap, and live flows span far less than 2^31 of them).
 fn older(a: u32, b: u32) -> bool {
@@ -255,8 +263,10 @@ struct Shard<A: IpAddress> {
     /// REPLY tuples of this shard's spread whose flows live in another
     /// shard (MASQUERADE gave them another port). Empty as a rule.
     remote: HashMap<Tuple<A>, Handle, RandomState>,
-    /// Expiry entries (see the module docs).
-    heap: BinaryHeap<Timer>,
+    /// Where the sweep of this shard stands (see the module docs).
+    sweep: Sweep,
+    /// The slot where the next eviction's look at this shard begins.
+    evict_from: u32,
     /// `(slot, id)` of flows in creation order, for eviction: the front is
     /// the oldest flow that may still be unreplied. Entries of flows that
     /// were answered or are gone are dropped lazily.
@@ -293,25 +303,11 @@ impl<A: IpAddress> Shard<A> {
         self.flows.get(slot).filter(|f| f.id == id)
     }
 
-    /// File the flow in `slot`, whose live entry just came off the heap
-    /// early (traffic moved its deadline later), again at its deadline.
-    fn refile(&mut self, slot: u32) {
-        if let Some(flow) = self.flows.get_mut(slot) {
-            flow.requeue();
-            self.heap.push(Reverse((flow.deadline, slot, flow.id)));
-        }
-    }
-
     /// Remove the index entry `e` of tuple `t`.
     fn unindex(&mut self, hash: u64, e: Entry) {
         if let Ok(found) = self.index.find_entry(hash, |&x| x == e) {
             found.remove();
         }
-    }
-
-    /// Whether a heap entry is its flow's live one.
-    fn timer_live(&self, &Reverse((at, slot, t)): &Timer) -> bool {
-        self.is(slot, t).is_some_and(|f| f.queued() == at)
     }
 
     /// Whether a queue entry stands for a live flow that is not ASSURED.
@@ -332,25 +328,65 @@ impl<A: IpAddress> Shard<A> {
         None
     }
 
-    /// Drop stale heap and queue entries once they outnumber the live flows
-    /// (plus `slack`), and give their memory back: both then stay within a
-    /// constant factor of the live flows, however long those live and
-    /// however their deadlines moved. Linear in the entries, and done only
-    /// after as many stale entries piled up: amortised O(1) per entry.
+    /// Drop stale queue entries once they outnumber the live flows (plus
+    /// `slack`), and give their memory back: the queue then stays within a
+    /// constant factor of the live flows, however long those live. Linear
+    /// in the entries, and done only after as many stale entries piled up:
+    /// amortised O(1) per entry.
     fn compact(&mut self, slack: usize) {
         let bound = 2 * self.flows.live + slack;
-        if self.heap.len() > bound {
-            let mut heap = std::mem::take(&mut self.heap).into_vec();
-            heap.retain(|t| self.timer_live(t));
-            heap.shrink_to_fit();
-            self.heap = BinaryHeap::from(heap);
-        }
         if self.unreplied.len() > bound {
             let mut queue = std::mem::take(&mut self.unreplied);
             queue.retain(|e| self.unreplied_live(e));
             queue.shrink_to_fit();
             self.unreplied = queue;
         }
+    }
+}
+
+/// Where the sweep of one shard stands (see the module docs' Expiry).
+#[derive(Debug)]
+struct Sweep {
+    /// The next slot to examine, while a sweep is under way.
+    next: Option<u32>,
+    /// No flow of the shard has an earlier deadline, once a sweep has
+    /// ended: the earliest deadline that sweep kept, lowered by every
+    /// insert and deadline moved earlier since (traffic moves deadlines
+    /// only later, so it stays a lower bound). While a sweep is under way,
+    /// the same for the flows it kept so far and those inserted or moved
+    /// earlier meanwhile.
+    earliest: Timestamp,
+    /// When the last sweep began.
+    began: Timestamp,
+}
+
+impl Sweep {
+    const fn new() -> Self {
+        Sweep {
+            next: None,
+            earliest: Timestamp::NEVER,
+            began: Timestamp::ZERO,
+        }
+    }
+
+    /// A flow of the shard now has `deadline`: inserted, or moved earlier.
+    #[inline(always)]
+    fn note(&mut self, deadline: Timestamp) {
+        if deadline < self.earliest {
+            self.earliest = deadline;
+        }
+    }
+
+    /// When the shard, holding `live` flows, is to be swept: now, if a
+    /// sweep is under way; else when its earliest deadline comes, but not
+    /// sooner than the gap its size asks after the last sweep began.
+    fn due(&self, live: usize) -> Timestamp {
+        if self.next.is_some() {
+            return self.began;
+        }
+        let flows = u32::try_from(live).unwrap_or(u32::MAX);
+        let gap = SWEEP_GAP_PER_FLOW.saturating_mul(flows).min(SWEEP_GAP_MAX);
+        self.earliest.max(self.began + gap)
     }
 }
 
@@ -455,7 +491,8 @@ impl<A: IpAddress> ConnTable<A> {
                         index: HashTable::new(),
                         flows: Slab::new(),
                         remote: HashMap::with_hasher(keys(0x0072_6570_6c69_6573 ^ i as u64)),
-                        heap: BinaryHeap::new(),
+                        sweep: Sweep::new(),
+                        evict_from: 0,
                         unreplied: VecDeque::new(),
                     }),
                     added: AtomicU64::new(0),
@@ -520,13 +557,6 @@ impl<A: IpAddress> ConnTable<A> {
     pub fn contains(&self, t: &Tuple<A>) -> bool {
         let hash = self.hash(t);
         self.lock(self.shard_of(t)).holds(hash, t)
-    }
-
-    /// Return the number of entries in the expiry heaps (live and stale).
-    pub fn heap_len(&self) -> usize {
-        (0..self.shards.len())
-            .map(|s| self.lock(s).heap.len())
-            .sum()
     }
 
     /// Return the number of entries in the eviction queues (live and stale).
@@ -627,12 +657,10 @@ impl<A: IpAddress> ConnTable<A> {
         let Some(flow) = shard.flows.get_mut(slot) else {
             return Err(absent(false));
         };
-        let queued = flow.queued();
         let r = f(flow, dir);
-        if flow.queued() != queued {
-            // `f` moved the deadline earlier (see `Flow::set_deadline`).
-            shard.heap.push(Reverse((flow.queued(), slot, flow.id)));
-        }
+        // `f` may have moved the deadline earlier (a state with a shorter
+        // timeout): the sweep must not come later than it.
+        shard.sweep.note(flow.deadline);
         Ok(r)
     }
 
@@ -679,14 +707,12 @@ impl<A: IpAddress> ConnTable<A> {
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             flow.id = id;
-            flow.requeue();
-            let deadline = flow.deadline;
+            shard.sweep.note(flow.deadline);
             flow.backend.add_active(1);
             let slot = shard.flows.insert(flow);
             let Shard {
                 index,
                 flows,
-                heap,
                 unreplied,
                 ..
             } = shard;
@@ -701,7 +727,6 @@ impl<A: IpAddress> ConnTable<A> {
             if there == home {
                 index.insert_unique(rh, entry(slot, Direction::Reply), rehash);
             }
-            heap.push(Reverse((deadline, slot, id)));
             unreplied.push_back((slot, id));
             self.shards[home].0.added.fetch_add(1, Ordering::Release);
             slot
@@ -794,10 +819,11 @@ impl<A: IpAddress> ConnTable<A> {
         Some(flow)
     }
 
-    /// Remove flows whose deadline has passed, examining at most
-    /// [`EXPIRE_BUDGET`] heap entries. `on_expire` sees each removed flow,
-    /// with no lock held. Returns `true` when more entries are due (call
-    /// again).
+    /// Sweep the shards that are due (see the module docs' Expiry): remove
+    /// the flows whose deadline has passed, examining at most
+    /// [`EXPIRE_BUDGET`] slots. `on_expire` sees each removed flow, with no
+    /// lock held. Returns `true` when a sweep is left unfinished or a shard
+    /// was left unswept for want of budget (call again).
     pub fn expire(&self, now: Timestamp, mut on_expire: impl FnMut(Flow<A>)) -> bool {
         let mut budget = EXPIRE_BUDGET;
         let mut more = false;
@@ -807,24 +833,29 @@ impl<A: IpAddress> ConnTable<A> {
             {
                 let mut guard = self.lock(home);
                 let shard = &mut *guard;
-                while let Some(&Reverse((at, slot, t))) = shard.heap.peek() {
-                    if at > now {
-                        break;
-                    }
-                    if budget == 0 {
-                        more = true;
-                        break;
-                    }
-                    budget -= 1;
-                    shard.heap.pop();
-                    let Some(flow) = shard.is(slot, t).filter(|f| f.queued() == at) else {
-                        continue; // stale
+                let live = shard.flows.live;
+                if shard.sweep.next.is_none() && live > 0 && now >= shard.sweep.due(live) {
+                    shard.sweep = Sweep {
+                        next: Some(0),
+                        earliest: Timestamp::NEVER,
+                        began: now,
                     };
-                    if flow.deadline <= now {
-                        gone.extend(self.take(shard, home, slot).map(|f| (slot, f)));
-                    } else {
-                        shard.refile(slot); // still alive
+                }
+                if let Some(mut slot) = shard.sweep.next {
+                    while slot < shard.flows.high && budget > 0 {
+                        budget -= 1;
+                        match shard.flows.get(slot) {
+                            Some(f) if f.deadline <= now => {
+                                gone.extend(self.take(shard, home, slot).map(|f| (slot, f)));
+                            }
+                            Some(f) => shard.sweep.note(f.deadline),
+                            None => {}
+                        }
+                        slot += 1;
                     }
+                    let unfinished = slot < shard.flows.high;
+                    shard.sweep.next = unfinished.then_some(slot);
+                    more |= unfinished;
                 }
                 shard.prune_unreplied(EXPIRE_BUDGET);
                 shard.compact(slack);
@@ -833,14 +864,19 @@ impl<A: IpAddress> ConnTable<A> {
                 self.forget(home, slot, &flow);
                 on_expire(flow);
             }
+            if budget == 0 {
+                // The shards after this one wait for the next call.
+                more |= self.next_expiry().is_some_and(|at| at <= now);
+                break;
+            }
         }
         more
     }
 
-    /// Drop the stale entries of the expiry heaps and the eviction queues
-    /// once they outnumber the live flows (plus [`COMPACT_SLACK`]) and give
-    /// their memory back (see `Shard::compact`). [`ConnTable::expire`] does
-    /// this on every call.
+    /// Drop the stale entries of the eviction queues once they outnumber
+    /// the live flows (plus [`COMPACT_SLACK`]) and give their memory back
+    /// (see `Shard::compact`). [`ConnTable::expire`] does this on every
+    /// call.
     pub fn compact(&self) {
         let slack = COMPACT_SLACK / self.shards.len();
         for s in 0..self.shards.len() {
@@ -848,17 +884,24 @@ impl<A: IpAddress> ConnTable<A> {
         }
     }
 
-    /// Return when the earliest heap entry is due. It may be stale (the flow
-    /// lived on); an early [`ConnTable::expire`] call is a harmless no-op.
+    /// Return when [`ConnTable::expire`] has work: the earliest time a
+    /// shard is due for a sweep (see the module docs), if any flow exists.
+    /// It may find nothing expired (traffic moved deadlines later): a
+    /// harmless call, after which the time returned is exact again.
     pub fn next_expiry(&self) -> Option<Timestamp> {
         (0..self.shards.len())
-            .filter_map(|s| self.lock(s).heap.peek().map(|Reverse((at, ..))| *at))
+            .filter_map(|s| {
+                let shard = self.lock(s);
+                let live = shard.flows.live;
+                (live > 0).then(|| shard.sweep.due(live))
+            })
             .min()
     }
 
-    /// Make room for one flow: remove the oldest flow that is not ASSURED
-    /// (never answered, or not yet established) or, failing that, one of
-    /// the soonest-expiring flows that is closing. Returns the evicted flow.
+    /// Make room for one flow at time `now`: remove the oldest flow that is
+    /// not ASSURED (never answered, or not yet established) or, failing
+    /// that, the flow expiring soonest among the expired and closing flows
+    /// of a few slots of each shard. Returns the evicted flow.
     ///
     /// The first choice is the smallest id at the fronts of the shards'
     /// creation-order queues: entries of flows answered since are dropped
@@ -866,15 +909,13 @@ impl<A: IpAddress> ConnTable<A> {
     /// flow enters a queue once) and finds an unanswered flow whenever one
     /// exists, however many established flows were created after it.
     ///
-    /// The second searches each shard's expiry heap, examining at most
-    /// [`EVICT_SCAN`] entries and keeping [`EVICT_CANDIDATES`]. A heap entry
-    /// earlier than its flow's deadline (traffic moved the deadline later
-    /// without heap work, as for every flow that went from SYN_RECV to
-    /// ESTABLISHED) does not say when the flow expires: it is re-filed at
-    /// the real deadline, as [`ConnTable::expire`] would, and the search
-    /// goes on. Otherwise a few recently established flows at the front of
-    /// the heap hide every closing flow behind them.
-    pub fn evict_one(&self) -> Option<Flow<A>> {
+    /// The second looks at [`EVICT_SCAN`] slots of each shard, from where
+    /// the last look at it ended (netfilter's `early_drop` samples a few
+    /// buckets alike): an expired flow (not swept yet) has the earliest
+    /// deadline of all, so it goes first; an established flow is never
+    /// taken. A table of up to `EVICT_SCAN` slots a shard is searched
+    /// whole.
+    pub fn evict_one(&self, now: Timestamp) -> Option<Flow<A>> {
         loop {
             let mut oldest: Option<(u32, usize, u32)> = None;
             for s in 0..self.shards.len() {
@@ -893,45 +934,26 @@ impl<A: IpAddress> ConnTable<A> {
                 return Some(victim);
             }
         }
+        let takeable = |f: &Flow<A>| f.deadline <= now || f.state.is_closing();
+        // (deadline, shard, slot, id) of the best candidate so far.
         let mut best: Option<(Timestamp, usize, u32, u32)> = None;
         for s in 0..self.shards.len() {
             let mut guard = self.lock(s);
             let shard = &mut *guard;
-            let mut cands = Vec::with_capacity(EVICT_CANDIDATES);
-            for _ in 0..EVICT_SCAN {
-                if cands.len() == EVICT_CANDIDATES {
-                    break;
-                }
-                let Some(Reverse((at, slot, t))) = shard.heap.pop() else {
-                    break;
-                };
-                let Some(flow) = shard.is(slot, t).filter(|f| f.queued() == at) else {
-                    continue; // stale
-                };
-                if flow.deadline > at {
-                    shard.refile(slot);
+            let high = shard.flows.high;
+            for _ in 0..EVICT_SCAN.min(high as usize) {
+                let slot = shard.evict_from % high;
+                shard.evict_from = slot + 1;
+                let Some(f) = shard.flows.get(slot) else {
                     continue;
-                }
-                cands.push((at, slot, t));
-            }
-            for &(at, slot, t) in &cands {
-                let closing = shard.is(slot, t).is_some_and(|f| f.state.is_closing());
-                if closing && best.is_none_or(|(b, ..)| at < b) {
-                    best = Some((at, s, slot, t));
-                    break;
+                };
+                if takeable(f) && best.is_none_or(|(d, ..)| f.deadline < d) {
+                    best = Some((f.deadline, s, slot, f.id));
                 }
             }
-            // Put the live entries back: the victim's goes with its flow.
-            shard.heap.extend(
-                cands
-                    .into_iter()
-                    .map(|(at, slot, t)| Reverse((at, slot, t))),
-            );
         }
-        let (at, home, slot, t) = best?;
-        self.remove_at(home, slot, |f| {
-            f.id == t && f.queued() == at && f.state.is_closing()
-        })
+        let (_, home, slot, id) = best?;
+        self.remove_at(home, slot, |f| f.id == id && takeable(f))
     }
 
     /// Fold a removed flow's counters into the totals: the packet path
@@ -996,7 +1018,6 @@ impl<A: IpAddress> Flow<A> {
             seen_reply: self.seen_reply,
             assured: self.assured,
             deadline: self.deadline,
-            lag: self.lag,
             packets: self.packets,
             bytes: self.bytes,
             window: self.window,
@@ -1021,7 +1042,6 @@ impl<A: IpAddress> Flow<A> {
             seen_reply: false,
             assured: false,
             deadline,
-            lag: 0,
             packets: [0; 2],
             bytes: [0; 2],
             window: [Window::default(); 2],
@@ -1038,31 +1058,12 @@ impl<A> Flow<A> {
         self.deadline
     }
 
-    /// The time of this flow's live expiry-heap entry (see the module docs).
-    pub(crate) fn queued(&self) -> Timestamp {
-        Timestamp::from_millis(self.deadline.as_millis() - u64::from(self.lag))
-    }
-
-    /// Make the live expiry entry the one at the deadline (the caller
-    /// queues it).
-    fn requeue(&mut self) {
-        self.lag = 0;
-    }
-
-    /// Set the deadline. Later than the live expiry entry, nothing else
-    /// changes: the entry finds the flow alive when it comes due and files
-    /// it again (see the module docs). Earlier (a state with a shorter
-    /// timeout), or so much later that the lag would not fit in 32 bits
-    /// (49 days), the flow needs an entry at the new deadline, which
-    /// [`ConnTable::with_flow`] queues once the closure that called this
-    /// returns (it sees the entry's time change).
+    /// Set the deadline. A deadline moved earlier (a state with a shorter
+    /// timeout) lowers the shard's next sweep once the closure that called
+    /// this returns ([`ConnTable::with_flow`] looks); one moved later needs
+    /// nothing (see the module docs' Expiry).
     pub fn set_deadline(&mut self, deadline: Timestamp) {
-        let queued = self.queued();
         self.deadline = deadline;
-        match u32::try_from(deadline.as_millis().wrapping_sub(queued.as_millis())) {
-            Ok(lag) if deadline >= queued => self.lag = lag,
-            _ => self.lag = 0,
-        }
     }
 
     /// The acknowledgment number of a REPLY ACK that answered the SYN while
@@ -1221,33 +1222,95 @@ mod tests {
     }
 
     #[test]
-    fn a_shorter_deadline_set_under_the_lock_is_queued() {
+    fn a_shorter_deadline_set_under_the_lock_brings_the_sweep_forward() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
         assert!(t.insert(flow(40000, 40000, 100_000)));
+        assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(100_000)));
         let o = Tuple::new(C, 40000, V, 80);
         t.with_flow(&o, |f, _| f.set_deadline(Timestamp::from_millis(10)));
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(10)));
         let mut expired = 0;
         t.expire(Timestamp::from_millis(10), |_| expired += 1);
         assert_eq!(expired, 1);
+        assert_eq!(t.next_expiry(), None, "an empty table has nothing due");
     }
 
     #[test]
-    fn a_deadline_moved_further_than_the_lag_can_hold_still_expires_there() {
+    fn a_sweep_removes_the_due_flows_and_learns_the_earliest_it_kept() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
-        assert!(t.insert(flow(40000, 40000, 1000)));
+        for (port, deadline) in [(40000, 3000), (40001, 1000), (40002, 2000)] {
+            assert!(t.insert(flow(port, port, deadline)));
+        }
+        assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(1000)));
+        // Traffic moves the 2000 flow to 5000: nothing tells the table.
+        let o = Tuple::new(C, 40002, V, 80);
+        t.with_flow(&o, |f, _| f.set_deadline(Timestamp::from_millis(5000)));
+        let mut expired = vec![];
+        assert!(!t.expire(Timestamp::from_millis(1500), |f| expired
+            .push(f.original.src.port())));
+        assert_eq!(expired, [40001]);
+        assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(3000)));
+        t.expire(Timestamp::from_millis(3000), |f| {
+            expired.push(f.original.src.port())
+        });
+        assert_eq!(expired, [40001, 40000]);
+        assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(5000)));
+    }
+
+    #[test]
+    fn a_sweep_does_bounded_work_and_says_when_it_is_unfinished() {
+        let n = 3 * EXPIRE_BUDGET;
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(n, Some(7));
+        for i in 0..n as u16 {
+            assert!(t.insert(flow(40000 + i, 40000 + i, 1000)));
+        }
+        let (mut calls, mut expired) = (1, 0);
+        let now = Timestamp::from_millis(1000);
+        while t.expire(now, |_| expired += 1) {
+            calls += 1;
+            assert!(calls <= n, "the sweep never ends");
+        }
+        assert_eq!((expired, t.len()), (n, 0));
+        assert!(calls >= 3, "{calls} calls for {n} slots");
+    }
+
+    #[test]
+    fn sweeps_of_a_large_shard_are_spaced_by_its_size_up_to_a_second() {
+        let began = Timestamp::from_secs(5);
+        let mut sweep = Sweep::new();
+        sweep.began = began;
+        sweep.note(began + Duration::from_millis(1));
+        // A few flows: swept as soon as the earliest is due.
+        assert_eq!(sweep.due(10), began + Duration::from_millis(1));
+        // 1000 flows: 8 ms after the last sweep began.
+        assert_eq!(sweep.due(1000), began + Duration::from_millis(8));
+        // A million: a second, however much is due.
+        assert_eq!(sweep.due(1_000_000), began + SWEEP_GAP_MAX);
+        // A sweep under way is due now.
+        sweep.next = Some(17);
+        assert_eq!(sweep.due(1_000_000), began);
+    }
+
+    #[test]
+    fn a_full_table_evicts_an_expired_flow_first_and_never_an_established_one() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        for (port, deadline) in [(40000, 9000), (40001, 5000), (40002, 7000)] {
+            assert!(t.insert(flow(port, port, deadline)));
+            let o = Tuple::new(C, port, V, 80);
+            t.with_flow(&o, |f, _| {
+                f.assured = true;
+                f.state = TcpState::Established;
+            });
+        }
         let o = Tuple::new(C, 40000, V, 80);
-        let far = Timestamp::from_secs(60 * 86400); // 60 days: past u32 ms
-        t.with_flow(&o, |f, _| f.set_deadline(far));
-        assert_eq!(
-            t.with_flow(&o, |f, _| (f.deadline(), f.queued())),
-            Some((far, far))
-        );
-        let mut expired = 0;
-        t.expire(Timestamp::from_millis(1000), |_| expired += 1);
-        assert_eq!((expired, t.len()), (0, 1));
-        t.expire(far, |_| expired += 1);
-        assert_eq!((expired, t.len()), (1, 0));
+        t.with_flow(&o, |f, _| f.state = TcpState::FinWait);
+        // Not expired: only the closing flow may go.
+        let now = Timestamp::from_millis(1000);
+        assert_eq!(t.evict_one(now).map(|f| f.original.src.port()), Some(40000));
+        // Past 5000: the expired flow, established or not.
+        let now = Timestamp::from_millis(6000);
+        assert_eq!(t.evict_one(now).map(|f| f.original.src.port()), Some(40001));
+        assert!(t.evict_one(now).is_none(), "7000 is established and alive");
     }
 
     #[test]
@@ -1267,7 +1330,7 @@ mod tests {
         for &p in &ports[..2] {
             t.with_flow(&Tuple::new(C, p, V, 80), |f, _| f.assured = true);
         }
-        let victim = t.evict_one().unwrap();
+        let victim = t.evict_one(Timestamp::ZERO).unwrap();
         assert_eq!(victim.original.src.port(), ports[2]);
         assert_eq!(t.len(), ports.len() - 1);
     }
