@@ -422,7 +422,7 @@ fn report_memory_and_expiry() {
     let after = LIVE.load(Ordering::Relaxed);
     assert_eq!(e.flow_count(), N as usize);
     println!(
-        "memory: {N} flows take {:.1} MiB of heap: {:.0} bytes per flow (both tuples, the flow, its expiry entry)",
+        "memory: {N} flows take {:.1} MiB of heap: {:.0} bytes per flow (the flow, both tuples' index entries, its eviction-queue entry)",
         (after - before) as f64 / 1048576.0,
         (after - before) as f64 / f64::from(N)
     );

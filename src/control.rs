@@ -589,11 +589,14 @@ pub fn request(path: &Path, what: &str, json: bool) -> Result<String, Error> {
     Ok(out)
 }
 
-/// The flow table as `conntrack -L` prints it, plus the backend.
+/// The flow table as `conntrack -L` prints it, plus the backend. Flows
+/// whose deadline has passed but that the sweep has not removed yet are
+/// left out, as `conntrack -L` leaves them out.
 pub fn flows_text(engine: &Engine, now: Timestamp) -> String {
     let mut out = String::new();
-    for info in engine.flows() {
-        let f = info;
+    let mut shown = 0;
+    for f in engine.flows().into_iter().filter(|f| f.deadline() > now) {
+        shown += 1;
         let (o, r) = (f.original, f.reply);
         let _ = writeln!(
             out,
@@ -616,17 +619,18 @@ pub fn flows_text(engine: &Engine, now: Timestamp) -> String {
             f.backend.addr,
         );
     }
-    let _ = writeln!(out, "tunlb: {} flow entries", engine.flow_count());
+    let _ = writeln!(out, "tunlb: {shown} flow entries");
     out
 }
 
-/// The flow table as JSON: `{"flows": [...]}`.
+/// The flow table as JSON: `{"flows": [...]}` (without expired flows, as
+/// [`flows_text`]).
 pub fn flows_json(engine: &Engine, now: Timestamp) -> serde_json::Value {
     let flows: Vec<_> = engine
         .flows()
         .iter()
-        .map(|i| {
-            let f = i;
+        .filter(|f| f.deadline() > now)
+        .map(|f| {
             json!({
                 "original": {"src": f.original.src.to_string(), "dst": f.original.dst.to_string(),
                              "packets": f.packets[0], "bytes": f.bytes[0]},
@@ -1264,6 +1268,27 @@ mod tests {
         c.read_to_end(&mut rest).unwrap();
         assert!(rest.len() < 8 << 20);
         echo.stop();
+    }
+
+    #[test]
+    fn a_listing_leaves_out_flows_that_expired_before_the_sweep() {
+        let engine = crate::testing::engine();
+        let client: std::net::SocketAddrV4 = "198.18.1.2:40001".parse().unwrap();
+        let vip: std::net::SocketAddrV4 = "198.18.0.1:80".parse().unwrap();
+        let mut syn = crate::craft::Segment::new(client, vip, 0x02).build();
+        assert!(matches!(
+            engine.handle_packet(&mut syn, Timestamp::ZERO),
+            crate::Verdict::Forward { .. }
+        ));
+        // SYN_SENT: 120 s. A second before, it is listed with 1 s left.
+        let before = flows_text(&engine, Timestamp::from_secs(119));
+        assert!(before.starts_with("tcp      6 1 SYN_SENT "), "{before}");
+        assert!(before.ends_with("tunlb: 1 flow entries\n"), "{before}");
+        // At its deadline, unswept, it is not (conntrack -L alike).
+        let at = Timestamp::from_secs(120);
+        assert_eq!(engine.flow_count(), 1, "not swept yet");
+        assert_eq!(flows_text(&engine, at), "tunlb: 0 flow entries\n");
+        assert_eq!(flows_json(&engine, at), json!({"flows": []}));
     }
 
     #[test]

@@ -363,7 +363,7 @@ impl Engine {
             self.process_tcp(pkt, &p, now, l4)
         } else if ip.protocol == icmp {
             let icmp = IcmpErrorRepr::<A>::parse(pkt, ip, self.verify_checksums)?;
-            self.process_icmp(pkt, &icmp)
+            self.process_icmp(pkt, &icmp, now)
         } else {
             Err(DropReason::NotTcp)
         }
@@ -898,11 +898,15 @@ impl Engine {
         &self,
         pkt: &mut [u8],
         icmp: &IcmpErrorRepr<A>,
+        now: Timestamp,
     ) -> Result<Verdict, DropReason> {
         // The error travels against the quoted packet: look up its inverse.
+        // A flow that has expired (not swept yet) relates nothing.
         let t = icmp.quoted.invert();
-        let found = A::table(self).with_flow(&t, |flow, dir| (translate(flow, dir), dir));
-        let Some(((src, dst), dir)) = found else {
+        let found = A::table(self).with_flow(&t, |flow, dir| {
+            (flow.deadline() > now).then(|| (translate(flow, dir), dir))
+        });
+        let Some(Some(((src, dst), dir))) = found else {
             return Err(DropReason::IcmpUntracked);
         };
         // The outer header is translated like any packet of the flow in this

@@ -7,10 +7,11 @@
 //! test runs (seen once in a loaded full run: 900 bytes). Levels are therefore
 //! equal up to [`HARNESS_SLACK`]; a leak per connection would be megabytes.
 //!
-//! What "baseline" means: the flow table's hash maps and expiry heap keep the
-//! capacity their busiest moment needed (hashbrown and `BinaryHeap` never
-//! shrink on removal), and hashbrown grows a table once more when deleted
-//! slots fill it up, which takes more than one round of churn. So the
+//! What "baseline" means: the flow table's hash maps and slab keep the
+//! capacity their busiest moment needed (hashbrown never shrinks on
+//! removal, the slab keeps its chunks), and hashbrown grows a table once
+//! more when deleted slots fill it up, which takes more than one round of
+//! churn. So the
 //! baseline is the level after [`WARM_UP`] rounds: the empty engine plus
 //! capacity for the peak of concurrent flows. Every later round, with the
 //! same peak, must end at that level: memory tracks the number of flows

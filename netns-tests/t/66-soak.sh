@@ -7,12 +7,12 @@
 # table drains to empty and tunlb still serves.
 #
 # The config file shortens the closing and handshake timeouts to 5 s, so that
-# the table and the expiry heap (whose stale entries live until the timeout
-# they were filed with) reach their steady state within the first 10 s. With
-# Linux's defaults (TIME_WAIT 120 s) the table would grow for two minutes, by
-# design; here any growth after 10 s is memory kept per connection. At about
-# 3000 connections per second, 20 s bring some 60000 connections: the bound
-# catches anything from about 70 bytes kept per connection.
+# the table and the eviction queue reach their steady state within the first
+# 10 s. With Linux's defaults (TIME_WAIT 120 s) the table would grow for two
+# minutes, by design; here any growth after 10 s is memory kept per
+# connection. At about 3000 connections per second, 20 s bring some 60000
+# connections: the bound catches anything from about 70 bytes kept per
+# connection.
 # shellcheck source=netns-tests/lib.sh
 . "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
