@@ -57,10 +57,12 @@
 //!   lower bound: an insert, or a deadline moved earlier under the lock,
 //!   lowers it at once; traffic moves deadlines only later), but not
 //!   sooner after the last sweep of the shard began than
-//!   [`SWEEP_GAP_PER_FLOW`] times its flows, and never more than
-//!   [`SWEEP_GAP_MAX`] later: a shard of a few flows is swept as each
-//!   comes due, one of a million flows about once a second, however many
-//!   of them expire in between.
+//!   [`SWEEP_GAP_PER_FLOW`] times the table's flows, and never more than
+//!   [`SWEEP_GAP_MAX`] later: in a table of a few hundred flows each is
+//!   removed as it comes due, in one of a million each shard is swept
+//!   about once a second, however many flows expire in between. However
+//!   many shards and flows, the sweeps examine at most one slot per
+//!   `SWEEP_GAP_PER_FLOW` on average (a million flows: one per us).
 //!
 //! # Eviction
 //! When the table is full, a NEW connection takes the place of the oldest
@@ -137,8 +139,9 @@ pub struct Totals {
 /// together: a shard stays locked for a few microseconds at most.
 pub const EXPIRE_BUDGET: usize = 256;
 /// How long after the last sweep of a shard began another may begin, per
-/// flow in the shard (see the module docs' Expiry): 8 us a flow, so a
-/// sweep costs the packet threads a few tenths of a percent of a core.
+/// flow in the table (see the module docs' Expiry): the sweeps then
+/// examine at most one slot per 8 us (a few slots cost nanoseconds each),
+/// whatever the number of shards.
 pub const SWEEP_GAP_PER_FLOW: Duration = Duration::from_micros(8);
 /// The longest a shard waits for its next sweep once a flow is due: how
 /// late, at most, an expired flow leaves the table (and its `destroy`
@@ -377,14 +380,15 @@ impl Sweep {
         }
     }
 
-    /// When the shard, holding `live` flows, is to be swept: now, if a
-    /// sweep is under way; else when its earliest deadline comes, but not
-    /// sooner than the gap its size asks after the last sweep began.
-    fn due(&self, live: usize) -> Timestamp {
+    /// When the shard, in a table of `flows` flows, is to be swept: now,
+    /// if a sweep is under way; else when its earliest deadline comes, but
+    /// not sooner than the gap the table's size asks after the last sweep
+    /// began.
+    fn due(&self, flows: usize) -> Timestamp {
         if self.next.is_some() {
             return self.began;
         }
-        let flows = u32::try_from(live).unwrap_or(u32::MAX);
+        let flows = u32::try_from(flows).unwrap_or(u32::MAX);
         let gap = SWEEP_GAP_PER_FLOW.saturating_mul(flows).min(SWEEP_GAP_MAX);
         self.earliest.max(self.began + gap)
     }
@@ -833,8 +837,8 @@ impl<A: IpAddress> ConnTable<A> {
             {
                 let mut guard = self.lock(home);
                 let shard = &mut *guard;
-                let live = shard.flows.live;
-                if shard.sweep.next.is_none() && live > 0 && now >= shard.sweep.due(live) {
+                let due = shard.flows.live > 0 && now >= shard.sweep.due(self.len());
+                if shard.sweep.next.is_none() && due {
                     shard.sweep = Sweep {
                         next: Some(0),
                         earliest: Timestamp::NEVER,
@@ -892,8 +896,7 @@ impl<A: IpAddress> ConnTable<A> {
         (0..self.shards.len())
             .filter_map(|s| {
                 let shard = self.lock(s);
-                let live = shard.flows.live;
-                (live > 0).then(|| shard.sweep.due(live))
+                (shard.flows.live > 0).then(|| shard.sweep.due(self.len()))
             })
             .min()
     }
@@ -1275,7 +1278,7 @@ mod tests {
     }
 
     #[test]
-    fn sweeps_of_a_large_shard_are_spaced_by_its_size_up_to_a_second() {
+    fn sweeps_of_a_large_table_are_spaced_by_its_size_up_to_a_second() {
         let began = Timestamp::from_secs(5);
         let mut sweep = Sweep::new();
         sweep.began = began;
