@@ -157,31 +157,43 @@ impl FlagClass {
     /// combination is invalid (`tcp_valid_flags[]`): PSH, ECE and CWR are
     /// ignored, and what remains must be SYN, SYN|ACK, RST, RST|ACK, FIN|ACK or
     /// ACK (SYN, FIN|ACK and ACK also with URG). NULL, XMAS, SYN|FIN and a bare FIN fail.
+    /// One load from a table of all 256 flag bytes, made at compile time
+    /// by [`FlagClass::classify`].
+    #[inline]
     pub fn of(tcp_flags: u8) -> Option<FlagClass> {
+        const TABLE: [Option<FlagClass>; 256] = {
+            let mut table = [None; 256];
+            let mut f = 0;
+            while f < 256 {
+                table[f] = FlagClass::classify(f as u8);
+                f += 1;
+            }
+            table
+        };
+        TABLE[usize::from(tcp_flags)]
+    }
+
+    /// [`FlagClass::of`], worked out from the flags one by one.
+    const fn classify(tcp_flags: u8) -> Option<FlagClass> {
         use flags::*;
         let f = tcp_flags & !(PSH | ECE | CWR);
-        // tcp_valid_flags[], as a 256-bit set indexed by the flag byte.
-        const VALID: [u64; 4] = {
-            let mut set = [0u64; 4];
-            let valid = [
-                SYN,
-                SYN | URG,
-                SYN | ACK,
-                RST,
-                RST | ACK,
-                FIN | ACK,
-                FIN | ACK | URG,
-                ACK,
-                ACK | URG,
-            ];
-            let mut i = 0;
-            while i < valid.len() {
-                set[(valid[i] >> 6) as usize] |= 1 << (valid[i] & 63);
-                i += 1;
-            }
-            set
-        };
-        if VALID[(f >> 6) as usize] & (1 << (f & 63)) == 0 {
+        // tcp_valid_flags[].
+        const VALID: [u8; 9] = [
+            SYN,
+            SYN | URG,
+            SYN | ACK,
+            RST,
+            RST | ACK,
+            FIN | ACK,
+            FIN | ACK | URG,
+            ACK,
+            ACK | URG,
+        ];
+        let mut i = 0;
+        while i < VALID.len() && VALID[i] != f {
+            i += 1;
+        }
+        if i == VALID.len() {
             return None;
         }
         Some(if f & RST != 0 {
