@@ -158,7 +158,7 @@ impl FlagClass {
     /// ignored, and what remains must be SYN, SYN|ACK, RST, RST|ACK, FIN|ACK or
     /// ACK (SYN, FIN|ACK and ACK also with URG). NULL, XMAS, SYN|FIN and a bare FIN fail.
     /// One load from a table of all 256 flag bytes, made at compile time
-    /// by [`FlagClass::classify`].
+    /// from the flags one by one (`FlagClass::classify`).
     #[inline]
     pub fn of(tcp_flags: u8) -> Option<FlagClass> {
         const TABLE: [Option<FlagClass>; 256] = {
