@@ -1434,6 +1434,35 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_of_an_expired_flow_finds_it_gone_too() {
+        let e = Engine::new(cfg(&[(3, 1)], Mode::Nth)).unwrap();
+        assert_eq!(syn(&e, 7000), b(3));
+        let reply = e.flows_of::<Ipv4Addr>()[0].reply;
+        let synack = || {
+            Segment {
+                ack: 1,
+                ..Segment::new(reply.src, reply.dst, SYN | ACK)
+            }
+            .build()
+        };
+        assert!(matches!(
+            e.handle_packet(&mut synack(), Timestamp::ZERO),
+            Verdict::Forward { .. }
+        ));
+        // SYN_RECV's 60 s pass with no sweep: the backend's retransmitted
+        // SYN-ACK is found by its REPLY tuple, and the flow is removed by
+        // its ORIGINAL one, once, as the sweep would; the segment is then
+        // one of no flow.
+        let late = Timestamp::from_secs(60);
+        assert_eq!(
+            e.handle_packet(&mut synack(), late),
+            Verdict::Drop(DropReason::NoFlowNotSyn)
+        );
+        assert_eq!((e.flow_count(), e.stats().expired), (0, 1));
+        assert!(e.flows_of::<Ipv4Addr>().is_empty());
+    }
+
+    #[test]
     fn a_reload_keeps_flows_and_changes_only_new_choices() {
         let e = Engine::new(cfg(&[(3, 1), (4, 1)], Mode::Nth)).unwrap();
         assert_eq!(syn(&e, 1000), b(3));
