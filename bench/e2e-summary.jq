@@ -41,7 +41,8 @@ def med_of(runs):
      retransmits: ($ok | map(.retransmits) | median),
      cpu_balancer: ($ok | map(.cpu_per_unit.balancer) | median),
      cpu_softirq_machine: ($ok | map(.cpu_per_unit.softirq_machine) | median),
-     cpu_busy_machine: ($ok | map(.cpu_per_unit.busy_machine) | median)}
+     cpu_busy_machine: ($ok | map(.cpu_per_unit.busy_machine) | median),
+     steal_share_max: ($ok | map(.steal_share) | map(select(. != null)) | max)}
   | with_entries(select(.value != null));
 
 def ratio(a; b): if a == null or b == null or b == 0 then null else ((a / b) * 1000 | round) / 1000 end;

@@ -31,6 +31,16 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
     (if ($m.other_build_procs_start + $m.other_build_procs_end) > 0 or ([.runs[] | .other_build_procs // 0] | max) > 0
      then ", and other engineers' builds (rustc/cargo) were running during part of this run (load average \($m.loadavg_start) at the start, \($m.loadavg_end) at the end)."
      else " (load average \($m.loadavg_start) at the start, \($m.loadavg_end) at the end)." end),
+  (([.runs[] | select(.steal_share != null)]) as $st
+   | if ($st | length) == 0 then empty
+     else ($st | map(select(.steal_share > 0.1))) as $bad
+     | "",
+       "Steal (the hypervisor running other guests on these CPUs): at most \($st | map(.steal_share) | max * 100 | round) % of the machine's CPU time in any run." +
+       (if ($bad | length) > 0
+        then " **\($bad | length) run(s) lost more than 10 %, and their numbers say more about the host than about what was measured:** " +
+             ($bad | map("\(.config) \(.test) round \(.round) (\(.steal_share * 100 | round) %)") | join(", ")) + "."
+        else "" end)
+     end),
   "",
   "## Rates and latency (medians)",
   "",

@@ -88,7 +88,10 @@
 #   CPU         around each run: the balancer's process CPU time (utime+stime
 #               from /proc/PID/stat, all threads) for tunlb and HAProxy; for
 #               every configuration the machine-wide softirq and busy time from
-#               /proc/stat. Kernel NAT has no process: its work is inside the
+#               /proc/stat (busy: user, nice, system, irq, softirq; until
+#               2026-12-03 it counted steal as well), and the share of the
+#               CPU time stolen by the hypervisor (a run with much of it is
+#               flagged in the report). Kernel NAT has no process: its work is inside the
 #               machine-wide softirq, along with every namespace's TCP stack,
 #               so compare its softirq with the direct row's (the difference
 #               is roughly the cost of conntrack + NAT). This kernel uses tick
@@ -418,13 +421,19 @@ start_haproxy() {
 }
 
 # ---- measuring ------------------------------------------------------------------
-# snap: "balancer_ticks softirq_ticks busy_ticks" right now.
+# snap: "balancer_ticks softirq_ticks busy_ticks steal_ticks all_ticks" right
+# now. Busy is user + nice + system + irq + softirq; steal (field 8 of the
+# cpu line: the hypervisor running other guests on these CPUs) is kept apart:
+# it is no work of this machine's, and a run that lost much of its CPU to it
+# is not comparable with the others (the report flags it).
 snap() {
   local bal=0
   if [ -n "$BAL_PID" ] && e2e_pid_alive "$BAL_PID"; then
     bal=$(sed 's/^.*) //' "/proc/$BAL_PID/stat" | awk '{ print $12 + $13 }')
   fi
-  awk -v bal="$bal" '$1 == "cpu" { busy = $2 + $3 + $4 + $7 + $8 + $9; print bal, $8, busy; exit }' /proc/stat
+  awk -v bal="$bal" '$1 == "cpu" {
+    busy = $2 + $3 + $4 + $7 + $8; all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9
+    print bal, $8, busy, $9, all; exit }' /proc/stat
 }
 
 # Builds of other people running now (reported, never touched).
@@ -438,10 +447,13 @@ record() {
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
     --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | tunlb6 | packet6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
+    --argjson steal $((a[3] - b[3])) --argjson all $((a[4] - b[4])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
     '. + {round: $round, config: $cfg, test: $test, loadavg: $load, other_build_procs: $others,
+          steal_share: (if $all > 0 then $steal / $all else null end),
           cpu_s: {balancer: (if $bal == null then null else $bal / $tck end),
-                  softirq_machine: ($sirq / $tck), busy_machine: ($busy / $tck)}}' <<<"$json" >>"$E2E_WORK/runs.jsonl"
+                  softirq_machine: ($sirq / $tck), busy_machine: ($busy / $tck),
+                  steal_machine: ($steal / $tck)}}' <<<"$json" >>"$E2E_WORK/runs.jsonl"
 }
 
 run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
@@ -463,7 +475,8 @@ run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
   fi
   record "$p" "$round" "$cfg" "$test" "$line" "$before" "$after"
   jq -r '"  \(.config) \(.test): " + (if .error then "ERROR \(.error)" else
-    "\(.rps | floor) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \(.errors | tostring)" end)' \
+    "\(.rps | floor) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \(.errors | tostring)" end) +
+    (if (.steal_share // 0) > 0.05 then ", steal \(.steal_share * 100 | round) %" else "" end)' \
     < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
 }
 
@@ -486,7 +499,8 @@ run_iperf() { # P ROUND CFG TEST STREAMS [-R]
   fi
   record "$p" "$round" "$cfg" "$test" "$line" "$before" "$after"
   jq -r '"  \(.config) \(.test): " + (if .error then "ERROR \(.error)" else
-    "\(.gbps * 100 | round / 100) Gbit/s, \(.retransmits) retransmits" end)' < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
+    "\(.gbps * 100 | round / 100) Gbit/s, \(.retransmits) retransmits" end) +
+    (if (.steal_share // 0) > 0.05 then ", steal \(.steal_share * 100 | round) %" else "" end)' < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
   sleep 1 # iperf3 -s takes a moment before it accepts the next test
 }
 
