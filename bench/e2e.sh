@@ -456,6 +456,10 @@ record() {
                   steal_machine: ($steal / $tck)}}' <<<"$json" >>"$E2E_WORK/runs.jsonl"
 }
 
+# The progress lines' tail: the run's steal, when above 5 % (jq, after a
+# run line of record).
+STEAL_NOTE='(if (.steal_share // 0) > 0.05 then ", steal \(.steal_share * 100 | round) %" else "" end)'
+
 run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
   local p=$1 round=$2 cfg=$3 test=$4 close=${5-} before after out line
   local hdr=() threads=${6:-$WRK_THREADS} conns=${7:-$WRK_CONNS}
@@ -476,7 +480,7 @@ run_wrk() { # P ROUND CFG TEST [close [THREADS CONNS]]
   record "$p" "$round" "$cfg" "$test" "$line" "$before" "$after"
   jq -r '"  \(.config) \(.test): " + (if .error then "ERROR \(.error)" else
     "\(.rps | floor) req/s, p50 \(.p50_ms) ms, p99 \(.p99_ms) ms, errors \(.errors | tostring)" end) +
-    (if (.steal_share // 0) > 0.05 then ", steal \(.steal_share * 100 | round) %" else "" end)' \
+    '"$STEAL_NOTE" \
     < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
 }
 
@@ -500,7 +504,7 @@ run_iperf() { # P ROUND CFG TEST STREAMS [-R]
   record "$p" "$round" "$cfg" "$test" "$line" "$before" "$after"
   jq -r '"  \(.config) \(.test): " + (if .error then "ERROR \(.error)" else
     "\(.gbps * 100 | round / 100) Gbit/s, \(.retransmits) retransmits" end) +
-    (if (.steal_share // 0) > 0.05 then ", steal \(.steal_share * 100 | round) %" else "" end)' < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
+    '"$STEAL_NOTE" < <(tail -n1 "$E2E_WORK/runs.jsonl") >&2
   sleep 1 # iperf3 -s takes a moment before it accepts the next test
 }
 
