@@ -736,19 +736,25 @@ impl Engine {
         // retransmission of that flow's SYN. The lookup's miss still holds
         // if nothing was added to the tuple's shard since (the rule), and
         // need not be made again.
-        let duplicate = match how {
+        // The proof that the tuple is free goes on to the insert, which
+        // then need not look it up a third time.
+        let absent = match how {
             Admit::Syn(absent) | Admit::Pickup(absent) => {
-                !A::table(self).still_absent(&absent) && A::table(self).contains(&original)
+                if A::table(self).still_absent(&absent) {
+                    Some(absent)
+                } else {
+                    A::table(self).absent(&original)
+                }
             }
             Admit::Reopen(r) => {
                 self.replace::<A>(&original, r);
-                A::table(self).contains(&original)
+                A::table(self).absent(&original)
             }
         };
-        if duplicate {
+        let Some(absent) = absent else {
             drop(admission);
             return self.process_tcp(pkt, p, now, l4);
-        }
+        };
         let Some(bi) = svc
             .selector
             .select(&svc.backends, (*original.src.ip()).into())
@@ -763,7 +769,7 @@ impl Engine {
             drop(admission);
             return Err(DropReason::NoBackend);
         };
-        let Some(reply) = ports::allocate(
+        let Some((reply, reply_absent)) = ports::allocate(
             A::table(self),
             &original,
             to,
@@ -797,7 +803,7 @@ impl Engine {
         let flow = fresh_flow(p, reply, backend, now, unanswered, pickup);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&self.events, &flow, svc, bi, pickup);
-        let inserted = A::table(self).insert(flow);
+        let inserted = A::table(self).insert_proven(flow, Some(absent), Some(reply_absent));
         drop(admission);
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {

@@ -26,7 +26,7 @@ use std::ops::RangeInclusive;
 
 use siphasher::sip::SipHasher13;
 
-use super::table::ConnTable;
+use super::table::{Absent, ConnTable};
 use super::tuple::{Endpoint, IpAddress, Tuple};
 
 /// The key of the hashes that choose an SNAT address and a port search's
@@ -82,7 +82,9 @@ pub const MAX_TRIES: u32 = 2048;
 /// Find a free REPLY tuple for the connection `original` going to
 /// `backend`, with a source from `pool` and a port preserved or from `range`.
 /// Call it holding the table's admission lock ([`ConnTable::admission`]):
-/// the tuple returned then stays free until the flow is inserted.
+/// the tuple returned then stays free until the flow is inserted. Returns
+/// the tuple with the proof that it was free (for
+/// [`ConnTable::insert_proven`]).
 pub fn allocate<A: IpAddress>(
     table: &ConnTable<A>,
     original: &Tuple<A>,
@@ -90,7 +92,7 @@ pub fn allocate<A: IpAddress>(
     pool: &[A],
     range: &RangeInclusive<u16>,
     key: &HashKey,
-) -> Option<Tuple<A>> {
+) -> Option<(Tuple<A>, Absent)> {
     let client_port = original.src.port();
     let start = if pool.len() > 1 {
         key.pool_start(*original.src.ip(), pool.len())
@@ -107,8 +109,8 @@ pub fn allocate<A: IpAddress>(
             src: backend,
             dst: Endpoint::new(snat, client_port),
         };
-        if table.is_reply_free(&reply) {
-            return Some(reply);
+        if let Some(proof) = table.absent(&reply) {
+            return Some((reply, proof));
         }
     }
     let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
@@ -124,8 +126,8 @@ pub fn allocate<A: IpAddress>(
                 src: backend,
                 dst: Endpoint::new(snat, port),
             };
-            if table.is_reply_free(&reply) {
-                return Some(reply);
+            if let Some(proof) = table.absent(&reply) {
+                return Some((reply, proof));
             }
         }
     }
@@ -249,7 +251,7 @@ mod tests {
         key: &HashKey,
     ) -> Option<Tuple<Ipv4Addr>> {
         let _admission = t.admission();
-        let reply = allocate(t, original, backend, pool, range, key)?;
+        let (reply, _) = allocate(t, original, backend, pool, range, key)?;
         let b = Arc::new(Backend::new(backend.to_socket()));
         assert!(t.insert(Flow::new(*original, reply, b, Timestamp::from_secs(9))));
         Some(reply)

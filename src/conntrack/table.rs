@@ -50,7 +50,10 @@
 //!   count of tuples ever added to the tuple's shard, read under its lock.
 //!   An admitter that finds the count unchanged under the admission lock
 //!   knows that no other thread admitted the same tuple meanwhile, without
-//!   a second lookup.
+//!   a second lookup; the insert takes that proof, and the REPLY tuple's
+//!   from the port search ([`ConnTable::absent`]), and looks a tuple up
+//!   again only if its proof went stale. The count is written only under
+//!   its shard's lock (a load and a store, no atomic read-modify-write).
 //!
 //! # Expiry
 //! As in netfilter since Linux 4.7 (which dropped the timer every conntrack
@@ -585,8 +588,21 @@ impl<A: IpAddress> ConnTable<A> {
     /// tuple (either way, a packet with this tuple belongs to that flow and
     /// cannot start another: [`ConnTable::insert`] would refuse it).
     pub fn contains(&self, t: &Tuple<A>) -> bool {
+        self.absent(t).is_none()
+    }
+
+    /// Return proof that no flow has tuple `t` (of either direction, or as
+    /// a remote REPLY tuple), or `None` when one has. Held with the
+    /// admission lock, the proof lets [`ConnTable::insert_proven`] skip
+    /// looking `t` up again.
+    pub fn absent(&self, t: &Tuple<A>) -> Option<Absent> {
         let hash = self.hash(t);
-        self.lock(self.shard_of(t)).holds(hash, t)
+        let at = self.shard_of(t);
+        let shard = self.lock(at);
+        (!shard.holds(hash, t)).then(|| Absent {
+            shard: at as u32,
+            added: self.shards[at].0.added.load(Ordering::Relaxed),
+        })
     }
 
     /// Return the number of entries in the eviction queues (live and stale).
@@ -714,6 +730,21 @@ impl<A: IpAddress> ConnTable<A> {
         !self.contains(reply)
     }
 
+    /// Whether `proof`, a miss of a tuple whose shard is `shard`, still
+    /// holds: nothing was added to the shard since.
+    fn proves(&self, proof: Option<Absent>, shard: usize) -> bool {
+        proof.is_some_and(|a| a.shard as usize == shard && self.still_absent(&a))
+    }
+
+    /// Add one to the count of tuples added to `shard`. Call it holding
+    /// the shard's lock: every writer does, so a load and a store do
+    /// (no atomic read-modify-write); readers that do not hold it
+    /// ([`ConnTable::still_absent`]) read with `Acquire`.
+    fn count_added(&self, shard: usize) {
+        let added = &self.shards[shard].0.added;
+        added.store(added.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+
     /// Return whether the tables sharing the limit are at it.
     pub fn is_full(&self) -> bool {
         self.total() >= self.max()
@@ -722,17 +753,38 @@ impl<A: IpAddress> ConnTable<A> {
     /// Insert `flow`, whose REPLY tuple the caller found free, holding the
     /// admission lock. Returns `false` (and inserts nothing) if a flow with
     /// the same ORIGINAL tuple or the same REPLY tuple is in the table.
-    pub fn insert(&self, mut flow: Flow<A>) -> bool {
+    pub fn insert(&self, flow: Flow<A>) -> bool {
+        self.insert_proven(flow, None, None)
+    }
+
+    /// [`ConnTable::insert`], given what the admitter proved under the
+    /// admission lock: `original` a miss of the flow's ORIGINAL tuple,
+    /// `reply` of its REPLY tuple ([`ConnTable::absent`]). A proof that
+    /// still holds (nothing added to the tuple's shard since) stands for
+    /// the lookup that would check the tuple again; without one, or once
+    /// it is stale, the tuple is looked up. Either way a tuple already in
+    /// the table is never inserted twice.
+    pub(crate) fn insert_proven(
+        &self,
+        mut flow: Flow<A>,
+        original_absent: Option<Absent>,
+        reply_absent: Option<Absent>,
+    ) -> bool {
         let (original, reply) = (flow.original, flow.reply);
         let (home, there) = (self.shard_of(&original), self.shard_of(&reply));
         let (oh, rh) = (self.hash(&original), self.hash(&reply));
-        if original == reply || (there != home && !self.is_reply_free(&reply)) {
+        if original == reply
+            || (there != home && !self.proves(reply_absent, there) && self.contains(&reply))
+        {
             return false;
         }
         let slot = {
             let mut guard = self.lock(home);
             let shard = &mut *guard;
-            if shard.holds(oh, &original) || (there == home && shard.holds(rh, &reply)) {
+            let taken = |t, hash, proof| !self.proves(proof, home) && shard.holds(hash, t);
+            if taken(&original, oh, original_absent)
+                || (there == home && taken(&reply, rh, reply_absent))
+            {
                 return false;
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -758,7 +810,7 @@ impl<A: IpAddress> ConnTable<A> {
                 index.insert_unique(rh, entry(slot, Direction::Reply), rehash);
             }
             unreplied.push_back((slot, id));
-            self.shards[home].0.added.fetch_add(1, Ordering::Release);
+            self.count_added(home);
             slot
         };
         if there != home {
@@ -768,7 +820,7 @@ impl<A: IpAddress> ConnTable<A> {
             };
             let mut shard = self.lock(there);
             shard.remote.insert(reply, at);
-            self.shards[there].0.added.fetch_add(1, Ordering::Release);
+            self.count_added(there);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.limit.count.fetch_add(1, Ordering::Relaxed);
@@ -1297,6 +1349,30 @@ mod tests {
         });
         assert_eq!(expired, [40001, 40000]);
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(5000)));
+    }
+
+    #[test]
+    fn a_proven_insert_skips_the_lookup_only_while_its_proof_holds() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(10, Some(5));
+        let a = flow(40000, 40000, 1000);
+        let (o, r) = (t.absent(&a.original), t.absent(&a.reply));
+        assert!(o.is_some() && r.is_some());
+        assert!(t.insert_proven(a.clone(), o, r));
+        // The insert added both tuples: the proofs are stale, so a second
+        // flow with the same tuples is looked up and refused.
+        assert!(!t.insert_proven(a.clone(), o, r));
+        assert!(t.absent(&a.original).is_none() && t.absent(&a.reply).is_none());
+        // A proof of another shard's tuple never stands for this one.
+        let b = flow(40001, 40001, 1000);
+        let other = (0..2000u16)
+            .map(|p| Tuple::new(C, 1 + p, V, 80))
+            .find(|x| t.shard_of(x) != t.shard_of(&a.original))
+            .and_then(|x| t.absent(&x));
+        let mut dup = b.clone();
+        dup.original = a.original;
+        assert!(!t.insert_proven(dup, other, t.absent(&b.reply)));
+        assert!(t.insert_proven(b.clone(), t.absent(&b.original), t.absent(&b.reply)));
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
