@@ -21,7 +21,7 @@
 //! slot, and a REPLY packet takes two locks, one after the other.
 //!
 //! # Locking rules
-//! A shard's lock is a spin lock ([`ShardLock`]), as netfilter's
+//! A shard's lock is a spin lock (`ShardLock`), as netfilter's
 //! `nf_conntrack_locks` are: each packet thread locks shards of its own
 //! (above), so the lock is all but never contended, and an uncontended
 //! spin lock costs one atomic compare-and-swap to take and a plain store
@@ -764,7 +764,7 @@ impl<A: IpAddress> ConnTable<A> {
     /// the lookup that would check the tuple again; without one, or once
     /// it is stale, the tuple is looked up. Either way a tuple already in
     /// the table is never inserted twice.
-    pub(crate) fn insert_proven(
+    pub fn insert_proven(
         &self,
         mut flow: Flow<A>,
         original_absent: Option<Absent>,
