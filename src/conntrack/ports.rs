@@ -84,7 +84,7 @@ pub const MAX_TRIES: u32 = 2048;
 /// Call it holding the table's admission lock ([`ConnTable::admission`]):
 /// the tuple returned then stays free until the flow is inserted. Returns
 /// the tuple with the proof that it was free (for
-/// [`ConnTable::insert_proven`]).
+/// `ConnTable::insert_proven`).
 pub fn allocate<A: IpAddress>(
     table: &ConnTable<A>,
     original: &Tuple<A>,

@@ -593,7 +593,7 @@ impl<A: IpAddress> ConnTable<A> {
 
     /// Return proof that no flow has tuple `t` (of either direction, or as
     /// a remote REPLY tuple), or `None` when one has. Held with the
-    /// admission lock, the proof lets [`ConnTable::insert_proven`] skip
+    /// admission lock, the proof lets `ConnTable::insert_proven` skip
     /// looking `t` up again.
     pub fn absent(&self, t: &Tuple<A>) -> Option<Absent> {
         let hash = self.hash(t);
@@ -763,8 +763,11 @@ impl<A: IpAddress> ConnTable<A> {
     /// still holds (nothing added to the tuple's shard since) stands for
     /// the lookup that would check the tuple again; without one, or once
     /// it is stale, the tuple is looked up. Either way a tuple already in
-    /// the table is never inserted twice.
-    pub fn insert_proven(
+    /// the table is never inserted twice, as long as each proof is of
+    /// its own tuple: a proof does not name its tuple (it stays 16 bytes,
+    /// on the established path's miss), hence crate-internal, for the
+    /// engine's admission.
+    pub(crate) fn insert_proven(
         &self,
         mut flow: Flow<A>,
         original_absent: Option<Absent>,
