@@ -13,7 +13,8 @@
 //! Arrows point inward only: the engine knows nothing of devices or threads.
 
 // `unsafe` is denied everywhere but the ioctl wrapper `io::sys`, which
-// allows it module-wide with a SAFETY comment on each call.
+// allows it module-wide with a SAFETY comment on each call, and the
+// one-call prefetch hint `prefetch_write` in `conntrack::table`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
