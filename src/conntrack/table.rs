@@ -466,9 +466,10 @@ impl RelaxStrategy for SpinThenYield {
     }
 }
 
-/// Ask the CPU to start fetching the cache line at `p` for writing
-/// (`prefetchw`). A hint: it changes no memory and never faults,
-/// whatever the address; elsewhere than x86-64 it does nothing.
+/// Ask the CPU to start fetching the cache line at `p`, to be written
+/// (`prefetchw` where the build targets a CPU that has it, `prefetcht0`
+/// on the baseline x86-64 target). A hint: it changes no memory and never
+/// faults, whatever the address; elsewhere than x86-64 it does nothing.
 #[inline(always)]
 #[allow(unsafe_code)]
 fn prefetch_write(p: *const u8) {
