@@ -735,9 +735,8 @@ impl Engine {
         // packet's lookup and the admission lock: then this copy is a
         // retransmission of that flow's SYN. The lookup's miss still holds
         // if nothing was added to the tuple's shard since (the rule), and
-        // need not be made again.
-        // The proof that the tuple is free goes on to the insert, which
-        // then need not look it up a third time.
+        // need not be made again. The proof that the tuple is free goes on
+        // to the insert, which then need not look it up a third time.
         let absent = match how {
             Admit::Syn(absent) | Admit::Pickup(absent) => {
                 if A::table(self).still_absent(&absent) {

@@ -92,10 +92,10 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use spin::mutex::{SpinMutex, SpinMutexGuard};
 use spin::RelaxStrategy;
-use std::time::Duration;
 
 // Keyed with a per-process random seed: flow keys come from the network
 // (a fixed seed only where a test asks for one, see [`ConnTable::with_hash_seed`]).
@@ -802,8 +802,8 @@ impl<A: IpAddress> ConnTable<A> {
     }
 
     /// [`ConnTable::insert`], given what the admitter proved under the
-    /// admission lock: `original` a miss of the flow's ORIGINAL tuple,
-    /// `reply` of its REPLY tuple ([`ConnTable::absent`]). A proof that
+    /// admission lock: `original_absent` a miss of the flow's ORIGINAL
+    /// tuple, `reply_absent` of its REPLY tuple ([`ConnTable::absent`]). A proof that
     /// still holds (nothing added to the tuple's shard since) stands for
     /// the lookup that would check the tuple again; without one, or once
     /// it is stale, the tuple is looked up. Either way a tuple already in
