@@ -46,7 +46,7 @@ use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
 
 use crate::conntrack::ports::{self, HashKey};
-use crate::conntrack::table::Absent;
+use crate::conntrack::table::{Absent, Admission};
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::tuple::{Endpoint, IpAddress};
 use crate::conntrack::window::{self, Check, RstCheck};
@@ -729,7 +729,7 @@ impl Engine {
         let original = p.tuple;
         let (rt, si) = (target.rt, target.si);
         let svc = &rt.services[si];
-        let admission = A::table(self).admission();
+        let mut admission = A::table(self).admission();
         let pickup = matches!(how, Admit::Pickup(_));
         // Another thread may have admitted the same SYN between this
         // packet's lookup and the admission lock: then this copy is a
@@ -787,7 +787,7 @@ impl Engine {
             });
             return Err(DropReason::PortsExhausted);
         };
-        if !self.make_room::<A>(now) {
+        if !self.make_room::<A>(&mut admission, now) {
             drop(admission);
             let max = A::table(self).max();
             self.refusals[0].hit(now, |n| {
@@ -802,21 +802,25 @@ impl Engine {
         let flow = fresh_flow(p, reply, backend, now, unanswered, pickup);
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&self.events, &flow, svc, bi, pickup);
-        let inserted = A::table(self).insert_proven(flow, Some(absent), Some(reply_absent));
-        drop(admission);
+        let table = A::table(self);
+        let inserted = table.insert_proven(&mut admission, flow, Some(absent), Some(reply_absent));
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {
+            admission.give_back_room();
+            drop(admission);
             return self.process_tcp(pkt, p, now, l4);
         }
+        // Counted under the admission lock, their only writers' lock.
         if pickup {
-            self.counters.picked_up.fetch_add(1, Relaxed);
+            admission.count(&self.counters.picked_up);
             if reply.dst != self.preferred_source(&original, A::pool(svc), &rt.snat_ports) {
-                self.counters.pickup_remapped.fetch_add(1, Relaxed);
+                admission.count(&self.counters.pickup_remapped);
             }
         } else {
-            self.counters.new_flows.fetch_add(1, Relaxed);
+            admission.count(&self.counters.new_flows);
         }
-        backend.counters.connections.fetch_add(1, Relaxed);
+        admission.count(&backend.counters.connections);
+        drop(admission);
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
         Ok(Verdict::Forward { len: p.len })
     }
@@ -866,12 +870,16 @@ impl Engine {
     }
 
     /// Make room for one more flow under the limit both families share:
-    /// nothing to do below it; exactly at it, evict a flow of `A`'s family
-    /// or else of the other; above a lowered limit, new flows wait for old
-    /// ones to end. Returns whether there is room. Under the admission lock.
-    fn make_room<A: Family>(&self, now: Timestamp) -> bool {
-        let (len, max) = (A::table(self).total(), A::table(self).max());
-        len < max || (len == max && (self.evict_in::<A>(now) || A::evict_in_other(self, now)))
+    /// nothing to do below it (the flows are counted only when the room
+    /// counted last time is used up: [`Admission::take_room`]); exactly at
+    /// it, evict a flow of `A`'s family or else of the other; above a
+    /// lowered limit, new flows wait for old ones to end. Returns whether
+    /// there is room, taken for the caller's flow.
+    fn make_room<A: Family>(&self, admission: &mut Admission, now: Timestamp) -> bool {
+        let max = A::table(self).max();
+        admission.take_room(max, || self.flow_count())
+            || (self.flow_count() == max
+                && (self.evict_in::<A>(now) || A::evict_in_other(self, now)))
     }
 
     /// Return the MASQUERADE source a connection gets when nothing clashes:
@@ -973,7 +981,8 @@ impl Engine {
         let unanswered = self.timeout(TcpState::SynSent);
         let rt = self.runtime.load();
         let mut report = RestoreReport::default();
-        let _admission = self.v4.admission();
+        let mut admission = self.v4.admission();
+        let max = self.v4.max();
         for s in saved {
             let state = TcpState::ALL.get(usize::from(s.state)).copied();
             let Some(state) = state.filter(|&t| t != TcpState::None) else {
@@ -993,19 +1002,23 @@ impl Engine {
                 report.expired += 1;
                 continue;
             };
-            if self.v4.total() >= self.v4.max() {
+            if !admission.take_room(max, || self.flow_count()) {
                 report.no_room += 1;
                 continue;
             }
             let left = if exact { left } else { left.min(unanswered) };
+            let a = &mut *admission;
             let restored = if s.vip.is_ipv4() {
-                self.restore_one::<Ipv4Addr>(s, state, backend, now + left, exact)
+                self.restore_one::<Ipv4Addr>(a, s, state, backend, now + left, exact)
             } else {
-                self.restore_one::<Ipv6Addr>(s, state, backend, now + left, exact)
+                self.restore_one::<Ipv6Addr>(a, s, state, backend, now + left, exact)
             };
             match restored {
                 true => report.restored += 1,
-                false => report.clash += 1,
+                false => {
+                    admission.give_back_room();
+                    report.clash += 1;
+                }
             }
         }
         self.counters
@@ -1019,6 +1032,7 @@ impl Engine {
     /// a flow already there.
     fn restore_one<A: Family>(
         &self,
+        admission: &mut Admission,
         s: &SavedFlow,
         state: TcpState,
         backend: &Arc<crate::backend::Backend>,
@@ -1054,7 +1068,7 @@ impl Engine {
             window::resync(&mut flow.window);
         }
         flow.set_stray_ack(s.stray_ack);
-        table.insert(flow)
+        table.insert(admission, flow)
     }
 
     /// Handle the passing of time to `now`: sweep the flow table for
@@ -1126,7 +1140,7 @@ impl Engine {
 
     /// Return the number of tracked flows, both families.
     pub fn flow_count(&self) -> usize {
-        self.v4.total()
+        self.v4.len() + self.v6.len()
     }
 
     /// Return the size of the table's bookkeeping, live and stale entries
@@ -1522,6 +1536,39 @@ mod tests {
         // An invalid configuration is refused and changes nothing.
         assert!(e.reconfigure(&cfg(&[], Mode::Nth)).is_err());
         assert_eq!(e.runtime().services[0].backends.len(), 3);
+    }
+
+    #[test]
+    fn a_lowered_limit_holds_at_once_though_room_was_counted_under_the_old_one() {
+        let e = Engine::new(EngineConfig {
+            max_flows: 100,
+            ..cfg(&[(3, 1), (4, 1)], Mode::Nth)
+        })
+        .unwrap();
+        // The first SYN counted room for 100 flows.
+        syn(&e, 1000);
+        syn(&e, 1001);
+        e.reconfigure(&EngineConfig {
+            max_flows: 1,
+            ..cfg(&[(3, 1), (4, 1)], Mode::Nth)
+        })
+        .unwrap();
+        // Above the lowered limit: new flows wait for old ones to end.
+        let mut p = Segment::new(client(1002), VIP, SYN).build();
+        assert_eq!(
+            e.handle_packet(&mut p, Timestamp::ZERO),
+            Verdict::Drop(DropReason::TableFull)
+        );
+        assert_eq!(e.flow_count(), 2);
+        // Raised again: room is counted anew.
+        e.reconfigure(&EngineConfig {
+            max_flows: 3,
+            ..cfg(&[(3, 1), (4, 1)], Mode::Nth)
+        })
+        .unwrap();
+        syn(&e, 1003);
+        assert_eq!(e.flow_count(), 3);
+        assert_eq!(e.stats().new_flows, 3);
     }
 
     #[test]

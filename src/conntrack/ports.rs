@@ -250,10 +250,11 @@ mod tests {
         range: &RangeInclusive<u16>,
         key: &HashKey,
     ) -> Option<Tuple<Ipv4Addr>> {
-        let _admission = t.admission();
+        let mut admission = t.admission();
         let (reply, _) = allocate(t, original, backend, pool, range, key)?;
         let b = Arc::new(Backend::new(backend.to_socket()));
-        assert!(t.insert(Flow::new(*original, reply, b, Timestamp::from_secs(9))));
+        let flow = Flow::new(*original, reply, b, Timestamp::from_secs(9));
+        assert!(t.insert(&mut admission, flow));
         Some(reply)
     }
 

@@ -46,6 +46,12 @@
 //! - Inserting a flow, and the check that its REPLY tuple is free before,
 //!   happen under the admission lock ([`ConnTable::admission`]): nothing
 //!   else adds a tuple, so a tuple found free stays free until the insert.
+//!   [`ConnTable::insert`] takes the lock's [`Admission`] as proof. What
+//!   only admitters write (flow ids, the room left under the limit, the
+//!   count of NEW connections) is written with plain loads and stores
+//!   under it; each shard's count of flows is written under the shard's
+//!   lock, and [`ConnTable::len`] sums them: a NEW connection pays no
+//!   shared atomic read-modify-write for any of these.
 //! - A lookup that misses ([`ConnTable::find`]) returns an [`Absent`]: the
 //!   count of tuples ever added to the tuple's shard, read under its lock.
 //!   An admitter that finds the count unchanged under the admission lock
@@ -90,7 +96,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -134,8 +140,9 @@ pub struct Flow<A = Ipv4Addr> {
     pub bytes: [u64; 2],
     /// Sequence state per direction (`tcp_in_window`).
     pub window: [Window; 2],
-    /// A number unique to this flow among its table's live flows, given at
-    /// insertion in creation order (wrapping after 2^32 flows: compared as
+    /// A number unique to this flow among the live flows of the tables
+    /// sharing its limit, given at insertion (under the admission lock) in
+    /// creation order (wrapping after 2^32 flows: compared as
     /// serial numbers): tells a flow from a later one in the same slot
     /// (stale queue entries), and the oldest unanswered flow.
     pub id: u32,
@@ -440,14 +447,10 @@ pub struct ConnTable<A: IpAddress = Ipv4Addr> {
     shard_mask: usize,
     /// The index's hash: foldhash, keyed.
     keys: RandomState,
-    /// Flows in this table.
-    count: AtomicUsize,
     /// The limit, shared with the other family's table.
     limit: Arc<Limit>,
     /// Packets per direction of flows already removed.
     retired: [AtomicU64; 2],
-    /// The id the next inserted flow gets (see [`Flow::id`]).
-    next_id: AtomicU32,
 }
 
 /// How a thread waits for a [`ShardLock`] that another holds: a few spins
@@ -493,15 +496,20 @@ type ShardLock<T> = SpinMutex<T, SpinThenYield>;
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// A shard behind its lock, with the count of tuples ever added to it.
+/// A shard behind its lock, with the count of tuples ever added to it and
+/// of the flows it holds: both written only with the shard locked (a load
+/// and a store: no atomic read-modify-write), read without the lock. On
+/// the lock's cache line, so they cost a writer no miss.
 #[derive(Debug)]
 struct Locked<A: IpAddress> {
     shard: ShardLock<Shard<A>>,
-    /// Incremented, with the shard locked, each time a tuple is added to
-    /// its index or its remote entries: while it has not moved, a tuple
-    /// found absent from the shard is still absent (see [`Absent`]). On
-    /// the lock's cache line, so reading it costs no miss.
+    /// Incremented each time a tuple is added to the shard's index or its
+    /// remote entries: while it has not moved, a tuple found absent from
+    /// the shard is still absent (see [`Absent`]).
     added: AtomicU64,
+    /// The flows whose home this shard is (its slab's live slots), for
+    /// [`ConnTable::len`] to sum without taking the locks.
+    live: AtomicUsize,
 }
 
 /// Proof that no flow had a tuple when [`ConnTable::find`] looked for it:
@@ -515,24 +523,72 @@ pub struct Absent {
 }
 
 /// What the tables of the two families share: one limit on the flows of
-/// both (`--max-flows` counts connections, whatever their family), the
-/// count held against it, and the lock that admits NEW connections.
+/// both (`--max-flows` counts connections, whatever their family) and the
+/// lock that admits NEW connections, with what only admitters write.
 #[derive(Debug)]
 pub struct Limit {
-    count: AtomicUsize,
     max: AtomicUsize,
     /// Held while a NEW connection is admitted (see [`ConnTable::admission`]).
-    admission: Mutex<()>,
+    admission: Mutex<Admission>,
 }
 
 impl Limit {
-    /// A limit of `max` flows, none counted yet.
+    /// A limit of `max` flows.
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Limit {
-            count: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
-            admission: Mutex::new(()),
+            admission: Mutex::new(Admission {
+                next_id: 1,
+                room: 0,
+            }),
         })
+    }
+}
+
+/// What admitting a NEW connection writes, behind the admission lock
+/// ([`ConnTable::admission`]): a `&mut Admission` is the proof, checked
+/// by the compiler, that its holder is the one admitter of the moment.
+///
+/// Only admitters add flows, so what they count needs no atomic
+/// read-modify-write: the lock orders them, and a load and a store do
+/// (each such one costs about 7 ns on a NEW connection's path).
+#[derive(Debug)]
+pub struct Admission {
+    /// The id the next inserted flow gets (see [`Flow::id`]).
+    next_id: u32,
+    /// Flows that may still be admitted before the tables' flows must be
+    /// counted again: the limit, less the flows counted last time, less
+    /// the admissions since. Removals only make more room, so the tables
+    /// never hold more than the limit while this is above zero.
+    room: usize,
+}
+
+impl Admission {
+    /// Take room for one more flow under `max`, calling `count` (the
+    /// flows held by every table sharing the limit) only when the room
+    /// counted last time is used up. Returns `false` if the tables are at
+    /// or above `max`.
+    pub fn take_room(&mut self, max: usize, count: impl FnOnce() -> usize) -> bool {
+        if self.room == 0 {
+            self.room = max.saturating_sub(count());
+            if self.room == 0 {
+                return false;
+            }
+        }
+        self.room -= 1;
+        true
+    }
+
+    /// Give back the room taken for a flow that was not inserted after all.
+    pub fn give_back_room(&mut self) {
+        self.room += 1;
+    }
+
+    /// Add one to `counter`, a counter only admitters write (while they
+    /// hold the admission lock, which orders their writes): a load and a
+    /// store. Readers load it as any relaxed counter.
+    pub fn count(&mut self, counter: &AtomicU64) {
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 }
 
@@ -575,6 +631,7 @@ impl<A: IpAddress> ConnTable<A> {
                         unreplied: VecDeque::new(),
                     }),
                     added: AtomicU64::new(0),
+                    live: AtomicUsize::new(0),
                 })
             })
             .collect::<Box<[_]>>();
@@ -582,10 +639,8 @@ impl<A: IpAddress> ConnTable<A> {
             shard_mask: shards.len() - 1,
             shards,
             keys: keys(0),
-            count: AtomicUsize::new(0),
             limit,
             retired: Default::default(),
-            next_id: AtomicU32::new(1),
         }
     }
 
@@ -614,7 +669,7 @@ impl<A: IpAddress> ConnTable<A> {
     /// nothing, and a REPLY tuple found free is still free at the insert.
     /// Only admitters take it; no shard lock is held while waiting for it.
     /// The lock is the [`Limit`]'s: one for the tables that share it.
-    pub fn admission(&self) -> MutexGuard<'_, ()> {
+    pub fn admission(&self) -> MutexGuard<'_, Admission> {
         self.limit
             .admission
             .lock()
@@ -654,15 +709,15 @@ impl<A: IpAddress> ConnTable<A> {
             .sum()
     }
 
-    /// Return the number of flows in this table.
+    /// Return the number of flows in this table: the shards' counts,
+    /// summed without their locks (exact when no flow comes or goes
+    /// meanwhile). Held with the admission lock, never below the truth:
+    /// only admitters add flows.
     pub fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Return the number of flows held against the limit: this table's and
-    /// those of the tables sharing its [`Limit`].
-    pub fn total(&self) -> usize {
-        self.limit.count.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .map(|s| s.0.live.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Return whether no flow is tracked.
@@ -676,9 +731,12 @@ impl<A: IpAddress> ConnTable<A> {
     }
 
     /// Change the limit (a reload). Flows above a lowered limit stay until
-    /// they end; new ones wait for room.
+    /// they end; new ones wait for room. Takes the admission lock (to
+    /// forget the room counted under the old limit).
     pub fn set_max(&self, max: usize) {
+        let mut admission = self.admission();
         self.limit.max.store(max, Ordering::Relaxed);
+        admission.room = 0;
     }
 
     /// Run `f` on the flow a packet with tuple `t` belongs to, with the
@@ -789,16 +847,19 @@ impl<A: IpAddress> ConnTable<A> {
         added.store(added.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
 
-    /// Return whether the tables sharing the limit are at it.
-    pub fn is_full(&self) -> bool {
-        self.total() >= self.max()
+    /// Store `live`, the number of flows whose home is `shard`, for
+    /// [`ConnTable::len`]. Call it holding the shard's lock.
+    fn count_live(&self, shard: usize, live: usize) {
+        self.shards[shard].0.live.store(live, Ordering::Relaxed);
     }
 
     /// Insert `flow`, whose REPLY tuple the caller found free, holding the
-    /// admission lock. Returns `false` (and inserts nothing) if a flow with
-    /// the same ORIGINAL tuple or the same REPLY tuple is in the table.
-    pub fn insert(&self, flow: Flow<A>) -> bool {
-        self.insert_proven(flow, None, None)
+    /// admission lock (`admission`, which gives the flow its id). Returns
+    /// `false` (and inserts nothing) if a flow with the same ORIGINAL tuple
+    /// or the same REPLY tuple is in the table. The limit is the caller's
+    /// to check ([`Admission::take_room`]).
+    pub fn insert(&self, admission: &mut Admission, flow: Flow<A>) -> bool {
+        self.insert_proven(admission, flow, None, None)
     }
 
     /// [`ConnTable::insert`], given what the admitter proved under the
@@ -813,6 +874,7 @@ impl<A: IpAddress> ConnTable<A> {
     /// engine's admission.
     pub(crate) fn insert_proven(
         &self,
+        admission: &mut Admission,
         mut flow: Flow<A>,
         original_absent: Option<Absent>,
         reply_absent: Option<Absent>,
@@ -834,11 +896,13 @@ impl<A: IpAddress> ConnTable<A> {
             {
                 return false;
             }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = admission.next_id;
+            admission.next_id = id.wrapping_add(1);
             flow.id = id;
             shard.sweep.note(flow.deadline);
             flow.backend.add_active(1);
             let slot = shard.flows.insert(flow);
+            self.count_live(home, shard.flows.live);
             let Shard {
                 index,
                 flows,
@@ -869,8 +933,6 @@ impl<A: IpAddress> ConnTable<A> {
             shard.remote.insert(reply, at);
             self.count_added(there);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.limit.count.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -904,7 +966,9 @@ impl<A: IpAddress> ConnTable<A> {
         if local_reply {
             shard.unindex(rh, entry(slot, Direction::Reply));
         }
-        shard.flows.remove(slot)
+        let flow = shard.flows.remove(slot);
+        self.count_live(home, shard.flows.live);
+        flow
     }
 
     /// Finish removing a flow [`ConnTable::take`] took out of shard `home`:
@@ -921,8 +985,6 @@ impl<A: IpAddress> ConnTable<A> {
                 shard.remote.remove(&flow.reply);
             }
         }
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        self.limit.count.fetch_sub(1, Ordering::Relaxed);
         self.retire(flow);
     }
 
@@ -1257,7 +1319,7 @@ mod tests {
             let want = spread(port, 80) as usize % shards;
             assert_eq!(t.shard_of(&f.original), want);
             assert_eq!(t.shard_of(&f.reply), want);
-            assert!(t.insert(f));
+            assert!(t.insert(&mut t.admission(), f));
             let shard = t.lock(want);
             let (oh, rh) = (
                 t.hash(&Tuple::new(C, port, V, 80)),
@@ -1292,10 +1354,10 @@ mod tests {
         let (original, reply) = (f.original, f.reply);
         assert_ne!(t.shard_of(&original), t.shard_of(&reply));
         assert!(t.is_reply_free(&reply));
-        assert!(t.insert(f));
+        assert!(t.insert(&mut t.admission(), f));
         assert!(!t.is_reply_free(&reply));
         assert!(
-            !t.insert(flow(40001, sport, 1000)),
+            !t.insert(&mut t.admission(), flow(40001, sport, 1000)),
             "the REPLY tuple is taken"
         );
         assert_eq!(
@@ -1325,23 +1387,23 @@ mod tests {
         assert!(t.still_absent(&absent));
         // A flow in another shard proves nothing about this one.
         let elsewhere = (41000..50000u16).find(|&p| home(p) != home(40000)).unwrap();
-        assert!(t.insert(flow(elsewhere, elsewhere, 1000)));
+        assert!(t.insert(&mut t.admission(), flow(elsewhere, elsewhere, 1000)));
         assert!(t.still_absent(&absent));
         // Any flow added to the tuple's shard, the tuple's own among them,
         // ends the proof: the admitter must look again.
         let same = (41000..50000u16).find(|&p| home(p) == home(40000)).unwrap();
-        assert!(t.insert(flow(same, same, 1000)));
+        assert!(t.insert(&mut t.admission(), flow(same, same, 1000)));
         assert!(!t.still_absent(&absent));
         assert!(!t.contains(&wanted), "looked up again: still absent");
         let absent = t.find(&wanted, |_, _| ()).unwrap_err();
-        assert!(t.insert(flow(40000, 40000, 1000)));
+        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 1000)));
         assert!(!t.still_absent(&absent));
         assert!(t.contains(&wanted));
         // A remote REPLY tuple is added to its own shard, not its flow's.
         let sport = (20000..30000u16).find(|&p| home(p) != home(40001)).unwrap();
         let reply = Tuple::new(B, 80, S, sport);
         let absent = t.find(&reply, |_, _| ()).unwrap_err();
-        assert!(t.insert(flow(40001, sport, 1000)));
+        assert!(t.insert(&mut t.admission(), flow(40001, sport, 1000)));
         assert!(!t.still_absent(&absent));
         assert_eq!(t.find(&reply, |_, d| d), Ok(Direction::Reply));
     }
@@ -1349,12 +1411,12 @@ mod tests {
     #[test]
     fn a_reused_slot_does_not_revive_the_old_flows_timers() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
-        assert!(t.insert(flow(40000, 40000, 1000)));
+        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 1000)));
         assert!(t
             .remove_if(&Tuple::new(C, 40000, V, 80), |_| true)
             .is_some());
         // The same slot, a later deadline: the old entry (1000) is stale.
-        assert!(t.insert(flow(40000, 40000, 5000)));
+        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 5000)));
         let mut expired = 0;
         t.expire(Timestamp::from_millis(2000), |_| expired += 1);
         assert_eq!((expired, t.len()), (0, 1));
@@ -1365,7 +1427,7 @@ mod tests {
     #[test]
     fn a_shorter_deadline_set_under_the_lock_brings_the_sweep_forward() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
-        assert!(t.insert(flow(40000, 40000, 100_000)));
+        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 100_000)));
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(100_000)));
         let o = Tuple::new(C, 40000, V, 80);
         t.with_flow(&o, |f, _| f.set_deadline(Timestamp::from_millis(10)));
@@ -1380,7 +1442,7 @@ mod tests {
     fn a_sweep_removes_the_due_flows_and_learns_the_earliest_it_kept() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
         for (port, deadline) in [(40000, 3000), (40001, 1000), (40002, 2000)] {
-            assert!(t.insert(flow(port, port, deadline)));
+            assert!(t.insert(&mut t.admission(), flow(port, port, deadline)));
         }
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(1000)));
         // Traffic moves the 2000 flow to 5000: nothing tells the table.
@@ -1399,15 +1461,66 @@ mod tests {
     }
 
     #[test]
+    fn room_under_the_limit_is_counted_again_only_once_used_up() {
+        let limit = Limit::new(3);
+        let mut a = limit.admission.lock().unwrap();
+        let counts = std::cell::Cell::new(0);
+        let held = |n: usize| {
+            counts.set(counts.get() + 1);
+            n
+        };
+        // One flow held: room for two, counted once.
+        assert!(a.take_room(3, || held(1)));
+        assert!(a.take_room(3, || held(99)));
+        assert_eq!(counts.get(), 1);
+        // Used up: counted again, and the tables are full.
+        assert!(!a.take_room(3, || held(3)));
+        assert_eq!(counts.get(), 2);
+        // A flow ended since: room for one.
+        assert!(a.take_room(3, || held(2)));
+        // Room taken for a flow that was not inserted comes back, uncounted.
+        a.give_back_room();
+        assert!(a.take_room(3, || held(99)));
+        assert_eq!(counts.get(), 3);
+        // Above the limit (a lowered one), no room at all.
+        assert!(!a.take_room(3, || held(5)));
+    }
+
+    #[test]
+    fn the_flows_are_counted_per_shard_as_they_come_and_go() {
+        let t = ConnTable::<Ipv4Addr>::with_hash_seed(100, Some(7));
+        let mut admission = t.admission();
+        for p in 0..40 {
+            assert!(t.insert(&mut admission, flow(40000 + p, 40000 + p, 1000)));
+        }
+        drop(admission);
+        assert_eq!(t.len(), 40);
+        let live: usize = t.shards.iter().map(|s| s.0.shard.lock().flows.live).sum();
+        assert_eq!(live, 40);
+        for p in 0..15 {
+            let original = flow(40000 + p, 40000 + p, 1000).original;
+            assert!(t.remove_if(&original, |_| true).is_some());
+        }
+        assert_eq!(t.len(), 25);
+        // Every shard's count is its slab's.
+        for s in t.shards.iter() {
+            assert_eq!(
+                s.0.live.load(Ordering::Relaxed),
+                s.0.shard.lock().flows.live
+            );
+        }
+    }
+
+    #[test]
     fn a_proven_insert_skips_the_lookup_only_while_its_proof_holds() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(10, Some(5));
         let a = flow(40000, 40000, 1000);
         let (o, r) = (t.absent(&a.original), t.absent(&a.reply));
         assert!(o.is_some() && r.is_some());
-        assert!(t.insert_proven(a.clone(), o, r));
+        assert!(t.insert_proven(&mut t.admission(), a.clone(), o, r));
         // The insert added both tuples: the proofs are stale, so a second
         // flow with the same tuples is looked up and refused.
-        assert!(!t.insert_proven(a.clone(), o, r));
+        assert!(!t.insert_proven(&mut t.admission(), a.clone(), o, r));
         assert!(t.absent(&a.original).is_none() && t.absent(&a.reply).is_none());
         // A proof of another shard's tuple never stands for this one.
         let b = flow(40001, 40001, 1000);
@@ -1417,8 +1530,13 @@ mod tests {
             .and_then(|x| t.absent(&x));
         let mut dup = b.clone();
         dup.original = a.original;
-        assert!(!t.insert_proven(dup, other, t.absent(&b.reply)));
-        assert!(t.insert_proven(b.clone(), t.absent(&b.original), t.absent(&b.reply)));
+        assert!(!t.insert_proven(&mut t.admission(), dup, other, t.absent(&b.reply)));
+        assert!(t.insert_proven(
+            &mut t.admission(),
+            b.clone(),
+            t.absent(&b.original),
+            t.absent(&b.reply)
+        ));
         assert_eq!(t.len(), 2);
     }
 
@@ -1431,7 +1549,7 @@ mod tests {
         for i in 0..n as u16 {
             let mut f = flow(10000 + i, 10000 + i, 1000);
             f.packets = [u64::from(i), 1];
-            assert!(t.insert(f));
+            assert!(t.insert(&mut t.admission(), f));
         }
         let mut ports: Vec<u16> = t.snapshot().iter().map(|f| f.original.src.port()).collect();
         ports.sort_unstable();
@@ -1445,7 +1563,7 @@ mod tests {
         let n = 3 * EXPIRE_BUDGET;
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(n, Some(7));
         for i in 0..n as u16 {
-            assert!(t.insert(flow(40000 + i, 40000 + i, 1000)));
+            assert!(t.insert(&mut t.admission(), flow(40000 + i, 40000 + i, 1000)));
         }
         let (mut calls, mut expired) = (1, 0);
         let now = Timestamp::from_millis(1000);
@@ -1478,7 +1596,7 @@ mod tests {
     fn a_full_table_evicts_an_expired_flow_first_and_never_an_established_one() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
         for (port, deadline) in [(40000, 9000), (40001, 5000), (40002, 7000)] {
-            assert!(t.insert(flow(port, port, deadline)));
+            assert!(t.insert(&mut t.admission(), flow(port, port, deadline)));
             let o = Tuple::new(C, port, V, 80);
             t.with_flow(&o, |f, _| {
                 f.assured = true;
@@ -1507,7 +1625,7 @@ mod tests {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(64, Some(7));
         let ports: Vec<u16> = (50000..50032).rev().collect();
         for &p in &ports {
-            assert!(t.insert(flow(p, p, 1000)));
+            assert!(t.insert(&mut t.admission(), flow(p, p, 1000)));
         }
         // Answer the first two: the third inserted is the oldest unreplied.
         for &p in &ports[..2] {
