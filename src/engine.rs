@@ -40,7 +40,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
@@ -130,7 +130,11 @@ pub struct Bookkeeping {
 /// The NAT engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
+    /// The running configuration, for every reader but admitters (which
+    /// use the [`Admitter`]'s copy, the same one, under the lock).
     runtime: ArcSwap<Runtime>,
+    /// The admission lock (see [`Admission`]).
+    admitter: Mutex<Admitter>,
     /// The runtime's timeouts in milliseconds, readable without loading it.
     timeouts_ms: [AtomicU64; TcpState::COUNT],
     /// The IPv4 flows.
@@ -150,6 +154,17 @@ pub struct Engine {
     refusals: [RateLog; 2],
     /// Listeners to NEW, UPDATE and DESTROY events (`tunlb events`).
     events: Arc<crate::events::Hub>,
+}
+
+/// What the admission lock guards: the right to admit into the tables,
+/// and the configuration NEW connections are admitted under. A reload
+/// replaces this copy and the [`Engine`]'s `runtime` together, holding the
+/// lock; an admitter reads its configuration here without loading it
+/// (which, through `ArcSwap`, costs two atomic read-modify-writes).
+#[derive(Debug)]
+struct Admitter {
+    tables: Admission,
+    runtime: Arc<Runtime>,
 }
 
 /// A warning that is logged at its first occurrence and then at most once
@@ -245,13 +260,35 @@ impl Runtime {
     }
 }
 
+/// Why a packet that starts no flow and belongs to none is dropped: to a
+/// VIP or MASQUERADE address, it is of a connection tunlb does not know
+/// (INVALID: e.g. one in flight when tunlb restarted); elsewhere, it is
+/// for no service.
+fn no_flow<A: IpAddress>(rt: &Runtime, t: &Tuple<A>) -> DropReason {
+    let dst: IpAddr = (*t.dst.ip()).into();
+    let ours = rt
+        .services
+        .iter()
+        .any(|s| s.vip.ip() == dst || s.snat.contains(&dst));
+    if ours {
+        DropReason::NoFlowNotSyn
+    } else {
+        DropReason::NoService
+    }
+}
+
 impl Engine {
     /// Build an engine from a configuration, refusing an invalid one.
     pub fn new(cfg: EngineConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let limit = crate::conntrack::table::Limit::new(cfg.max_flows);
+        let runtime = Arc::new(Runtime::build(&cfg, None));
         Ok(Engine {
-            runtime: ArcSwap::from_pointee(Runtime::build(&cfg, None)),
+            runtime: ArcSwap::new(runtime.clone()),
+            admitter: Mutex::new(Admitter {
+                tables: Admission::new(),
+                runtime,
+            }),
             timeouts_ms: std::array::from_fn(|i| {
                 AtomicU64::new(cfg.timeouts.get(TcpState::ALL[i]).as_millis() as u64)
             }),
@@ -284,11 +321,16 @@ impl Engine {
     /// The seed, the hash key and checksum verification are fixed at start.
     pub fn reconfigure(&self, cfg: &EngineConfig) -> Result<(), ConfigError> {
         cfg.validate()?;
+        // Built before the lock is taken: NEW connections wait only for
+        // the swap. Reloads come from one control thread at a time.
         let old = self.runtime.load_full();
-        self.runtime
-            .store(Arc::new(Runtime::build(cfg, Some(&old))));
+        let new = Arc::new(Runtime::build(cfg, Some(&old)));
+        let mut admitter = self.admission();
+        self.runtime.store(new.clone());
+        admitter.runtime = new;
         // One limit for both families' tables (they share it).
-        self.v4.set_max(cfg.max_flows);
+        self.v4.set_max(&mut admitter.tables, cfg.max_flows);
+        drop(admitter);
         self.liberal.store(cfg.tcp_liberal, Relaxed);
         self.pickup.store(cfg.pickup, Relaxed);
         for (i, t) in self.timeouts_ms.iter().enumerate() {
@@ -471,12 +513,7 @@ impl Engine {
     ) -> Result<Verdict, DropReason> {
         let (dir, src, dst, tracked, remove) = match next {
             Known::Restart(replace) => {
-                let rt = self.runtime.load();
-                let si = rt
-                    .service_at(p.tuple.dst.to_socket())
-                    .ok_or(DropReason::NoService)?;
-                let target = ToService { rt: &rt, si };
-                return self.new_connection(pkt, p, now, l4, Admit::Reopen(replace), target);
+                return self.new_connection(pkt, p, now, l4, Admit::Reopen(replace));
             }
             Known::Drop(reason) => return Err(reason),
             Known::Expired { dir, src, dst } => {
@@ -536,32 +573,19 @@ impl Engine {
         l4: L4Checksum,
         absent: Absent,
     ) -> Result<Verdict, DropReason> {
-        let (tuple, class) = (&p.tuple, p.class);
-        // Loaded once: a NEW connection goes on with this configuration.
-        let rt = self.runtime.load();
-        let Some(si) = rt.service_at(tuple.dst.to_socket()) else {
-            // To a VIP or MASQUERADE address but no flow: a packet of
-            // a connection tunlb does not know (INVALID), e.g. one
-            // that was in flight when it restarted.
-            let dst: IpAddr = (*tuple.dst.ip()).into();
-            let ours = rt
-                .services
-                .iter()
-                .any(|s| s.vip.ip() == dst || s.snat.contains(&dst));
-            return Err(if ours {
-                DropReason::NoFlowNotSyn
-            } else {
-                DropReason::NoService
-            });
-        };
-        let target = ToService { rt: &rt, si };
+        let class = p.class;
         if tcp::may_create(class) {
-            self.new_connection(pkt, p, now, l4, Admit::Syn(absent), target)
+            self.new_connection(pkt, p, now, l4, Admit::Syn(absent))
         } else if class == FlagClass::Ack && self.pickup.load(Relaxed) {
-            self.new_connection(pkt, p, now, l4, Admit::Pickup(absent), target)
+            self.new_connection(pkt, p, now, l4, Admit::Pickup(absent))
         } else {
-            Err(DropReason::NoFlowNotSyn)
+            Err(no_flow(&self.runtime.load(), &p.tuple))
         }
+    }
+
+    /// Take the admission lock (see [`Admission`]).
+    fn admission(&self) -> MutexGuard<'_, Admitter> {
+        self.admitter.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Return whether `backend` may still take new connections for the
@@ -705,7 +729,7 @@ impl Engine {
 
     /// Admit a NEW connection: select, allocate, make room, insert, translate.
     ///
-    /// Runs under the table's admission lock, in an order where a SYN that
+    /// Runs under the admission lock, in an order where a SYN that
     /// is refused or that another thread admitted first changes nothing:
     /// the duplicate check comes first, eviction comes last (after a port
     /// was found), and the limit is checked and the flow inserted under the
@@ -715,8 +739,9 @@ impl Engine {
     /// reopened or redispatched flow, removed under the same lock only if it
     /// is still that flow, so two threads handling copies of the SYN replace
     /// it once) or an ACK picked up mid-stream. A pickup goes through the
-    /// same limit, eviction and refusals as a SYN. `target` is the service at
-    /// the segment's destination, in the configuration the caller loaded.
+    /// same limit, eviction and refusals as a SYN. The service at the
+    /// segment's destination is looked up in the configuration the
+    /// admission lock guards, and the connection goes on with it.
     fn new_connection<A: Family>(
         &self,
         pkt: &mut [u8],
@@ -724,12 +749,21 @@ impl Engine {
         now: Timestamp,
         l4: L4Checksum,
         how: Admit,
-        target: ToService<'_>,
     ) -> Result<Verdict, DropReason> {
         let original = p.tuple;
-        let (rt, si) = (target.rt, target.si);
+        let mut guard = self.admission();
+        let Admitter {
+            tables: admission,
+            runtime: rt,
+        } = &mut *guard;
+        let Some(si) = rt.service_at(original.dst.to_socket()) else {
+            return Err(match how {
+                // Its service was removed by a reload.
+                Admit::Reopen(_) => DropReason::NoService,
+                Admit::Syn(_) | Admit::Pickup(_) => no_flow(rt, &original),
+            });
+        };
         let svc = &rt.services[si];
-        let mut admission = A::table(self).admission();
         let pickup = matches!(how, Admit::Pickup(_));
         // Another thread may have admitted the same SYN between this
         // packet's lookup and the admission lock: then this copy is a
@@ -751,21 +785,21 @@ impl Engine {
             }
         };
         let Some(absent) = absent else {
-            drop(admission);
+            drop(guard);
             return self.process_tcp(pkt, p, now, l4);
         };
         let Some(bi) = svc
             .selector
             .select(&svc.backends, (*original.src.ip()).into())
         else {
-            drop(admission);
+            drop(guard);
             return self.no_backend(pkt, p, pickup);
         };
         let backend = &svc.backends[bi];
         // A service's backends are of its VIP's family (validated), so
         // this always converts.
         let Some(to) = Endpoint::<A>::from_socket(backend.addr) else {
-            drop(admission);
+            drop(guard);
             return Err(DropReason::NoBackend);
         };
         let Some((reply, reply_absent)) = ports::allocate(
@@ -776,19 +810,18 @@ impl Engine {
             &rt.snat_ports,
             &self.port_key,
         ) else {
-            drop(admission);
+            let (vip, to) = (svc.vip, backend.addr);
+            drop(guard);
             self.refusals[1].hit(now, |n| {
                 tracing::warn!(
-                    "MASQUERADE ports exhausted: {n} new connection(s) to {} dropped \
-                     (no free source port towards {}); add --snat addresses or widen the port range",
-                    svc.vip,
-                    backend.addr
+                    "MASQUERADE ports exhausted: {n} new connection(s) to {vip} dropped \
+                     (no free source port towards {to}); add --snat addresses or widen the port range"
                 )
             });
             return Err(DropReason::PortsExhausted);
         };
-        if !self.make_room::<A>(&mut admission, now) {
-            drop(admission);
+        if !self.make_room::<A>(admission, now) {
+            drop(guard);
             let max = A::table(self).max();
             self.refusals[0].hit(now, |n| {
                 tracing::warn!(
@@ -803,11 +836,11 @@ impl Engine {
         let (src, dst) = translate(&flow, Direction::Original);
         trace::new_flow(&self.events, &flow, svc, bi, pickup);
         let table = A::table(self);
-        let inserted = table.insert_proven(&mut admission, flow, Some(absent), Some(reply_absent));
+        let inserted = table.insert_proven(admission, flow, Some(absent), Some(reply_absent));
         debug_assert!(inserted, "admission checked the tuple under the lock");
         if !inserted {
             admission.give_back_room();
-            drop(admission);
+            drop(guard);
             return self.process_tcp(pkt, p, now, l4);
         }
         // Counted under the admission lock, their only writers' lock.
@@ -820,7 +853,7 @@ impl Engine {
             admission.count(&self.counters.new_flows);
         }
         admission.count(&backend.counters.connections);
-        drop(admission);
+        drop(guard);
         nat::rewrite_tcp(pkt, p.ip_header_len, src, dst, l4);
         Ok(Verdict::Forward { len: p.len })
     }
@@ -979,9 +1012,12 @@ impl Engine {
         exact: bool,
     ) -> RestoreReport {
         let unanswered = self.timeout(TcpState::SynSent);
-        let rt = self.runtime.load();
         let mut report = RestoreReport::default();
-        let mut admission = self.v4.admission();
+        let mut guard = self.admission();
+        let Admitter {
+            tables: admission,
+            runtime: rt,
+        } = &mut *guard;
         let max = self.v4.max();
         for s in saved {
             let state = TcpState::ALL.get(usize::from(s.state)).copied();
@@ -1007,11 +1043,10 @@ impl Engine {
                 continue;
             }
             let left = if exact { left } else { left.min(unanswered) };
-            let a = &mut *admission;
             let restored = if s.vip.is_ipv4() {
-                self.restore_one::<Ipv4Addr>(a, s, state, backend, now + left, exact)
+                self.restore_one::<Ipv4Addr>(admission, s, state, backend, now + left, exact)
             } else {
-                self.restore_one::<Ipv6Addr>(a, s, state, backend, now + left, exact)
+                self.restore_one::<Ipv6Addr>(admission, s, state, backend, now + left, exact)
             };
             match restored {
                 true => report.restored += 1,
@@ -1213,14 +1248,6 @@ enum Admit {
     /// An ORIGINAL ACK of a flow picked up mid-stream (`--pickup`), whose
     /// tuple the lookup missed.
     Pickup(Absent),
-}
-
-/// The service a NEW connection is for: the running configuration, loaded
-/// once for the packet, and the index of the service at its destination.
-#[derive(Clone, Copy)]
-struct ToService<'a> {
-    rt: &'a Runtime,
-    si: usize,
 }
 
 /// What comes next for a segment of a known flow, decided with the flow

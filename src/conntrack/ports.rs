@@ -81,7 +81,7 @@ pub const MAX_TRIES: u32 = 2048;
 
 /// Find a free REPLY tuple for the connection `original` going to
 /// `backend`, with a source from `pool` and a port preserved or from `range`.
-/// Call it holding the table's admission lock ([`ConnTable::admission`]):
+/// Call it holding the admission lock (see [`Admission`](super::table::Admission)):
 /// the tuple returned then stays free until the flow is inserted. Returns
 /// the tuple with the proof that it was free (for
 /// `ConnTable::insert_proven`).
@@ -138,6 +138,7 @@ pub fn allocate<A: IpAddress>(
 mod tests {
     use super::*;
     use crate::backend::Backend;
+    use crate::conntrack::table::Admission;
     use crate::conntrack::Flow;
     use crate::time::Timestamp;
     use std::net::Ipv4Addr;
@@ -250,7 +251,8 @@ mod tests {
         range: &RangeInclusive<u16>,
         key: &HashKey,
     ) -> Option<Tuple<Ipv4Addr>> {
-        let mut admission = t.admission();
+        // One admission per call: these tests look at ports, not flow ids.
+        let mut admission = Admission::new();
         let (reply, _) = allocate(t, original, backend, pool, range, key)?;
         let b = Arc::new(Backend::new(backend.to_socket()));
         let flow = Flow::new(*original, reply, b, Timestamp::from_secs(9));

@@ -44,7 +44,7 @@
 //!   not reentrant); [`Flow::set_deadline`] is how it changes a deadline.
 //! - Within this module, at most one shard lock is held at a time.
 //! - Inserting a flow, and the check that its REPLY tuple is free before,
-//!   happen under the admission lock ([`ConnTable::admission`]): nothing
+//!   happen under the admission lock ([`Admission`]): nothing
 //!   else adds a tuple, so a tuple found free stays free until the insert.
 //!   [`ConnTable::insert`] takes the lock's [`Admission`] as proof. What
 //!   only admitters write (flow ids, the room left under the limit, the
@@ -97,7 +97,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use spin::mutex::{SpinMutex, SpinMutexGuard};
@@ -523,13 +523,11 @@ pub struct Absent {
 }
 
 /// What the tables of the two families share: one limit on the flows of
-/// both (`--max-flows` counts connections, whatever their family) and the
-/// lock that admits NEW connections, with what only admitters write.
+/// both (`--max-flows` counts connections, whatever their family). The
+/// [`Admission`] that goes with it is its owner's to keep.
 #[derive(Debug)]
 pub struct Limit {
     max: AtomicUsize,
-    /// Held while a NEW connection is admitted (see [`ConnTable::admission`]).
-    admission: Mutex<Admission>,
 }
 
 impl Limit {
@@ -537,17 +535,24 @@ impl Limit {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Limit {
             max: AtomicUsize::new(max),
-            admission: Mutex::new(Admission {
-                next_id: 1,
-                room: 0,
-            }),
         })
     }
 }
 
-/// What admitting a NEW connection writes, behind the admission lock
-/// ([`ConnTable::admission`]): a `&mut Admission` is the proof, checked
-/// by the compiler, that its holder is the one admitter of the moment.
+/// The right to admit NEW connections into the tables that share a
+/// [`Limit`], and what only admitters write. Make one per limit and keep
+/// it behind the lock that serializes admissions, *the admission lock*
+/// (the engine's, which guards the configuration admitters use beside
+/// it): a `&mut Admission` is then the proof, checked by the compiler,
+/// that its holder is the one admitter of the moment, and
+/// [`ConnTable::insert`] asks for it.
+///
+/// Holding it, an admitter checks that no flow has the tuple yet (a
+/// duplicate SYN handled by another thread changes nothing), selects,
+/// finds a free REPLY tuple, makes room and inserts: so the tables never
+/// hold more than their limit, a refused SYN evicts nothing, and a REPLY
+/// tuple found free is still free at the insert. No shard lock is held
+/// while waiting for the admission lock.
 ///
 /// Only admitters add flows, so what they count needs no atomic
 /// read-modify-write: the lock orders them, and a load and a store do
@@ -563,7 +568,22 @@ pub struct Admission {
     room: usize,
 }
 
+impl Default for Admission {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Admission {
+    /// The admission of a new set of tables: no room counted yet, the
+    /// first flow's id 1.
+    pub fn new() -> Self {
+        Admission {
+            next_id: 1,
+            room: 0,
+        }
+    }
+
     /// Take room for one more flow under `max`, calling `count` (the
     /// flows held by every table sharing the limit) only when the room
     /// counted last time is used up. Returns `false` if the tables are at
@@ -660,22 +680,6 @@ impl<A: IpAddress> ConnTable<A> {
         self.shards[shard].0.shard.lock()
     }
 
-    /// Serialize the admission of NEW connections.
-    ///
-    /// Holding the guard, an admitter checks that no flow has the tuple yet
-    /// (a duplicate SYN handled by another thread changes nothing), selects,
-    /// finds a free REPLY tuple, makes room and inserts: so the table never
-    /// holds more than [`ConnTable::max`] flows, a refused SYN evicts
-    /// nothing, and a REPLY tuple found free is still free at the insert.
-    /// Only admitters take it; no shard lock is held while waiting for it.
-    /// The lock is the [`Limit`]'s: one for the tables that share it.
-    pub fn admission(&self) -> MutexGuard<'_, Admission> {
-        self.limit
-            .admission
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Return the limit this table shares.
     pub fn limit(&self) -> &Arc<Limit> {
         &self.limit
@@ -730,11 +734,10 @@ impl<A: IpAddress> ConnTable<A> {
         self.limit.max.load(Ordering::Relaxed)
     }
 
-    /// Change the limit (a reload). Flows above a lowered limit stay until
-    /// they end; new ones wait for room. Takes the admission lock (to
-    /// forget the room counted under the old limit).
-    pub fn set_max(&self, max: usize) {
-        let mut admission = self.admission();
+    /// Change the limit (a reload), holding the admission lock (the room
+    /// counted under the old limit is forgotten). Flows above a lowered
+    /// limit stay until they end; new ones wait for room.
+    pub fn set_max(&self, admission: &mut Admission, max: usize) {
         self.limit.max.store(max, Ordering::Relaxed);
         admission.room = 0;
     }
@@ -1311,6 +1314,7 @@ mod tests {
     #[test]
     fn an_entry_is_in_the_shard_its_ports_spread_it_to() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(4096, Some(7));
+        let mut adm = Admission::new();
         let shards = shard_amount();
         assert!(shards >= 8 && shards.is_power_of_two());
         let mut hits = vec![0; shards];
@@ -1319,7 +1323,7 @@ mod tests {
             let want = spread(port, 80) as usize % shards;
             assert_eq!(t.shard_of(&f.original), want);
             assert_eq!(t.shard_of(&f.reply), want);
-            assert!(t.insert(&mut t.admission(), f));
+            assert!(t.insert(&mut adm, f));
             let shard = t.lock(want);
             let (oh, rh) = (
                 t.hash(&Tuple::new(C, port, V, 80)),
@@ -1343,6 +1347,7 @@ mod tests {
     #[test]
     fn a_reply_tuple_of_another_shard_finds_its_flow_and_goes_with_it() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let mut adm = Admission::new();
         // A reallocated SNAT port whose spread names another shard.
         let sport = (20000..30000u16)
             .find(|&p| {
@@ -1354,10 +1359,10 @@ mod tests {
         let (original, reply) = (f.original, f.reply);
         assert_ne!(t.shard_of(&original), t.shard_of(&reply));
         assert!(t.is_reply_free(&reply));
-        assert!(t.insert(&mut t.admission(), f));
+        assert!(t.insert(&mut adm, f));
         assert!(!t.is_reply_free(&reply));
         assert!(
-            !t.insert(&mut t.admission(), flow(40001, sport, 1000)),
+            !t.insert(&mut adm, flow(40001, sport, 1000)),
             "the REPLY tuple is taken"
         );
         assert_eq!(
@@ -1380,6 +1385,7 @@ mod tests {
     #[test]
     fn a_miss_stays_proven_until_a_tuple_is_added_to_its_shard() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let mut adm = Admission::new();
         let shards = shard_amount();
         let home = |p: u16| spread(p, 80) as usize % shards;
         let wanted = Tuple::new(C, 40000, V, 80);
@@ -1387,23 +1393,23 @@ mod tests {
         assert!(t.still_absent(&absent));
         // A flow in another shard proves nothing about this one.
         let elsewhere = (41000..50000u16).find(|&p| home(p) != home(40000)).unwrap();
-        assert!(t.insert(&mut t.admission(), flow(elsewhere, elsewhere, 1000)));
+        assert!(t.insert(&mut adm, flow(elsewhere, elsewhere, 1000)));
         assert!(t.still_absent(&absent));
         // Any flow added to the tuple's shard, the tuple's own among them,
         // ends the proof: the admitter must look again.
         let same = (41000..50000u16).find(|&p| home(p) == home(40000)).unwrap();
-        assert!(t.insert(&mut t.admission(), flow(same, same, 1000)));
+        assert!(t.insert(&mut adm, flow(same, same, 1000)));
         assert!(!t.still_absent(&absent));
         assert!(!t.contains(&wanted), "looked up again: still absent");
         let absent = t.find(&wanted, |_, _| ()).unwrap_err();
-        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 1000)));
+        assert!(t.insert(&mut adm, flow(40000, 40000, 1000)));
         assert!(!t.still_absent(&absent));
         assert!(t.contains(&wanted));
         // A remote REPLY tuple is added to its own shard, not its flow's.
         let sport = (20000..30000u16).find(|&p| home(p) != home(40001)).unwrap();
         let reply = Tuple::new(B, 80, S, sport);
         let absent = t.find(&reply, |_, _| ()).unwrap_err();
-        assert!(t.insert(&mut t.admission(), flow(40001, sport, 1000)));
+        assert!(t.insert(&mut adm, flow(40001, sport, 1000)));
         assert!(!t.still_absent(&absent));
         assert_eq!(t.find(&reply, |_, d| d), Ok(Direction::Reply));
     }
@@ -1411,12 +1417,13 @@ mod tests {
     #[test]
     fn a_reused_slot_does_not_revive_the_old_flows_timers() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
-        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 1000)));
+        let mut adm = Admission::new();
+        assert!(t.insert(&mut adm, flow(40000, 40000, 1000)));
         assert!(t
             .remove_if(&Tuple::new(C, 40000, V, 80), |_| true)
             .is_some());
         // The same slot, a later deadline: the old entry (1000) is stale.
-        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 5000)));
+        assert!(t.insert(&mut adm, flow(40000, 40000, 5000)));
         let mut expired = 0;
         t.expire(Timestamp::from_millis(2000), |_| expired += 1);
         assert_eq!((expired, t.len()), (0, 1));
@@ -1427,7 +1434,8 @@ mod tests {
     #[test]
     fn a_shorter_deadline_set_under_the_lock_brings_the_sweep_forward() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
-        assert!(t.insert(&mut t.admission(), flow(40000, 40000, 100_000)));
+        let mut adm = Admission::new();
+        assert!(t.insert(&mut adm, flow(40000, 40000, 100_000)));
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(100_000)));
         let o = Tuple::new(C, 40000, V, 80);
         t.with_flow(&o, |f, _| f.set_deadline(Timestamp::from_millis(10)));
@@ -1441,8 +1449,9 @@ mod tests {
     #[test]
     fn a_sweep_removes_the_due_flows_and_learns_the_earliest_it_kept() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let mut adm = Admission::new();
         for (port, deadline) in [(40000, 3000), (40001, 1000), (40002, 2000)] {
-            assert!(t.insert(&mut t.admission(), flow(port, port, deadline)));
+            assert!(t.insert(&mut adm, flow(port, port, deadline)));
         }
         assert_eq!(t.next_expiry(), Some(Timestamp::from_millis(1000)));
         // Traffic moves the 2000 flow to 5000: nothing tells the table.
@@ -1462,8 +1471,7 @@ mod tests {
 
     #[test]
     fn room_under_the_limit_is_counted_again_only_once_used_up() {
-        let limit = Limit::new(3);
-        let mut a = limit.admission.lock().unwrap();
+        let mut a = Admission::new();
         let counts = std::cell::Cell::new(0);
         let held = |n: usize| {
             counts.set(counts.get() + 1);
@@ -1489,11 +1497,10 @@ mod tests {
     #[test]
     fn the_flows_are_counted_per_shard_as_they_come_and_go() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(100, Some(7));
-        let mut admission = t.admission();
+        let mut admission = Admission::new();
         for p in 0..40 {
             assert!(t.insert(&mut admission, flow(40000 + p, 40000 + p, 1000)));
         }
-        drop(admission);
         assert_eq!(t.len(), 40);
         let live: usize = t.shards.iter().map(|s| s.0.shard.lock().flows.live).sum();
         assert_eq!(live, 40);
@@ -1514,13 +1521,14 @@ mod tests {
     #[test]
     fn a_proven_insert_skips_the_lookup_only_while_its_proof_holds() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(10, Some(5));
+        let mut adm = Admission::new();
         let a = flow(40000, 40000, 1000);
         let (o, r) = (t.absent(&a.original), t.absent(&a.reply));
         assert!(o.is_some() && r.is_some());
-        assert!(t.insert_proven(&mut t.admission(), a.clone(), o, r));
+        assert!(t.insert_proven(&mut adm, a.clone(), o, r));
         // The insert added both tuples: the proofs are stale, so a second
         // flow with the same tuples is looked up and refused.
-        assert!(!t.insert_proven(&mut t.admission(), a.clone(), o, r));
+        assert!(!t.insert_proven(&mut adm, a.clone(), o, r));
         assert!(t.absent(&a.original).is_none() && t.absent(&a.reply).is_none());
         // A proof of another shard's tuple never stands for this one.
         let b = flow(40001, 40001, 1000);
@@ -1530,9 +1538,9 @@ mod tests {
             .and_then(|x| t.absent(&x));
         let mut dup = b.clone();
         dup.original = a.original;
-        assert!(!t.insert_proven(&mut t.admission(), dup, other, t.absent(&b.reply)));
+        assert!(!t.insert_proven(&mut adm, dup, other, t.absent(&b.reply)));
         assert!(t.insert_proven(
-            &mut t.admission(),
+            &mut adm,
             b.clone(),
             t.absent(&b.original),
             t.absent(&b.reply)
@@ -1546,10 +1554,11 @@ mod tests {
         // walk takes each shard's lock several times.
         let n = 2 * CHUNK * shard_amount() + 7;
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(n, Some(3));
+        let mut adm = Admission::new();
         for i in 0..n as u16 {
             let mut f = flow(10000 + i, 10000 + i, 1000);
             f.packets = [u64::from(i), 1];
-            assert!(t.insert(&mut t.admission(), f));
+            assert!(t.insert(&mut adm, f));
         }
         let mut ports: Vec<u16> = t.snapshot().iter().map(|f| f.original.src.port()).collect();
         ports.sort_unstable();
@@ -1562,8 +1571,9 @@ mod tests {
     fn a_sweep_does_bounded_work_and_says_when_it_is_unfinished() {
         let n = 3 * EXPIRE_BUDGET;
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(n, Some(7));
+        let mut adm = Admission::new();
         for i in 0..n as u16 {
-            assert!(t.insert(&mut t.admission(), flow(40000 + i, 40000 + i, 1000)));
+            assert!(t.insert(&mut adm, flow(40000 + i, 40000 + i, 1000)));
         }
         let (mut calls, mut expired) = (1, 0);
         let now = Timestamp::from_millis(1000);
@@ -1595,8 +1605,9 @@ mod tests {
     #[test]
     fn a_full_table_evicts_an_expired_flow_first_and_never_an_established_one() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(16, Some(7));
+        let mut adm = Admission::new();
         for (port, deadline) in [(40000, 9000), (40001, 5000), (40002, 7000)] {
-            assert!(t.insert(&mut t.admission(), flow(port, port, deadline)));
+            assert!(t.insert(&mut adm, flow(port, port, deadline)));
             let o = Tuple::new(C, port, V, 80);
             t.with_flow(&o, |f, _| {
                 f.assured = true;
@@ -1623,9 +1634,10 @@ mod tests {
     #[test]
     fn the_oldest_unanswered_flow_is_evicted_whatever_its_shard() {
         let t = ConnTable::<Ipv4Addr>::with_hash_seed(64, Some(7));
+        let mut adm = Admission::new();
         let ports: Vec<u16> = (50000..50032).rev().collect();
         for &p in &ports {
-            assert!(t.insert(&mut t.admission(), flow(p, p, 1000)));
+            assert!(t.insert(&mut adm, flow(p, p, 1000)));
         }
         // Answer the first two: the third inserted is the oldest unreplied.
         for &p in &ports[..2] {
