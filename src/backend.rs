@@ -30,7 +30,11 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Traffic counters.
     pub counters: BackendCounters,
-    active: AtomicU64,
+    /// Flows ever inserted with this backend: written only by admitters,
+    /// under the admission lock that orders them (a load and a store).
+    admitted: AtomicU64,
+    /// Flows of this backend ever removed (from any thread: an atomic add).
+    released: AtomicU64,
     up: AtomicBool,
     syn_failures: AtomicU64,
 }
@@ -41,7 +45,8 @@ impl Backend {
         Backend {
             addr,
             counters: BackendCounters::default(),
-            active: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            released: AtomicU64::new(0),
             up: AtomicBool::new(true),
             syn_failures: AtomicU64::new(0),
         }
@@ -59,16 +64,32 @@ impl Backend {
         self.up.swap(up, Ordering::Relaxed)
     }
 
-    /// Return the number of flows in the table that use this backend.
+    /// Return the number of flows in the table that use this backend: those
+    /// admitted less those removed. (A flow's removal follows its insert;
+    /// reading the removals first, with `Acquire`, sees every insert that
+    /// came before them, so the difference never goes below zero.)
     #[inline]
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        let released = self.released.load(Ordering::Acquire);
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(released)
     }
 
-    /// Add `n` (possibly negative) to the active-flow count.
+    /// Count a flow of this backend inserted. Only admitters call it,
+    /// holding the admission lock (see `conntrack::table::Admission`),
+    /// which orders their writes: so a load and a store, no atomic
+    /// read-modify-write.
     #[inline]
-    pub fn add_active(&self, n: i64) {
-        self.active.fetch_add(n as u64, Ordering::Relaxed);
+    pub(crate) fn admit(&self) {
+        let n = self.admitted.load(Ordering::Relaxed);
+        self.admitted.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// Count a flow of this backend removed (from any thread).
+    #[inline]
+    pub fn release(&self) {
+        self.released.fetch_add(1, Ordering::Release);
     }
 
     /// Count a passive health signal: the backend answered a SYN with RST,

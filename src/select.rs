@@ -550,7 +550,7 @@ mod tests {
             match s.select(&b, client(0xc612_0000 + k * 7919)) {
                 Some(i) => {
                     seen[i] += 1;
-                    b[i].add_active(1);
+                    b[i].admit();
                 }
                 None => refused += 1,
             }
@@ -677,11 +677,12 @@ mod tests {
     fn least_conn_prefers_the_least_loaded_per_weight() {
         let b = backends(3);
         let s = LeastConn::new(&[1, 2, 1]);
-        b[0].add_active(1);
-        b[1].add_active(3); // 1.5 per weight
-        b[2].add_active(2);
+        let admit = |b: &Backend, n| (0..n).for_each(|_| b.admit());
+        admit(&b[0], 1);
+        admit(&b[1], 3); // 1.5 per weight
+        admit(&b[2], 2);
         assert_eq!(s.select(&b, t()), Some(0));
-        b[0].add_active(1); // 2 per weight
+        admit(&b[0], 1); // 2 per weight
         assert_eq!(s.select(&b, t()), Some(1));
     }
 

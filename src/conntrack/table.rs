@@ -903,7 +903,7 @@ impl<A: IpAddress> ConnTable<A> {
             admission.next_id = id.wrapping_add(1);
             flow.id = id;
             shard.sweep.note(flow.deadline);
-            flow.backend.add_active(1);
+            flow.backend.admit();
             let slot = shard.flows.insert(flow);
             self.count_live(home, shard.flows.live);
             let Shard {
@@ -1153,7 +1153,7 @@ impl<A: IpAddress> ConnTable<A> {
     /// counts only in the flow itself, so it touches no shared counter.
     fn retire(&self, flow: &Flow<A>) {
         let b = &flow.backend;
-        b.add_active(-1);
+        b.release();
         for d in 0..2 {
             self.retired[d].fetch_add(flow.packets[d], Ordering::Relaxed);
         }
