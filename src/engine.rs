@@ -40,13 +40,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use smoltcp::wire::IpProtocol;
 
 use crate::conntrack::ports::{self, HashKey};
-use crate::conntrack::table::{Absent, Admission};
+use crate::conntrack::table::{Absent, Admission, SpinGuard, SpinLock};
 use crate::conntrack::tcp::{self, Cell, FlagClass, TcpState};
 use crate::conntrack::tuple::{Endpoint, IpAddress};
 use crate::conntrack::window::{self, Check, RstCheck};
@@ -133,8 +133,12 @@ pub struct Engine {
     /// The running configuration, for every reader but admitters (which
     /// use the [`Admitter`]'s copy, the same one, under the lock).
     runtime: ArcSwap<Runtime>,
-    /// The admission lock (see [`Admission`]).
-    admitter: Mutex<Admitter>,
+    /// The admission lock (see [`Admission`]): a spin lock, as the
+    /// shards' are, since every hold is short (one admission; near port
+    /// exhaustion, a search of at most `ports::MAX_TRIES` ports per SNAT
+    /// address; a reload's swap). Restoring saved flows holds it longer,
+    /// before the datapath starts.
+    admitter: SpinLock<Admitter>,
     /// The runtime's timeouts in milliseconds, readable without loading it.
     timeouts_ms: [AtomicU64; TcpState::COUNT],
     /// The IPv4 flows.
@@ -285,7 +289,7 @@ impl Engine {
         let runtime = Arc::new(Runtime::build(&cfg, None));
         Ok(Engine {
             runtime: ArcSwap::new(runtime.clone()),
-            admitter: Mutex::new(Admitter {
+            admitter: SpinLock::new(Admitter {
                 tables: Admission::new(),
                 runtime,
             }),
@@ -584,8 +588,8 @@ impl Engine {
     }
 
     /// Take the admission lock (see [`Admission`]).
-    fn admission(&self) -> MutexGuard<'_, Admitter> {
-        self.admitter.lock().unwrap_or_else(|e| e.into_inner())
+    fn admission(&self) -> SpinGuard<'_, Admitter> {
+        self.admitter.lock()
     }
 
     /// Return whether `backend` may still take new connections for the

@@ -457,7 +457,7 @@ pub struct ConnTable<A: IpAddress = Ipv4Addr> {
 /// (a packet's hold lasts about 100 ns), then `sched_yield` (the holder
 /// may be preempted, or walking a slab chunk), then it looks again.
 #[derive(Debug)]
-struct SpinThenYield;
+pub(crate) struct SpinThenYield;
 
 impl RelaxStrategy for SpinThenYield {
     #[inline]
@@ -488,7 +488,16 @@ fn prefetch_write(p: *const u8) {
 }
 
 /// A shard's lock (see the module docs' locking rules for why a spin lock).
-type ShardLock<T> = SpinMutex<T, SpinThenYield>;
+type ShardLock<T> = SpinLock<T>;
+
+/// A lock for short holds, as the shards' (see the module docs' locking
+/// rules): one atomic compare-and-swap to take, a store to release; a
+/// waiter spins briefly, then yields its CPU. The engine's admission lock
+/// is one too.
+pub(crate) type SpinLock<T> = SpinMutex<T, SpinThenYield>;
+
+/// What holding a [`SpinLock`] gives.
+pub(crate) type SpinGuard<'a, T> = SpinMutexGuard<'a, T>;
 
 /// A value alone on its cache lines (two, for the adjacent-line
 /// prefetcher): shards locked by different threads share none.
