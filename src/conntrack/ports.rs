@@ -49,9 +49,9 @@ impl HashKey {
 
     /// Hash `bytes` (in network order, so every machine agrees) under this key.
     fn hash(&self, bytes: &[u8]) -> u64 {
-        let mut h = SipHasher13::new_with_keys(self.0[0], self.0[1]);
-        h.write(bytes);
-        h.finish()
+        // One shot: the same value as a streaming `write` and `finish`,
+        // without the buffering of a partial word.
+        SipHasher13::new_with_keys(self.0[0], self.0[1]).hash(bytes)
     }
 
     /// Return the index in a pool of `n` addresses (`n > 0`) where `client`
