@@ -11,7 +11,7 @@ cargo build --release --example hotpath >/dev/null 2>&1
 bin=target/release/examples/hotpath
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 count() { valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$bin" "$1" "$2" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'; }
-for mode in original reply big syn; do
+for mode in original reply big syn verified; do
   a=$(count "$mode" "$n"); b=$(count "$mode" $((2 * n)))
   printf '%-9s %6d instructions per packet\n' "$mode" $(((b - a) / n))
 done

@@ -72,8 +72,14 @@ fn write_u16(buf: &mut [u8], at: usize, new: u16) -> Delta {
 /// How the TCP checksum field of a segment is to be updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4Checksum {
-    /// A complete checksum (the normal case).
+    /// A complete checksum (the normal case), verified by the engine
+    /// (when `verify_checksums` is on) before it is trusted.
     Complete,
+    /// A complete checksum the kernel (or the NIC under it) has already
+    /// verified: virtio-net's `DATA_VALID`, the skb's
+    /// `CHECKSUM_UNNECESSARY`. Updated as [`Complete`](Self::Complete), not
+    /// verified again, as netfilter's `nf_ip_checksum` skips such packets.
+    Verified,
     /// A partial checksum left for offload: it holds the uncomplemented
     /// pseudo-header sum, so only address changes touch it.
     Partial,
@@ -120,7 +126,7 @@ pub fn rewrite_tcp<A: IpAddress>(
     tcp[ports_at].copy_from_slice(&new_ports);
     let old = checksum::get_ne(tcp, TCP_CSUM);
     let new = match l4 {
-        L4Checksum::Complete => {
+        L4Checksum::Complete | L4Checksum::Verified => {
             let mut all = addrs;
             all.u32(old_ports, u32::from_ne_bytes(new_ports));
             all.apply(old)
@@ -230,7 +236,7 @@ mod tests {
             }
             let c = checksum::get(pkt, tcp_csum);
             let c = match l4 {
-                L4Checksum::Complete => checksum::update_u16(c, old, new),
+                L4Checksum::Complete | L4Checksum::Verified => checksum::update_u16(c, old, new),
                 // The uncomplemented sum: moved by the addresses only.
                 L4Checksum::Partial if is_addr => !checksum::update_u16(!c, old, new),
                 L4Checksum::Partial => c,
@@ -246,7 +252,11 @@ mod tests {
         src: Endpoint<A>,
         dst: Endpoint<A>,
     ) -> Result<(), TestCaseError> {
-        for l4 in [L4Checksum::Complete, L4Checksum::Partial] {
+        for l4 in [
+            L4Checksum::Complete,
+            L4Checksum::Verified,
+            L4Checksum::Partial,
+        ] {
             let (mut fast, mut plain) = (pkt.to_vec(), pkt.to_vec());
             rewrite_tcp(&mut fast, ihl, src, dst, l4);
             word_by_word(&mut plain, ihl, src, dst, l4);

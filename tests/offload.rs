@@ -253,3 +253,52 @@ fn a_partial_checksum_is_not_verified_but_a_complete_one_is() {
         Verdict::Forward { .. }
     ));
 }
+
+#[test]
+fn a_checksum_the_kernel_verified_is_not_verified_again_and_is_updated_as_complete() {
+    let payload = [7u8; 64];
+    let seg = |ack: u32| {
+        Segment {
+            seq: 100,
+            ack,
+            payload: &payload,
+            ..Segment::new(CLIENT, VIP, ACK)
+        }
+        .build()
+    };
+    // The same segment through two engines, as complete and as verified:
+    // the same bytes come out, with a valid checksum.
+    let (a, b) = (engine(), engine());
+    open(&a);
+    open(&b);
+    let (mut complete, mut verified) = (seg(500), seg(500));
+    assert!(matches!(
+        a.handle_offloaded_packet(&mut complete, Timestamp::ZERO, L4Checksum::Complete),
+        Verdict::Forward { .. }
+    ));
+    assert!(matches!(
+        b.handle_offloaded_packet(&mut verified, Timestamp::ZERO, L4Checksum::Verified),
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(complete, verified);
+    let ip = Ipv4Packet::new_checked(&verified[..]).unwrap();
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(tcp.verify_checksum(
+        &IpAddress::Ipv4(ip.src_addr()),
+        &IpAddress::Ipv4(ip.dst_addr())
+    ));
+    // What the kernel said was verified is not looked at again (as
+    // netfilter trusts CHECKSUM_UNNECESSARY); the same bytes read as
+    // complete are dropped.
+    let mut bad = seg(500);
+    let at = bad.len() - 1;
+    bad[at] ^= 0xff;
+    assert_eq!(
+        a.handle_offloaded_packet(&mut bad.clone(), Timestamp::ZERO, L4Checksum::Complete),
+        Verdict::Drop(tunlb::DropReason::BadChecksum)
+    );
+    assert!(matches!(
+        b.handle_offloaded_packet(&mut bad, Timestamp::ZERO, L4Checksum::Verified),
+        Verdict::Forward { .. }
+    ));
+}

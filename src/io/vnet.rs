@@ -73,6 +73,8 @@ impl VnetHdr {
     pub fn l4_checksum(&self) -> L4Checksum {
         if self.flags & F_NEEDS_CSUM != 0 {
             L4Checksum::Partial
+        } else if self.flags & F_DATA_VALID != 0 {
+            L4Checksum::Verified
         } else {
             L4Checksum::Complete
         }
@@ -105,5 +107,16 @@ mod tests {
         assert!(h.is_gso());
         assert_eq!(h.l4_checksum(), L4Checksum::Partial);
         assert_eq!(VnetHdr::default().l4_checksum(), L4Checksum::Complete);
+        let valid = VnetHdr {
+            flags: F_DATA_VALID,
+            ..VnetHdr::default()
+        };
+        assert_eq!(valid.l4_checksum(), L4Checksum::Verified);
+        // A partial checksum is partial, whatever else the flags say.
+        let both = VnetHdr {
+            flags: F_NEEDS_CSUM | F_DATA_VALID,
+            ..VnetHdr::default()
+        };
+        assert_eq!(both.l4_checksum(), L4Checksum::Partial);
     }
 }
