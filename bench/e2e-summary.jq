@@ -59,6 +59,7 @@ map(derive) as $runs
                     ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "packet"], ["alt", "fwd"],
                     ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
                     ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
+                    ["packet", "afpfwd"], ["pktfwd", "afpfwd"], ["afpfwd", "kernel"],
                     ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"],
                     ["packet6", "kernel6"], ["packet6", "tunlb6"], ["packet6", "packet"]) as [$s, $o] ({};
      if $med[$o] == null or $med[$s] == null then . else

@@ -13,12 +13,13 @@ def name($m): {tunlb: "tunlb (nth)", packet: "tunlb (nth) `--io packet`", alt: a
            haproxy: "HAProxy `mode tcp` roundrobin", direct: "direct (routed, no balancer)",
            fwd: "minimal TUN forwarder (examples/tunfwd.rs)",
            pktfwd: "tunlb's packet sockets, static NAT, no engine (examples/pktfwd.rs)",
+           afpfwd: "reference AF_PACKET forwarder, no tunlb code (bench/reference/afpfwd.c)",
            tunlb6: "IPv6: tunlb (nth)", packet6: "IPv6: tunlb (nth) `--io packet`", kernel6: "IPv6: kernel NAT66 (ip6tables nth cascade + MASQUERADE)",
            haproxy6: "IPv6: HAProxy `mode tcp` roundrobin", direct6: "IPv6: direct (routed, no balancer)"}[.] // .;
 def row(cells): "| " + (cells | join(" | ")) + " |";
 
 .meta as $m | .medians as $md | .ratios as $r
-| (["tunlb", "packet", "alt", "fwd", "pktfwd", "kernel", "haproxy", "direct", "tunlb6", "packet6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
+| (["tunlb", "packet", "alt", "fwd", "pktfwd", "afpfwd", "kernel", "haproxy", "direct", "tunlb6", "packet6", "kernel6", "haproxy6", "direct6"] | map(select($md[.] != null))) as $cfgs
 | (
   "# tunlb end to end, side by side",
   "",
@@ -90,6 +91,7 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
    else empty end),
   "- direct: the client to b1 itself, routed through lb without NAT. One backend (one nginx, two workers) instead of four: it is the floor of the network path, not a ceiling on connections/s, which here may be limited by that one backend.",
   (if $md.pktfwd != null then "- pktfwd: examples/pktfwd.rs in lb: tunlb's own packet sockets (the rings, the filter, the blackhole route and ingress drop filters for the VIP, the next hops of `--io packet`), one thread, the same static NAT as fwd with tunlb's incremental checksum update, no engine. The floor under tunlb's packet datapath." else empty end),
+  (if $md.afpfwd != null then "- afpfwd: bench/reference/afpfwd.c in lb, built with cc: a minimal AF_PACKET static-NAT forwarder sharing no code with tunlb, rebuilt from issue 13's description of its prototype: one thread, TPACKET_V2 rings of 68 KiB frames on c0 and br0 (PACKET_VNET_HDR, offloads on), frames rewritten in place and sent with one sendmmsg per interface per batch, poll when both rings are dry (no busy polling), a blackhole route for the VIP, MACs looked up once at start, the same static NAT as pktfwd. The floor of the design itself." else empty end),
   (if $md.fwd != null then "- fwd: examples/tunfwd.rs in lb, on a TUN tl0 198.18.0.254/24: one blocking read and one write per packet, static NAT without a table (client port p to backend p/2 mod 4 for port 80, b1 for 5201; source the VIP), no offloads (the kernel segments super-packets before the TUN). The floor under tunlb's TUN datapath." else empty end),
   "- HAProxy: `mode tcp`, `balance roundrobin`, bound to the VIP (a /32 on lb's loopback in that configuration only), default threads.",
   "- Load: `wrk -t2 -c50 -d\($m.duration_s)s --latency` with and without `-H 'Connection: close'`; light load: `wrk -t1 -c1 -d\($m.duration_s)s --latency -H 'Connection: close'` (one connection at a time); `iperf3 -t \($m.duration_s) -P 1|4 [-R]` (c->s: client sends; s->c: -R). Throughput is the receiver's.",

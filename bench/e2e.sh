@@ -10,8 +10,8 @@
 #   --duration S    seconds per wrk / iperf3 run (default 10)
 #   --quick         1 round of 3 s runs, results to /tmp/tunlb-e2e-quick.{json,md}
 #   --configs LIST  comma-separated subset of tunlb,packet,alt,kernel,haproxy,direct,
-#                   fwd, pktfwd and of the IPv6 ones, tunlb6,packet6,kernel6,haproxy6,direct6
-#                   (fwd, pktfwd and the IPv6 ones are never in the default list;
+#                   fwd, pktfwd, afpfwd and of the IPv6 ones, tunlb6,packet6,kernel6,haproxy6,direct6
+#                   (fwd, pktfwd, afpfwd and the IPv6 ones are never in the default list;
 #                   e.g. --configs kernel6,haproxy6, or --configs tunlb,fwd)
 #   --alt ARGS      add configuration "alt": tunlb again with these extra flags
 #                   (e.g. "--threads 2", or "--io packet --threads 2": an alt
@@ -58,6 +58,12 @@
 #              route and ingress drop filter, next hops) with the same static
 #              NAT and no engine, the
 #              floor under tunlb's packet datapath.
+#   G afpfwd   (with --configs ...,afpfwd only) bench/reference/afpfwd.c,
+#              built here with cc: a minimal AF_PACKET static-NAT forwarder
+#              that shares no code with tunlb, rebuilt from issue 13's
+#              description of its prototype (TPACKET_V2 ring, frames
+#              rewritten in place, one sendmmsg per batch, poll): the floor
+#              of the design itself, beside pktfwd's.
 # The IPv6 row (issue 15; only when --configs names them): the same four on
 # a dual-stack topology with the IPv6 twins of the addresses (2001:2::/48,
 # VIP 2001:2::1, b1..b4 2001:2:0:2::3..6, see bench/lib-e2e.sh):
@@ -166,9 +172,9 @@ done
 IFS=, read -ra CFGS <<<"$CONFIGS"
 for c in "${CFGS[@]}"; do
   case $c in
-    tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | tunlb6 | packet6 | kernel6 | haproxy6 | direct6) ;;
+    tunlb | packet | kernel | haproxy | direct | fwd | pktfwd | afpfwd | tunlb6 | packet6 | kernel6 | haproxy6 | direct6) ;;
     alt) [ -n "$ALT$ALT_BIN" ] || e2e_die "configuration 'alt' needs --alt \"FLAGS\" (the variant's extra tunlb flags) or --alt-bin PATH (another build)" ;;
-    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, tunlb6, packet6, kernel6, haproxy6, direct6)" ;;
+    *) e2e_die "unknown configuration '$c' (tunlb, packet, alt, kernel, haproxy, direct, fwd, pktfwd, afpfwd, tunlb6, packet6, kernel6, haproxy6, direct6)" ;;
   esac
 done
 
@@ -260,6 +266,10 @@ for fwd_cfg in fwd pktfwd; do
   [ -x "$ROOT/target/release/examples/$fwd_bin" ] || e2e_die "no $fwd_bin at target/release/examples/$fwd_bin (cargo build --release --example $fwd_bin)"
   cp "$ROOT/target/release/examples/$fwd_bin" "$E2E_WORK/$fwd_bin"
 done
+if contains afpfwd; then
+  command -v cc >/dev/null || e2e_die "configuration afpfwd needs a C compiler: apt-get install gcc"
+  cc -O2 -Wall -o "$E2E_WORK/afpfwd" "$BENCH/reference/afpfwd.c" || e2e_die "cc bench/reference/afpfwd.c failed"
+fi
 
 # ---- the services -------------------------------------------------------------
 BACKENDS80=() BACKEND5201="$(e2e_baddr 1):5201"
@@ -334,12 +344,15 @@ wait_ready() {
 }
 
 # start_fwd P CFG: a minimal forwarder in lb: CFG fwd, the TUN one
-# (examples/tunfwd.rs); CFG pktfwd, the packet-socket one (examples/pktfwd.rs).
+# (examples/tunfwd.rs); CFG pktfwd, the packet-socket one (examples/pktfwd.rs);
+# CFG afpfwd, the reference one (bench/reference/afpfwd.c).
 start_fwd() {
   local p=$1 cfg=$2 log="$E2E_WORK/${1}$2.log" b backs=() cmd
   for b in "${BACKENDS80[@]}"; do backs+=("${b%:*}"); done
   if [ "$cfg" = fwd ]; then
     cmd=("$E2E_WORK/tunfwd" tl0 198.18.0.254/24 "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
+  elif [ "$cfg" = afpfwd ]; then
+    cmd=("$BENCH/reference/afpfwd.sh" "$E2E_WORK/afpfwd" c0 br0 "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
   else
     cmd=("$E2E_WORK/pktfwd" "$E2E_CLIENT" "$E2E_VIP" "${backs[@]}")
   fi
@@ -445,7 +458,7 @@ record() {
   read -ra b <<<"$6"
   read -ra a <<<"$7"
   jq -c --argjson round "$round" --arg cfg "$cfg" --arg test "$test" --argjson tck "$CLK_TCK" \
-    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | tunlb6 | packet6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
+    --argjson bal "$(case $cfg in tunlb | packet | alt | haproxy | fwd | pktfwd | afpfwd | tunlb6 | packet6 | haproxy6) true ;; *) false ;; esac && echo $((a[0] - b[0])) || echo null)" \
     --argjson sirq $((a[1] - b[1])) --argjson busy $((a[2] - b[2])) \
     --argjson steal $((a[3] - b[3])) --argjson all $((a[4] - b[4])) \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson others "$(others_busy)" \
@@ -543,7 +556,7 @@ one_config() {
     kernel) start_kernel "$p" || ok= ;;
     haproxy) start_haproxy "$p" || ok= ;;
     direct) TARGET=$(e2e_baddr 1) ;;
-    fwd | pktfwd) start_fwd "$p" "$cfg" || ok= ;;
+    fwd | pktfwd | afpfwd) start_fwd "$p" "$cfg" || ok= ;;
     tunlb6 | packet6) start_tunlb "$p" "$cfg" || ok= ;;
     kernel6) start_kernel6 "$p" || ok= ;;
     haproxy6) start_haproxy "$p" 6 || ok= ;;
@@ -604,7 +617,7 @@ one_config() {
           '{nat_prerouting: (split("\n") | map(select(length > 0))), conntrack_count_after: ($ct | tonumber)}') ;;
     haproxy | haproxy6)
       balancer_alive || extra='{"haproxy_died": true}' ;;
-    fwd | pktfwd)
+    fwd | pktfwd | afpfwd)
       balancer_alive || extra='{"forwarder_died": true}'
       e2e_stop "$BAL_PID" "$BAL_NS" 5 ;;
   esac
