@@ -47,28 +47,48 @@ def med_of(runs):
 
 def ratio(a; b): if a == null or b == null or b == 0 then null else ((a / b) * 1000 | round) / 1000 end;
 
+# Medians per configuration and test over `runs`.
+def medians(runs):
+  (runs | map(.config) | unique) as $cfgs
+  | reduce $cfgs[] as $c ({}; .[$c] = (reduce tests[] as $t ({};
+      .[$t] = med_of(runs | map(select(.config == $c and .test == $t))))));
+
+# The ratios of the pairs compared, from medians `med`.
+def ratios($med):
+  def val($c; $t): $med[$c][$t] | (.rps // .gbps);
+  reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
+          ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
+          ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "packet"], ["alt", "fwd"],
+          ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
+          ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
+          ["packet", "afpfwd"], ["pktfwd", "afpfwd"], ["afpfwd", "kernel"],
+          ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"],
+          ["packet6", "kernel6"], ["packet6", "tunlb6"], ["packet6", "packet"]) as [$s, $o] ({};
+    if $med[$o] == null or $med[$s] == null then . else
+      .[$s + "/" + $o] = (reduce tests[] as $t ({};
+        .[$t] = ({rate: ratio(val($s; $t); val($o; $t)),
+                  p50: ratio($med[$s][$t].p50_ms; $med[$o][$t].p50_ms),
+                  p99: ratio($med[$s][$t].p99_ms; $med[$o][$t].p99_ms),
+                  cpu_busy_machine: ratio($med[$s][$t].cpu_busy_machine; $med[$o][$t].cpu_busy_machine),
+                  cpu_balancer: ratio($med[$s][$t].cpu_balancer; $med[$o][$t].cpu_balancer)}
+                 | with_entries(select(.value != null)))))
+    end);
+
+# A run the hypervisor disturbed: more than this share of the machine's CPU
+# time stolen by other guests.
+def max_steal: 0.1;
+
 map(derive) as $runs
-| ($runs | map(.config) | unique) as $cfgs
-| (reduce $cfgs[] as $c ({}; .[$c] = (reduce tests[] as $t ({};
-      .[$t] = med_of($runs | map(select(.config == $c and .test == $t))))))) as $med
-| def val($c; $t): $med[$c][$t] | (.rps // .gbps);
-  {meta: $meta,
+| medians($runs) as $med
+| {meta: $meta,
    medians: $med,
-   ratios: (reduce (["tunlb", "kernel"], ["tunlb", "haproxy"], ["tunlb", "direct"],
-                    ["packet", "kernel"], ["packet", "haproxy"], ["packet", "direct"], ["packet", "tunlb"],
-                    ["alt", "kernel"], ["alt", "haproxy"], ["alt", "tunlb"], ["alt", "packet"], ["alt", "fwd"],
-                    ["tunlb", "fwd"], ["packet", "fwd"], ["fwd", "kernel"],
-                    ["packet", "pktfwd"], ["pktfwd", "kernel"], ["alt", "pktfwd"],
-                    ["packet", "afpfwd"], ["pktfwd", "afpfwd"], ["afpfwd", "kernel"],
-                    ["tunlb6", "kernel6"], ["tunlb6", "haproxy6"], ["tunlb6", "direct6"], ["tunlb6", "tunlb"],
-                    ["packet6", "kernel6"], ["packet6", "tunlb6"], ["packet6", "packet"]) as [$s, $o] ({};
-     if $med[$o] == null or $med[$s] == null then . else
-       .[$s + "/" + $o] = (reduce tests[] as $t ({};
-         .[$t] = ({rate: ratio(val($s; $t); val($o; $t)),
-                   p50: ratio($med[$s][$t].p50_ms; $med[$o][$t].p50_ms),
-                   p99: ratio($med[$s][$t].p99_ms; $med[$o][$t].p99_ms),
-                   cpu_busy_machine: ratio($med[$s][$t].cpu_busy_machine; $med[$o][$t].cpu_busy_machine),
-                   cpu_balancer: ratio($med[$s][$t].cpu_balancer; $med[$o][$t].cpu_balancer)}
-                  | with_entries(select(.value != null)))))
-     end)),
+   ratios: ratios($med),
    runs: $runs}
+  # Where some runs were disturbed: the same over the others only, so that
+  # a noisy hour still says what it can (each cell's n tells how much).
+  + (($runs | map(select(.steal_share != null and .steal_share > max_steal)) | length) as $bad
+     | if $bad == 0 then {} else
+         ($runs | map(select((.steal_share // 0) <= max_steal))) as $calm
+         | medians($calm) as $cmed
+         | {calm: {max_steal_share: max_steal, runs_left_out: $bad, medians: $cmed, ratios: ratios($cmed)}}
+       end)

@@ -64,6 +64,27 @@ def row(cells): "| " + (cells | join(" | ")) + " |";
          ($v.conn_close.cpu_busy_machine | x), ($v.keepalive.cpu_busy_machine | x)])),
   "",
   "Goals (issue 5): new connections >= 0.85x kernel NAT and >= 1.3x HAProxy; keep-alive >= 0.8x kernel NAT; bulk >= 0.75x kernel NAT.",
+  (if .calm == null then empty else
+     .calm as $calm | $calm.medians as $cm |
+     "",
+     "## Without the runs the host disturbed",
+     "",
+     "The same medians and ratios over the runs that lost at most \($calm.max_steal_share * 100 | round) % of the machine's CPU time to steal (\($calm.runs_left_out) run(s) left out). Each cell says over how many rounds (n): a cell of one round is one measurement, not a median.",
+     "",
+     row(["in the middle", "new conn/s (n)", "keep-alive req/s (n)", "sequential p50 ms (n)", "iperf3 1 stream c->s Gbit/s (n)", "4 streams c->s (n)"]),
+     row([range(6) | "---"]),
+     ($cfgs[] as $c | $cm[$c] as $v | select($v != null) |
+       def cell(v; n): if n == null or n == 0 then dash else "\(v) (\(n))" end;
+       row([($c | name($m)), cell($v.conn_close.rps | i; $v.conn_close.n), cell($v.keepalive.rps | i; $v.keepalive.n),
+            cell($v.seq_close.p50_ms | f(3); $v.seq_close.n), cell($v.iperf_1.gbps | f(2); $v.iperf_1.n),
+            cell($v.iperf_4.gbps | f(2); $v.iperf_4.n)])),
+     "",
+     row(["ratio", "new conn/s", "keep-alive req/s", "sequential p50", "iperf3 1 c->s", "4 c->s", "machine CPU per new conn", "per keep-alive req"]),
+     row([range(8) | "---"]),
+     ($calm.ratios | to_entries[] | .key as $k | .value as $v |
+       row([$k, ($v.conn_close.rate | x), ($v.keepalive.rate | x), ($v.seq_close.p50 | x), ($v.iperf_1.rate | x),
+            ($v.iperf_4.rate | x), ($v.conn_close.cpu_busy_machine | x), ($v.keepalive.cpu_busy_machine | x)]))
+   end),
   "",
   "## CPU (medians, per unit of work)",
   "",

@@ -103,7 +103,10 @@
 #               is roughly the cost of conntrack + NAT). This kernel uses tick
 #               accounting: a task is charged for softirq work done while it
 #               runs, so tunlb's CPU includes the forwarding its write()s drive.
-# Reported: the median over rounds of each number, per configuration.
+# Reported: the median over rounds of each number, per configuration. When
+# some runs lost more than 10 % of the machine's CPU time to steal, the
+# report adds the same medians and ratios over the other runs only ("calm"
+# in the JSON: "Without the runs the host disturbed", each cell with its n).
 #
 # How to read the ratios: tunlb/kernel and tunlb/HAProxy divide tunlb's median
 # by the other's, for the same metric (above 1 is better for tunlb on rates
