@@ -807,6 +807,7 @@ impl Engine {
             return Err(DropReason::NoBackend);
         };
         let Some((reply, reply_absent)) = ports::allocate(
+            admission,
             A::table(self),
             &original,
             to,

@@ -26,7 +26,7 @@ use std::ops::RangeInclusive;
 
 use siphasher::sip::SipHasher13;
 
-use super::table::{Absent, ConnTable};
+use super::table::{Absent, Admission, ConnTable};
 use super::tuple::{Endpoint, IpAddress, Tuple};
 
 /// The key of the hashes that choose an SNAT address and a port search's
@@ -81,11 +81,12 @@ pub const MAX_TRIES: u32 = 2048;
 
 /// Find a free REPLY tuple for the connection `original` going to
 /// `backend`, with a source from `pool` and a port preserved or from `range`.
-/// Call it holding the admission lock (see [`Admission`](super::table::Admission)):
-/// the tuple returned then stays free until the flow is inserted. Returns
-/// the tuple with the proof that it was free (for
-/// `ConnTable::insert_proven`).
+/// `_admission` is the proof that the caller holds the admission lock (see
+/// [`Admission`]): the tuple returned then stays free until the flow is
+/// inserted, since only admitters insert. Returns the tuple with the proof
+/// that it was free (for `ConnTable::insert_proven`).
 pub fn allocate<A: IpAddress>(
+    _admission: &Admission,
     table: &ConnTable<A>,
     original: &Tuple<A>,
     backend: Endpoint<A>,
@@ -138,7 +139,6 @@ pub fn allocate<A: IpAddress>(
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::conntrack::table::Admission;
     use crate::conntrack::Flow;
     use crate::time::Timestamp;
     use std::net::Ipv4Addr;
@@ -253,7 +253,7 @@ mod tests {
     ) -> Option<Tuple<Ipv4Addr>> {
         // One admission per call: these tests look at ports, not flow ids.
         let mut admission = Admission::new();
-        let (reply, _) = allocate(t, original, backend, pool, range, key)?;
+        let (reply, _) = allocate(&admission, t, original, backend, pool, range, key)?;
         let b = Arc::new(Backend::new(backend.to_socket()));
         let flow = Flow::new(*original, reply, b, Timestamp::from_secs(9));
         assert!(t.insert(&mut admission, flow));
