@@ -55,8 +55,15 @@ finished() {
       port=$(grep -o 'port [0-9]*' "$T_DIR/$tag.$i.out" | cut -d' ' -f2)
       note "$tag $i: curl exit $rc, $(wc -c <"$T_DIR/$tag.$i" 2>/dev/null || echo 0) bytes, client port ${port:-?}"
       [ -z "$port" ] || grep -E "198\.18\.1\.2:$port " "$TUNLB_LOG" | tail -3 | sed 's/^/  ..   /' || true
+      # And the flow as the running tunlb holds it now (state, windows'
+      # view, counters), if it holds it.
+      [ -z "$port" ] || t_query flows "$CTL" 2>/dev/null | grep -E "198\.18\.1\.2:$port\b" | sed 's/^/  ..   flow: /' || true
     fi
   done
+  # What the running tunlb dropped, when a download failed.
+  if [ "$GOOD" -lt "$N" ]; then
+    note "$tag: drops now: $(t_query stats "$CTL" --json 2>/dev/null | t_json "{k: v for k, v in d['dropped'].items() if v}" 2>/dev/null || echo '?')"
+  fi
 }
 # resets FILE: RST segments from the VIP in a client-side capture.
 resets() { tshark -r "$1" -Y "ip.src == $VIP && tcp.flags.reset == 1" 2>/dev/null | wc -l; }
