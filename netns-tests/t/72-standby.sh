@@ -162,6 +162,9 @@ check_eq "lb2's downloads complete with the right sha256" "$GOOD" 3
 T_DONE=$(t_now_ms)
 t_capture_stop cap-rst
 check_eq "the client side saw no RST" "$(tshark -r "$T_DIR/rst.pcap" 2>/dev/null | wc -l)" 0
+# Which segments, if any (time from the capture's start, ports, seq/ack):
+# enough to tell whose flow it was and where it came from.
+tshark -r "$T_DIR/rst.pcap" 2>/dev/null | head -5 | sed 's/^ */RST seen: /' | while read -r line; do note "$line"; done || true
 check_eq "lb2's downloads still route to lb2" "$(so_predict_many "$P" <<<"$via2" | awk '$3 != 2' | wc -l)" 0
 check_eq "lb2 restored and picked up nothing (stats restored, picked_up)" \
   "$(stat_of 2 "'%d %d' % (d['restored'], d['picked_up'])")" "0 0"
