@@ -13,7 +13,7 @@ for a in "$client" "$@"; do
 done
 mac() {
   local m
-  m=$(ip neigh show "$1" | awk '$4 == "lladdr" || $3 == "lladdr" { for (i = 1; i < NF; i++) if ($i == "lladdr") print $(i + 1); exit }')
+  m=$(ip neigh show "$1" | awk '{ for (i = 1; i < NF; i++) if ($i == "lladdr") { print $(i + 1); exit } }')
   [ -n "$m" ] || { echo "afpfwd.sh: no MAC for $1" >&2; exit 1; }
   echo "$m"
 }
